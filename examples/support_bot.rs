@@ -1,0 +1,45 @@
+//! The support bot: `flows/support.yaml` with its Rust action `lookup_order`.
+//!
+//! ```text
+//! cargo run --example support_bot -- chat flows/support.yaml
+//! bot> Hi! How can we help?
+//!      [1] My orders
+//!      [2] Billing
+//!      [3] Talk to us
+//! you> 1
+//! bot> Your order number? (6 digits)
+//! you> 222222
+//! bot> Order 222222 is shipped.
+//! bot> What next?
+//! ```
+//!
+//! Every `flowbot` subcommand works through this binary, with the action
+//! registered: `cargo run --example support_bot -- test tests/conversations`.
+
+use flowbot::handler::{ActionContext, ActionError, ActionOutcome, Registry};
+
+/// Looks an order up. A real bot would call the shop's API here; this one says
+/// "shipped" for even numbers and "processing" for odd ones.
+pub fn lookup_order(ctx: &mut ActionContext<'_>) -> Result<ActionOutcome, ActionError> {
+    let number: u64 = ctx
+        .arg_str("number")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| ActionError::new("lookup_order needs a numeric `number`"))?;
+    let status = if number % 2 == 0 {
+        "shipped"
+    } else {
+        "processing"
+    };
+    ctx.set("status", status);
+    Ok(ActionOutcome::Continue)
+}
+
+/// The handlers the support flow needs.
+pub fn registry() -> Registry {
+    Registry::new().action("lookup_order", lookup_order)
+}
+
+#[allow(dead_code)]
+fn main() -> std::process::ExitCode {
+    flowbot::cli::main(registry())
+}

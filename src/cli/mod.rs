@@ -1,0 +1,148 @@
+//! The `flowbot` command line: every subcommand, for any registry of handlers.
+//!
+//! A bot with custom Rust handlers gets the whole CLI by calling [`main`] from its
+//! own binary with its [`Registry`]; the `flowbot` binary itself is just that call
+//! with an empty registry:
+//!
+//! ```no_run
+//! use flowbot::handler::{ActionContext, ActionOutcome, Registry};
+//! fn main() -> std::process::ExitCode {
+//!     let registry = Registry::new().action("greet", |ctx: &mut ActionContext<'_>| {
+//!         ctx.say("Hello from Rust");
+//!         Ok(ActionOutcome::Continue)
+//!     });
+//!     flowbot::cli::main(registry)
+//! }
+//! ```
+//!
+//! Exit codes: 0 success, 1 failure (tests failed, `--strict` warnings), 2 a flow
+//! that does not load or a usage error.
+
+mod chat;
+mod graph;
+mod replay;
+mod test;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::handler::Registry;
+
+/// flowbot: chatbots for Qpien, written as YAML flows with Rust handlers.
+#[derive(Debug, Parser)]
+#[command(name = "flowbot", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check flow files and print every problem with its position.
+    Validate {
+        /// Flow files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run a flow on JSON lines from stdin, print replies as JSON lines.
+    Replay {
+        /// The flow file.
+        flow: PathBuf,
+    },
+    /// Talk to a flow in the terminal.
+    Chat {
+        /// The flow file.
+        flow: PathBuf,
+        /// The channel to simulate.
+        #[arg(long, default_value = "whatsapp")]
+        channel: String,
+        /// The customer's language.
+        #[arg(long)]
+        language: Option<String>,
+    },
+    /// Print the flow as a Mermaid diagram (or DOT).
+    Graph {
+        /// The flow file.
+        flow: PathBuf,
+        /// Graphviz DOT instead of Mermaid.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Run YAML conversation tests against their snapshots.
+    Test {
+        /// The directory of tests.
+        #[arg(default_value = "tests/conversations")]
+        dir: PathBuf,
+        /// List the states and rules no test exercised.
+        #[arg(long)]
+        coverage: bool,
+    },
+}
+
+/// Parses the command line and runs it with the given handlers.
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    run(cli, registry)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli, registry: Registry) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Validate { files, strict } => validate::run(&files, strict, &registry),
+            Command::Replay { flow } => replay::run(&flow, registry).await,
+            Command::Chat {
+                flow,
+                channel,
+                language,
+            } => chat::run(&flow, &channel, language, registry).await,
+            Command::Graph { flow, dot } => graph::run(&flow, dot, &registry),
+            Command::Test { dir, coverage } => test::run(&dir, coverage, &registry).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads a flow for a subcommand, printing diagnostics (warnings too) on stderr.
+fn load(path: &std::path::Path, registry: &Registry) -> Result<crate::flow::Flow, u8> {
+    match crate::flow::Flow::load(path, &registry.names()) {
+        Ok(f) => {
+            for w in &f.warnings.0 {
+                eprintln!("{w}");
+            }
+            Ok(f)
+        }
+        Err(e) => {
+            eprintln!("{}", e.0);
+            Err(2)
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `flowbot replay FLOW`: the JSON-lines contract other tools rely on.
+//!
+//! In, one event per line: `{"conversation":"c1","text":"hi"}`, `"button"`,
+//! `"list"`, `"media"`, or `"event":"agent_joined"|"agent_left"`; optional
+//! `"channel"`, `"at"` (RFC 3339; time never goes back) and `"language"`.
+//! Out, one line per message (`{"conversation":"c1","text":..,"quick_replies":..}`,
+//! `"list"`, `"buttons"`, `"media"` where they apply), then one per effect
+//! (`{"conversation":"c1","handoff":true}`, `{"conversation":"c1","end":true}`).
+//! Deterministic: memory sessions, a clock fixed at 2026-01-01T00:00:00Z unless
+//! `at` moves it. A bad line is reported on stderr with its number and skipped; a
+//! flow that does not load exits 2.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use crate::engine::{parse_time, Bot, Session};
+use crate::handler::Registry;
+use crate::message::{Channel, Contact, Effect, Event, Incoming, MediaKind, Outgoing};
+use crate::testing::EPOCH;
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    conversation: String,
+    text: Option<String>,
+    button: Option<String>,
+    list: Option<String>,
+    media: Option<String>,
+    event: Option<String>,
+    channel: Option<String>,
+    at: Option<String>,
+    language: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Out<'a> {
+    conversation: &'a str,
+    #[serde(flatten)]
+    message: &'a Outgoing,
+}
+
+#[derive(Serialize)]
+struct EffectOut<'a> {
+    conversation: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<bool>,
+}
+
+fn event(l: &Line) -> Result<Event, String> {
+    if let Some(e) = &l.event {
+        return match e.as_str() {
+            "agent_joined" => Ok(Event::AgentJoined),
+            "agent_left" => Ok(Event::AgentLeft),
+            other => Err(format!(
+                "unknown event `{other}` (agent_joined, agent_left)"
+            )),
+        };
+    }
+    let channel = match &l.channel {
+        Some(c) => c.parse::<Channel>().map_err(|e| e.to_string())?,
+        None => Channel::default(),
+    };
+    let mut m = Incoming {
+        text: l.text.clone().unwrap_or_default(),
+        button: l.button.clone(),
+        list: l.list.clone(),
+        channel,
+        contact: Contact {
+            language: l.language.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if let Some(k) = &l.media {
+        m.media = Some(MediaKind::parse(k).ok_or_else(|| format!("unknown media kind `{k}`"))?);
+    }
+    if l.text.is_none() && m.button.is_none() && m.list.is_none() && m.media.is_none() {
+        return Err("a line needs one of text, button, list, media or event".into());
+    }
+    Ok(Event::Message(m))
+}
+
+pub(super) async fn run(path: &Path, registry: Registry) -> u8 {
+    let flow = match super::load(path, &registry) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let bot = match Bot::new(flow, registry) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut sessions: HashMap<String, Session> = HashMap::new();
+    let mut now = EPOCH;
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let n = i + 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("line {n}: cannot read: {e}");
+                break;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = match serde_json::from_str(&line) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("line {n}: {e}");
+                continue;
+            }
+        };
+        if let Some(at) = &parsed.at {
+            match parse_time(at) {
+                Some(t) => now = now.max(t),
+                None => {
+                    eprintln!("line {n}: `at` is not an RFC 3339 time like 2026-01-01T10:00:00Z");
+                    continue;
+                }
+            }
+        }
+        let ev = match event(&parsed) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("line {n}: {e}");
+                continue;
+            }
+        };
+        let conv = parsed.conversation.as_str();
+        let turn = bot.turn(conv, sessions.remove(conv), &ev, now).await;
+        if let Some(s) = turn.session {
+            sessions.insert(parsed.conversation.clone(), s);
+        }
+        let mut write = || -> std::io::Result<()> {
+            for m in &turn.messages {
+                serde_json::to_writer(
+                    &mut out,
+                    &Out {
+                        conversation: conv,
+                        message: m,
+                    },
+                )?;
+                out.write_all(b"\n")?;
+            }
+            for e in &turn.effects {
+                let line = match e {
+                    Effect::Handoff => EffectOut {
+                        conversation: conv,
+                        handoff: Some(true),
+                        end: None,
+                    },
+                    Effect::End => EffectOut {
+                        conversation: conv,
+                        handoff: None,
+                        end: Some(true),
+                    },
+                };
+                serde_json::to_writer(&mut out, &line)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()
+        };
+        if let Err(e) = write() {
+            // A closed stdout (e.g. `| head`) ends the run quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return 0;
+            }
+            eprintln!("error: cannot write: {e}");
+            return 1;
+        }
+    }
+    0
+}

@@ -1,0 +1,768 @@
+//! The engine: one turn of a conversation as a function.
+//!
+//! [`Bot::turn`] takes the session (or none), one [`Event`] and the time, and
+//! returns a [`Turn`]: the new session, the messages to send, the effects (handoff,
+//! end) and a trace of the states entered and rules fired. It does no I/O of its
+//! own: no network, no disk, no clock. Storage, delivery and time belong to the
+//! adapters around it, which is what makes it fast, deterministic and easy to test.
+//!
+//! Semantics (the flow language reference says the same from the author's side):
+//! - No session (new, ended, expired, released): global intents are tried; if none
+//!   matches, `start` is entered and its messages sent; that first message is not
+//!   matched against `start`'s own rules.
+//! - Otherwise: global intents (unless the state says `intents: false`), then the
+//!   state's `on` rules in order, first match wins; a rule's `say` goes before the
+//!   target's messages. In an `ask` state, an answer no rule took is checked; a
+//!   valid one is saved and the flow goes to `next`. No match: the state's
+//!   `fallback`, else `settings.fallback`, else the state's messages again.
+//! - Entering a state runs, in order: `call`, `set`, `say`, the `ask` question,
+//!   then `handoff` or `end`, or follows `next` (at most 50 states a turn).
+//! - An action error, a jump to an unknown state or a `next` chain too long runs the
+//!   error path: the state's `on_error`, else the flow's, else
+//!   `settings.error_message` and a fresh start. It is logged and the bot goes on.
+
+mod answer;
+mod clock;
+mod matching;
+mod render;
+mod session;
+
+use minijinja::Value;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use clock::{parse_time, Clock, ManualClock, SystemClock};
+pub use session::{Millis, Offered, OptionKind, Session};
+
+use crate::flow::template::Scope;
+use crate::flow::{Arg, CallNode, Flow, LoadError, MsgNode, RuleNode, StateId};
+use crate::handler::{
+    set_var, Action, ActionContext, ActionOutcome, Hook, Matcher, Registry, TurnRecord, Vars,
+};
+use crate::message::{Contact, Effect, Event, Incoming, Outgoing};
+use matching::{eval, MatchEnv, Probe};
+use render::{Rendered, Renderer};
+
+/// How many states one turn may enter before it is stopped as a loop.
+pub const MAX_HOPS: u32 = 50;
+
+const DEFAULT_ERROR_MESSAGE: &str = "Sorry, something went wrong. Please try again.";
+
+/// A flow bound to its handlers: ready to run turns.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use flowbot::{engine::Bot, handler::Registry, message::{Event, Incoming}};
+/// let yaml = "states:\n  start:\n    say: Hello!\n    on:\n      - { text: bye, say: Bye!, goto: done }\n  done: { end: true }\n";
+/// let bot = Bot::from_yaml("hello.yaml", yaml, Registry::new()).unwrap();
+/// let t = bot.turn("c1", None, &Event::Message(Incoming::text("hi")), 0).await;
+/// assert_eq!(t.messages[0].text, "Hello!");
+/// let t = bot.turn("c1", t.session, &Event::Message(Incoming::text("Bye")), 0).await;
+/// assert_eq!(t.messages[0].text, "Bye!");
+/// assert!(t.session.is_none());
+/// # });
+/// ```
+pub struct Bot {
+    flow: Arc<Flow>,
+    actions: Vec<Arc<dyn Action>>,
+    matchers: Vec<Arc<dyn Matcher>>,
+    hooks: Vec<Arc<dyn Hook>>,
+}
+
+impl std::fmt::Debug for Bot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bot")
+            .field("flow", &self.flow.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bot could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BotError {
+    /// The flow did not load.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The flow names a handler the registry does not have.
+    #[error("the flow uses {kind} `{name}`, which is not registered")]
+    Unbound {
+        /// `action` or `matcher`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// What one turn did.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// The session after the turn (`None`: ended or released).
+    pub session: Option<Session>,
+    /// Messages to send, in order.
+    pub messages: Vec<Outgoing>,
+    /// Effects, after the messages.
+    pub effects: Vec<Effect>,
+    /// States entered and rules fired, in order.
+    pub trace: Vec<Step>,
+    /// Handler and template errors (each already logged).
+    pub errors: Vec<String>,
+}
+
+/// One step of a turn, for coverage and debugging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// A state was entered.
+    Enter(StateId),
+    /// Global intent number N fired.
+    Intent(u32),
+    /// Rule N of a state's `on` fired.
+    Rule(StateId, u32),
+    /// A state's own fallback ran.
+    Fallback(StateId),
+    /// `settings.fallback` ran in a state.
+    GlobalFallback(StateId),
+    /// No fallback: the state's messages were sent again.
+    Repeat(StateId),
+    /// A valid answer to a state's `ask`.
+    Valid(StateId),
+    /// An invalid answer to a state's `ask`.
+    Invalid(StateId),
+    /// A state's `ask` ran out of retries.
+    Exhausted(StateId),
+    /// A state's action or chain failed.
+    Error(StateId),
+}
+
+impl Bot {
+    /// Binds a flow to the handlers it names.
+    pub fn new(flow: Flow, registry: Registry) -> Result<Bot, BotError> {
+        let actions = flow
+            .actions
+            .iter()
+            .map(|n| {
+                registry
+                    .actions
+                    .get(&**n)
+                    .cloned()
+                    .ok_or_else(|| BotError::Unbound {
+                        kind: "action",
+                        name: n.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let matchers = flow
+            .matchers
+            .iter()
+            .map(|n| {
+                registry
+                    .matchers
+                    .get(&**n)
+                    .cloned()
+                    .ok_or_else(|| BotError::Unbound {
+                        kind: "matcher",
+                        name: n.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Bot {
+            flow: Arc::new(flow),
+            actions,
+            matchers,
+            hooks: registry.hooks,
+        })
+    }
+
+    /// Loads a flow file and binds it.
+    pub fn load(path: impl AsRef<Path>, registry: Registry) -> Result<Bot, BotError> {
+        let flow = Flow::load(path, &registry.names())?;
+        Bot::new(flow, registry)
+    }
+
+    /// Loads a flow from text and binds it.
+    pub fn from_yaml(
+        name: impl AsRef<Path>,
+        yaml: &str,
+        registry: Registry,
+    ) -> Result<Bot, BotError> {
+        let flow = Flow::from_yaml(name, yaml, &registry.names())?;
+        Bot::new(flow, registry)
+    }
+
+    /// The flow.
+    pub fn flow(&self) -> &Arc<Flow> {
+        &self.flow
+    }
+
+    /// Whether a stored session is still alive at `now` (not expired).
+    pub fn is_live(&self, s: &Session, now: Millis) -> bool {
+        s.handoff
+            || self
+                .flow
+                .settings
+                .session_timeout_ms
+                .is_none_or(|t| now.saturating_sub(s.last_active) < t as i64)
+    }
+
+    /// Runs one turn. See the module docs for the semantics.
+    pub async fn turn(
+        &self,
+        conversation: &str,
+        session: Option<Session>,
+        event: &Event,
+        now: Millis,
+    ) -> Turn {
+        for h in &self.hooks {
+            h.before_turn(conversation, event).await;
+        }
+        let from = session
+            .as_ref()
+            .filter(|s| s.flow_version == self.flow.version)
+            .map(|s| s.state);
+        let turn = self.run(conversation, session, event, now).await;
+        if !self.hooks.is_empty() {
+            let name = |id: StateId| -> &str { &self.flow.state(id).name };
+            let record = TurnRecord {
+                conversation,
+                event,
+                from: from.map(name),
+                to: turn.session.as_ref().map(|s| name(s.state)),
+                messages: &turn.messages,
+                effects: &turn.effects,
+                errors: &turn.errors,
+            };
+            for h in &self.hooks {
+                h.after_turn(&record).await;
+            }
+        }
+        turn
+    }
+
+    async fn run(
+        &self,
+        conversation: &str,
+        session: Option<Session>,
+        event: &Event,
+        now: Millis,
+    ) -> Turn {
+        let flow = &*self.flow;
+        // A session from another version of the flow (ids may have moved) or one that
+        // expired counts as none.
+        let session = session.filter(|s| {
+            s.flow_version == flow.version
+                && (s.state as usize) < flow.states.len()
+                && self.is_live(s, now)
+        });
+        let msg = match event {
+            Event::Message(m) => m,
+            Event::AgentJoined => {
+                let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
+                s.handoff = true;
+                s.last_active = now;
+                return Turn::quiet(Some(s));
+            }
+            Event::AgentLeft => return Turn::quiet(None),
+        };
+        if let Some(mut s) = session.clone().filter(|s| s.handoff) {
+            s.last_active = now;
+            return Turn::quiet(Some(s));
+        }
+        let had_session = session.is_some();
+        let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
+        s.last_active = now;
+        if let Some(l) = &msg.contact.language {
+            if s.language.as_deref() != Some(l.as_str()) {
+                s.language = Some(l.as_str().into());
+            }
+        }
+        let mut run = Run {
+            bot: self,
+            conversation,
+            session: s,
+            msg,
+            out: Vec::new(),
+            effects: Vec::new(),
+            trace: Vec::new(),
+            errors: Vec::new(),
+            hops: 0,
+            ended: false,
+            in_error: false,
+            scope: None,
+        };
+        run.on_message(had_session).await;
+        Turn {
+            session: (!run.ended).then_some(run.session),
+            messages: run.out,
+            effects: run.effects,
+            trace: run.trace,
+            errors: run.errors,
+        }
+    }
+}
+
+impl Turn {
+    fn quiet(session: Option<Session>) -> Turn {
+        Turn {
+            session,
+            messages: Vec::new(),
+            effects: Vec::new(),
+            trace: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// What the message decided, before anything changes.
+enum Decision {
+    Intent(u32, Vec<(String, Value)>),
+    Rule(u32, Vec<(String, Value)>),
+    Valid(Value, Vec<(String, Value)>),
+    Invalid,
+    Fallback,
+}
+
+/// The working state of one turn.
+struct Run<'a> {
+    bot: &'a Bot,
+    conversation: &'a str,
+    session: Session,
+    msg: &'a Incoming,
+    out: Vec<Outgoing>,
+    effects: Vec<Effect>,
+    trace: Vec<Step>,
+    errors: Vec<String>,
+    hops: u32,
+    ended: bool,
+    in_error: bool,
+    /// The template scope, built on first use and dropped when variables change.
+    scope: Option<Value>,
+}
+
+impl Run<'_> {
+    fn scope(&mut self) -> Value {
+        if let Some(s) = &self.scope {
+            return s.clone();
+        }
+        let flow = &*self.bot.flow;
+        let lang = self.language().map(str::to_owned);
+        let contact: &Contact = &self.msg.contact;
+        let scope = Value::from_object(Scope {
+            vars: self.session.vars.clone(),
+            defaults: flow.vars.clone(),
+            builtins: vec![
+                ("contact", Value::from_serialize(contact)),
+                ("channel", Value::from(self.msg.channel.as_str())),
+                ("language", lang.map(Value::from).unwrap_or_default()),
+                ("message", Value::from(self.msg.text.as_str())),
+                ("conversation", Value::from(self.conversation)),
+            ],
+        });
+        self.scope = Some(scope.clone());
+        scope
+    }
+
+    fn language(&self) -> Option<&str> {
+        self.session
+            .language
+            .as_deref()
+            .or(self.bot.flow.settings.default_language.as_deref())
+    }
+
+    fn set(&mut self, name: &str, value: Value) {
+        set_var(&mut self.session.vars, name, value);
+        self.scope = None;
+    }
+
+    async fn on_message(&mut self, had_session: bool) {
+        let decision = self.decide(had_session);
+        let flow = self.bot.flow.clone();
+        let here = self.session.state;
+        match decision {
+            Some(Decision::Intent(i, caps)) => {
+                self.trace.push(Step::Intent(i));
+                self.fire(&flow.intents[i as usize], caps).await;
+            }
+            Some(Decision::Rule(i, caps)) => {
+                self.trace.push(Step::Rule(here, i));
+                self.fire(&flow.state(here).on[i as usize], caps).await;
+            }
+            Some(Decision::Valid(v, caps)) => {
+                self.trace.push(Step::Valid(here));
+                let st = flow.state(here);
+                let ask = st.ask.as_ref().expect("valid answers come from ask states");
+                for (k, v) in caps {
+                    self.set(&k, v);
+                }
+                self.set(&ask.save.clone(), v);
+                match st.next {
+                    Some(n) => self.enter(n).await,
+                    None => self.session.retries = 0,
+                }
+            }
+            Some(Decision::Invalid) => self.invalid(here).await,
+            Some(Decision::Fallback) => self.fallback(here).await,
+            // No session and no intent: start, without matching start's rules.
+            None => self.enter(flow.start).await,
+        }
+    }
+
+    /// Decides what the message means, changing nothing. `None`: a new
+    /// conversation that no intent took.
+    fn decide(&mut self, had_session: bool) -> Option<Decision> {
+        let flow = self.bot.flow.clone();
+        let st = flow.state(self.session.state);
+        let needs_scope = has_when(&flow.intents) || (had_session && has_when(&st.on));
+        let scope = if needs_scope {
+            self.scope()
+        } else {
+            Value::UNDEFINED
+        };
+        let probe = Probe::new(self.msg, had_session.then_some(&self.session));
+        let mut env = MatchEnv {
+            flow: &flow,
+            matchers: &self.bot.matchers,
+            vars: Vars {
+                session: &self.session.vars,
+                defaults: &flow.vars,
+            },
+            scope: &scope,
+            errors: &mut self.errors,
+        };
+        let mut caps = Vec::new();
+        if !had_session || st.intents {
+            for (i, r) in flow.intents.iter().enumerate() {
+                if eval(&r.cond, &probe, &mut env, &mut caps) {
+                    return Some(Decision::Intent(i as u32, caps));
+                }
+                caps.clear();
+            }
+        }
+        if !had_session {
+            return None;
+        }
+        for (i, r) in st.on.iter().enumerate() {
+            if eval(&r.cond, &probe, &mut env, &mut caps) {
+                return Some(Decision::Rule(i as u32, caps));
+            }
+            caps.clear();
+        }
+        if let Some(ask) = &st.ask {
+            // A tapped suggestion saves its id; anything else is checked as typed.
+            let answer = probe
+                .button
+                .or(probe.list)
+                .filter(|id| ask.quick_replies.iter().any(|q| &*q.id == *id));
+            if let Some(id) = answer {
+                return Some(Decision::Valid(Value::from(id), Vec::new()));
+            }
+            return Some(match answer::check(&ask.check, &self.msg.text) {
+                Some((v, caps)) => Decision::Valid(v, caps),
+                None => Decision::Invalid,
+            });
+        }
+        Some(Decision::Fallback)
+    }
+
+    async fn fire(&mut self, rule: &RuleNode, caps: Vec<(String, Value)>) {
+        for (k, v) in caps {
+            self.set(&k, v);
+        }
+        self.apply_sets(&rule.set);
+        self.send(&rule.say);
+        if let Some(g) = rule.goto {
+            self.enter(g).await;
+        }
+    }
+
+    async fn invalid(&mut self, here: StateId) {
+        let flow = self.bot.flow.clone();
+        let ask = flow
+            .state(here)
+            .ask
+            .as_ref()
+            .expect("invalid answers come from ask states");
+        if self.session.retries < ask.retries || ask.exhausted.is_none() {
+            self.trace.push(Step::Invalid(here));
+            self.session.retries = self.session.retries.saturating_add(1);
+            if ask.invalid.is_empty() {
+                self.prompt(here);
+            } else {
+                self.send(&ask.invalid);
+            }
+            return;
+        }
+        self.trace.push(Step::Exhausted(here));
+        self.session.retries = 0;
+        let ex = ask.exhausted.as_ref().expect("checked above");
+        self.send(&ex.say);
+        match ex.goto {
+            Some(g) => self.enter(g).await,
+            None => self.prompt(here),
+        }
+    }
+
+    async fn fallback(&mut self, here: StateId) {
+        let flow = self.bot.flow.clone();
+        let st = flow.state(here);
+        let (fb, step) = match (&st.fallback, &flow.settings.fallback) {
+            (Some(f), _) => (f, Step::Fallback(here)),
+            (None, Some(f)) if st.intents => (f, Step::GlobalFallback(here)),
+            _ => {
+                self.trace.push(Step::Repeat(here));
+                self.repeat(here);
+                return;
+            }
+        };
+        self.trace.push(step);
+        self.send(&fb.say);
+        if let Some(g) = fb.goto {
+            self.enter(g).await;
+        } else if fb.repeat {
+            self.repeat(here);
+        }
+    }
+
+    /// Sends a state's messages again (not its action or variables).
+    fn repeat(&mut self, id: StateId) {
+        let flow = self.bot.flow.clone();
+        self.send(&flow.state(id).say);
+        self.prompt(id);
+    }
+
+    /// Sends a state's `ask` question, if it has one.
+    fn prompt(&mut self, id: StateId) {
+        let flow = self.bot.flow.clone();
+        if let Some(ask) = &flow.state(id).ask {
+            if let Some(text) = &ask.text {
+                let scope = self.scope();
+                let r = self
+                    .renderer()
+                    .text_message(text, &ask.quick_replies, &[], &scope);
+                self.push(r);
+            }
+        }
+    }
+
+    fn renderer(&mut self) -> Renderer<'_> {
+        let language =
+            self.session
+                .language
+                .as_deref()
+                .or(self.bot.flow.settings.default_language.as_deref());
+        Renderer {
+            flow: &self.bot.flow,
+            channel: self.msg.channel,
+            language,
+            errors: &mut self.errors,
+        }
+    }
+
+    fn send(&mut self, msgs: &[MsgNode]) {
+        for m in msgs {
+            let scope = if needs_scope(m) {
+                self.scope()
+            } else {
+                Value::UNDEFINED
+            };
+            let r = self.renderer().message(m, &scope);
+            self.push(r);
+        }
+    }
+
+    fn push(&mut self, r: Rendered) {
+        if !r.offered.is_empty() {
+            self.session.offered = r.offered;
+            self.session.numbered = r.numbered;
+        }
+        self.out.push(r.message);
+    }
+
+    fn apply_sets(&mut self, sets: &[(Arc<str>, crate::flow::Tpl)]) {
+        for (k, t) in sets {
+            let scope = self.scope();
+            let v = self.renderer().tpl(t, &scope);
+            self.set(k, Value::from(v));
+        }
+    }
+
+    /// Enters a state and follows `next` (see the module docs for the order).
+    async fn enter(&mut self, mut id: StateId) {
+        let flow = self.bot.flow.clone();
+        loop {
+            self.hops += 1;
+            if self.hops > MAX_HOPS {
+                let msg = format!(
+                    "more than {MAX_HOPS} states entered in one turn (a loop through `{}`?)",
+                    flow.state(id).name
+                );
+                match self.fail(id, msg) {
+                    Some(t) => {
+                        self.hops = 0;
+                        id = t;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            self.session.state = id;
+            self.session.retries = 0;
+            self.session.offered.clear();
+            self.session.numbered = false;
+            self.trace.push(Step::Enter(id));
+            let st = flow.state(id);
+            if let Some(call) = &st.call {
+                match self.call(st.name.as_ref(), call).await {
+                    Ok(ActionOutcome::Continue) => {}
+                    Ok(ActionOutcome::Goto(name)) => match flow.state_id(&name) {
+                        Some(t) => {
+                            id = t;
+                            continue;
+                        }
+                        None => match self
+                            .fail(id, format!("action jumped to unknown state `{name}`"))
+                        {
+                            Some(t) => {
+                                id = t;
+                                continue;
+                            }
+                            None => return,
+                        },
+                    },
+                    Err(e) => match self.fail(id, e) {
+                        Some(t) => {
+                            id = t;
+                            continue;
+                        }
+                        None => return,
+                    },
+                }
+            }
+            self.apply_sets(&st.set);
+            self.send(&st.say);
+            if st.ask.is_some() {
+                self.prompt(id);
+                return;
+            }
+            if st.handoff {
+                self.effects.push(Effect::Handoff);
+                self.session.handoff = true;
+                return;
+            }
+            if st.end {
+                self.effects.push(Effect::End);
+                self.ended = true;
+                return;
+            }
+            match st.next {
+                Some(n) => id = n,
+                None => return,
+            }
+        }
+    }
+
+    async fn call(&mut self, state: &str, call: &CallNode) -> Result<ActionOutcome, String> {
+        let action = self.bot.actions[call.action as usize].clone();
+        let mut args = BTreeMap::new();
+        for (k, a) in &call.args {
+            let v = match a {
+                Arg::Template(t) => {
+                    let scope = self.scope();
+                    Value::from(self.renderer().tpl(t, &scope))
+                }
+                Arg::Value(v) => v.clone(),
+            };
+            args.insert(&**k, v);
+        }
+        let flow = self.bot.flow.clone();
+        let mut ctx = ActionContext {
+            conversation: self.conversation,
+            state,
+            args,
+            vars: &mut self.session.vars,
+            defaults: &flow.vars,
+            message: Some(self.msg),
+            contact: &self.msg.contact,
+            out: &mut self.out,
+        };
+        let r = action.run(&mut ctx).await;
+        self.scope = None;
+        r.map_err(|e| {
+            format!(
+                "action `{}` failed: {e}",
+                flow.actions[call.action as usize]
+            )
+        })
+    }
+
+    /// Runs the error path; returns the state to go on with, if any.
+    fn fail(&mut self, at: StateId, error: String) -> Option<StateId> {
+        let flow = self.bot.flow.clone();
+        let st = flow.state(at);
+        tracing::warn!(conversation = self.conversation, state = &*st.name, %error, "turn error");
+        self.errors.push(error);
+        self.trace.push(Step::Error(at));
+        let target = st.on_error.or(flow.on_error);
+        if let (Some(t), false) = (target, self.in_error) {
+            self.in_error = true;
+            return Some(t);
+        }
+        let text = match &flow.settings.error_message {
+            Some(t) => {
+                let scope = self.scope();
+                self.renderer().text(t, &scope)
+            }
+            None => DEFAULT_ERROR_MESSAGE.to_owned(),
+        };
+        self.out.push(Outgoing::text(text));
+        self.ended = true;
+        None
+    }
+}
+
+fn has_when(rules: &[RuleNode]) -> bool {
+    fn c(cond: &crate::flow::Cond) -> bool {
+        use crate::flow::Cond::*;
+        match cond {
+            When(_) => true,
+            Any(v) | All(v) => v.iter().any(c),
+            Not(x) => c(x),
+            _ => false,
+        }
+    }
+    rules.iter().any(|r| c(&r.cond))
+}
+
+/// Whether rendering a message may read variables (any template in it).
+fn needs_scope(m: &MsgNode) -> bool {
+    use crate::flow::{LText, Tpl};
+    let t = |x: &LText| x.0.iter().any(|(_, t)| matches!(t, Tpl::Dynamic { .. }));
+    let o = |x: &Option<LText>| x.as_ref().is_some_and(t);
+    match m {
+        MsgNode::Text {
+            text,
+            quick_replies,
+            buttons,
+        } => {
+            t(text)
+                || quick_replies
+                    .iter()
+                    .any(|q| t(&q.title) || o(&q.description))
+                || buttons
+                    .iter()
+                    .any(|b| t(&b.title) || matches!(b.value, Tpl::Dynamic { .. }))
+        }
+        MsgNode::List(l) => {
+            o(&l.header)
+                || t(&l.body)
+                || o(&l.footer)
+                || t(&l.button)
+                || l.sections.iter().any(|(st, rows)| {
+                    o(st) || rows.iter().any(|q| t(&q.title) || o(&q.description))
+                })
+        }
+        MsgNode::Media { url, caption, .. } => matches!(url, Tpl::Dynamic { .. }) || o(caption),
+    }
+}

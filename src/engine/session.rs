@@ -1,0 +1,109 @@
+//! The state of one conversation between turns.
+//!
+//! A session is small on purpose (the target is under 1 KiB per idle conversation):
+//! the state is an index, variables hold only what the conversation set (the flow's
+//! defaults are read from the flow), and the options last offered keep just their id
+//! and normalized title, so that a typed "2" or "my orders" can count as a tap.
+//! "No session" (`Option::None`) is a state of its own: a new, ended, expired or
+//! released conversation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::flow::template::VarList;
+use crate::flow::StateId;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// Whether an option was offered as a quick-reply button or a list row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptionKind {
+    /// A quick-reply button (`button:` rules).
+    Button,
+    /// A list row (`list:` rules).
+    Row,
+}
+
+/// One option the bot last offered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offered {
+    /// Button or row, as the flow wrote it.
+    pub kind: OptionKind,
+    /// Its id.
+    pub id: Box<str>,
+    /// Its title, normalized for comparison.
+    pub title: Box<str>,
+}
+
+/// A conversation's state between turns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// The current state.
+    pub state: StateId,
+    /// The [`Flow::version`](crate::flow::Flow::version) this session runs on.
+    pub flow_version: u64,
+    /// Variables set during the conversation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vars: VarList,
+    /// Invalid answers in a row to the current `ask`.
+    #[serde(default)]
+    pub retries: u32,
+    /// The options last offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offered: Vec<Offered>,
+    /// Whether those options were shown as numbered lines (so "2" picks the second).
+    #[serde(default)]
+    pub numbered: bool,
+    /// A person has the conversation: the bot is silent.
+    #[serde(default)]
+    pub handoff: bool,
+    /// The conversation's language, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Box<str>>,
+    /// When the session started.
+    pub started_at: Millis,
+    /// The last message's time (for `session_timeout`).
+    pub last_active: Millis,
+}
+
+impl Session {
+    /// A fresh session at `state`.
+    pub fn new(state: StateId, flow_version: u64, now: Millis) -> Session {
+        Session {
+            state,
+            flow_version,
+            vars: Vec::new(),
+            retries: 0,
+            offered: Vec::new(),
+            numbered: false,
+            handoff: false,
+            language: None,
+            started_at: now,
+            last_active: now,
+        }
+    }
+
+    /// A variable set in this session.
+    pub fn var(&self, name: &str) -> Option<&minijinja::Value> {
+        self.vars.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
+    }
+
+    /// Approximate heap and inline bytes held, for memory budgeting.
+    pub fn approx_size(&self) -> usize {
+        std::mem::size_of::<Session>()
+            + self.vars.capacity() * std::mem::size_of::<(std::sync::Arc<str>, minijinja::Value)>()
+            + self
+                .vars
+                .iter()
+                .map(|(k, v)| k.len() + 16 + v.as_str().map_or(0, str::len))
+                .sum::<usize>()
+            + self.offered.capacity() * std::mem::size_of::<Offered>()
+            + self
+                .offered
+                .iter()
+                .map(|o| o.id.len() + o.title.len())
+                .sum::<usize>()
+            + self.language.as_ref().map_or(0, |l| l.len())
+    }
+}

@@ -1,0 +1,972 @@
+//! From documents to a [`Flow`]: names resolved to indexes, regexes and templates
+//! compiled, synonyms normalized, limits checked, every problem reported.
+//!
+//! Compilation never stops at the first problem: each part is compiled on its own
+//! and a broken part is reported and skipped, so one run lists everything wrong.
+
+use indexmap::IndexMap;
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::diagnostic::{did_you_mean, Diagnostics};
+use super::graph::*;
+use super::load::Loaded;
+use super::model::{self, Text};
+use super::normalize::{normalize, words};
+use super::source::{join_index, join_key, Reporter};
+use super::template::{Templates, Tpl};
+use super::validate;
+use super::HandlerNames;
+use crate::message::{ButtonKind, MediaKind};
+
+/// Compiles loaded documents (the main one first) into a flow.
+pub(crate) fn compile(
+    files: &[Loaded],
+    names: &HandlerNames,
+    diags: &mut Diagnostics,
+) -> Option<Flow> {
+    let main = files.first()?;
+    let mut index: HashMap<Box<str>, StateId> = HashMap::new();
+    let mut order: Vec<(usize, &str, &model::State)> = Vec::new();
+
+    // Pass 1: every state gets an id, so that rules may point forward.
+    for (fi, f) in files.iter().enumerate() {
+        let mut r = Reporter {
+            source: &f.source,
+            out: diags,
+        };
+        if fi > 0 {
+            for (key, set) in [
+                ("start", f.doc.start.is_some()),
+                ("settings", f.doc.settings.is_some()),
+                ("on_error", f.doc.on_error.is_some()),
+                ("name", f.doc.name.is_some()),
+            ] {
+                if set {
+                    r.key_error(
+                        key,
+                        format!("`{key}` may only be set in the main flow file"),
+                        Some(format!("move it to `{}`", main.source.path.display())),
+                    );
+                }
+            }
+        }
+        if let Some(v) = f.doc.version {
+            if v != 1 {
+                r.error(
+                    "version",
+                    format!("unknown flow language version {v}"),
+                    Some("use `version: 1`".into()),
+                );
+            }
+        }
+        for (name, st) in &f.doc.states {
+            if index.contains_key(name.as_str()) {
+                r.key_error(
+                    &join_key("states", name),
+                    format!("state `{name}` is defined twice"),
+                    Some("state names are shared by all included files".into()),
+                );
+                continue;
+            }
+            index.insert(name.as_str().into(), order.len() as StateId);
+            order.push((fi, name.as_str(), st));
+        }
+    }
+    if order.is_empty() {
+        Reporter {
+            source: &main.source,
+            out: diags,
+        }
+        .error(
+            "states",
+            "the flow has no states",
+            Some("add `states:` with at least a `start` state".into()),
+        );
+        return None;
+    }
+
+    let settings_doc = main.doc.settings.clone().unwrap_or_default();
+    let mut c = Compiler {
+        templates: Templates::new(),
+        index: &index,
+        names,
+        actions: Vec::new(),
+        matchers: Vec::new(),
+        adapt: false,
+        default_retries: settings_doc.retries.unwrap_or(1),
+    };
+
+    let mut r = Reporter {
+        source: &main.source,
+        out: diags,
+    };
+    let start = match &main.doc.start {
+        Some(s) => c.state_ref(&mut r, "start", s),
+        None => Some(index.get("start").copied().unwrap_or(0)),
+    };
+    let settings = c.settings(&mut r, &settings_doc);
+    c.adapt = settings.overflow_adapt;
+    let on_error = main
+        .doc
+        .on_error
+        .as_ref()
+        .and_then(|s| c.state_ref(&mut r, "on_error", s));
+
+    let mut vars = Vec::new();
+    let mut intents = Vec::new();
+    for f in files {
+        let mut r = Reporter {
+            source: &f.source,
+            out: diags,
+        };
+        for (k, v) in &f.doc.vars {
+            vars.push((Arc::from(k.as_str()), minijinja::Value::from_serialize(v)));
+        }
+        for (i, rule) in f.doc.intents.iter().enumerate() {
+            if let Some(rule) = c.rule(&mut r, &join_index("intents", i), rule) {
+                intents.push(rule);
+            }
+        }
+    }
+
+    let mut states = Vec::with_capacity(order.len());
+    for (fi, name, st) in &order {
+        let mut r = Reporter {
+            source: &files[*fi].source,
+            out: diags,
+        };
+        states.push(c.state(&mut r, *fi, name, st));
+    }
+
+    let flow = Flow {
+        name: main.doc.name.clone().unwrap_or_else(|| {
+            main.source
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "flow".into())
+        }),
+        version: fingerprint(files),
+        files: files.iter().map(|f| f.source.path.clone()).collect(),
+        start: start.unwrap_or(0),
+        states,
+        intents,
+        settings,
+        vars: Arc::new(vars),
+        templates: c.templates,
+        actions: c.actions,
+        matchers: c.matchers,
+        on_error,
+        warnings: Diagnostics::default(),
+        index,
+    };
+
+    // Graph checks, reported in the file of the state concerned.
+    if let Some(cycle) = validate::next_loop(&flow) {
+        let s = flow.state(cycle[0]);
+        let names: Vec<&str> = cycle.iter().map(|&i| &*flow.state(i).name).collect();
+        Reporter {
+            source: &files[s.file].source,
+            out: diags,
+        }
+        .error(
+            &join_key(&join_key("states", &s.name), "next"),
+            format!(
+                "`next` loops without waiting: {} -> {}",
+                names.join(" -> "),
+                names[0]
+            ),
+            Some("let one of these states wait for the customer (`on`, `ask`) or end".into()),
+        );
+    }
+    for id in validate::unreachable(&flow) {
+        let s = flow.state(id);
+        Reporter { source: &files[s.file].source, out: diags }.warning(
+            &join_key("states", &s.name),
+            format!("state `{}` is unreachable from `{}`", s.name, flow.state(flow.start).name),
+            Some("point a rule's `goto` or a `next` at it, or remove it (ignore this if an action jumps here)".into()),
+        );
+    }
+    Some(flow)
+}
+
+/// FNV-1a over the sources: stable across builds and platforms.
+fn fingerprint(files: &[Loaded]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for f in files {
+        for b in f.source.text.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+struct Compiler<'a> {
+    templates: Templates,
+    index: &'a HashMap<Box<str>, StateId>,
+    names: &'a HandlerNames,
+    actions: Vec<Box<str>>,
+    matchers: Vec<Box<str>>,
+    adapt: bool,
+    default_retries: u32,
+}
+
+impl Compiler<'_> {
+    fn state_ref(&self, r: &mut Reporter<'_>, path: &str, name: &str) -> Option<StateId> {
+        if let Some(&id) = self.index.get(name) {
+            return Some(id);
+        }
+        let hint = did_you_mean(name, self.index.keys().map(|k| &**k))
+            .map(|s| format!("did you mean `{s}`?"))
+            .unwrap_or_else(|| {
+                let mut all: Vec<&str> = self.index.keys().map(|k| &**k).collect();
+                all.sort_unstable();
+                format!("known states: {}", all.join(", "))
+            });
+        r.error(path, format!("unknown state `{name}`"), Some(hint));
+        None
+    }
+
+    fn settings(&mut self, r: &mut Reporter<'_>, s: &model::Settings) -> FlowSettings {
+        let session_timeout_ms =
+            s.session_timeout
+                .as_ref()
+                .and_then(|t| match humantime::parse_duration(t) {
+                    Ok(d) => Some(d.as_millis() as u64),
+                    Err(e) => {
+                        r.error(
+                            "settings.session_timeout",
+                            format!("`{t}` is not a duration: {e}"),
+                            Some("write it like `30m`, `2h` or `1h 30m`".into()),
+                        );
+                        None
+                    }
+                });
+        let overflow_adapt = match s.overflow.as_deref() {
+            None | Some("error") => false,
+            Some("adapt") => true,
+            Some(other) => {
+                r.error(
+                    "settings.overflow",
+                    format!("unknown overflow mode `{other}`"),
+                    Some("use `error` (the default) or `adapt`".into()),
+                );
+                false
+            }
+        };
+        self.adapt = overflow_adapt;
+        FlowSettings {
+            session_timeout_ms,
+            retries: s.retries.unwrap_or(1),
+            numbered_fallback: s.numbered_fallback.unwrap_or(true),
+            fallback: s
+                .fallback
+                .as_ref()
+                .map(|f| self.fallback(r, "settings.fallback", f)),
+            default_language: s.default_language.as_deref().map(Into::into),
+            overflow_adapt,
+            error_message: s
+                .error_message
+                .as_ref()
+                .and_then(|t| self.ltext(r, "settings.error_message", t)),
+        }
+    }
+
+    fn state(
+        &mut self,
+        r: &mut Reporter<'_>,
+        file: usize,
+        name: &str,
+        s: &model::State,
+    ) -> StateNode {
+        let base = join_key("states", name);
+        let p = |k: &str| join_key(&base, k);
+        let say = s
+            .say
+            .as_ref()
+            .map(|x| self.say(r, &p("say"), x))
+            .unwrap_or_default();
+        let ask = s.ask.as_ref().and_then(|a| self.ask(r, &p("ask"), a));
+        let on =
+            s.on.iter()
+                .enumerate()
+                .filter_map(|(i, rule)| self.rule(r, &join_index(&p("on"), i), rule))
+                .collect();
+        let fallback = s
+            .fallback
+            .as_ref()
+            .map(|f| self.fallback(r, &p("fallback"), f));
+        let next = s
+            .next
+            .as_ref()
+            .and_then(|n| self.state_ref(r, &p("next"), n));
+        let set = self.sets(r, &p("set"), &s.set);
+        let call = s.call.as_ref().and_then(|c| self.call(r, &p("call"), c));
+        let on_error = s
+            .on_error
+            .as_ref()
+            .and_then(|n| self.state_ref(r, &p("on_error"), n));
+        if s.end && s.handoff {
+            r.error(&p("handoff"), "a state cannot both end and hand off", None);
+        }
+        if (s.end || s.handoff) && s.next.is_some() {
+            r.error(
+                &p("next"),
+                "`next` after `end` or `handoff` is never followed",
+                Some("remove `next`".into()),
+            );
+        }
+        if s.ask.is_some() && s.next.is_none() {
+            r.error(
+                &p("ask"),
+                "an `ask` state needs `next`: where a valid answer leads",
+                Some("add `next: STATE` to this state".into()),
+            );
+        }
+        StateNode {
+            name: name.into(),
+            say,
+            ask,
+            on,
+            fallback,
+            next,
+            set,
+            call,
+            end: s.end,
+            handoff: s.handoff,
+            intents: s.intents.unwrap_or(true),
+            on_error,
+            file,
+        }
+    }
+
+    fn sets(
+        &mut self,
+        r: &mut Reporter<'_>,
+        path: &str,
+        set: &IndexMap<String, String>,
+    ) -> Vec<(Arc<str>, Tpl)> {
+        set.iter()
+            .filter_map(|(k, v)| {
+                let t = self.template(r, &join_key(path, k), v)?;
+                Some((Arc::from(k.as_str()), t))
+            })
+            .collect()
+    }
+
+    fn call(&mut self, r: &mut Reporter<'_>, path: &str, c: &model::Call) -> Option<CallNode> {
+        if !self.names.actions.iter().any(|a| a == &c.action) {
+            let hint = did_you_mean(&c.action, self.names.actions.iter().map(String::as_str))
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| "register it with `Registry::action` in your binary".into());
+            r.error(
+                &join_key(path, "action"),
+                format!("action `{}` is not registered", c.action),
+                Some(hint),
+            );
+            return None;
+        }
+        let action = intern(&mut self.actions, &c.action);
+        let mut args = Vec::new();
+        for (k, v) in &c.args {
+            let arg = match v {
+                serde_json::Value::String(s) => {
+                    Arg::Template(self.template(r, &join_key(&join_key(path, "args"), k), s)?)
+                }
+                other => Arg::Value(minijinja::Value::from_serialize(other)),
+            };
+            args.push((k.as_str().into(), arg));
+        }
+        Some(CallNode { action, args })
+    }
+
+    fn ask(&mut self, r: &mut Reporter<'_>, path: &str, a: &model::Ask) -> Option<AskNode> {
+        let p = |k: &str| join_key(path, k);
+        let text = a.text.as_ref().and_then(|t| self.ltext(r, &p("text"), t));
+        if a.text.is_none() {
+            r.error(path, "`ask` needs a `text`: the question", None);
+        }
+        if !a.quick_replies.is_empty() {
+            validate::check_quick_replies(r, &p("quick_replies"), &a.quick_replies, self.adapt);
+        }
+        let quick_replies = self.choices(r, &p("quick_replies"), &a.quick_replies);
+        let save = match &a.save {
+            Some(s) if is_identifier(s) => Arc::from(s.as_str()),
+            Some(s) => {
+                r.error(
+                    &p("save"),
+                    format!("`{s}` is not a variable name"),
+                    Some("use letters, digits and _".into()),
+                );
+                return None;
+            }
+            None => {
+                r.error(
+                    path,
+                    "`ask` needs `save`: the variable that gets the answer",
+                    None,
+                );
+                return None;
+            }
+        };
+        let check = match &a.validate {
+            None => Check {
+                kind: CheckKind::Text,
+                regex: None,
+                min: None,
+                max: None,
+            },
+            Some(v) => self.check(r, &p("validate"), v)?,
+        };
+        let invalid = a
+            .invalid
+            .as_ref()
+            .map(|s| self.say(r, &p("invalid"), s))
+            .unwrap_or_default();
+        let exhausted = a
+            .exhausted
+            .as_ref()
+            .map(|f| self.fallback(r, &p("exhausted"), f));
+        Some(AskNode {
+            text,
+            quick_replies,
+            save,
+            check,
+            invalid,
+            retries: a.retries.unwrap_or(self.default_retries),
+            exhausted,
+        })
+    }
+
+    fn check(&mut self, r: &mut Reporter<'_>, path: &str, v: &model::Validate) -> Option<Check> {
+        let kind = match v.kind.as_deref() {
+            None | Some("text") => CheckKind::Text,
+            Some("number") => CheckKind::Number,
+            Some("email") => CheckKind::Email,
+            Some("phone") => CheckKind::Phone,
+            Some("date") => CheckKind::Date,
+            Some(other) => {
+                let at = if v.regex.is_some() || v.min.is_some() {
+                    join_key(path, "kind")
+                } else {
+                    path.to_owned()
+                };
+                let hint = did_you_mean(other, ["text", "number", "email", "phone", "date"])
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| {
+                        "use text, number, email, phone or date, or `regex:`".into()
+                    });
+                r.error(&at, format!("unknown answer kind `{other}`"), Some(hint));
+                return None;
+            }
+        };
+        if (v.min.is_some() || v.max.is_some()) && kind != CheckKind::Number {
+            r.error(path, "`min` and `max` apply to `kind: number` only", None);
+        }
+        let regex = match &v.regex {
+            Some(src) => Some(self.regex(r, &join_key(path, "regex"), src)?),
+            None => None,
+        };
+        Some(Check {
+            kind,
+            regex,
+            min: v.min,
+            max: v.max,
+        })
+    }
+
+    fn regex(&mut self, r: &mut Reporter<'_>, path: &str, src: &str) -> Option<Regex> {
+        match Regex::new(src) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let detail = e.to_string();
+                let last = detail.lines().last().unwrap_or("").trim().to_owned();
+                r.error(
+                    path,
+                    format!("invalid regex: {last}"),
+                    Some(
+                        "check the pattern; in YAML, single quotes keep backslashes as they are"
+                            .into(),
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn fallback(&mut self, r: &mut Reporter<'_>, path: &str, f: &model::Fallback) -> FallbackNode {
+        let say = f
+            .say
+            .as_ref()
+            .map(|s| self.say(r, &join_key(path, "say"), s))
+            .unwrap_or_default();
+        let goto = f
+            .goto
+            .as_ref()
+            .and_then(|g| self.state_ref(r, &join_key(path, "goto"), g));
+        if f.repeat && f.goto.is_some() {
+            r.error(
+                path,
+                "`repeat` and `goto` cannot both be set",
+                Some("`repeat` re-sends this state; `goto` leaves it".into()),
+            );
+        }
+        FallbackNode {
+            say,
+            repeat: f.repeat,
+            goto,
+        }
+    }
+
+    fn rule(&mut self, r: &mut Reporter<'_>, path: &str, rule: &model::Rule) -> Option<RuleNode> {
+        let cond = self.cond(r, path, rule, true)?;
+        let say = rule
+            .say
+            .as_ref()
+            .map(|s| self.say(r, &join_key(path, "say"), s))
+            .unwrap_or_default();
+        let goto = match &rule.goto {
+            Some(g) => Some(self.state_ref(r, &join_key(path, "goto"), g)?),
+            None => None,
+        };
+        if rule.goto.is_none() && rule.say.is_none() {
+            r.error(
+                path,
+                "a rule needs `goto`, `say`, or both",
+                Some("add `goto: STATE` where this answer leads".into()),
+            );
+            return None;
+        }
+        let set = self.sets(r, &join_key(path, "set"), &rule.set);
+        let label = label(rule);
+        Some(RuleNode {
+            cond,
+            say,
+            goto,
+            set,
+            label: label.into(),
+        })
+    }
+
+    /// Compiles a rule's conditions; several keys must all hold.
+    fn cond(
+        &mut self,
+        r: &mut Reporter<'_>,
+        path: &str,
+        rule: &model::Rule,
+        top: bool,
+    ) -> Option<Cond> {
+        let p = |k: &str| join_key(path, k);
+        if !top {
+            for (k, set) in [
+                ("say", rule.say.is_some()),
+                ("goto", rule.goto.is_some()),
+                ("set", !rule.set.is_empty()),
+            ] {
+                if set {
+                    r.key_error(
+                        &p(k),
+                        format!("`{k}` belongs to the outer rule, not inside any/all/not"),
+                        None,
+                    );
+                }
+            }
+        }
+        let mut conds = Vec::new();
+        let mut ok = true;
+        if let Some(b) = &rule.button {
+            conds.push(Cond::Button(b.as_str().into()));
+        }
+        if let Some(l) = &rule.list {
+            conds.push(Cond::List(l.as_str().into()));
+        }
+        if let Some(t) = &rule.text {
+            let syn: Vec<Box<str>> = t.0.iter().map(|s| normalize(s).into()).collect();
+            if syn.iter().any(|s| s.is_empty()) {
+                r.error(&p("text"), "an empty synonym never matches", None);
+            }
+            conds.push(Cond::Text(syn));
+        }
+        if let Some(k) = &rule.keyword {
+            let phrases: Vec<Vec<Box<str>>> =
+                k.0.iter()
+                    .map(|s| words(&normalize(s)).map(Into::into).collect())
+                    .collect();
+            if phrases.iter().any(Vec::is_empty) {
+                r.error(
+                    &p("keyword"),
+                    "a keyword needs at least one letter or digit",
+                    None,
+                );
+            }
+            conds.push(Cond::Keyword(phrases));
+        }
+        if let Some(re) = &rule.regex {
+            match self.regex(r, &p("regex"), re) {
+                Some(re) => conds.push(Cond::Regex(re)),
+                None => ok = false,
+            }
+        }
+        if let Some(m) = &rule.media {
+            if m == "any" {
+                conds.push(Cond::Media(None));
+            } else if let Some(k) = MediaKind::parse(m) {
+                conds.push(Cond::Media(Some(k)));
+            } else {
+                let all = MediaKind::ALL.map(MediaKind::as_str);
+                let hint = did_you_mean(m, all)
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| format!("use any, {}", all.join(", ")));
+                r.error(&p("media"), format!("unknown media kind `{m}`"), Some(hint));
+                ok = false;
+            }
+        }
+        if let Some(w) = &rule.when {
+            match self.templates.expression(w) {
+                Ok(t) => conds.push(Cond::When(t)),
+                Err(e) => {
+                    r.error(
+                        &p("when"),
+                        format!("invalid expression: {e}"),
+                        Some("expressions use minijinja (Jinja2) syntax".into()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        for (key, list, is_any) in [("any", &rule.any, true), ("all", &rule.all, false)] {
+            if let Some(list) = list {
+                if list.is_empty() {
+                    r.error(&p(key), format!("`{key}` needs at least one rule"), None);
+                    ok = false;
+                    continue;
+                }
+                let subs: Vec<Option<Cond>> = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, sub)| self.cond(r, &join_index(&p(key), i), sub, false))
+                    .collect();
+                if subs.iter().any(Option::is_none) {
+                    ok = false;
+                } else {
+                    let subs = subs.into_iter().flatten().collect();
+                    conds.push(if is_any {
+                        Cond::Any(subs)
+                    } else {
+                        Cond::All(subs)
+                    });
+                }
+            }
+        }
+        if let Some(n) = &rule.not {
+            match self.cond(r, &p("not"), n, false) {
+                Some(c) => conds.push(Cond::Not(Box::new(c))),
+                None => ok = false,
+            }
+        }
+        if let Some(m) = &rule.matcher {
+            if self.names.matchers.iter().any(|x| x == m) {
+                conds.push(Cond::Custom(intern(&mut self.matchers, m)));
+            } else {
+                let hint = did_you_mean(m, self.names.matchers.iter().map(String::as_str))
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| {
+                        "register it with `Registry::matcher` in your binary".into()
+                    });
+                r.error(
+                    &p("match"),
+                    format!("matcher `{m}` is not registered"),
+                    Some(hint),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        match conds.len() {
+            0 => {
+                r.error(
+                    path,
+                    "a rule needs a condition",
+                    Some("use button, list, text, keyword, regex, media, when, any, all, not or match (for \"anything else\", use `fallback`)".into()),
+                );
+                None
+            }
+            1 => conds.pop(),
+            _ => Some(Cond::All(conds)),
+        }
+    }
+
+    fn template(&mut self, r: &mut Reporter<'_>, path: &str, src: &str) -> Option<Tpl> {
+        match self.templates.text(src) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                r.error(
+                    path,
+                    format!("invalid template: {e}"),
+                    Some("templates use minijinja (Jinja2) syntax: {{ name }}".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn ltext(&mut self, r: &mut Reporter<'_>, path: &str, t: &Text) -> Option<LText> {
+        match t {
+            Text::One(s) => Some(LText(vec![("".into(), self.template(r, path, s)?)])),
+            Text::ByLanguage(m) => {
+                if m.is_empty() {
+                    r.error(path, "a text needs at least one language", None);
+                    return None;
+                }
+                let mut out = Vec::new();
+                for (lang, s) in m {
+                    out.push((
+                        lang.as_str().into(),
+                        self.template(r, &join_key(path, lang), s)?,
+                    ));
+                }
+                Some(LText(out))
+            }
+        }
+    }
+
+    fn choices(
+        &mut self,
+        r: &mut Reporter<'_>,
+        path: &str,
+        cs: &[model::ChoiceDoc],
+    ) -> Vec<ChoiceNode> {
+        cs.iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let p = join_index(path, i);
+                Some(ChoiceNode {
+                    id: c.id.as_str().into(),
+                    title: self.ltext(r, &join_key(&p, "title"), &c.title)?,
+                    description: match &c.description {
+                        Some(d) => Some(self.ltext(r, &join_key(&p, "description"), d)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn say(&mut self, r: &mut Reporter<'_>, path: &str, say: &model::Say) -> Vec<MsgNode> {
+        let single = say.0.len() == 1;
+        let mut out = Vec::new();
+        for (i, item) in say.0.iter().enumerate() {
+            // `say: "text"` and `say: {text: ..}` have no index in their path.
+            let p = if single && !is_seq(r, path) {
+                path.to_owned()
+            } else {
+                join_index(path, i)
+            };
+            if let Some(m) = self.message(r, &p, item) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn message(
+        &mut self,
+        r: &mut Reporter<'_>,
+        path: &str,
+        item: &model::SayItem,
+    ) -> Option<MsgNode> {
+        let rich = match item {
+            model::SayItem::Plain(t) => {
+                return Some(MsgNode::Text {
+                    text: self.ltext(r, path, t)?,
+                    quick_replies: vec![],
+                    buttons: vec![],
+                })
+            }
+            model::SayItem::Rich(rich) => rich,
+        };
+        let p = |k: &str| join_key(path, k);
+        let kinds = [
+            rich.text.is_some() || rich.quick_replies.is_some() || rich.buttons.is_some(),
+            rich.list.is_some(),
+            rich.media.is_some(),
+        ];
+        match kinds.iter().filter(|k| **k).count() {
+            0 => {
+                r.error(path, "a message needs `text`, `list` or `media`", None);
+                return None;
+            }
+            1 => {}
+            _ => {
+                r.error(
+                    path,
+                    "a message has one of `text`, `list` or `media`",
+                    Some("split it into two messages".into()),
+                );
+                return None;
+            }
+        }
+        if let Some(list) = &rich.list {
+            validate::check_list(r, &p("list"), list, self.adapt);
+            let lp = p("list");
+            let l = |k: &str| join_key(&lp, k);
+            let mut sections = Vec::new();
+            for (si, s) in list.sections.iter().enumerate() {
+                let sp = join_index(&l("sections"), si);
+                let title = match &s.title {
+                    Some(t) => Some(self.ltext(r, &join_key(&sp, "title"), t)?),
+                    None => None,
+                };
+                sections.push((title, self.choices(r, &join_key(&sp, "rows"), &s.rows)));
+            }
+            return Some(MsgNode::List(ListNode {
+                header: match &list.header {
+                    Some(h) => Some(self.ltext(r, &l("header"), h)?),
+                    None => None,
+                },
+                body: self.ltext(r, &l("body"), &list.body)?,
+                footer: match &list.footer {
+                    Some(h) => Some(self.ltext(r, &l("footer"), h)?),
+                    None => None,
+                },
+                button: self.ltext(r, &l("button"), &list.button)?,
+                sections,
+            }));
+        }
+        if let Some(m) = &rich.media {
+            let mp = p("media");
+            let Some(kind) = MediaKind::parse(&m.kind) else {
+                r.error(
+                    &join_key(&mp, "kind"),
+                    format!("unknown media kind `{}`", m.kind),
+                    Some("use image, video, audio or document".into()),
+                );
+                return None;
+            };
+            return Some(MsgNode::Media {
+                url: self.template(r, &join_key(&mp, "url"), &m.url)?,
+                kind,
+                caption: match &m.caption {
+                    Some(c) => Some(self.ltext(r, &join_key(&mp, "caption"), c)?),
+                    None => None,
+                },
+            });
+        }
+        let Some(text) = &rich.text else {
+            r.error(path, "quick replies and buttons need a `text`", None);
+            return None;
+        };
+        validate::check_len(r, &p("text"), text, validate::limits::BODY, "the text");
+        let text = self.ltext(r, &p("text"), text)?;
+        let quick_replies = match &rich.quick_replies {
+            Some(q) => {
+                validate::check_quick_replies(r, &p("quick_replies"), q, self.adapt);
+                self.choices(r, &p("quick_replies"), q)
+            }
+            None => vec![],
+        };
+        let mut buttons = Vec::new();
+        if let Some(bs) = &rich.buttons {
+            validate::check_buttons(r, &p("buttons"), bs);
+            if rich.quick_replies.is_some() {
+                r.error(
+                    &p("buttons"),
+                    "a message has quick replies or informative buttons, not both",
+                    Some("split it into two messages".into()),
+                );
+            }
+            for (i, b) in bs.iter().enumerate() {
+                let bp = join_index(&p("buttons"), i);
+                let kind = match b.kind.to_ascii_lowercase().as_str() {
+                    "url" => ButtonKind::Url,
+                    "phone" => ButtonKind::Phone,
+                    other => {
+                        r.error(
+                            &join_key(&bp, "type"),
+                            format!("unknown button type `{other}`"),
+                            Some("use `url` or `phone`".into()),
+                        );
+                        continue;
+                    }
+                };
+                let (Some(title), Some(value)) = (
+                    self.ltext(r, &join_key(&bp, "title"), &b.title),
+                    self.template(r, &join_key(&bp, "value"), &b.value),
+                ) else {
+                    continue;
+                };
+                buttons.push(ButtonNode { kind, title, value });
+            }
+        }
+        Some(MsgNode::Text {
+            text,
+            quick_replies,
+            buttons,
+        })
+    }
+}
+
+/// Whether the node at `path` is a sequence (so its items have `[i]` paths).
+fn is_seq(r: &Reporter<'_>, path: &str) -> bool {
+    r.source
+        .value_pos(&join_index(path, 0))
+        .is_some_and(|p| Some(p) != r.source.value_pos(path))
+}
+
+fn intern(list: &mut Vec<Box<str>>, name: &str) -> u32 {
+    if let Some(i) = list.iter().position(|n| &**n == name) {
+        return i as u32;
+    }
+    list.push(name.into());
+    (list.len() - 1) as u32
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next().is_some_and(|f| f.is_alphabetic() || f == '_')
+        && c.all(|x| x.is_alphanumeric() || x == '_')
+}
+
+/// A short human description of a rule's condition.
+fn label(rule: &model::Rule) -> String {
+    let mut parts = Vec::new();
+    if let Some(b) = &rule.button {
+        parts.push(format!("button: {b}"));
+    }
+    if let Some(l) = &rule.list {
+        parts.push(format!("list: {l}"));
+    }
+    if let Some(t) = &rule.text {
+        parts.push(format!("text: {}", t.0.join(" | ")));
+    }
+    if let Some(k) = &rule.keyword {
+        parts.push(format!("keyword: {}", k.0.join(" | ")));
+    }
+    if let Some(re) = &rule.regex {
+        parts.push(format!("regex: {re}"));
+    }
+    if let Some(m) = &rule.media {
+        parts.push(format!("media: {m}"));
+    }
+    if let Some(w) = &rule.when {
+        parts.push(format!("when: {w}"));
+    }
+    for (k, l) in [("any", &rule.any), ("all", &rule.all)] {
+        if let Some(l) = l {
+            let inner: Vec<String> = l.iter().map(label).collect();
+            parts.push(format!("{k}({})", inner.join(", ")));
+        }
+    }
+    if let Some(n) = &rule.not {
+        parts.push(format!("not({})", label(n)));
+    }
+    if let Some(m) = &rule.matcher {
+        parts.push(format!("match: {m}"));
+    }
+    parts.join(" + ")
+}

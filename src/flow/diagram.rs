@@ -1,0 +1,136 @@
+//! The flow as a diagram: Mermaid (`flowbot graph`) or Graphviz DOT (`--dot`).
+//!
+//! Nodes are states (ends drawn round, handoffs as parallelograms); edges are rule
+//! `goto`s labelled with their condition, `next`, fallbacks, `ask` outcomes and
+//! error paths. Global intents hang off one "any state" node, since they apply
+//! everywhere.
+
+use std::fmt::Write;
+
+use super::graph::{Flow, StateId};
+
+struct Edge {
+    from: Option<StateId>,
+    to: StateId,
+    label: String,
+}
+
+fn edges(flow: &Flow) -> Vec<Edge> {
+    let mut out = Vec::new();
+    for r in &flow.intents {
+        if let Some(to) = r.goto {
+            out.push(Edge {
+                from: None,
+                to,
+                label: r.label.to_string(),
+            });
+        }
+    }
+    for (id, s) in flow.states.iter().enumerate() {
+        let from = Some(id as StateId);
+        for r in &s.on {
+            if let Some(to) = r.goto {
+                out.push(Edge {
+                    from,
+                    to,
+                    label: r.label.to_string(),
+                });
+            }
+        }
+        if let Some(to) = s.next {
+            let label = if s.ask.is_some() {
+                "valid answer"
+            } else {
+                "next"
+            };
+            out.push(Edge {
+                from,
+                to,
+                label: label.into(),
+            });
+        }
+        if let Some(to) = s.fallback.as_ref().and_then(|f| f.goto) {
+            out.push(Edge {
+                from,
+                to,
+                label: "fallback".into(),
+            });
+        }
+        if let Some(to) = s
+            .ask
+            .as_ref()
+            .and_then(|a| a.exhausted.as_ref())
+            .and_then(|e| e.goto)
+        {
+            out.push(Edge {
+                from,
+                to,
+                label: "retries exhausted".into(),
+            });
+        }
+        if let Some(to) = s.on_error {
+            out.push(Edge {
+                from,
+                to,
+                label: "error".into(),
+            });
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('"', "'").replace('|', "/")
+}
+
+impl Flow {
+    /// The flow as a Mermaid flowchart.
+    pub fn to_mermaid(&self) -> String {
+        let mut m = String::from("flowchart TD\n");
+        for (id, s) in self.states.iter().enumerate() {
+            let name = escape(&s.name);
+            let _ = match (s.end, s.handoff) {
+                (true, _) => writeln!(m, "  s{id}((\"{name}\"))"),
+                (_, true) => writeln!(m, "  s{id}[/\"{name}\"/]"),
+                _ => writeln!(m, "  s{id}[\"{name}\"]"),
+            };
+        }
+        if !self.intents.is_empty() {
+            m.push_str("  any{{\"any state\"}}\n");
+        }
+        let _ = writeln!(m, "  start_([ ]) --> s{}", self.start);
+        for e in edges(self) {
+            let from = e
+                .from
+                .map_or_else(|| "any".to_string(), |f| format!("s{f}"));
+            let _ = writeln!(m, "  {from} -->|\"{}\"| s{}", escape(&e.label), e.to);
+        }
+        m
+    }
+
+    /// The flow as Graphviz DOT.
+    pub fn to_dot(&self) -> String {
+        let mut d = format!("digraph \"{}\" {{\n  rankdir=TB;\n", escape(&self.name));
+        for (id, s) in self.states.iter().enumerate() {
+            let shape = match (s.end, s.handoff) {
+                (true, _) => "doublecircle",
+                (_, true) => "parallelogram",
+                _ => "box",
+            };
+            let _ = writeln!(d, "  s{id} [label=\"{}\", shape={shape}];", escape(&s.name));
+        }
+        if !self.intents.is_empty() {
+            d.push_str("  any [label=\"any state\", shape=hexagon];\n");
+        }
+        d.push_str("  start_ [shape=point];\n");
+        let _ = writeln!(d, "  start_ -> s{};", self.start);
+        for e in edges(self) {
+            let from = e
+                .from
+                .map_or_else(|| "any".to_string(), |f| format!("s{f}"));
+            let _ = writeln!(d, "  {from} -> s{} [label=\"{}\"];", e.to, escape(&e.label));
+        }
+        d.push_str("}\n");
+        d
+    }
+}

@@ -1,0 +1,322 @@
+//! The compiled flow: an indexed graph the engine walks without parsing anything.
+//!
+//! States are addressed by [`StateId`] (an index), rules carry compiled regexes and
+//! pre-normalized synonyms, texts are [`Tpl`]s, and handlers are referred to by an
+//! index into [`Flow::actions`] / [`Flow::matchers`], so that the flow itself holds
+//! no Rust code and a [`Bot`](crate::engine::Bot) binds the names to handlers once.
+
+use regex::Regex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::diagnostic::Diagnostics;
+use super::template::{Templates, Tpl, VarList};
+use crate::message::{ButtonKind, MediaKind};
+
+/// A state's index in [`Flow::states`].
+pub type StateId = u32;
+
+/// A loaded, validated and compiled flow.
+#[derive(Debug)]
+pub struct Flow {
+    /// The flow's name (`name:`, else the file stem).
+    pub name: String,
+    /// A fingerprint of the sources; sessions record it.
+    pub version: u64,
+    /// The files it was read from, the main one first.
+    pub files: Vec<PathBuf>,
+    /// The first state.
+    pub start: StateId,
+    /// All states.
+    pub states: Vec<StateNode>,
+    /// Global rules.
+    pub intents: Vec<RuleNode>,
+    /// Settings with their defaults filled in.
+    pub settings: FlowSettings,
+    /// Variable defaults.
+    pub vars: Arc<VarList>,
+    /// Compiled templates.
+    pub templates: Templates,
+    /// Names of the actions the flow calls (indexed by [`CallNode::action`]).
+    pub actions: Vec<Box<str>>,
+    /// Names of the custom matchers the flow uses (indexed by [`Cond::Custom`]).
+    pub matchers: Vec<Box<str>>,
+    /// The flow-wide error state.
+    pub on_error: Option<StateId>,
+    /// Warnings found while loading (errors prevent loading).
+    pub warnings: Diagnostics,
+    pub(crate) index: HashMap<Box<str>, StateId>,
+}
+
+impl Flow {
+    /// A state's id by name.
+    pub fn state_id(&self, name: &str) -> Option<StateId> {
+        self.index.get(name).copied()
+    }
+
+    /// A state by id.
+    pub fn state(&self, id: StateId) -> &StateNode {
+        &self.states[id as usize]
+    }
+}
+
+/// Flow-wide settings, defaults applied.
+#[derive(Debug)]
+pub struct FlowSettings {
+    /// Inactivity after which a conversation starts over, in milliseconds.
+    pub session_timeout_ms: Option<u64>,
+    /// Default re-asks for `ask`.
+    pub retries: u32,
+    /// Render options as numbered lines where the channel has no buttons.
+    pub numbered_fallback: bool,
+    /// Default answer when nothing matches.
+    pub fallback: Option<FallbackNode>,
+    /// Language when the contact's is unknown.
+    pub default_language: Option<Box<str>>,
+    /// Turn too many quick replies into a list, and too long lists into text.
+    pub overflow_adapt: bool,
+    /// Sent when an action fails and no `on_error` state is set.
+    pub error_message: Option<LText>,
+}
+
+/// One compiled state.
+#[derive(Debug)]
+pub struct StateNode {
+    /// Its name.
+    pub name: Box<str>,
+    /// Messages on entry.
+    pub say: Vec<MsgNode>,
+    /// A question and its capture.
+    pub ask: Option<AskNode>,
+    /// Rules, in order.
+    pub on: Vec<RuleNode>,
+    /// When nothing matches.
+    pub fallback: Option<FallbackNode>,
+    /// The state that follows.
+    pub next: Option<StateId>,
+    /// Variables set on entry.
+    pub set: Vec<(Arc<str>, Tpl)>,
+    /// The action run on entry.
+    pub call: Option<CallNode>,
+    /// The conversation ends here.
+    pub end: bool,
+    /// A person takes over here.
+    pub handoff: bool,
+    /// Whether global intents apply.
+    pub intents: bool,
+    /// Where a failed action leads.
+    pub on_error: Option<StateId>,
+    /// The file it was defined in (index into [`Flow::files`]).
+    pub file: usize,
+}
+
+impl StateNode {
+    /// Whether the conversation waits here for the customer (rather than going on).
+    pub fn waits(&self) -> bool {
+        self.ask.is_some() || (self.next.is_none() && !self.end && !self.handoff)
+    }
+}
+
+/// A rule: a condition and what follows.
+#[derive(Debug)]
+pub struct RuleNode {
+    /// When it fires.
+    pub cond: Cond,
+    /// Sent when it fires.
+    pub say: Vec<MsgNode>,
+    /// Where it leads (none: stay).
+    pub goto: Option<StateId>,
+    /// Variables set when it fires.
+    pub set: Vec<(Arc<str>, Tpl)>,
+    /// A short description (`button: orders`) for graphs and coverage.
+    pub label: Box<str>,
+}
+
+/// A compiled condition.
+#[derive(Debug)]
+pub enum Cond {
+    /// The button with this id was tapped.
+    Button(Box<str>),
+    /// The list row with this id was picked.
+    List(Box<str>),
+    /// The whole message is one of these (normalized).
+    Text(Vec<Box<str>>),
+    /// The message contains one of these phrases (normalized words).
+    Keyword(Vec<Vec<Box<str>>>),
+    /// The message text matches; named groups become variables.
+    Regex(Regex),
+    /// The message carries media (of this kind, or any).
+    Media(Option<MediaKind>),
+    /// An expression is true.
+    When(Tpl),
+    /// Any sub-condition holds.
+    Any(Vec<Cond>),
+    /// All sub-conditions hold.
+    All(Vec<Cond>),
+    /// The sub-condition does not hold.
+    Not(Box<Cond>),
+    /// A custom matcher (index into [`Flow::matchers`]).
+    Custom(u32),
+}
+
+/// `fallback:` / `exhausted:`.
+#[derive(Debug)]
+pub struct FallbackNode {
+    /// What to say.
+    pub say: Vec<MsgNode>,
+    /// Send the state's messages again.
+    pub repeat: bool,
+    /// Go elsewhere instead.
+    pub goto: Option<StateId>,
+}
+
+/// `ask:`.
+#[derive(Debug)]
+pub struct AskNode {
+    /// The question.
+    pub text: Option<LText>,
+    /// Suggested answers.
+    pub quick_replies: Vec<ChoiceNode>,
+    /// Where a valid answer goes.
+    pub save: Arc<str>,
+    /// How it is checked.
+    pub check: Check,
+    /// Sent after an invalid answer.
+    pub invalid: Vec<MsgNode>,
+    /// Re-asks before `exhausted`.
+    pub retries: u32,
+    /// After too many invalid answers.
+    pub exhausted: Option<FallbackNode>,
+}
+
+/// How an answer is checked.
+#[derive(Debug)]
+pub struct Check {
+    /// A built-in kind.
+    pub kind: CheckKind,
+    /// A regex the answer must match too.
+    pub regex: Option<Regex>,
+    /// Bounds for numbers.
+    pub min: Option<f64>,
+    /// Bounds for numbers.
+    pub max: Option<f64>,
+}
+
+/// Built-in answer kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Any non-empty text.
+    Text,
+    /// A number (saved as a number).
+    Number,
+    /// An e-mail address.
+    Email,
+    /// A phone number (saved as `+` and digits).
+    Phone,
+    /// A calendar date (saved as `YYYY-MM-DD`).
+    Date,
+}
+
+/// `call:`.
+#[derive(Debug)]
+pub struct CallNode {
+    /// Index into [`Flow::actions`].
+    pub action: u32,
+    /// Arguments.
+    pub args: Vec<(Box<str>, Arg)>,
+}
+
+/// An action argument.
+#[derive(Debug)]
+pub enum Arg {
+    /// A string, rendered as a template.
+    Template(Tpl),
+    /// Any other YAML value, passed as is.
+    Value(minijinja::Value),
+}
+
+/// A text in one or more languages.
+#[derive(Debug, Clone)]
+pub struct LText(pub Vec<(Box<str>, Tpl)>);
+
+impl LText {
+    /// The variant for a language: exact, then the primary subtag (`pt` for
+    /// `pt-BR`), then the default language, then the first written.
+    pub fn pick(&self, lang: Option<&str>, default: Option<&str>) -> &Tpl {
+        if self.0.len() == 1 {
+            return &self.0[0].1;
+        }
+        let find = |l: &str| {
+            self.0
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(l))
+                .map(|(_, t)| t)
+        };
+        lang.and_then(|l| find(l).or_else(|| l.split(['-', '_']).next().and_then(find)))
+            .or_else(|| default.and_then(find))
+            .unwrap_or(&self.0[0].1)
+    }
+}
+
+/// A compiled outgoing message.
+#[derive(Debug)]
+pub enum MsgNode {
+    /// Text, with optional quick replies and informative buttons.
+    Text {
+        /// The text.
+        text: LText,
+        /// Quick replies.
+        quick_replies: Vec<ChoiceNode>,
+        /// Informative buttons.
+        buttons: Vec<ButtonNode>,
+    },
+    /// A list message.
+    List(ListNode),
+    /// An attachment.
+    Media {
+        /// Where it is.
+        url: Tpl,
+        /// Its kind.
+        kind: MediaKind,
+        /// Caption.
+        caption: Option<LText>,
+    },
+}
+
+/// A quick reply or a list row.
+#[derive(Debug)]
+pub struct ChoiceNode {
+    /// Its id.
+    pub id: Box<str>,
+    /// Its title.
+    pub title: LText,
+    /// A row's description.
+    pub description: Option<LText>,
+}
+
+/// A list message.
+#[derive(Debug)]
+pub struct ListNode {
+    /// Header.
+    pub header: Option<LText>,
+    /// Body.
+    pub body: LText,
+    /// Footer.
+    pub footer: Option<LText>,
+    /// Button label.
+    pub button: LText,
+    /// Sections: title and rows.
+    pub sections: Vec<(Option<LText>, Vec<ChoiceNode>)>,
+}
+
+/// An informative button.
+#[derive(Debug)]
+pub struct ButtonNode {
+    /// URL or phone.
+    pub kind: ButtonKind,
+    /// Label.
+    pub title: LText,
+    /// Address or number.
+    pub value: Tpl,
+}

@@ -1,0 +1,250 @@
+//! Reading flow files: YAML to [`FlowDoc`]s, following `include:`.
+//!
+//! This is the only place that uses serde_yaml (it could be swapped here alone).
+//! Each document is deserialized through two serde adapters: `serde_ignored`
+//! collects every unknown key (all of them, not just the first) and
+//! `serde_path_to_error` names the path of a value of the wrong shape. Positions
+//! come from serde_yaml for its own errors and from [`Source`] for everything else.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::diagnostic::{did_you_mean, Diagnostics, Severity};
+use super::model::{known_keys, FlowDoc};
+use super::source::{self, join_index, join_key, Pos, Reporter, Source};
+
+/// A parsed document and where it came from.
+pub(crate) struct Loaded {
+    pub(crate) source: Source,
+    pub(crate) doc: FlowDoc,
+}
+
+/// Reads `path` and every file it includes. Problems go to `diags`; a file that
+/// cannot be read or parsed is left out of the result.
+/// With `text`, the main file's content is that text rather than what is on disk.
+pub(crate) fn load_files(
+    path: &Path,
+    text: Option<String>,
+    diags: &mut Diagnostics,
+) -> Vec<Loaded> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    load_into(path, text, None, &mut out, &mut seen, diags);
+    out
+}
+
+/// `from`: the including file (its index in `out`) and the include's path.
+fn load_into(
+    path: &Path,
+    text: Option<String>,
+    from: Option<(usize, &str)>,
+    out: &mut Vec<Loaded>,
+    seen: &mut HashSet<PathBuf>,
+    diags: &mut Diagnostics,
+) {
+    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if !seen.insert(key) {
+        if let Some((src, at)) = from {
+            Reporter {
+                source: &out[src].source,
+                out: diags,
+            }
+            .warning(
+                at,
+                format!("`{}` is included more than once", path.display()),
+                Some("each file is read once; remove the repeated include".into()),
+            );
+        }
+        return;
+    }
+    let text = match text.map_or_else(|| source::read(path), Ok) {
+        Ok(t) => t,
+        Err(e) => {
+            let message = format!("cannot read `{}`: {e}", path.display());
+            match from {
+                Some((src, at)) => Reporter {
+                    source: &out[src].source,
+                    out: diags,
+                }
+                .error(at, message, None),
+                None => diags.0.push(Source::new(path, String::new()).diagnostic_at(
+                    Severity::Error,
+                    None,
+                    "",
+                    message,
+                    None,
+                )),
+            }
+            return;
+        }
+    };
+    let Some(loaded) = parse(path, text, diags) else {
+        return;
+    };
+    let includes = loaded.doc.include.clone();
+    let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    out.push(loaded);
+    let idx = out.len() - 1;
+    for (i, inc) in includes.iter().enumerate() {
+        load_into(
+            &base.join(inc),
+            None,
+            Some((idx, &join_index("include", i))),
+            out,
+            seen,
+            diags,
+        );
+    }
+}
+
+/// Parses one flow document. Returns `None` (with diagnostics) if its YAML or its
+/// shape is broken; unknown keys are reported but do not stop the parse.
+fn parse(path: &Path, text: String, diags: &mut Diagnostics) -> Option<Loaded> {
+    let source = Source::new(path, text);
+    let doc = parse_doc::<FlowDoc>(&source, &known_keys(), diags)?;
+    Some(Loaded { source, doc })
+}
+
+/// Deserializes any YAML document of the project (flows, conversation tests),
+/// reporting unknown keys (with a suggestion among `keys`) and shape errors with
+/// their position and path.
+pub(crate) fn parse_doc<T: DeserializeOwned>(
+    source: &Source,
+    keys: &[&str],
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    let mut unknown: Vec<String> = Vec::new();
+    let result = {
+        let de = serde_yaml::Deserializer::from_str(&source.text);
+        let mut track = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
+        let de = serde_ignored::Deserializer::new(de, &mut track);
+        serde_path_to_error::deserialize::<_, T>(de)
+    };
+    let mut r = Reporter { source, out: diags };
+    for p in &unknown {
+        let name = p.rsplit('.').next().unwrap_or(p);
+        let hint = did_you_mean(name, keys.iter().copied())
+            .map(|k| format!("did you mean `{k}`?"))
+            .or_else(|| Some("remove it, or check the reference for the keys allowed here".into()));
+        r.key_error(p, format!("unknown key `{name}`"), hint);
+    }
+    match result {
+        Ok(doc) => Some(doc),
+        Err(e) => {
+            let path_str = error_path(e.path());
+            let inner = e.into_inner();
+            let pos = inner.location().map(|l| Pos {
+                line: l.line(),
+                column: l.column(),
+            });
+            let message = clean_yaml_message(&inner.to_string());
+            let hint = yaml_hint(&message);
+            let pos = pos.or_else(|| source.value_pos(&path_str));
+            let d = source.diagnostic_at(Severity::Error, pos, &path_str, message, hint);
+            diags.0.push(d);
+            None
+        }
+    }
+}
+
+/// Writes a value as YAML (for transcripts and snapshots).
+pub(crate) fn to_yaml<T: Serialize>(value: &T) -> String {
+    serde_yaml::to_string(value).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+}
+
+/// serde_yaml appends " at line L column C" to its messages; we show that apart.
+fn clean_yaml_message(m: &str) -> String {
+    let m = match m.find(" at line ") {
+        Some(i) => &m[..i],
+        None => m,
+    };
+    let m = m
+        .strip_prefix("invalid type: ")
+        .map_or_else(|| m.to_string(), |rest| format!("wrong type: {rest}"));
+    m.replace("unknown field", "unknown key")
+}
+
+fn yaml_hint(message: &str) -> Option<String> {
+    if message.contains("mapping values are not allowed") {
+        Some("a value with `: ` inside must be quoted".into())
+    } else if message.contains("did not find expected") {
+        Some("check the indentation and the brackets on this line and the one before".into())
+    } else if message.contains("found character that cannot start any token") {
+        Some("tabs cannot indent YAML; use spaces".into())
+    } else {
+        None
+    }
+}
+
+fn error_path(p: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut s = String::new();
+    for seg in p.iter() {
+        match seg {
+            Segment::Seq { index } => s = join_index(&s, *index),
+            Segment::Map { key } => s = join_key(&s, key),
+            Segment::Enum { variant } => s = join_key(&s, variant),
+            Segment::Unknown => {}
+        }
+    }
+    s
+}
+
+fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => join_index(&ignored_path(parent), *index),
+        P::Map { parent, key } => join_key(&ignored_path(parent), key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(src: &str) -> (Option<Loaded>, Diagnostics) {
+        let mut d = Diagnostics::default();
+        let l = parse(Path::new("t.yaml"), src.to_owned(), &mut d);
+        (l, d)
+    }
+
+    #[test]
+    fn unknown_keys_are_all_reported_with_suggestions() {
+        let (l, d) = parse_str(
+            "start: a\nstates:\n  a:\n    sya: hi\n    on:\n      - { buton: x, goto: a }\n",
+        );
+        assert!(l.is_some());
+        let msgs: Vec<_> =
+            d.0.iter()
+                .map(|d| (d.path.as_str(), d.hint.clone(), d.line))
+                .collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert_eq!(msgs[0].0, "states.a.sya");
+        assert_eq!(msgs[0].1.as_deref(), Some("did you mean `say`?"));
+        assert_eq!(msgs[0].2, 4);
+        assert_eq!(msgs[1].0, "states.a.on[0].buton");
+        assert_eq!(msgs[1].1.as_deref(), Some("did you mean `button`?"));
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let (l, d) = parse_str("states:\n  a:\n    say: [unclosed\n");
+        assert!(l.is_none());
+        assert_eq!(d.0.len(), 1);
+        assert!(d.0[0].line >= 3, "{:?}", d.0[0]);
+    }
+
+    #[test]
+    fn wrong_types_name_the_path() {
+        let (l, d) = parse_str("states:\n  a:\n    end: sometimes\n");
+        assert!(l.is_none());
+        assert_eq!(d.0[0].path, "states.a.end");
+        assert_eq!(d.0[0].line, 3);
+    }
+}

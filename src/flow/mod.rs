@@ -1,0 +1,111 @@
+//! The flow language: YAML documents loaded, validated and compiled into a [`Flow`].
+//!
+//! - [`model`]: serde types mirroring the YAML;
+//! - `load`: files to documents (the only user of serde_yaml), following `include:`;
+//! - `compile`: documents to the indexed graph in [`graph`], with [`template`]s and
+//!   regexes compiled once;
+//! - `validate`: limits and graph checks;
+//! - [`Diagnostic`]s for every problem, with file, line, column and document path.
+//!
+//! This module knows nothing of the engine: handlers are referred to by name, and
+//! the names that exist are passed in as [`HandlerNames`].
+//!
+//! ```
+//! use flowbot::flow::{Flow, HandlerNames};
+//! let flow = Flow::from_yaml(
+//!     "hello.yaml",
+//!     "states:\n  start:\n    say: Hi!\n    on:\n      - { text: bye, goto: done }\n  done: { say: Bye, end: true }\n",
+//!     &HandlerNames::default(),
+//! ).unwrap();
+//! assert_eq!(flow.states.len(), 2);
+//! ```
+
+mod compile;
+mod diagnostic;
+mod diagram;
+mod graph;
+mod load;
+pub mod model;
+mod normalize;
+mod source;
+pub mod template;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostic::{did_you_mean, Diagnostic, Diagnostics, Severity};
+pub use graph::*;
+pub(crate) use normalize::contains_phrase;
+pub use normalize::{normalize, words};
+pub use template::Tpl;
+pub use validate::limits;
+
+/// The names of the Rust handlers a flow may use (`call: {action: ..}`,
+/// `match: ..`); a name not listed is a load-time error.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerNames {
+    /// Registered actions.
+    pub actions: Vec<String>,
+    /// Registered matchers.
+    pub matchers: Vec<String>,
+}
+
+/// A flow that could not be loaded, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("the flow has errors:\n{0}")]
+pub struct LoadError(pub Diagnostics);
+
+impl Flow {
+    /// Loads a flow file (and the files it includes), validates and compiles it.
+    /// Warnings are kept in [`Flow::warnings`].
+    pub fn load(path: impl AsRef<Path>, names: &HandlerNames) -> Result<Flow, LoadError> {
+        let mut diags = Diagnostics::default();
+        let files = load::load_files(path.as_ref(), None, &mut diags);
+        finish(compile::compile(&files, names, &mut diags), diags)
+    }
+
+    /// Loads a flow from text, as if read from `name` (includes are resolved
+    /// relative to `name`).
+    pub fn from_yaml(
+        name: impl AsRef<Path>,
+        yaml: &str,
+        names: &HandlerNames,
+    ) -> Result<Flow, LoadError> {
+        let mut diags = Diagnostics::default();
+        let files = load::load_files(name.as_ref(), Some(yaml.to_owned()), &mut diags);
+        finish(compile::compile(&files, names, &mut diags), diags)
+    }
+}
+
+fn finish(flow: Option<Flow>, mut diags: Diagnostics) -> Result<Flow, LoadError> {
+    diags.finish();
+    match flow {
+        Some(mut f) if !diags.has_errors() => {
+            f.warnings = diags;
+            Ok(f)
+        }
+        _ => Err(LoadError(diags)),
+    }
+}
+
+/// Parses another YAML document of the project (a conversation test) with the
+/// same diagnostics as flows; `keys` are the names offered as "did you mean".
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    path: impl AsRef<Path>,
+    text: String,
+    keys: &[&str],
+) -> Result<T, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let source = source::Source::new(path.as_ref(), text);
+    let doc = load::parse_doc::<T>(&source, keys, &mut diags);
+    diags.finish();
+    match doc {
+        Some(d) if !diags.has_errors() => Ok(d),
+        _ => Err(diags),
+    }
+}
+
+/// Writes a value as YAML, the way transcripts and snapshots are written.
+pub fn to_yaml<T: serde::Serialize>(value: &T) -> String {
+    load::to_yaml(value)
+}

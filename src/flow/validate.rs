@@ -1,0 +1,334 @@
+//! Checks that do not build anything: platform limits, duplicate ids, and the
+//! shape of the state graph (unreachable states, `next` loops).
+//!
+//! Limits are WhatsApp's (the strictest channel Qpien serves with buttons): a flow
+//! that passes them renders on every channel, because the engine degrades lists and
+//! buttons to numbered text where a channel shows less. With
+//! `settings.overflow: adapt` the count limits become the engine's job at run time
+//! (too many buttons become a list, too long a list becomes numbered text), so they
+//! are not errors here; length limits still are, since no rendering can shorten a
+//! title faithfully. Texts with template syntax are measured only at run time.
+
+use std::collections::HashSet;
+
+use super::graph::{Flow, StateId};
+use super::model::{ButtonDoc, ChoiceDoc, ListDoc, Text};
+use super::source::{join_index, join_key, Reporter};
+
+/// WhatsApp's limits (see the module docs).
+pub mod limits {
+    /// Reply buttons per message.
+    pub const QUICK_REPLIES: usize = 3;
+    /// Characters in a reply button title.
+    pub const QUICK_REPLY_TITLE: usize = 20;
+    /// Characters in a button id.
+    pub const BUTTON_ID: usize = 256;
+    /// Characters in a message body.
+    pub const BODY: usize = 1024;
+    /// Characters in a header or footer.
+    pub const HEADER: usize = 60;
+    /// Rows in a list, over all sections.
+    pub const LIST_ROWS: usize = 10;
+    /// Sections in a list.
+    pub const LIST_SECTIONS: usize = 10;
+    /// Characters in a row title.
+    pub const ROW_TITLE: usize = 24;
+    /// Characters in a row description.
+    pub const ROW_DESCRIPTION: usize = 72;
+    /// Characters in a row id.
+    pub const ROW_ID: usize = 200;
+    /// Characters in the list's button label.
+    pub const LIST_BUTTON: usize = 20;
+    /// Characters in a section title.
+    pub const SECTION_TITLE: usize = 24;
+    /// URL buttons per message.
+    pub const URL_BUTTONS: usize = 2;
+}
+
+/// Reports each language variant of `text` longer than `max` characters.
+pub(crate) fn check_len(r: &mut Reporter<'_>, path: &str, text: &Text, max: usize, what: &str) {
+    let variants: Vec<(String, &str)> = match text {
+        Text::One(s) => vec![(path.to_owned(), s.as_str())],
+        Text::ByLanguage(m) => m
+            .iter()
+            .map(|(l, s)| (join_key(path, l), s.as_str()))
+            .collect(),
+    };
+    for (p, s) in variants {
+        if s.contains("{{") || s.contains("{%") {
+            continue;
+        }
+        let n = s.chars().count();
+        if n > max {
+            r.error(
+                &p,
+                format!("{what} is {n} characters long; WhatsApp allows {max}"),
+                Some("shorten it".into()),
+            );
+        }
+    }
+}
+
+/// Reports empty, duplicate or over-long ids among one message's options.
+fn check_ids<'a>(
+    r: &mut Reporter<'_>,
+    items: impl Iterator<Item = (String, &'a ChoiceDoc)>,
+    max_id: usize,
+) {
+    let mut seen = HashSet::new();
+    for (p, c) in items {
+        let id_path = join_key(&p, "id");
+        if c.id.trim().is_empty() {
+            r.error(&id_path, "an option needs a non-empty id", None);
+        } else if !seen.insert(c.id.as_str()) {
+            r.error(
+                &id_path,
+                format!("duplicate id `{}` in one message", c.id),
+                Some("ids must be unique within a message, or the answer is ambiguous".into()),
+            );
+        }
+        if c.id.chars().count() > max_id {
+            r.error(
+                &id_path,
+                format!("id is longer than {max_id} characters"),
+                None,
+            );
+        }
+    }
+}
+
+/// Checks a message's quick replies.
+pub(crate) fn check_quick_replies(r: &mut Reporter<'_>, path: &str, qr: &[ChoiceDoc], adapt: bool) {
+    if qr.is_empty() {
+        r.error(
+            path,
+            "quick_replies is empty",
+            Some("offer at least one, or remove the key".into()),
+        );
+        return;
+    }
+    if qr.len() > limits::QUICK_REPLIES && !adapt {
+        r.error(
+            path,
+            format!(
+                "{} quick replies; WhatsApp shows at most {}",
+                qr.len(),
+                limits::QUICK_REPLIES
+            ),
+            Some(
+                "use a list message, or set `settings.overflow: adapt` to turn it into one".into(),
+            ),
+        );
+    }
+    check_ids(
+        r,
+        qr.iter().enumerate().map(|(i, c)| (join_index(path, i), c)),
+        limits::BUTTON_ID,
+    );
+    for (i, c) in qr.iter().enumerate() {
+        let p = join_key(&join_index(path, i), "title");
+        check_len(r, &p, &c.title, limits::QUICK_REPLY_TITLE, "a button title");
+        if c.description.is_some() {
+            r.error(
+                &join_key(&join_index(path, i), "description"),
+                "quick-reply buttons have no description",
+                Some("use a list message for rows with descriptions".into()),
+            );
+        }
+    }
+}
+
+/// Checks a list message.
+pub(crate) fn check_list(r: &mut Reporter<'_>, path: &str, list: &ListDoc, adapt: bool) {
+    check_len(
+        r,
+        &join_key(path, "body"),
+        &list.body,
+        limits::BODY,
+        "the body",
+    );
+    check_len(
+        r,
+        &join_key(path, "button"),
+        &list.button,
+        limits::LIST_BUTTON,
+        "the list button",
+    );
+    if let Some(h) = &list.header {
+        check_len(
+            r,
+            &join_key(path, "header"),
+            h,
+            limits::HEADER,
+            "the header",
+        );
+    }
+    if let Some(f) = &list.footer {
+        check_len(
+            r,
+            &join_key(path, "footer"),
+            f,
+            limits::HEADER,
+            "the footer",
+        );
+    }
+    let sections = join_key(path, "sections");
+    if list.sections.is_empty() {
+        r.error(&sections, "a list needs at least one section", None);
+        return;
+    }
+    if list.sections.len() > limits::LIST_SECTIONS {
+        r.error(
+            &sections,
+            format!(
+                "{} sections; WhatsApp allows {}",
+                list.sections.len(),
+                limits::LIST_SECTIONS
+            ),
+            None,
+        );
+    }
+    let rows: usize = list.sections.iter().map(|s| s.rows.len()).sum();
+    if rows > limits::LIST_ROWS && !adapt {
+        r.error(
+            &sections,
+            format!(
+                "{rows} rows in all; WhatsApp lists hold at most {}",
+                limits::LIST_ROWS
+            ),
+            Some("split the choice in two steps, or set `settings.overflow: adapt`".into()),
+        );
+    }
+    let mut all = Vec::new();
+    for (si, s) in list.sections.iter().enumerate() {
+        let sp = join_index(&sections, si);
+        if let Some(t) = &s.title {
+            check_len(
+                r,
+                &join_key(&sp, "title"),
+                t,
+                limits::SECTION_TITLE,
+                "a section title",
+            );
+        }
+        if s.rows.is_empty() {
+            r.error(
+                &join_key(&sp, "rows"),
+                "a section needs at least one row",
+                None,
+            );
+        }
+        for (ri, row) in s.rows.iter().enumerate() {
+            let rp = join_index(&join_key(&sp, "rows"), ri);
+            check_len(
+                r,
+                &join_key(&rp, "title"),
+                &row.title,
+                limits::ROW_TITLE,
+                "a row title",
+            );
+            if let Some(d) = &row.description {
+                check_len(
+                    r,
+                    &join_key(&rp, "description"),
+                    d,
+                    limits::ROW_DESCRIPTION,
+                    "a row description",
+                );
+            }
+            all.push((rp, row));
+        }
+    }
+    check_ids(r, all.into_iter(), limits::ROW_ID);
+}
+
+/// Checks informative buttons.
+pub(crate) fn check_buttons(r: &mut Reporter<'_>, path: &str, buttons: &[ButtonDoc]) {
+    if buttons.is_empty() {
+        r.error(path, "buttons is empty", None);
+    }
+    let urls = buttons
+        .iter()
+        .filter(|b| b.kind.eq_ignore_ascii_case("url"))
+        .count();
+    if urls > limits::URL_BUTTONS {
+        r.error(
+            path,
+            format!(
+                "{urls} URL buttons; WhatsApp allows {}",
+                limits::URL_BUTTONS
+            ),
+            None,
+        );
+    }
+    for (i, b) in buttons.iter().enumerate() {
+        let p = join_index(path, i);
+        check_len(
+            r,
+            &join_key(&p, "title"),
+            &b.title,
+            limits::QUICK_REPLY_TITLE,
+            "a button title",
+        );
+    }
+}
+
+/// Edges of the state graph: for each state, the states it can lead to.
+pub(crate) fn edges(flow: &Flow, id: StateId) -> Vec<StateId> {
+    let s = flow.state(id);
+    let mut out: Vec<StateId> = Vec::new();
+    out.extend(s.on.iter().filter_map(|r| r.goto));
+    out.extend(s.next);
+    out.extend(s.fallback.as_ref().and_then(|f| f.goto));
+    out.extend(s.on_error.or(flow.on_error).filter(|_| s.call.is_some()));
+    if let Some(a) = &s.ask {
+        out.extend(a.exhausted.as_ref().and_then(|f| f.goto));
+    }
+    if s.intents {
+        out.extend(flow.intents.iter().filter_map(|r| r.goto));
+        out.extend(flow.settings.fallback.as_ref().and_then(|f| f.goto));
+    }
+    out
+}
+
+/// States no path from `start` (or from a global intent) reaches.
+pub(crate) fn unreachable(flow: &Flow) -> Vec<StateId> {
+    let mut seen = vec![false; flow.states.len()];
+    let mut stack = vec![flow.start];
+    // A conversation with no session tries the intents first: their targets are roots.
+    stack.extend(flow.intents.iter().filter_map(|r| r.goto));
+    while let Some(id) = stack.pop() {
+        if std::mem::replace(&mut seen[id as usize], true) {
+            continue;
+        }
+        stack.extend(edges(flow, id));
+    }
+    (0..flow.states.len() as StateId)
+        .filter(|&i| !seen[i as usize])
+        .collect()
+}
+
+/// A cycle of states chained by `next` with nothing in between that waits for the
+/// customer: the conversation would spin. Returns the states of the first one found.
+pub(crate) fn next_loop(flow: &Flow) -> Option<Vec<StateId>> {
+    for start in 0..flow.states.len() as StateId {
+        let mut path = vec![start];
+        let mut cur = start;
+        loop {
+            let s = flow.state(cur);
+            if s.ask.is_some() || s.end || s.handoff {
+                break;
+            }
+            let Some(n) = s.next else { break };
+            if n == start {
+                return Some(path);
+            }
+            if path.contains(&n) {
+                break;
+            }
+            path.push(n);
+            cur = n;
+        }
+    }
+    None
+}

@@ -1,0 +1,400 @@
+//! Channel-neutral messages: what a customer sends ([`Incoming`], [`Event`]) and
+//! what the bot answers ([`Outgoing`]).
+//!
+//! This module knows no platform: the Qpien adapter converts its wire types to and
+//! from these, and the engine only ever sees these. The serde shape of [`Outgoing`]
+//! is the one `flowbot replay` prints and transcripts snapshot, so it is kept small
+//! and stable: empty fields are omitted.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The channel a conversation runs on. It decides what the customer can see:
+/// buttons, lists, or only text (see [`Channel::capabilities`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// WhatsApp: up to 3 reply buttons, list messages of up to 10 rows.
+    #[default]
+    WhatsApp,
+    /// Instagram direct messages: quick replies, no list messages.
+    Instagram,
+    /// E-mail: text only; options become numbered lines.
+    Email,
+    /// Qpien's web live chat: buttons and lists.
+    LiveChat,
+}
+
+/// What a channel can display, used to render options faithfully or fall back to
+/// numbered text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Most quick-reply buttons one message may carry (0: none).
+    pub max_quick_replies: usize,
+    /// Most rows a list message may carry (0: no list messages).
+    pub max_list_rows: usize,
+    /// Whether informative (URL / phone) buttons are shown as buttons.
+    pub informative_buttons: bool,
+}
+
+impl Channel {
+    /// Every channel, in a stable order.
+    pub const ALL: [Channel; 4] = [
+        Channel::WhatsApp,
+        Channel::Instagram,
+        Channel::Email,
+        Channel::LiveChat,
+    ];
+
+    /// What this channel can display.
+    pub fn capabilities(self) -> Capabilities {
+        match self {
+            Channel::WhatsApp => Capabilities {
+                max_quick_replies: 3,
+                max_list_rows: 10,
+                informative_buttons: true,
+            },
+            Channel::Instagram => Capabilities {
+                max_quick_replies: 13,
+                max_list_rows: 0,
+                informative_buttons: true,
+            },
+            Channel::Email => Capabilities {
+                max_quick_replies: 0,
+                max_list_rows: 0,
+                informative_buttons: false,
+            },
+            Channel::LiveChat => Capabilities {
+                max_quick_replies: 10,
+                max_list_rows: 10,
+                informative_buttons: true,
+            },
+        }
+    }
+
+    /// The lowercase name used in flows, tests and the replay contract.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::WhatsApp => "whatsapp",
+            Channel::Instagram => "instagram",
+            Channel::Email => "email",
+            Channel::LiveChat => "livechat",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A channel name that flowbot does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown channel `{0}` (expected whatsapp, instagram, email or livechat)")]
+pub struct UnknownChannel(pub String);
+
+impl FromStr for Channel {
+    type Err = UnknownChannel;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "whatsapp" => Ok(Channel::WhatsApp),
+            "instagram" => Ok(Channel::Instagram),
+            "email" | "e-mail" => Ok(Channel::Email),
+            "livechat" | "live_chat" | "webchat" => Ok(Channel::LiveChat),
+            _ => Err(UnknownChannel(s.to_owned())),
+        }
+    }
+}
+
+/// The kind of a media attachment, sent or received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    /// A picture.
+    Image,
+    /// A video clip.
+    Video,
+    /// A voice note or audio file.
+    Audio,
+    /// A document (PDF, ...).
+    Document,
+    /// A sticker.
+    Sticker,
+    /// A shared location.
+    Location,
+}
+
+impl MediaKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [MediaKind; 6] = [
+        MediaKind::Image,
+        MediaKind::Video,
+        MediaKind::Audio,
+        MediaKind::Document,
+        MediaKind::Sticker,
+        MediaKind::Location,
+    ];
+
+    /// The lowercase name used in flows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::Document => "document",
+            MediaKind::Sticker => "sticker",
+            MediaKind::Location => "location",
+        }
+    }
+
+    /// Parses a kind name; `file` is accepted for `document`.
+    pub fn parse(s: &str) -> Option<MediaKind> {
+        match s.to_ascii_lowercase().as_str() {
+            "image" | "photo" => Some(MediaKind::Image),
+            "video" => Some(MediaKind::Video),
+            "audio" | "voice" => Some(MediaKind::Audio),
+            "document" | "file" => Some(MediaKind::Document),
+            "sticker" => Some(MediaKind::Sticker),
+            "location" => Some(MediaKind::Location),
+            _ => None,
+        }
+    }
+}
+
+/// Who the customer is, as far as the platform tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The platform's contact id, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Given name, visible in templates as `contact.first_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    /// Family name, visible in templates as `contact.last_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    /// Preferred language (`en`, `tr`, `pt-BR`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+/// One customer message, already converted from the platform's format.
+///
+/// ```
+/// use flowbot::message::Incoming;
+/// let tap = Incoming::button("orders");
+/// assert_eq!(tap.button.as_deref(), Some("orders"));
+/// let text = Incoming::text("hello");
+/// assert_eq!(text.text, "hello");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incoming {
+    /// The platform's message id, used for deduplication and idempotency keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The message text (for a button tap, usually the button's title).
+    #[serde(default)]
+    pub text: String,
+    /// The id of the quick-reply button the customer tapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub button: Option<String>,
+    /// The id of the list row the customer picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// The kind of the attachment, if the message carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaKind>,
+    /// The channel the message came through.
+    #[serde(default)]
+    pub channel: Channel,
+    /// The customer.
+    #[serde(default)]
+    pub contact: Contact,
+}
+
+impl Incoming {
+    /// A plain text message.
+    pub fn text(text: impl Into<String>) -> Self {
+        Incoming {
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A quick-reply button tap.
+    pub fn button(id: impl Into<String>) -> Self {
+        Incoming {
+            button: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A list-row pick.
+    pub fn list(id: impl Into<String>) -> Self {
+        Incoming {
+            list: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A media message with an optional caption.
+    pub fn media(kind: MediaKind, caption: impl Into<String>) -> Self {
+        Incoming {
+            media: Some(kind),
+            text: caption.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the channel.
+    pub fn on(mut self, channel: Channel) -> Self {
+        self.channel = channel;
+        self
+    }
+}
+
+/// Something that happens in a conversation: a customer message or an agent's move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The customer wrote, tapped or sent media.
+    Message(Incoming),
+    /// A person joined the conversation: the bot steps back.
+    AgentJoined,
+    /// The person left (the conversation is released): the next message starts over.
+    AgentLeft,
+}
+
+/// A quick-reply button, or one row of a list message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    /// The id that comes back when the customer taps it.
+    pub id: String,
+    /// What the customer sees.
+    pub title: String,
+    /// A second line under a list row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A section of a list message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListSection {
+    /// Section heading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The rows the customer can pick.
+    pub rows: Vec<Choice>,
+}
+
+/// A list message: a body and a button that opens a menu of rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMessage {
+    /// Optional header line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The message text.
+    pub body: String,
+    /// Optional footer line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footer: Option<String>,
+    /// The label of the button that opens the list.
+    pub button: String,
+    /// The sections with their rows.
+    pub sections: Vec<ListSection>,
+}
+
+/// What an informative button does when tapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ButtonKind {
+    /// Opens a web address.
+    Url,
+    /// Calls a phone number.
+    Phone,
+}
+
+/// An informative (call-to-action) button: no reply comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoButton {
+    /// URL or phone.
+    #[serde(rename = "type")]
+    pub kind: ButtonKind,
+    /// What the customer sees.
+    pub title: String,
+    /// The address or the number.
+    pub value: String,
+}
+
+/// An attachment sent by URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    /// Where the platform fetches it.
+    pub url: String,
+    /// Image, document...
+    pub kind: MediaKind,
+    /// Optional caption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+}
+
+/// One message the bot sends. Exactly one of `text`, `list` or `media` carries the
+/// content; `quick_replies` and `buttons` go with `text`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// The text (empty for list and media messages).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    /// Quick-reply buttons offered with the text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quick_replies: Vec<Choice>,
+    /// A list message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<ListMessage>,
+    /// Informative buttons offered with the text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<InfoButton>,
+    /// An attachment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+}
+
+impl Outgoing {
+    /// A plain text message.
+    pub fn text(text: impl Into<String>) -> Self {
+        Outgoing {
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Something the bot asks of the platform besides sending messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Hand the conversation to a person; the bot stays silent until released.
+    Handoff,
+    /// The conversation is over; the next message starts afresh.
+    End,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_round_trip() {
+        for c in Channel::ALL {
+            assert_eq!(c.as_str().parse::<Channel>().unwrap(), c);
+        }
+        assert!("fax".parse::<Channel>().is_err());
+    }
+
+    #[test]
+    fn outgoing_omits_empty_fields() {
+        let json = serde_json::to_string(&Outgoing::text("hi")).unwrap();
+        assert_eq!(json, r#"{"text":"hi"}"#);
+    }
+}

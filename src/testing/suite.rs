@@ -1,0 +1,430 @@
+//! YAML conversation tests and their insta snapshots.
+//!
+//! A test file (`tests/conversations/NAME.yaml`):
+//!
+//! ```yaml
+//! flow: ../../flows/support.yaml     # relative to this file
+//! channel: whatsapp                  # optional: whatsapp, instagram, email, livechat
+//! language: en                       # optional: the contact's language
+//! steps:
+//!   - text: hello                    # the customer writes
+//!   - button: orders                 # taps a quick reply
+//!   - list: track                    # picks a list row
+//!   - media: image                   # sends a picture
+//!   - event: agent_joined            # or agent_left
+//!   - wait: 31m                      # time passes
+//! ```
+//!
+//! Its transcript is compared with `snapshots/NAME.snap` beside it, an insta
+//! snapshot file: the same format `cargo insta review` reads. A missing or changed
+//! snapshot fails the test and leaves `NAME.snap.new` for review, following
+//! insta's `INSTA_UPDATE` (`no`: write nothing, `always`: accept at once; on CI,
+//! nothing is written unless asked). The same runner serves `flowbot test` and
+//! `cargo test`, so both always agree.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Customer, TestConversation};
+use crate::engine::{Bot, Step};
+use crate::flow::{Diagnostics, Flow, StateId};
+use crate::handler::Registry;
+use crate::message::{Channel, Contact, Incoming, MediaKind};
+
+/// A conversation test file.
+#[derive(Debug, Deserialize)]
+pub struct ConversationFile {
+    /// The flow, relative to the test file.
+    pub flow: String,
+    /// What the test is about.
+    pub description: Option<String>,
+    /// The channel.
+    pub channel: Option<String>,
+    /// The contact's language.
+    pub language: Option<String>,
+    /// The contact.
+    pub contact: Option<Contact>,
+    /// What the customer does.
+    pub steps: Vec<StepDoc>,
+}
+
+/// One step: exactly one key.
+#[derive(Debug, Default, Deserialize)]
+pub struct StepDoc {
+    /// Customer text.
+    pub text: Option<String>,
+    /// A button tap.
+    pub button: Option<String>,
+    /// A list pick.
+    pub list: Option<String>,
+    /// Media of a kind.
+    pub media: Option<String>,
+    /// `agent_joined` / `agent_left`.
+    pub event: Option<String>,
+    /// Time passing (`31m`).
+    pub wait: Option<String>,
+}
+
+const KEYS: &[&str] = &[
+    "flow",
+    "description",
+    "channel",
+    "language",
+    "contact",
+    "steps",
+    "text",
+    "button",
+    "list",
+    "media",
+    "event",
+    "wait",
+    "first_name",
+    "last_name",
+    "id",
+];
+
+/// How one test ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The transcript matches its snapshot.
+    Passed,
+    /// The snapshot was written (`INSTA_UPDATE=always`).
+    Accepted,
+    /// No snapshot yet; the new one awaits review (path, if written).
+    New(Option<PathBuf>),
+    /// The transcript differs from the snapshot.
+    Changed {
+        /// A unified diff, old to new.
+        diff: String,
+        /// The pending `.snap.new`, if written.
+        pending: Option<PathBuf>,
+    },
+    /// The test could not run (bad file, flow that does not load).
+    Broken(String),
+}
+
+impl Outcome {
+    /// Whether the test passed.
+    pub fn passed(&self) -> bool {
+        matches!(self, Outcome::Passed | Outcome::Accepted)
+    }
+}
+
+/// One test's result.
+#[derive(Debug)]
+pub struct CaseReport {
+    /// The test file.
+    pub file: PathBuf,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// The results of a directory of tests.
+#[derive(Debug, Default)]
+pub struct SuiteReport {
+    /// Each test, in file order.
+    pub cases: Vec<CaseReport>,
+    /// For each flow: the parts no test reached.
+    pub uncovered: BTreeMap<PathBuf, Vec<String>>,
+}
+
+impl SuiteReport {
+    /// Whether every test passed.
+    pub fn passed(&self) -> bool {
+        !self.cases.is_empty() && self.cases.iter().all(|c| c.outcome.passed())
+    }
+
+    /// A human summary: one line per test, diffs for failures.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for c in &self.cases {
+            let name = c.file.display();
+            let _ = match &c.outcome {
+                Outcome::Passed => writeln!(s, "ok      {name}"),
+                Outcome::Accepted => writeln!(s, "saved   {name}"),
+                Outcome::New(p) => writeln!(s, "NEW     {name}{}", pending_note(p)),
+                Outcome::Changed { diff, pending } => {
+                    writeln!(s, "CHANGED {name}{}\n{diff}", pending_note(pending))
+                }
+                Outcome::Broken(e) => writeln!(s, "BROKEN  {name}\n{e}"),
+            };
+        }
+        let failed = self.cases.iter().filter(|c| !c.outcome.passed()).count();
+        let _ = write!(s, "{} passed, {failed} failed", self.cases.len() - failed);
+        if self.cases.is_empty() {
+            s.push_str(" (no conversation tests found)");
+        }
+        s
+    }
+
+    /// The coverage report: what no test exercised.
+    pub fn coverage(&self) -> String {
+        let mut s = String::new();
+        for (flow, items) in &self.uncovered {
+            if items.is_empty() {
+                let _ = writeln!(s, "{}: every state and rule is exercised", flow.display());
+            } else {
+                let _ = writeln!(s, "{}: {} not exercised", flow.display(), items.len());
+                for i in items {
+                    let _ = writeln!(s, "  - {i}");
+                }
+            }
+        }
+        s
+    }
+}
+
+fn pending_note(p: &Option<PathBuf>) -> String {
+    match p {
+        Some(p) => format!(" (review {} with `cargo insta review`)", p.display()),
+        None => " (INSTA_UPDATE=no: nothing written)".into(),
+    }
+}
+
+/// Whether and how snapshots are written (insta's `INSTA_UPDATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// Write nothing.
+    No,
+    /// Write `.snap.new` for review.
+    New,
+    /// Overwrite `.snap`.
+    Always,
+}
+
+impl Update {
+    /// From `INSTA_UPDATE` and `CI`, as insta decides.
+    pub fn from_env() -> Update {
+        match std::env::var("INSTA_UPDATE").as_deref() {
+            Ok("no") => Update::No,
+            Ok("always") | Ok("force") => Update::Always,
+            Ok("new") | Ok("unseen") => Update::New,
+            _ if std::env::var_os("CI").is_some() => Update::No,
+            _ => Update::New,
+        }
+    }
+}
+
+/// The `*.yaml` conversation tests in a directory, sorted.
+pub fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Runs every test in `dir` against its snapshot.
+pub async fn run_dir(
+    dir: &Path,
+    registry: &Registry,
+    update: Update,
+) -> std::io::Result<SuiteReport> {
+    let mut report = SuiteReport::default();
+    let mut bots: HashMap<PathBuf, Result<Arc<Bot>, String>> = HashMap::new();
+    let mut steps: HashMap<PathBuf, BTreeSet<Step>> = HashMap::new();
+    for file in test_files(dir)? {
+        let outcome = match run_file(&file, registry, &mut bots).await {
+            Ok((flow, conv)) => {
+                steps
+                    .entry(flow)
+                    .or_default()
+                    .extend(conv.steps().iter().copied());
+                compare(&file, &conv.transcript().to_yaml(), update)
+            }
+            Err(e) => Outcome::Broken(e),
+        };
+        report.cases.push(CaseReport { file, outcome });
+    }
+    for (path, bot) in &bots {
+        if let Ok(bot) = bot {
+            let seen = steps.remove(path).unwrap_or_default();
+            report
+                .uncovered
+                .insert(path.clone(), uncovered(bot.flow(), &seen));
+        }
+    }
+    Ok(report)
+}
+
+/// Runs one test file and returns the flow's path and the finished conversation.
+pub async fn run_file(
+    file: &Path,
+    registry: &Registry,
+    bots: &mut HashMap<PathBuf, Result<Arc<Bot>, String>>,
+) -> Result<(PathBuf, TestConversation), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let doc: ConversationFile =
+        crate::flow::parse_yaml(file, text, KEYS).map_err(|d: Diagnostics| d.to_string())?;
+    let flow_path = file.parent().unwrap_or(Path::new("")).join(&doc.flow);
+    let bot = bots
+        .entry(flow_path.clone())
+        .or_insert_with(|| match Flow::load(&flow_path, &registry.names()) {
+            Ok(f) => Bot::new(f, registry.clone())
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.0.to_string()),
+        })
+        .clone()?;
+    let mut conv = TestConversation::new(bot);
+    if let Some(c) = &doc.channel {
+        conv = conv.channel(
+            c.parse::<Channel>()
+                .map_err(|e| format!("{}: channel: {e}", file.display()))?,
+        );
+    }
+    if let Some(c) = doc.contact.clone() {
+        conv = conv.contact(c);
+    }
+    if let Some(l) = &doc.language {
+        conv = conv.language(l.clone());
+    }
+    for (i, s) in doc.steps.iter().enumerate() {
+        let at = || format!("{}: steps[{i}]", file.display());
+        let keys = [&s.text, &s.button, &s.list, &s.media, &s.event, &s.wait]
+            .iter()
+            .filter(|k| k.is_some())
+            .count();
+        if keys != 1 {
+            return Err(format!(
+                "{}: a step has exactly one of text, button, list, media, event, wait",
+                at()
+            ));
+        }
+        if let Some(t) = &s.text {
+            conv.send(t).await;
+        } else if let Some(b) = &s.button {
+            conv.tap(b).await;
+        } else if let Some(l) = &s.list {
+            conv.pick(l).await;
+        } else if let Some(m) = &s.media {
+            let kind =
+                MediaKind::parse(m).ok_or_else(|| format!("{}: unknown media kind `{m}`", at()))?;
+            conv.message(Customer::Media(kind), Incoming::media(kind, ""))
+                .await;
+        } else if let Some(e) = &s.event {
+            match e.as_str() {
+                "agent_joined" => conv.agent_joins().await,
+                "agent_left" => conv.agent_leaves().await,
+                other => {
+                    return Err(format!(
+                        "{}: unknown event `{other}` (agent_joined, agent_left)",
+                        at()
+                    ))
+                }
+            };
+        } else if let Some(w) = &s.wait {
+            let d = humantime::parse_duration(w).map_err(|e| format!("{}: wait: {e}", at()))?;
+            conv.wait(d);
+        }
+    }
+    Ok((flow_path, conv))
+}
+
+/// The snapshot path of a test file: `snapshots/NAME.snap` beside it.
+pub fn snapshot_path(file: &Path) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.parent()
+        .unwrap_or(Path::new(""))
+        .join("snapshots")
+        .join(format!("{stem}.snap"))
+}
+
+fn compare(file: &Path, new: &str, update: Update) -> Outcome {
+    use insta::internals::SnapshotContents;
+    use insta::{Snapshot, TextSnapshotKind};
+    let path = snapshot_path(file);
+    let new_contents =
+        insta::internals::TextSnapshotContents::new(new.to_owned(), TextSnapshotKind::File);
+    let old = path.exists().then(|| Snapshot::from_file(&path));
+    let old_text = match &old {
+        Some(Ok(s)) => match s.contents() {
+            SnapshotContents::Text(t) => Some(t.clone()),
+            SnapshotContents::Binary(_) => None,
+        },
+        _ => None,
+    };
+    if let Some(old) = &old_text {
+        if old.matches_latest(&new_contents) {
+            return Outcome::Passed;
+        }
+    }
+    let serialized = format!(
+        "---\nsource: {}\nexpression: transcript\n---\n{}\n",
+        file.display(),
+        new_contents
+    );
+    let write = |p: &Path| -> Option<PathBuf> {
+        std::fs::create_dir_all(p.parent()?).ok()?;
+        std::fs::write(p, &serialized).ok()?;
+        Some(p.to_path_buf())
+    };
+    if update == Update::Always {
+        return match write(&path) {
+            Some(_) => Outcome::Accepted,
+            None => Outcome::Broken(format!("cannot write {}", path.display())),
+        };
+    }
+    let pending = (update == Update::New)
+        .then(|| write(&path.with_extension("snap.new")))
+        .flatten();
+    match old_text {
+        None => Outcome::New(pending),
+        Some(old) => {
+            let old_s = old.to_string();
+            let new_s = new_contents.to_string();
+            let diff = similar::TextDiff::from_lines(&old_s, &new_s)
+                .unified_diff()
+                .context_radius(3)
+                .header("snapshot", "transcript")
+                .to_string();
+            Outcome::Changed { diff, pending }
+        }
+    }
+}
+
+/// What no test reached: states never entered, rules never fired, fallbacks and
+/// `ask` branches never taken.
+pub fn uncovered(flow: &Flow, seen: &BTreeSet<Step>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in flow.intents.iter().enumerate() {
+        if !seen.contains(&Step::Intent(i as u32)) {
+            out.push(format!("intents[{i}] ({})", r.label));
+        }
+    }
+    for (id, s) in flow.states.iter().enumerate() {
+        let id = id as StateId;
+        if !seen.contains(&Step::Enter(id)) {
+            out.push(format!("state `{}`", s.name));
+            continue;
+        }
+        for (i, r) in s.on.iter().enumerate() {
+            if !seen.contains(&Step::Rule(id, i as u32)) {
+                out.push(format!("states.{}.on[{i}] ({})", s.name, r.label));
+            }
+        }
+        if s.fallback.is_some() && !seen.contains(&Step::Fallback(id)) {
+            out.push(format!("states.{}.fallback", s.name));
+        }
+        if let Some(a) = &s.ask {
+            if !seen.contains(&Step::Valid(id)) {
+                out.push(format!("states.{}.ask: a valid answer", s.name));
+            }
+            if !seen.contains(&Step::Invalid(id)) {
+                out.push(format!("states.{}.ask: an invalid answer", s.name));
+            }
+            if a.exhausted.is_some() && !seen.contains(&Step::Exhausted(id)) {
+                out.push(format!("states.{}.ask.exhausted", s.name));
+            }
+        }
+    }
+    out
+}
