@@ -1,1 +1,27 @@
+//! Integration tests: one binary, one module per area. New tests go in the module
+//! of their area; a new area gets a module here.
+//!
+//! - `conversations`: the YAML conversation tests in `tests/conversations/`.
+//! - `engine`: turn semantics and every match kind, through `TestConversation`.
+//! - `diagnostics`: bad flows and the problems reported.
+//! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
+//! - `fuzz`: random YAML and random messages never panic.
 
+#[path = "../examples/support_bot.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod support_bot;
+
+mod conversations;
+mod diagnostics;
+mod engine;
+mod fuzz;
+mod replay;
+
+/// Runs a future on a fresh current-thread runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

@@ -21,6 +21,8 @@
 mod chat;
 mod graph;
 mod replay;
+
+pub use replay::replay;
 mod test;
 mod validate;
 

@@ -97,25 +97,37 @@ pub(super) async fn run(path: &Path, registry: Registry) -> u8 {
     };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    match replay(&bot, stdin.lock(), stdout.lock(), std::io::stderr()).await {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Runs the replay contract (see the module docs) from `input` to `output`, with
+/// problems of single lines reported on `errors`.
+pub async fn replay(
+    bot: &Bot,
+    input: impl BufRead,
+    output: impl Write,
+    mut errors: impl Write,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(output);
     let mut sessions: HashMap<String, Session> = HashMap::new();
     let mut now = EPOCH;
-    for (i, line) in stdin.lock().lines().enumerate() {
+    for (i, line) in input.lines().enumerate() {
         let n = i + 1;
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("line {n}: cannot read: {e}");
-                break;
-            }
-        };
+        let line = line?;
         if line.trim().is_empty() {
             continue;
         }
         let parsed: Line = match serde_json::from_str(&line) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("line {n}: {e}");
+                writeln!(errors, "line {n}: {e}")?;
                 continue;
             }
         };
@@ -123,7 +135,10 @@ pub(super) async fn run(path: &Path, registry: Registry) -> u8 {
             match parse_time(at) {
                 Some(t) => now = now.max(t),
                 None => {
-                    eprintln!("line {n}: `at` is not an RFC 3339 time like 2026-01-01T10:00:00Z");
+                    writeln!(
+                        errors,
+                        "line {n}: `at` is not an RFC 3339 time like 2026-01-01T10:00:00Z"
+                    )?;
                     continue;
                 }
             }
@@ -131,7 +146,7 @@ pub(super) async fn run(path: &Path, registry: Registry) -> u8 {
         let ev = match event(&parsed) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("line {n}: {e}");
+                writeln!(errors, "line {n}: {e}")?;
                 continue;
             }
         };
@@ -140,43 +155,33 @@ pub(super) async fn run(path: &Path, registry: Registry) -> u8 {
         if let Some(s) = turn.session {
             sessions.insert(parsed.conversation.clone(), s);
         }
-        let mut write = || -> std::io::Result<()> {
-            for m in &turn.messages {
-                serde_json::to_writer(
-                    &mut out,
-                    &Out {
-                        conversation: conv,
-                        message: m,
-                    },
-                )?;
-                out.write_all(b"\n")?;
-            }
-            for e in &turn.effects {
-                let line = match e {
-                    Effect::Handoff => EffectOut {
-                        conversation: conv,
-                        handoff: Some(true),
-                        end: None,
-                    },
-                    Effect::End => EffectOut {
-                        conversation: conv,
-                        handoff: None,
-                        end: Some(true),
-                    },
-                };
-                serde_json::to_writer(&mut out, &line)?;
-                out.write_all(b"\n")?;
-            }
-            out.flush()
-        };
-        if let Err(e) = write() {
-            // A closed stdout (e.g. `| head`) ends the run quietly.
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return 0;
-            }
-            eprintln!("error: cannot write: {e}");
-            return 1;
+        for m in &turn.messages {
+            serde_json::to_writer(
+                &mut out,
+                &Out {
+                    conversation: conv,
+                    message: m,
+                },
+            )?;
+            out.write_all(b"\n")?;
         }
+        for e in &turn.effects {
+            let line = match e {
+                Effect::Handoff => EffectOut {
+                    conversation: conv,
+                    handoff: Some(true),
+                    end: None,
+                },
+                Effect::End => EffectOut {
+                    conversation: conv,
+                    handoff: None,
+                    end: Some(true),
+                },
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
     }
-    0
+    Ok(())
 }

@@ -273,10 +273,9 @@ impl Bot {
         let had_session = session.is_some();
         let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
         s.last_active = now;
-        if let Some(l) = &msg.contact.language {
-            if s.language.as_deref() != Some(l.as_str()) {
-                s.language = Some(l.as_str().into());
-            }
+        // The contact's language applies until the conversation picks one itself.
+        if s.language.is_none() {
+            s.language = msg.contact.language.as_deref().map(Into::into);
         }
         let mut run = Run {
             bot: self,
@@ -371,7 +370,13 @@ impl Run<'_> {
             .or(self.bot.flow.settings.default_language.as_deref())
     }
 
+    /// Sets a variable; `language` also switches the conversation's language.
     fn set(&mut self, name: &str, value: Value) {
+        if name == "language" {
+            if let Some(l) = value.as_str().filter(|l| !l.is_empty()) {
+                self.session.language = Some(l.into());
+            }
+        }
         set_var(&mut self.session.vars, name, value);
         self.scope = None;
     }

@@ -522,15 +522,19 @@ impl Compiler<'_> {
     }
 
     fn rule(&mut self, r: &mut Reporter<'_>, path: &str, rule: &model::Rule) -> Option<RuleNode> {
-        let cond = self.cond(r, path, rule, true)?;
+        // Everything is compiled before giving up, so that all problems are reported.
+        let cond = self.cond(r, path, rule, true);
         let say = rule
             .say
             .as_ref()
             .map(|s| self.say(r, &join_key(path, "say"), s))
             .unwrap_or_default();
         let goto = match &rule.goto {
-            Some(g) => Some(self.state_ref(r, &join_key(path, "goto"), g)?),
+            Some(g) => Some(self.state_ref(r, &join_key(path, "goto"), g)),
             None => None,
+        };
+        let (Some(cond), Some(goto)) = (cond, goto.map_or(Some(None), |g| g.map(Some))) else {
+            return None;
         };
         if rule.goto.is_none() && rule.say.is_none() {
             r.error(

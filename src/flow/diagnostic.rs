@@ -165,12 +165,19 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
-    let mut best: Option<(f64, &str)> = None;
+    // Edit distance with transpositions ("sya" -> "say" is one edit), allowing
+    // about one edit per three characters; ties go to the more similar prefix.
+    let limit = (name.chars().count() / 3).max(1);
+    let mut best: Option<(usize, f64, &str)> = None;
     for c in candidates {
-        let score = strsim::jaro_winkler(name, c);
-        if score > 0.8 && best.is_none_or(|(s, _)| score > s) {
-            best = Some((score, c));
+        let d = strsim::osa_distance(name, c);
+        if d > limit || d >= c.chars().count().max(name.chars().count()) {
+            continue;
+        }
+        let jw = strsim::jaro_winkler(name, c);
+        if best.is_none_or(|(bd, bj, _)| d < bd || (d == bd && jw > bj)) {
+            best = Some((d, jw, c));
         }
     }
-    best.map(|(_, c)| c.to_string())
+    best.map(|(_, _, c)| c.to_string())
 }

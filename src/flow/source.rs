@@ -295,9 +295,9 @@ mod tests {
             "states:\n  start:\n    on:\n      - { button: a, goto: nowhere }\n".into(),
         );
         let p = src.value_pos("states.start.on[0].goto").unwrap();
-        assert_eq!((p.line, p.column), (4, 29));
+        assert_eq!((p.line, p.column), (4, 28));
         let k = src.key_pos("states.start.on[0].goto").unwrap();
-        assert_eq!((k.line, k.column), (4, 23));
+        assert_eq!((k.line, k.column), (4, 22));
         // Unknown deeper paths fall back to the nearest parent.
         let q = src.value_pos("states.start.on[0].goto.x").unwrap();
         assert_eq!(q, p);

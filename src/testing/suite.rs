@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use super::{Customer, TestConversation};
 use crate::engine::{Bot, Step};
-use crate::flow::{Diagnostics, Flow, StateId};
+use crate::flow::{CheckKind, Diagnostics, Flow, StateId};
 use crate::handler::Registry;
 use crate::message::{Channel, Contact, Incoming, MediaKind};
 
@@ -352,14 +352,21 @@ fn compare(file: &Path, new: &str, update: Update) -> Outcome {
         },
         _ => None,
     };
+    let pending_path = path.with_extension("snap.new");
     if let Some(old) = &old_text {
         if old.matches_latest(&new_contents) {
+            // A review left over from an earlier failure is stale now.
+            let _ = std::fs::remove_file(&pending_path);
             return Outcome::Passed;
         }
     }
+    // Like insta, name the source relative to where tests run, so snapshots do not
+    // depend on the machine.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let source = file.strip_prefix(&cwd).unwrap_or(file);
     let serialized = format!(
         "---\nsource: {}\nexpression: transcript\n---\n{}\n",
-        file.display(),
+        source.display(),
         new_contents
     );
     let write = |p: &Path| -> Option<PathBuf> {
@@ -368,6 +375,7 @@ fn compare(file: &Path, new: &str, update: Update) -> Outcome {
         Some(p.to_path_buf())
     };
     if update == Update::Always {
+        let _ = std::fs::remove_file(&pending_path);
         return match write(&path) {
             Some(_) => Outcome::Accepted,
             None => Outcome::Broken(format!("cannot write {}", path.display())),
@@ -418,7 +426,9 @@ pub fn uncovered(flow: &Flow, seen: &BTreeSet<Step>) -> Vec<String> {
             if !seen.contains(&Step::Valid(id)) {
                 out.push(format!("states.{}.ask: a valid answer", s.name));
             }
-            if !seen.contains(&Step::Invalid(id)) {
+            // A free-text question with no check can only get valid answers.
+            let can_fail = a.check.kind != CheckKind::Text || a.check.regex.is_some();
+            if can_fail && !seen.contains(&Step::Invalid(id)) {
                 out.push(format!("states.{}.ask: an invalid answer", s.name));
             }
             if a.exhausted.is_some() && !seen.contains(&Step::Exhausted(id)) {

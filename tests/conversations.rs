@@ -1,0 +1,40 @@
+//! The YAML conversation tests, compared with their insta snapshots in
+//! `tests/conversations/snapshots/` (review changes with `cargo insta review`).
+
+use flowbot::testing::suite::{run_dir, Update};
+use std::path::Path;
+
+#[test]
+fn conversation_snapshots() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conversations");
+    let report = crate::block_on(run_dir(
+        &dir,
+        &crate::support_bot::registry(),
+        Update::from_env(),
+    ))
+    .unwrap();
+    assert!(report.cases.len() >= 8, "{}", report.summary());
+    assert!(report.passed(), "{}", report.summary());
+}
+
+#[test]
+fn coverage_lists_what_no_test_reached() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conversations");
+    let report =
+        crate::block_on(run_dir(&dir, &crate::support_bot::registry(), Update::No)).unwrap();
+    let text = report.coverage();
+    // Every flow in flows/ is exercised by some test.
+    for flow in ["support.yaml", "order_form.yaml", "multilang.yaml"] {
+        assert!(text.contains(flow), "{text}");
+    }
+    let support = report
+        .uncovered
+        .iter()
+        .find(|(p, _)| p.ends_with("flows/support.yaml"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(
+        support.is_empty(),
+        "support flow not fully covered: {support:?}"
+    );
+}

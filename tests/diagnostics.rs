@@ -1,0 +1,239 @@
+//! Bad flows: every problem is found at load time, with its position and path.
+
+use flowbot::flow::{Diagnostic, Flow, HandlerNames, Severity};
+
+fn problems(yaml: &str) -> Vec<Diagnostic> {
+    let names = HandlerNames {
+        actions: vec!["lookup".into()],
+        matchers: vec!["vip".into()],
+    };
+    match Flow::from_yaml("bad.yaml", yaml, &names) {
+        Ok(f) => f.warnings.0,
+        Err(e) => e.0 .0,
+    }
+}
+
+/// Asserts one problem with this message fragment at this path and line.
+fn has(ds: &[Diagnostic], fragment: &str, path: &str, line: usize) {
+    assert!(
+        ds.iter()
+            .any(|d| d.message.contains(fragment) && d.path == path && d.line == line),
+        "no `{fragment}` at {path}:{line} in:\n{}",
+        ds.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn unknown_states_with_suggestions() {
+    let ds = problems("states:\n  start:\n    on:\n      - { button: x, goto: ask_ordr }\n  ask_order: { say: hi }\n");
+    has(
+        &ds,
+        "unknown state `ask_ordr`",
+        "states.start.on[0].goto",
+        4,
+    );
+    let d = ds.iter().find(|d| d.message.contains("ask_ordr")).unwrap();
+    assert_eq!(d.column, 28);
+    assert_eq!(d.hint.as_deref(), Some("did you mean `ask_order`?"));
+}
+
+#[test]
+fn unreachable_states_are_warnings() {
+    let ds = problems("states:\n  start: { say: hi }\n  lonely: { say: nobody comes }\n");
+    has(&ds, "unreachable", "states.lonely", 3);
+    assert!(ds.iter().all(|d| d.severity == Severity::Warning));
+}
+
+#[test]
+fn duplicate_ids_in_one_message() {
+    let ds = problems("states:\n  start:\n    say:\n      - text: Pick\n        quick_replies: [{ id: a, title: A }, { id: a, title: B }]\n");
+    has(
+        &ds,
+        "duplicate id `a`",
+        "states.start.say[0].quick_replies[1].id",
+        5,
+    );
+}
+
+#[test]
+fn whatsapp_limits() {
+    let yaml = r#"states:
+  start:
+    say:
+      - text: Pick
+        quick_replies: [{ id: a, title: A }, { id: b, title: B }, { id: c, title: C }, { id: d, title: D }]
+      - text: Long
+        quick_replies: [{ id: a, title: "This title is far too long" }]
+      - list:
+          body: Rows
+          button: Open the list of options now
+          sections:
+            - title: S
+              rows:
+                - { id: "1", title: "A row title that is too long to show", description: "ok" }
+                - { id: "2", title: B, description: "a description that goes on and on and on and on and on and on and on and on" }
+"#;
+    let ds = problems(yaml);
+    has(
+        &ds,
+        "4 quick replies",
+        "states.start.say[0].quick_replies",
+        5,
+    );
+    has(
+        &ds,
+        "button title is 26 characters",
+        "states.start.say[1].quick_replies[0].title",
+        7,
+    );
+    has(
+        &ds,
+        "list button is 28 characters",
+        "states.start.say[2].list.button",
+        10,
+    );
+    has(
+        &ds,
+        "row title is 36",
+        "states.start.say[2].list.sections[0].rows[0].title",
+        14,
+    );
+    has(
+        &ds,
+        "row description is 75",
+        "states.start.say[2].list.sections[0].rows[1].description",
+        15,
+    );
+}
+
+#[test]
+fn too_many_rows() {
+    let rows: String = (0..11)
+        .map(|i| format!("{{ id: r{i}, title: R{i} }}, "))
+        .collect();
+    let yaml = format!("states:\n  start:\n    say:\n      - list: {{ body: B, button: Go, sections: [{{ rows: [{rows}] }}] }}\n");
+    has(
+        &problems(&yaml),
+        "11 rows",
+        "states.start.say[0].list.sections",
+        4,
+    );
+    let adapted = format!("settings: {{ overflow: adapt }}\n{yaml}");
+    assert!(problems(&adapted).is_empty());
+}
+
+#[test]
+fn bad_regexes_templates_and_expressions() {
+    let yaml = r#"states:
+  start:
+    say: "Hi {{ name"
+    on:
+      - { regex: '(unclosed', goto: start }
+      - { when: "a ==", goto: start }
+"#;
+    let ds = problems(yaml);
+    has(&ds, "invalid template", "states.start.say", 3);
+    has(&ds, "invalid regex", "states.start.on[0].regex", 5);
+    has(&ds, "invalid expression", "states.start.on[1].when", 6);
+}
+
+#[test]
+fn unregistered_handlers() {
+    let yaml =
+        "states:\n  start:\n    call: { action: lookpu }\n    on: [{ match: vpi, goto: start }]\n";
+    let ds = problems(yaml);
+    has(
+        &ds,
+        "action `lookpu` is not registered",
+        "states.start.call.action",
+        3,
+    );
+    has(
+        &ds,
+        "matcher `vpi` is not registered",
+        "states.start.on[0].match",
+        4,
+    );
+    assert_eq!(ds[0].hint.as_deref(), Some("did you mean `lookup`?"));
+}
+
+#[test]
+fn unknown_keys_with_did_you_mean() {
+    let ds =
+        problems("states:\n  start:\n    sya: hi\n    on:\n      - { buton: x, goto: start }\n");
+    has(&ds, "unknown key `sya`", "states.start.sya", 3);
+    has(&ds, "unknown key `buton`", "states.start.on[0].buton", 5);
+    assert!(ds
+        .iter()
+        .any(|d| d.hint.as_deref() == Some("did you mean `button`?")));
+}
+
+#[test]
+fn yaml_syntax_errors_have_line_and_column() {
+    let ds = problems("states:\n  start:\n    say: \"unterminated\n");
+    assert_eq!(ds.len(), 1);
+    assert!(ds[0].line >= 3 && ds[0].column > 0, "{}", ds[0]);
+    let ds = problems("states:\n  start:\n\tsay: tab\n");
+    assert!(ds[0].line == 3, "{}", ds[0]);
+}
+
+#[test]
+fn structural_errors() {
+    let yaml = r#"states:
+  start:
+    ask: { text: "Q?", save: "not a name" }
+    on:
+      - { goto: start }
+      - { button: x }
+  loop_a: { next: loop_b }
+  loop_b: { next: loop_a, say: hi }
+"#;
+    let ds = problems(yaml);
+    has(&ds, "not a variable name", "states.start.ask.save", 3);
+    has(&ds, "needs `next`", "states.start.ask", 3);
+    has(&ds, "needs a condition", "states.start.on[0]", 5);
+    has(&ds, "needs `goto`, `say`", "states.start.on[1]", 6);
+    has(&ds, "`next` loops", "states.loop_a.next", 7);
+}
+
+#[test]
+fn all_problems_at_once_rendered() {
+    let yaml = "version: 2\nstart: begin\nstates:\n  start:\n    say: hi\n    on: [{ media: picture, goto: nowhere }]\n";
+    let ds = problems(yaml);
+    let rendered: Vec<String> = ds.iter().map(|d| d.to_string()).collect();
+    insta::assert_snapshot!("all_problems", rendered.join("\n"));
+}
+
+#[test]
+fn included_files_report_in_their_own_file() {
+    let dir = std::env::temp_dir().join(format!("flowbot-include-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("main.yaml"),
+        "include: [more.yaml]\nstates:\n  start: { say: hi, on: [{ text: more, goto: more }] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("more.yaml"),
+        "intents: [{ text: top, goto: start }]\nstates:\n  more: { say: More, next: nowhere }\n",
+    )
+    .unwrap();
+    let err = Flow::load(dir.join("main.yaml"), &HandlerNames::default()).unwrap_err();
+    let d = &err.0 .0[0];
+    assert!(
+        d.file.ends_with("more.yaml") && d.line == 3 && d.path == "states.more.next",
+        "{d}"
+    );
+    std::fs::write(
+        dir.join("more.yaml"),
+        "intents: [{ text: top, goto: start }]\nstates:\n  more: { say: More, next: start }\n",
+    )
+    .unwrap();
+    let flow = Flow::load(dir.join("main.yaml"), &HandlerNames::default()).unwrap();
+    assert_eq!(flow.states.len(), 2);
+    assert_eq!(flow.intents.len(), 1);
+    std::fs::remove_dir_all(&dir).ok();
+}

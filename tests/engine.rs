@@ -1,0 +1,447 @@
+//! Turn semantics and match kinds, through `TestConversation`.
+
+use flowbot::handler::{
+    ActionContext, ActionError, ActionOutcome, Hook, Registry, TurnRecord, Vars,
+};
+use flowbot::message::{Channel, Incoming, MediaKind};
+use flowbot::testing::{Customer, TestConversation};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::block_on;
+
+fn conv(yaml: &str) -> TestConversation {
+    conv_with(yaml, Registry::new())
+}
+
+fn conv_with(yaml: &str, r: Registry) -> TestConversation {
+    match TestConversation::from_yaml(yaml, r) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn texts(out: &[flowbot::message::Outgoing]) -> Vec<String> {
+    out.iter().map(|m| m.text.clone()).collect()
+}
+
+/// A flow whose `start` answers each match kind with the kind's name.
+const KINDS: &str = r#"
+states:
+  start:
+    say:
+      - text: Pick
+        quick_replies: [{ id: b1, title: First }]
+    on:
+      - { button: b1, say: button }
+      - { list: r1, say: list }
+      - { text: [hello there, good morning], say: text }
+      - { keyword: [refund, "money back"], say: keyword }
+      - { regex: '^#(?P<ticket>\d+)$', say: "regex {{ ticket }}" }
+      - { media: image, say: image }
+      - { media: any, say: media }
+      - { all: [{ keyword: urgent }, { keyword: now }], say: all }
+      - { any: [{ text: a }, { text: b }], say: any }
+      - { not: { regex: '\d' }, when: "message|length > 20", say: "not+when" }
+      - { match: shouting, say: custom }
+    fallback: { say: nothing }
+"#;
+
+fn kinds() -> TestConversation {
+    let r = Registry::new().matcher("shouting", |m: &Incoming, _: &Vars<'_>| {
+        (m.text.len() > 3 && m.text.chars().all(|c| !c.is_lowercase())).then(Vec::new)
+    });
+    conv_with(KINDS, r)
+}
+
+#[test]
+fn every_match_kind() {
+    block_on(async {
+        let mut c = kinds();
+        c.send("hi").await;
+        let cases: Vec<(Customer, Incoming, &str)> = vec![
+            (
+                Customer::Button("b1".into()),
+                Incoming::button("b1"),
+                "button",
+            ),
+            (Customer::List("r1".into()), Incoming::list("r1"), "list"),
+            (
+                Customer::Text("Good Mörning!".into()),
+                Incoming::text("Good Mörning!"),
+                "text",
+            ),
+            (
+                Customer::Text("i want a refund.".into()),
+                Incoming::text("i want a refund."),
+                "keyword",
+            ),
+            (
+                Customer::Text("give my MONEY, back".into()),
+                Incoming::text("give my MONEY, back"),
+                "keyword",
+            ),
+            (
+                Customer::Text("#42".into()),
+                Incoming::text("#42"),
+                "regex 42",
+            ),
+            (
+                Customer::Media(MediaKind::Image),
+                Incoming::media(MediaKind::Image, ""),
+                "image",
+            ),
+            (
+                Customer::Media(MediaKind::Document),
+                Incoming::media(MediaKind::Document, ""),
+                "media",
+            ),
+            (
+                Customer::Text("urgent, do it now".into()),
+                Incoming::text("urgent, do it now"),
+                "all",
+            ),
+            (Customer::Text("B".into()), Incoming::text("B"), "any"),
+            (
+                Customer::Text("this is a long message without digits".into()),
+                Incoming::text("this is a long message without digits"),
+                "not+when",
+            ),
+            (
+                Customer::Text("HELP ME".into()),
+                Incoming::text("HELP ME"),
+                "custom",
+            ),
+            (
+                Customer::Text("refunds".into()),
+                Incoming::text("refunds"),
+                "nothing",
+            ),
+            (
+                Customer::Text("hello".into()),
+                Incoming::text("hello"),
+                "nothing",
+            ),
+            (
+                Customer::Text("a long message with 1 digit in it".into()),
+                Incoming::text("a long message with 1 digit in it"),
+                "nothing",
+            ),
+        ];
+        for (who, m, want) in cases {
+            let out = c.message(who, m).await;
+            assert_eq!(out[0].text, want);
+        }
+        assert_eq!(
+            c.var("ticket")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .as_deref(),
+            Some("42")
+        );
+    });
+}
+
+#[test]
+fn first_message_is_not_matched_against_start_rules() {
+    block_on(async {
+        let mut c = kinds();
+        // "b1" would match start's first rule, but a new conversation only starts.
+        assert_eq!(texts(c.tap("b1").await), ["Pick"]);
+        assert_eq!(texts(c.tap("b1").await), ["button"]);
+    });
+}
+
+#[test]
+fn intents_apply_to_new_conversations_and_can_be_turned_off() {
+    block_on(async {
+        let yaml = r#"
+intents: [{ text: help, say: "Help!", goto: help }]
+states:
+  start: { say: Start, on: [{ text: quiet, goto: quiet }] }
+  help: { say: Helping, next: start }
+  quiet: { say: Quiet, intents: false, on: [{ text: out, goto: start }] }
+"#;
+        let mut c = conv(yaml);
+        assert_eq!(texts(c.send("help").await), ["Help!", "Helping", "Start"]);
+        c.send("quiet").await;
+        assert_eq!(texts(c.send("help").await), ["Quiet"]);
+        assert_eq!(c.state(), Some("quiet"));
+    });
+}
+
+#[test]
+fn fallbacks_state_then_settings_then_repeat() {
+    block_on(async {
+        let yaml = r#"
+settings: { fallback: "Global fallback" }
+states:
+  start:
+    say: A
+    on: [{ text: b, goto: b }, { text: c, goto: c }]
+  b: { say: B, fallback: { say: "Own fallback", repeat: true } }
+  c: { say: C, intents: false }
+"#;
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        assert_eq!(texts(c.send("x").await), ["Global fallback"]);
+        c.send("b").await;
+        assert_eq!(texts(c.send("x").await), ["Own fallback", "B"]);
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        c.send("c").await;
+        // With intents off, settings.fallback does not apply: the state repeats.
+        assert_eq!(texts(c.send("x").await), ["C"]);
+    });
+}
+
+#[test]
+fn ask_retries_then_exhausted() {
+    block_on(async {
+        let yaml = r#"
+states:
+  start:
+    ask:
+      text: "Age?"
+      save: age
+      validate: { kind: number, min: 0, max: 130 }
+      retries: 2
+      invalid: "A number, please."
+      exhausted: { say: "Never mind.", goto: bye }
+    next: thanks
+  thanks: { say: "You are {{ age + 1 }} next year.", end: true }
+  bye: { say: Bye, end: true }
+"#;
+        let mut c = conv(yaml);
+        assert_eq!(texts(c.send("hi").await), ["Age?"]);
+        assert_eq!(texts(c.send("old").await), ["A number, please."]);
+        assert_eq!(texts(c.send("200").await), ["A number, please."]);
+        assert_eq!(texts(c.send("x").await), ["Never mind.", "Bye"]);
+        assert_eq!(c.state(), None);
+        c.send("hi").await;
+        assert_eq!(texts(c.send("41").await), ["You are 42 next year."]);
+    });
+}
+
+#[test]
+fn next_chain_is_capped_with_a_clear_error() {
+    block_on(async {
+        // Two states that jump to each other through an action: no static loop,
+        // but an endless one at run time.
+        let yaml = r#"
+settings: { error_message: "Oops." }
+states:
+  start: { say: S, on: [{ text: go, goto: a }] }
+  a: { call: { action: bounce, args: { to: b } } }
+  b: { call: { action: bounce, args: { to: a } } }
+"#;
+        let r = Registry::new().action("bounce", |ctx: &mut ActionContext<'_>| {
+            Ok(ActionOutcome::Goto(
+                ctx.arg_str("to").unwrap_or("start").to_owned(),
+            ))
+        });
+        let mut c = conv_with(yaml, r);
+        c.send("hi").await;
+        assert_eq!(texts(c.send("go").await), ["Oops."]);
+        let last = c.transcript().0.last().unwrap();
+        assert!(
+            last.errors[0].contains("more than 50 states"),
+            "{:?}",
+            last.errors
+        );
+        assert_eq!(c.state(), None);
+    });
+}
+
+#[test]
+fn action_errors_follow_on_error_and_never_stop_the_bot() {
+    block_on(async {
+        let yaml = r#"
+on_error: sorry
+states:
+  start: { say: S, on: [{ text: go, goto: work }, { text: local, goto: work2 }] }
+  work: { call: { action: fail }, say: "never said" }
+  work2: { call: { action: fail }, on_error: local_sorry }
+  sorry: { say: "Something broke.", next: start }
+  local_sorry: { say: "Local handler.", end: true }
+"#;
+        let r = Registry::new().action("fail", |_: &mut ActionContext<'_>| {
+            Err(ActionError::new("backend down"))
+        });
+        let mut c = conv_with(yaml, r);
+        c.send("hi").await;
+        assert_eq!(texts(c.send("go").await), ["Something broke.", "S"]);
+        assert_eq!(texts(c.send("local").await), ["Local handler."]);
+        let errors: Vec<_> = c
+            .transcript()
+            .0
+            .iter()
+            .flat_map(|e| e.errors.clone())
+            .collect();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].contains("backend down"));
+    });
+}
+
+#[test]
+fn actions_see_args_vars_and_contact_and_can_say() {
+    block_on(async {
+        let yaml = r#"
+vars: { greeting: Hello }
+states:
+  start:
+    call: { action: greet, args: { who: "{{ contact.first_name }}", times: 2 } }
+    say: "{{ line }}"
+"#;
+        let r = Registry::new().action("greet", |ctx: &mut ActionContext<'_>| {
+            let g = ctx
+                .var("greeting")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let who = ctx.arg_str("who").unwrap_or("?").to_owned();
+            let times = ctx
+                .arg("times")
+                .and_then(|v| i64::try_from(v.clone()).ok())
+                .unwrap_or(0);
+            assert_eq!(ctx.contact().first_name.as_deref(), Some("Ada"));
+            ctx.say("from rust");
+            ctx.set("line", format!("{g} {who} x{times}"));
+            Ok(ActionOutcome::Continue)
+        });
+        let contact = flowbot::message::Contact {
+            first_name: Some("Ada".into()),
+            ..Default::default()
+        };
+        let mut c = conv_with(yaml, r).contact(contact);
+        assert_eq!(texts(c.send("hi").await), ["from rust", "Hello Ada x2"]);
+    });
+}
+
+#[test]
+fn session_timeout_starts_over() {
+    block_on(async {
+        let yaml = "settings: { session_timeout: 10m }\nstates:\n  start: { say: A, on: [{ text: b, goto: b }] }\n  b: { say: B }\n";
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        c.send("b").await;
+        c.wait(Duration::from_secs(9 * 60));
+        assert_eq!(texts(c.send("?").await), ["B"]);
+        c.wait(Duration::from_secs(10 * 60));
+        assert_eq!(texts(c.send("b").await), ["A"]);
+    });
+}
+
+#[test]
+fn handoff_silences_until_released() {
+    block_on(async {
+        let yaml = "states:\n  start: { say: A, on: [{ text: human, goto: h }] }\n  h: { say: Wait, handoff: true }\n";
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        assert_eq!(texts(c.send("human").await), ["Wait"]);
+        assert_eq!(
+            c.transcript().0.last().unwrap().effects,
+            [flowbot::message::Effect::Handoff]
+        );
+        assert!(c.send("hello?").await.is_empty());
+        c.wait(Duration::from_secs(86_400));
+        assert!(c.send("still?").await.is_empty());
+        c.agent_leaves().await;
+        assert_eq!(texts(c.send("thanks").await), ["A"]);
+    });
+}
+
+#[test]
+fn overflow_adapt_turns_buttons_into_a_list_and_lists_into_text() {
+    block_on(async {
+        let yaml = r#"
+settings: { overflow: adapt }
+states:
+  start:
+    say:
+      - text: Pick
+        quick_replies: [{id: a, title: A}, {id: b, title: B}, {id: c, title: C}, {id: d, title: D}]
+    on: [{ button: d, say: "got d" }]
+"#;
+        let mut c = conv(yaml);
+        let out = c.send("hi").await.to_vec();
+        let list = out[0].list.as_ref().expect("adapted to a list");
+        assert_eq!(list.sections[0].rows.len(), 4);
+        // The list reply counts as the button the flow wrote.
+        assert_eq!(texts(c.pick("d").await), ["got d"]);
+        let mut c = conv(yaml).channel(Channel::Instagram);
+        assert!(c.send("hi").await[0].quick_replies.len() == 4);
+        let mut c = conv(yaml).channel(Channel::Email);
+        assert_eq!(c.send("hi").await[0].text, "Pick\n\n1. A\n2. B\n3. C\n4. D");
+        assert_eq!(texts(c.send("4").await), ["got d"]);
+    });
+}
+
+#[test]
+fn languages_fall_back_to_primary_subtag_then_default() {
+    block_on(async {
+        let yaml = "settings: { default_language: en }\nstates:\n  start: { say: { text: { en: Hi, pt: Olá } } }\n";
+        assert_eq!(texts(conv(yaml).language("pt-BR").send("x").await), ["Olá"]);
+        assert_eq!(texts(conv(yaml).language("de").send("x").await), ["Hi"]);
+        assert_eq!(texts(conv(yaml).send("x").await), ["Hi"]);
+    });
+}
+
+#[derive(Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+#[flowbot::async_trait]
+impl Hook for Recorder {
+    async fn after_turn(&self, t: &TurnRecord<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{:?}->{:?}:{}", t.from, t.to, t.messages.len()));
+    }
+}
+
+#[test]
+fn hooks_see_every_turn() {
+    block_on(async {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let r = Registry::new().hook(Recorder(log.clone()));
+        let mut c = conv_with("states:\n  start: { say: A, on: [{ text: b, goto: b }] }\n  b: { say: B, end: true }\n", r);
+        c.send("hi").await;
+        c.send("b").await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["None->Some(\"start\"):1", "Some(\"start\")->None:1"]
+        );
+    });
+}
+
+#[test]
+fn support_transcript_snapshot() {
+    block_on(async {
+        let mut c = TestConversation::load(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
+            crate::support_bot::registry(),
+        )
+        .unwrap();
+        c.send("hello").await;
+        c.tap("orders").await;
+        c.send("12").await;
+        c.send("123456").await;
+        c.pick("track").await;
+        insta::assert_yaml_snapshot!("support_orders", c.transcript());
+    });
+}
+
+#[test]
+fn idle_sessions_stay_small() {
+    block_on(async {
+        let mut c = TestConversation::load(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
+            crate::support_bot::registry(),
+        )
+        .unwrap();
+        c.send("hello").await;
+        c.tap("orders").await;
+        c.send("222222").await;
+        let size = c.session().unwrap().approx_size();
+        assert!(size < 1024, "session is {size} bytes");
+    });
+}

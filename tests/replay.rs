@@ -1,0 +1,163 @@
+//! The `flowbot replay` contract: JSON lines in, JSON lines out, deterministic.
+
+use flowbot::engine::Bot;
+use std::process::{Command, Stdio};
+
+fn replay(input: &str) -> (String, String) {
+    let bot = Bot::load(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
+        crate::support_bot::registry(),
+    )
+    .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    crate::block_on(flowbot::cli::replay(
+        &bot,
+        input.as_bytes(),
+        &mut out,
+        &mut err,
+    ))
+    .unwrap();
+    (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[test]
+fn the_contract_line_by_line() {
+    let input = r#"{"conversation":"c1","text":"hello"}
+{"conversation":"c2","text":"agent"}
+not json
+{"conversation":"c1","button":"orders"}
+{"conversation":"c1","text":"123456"}
+{"conversation":"c1","list":"track"}
+{"conversation":"c3","text":"billing","channel":"fax"}
+{"conversation":"c4","text":"hi","channel":"email","language":"tr","at":"2026-01-01T10:00:00Z"}
+{"conversation":"c5"}
+{"conversation":"c6","text":"hi"}
+{"conversation":"c6","button":"billing"}
+"#;
+    let (out, err) = replay(input);
+    let expected = r#"{"conversation":"c1","text":"Hi! How can we help?","quick_replies":[{"id":"orders","title":"My orders"},{"id":"billing","title":"Billing"},{"id":"agent","title":"Talk to us"}]}
+{"conversation":"c2","text":"Connecting you to a person."}
+{"conversation":"c2","handoff":true}
+{"conversation":"c1","text":"Your order number? (6 digits)"}
+{"conversation":"c1","text":"Order 123456 is shipped."}
+{"conversation":"c1","list":{"body":"What next?","button":"Options","sections":[{"title":"Options","rows":[{"id":"track","title":"Track"},{"id":"return","title":"Return it"},{"id":"menu","title":"Main menu"}]}]}}
+{"conversation":"c1","text":"Tracking link: https://t.example/123456"}
+{"conversation":"c1","end":true}
+{"conversation":"c4","text":"Hi! How can we help?\n\n1. My orders\n2. Billing\n3. Talk to us"}
+{"conversation":"c6","text":"Hi! How can we help?","quick_replies":[{"id":"orders","title":"My orders"},{"id":"billing","title":"Billing"},{"id":"agent","title":"Talk to us"}]}
+{"conversation":"c6","text":"Billing: see https://b.example","buttons":[{"type":"url","title":"Open billing","value":"https://b.example"}]}
+{"conversation":"c6","end":true}
+"#;
+    assert_eq!(out, expected);
+    let errs: Vec<&str> = err.lines().collect();
+    assert_eq!(errs.len(), 3, "{err}");
+    assert!(errs[0].starts_with("line 3: "));
+    assert!(errs[1].starts_with("line 7: unknown channel `fax`"));
+    assert!(errs[2].starts_with("line 9: a line needs one of"));
+}
+
+#[test]
+fn replay_is_deterministic() {
+    let input = std::iter::repeat_n(r#"{"conversation":"c","text":"hello"}"#, 20)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(replay(&input), replay(&input));
+}
+
+#[test]
+fn time_moves_with_at() {
+    let yaml_dir = std::env::temp_dir().join(format!("flowbot-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&yaml_dir).unwrap();
+    let flow = yaml_dir.join("t.yaml");
+    std::fs::write(&flow, "settings: { session_timeout: 30m }\nstates:\n  start: { say: Hi, on: [{ text: b, goto: b }] }\n  b: { say: B }\n").unwrap();
+    let bot = Bot::load(&flow, flowbot::Registry::new()).unwrap();
+    let input = r#"{"conversation":"c","text":"x","at":"2026-01-01T10:00:00Z"}
+{"conversation":"c","text":"b","at":"2026-01-01T10:10:00Z"}
+{"conversation":"c","text":"?","at":"2026-01-01T11:00:00Z"}
+"#;
+    let mut out = Vec::new();
+    crate::block_on(flowbot::cli::replay(
+        &bot,
+        input.as_bytes(),
+        &mut out,
+        std::io::sink(),
+    ))
+    .unwrap();
+    let texts: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(texts, ["Hi", "B", "Hi"]);
+    std::fs::remove_dir_all(&yaml_dir).ok();
+}
+
+#[test]
+fn the_binary_exits_2_on_a_flow_that_does_not_load() {
+    // The plain `flowbot` binary has no `lookup_order`: the support flow cannot load.
+    let out = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args([
+            "replay",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("action `lookup_order` is not registered")
+    );
+}
+
+#[test]
+fn the_binary_replays_stdin_and_validates() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args([
+            "replay",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/multilang.yaml"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"conversation\":\"c\",\"text\":\"hi\",\"language\":\"tr\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Acme'ye hoş geldiniz"));
+
+    let v = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args([
+            "validate",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/order_form.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(v.status.code(), Some(0));
+    let g = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args([
+            "graph",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/multilang.yaml"),
+        ])
+        .output()
+        .unwrap();
+    let mermaid = String::from_utf8_lossy(&g.stdout);
+    assert!(
+        mermaid.starts_with("flowchart TD") && mermaid.contains("|\"button: hours\"|"),
+        "{mermaid}"
+    );
+}
