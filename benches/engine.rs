@@ -1,1 +1,103 @@
-fn main() {}
+//! Engine throughput on the support scenario (`flows/support.yaml`), one core, in
+//! process: N conversations interleaved turn by turn, each running the 11-turn
+//! script of the benchmark scenario, sessions kept in memory.
+//!
+//! Run: `cargo bench --bench engine`. Also prints the resident memory per idle
+//! conversation (100,000 sessions parked in the ask state).
+
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use flowbot::engine::{Bot, Session};
+use flowbot::message::{Event, Incoming};
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+#[path = "../examples/support_bot.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod support_bot;
+
+/// Polls a future that never waits (the engine with synchronous actions).
+fn now<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn script() -> Vec<Event> {
+    let t = |s: &str| Event::Message(Incoming::text(s));
+    let b = |s: &str| Event::Message(Incoming::button(s));
+    let l = |s: &str| Event::Message(Incoming::list(s));
+    vec![
+        t("hello"), b("orders"), t("12"), t("123456"), l("track"),
+        t("hi again"), b("orders"), t("222222"), l("return"), t("too big"), b("yes"),
+    ]
+}
+
+fn bot() -> Bot {
+    Bot::load(concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"), support_bot::registry()).unwrap()
+}
+
+/// Runs the script on `n` conversations, interleaved; returns messages sent.
+fn run(bot: &Bot, ids: &[String], sessions: &mut [Option<Session>], script: &[Event]) -> usize {
+    let mut sent = 0;
+    for ev in script {
+        for (id, s) in ids.iter().zip(sessions.iter_mut()) {
+            let turn = now(bot.turn(id, s.take(), ev, 0));
+            sent += turn.messages.len();
+            *s = turn.session;
+        }
+    }
+    sent
+}
+
+fn rss_kib() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .map_or(0, |pages| pages * 4)
+}
+
+fn engine(c: &mut Criterion) {
+    let bot = bot();
+    let script = script();
+    // The scenario's check: 13 outbound messages per conversation.
+    let ids = vec!["c0".to_string()];
+    let mut one = vec![None];
+    assert_eq!(run(&bot, &ids, &mut one, &script), 13);
+
+    let mut g = c.benchmark_group("support_scenario");
+    for n in [1_000usize, 10_000] {
+        let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let mut sessions: Vec<Option<Session>> = vec![None; n];
+        g.throughput(Throughput::Elements((n * script.len()) as u64));
+        g.sample_size(10);
+        g.bench_function(format!("{n}_conversations"), |b| {
+            b.iter(|| run(&bot, &ids, &mut sessions, &script))
+        });
+    }
+    g.finish();
+
+    // Memory per idle conversation: 100,000 sessions waiting for an order number.
+    let n = 100_000;
+    let before = rss_kib();
+    let mut parked: Vec<(String, Session)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("c{i}");
+        let t = now(bot.turn(&id, None, &script[0], 0));
+        let t = now(bot.turn(&id, t.session, &script[1], 0));
+        parked.push((id, t.session.unwrap()));
+    }
+    let after = rss_kib();
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    let approx: usize = parked.iter().map(|(_, s)| s.approx_size()).sum::<usize>() / n;
+    println!("memory: {per:.0} bytes resident per idle conversation (session estimate {approx} bytes), {n} conversations");
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);

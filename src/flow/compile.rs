@@ -529,10 +529,10 @@ impl Compiler<'_> {
             .as_ref()
             .map(|s| self.say(r, &join_key(path, "say"), s))
             .unwrap_or_default();
-        let goto = match &rule.goto {
-            Some(g) => Some(self.state_ref(r, &join_key(path, "goto"), g)),
-            None => None,
-        };
+        let goto = rule
+            .goto
+            .as_ref()
+            .map(|g| self.state_ref(r, &join_key(path, "goto"), g));
         let (Some(cond), Some(goto)) = (cond, goto.map_or(Some(None), |g| g.map(Some))) else {
             return None;
         };
