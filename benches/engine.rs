@@ -34,13 +34,26 @@ fn script() -> Vec<Event> {
     let b = |s: &str| Event::Message(Incoming::button(s));
     let l = |s: &str| Event::Message(Incoming::list(s));
     vec![
-        t("hello"), b("orders"), t("12"), t("123456"), l("track"),
-        t("hi again"), b("orders"), t("222222"), l("return"), t("too big"), b("yes"),
+        t("hello"),
+        b("orders"),
+        t("12"),
+        t("123456"),
+        l("track"),
+        t("hi again"),
+        b("orders"),
+        t("222222"),
+        l("return"),
+        t("too big"),
+        b("yes"),
     ]
 }
 
 fn bot() -> Bot {
-    Bot::load(concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"), support_bot::registry()).unwrap()
+    Bot::load(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
+        support_bot::registry(),
+    )
+    .unwrap()
 }
 
 /// Runs the script on `n` conversations, interleaved; returns messages sent.
@@ -59,7 +72,11 @@ fn run(bot: &Bot, ids: &[String], sessions: &mut [Option<Session>], script: &[Ev
 fn rss_kib() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<usize>().ok())
+        })
         .map_or(0, |pages| pages * 4)
 }
 
