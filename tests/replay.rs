@@ -161,3 +161,36 @@ fn the_binary_replays_stdin_and_validates() {
         "{mermaid}"
     );
 }
+
+#[test]
+fn validate_exit_codes() {
+    let dir = std::env::temp_dir().join(format!("flowbot-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let warn = dir.join("warn.yaml");
+    std::fs::write(
+        &warn,
+        "states:\n  start: { say: hi }\n  orphan: { say: alone }\n",
+    )
+    .unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "states:\n  start: { say: hi, next: nowhere }\n").unwrap();
+    let code = |args: &[&std::path::Path], strict: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flowbot"));
+        c.arg("validate");
+        if strict {
+            c.arg("--strict");
+        }
+        c.args(args).output().unwrap()
+    };
+    assert_eq!(code(&[&warn], false).status.code(), Some(0));
+    assert_eq!(code(&[&warn], true).status.code(), Some(1));
+    let out = code(&[&warn, &bad], false);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:2:") && err.contains("unknown state `nowhere`"),
+        "{err}"
+    );
+    assert!(err.contains("unreachable"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
