@@ -59,76 +59,29 @@ fn every_match_kind() {
     block_on(async {
         let mut c = kinds();
         c.send("hi").await;
-        let cases: Vec<(Customer, Incoming, &str)> = vec![
+        let text = |s: &str| (Customer::Text(s.into()), Incoming::text(s));
+        let media = |k: MediaKind| (Customer::Media(k), Incoming::media(k, ""));
+        let cases = [
             (
-                Customer::Button("b1".into()),
-                Incoming::button("b1"),
+                (Customer::Button("b1".into()), Incoming::button("b1")),
                 "button",
             ),
-            (Customer::List("r1".into()), Incoming::list("r1"), "list"),
-            (
-                Customer::Text("Good Mörning!".into()),
-                Incoming::text("Good Mörning!"),
-                "text",
-            ),
-            (
-                Customer::Text("i want a refund.".into()),
-                Incoming::text("i want a refund."),
-                "keyword",
-            ),
-            (
-                Customer::Text("give my MONEY, back".into()),
-                Incoming::text("give my MONEY, back"),
-                "keyword",
-            ),
-            (
-                Customer::Text("#42".into()),
-                Incoming::text("#42"),
-                "regex 42",
-            ),
-            (
-                Customer::Media(MediaKind::Image),
-                Incoming::media(MediaKind::Image, ""),
-                "image",
-            ),
-            (
-                Customer::Media(MediaKind::Document),
-                Incoming::media(MediaKind::Document, ""),
-                "media",
-            ),
-            (
-                Customer::Text("urgent, do it now".into()),
-                Incoming::text("urgent, do it now"),
-                "all",
-            ),
-            (Customer::Text("B".into()), Incoming::text("B"), "any"),
-            (
-                Customer::Text("this is a long message without digits".into()),
-                Incoming::text("this is a long message without digits"),
-                "not+when",
-            ),
-            (
-                Customer::Text("HELP ME".into()),
-                Incoming::text("HELP ME"),
-                "custom",
-            ),
-            (
-                Customer::Text("refunds".into()),
-                Incoming::text("refunds"),
-                "nothing",
-            ),
-            (
-                Customer::Text("hello".into()),
-                Incoming::text("hello"),
-                "nothing",
-            ),
-            (
-                Customer::Text("a long message with 1 digit in it".into()),
-                Incoming::text("a long message with 1 digit in it"),
-                "nothing",
-            ),
+            ((Customer::List("r1".into()), Incoming::list("r1")), "list"),
+            (text("Good Mörning!"), "text"),
+            (text("i want a refund."), "keyword"),
+            (text("give my MONEY, back"), "keyword"),
+            (text("#42"), "regex 42"),
+            (media(MediaKind::Image), "image"),
+            (media(MediaKind::Document), "media"),
+            (text("urgent, do it now"), "all"),
+            (text("B"), "any"),
+            (text("this is a long message without digits"), "not+when"),
+            (text("HELP ME"), "custom"),
+            (text("refunds"), "nothing"),
+            (text("hello"), "nothing"),
+            (text("a long message with 1 digit in it"), "nothing"),
         ];
-        for (who, m, want) in cases {
+        for ((who, m), want) in cases {
             let out = c.message(who, m).await;
             assert_eq!(out[0].text, want);
         }
@@ -413,14 +366,18 @@ fn hooks_see_every_turn() {
     });
 }
 
+fn support() -> TestConversation {
+    TestConversation::load(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
+        crate::support_bot::registry(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn support_transcript_snapshot() {
     block_on(async {
-        let mut c = TestConversation::load(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
-            crate::support_bot::registry(),
-        )
-        .unwrap();
+        let mut c = support();
         c.send("hello").await;
         c.tap("orders").await;
         c.send("12").await;
@@ -433,11 +390,7 @@ fn support_transcript_snapshot() {
 #[test]
 fn idle_sessions_stay_small() {
     block_on(async {
-        let mut c = TestConversation::load(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
-            crate::support_bot::registry(),
-        )
-        .unwrap();
+        let mut c = support();
         c.send("hello").await;
         c.tap("orders").await;
         c.send("222222").await;
