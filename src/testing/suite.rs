@@ -261,7 +261,7 @@ pub async fn run_file(
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let doc: ConversationFile =
         crate::flow::parse_yaml(file, text, KEYS).map_err(|d: Diagnostics| d.to_string())?;
-    let flow_path = file.parent().unwrap_or(Path::new("")).join(&doc.flow);
+    let flow_path = clean(&file.parent().unwrap_or(Path::new("")).join(&doc.flow));
     let bot = bots
         .entry(flow_path.clone())
         .or_insert_with(|| match Flow::load(&flow_path, &registry.names()) {
@@ -324,6 +324,25 @@ pub async fn run_file(
         }
     }
     Ok((flow_path, conv))
+}
+
+/// Removes `.` and `dir/..` from a path without touching the disk, so that a flow
+/// reached from several tests is one flow in reports.
+fn clean(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// The snapshot path of a test file: `snapshots/NAME.snap` beside it.
