@@ -266,13 +266,12 @@ impl Bot {
             }
             Event::AgentLeft => return Turn::quiet(None),
         };
-        if let Some(mut s) = session.clone().filter(|s| s.handoff) {
-            s.last_active = now;
-            return Turn::quiet(Some(s));
-        }
         let had_session = session.is_some();
         let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
         s.last_active = now;
+        if s.handoff {
+            return Turn::quiet(Some(s));
+        }
         // The contact's language applies until the conversation picks one itself.
         if s.language.is_none() {
             s.language = msg.contact.language.as_deref().map(Into::into);
