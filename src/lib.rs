@@ -42,6 +42,7 @@ pub mod engine;
 pub mod flow;
 pub mod handler;
 pub mod message;
+pub mod qpien;
 pub mod testing;
 
 pub use async_trait::async_trait;

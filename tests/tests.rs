@@ -6,6 +6,7 @@
 //! - `diagnostics`: bad flows and the problems reported.
 //! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
 //! - `fuzz`: random YAML and random messages never panic.
+//! - `qpien`: the Qpien client against a real HTTP server; schema and documents.
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -15,6 +16,7 @@ mod conversations;
 mod diagnostics;
 mod engine;
 mod fuzz;
+mod qpien;
 mod replay;
 
 /// Runs a future on a fresh current-thread runtime.

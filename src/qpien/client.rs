@@ -1,0 +1,562 @@
+//! The Qpien client: one shared value that every task sends through.
+//!
+//! Each call goes: token (cached, renewed ahead of expiry, one refresh however
+//! many tasks wait) -> rate-limit permit -> HTTP POST -> answer read through
+//! [`super::response`]. Transport errors, timeouts, 5xx, 429 and transient
+//! GraphQL codes are retried with exponential backoff and jitter (the `backon`
+//! crate), within `retry.max_attempts`; a refused token is renewed once and the
+//! call retried; the rest fails at once with a [`QpienError`] that says why.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::config::{AuthScheme, QpienConfig};
+use super::convert::OutboundMessage;
+use super::documents::{Documents, Operation};
+use super::error::QpienError;
+use super::limit::{ConversationLocks, RateLimiter};
+use super::response::{interpret, Failure};
+use super::types::*;
+
+/// A shared handle on the Qpien API. Clone it freely: clones share the token,
+/// the rate limit and the per-conversation order.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), flowbot::qpien::QpienError> {
+/// use flowbot::qpien::{QpienClient, QpienConfig, Secret};
+/// let client = QpienClient::new(QpienConfig {
+///     client_id: Secret::new(std::env::var("QPIEN_ID").unwrap_or_default()),
+///     client_secret: Secret::new(std::env::var("QPIEN_SECRET").unwrap_or_default()),
+///     ..QpienConfig::default()
+/// })?;
+/// let page = client.get_conversation_list(1, 20, None).await?;
+/// println!("{} conversations", page.docs.len());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct QpienClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    config: QpienConfig,
+    documents: Documents,
+    token: Mutex<Option<Token>>,
+    limiter: RateLimiter,
+    order: ConversationLocks,
+    stats: Counters,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    value: Arc<str>,
+    renew_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    rate_limited: AtomicU64,
+    retries: AtomicU64,
+    token_refreshes: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+/// Counts since the client was made, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientStats {
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls that failed for good.
+    pub failed: u64,
+    /// 429 answers.
+    pub rate_limited: u64,
+    /// Attempts repeated after a transient failure.
+    pub retries: u64,
+    /// Tokens obtained.
+    pub token_refreshes: u64,
+    /// Creates Qpien already had (a resend recognised by its `frontMsgId`).
+    pub duplicates: u64,
+}
+
+/// What a created message came back as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Qpien's id for it (absent when Qpien recognised a resend and said no more).
+    pub id: Option<String>,
+    /// The idempotency key it was sent with.
+    pub front_msg_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenAnswer {
+    #[serde(alias = "token", alias = "access_token")]
+    access_token: String,
+    #[serde(default, alias = "expires_in")]
+    expires_in: Option<u64>,
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| *v >= 0.0)
+        .map(|v| v.ceil() as u64)
+}
+
+impl QpienClient {
+    /// A client for `config`. Fails on a configuration that cannot work (no
+    /// endpoint, a bad documents folder, a zero rate limit); the API key is
+    /// checked on the first call.
+    pub fn new(config: QpienConfig) -> Result<Self, QpienError> {
+        if reqwest::Url::parse(&config.endpoint).is_err() {
+            return Err(QpienError::Config(format!(
+                "endpoint `{}` is not a URL",
+                config.endpoint
+            )));
+        }
+        let documents = match &config.documents_dir {
+            Some(dir) => Documents::with_overrides(dir)?,
+            None => Documents::embedded(),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .user_agent(concat!("flowbot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| QpienError::Config(format!("HTTP client: {e}")))?;
+        Ok(QpienClient {
+            inner: Arc::new(Inner {
+                limiter: RateLimiter::new(&config.rate_limit)?,
+                http,
+                config,
+                documents,
+                token: Mutex::new(None),
+                order: ConversationLocks::default(),
+                stats: Counters::default(),
+            }),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &QpienConfig {
+        &self.inner.config
+    }
+
+    /// Counts since the client was made.
+    pub fn stats(&self) -> ClientStats {
+        let s = &self.inner.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientStats {
+            ok: get(&s.ok),
+            failed: get(&s.failed),
+            rate_limited: get(&s.rate_limited),
+            retries: get(&s.retries),
+            token_refreshes: get(&s.token_refreshes),
+            duplicates: get(&s.duplicates),
+        }
+    }
+
+    /// Makes sure a valid token is at hand (obtaining one if needed): the
+    /// readiness check of a deployment.
+    pub async fn check_token(&self) -> Result<(), QpienError> {
+        self.token().await.map(drop)
+    }
+
+    /// Runs `op` with `variables` and reads its result as `T`.
+    pub async fn execute<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        variables: Value,
+    ) -> Result<T, QpienError> {
+        let value = match self.execute_value(op, &variables).await {
+            Ok(v) => v,
+            Err(Failure::Duplicate) => Value::Null,
+            Err(Failure::Error(e)) => return Err(e),
+            Err(Failure::Auth { code, message }) => {
+                return Err(QpienError::Unauthorized {
+                    operation: op.name(),
+                    code,
+                    message,
+                })
+            }
+        };
+        serde_path_to_error::deserialize(value).map_err(|e| QpienError::Decode {
+            operation: op.name(),
+            message: format!("at `{}`: {}", e.path(), e.inner()),
+        })
+    }
+
+    /// Runs `op`, renewing a refused token once.
+    async fn execute_value(&self, op: Operation, variables: &Value) -> Result<Value, Failure> {
+        let mut renewed = false;
+        loop {
+            let token = self.token().await.map_err(Failure::Error)?;
+            match self.call(op, variables, Some(&token)).await {
+                Err(Failure::Auth { .. }) if !renewed => {
+                    renewed = true;
+                    self.forget_token(&token).await;
+                }
+                Err(Failure::Duplicate) => {
+                    self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    self.inner.stats.ok.fetch_add(1, Ordering::Relaxed);
+                    return Err(Failure::Duplicate);
+                }
+                other => {
+                    let counter = if other.is_ok() {
+                        &self.inner.stats.ok
+                    } else {
+                        &self.inner.stats.failed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// The current token, obtained or renewed if needed. The lock is held
+    /// through the renewal, so concurrent callers wait for the one request.
+    async fn token(&self) -> Result<Arc<str>, QpienError> {
+        let mut slot = self.inner.token.lock().await;
+        if let Some(t) = slot.as_ref() {
+            if Instant::now() < t.renew_at {
+                return Ok(t.value.clone());
+            }
+        }
+        let config = &self.inner.config;
+        if config.client_id.is_empty() || config.client_secret.is_empty() {
+            return Err(QpienError::Config(
+                "no API key: set the client id and secret (qpien.client_id, qpien.client_secret)"
+                    .into(),
+            ));
+        }
+        let op = Operation::GenerateOAuthToken;
+        let variables = json!({"input": {
+            "clientId": config.client_id.expose(),
+            "clientSecret": config.client_secret.expose(),
+        }});
+        let value = match self.call(op, &variables, None).await {
+            Ok(v) => v,
+            Err(Failure::Auth { message, .. }) => return Err(QpienError::InvalidClient(message)),
+            Err(Failure::Duplicate) => Value::Null,
+            Err(Failure::Error(e)) => return Err(e),
+        };
+        let answer: TokenAnswer = match value {
+            Value::String(s) => TokenAnswer {
+                access_token: s,
+                expires_in: None,
+            },
+            v => serde_path_to_error::deserialize(v).map_err(|e| QpienError::Decode {
+                operation: op.name(),
+                message: format!("at `{}`: {}", e.path(), e.inner()),
+            })?,
+        };
+        let lifetime = answer
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(config.token_lifetime);
+        let margin = config.token_refresh_margin.min(lifetime / 2);
+        let token = Token {
+            value: Arc::from(answer.access_token),
+            renew_at: Instant::now() + lifetime - margin,
+        };
+        self.inner
+            .stats
+            .token_refreshes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(lifetime = ?lifetime, "obtained a Qpien token");
+        *slot = Some(token.clone());
+        Ok(token.value)
+    }
+
+    /// Drops `stale` if it is still the cached token (another task may have
+    /// renewed it already).
+    async fn forget_token(&self, stale: &str) {
+        let mut slot = self.inner.token.lock().await;
+        if slot.as_ref().is_some_and(|t| &*t.value == stale) {
+            *slot = None;
+        }
+    }
+
+    /// One call with retries of transient failures.
+    async fn call(
+        &self,
+        op: Operation,
+        variables: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, Failure> {
+        let retry = &self.inner.config.retry;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(retry.min_delay)
+            .with_max_delay(retry.max_delay)
+            .with_max_times(retry.max_attempts.saturating_sub(1) as usize)
+            .with_jitter()
+            .build();
+        loop {
+            self.inner.limiter.acquire().await;
+            let failure = match self.attempt(op, variables, token).await {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            let retryable = matches!(&failure, Failure::Error(e) if e.is_retryable());
+            if !retryable {
+                return Err(failure);
+            }
+            let Some(delay) = delays.next() else {
+                return Err(failure);
+            };
+            self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            let rate_limited = matches!(&failure, Failure::Error(QpienError::RateLimited { .. }));
+            tracing::debug!(operation = op.name(), error = %DisplayFailure(&failure), ?delay, "retrying");
+            if !rate_limited {
+                // After a 429 the limiter itself waits for the reset.
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// One HTTP request.
+    async fn attempt(
+        &self,
+        op: Operation,
+        variables: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, Failure> {
+        let inner = &self.inner;
+        let body = json!({"query": inner.documents.get(op), "variables": variables});
+        let mut request = inner
+            .http
+            .post(&inner.config.endpoint)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            let value = match inner.config.auth_scheme {
+                AuthScheme::Bearer => format!("Bearer {token}"),
+                AuthScheme::Bare => token.to_owned(),
+            };
+            request = request.header(AUTHORIZATION, value);
+        }
+        let response = request.send().await.map_err(|e| {
+            Failure::Error(if e.is_timeout() {
+                QpienError::Timeout {
+                    operation: op.name(),
+                    timeout: inner.config.request_timeout,
+                }
+            } else {
+                QpienError::Transport {
+                    operation: op.name(),
+                    message: error_chain(&e),
+                }
+            })
+        })?;
+        let headers = response.headers();
+        let reset = header_u64(headers, "x-ratelimit-reset").map(Duration::from_secs);
+        inner
+            .limiter
+            .observe(header_u64(headers, "x-ratelimit-remaining"), reset);
+        let status = response.status();
+        if status.as_u16() == 429 {
+            inner.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let reset = reset
+                .or_else(|| header_u64(headers, RETRY_AFTER.as_str()).map(Duration::from_secs));
+            let reset = inner.limiter.pause(reset);
+            tracing::warn!(operation = op.name(), ?reset, "Qpien rate limit hit (429)");
+            return Err(Failure::Error(QpienError::RateLimited {
+                operation: op.name(),
+                reset,
+            }));
+        }
+        let bytes = response.bytes().await.map_err(|e| {
+            Failure::Error(QpienError::Transport {
+                operation: op.name(),
+                message: error_chain(&e),
+            })
+        })?;
+        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if status.is_server_error() {
+            return Err(Failure::Error(QpienError::Http {
+                operation: op.name(),
+                status: status.as_u16(),
+            }));
+        }
+        match parsed {
+            Some(body) if body.get("errors").is_some() || status.is_success() => {
+                interpret(op, body)
+            }
+            _ if status.as_u16() == 401 => Err(Failure::Auth {
+                code: "UNAUTHORIZED".into(),
+                message: format!("HTTP {status}"),
+            }),
+            _ if !status.is_success() => Err(Failure::Error(QpienError::Http {
+                operation: op.name(),
+                status: status.as_u16(),
+            })),
+            _ => Err(Failure::Error(QpienError::Decode {
+                operation: op.name(),
+                message: format!(
+                    "not JSON: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ),
+            })),
+        }
+    }
+
+    /// Sends one message, after any other send to the same conversation.
+    pub async fn send(&self, message: &OutboundMessage) -> Result<Sent, QpienError> {
+        let _turn = self.inner.order.lock(&message.input.conversation_id).await;
+        self.send_unordered(message).await
+    }
+
+    /// Sends a turn's messages in order (they must all be for one conversation);
+    /// stops at the first failure, returning what was sent before it.
+    pub async fn send_all(
+        &self,
+        messages: &[OutboundMessage],
+    ) -> Result<Vec<Sent>, (Vec<Sent>, QpienError)> {
+        let Some(first) = messages.first() else {
+            return Ok(Vec::new());
+        };
+        let _turn = self.inner.order.lock(&first.input.conversation_id).await;
+        let mut sent = Vec::with_capacity(messages.len());
+        for m in messages {
+            match self.send_unordered(m).await {
+                Ok(s) => sent.push(s),
+                Err(e) => return Err((sent, e)),
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn send_unordered(&self, message: &OutboundMessage) -> Result<Sent, QpienError> {
+        let created: Option<CreatedMessage> = self
+            .execute(message.operation, json!({"input": message.input}))
+            .await?;
+        Ok(Sent {
+            id: created.and_then(|c| c.id),
+            front_msg_id: message.input.front_msg_id.clone(),
+        })
+    }
+
+    /// Reads one message.
+    pub async fn get_message(&self, id: &str) -> Result<Option<ExternalMessage>, QpienError> {
+        self.execute(Operation::GetMessage, json!({"messageId": id}))
+            .await
+    }
+
+    /// Reads page `page` (from 1) of a conversation's messages.
+    pub async fn get_message_list(
+        &self,
+        conversation: &str,
+        page: u32,
+        limit: u32,
+    ) -> Result<Page<ExternalMessage>, QpienError> {
+        self.execute(
+            Operation::GetMessageList,
+            json!({"conversationId": conversation, "page": page, "limit": limit}),
+        )
+        .await
+    }
+
+    /// Reads one conversation.
+    pub async fn get_conversation(
+        &self,
+        id: &str,
+    ) -> Result<Option<ExternalConversation>, QpienError> {
+        self.execute(Operation::GetConversation, json!({"conversationId": id}))
+            .await
+    }
+
+    /// Reads page `page` (from 1) of the conversations, of one status if given.
+    pub async fn get_conversation_list(
+        &self,
+        page: u32,
+        limit: u32,
+        status: Option<&str>,
+    ) -> Result<Page<ExternalConversation>, QpienError> {
+        self.execute(
+            Operation::GetConversationList,
+            json!({"page": page, "limit": limit, "status": status}),
+        )
+        .await
+    }
+
+    /// Lists the connected channels.
+    pub async fn connected_platforms(&self) -> Result<Vec<ConnectedPlatform>, QpienError> {
+        let page: Page<ConnectedPlatform> = self
+            .execute(Operation::GetAllConnectedPlatformList, json!({}))
+            .await?;
+        Ok(page.docs)
+    }
+
+    /// Changes a conversation's status or assignment.
+    pub async fn update_conversation(
+        &self,
+        input: &UpdateConversationInput,
+    ) -> Result<Option<ExternalConversation>, QpienError> {
+        self.execute(Operation::UpdateConversation, json!({"input": input}))
+            .await
+    }
+
+    /// Asks for a person: sets the handoff status (and assignment, if configured).
+    pub async fn handoff(&self, conversation: &str) -> Result<(), QpienError> {
+        let config = &self.inner.config;
+        self.update_conversation(&UpdateConversationInput {
+            conversation_id: conversation.to_owned(),
+            status: Some(config.handoff_status.clone()),
+            joined_person: config.handoff_assign_to.clone(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Gives the conversation back to the bot: sets the release status.
+    pub async fn release(&self, conversation: &str) -> Result<(), QpienError> {
+        self.update_conversation(&UpdateConversationInput {
+            conversation_id: conversation.to_owned(),
+            status: Some(self.inner.config.release_status.clone()),
+            joined_person: None,
+        })
+        .await
+        .map(drop)
+    }
+}
+
+struct DisplayFailure<'a>(&'a Failure);
+
+impl std::fmt::Display for DisplayFailure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Failure::Auth { code, .. } => f.write_str(code),
+            Failure::Duplicate => f.write_str("duplicate"),
+            Failure::Error(e) => e.fmt(f),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,191 @@
+//! How to reach Qpien: endpoint, API key, auth scheme, limits, retries, and the
+//! choices where Qpien's documentation is silent.
+//!
+//! Every field has a default that matches the documented API, so a deployment
+//! sets only the API key. Durations are written as `"60s"`, `"500ms"`, `"5m"`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no value was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How the access token is sent in the `Authorization` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <token>`, as Qpien documents.
+    #[default]
+    Bearer,
+    /// `Authorization: <token>`, as some integrations send it.
+    Bare,
+}
+
+/// Which mutation sends messages into WhatsApp conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhatsappOperation {
+    /// `createMessageByWhatsapp` (the default: the documented WhatsApp operation).
+    #[default]
+    CreateMessageByWhatsapp,
+    /// `createMessage`, like every other channel.
+    CreateMessage,
+}
+
+/// The shared request budget.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per `per` (Qpien: 100 a minute).
+    pub requests: u32,
+    /// The window.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// How many requests may go at once before the steady pace applies. The pace
+    /// is slowed so that burst + pace never exceed `requests` in any window.
+    pub burst: u32,
+    /// How long to wait after a 429 that says nothing of its reset.
+    #[serde(with = "humantime_serde")]
+    pub default_reset: Duration,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            requests: 100,
+            per: Duration::from_secs(60),
+            burst: 5,
+            default_reset: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Bounded exponential backoff with jitter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first one included (1: never retry).
+    pub max_attempts: u32,
+    /// The first delay.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// The longest delay.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 6,
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the Qpien client needs.
+///
+/// ```
+/// use flowbot::qpien::{QpienConfig, Secret};
+/// let config = QpienConfig {
+///     client_id: Secret::new("my-id"),
+///     client_secret: Secret::new("my-secret"),
+///     ..QpienConfig::default()
+/// };
+/// assert_eq!(config.endpoint, "https://api.qpien.com/api/v1");
+/// assert!(!format!("{config:?}").contains("my-secret"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QpienConfig {
+    /// The GraphQL endpoint.
+    pub endpoint: String,
+    /// The API key's client id.
+    pub client_id: Secret,
+    /// The API key's client secret.
+    pub client_secret: Secret,
+    /// `bearer` (documented) or `bare`.
+    pub auth_scheme: AuthScheme,
+    /// A folder of `<operation>.graphql` files replacing the embedded documents.
+    pub documents_dir: Option<PathBuf>,
+    /// How long one HTTP request may take.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A token is renewed this long before it expires.
+    #[serde(with = "humantime_serde")]
+    pub token_refresh_margin: Duration,
+    /// Token lifetime assumed when Qpien does not say (FACT: one hour).
+    #[serde(with = "humantime_serde")]
+    pub token_lifetime: Duration,
+    /// The request budget.
+    pub rate_limit: RateLimitConfig,
+    /// Retries of transient failures.
+    pub retry: RetryConfig,
+    /// The mutation used for WhatsApp conversations.
+    pub whatsapp_operation: WhatsappOperation,
+    /// The status a handoff sets (ASSUMED value).
+    pub handoff_status: String,
+    /// The status a release sets (ASSUMED value).
+    pub release_status: String,
+    /// The person a handed-off conversation is assigned to, if any.
+    pub handoff_assign_to: Option<String>,
+    /// Prefix of every `frontMsgId` flowbot creates.
+    pub front_msg_id_prefix: String,
+}
+
+impl Default for QpienConfig {
+    fn default() -> Self {
+        QpienConfig {
+            endpoint: "https://api.qpien.com/api/v1".into(),
+            client_id: Secret::default(),
+            client_secret: Secret::default(),
+            auth_scheme: AuthScheme::Bearer,
+            documents_dir: None,
+            request_timeout: Duration::from_secs(15),
+            token_refresh_margin: Duration::from_secs(300),
+            token_lifetime: Duration::from_secs(3600),
+            rate_limit: RateLimitConfig::default(),
+            retry: RetryConfig::default(),
+            whatsapp_operation: WhatsappOperation::default(),
+            handoff_status: "PENDING".into(),
+            release_status: "OPEN".into(),
+            handoff_assign_to: None,
+            front_msg_id_prefix: "flowbot".into(),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The GraphQL operations flowbot sends, as `.graphql` documents.
+//!
+//! The documents are embedded from `src/qpien/documents/` and validated against
+//! `src/qpien/schema.graphql` by the test suite. Because that schema is partly
+//! ASSUMED, a deployment can replace any document with its own file, without
+//! recompiling: point `documents_dir` at a folder holding `<operation>.graphql`
+//! files (for instance a `createMessage.graphql` that calls
+//! `externalCreateMessage`). The client reads results by position (the one field
+//! under `data`), so a renamed root field needs no other change.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::error::QpienError;
+
+/// One operation of the Qpien API that flowbot uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Operation {
+    /// Exchanges the API key (client id and secret) for a one-hour token.
+    GenerateOAuthToken,
+    /// Reads one message.
+    GetMessage,
+    /// Reads a page of a conversation's messages.
+    GetMessageList,
+    /// Sends a message into a conversation.
+    CreateMessage,
+    /// Sends a message into a WhatsApp conversation.
+    CreateMessageByWhatsapp,
+    /// Reads one conversation.
+    GetConversation,
+    /// Reads a page of conversations.
+    GetConversationList,
+    /// Changes a conversation's status or assignment (handoff, release).
+    UpdateConversation,
+    /// Lists the connected channels.
+    GetAllConnectedPlatformList,
+}
+
+impl Operation {
+    /// Every operation, in a stable order.
+    pub const ALL: [Operation; 9] = [
+        Operation::GenerateOAuthToken,
+        Operation::GetMessage,
+        Operation::GetMessageList,
+        Operation::CreateMessage,
+        Operation::CreateMessageByWhatsapp,
+        Operation::GetConversation,
+        Operation::GetConversationList,
+        Operation::UpdateConversation,
+        Operation::GetAllConnectedPlatformList,
+    ];
+
+    /// The operation's root field, which is also its document's file stem.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Operation::GenerateOAuthToken => "generateOAuthToken",
+            Operation::GetMessage => "getMessage",
+            Operation::GetMessageList => "getMessageList",
+            Operation::CreateMessage => "createMessage",
+            Operation::CreateMessageByWhatsapp => "createMessageByWhatsapp",
+            Operation::GetConversation => "getConversation",
+            Operation::GetConversationList => "getConversationList",
+            Operation::UpdateConversation => "updateConversation",
+            Operation::GetAllConnectedPlatformList => "getAllConnectedPlatformList",
+        }
+    }
+
+    /// The scope the API key needs for this operation (FACT, from Qpien's docs).
+    pub const fn scope(self) -> Option<&'static str> {
+        match self {
+            Operation::GenerateOAuthToken => None,
+            Operation::GetMessage | Operation::GetMessageList => Some("read_messages"),
+            Operation::CreateMessage | Operation::CreateMessageByWhatsapp => Some("write_messages"),
+            Operation::GetConversation | Operation::GetConversationList => {
+                Some("read_conversations")
+            }
+            Operation::UpdateConversation => Some("write_conversations"),
+            Operation::GetAllConnectedPlatformList => Some("read_channels"),
+        }
+    }
+
+    /// The embedded document.
+    pub const fn embedded(self) -> &'static str {
+        match self {
+            Operation::GenerateOAuthToken => include_str!("documents/generateOAuthToken.graphql"),
+            Operation::GetMessage => include_str!("documents/getMessage.graphql"),
+            Operation::GetMessageList => include_str!("documents/getMessageList.graphql"),
+            Operation::CreateMessage => include_str!("documents/createMessage.graphql"),
+            Operation::CreateMessageByWhatsapp => {
+                include_str!("documents/createMessageByWhatsapp.graphql")
+            }
+            Operation::GetConversation => include_str!("documents/getConversation.graphql"),
+            Operation::GetConversationList => include_str!("documents/getConversationList.graphql"),
+            Operation::UpdateConversation => include_str!("documents/updateConversation.graphql"),
+            Operation::GetAllConnectedPlatformList => {
+                include_str!("documents/getAllConnectedPlatformList.graphql")
+            }
+        }
+    }
+
+    /// Whether the operation is sent with the access token.
+    pub const fn needs_token(self) -> bool {
+        !matches!(self, Operation::GenerateOAuthToken)
+    }
+
+    fn from_name(name: &str) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The document text for each operation: the embedded ones, some perhaps
+/// replaced from files.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    texts: Arc<[Arc<str>; 9]>,
+}
+
+impl Default for Documents {
+    fn default() -> Self {
+        Documents::embedded()
+    }
+}
+
+impl Documents {
+    /// The documents shipped with flowbot, matching `schema.graphql`.
+    pub fn embedded() -> Self {
+        Documents {
+            texts: Arc::new(Operation::ALL.map(|op| Arc::from(op.embedded()))),
+        }
+    }
+
+    /// The embedded documents, with each `<operation>.graphql` file of `dir`
+    /// taking the place of its operation's document. A `.graphql` file whose
+    /// name is no operation is an error (a misspelt override would otherwise be
+    /// silently ignored).
+    pub fn with_overrides(dir: &Path) -> Result<Self, QpienError> {
+        let mut texts = Operation::ALL.map(|op| Arc::<str>::from(op.embedded()));
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            QpienError::Config(format!("cannot read documents_dir {}: {e}", dir.display()))
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| QpienError::Config(format!("{}: {e}", dir.display())))?
+                .path();
+            if path.extension().and_then(|e| e.to_str()) != Some("graphql") {
+                continue;
+            }
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let Some(op) = Operation::from_name(stem) else {
+                let known: Vec<&str> = Operation::ALL.iter().map(|o| o.name()).collect();
+                return Err(QpienError::Config(format!(
+                    "{}: no operation is called `{stem}` (expected one of: {})",
+                    path.display(),
+                    known.join(", ")
+                )));
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| QpienError::Config(format!("{}: {e}", path.display())))?;
+            if !text.contains('{') {
+                return Err(QpienError::Config(format!(
+                    "{}: not a GraphQL document (no selection set)",
+                    path.display()
+                )));
+            }
+            texts[op as usize] = Arc::from(text);
+        }
+        Ok(Documents {
+            texts: Arc::new(texts),
+        })
+    }
+
+    /// The document sent for `op`.
+    pub fn get(&self, op: Operation) -> &str {
+        &self.texts[op as usize]
+    }
+}

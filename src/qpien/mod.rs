@@ -1,0 +1,38 @@
+//! The Qpien adapter: everything flowbot knows or assumes about Qpien's API.
+//!
+//! Qpien documents its operations, field names, error codes, rate limit and
+//! webhook signature (FACT) but not its GraphQL input and response blocks. What
+//! flowbot had to guess (ASSUMED) lives here and nowhere else, named as such, so
+//! that matching the real schema is a change to this module only:
+//! - `schema.graphql` and `documents/*.graphql`: the operations and their shapes
+//!   (validated against each other by the tests; replaceable at run time through
+//!   [`QpienConfig::documents_dir`]);
+//! - [`types`]: the wire types, read leniently;
+//! - [`response`](self) reading: bare results and `{success, data, code, message}`
+//!   envelopes, errors in GraphQL `errors` or in the envelope;
+//! - [`convert`]: outgoing messages to `createMessage` inputs and back;
+//! - [`webhook`]: the signature and the payload.
+//!
+//! [`QpienClient`] is the production client: token cache with single-flight
+//! renewal, a fair shared rate limit, retries with backoff, idempotent creates.
+
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod documents;
+pub mod error;
+pub mod limit;
+mod response;
+pub mod types;
+pub mod webhook;
+
+pub use client::{ClientStats, QpienClient, Sent};
+pub use config::{
+    AuthScheme, QpienConfig, RateLimitConfig, RetryConfig, Secret, WhatsappOperation,
+};
+pub use convert::{front_msg_id, plan_replies, to_event, to_incoming, OutboundMessage, SenderKind};
+pub use documents::{Documents, Operation};
+pub use error::QpienError;
+
+/// The schema the embedded documents are written against.
+pub const SCHEMA: &str = include_str!("schema.graphql");

@@ -1,0 +1,815 @@
+//! The Qpien client against a real HTTP server on loopback (`server.rs`), and
+//! the schema/documents check.
+
+#[allow(unreachable_pub)]
+mod server;
+
+use std::time::Duration;
+
+use flowbot::message::{
+    ButtonKind, Channel, Choice, InfoButton, ListMessage, ListSection, Media, MediaKind, Outgoing,
+};
+use flowbot::qpien::types::ExternalMessage;
+use flowbot::qpien::{
+    plan_replies, AuthScheme, Operation, QpienClient, QpienConfig, QpienError, RateLimitConfig,
+    RetryConfig, Secret, SCHEMA,
+};
+use serde_json::{json, Value};
+use server::{Server, Settings};
+use tokio::time::Instant;
+
+fn config(server: &Server) -> QpienConfig {
+    QpienConfig {
+        endpoint: server.url.clone(),
+        client_id: Secret::new("id-1"),
+        client_secret: Secret::new("secret-1"),
+        request_timeout: Duration::from_secs(5),
+        rate_limit: RateLimitConfig {
+            requests: 10_000,
+            per: Duration::from_secs(1),
+            burst: 1000,
+            default_reset: Duration::from_secs(1),
+        },
+        retry: RetryConfig {
+            max_attempts: 5,
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(40),
+        },
+        ..QpienConfig::default()
+    }
+}
+
+fn client(server: &Server) -> QpienClient {
+    QpienClient::new(config(server)).unwrap()
+}
+
+fn text_turn(conversation: &str, cause: &str, n: usize) -> Vec<flowbot::qpien::OutboundMessage> {
+    let messages: Vec<Outgoing> = (0..n)
+        .map(|i| Outgoing::text(format!("{cause} #{i}")))
+        .collect();
+    plan_replies(
+        &QpienConfig::default(),
+        conversation,
+        Channel::LiveChat,
+        cause,
+        &messages,
+    )
+}
+
+#[test]
+fn every_document_is_valid_against_the_schema() {
+    use apollo_compiler::{ExecutableDocument, Schema};
+    let schema = Schema::parse_and_validate(SCHEMA, "src/qpien/schema.graphql")
+        .unwrap_or_else(|e| panic!("schema.graphql is invalid:\n{}", e.errors));
+    for op in Operation::ALL {
+        let path = format!("src/qpien/documents/{}.graphql", op.name());
+        let doc = ExecutableDocument::parse_and_validate(&schema, op.embedded(), &path)
+            .unwrap_or_else(|e| panic!("{path} is invalid:\n{}", e.errors));
+        let operation = doc.operations.iter().next().expect("one operation");
+        let root = operation
+            .selection_set
+            .fields()
+            .next()
+            .expect("a root field");
+        assert_eq!(root.name.as_str(), op.name(), "{path}: root field");
+    }
+}
+
+#[test]
+fn a_typo_in_a_document_is_caught() {
+    use apollo_compiler::{ExecutableDocument, Schema};
+    let schema = Schema::parse_and_validate(SCHEMA, "schema.graphql").unwrap();
+    let typo = Operation::CreateMessage
+        .embedded()
+        .replace("frontMsgId", "frontMessageId");
+    assert!(ExecutableDocument::parse_and_validate(&schema, typo, "typo.graphql").is_err());
+}
+
+/// Every outgoing kind, sent through the client; the variables the server
+/// received are the snapshot.
+#[tokio::test]
+async fn graphql_variables_for_each_message_kind() {
+    let server = Server::start(Settings::default()).await;
+    let client = client(&server);
+    let choice = |id: &str, title: &str| Choice {
+        id: id.into(),
+        title: title.into(),
+        description: None,
+    };
+    let cases: Vec<(&str, Channel, Vec<Outgoing>)> = vec![
+        ("text", Channel::LiveChat, vec![Outgoing::text("Hello!")]),
+        (
+            "quick_replies_with_folded_text",
+            Channel::WhatsApp,
+            vec![
+                Outgoing::text("Welcome to Acme."),
+                Outgoing {
+                    text: "What can we do for you?".into(),
+                    quick_replies: vec![choice("orders", "My orders"), choice("agent", "A person")],
+                    ..Outgoing::default()
+                },
+            ],
+        ),
+        (
+            "list",
+            Channel::WhatsApp,
+            vec![Outgoing {
+                list: Some(ListMessage {
+                    header: Some("Help".into()),
+                    body: "Pick a topic".into(),
+                    footer: Some("Acme".into()),
+                    button: "Topics".into(),
+                    sections: vec![ListSection {
+                        title: Some("Orders".into()),
+                        rows: vec![
+                            Choice {
+                                id: "track".into(),
+                                title: "Track".into(),
+                                description: Some("Where is my parcel".into()),
+                            },
+                            choice("return", "Return"),
+                        ],
+                    }],
+                }),
+                ..Outgoing::default()
+            }],
+        ),
+        (
+            "informative_buttons",
+            Channel::Instagram,
+            vec![Outgoing {
+                text: "Reach us".into(),
+                buttons: vec![
+                    InfoButton {
+                        kind: ButtonKind::Url,
+                        title: "Website".into(),
+                        value: "https://example.com".into(),
+                    },
+                    InfoButton {
+                        kind: ButtonKind::Phone,
+                        title: "Call".into(),
+                        value: "+905551112233".into(),
+                    },
+                ],
+                ..Outgoing::default()
+            }],
+        ),
+        (
+            "media",
+            Channel::LiveChat,
+            vec![Outgoing {
+                media: Some(Media {
+                    url: "https://example.com/invoice.pdf".into(),
+                    kind: MediaKind::Document,
+                    caption: Some("Your invoice".into()),
+                }),
+                ..Outgoing::default()
+            }],
+        ),
+        (
+            "email_turn_is_one_email",
+            Channel::Email,
+            vec![
+                Outgoing::text("Thanks for writing."),
+                Outgoing::text("1. Orders\n2. Returns"),
+            ],
+        ),
+    ];
+    let mut received = serde_json::Map::new();
+    for (name, channel, messages) in cases {
+        let planned = plan_replies(
+            client.config(),
+            &format!("c-{name}"),
+            channel,
+            &format!("in-{name}"),
+            &messages,
+        );
+        let before = server.seen().len();
+        client.send_all(&planned).await.unwrap();
+        let sent: Vec<Value> = server.seen()[before..]
+            .iter()
+            .filter(|s| s.field.starts_with("create"))
+            .map(|s| json!({"operation": s.field, "variables": s.variables}))
+            .collect();
+        received.insert(name.to_owned(), Value::Array(sent));
+    }
+    insta::assert_json_snapshot!("qpien_variables", received);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_one_token_request() {
+    let server = Server::start(Settings {
+        token_delay: Duration::from_millis(200),
+        ..Settings::default()
+    })
+    .await;
+    let client = client(&server);
+    let calls = (0..25).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .send(&text_turn(&format!("c{i}"), &format!("m{i}"), 1)[0])
+                .await
+                .unwrap()
+        })
+    });
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert_eq!(server.token_calls(), 1);
+    assert_eq!(server.created().len(), 25);
+    assert!(server
+        .seen()
+        .iter()
+        .filter(|s| s.field == "createMessage")
+        .all(|s| s.authorization.as_deref() == Some("Bearer tok-1")));
+}
+
+#[tokio::test]
+async fn the_token_is_renewed_ahead_of_its_expiry() {
+    let server = Server::start(Settings {
+        reported_lifetime: 1,
+        real_lifetime: Duration::from_secs(1),
+        ..Settings::default()
+    })
+    .await;
+    let client = QpienClient::new(QpienConfig {
+        token_refresh_margin: Duration::from_millis(400),
+        ..config(&server)
+    })
+    .unwrap();
+    client.get_conversation_list(1, 10, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.get_conversation_list(1, 10, None).await.unwrap();
+    assert_eq!(server.token_calls(), 2);
+    assert_eq!(
+        server
+            .shared
+            .auth_failures
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_renewed_once_and_the_call_retried() {
+    let server = Server::start(Settings {
+        real_lifetime: Duration::from_millis(150),
+        ..Settings::default()
+    })
+    .await;
+    let client = client(&server);
+    client.send(&text_turn("c1", "a", 1)[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    client.send(&text_turn("c1", "b", 1)[0]).await.unwrap();
+    assert_eq!(server.token_calls(), 2);
+    assert_eq!(
+        server.count("createMessage", 200),
+        3,
+        "one refused, then retried"
+    );
+    assert_eq!(server.created().len(), 2);
+}
+
+#[tokio::test]
+async fn a_token_refused_twice_is_an_unauthorized_error() {
+    let server = Server::start(Settings {
+        reject_tokens: true,
+        ..Settings::default()
+    })
+    .await;
+    let err = client(&server).get_conversation("c1").await.unwrap_err();
+    assert!(
+        matches!(err, QpienError::Unauthorized { ref code, .. } if code == "UNAUTHORIZED"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(server.token_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_wrong_api_key_is_invalid_client_and_not_retried() {
+    for envelope in [false, true] {
+        let server = Server::start(Settings {
+            envelope,
+            ..Settings::default()
+        })
+        .await;
+        let client = QpienClient::new(QpienConfig {
+            client_secret: Secret::new("wrong"),
+            ..config(&server)
+        })
+        .unwrap();
+        let err = client.get_conversation("c1").await.unwrap_err();
+        assert!(matches!(err, QpienError::InvalidClient(_)), "{err:?}");
+        assert!(err.to_string().contains("client id and secret"), "{err}");
+        assert_eq!(server.token_calls(), 1);
+        assert_eq!(server.seen().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_scope_is_named() {
+    for envelope in [false, true] {
+        let server = Server::start(Settings {
+            scopes: vec!["read_messages"],
+            envelope,
+            ..Settings::default()
+        })
+        .await;
+        let err = client(&server)
+            .send(&text_turn("c1", "m", 1)[0])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            QpienError::InsufficientScopes {
+                operation: "createMessage",
+                required: "write_messages".into()
+            }
+        );
+        assert!(err.to_string().contains("`write_messages`"), "{err}");
+        assert_eq!(server.count("createMessage", 200), 1, "not retried");
+    }
+}
+
+/// Every error code, in GraphQL `errors` and in an envelope, maps to the right
+/// error and retry decision.
+#[tokio::test]
+async fn every_error_code_maps_to_its_error() {
+    for envelope in [false, true] {
+        let server = Server::start(Settings {
+            envelope,
+            ..Settings::default()
+        })
+        .await;
+        let client = client(&server);
+        // Transient codes are retried until the call succeeds.
+        for code in ["INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT"] {
+            server.shared.inject.lock().unwrap().extend([code, code]);
+            let before = server.created().len();
+            client.send(&text_turn("c1", code, 1)[0]).await.unwrap();
+            assert_eq!(server.created().len(), before + 1, "{code}");
+        }
+        // Permanent codes fail at once.
+        for code in ["BAD_USER_INPUT", "NOT_FOUND", "FORBIDDEN", "SOMETHING_NEW"] {
+            server.shared.inject.lock().unwrap().push_back(code);
+            let before = server.seen().len();
+            let err = client.get_conversation("c1").await.unwrap_err();
+            assert_eq!(err.code(), Some(code), "{err:?}");
+            assert!(!err.is_retryable(), "{code}");
+            assert!(matches!(err, QpienError::Api { .. }), "{err:?}");
+            assert_eq!(server.seen().len(), before + 1, "{code} was retried");
+        }
+        // A duplicate is a success.
+        server
+            .shared
+            .inject
+            .lock()
+            .unwrap()
+            .push_back("DUPLICATE_MESSAGE");
+        let sent = client.send(&text_turn("c1", "dup", 1)[0]).await.unwrap();
+        assert_eq!(sent.front_msg_id, "flowbot:dup:0");
+        assert_eq!(client.stats().duplicates, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_retried_without_duplicating_the_message() {
+    let server = Server::start(Settings::default()).await;
+    let client = client(&server);
+    server
+        .shared
+        .fail_after
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    server
+        .shared
+        .fail_before
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let sent = client.send_all(&text_turn("c1", "in-7", 2)).await.unwrap();
+    assert_eq!(sent.len(), 2);
+    let created = server.created();
+    assert_eq!(created.len(), 2, "{created:#?}");
+    assert_eq!(created[0]["input"]["frontMsgId"], "flowbot:in-7:0");
+    assert_eq!(created[1]["input"]["frontMsgId"], "flowbot:in-7:1");
+    assert_eq!(server.seen().iter().filter(|s| s.status == 500).count(), 3);
+    // A restart that sends the same turn again creates nothing new.
+    let restarted = QpienClient::new(config(&server)).unwrap();
+    restarted
+        .send_all(&text_turn("c1", "in-7", 2))
+        .await
+        .unwrap();
+    assert_eq!(server.created().len(), 2);
+    assert!(client.stats().retries >= 3);
+}
+
+/// No request goes over the server's limit when the client's budget matches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_sent_over_the_limit() {
+    let server = Server::start(Settings {
+        limit: Some((6, Duration::from_millis(1000))),
+        rate_headers: false,
+        ..Settings::default()
+    })
+    .await;
+    let client = QpienClient::new(QpienConfig {
+        rate_limit: RateLimitConfig {
+            requests: 6,
+            per: Duration::from_millis(1000),
+            burst: 2,
+            default_reset: Duration::from_secs(1),
+        },
+        ..config(&server)
+    })
+    .unwrap();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|c| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .send_all(&text_turn(&format!("c{c}"), &format!("m{c}"), 3))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(server.created().len(), 12);
+    assert_eq!(server.count("createMessage", 429), 0);
+    assert_eq!(server.count("generateOAuthToken", 429), 0);
+    // 13 requests at 6 a second, 2 at once: more than 1.5 s.
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// With a generous local budget, the server's `X-RateLimit-Remaining` alone
+/// keeps the client under the limit.
+#[tokio::test]
+async fn the_remaining_header_is_obeyed() {
+    let server = Server::start(Settings {
+        limit: Some((4, Duration::from_millis(1000))),
+        ..Settings::default()
+    })
+    .await;
+    let client = client(&server);
+    client.send_all(&text_turn("c1", "m", 7)).await.unwrap();
+    assert_eq!(server.created().len(), 7);
+    assert_eq!(server.count("createMessage", 429), 0);
+    assert_eq!(client.stats().rate_limited, 0);
+}
+
+/// Without the headers, a 429 stops every request until the reset, then the
+/// messages go through, once each.
+#[tokio::test]
+async fn a_429_waits_for_the_reset() {
+    let server = Server::start(Settings {
+        limit: Some((3, Duration::from_millis(1000))),
+        rate_headers: false,
+        ..Settings::default()
+    })
+    .await;
+    let client = client(&server);
+    client.send_all(&text_turn("c1", "m", 5)).await.unwrap();
+    assert_eq!(server.created().len(), 5);
+    let seen = server.seen();
+    let rejected: Vec<_> = seen.iter().filter(|s| s.status == 429).collect();
+    assert_eq!(rejected.len(), 1, "one 429, then a wait for the reset");
+    let after = seen.iter().find(|s| s.at > rejected[0].at).unwrap();
+    assert!(after.at - rejected[0].at >= Duration::from_millis(900));
+    assert_eq!(client.stats().rate_limited, 1);
+}
+
+/// Sends to one conversation stay in order; a burst in one conversation does
+/// not hold the others back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_are_ordered_per_conversation_and_fair_across_them() {
+    let server = Server::start(Settings::default()).await;
+    let client = QpienClient::new(QpienConfig {
+        rate_limit: RateLimitConfig {
+            requests: 20,
+            per: Duration::from_secs(1),
+            burst: 1,
+            default_reset: Duration::from_secs(1),
+        },
+        ..config(&server)
+    })
+    .unwrap();
+    client.check_token().await.unwrap();
+    let burst = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_all(&text_turn("busy", "b", 10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let quiet = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_all(&text_turn("quiet", "q", 1)).await })
+    };
+    // The same conversation from two tasks: the second waits for the first.
+    let busy_again = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_all(&text_turn("busy", "b2", 2)).await })
+    };
+    burst.await.unwrap().unwrap();
+    quiet.await.unwrap().unwrap();
+    busy_again.await.unwrap().unwrap();
+    let created = server.created();
+    let order: Vec<&str> = created
+        .iter()
+        .map(|c| c["input"]["frontMsgId"].as_str().unwrap())
+        .collect();
+    let quiet_at = order
+        .iter()
+        .position(|f| f.starts_with("flowbot:q:"))
+        .unwrap();
+    assert!(
+        quiet_at <= 5,
+        "the quiet conversation waited behind the burst: {order:?}"
+    );
+    let busy: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|f| f.starts_with("flowbot:b"))
+        .collect();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("flowbot:b:{i}")).collect();
+    expected.extend((0..2).map(|i| format!("flowbot:b2:{i}")));
+    assert_eq!(busy, expected);
+}
+
+#[tokio::test]
+async fn the_auth_scheme_is_configurable() {
+    let server = Server::start(Settings {
+        bare_auth: true,
+        ..Settings::default()
+    })
+    .await;
+    let bare = QpienClient::new(QpienConfig {
+        auth_scheme: AuthScheme::Bare,
+        ..config(&server)
+    })
+    .unwrap();
+    bare.get_conversation_list(1, 5, None).await.unwrap();
+    let last = server.seen().pop().unwrap();
+    assert_eq!(last.authorization.as_deref(), Some("tok-1"));
+    // The documented scheme is refused by a server that wants the bare token.
+    let err = client(&server).get_conversation("c").await.unwrap_err();
+    assert!(matches!(err, QpienError::Unauthorized { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn documents_can_be_replaced_from_files() {
+    let server = Server::start(Settings {
+        envelope: true,
+        ..Settings::default()
+    })
+    .await;
+    let dir = tempdir();
+    std::fs::write(
+        dir.join("createMessage.graphql"),
+        "mutation Send($input: CreateMessageInput!) {\n  externalCreateMessage(input: $input) { _id }\n}\n",
+    )
+    .unwrap();
+    let client = QpienClient::new(QpienConfig {
+        documents_dir: Some(dir.clone()),
+        ..config(&server)
+    })
+    .unwrap();
+    let sent = client.send(&text_turn("c1", "m", 1)[0]).await.unwrap();
+    assert_eq!(sent.id.as_deref(), Some("m-0"));
+    assert!(server
+        .seen()
+        .iter()
+        .any(|s| s.field == "externalCreateMessage"));
+
+    std::fs::write(dir.join("createMesage.graphql"), "mutation { x }").unwrap();
+    let err = QpienClient::new(QpienConfig {
+        documents_dir: Some(dir.clone()),
+        ..config(&server)
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("createMesage.graphql") && text.contains("createMessage"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn tempdir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "flowbot-qpien-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn conversations_and_messages_are_read_paged_or_bare() {
+    let server = Server::start(Settings::default()).await;
+    let client = client(&server);
+    server.shared.messages.lock().unwrap().insert(
+        "c1".into(),
+        (0..3)
+            .map(|i| {
+                json!({"_id": format!("m{i}"), "conversation": "c1", "senderType": "user",
+                "content": format!("hello {i}"), "channelType": "WhatsApp", "unknownField": [1]})
+            })
+            .collect(),
+    );
+    *server.shared.conversations.lock().unwrap() = vec![
+        json!({"_id": "c1", "status": "OPEN", "customer": {"_id": "u1", "name": "Ada Lovelace"}}),
+    ];
+    let page = client.get_message_list("c1", 1, 2).await.unwrap();
+    assert_eq!(page.docs.len(), 2);
+    assert!(page.has_next_page);
+    assert_eq!(page.total_docs, Some(3));
+    let page2 = client.get_message_list("c1", 2, 2).await.unwrap();
+    assert_eq!(page2.docs[0].content.as_deref(), Some("hello 2"));
+    assert!(!page2.has_next_page);
+    let one = client.get_message("m1").await.unwrap().unwrap();
+    assert_eq!(one.content.as_deref(), Some("hello 1"));
+    // A bare list reads as one last page.
+    let conversations = client.get_conversation_list(1, 20, None).await.unwrap();
+    assert_eq!(conversations.docs.len(), 1);
+    assert!(!conversations.has_next_page);
+    let c = client.get_conversation("c1").await.unwrap().unwrap();
+    assert_eq!(c.customer.unwrap().name.as_deref(), Some("Ada Lovelace"));
+    assert!(client.get_conversation("nope").await.unwrap().is_none());
+    assert_eq!(
+        client.connected_platforms().await.unwrap()[0]
+            .channel_type
+            .as_deref(),
+        Some("WhatsApp")
+    );
+}
+
+#[tokio::test]
+async fn handoff_and_release_update_the_conversation() {
+    let server = Server::start(Settings::default()).await;
+    let client = QpienClient::new(QpienConfig {
+        handoff_assign_to: Some("agent-7".into()),
+        ..config(&server)
+    })
+    .unwrap();
+    client.handoff("c1").await.unwrap();
+    client.release("c1").await.unwrap();
+    let updates = server.shared.updates.lock().unwrap().clone();
+    assert_eq!(
+        updates,
+        vec![
+            json!({"conversationId": "c1", "status": "PENDING", "joinedPerson": "agent-7"}),
+            json!({"conversationId": "c1", "status": "OPEN"}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn slow_answers_and_dead_servers_fail_after_the_retries() {
+    let server = Server::start(Settings {
+        delay: Duration::from_millis(400),
+        ..Settings::default()
+    })
+    .await;
+    let client = QpienClient::new(QpienConfig {
+        request_timeout: Duration::from_millis(100),
+        retry: RetryConfig {
+            max_attempts: 2,
+            ..config(&server).retry
+        },
+        ..config(&server)
+    })
+    .unwrap();
+    client.check_token().await.unwrap();
+    let start = Instant::now();
+    let err = client.get_conversation("c1").await.unwrap_err();
+    assert!(matches!(err, QpienError::Timeout { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "two attempts"
+    );
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/graphql", listener.local_addr().unwrap());
+    drop(listener);
+    let client = QpienClient::new(QpienConfig {
+        endpoint: dead,
+        ..config(&server)
+    })
+    .unwrap();
+    let err = client.check_token().await.unwrap_err();
+    assert!(matches!(err, QpienError::Transport { .. }), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let config = QpienConfig {
+        client_id: Secret::new("the-client-id"),
+        client_secret: Secret::new("the-client-secret"),
+        ..QpienConfig::default()
+    };
+    let client = QpienClient::new(config.clone()).unwrap();
+    for text in [format!("{config:?}"), format!("{client:?}")] {
+        assert!(!text.contains("the-client-id"), "{text}");
+        assert!(!text.contains("the-client-secret"), "{text}");
+    }
+}
+
+#[test]
+fn customer_messages_become_events_and_others_do_not() {
+    use flowbot::message::Event;
+    use flowbot::qpien::{to_event, to_incoming};
+    let read = |v: Value| -> ExternalMessage { serde_json::from_value(v).unwrap() };
+    let tap = read(
+        json!({"_id": "m1", "conversation": {"_id": "c1"}, "senderType": "user",
+        "channelType": "WhatsApp", "content": "My orders", "flowBotQuickReplyResponseId": "orders",
+        "sender": {"_id": "u1", "firstName": "Ada", "language": "tr"}}),
+    );
+    let Some(Event::Message(incoming)) = to_event(&tap, "flowbot") else {
+        panic!("a customer's tap is an event")
+    };
+    assert_eq!(incoming.button.as_deref(), Some("orders"));
+    assert_eq!(incoming.text, "My orders");
+    assert_eq!(incoming.contact.language.as_deref(), Some("tr"));
+    assert_eq!(incoming.channel, Channel::WhatsApp);
+    assert_eq!(tap.conversation.as_deref(), Some("c1"));
+
+    let pick = read(
+        json!({"_id": "m2", "senderType": "user", "channelType": "livechat",
+        "listMessage": {"selectedRowId": "track"}, "content": "Track"}),
+    );
+    assert_eq!(to_incoming(&pick).list.as_deref(), Some("track"));
+    let reply = read(
+        json!({"_id": "m3", "senderType": "user", "listReply": {"id": "return", "title": "Return"}}),
+    );
+    let incoming = to_incoming(&reply);
+    assert_eq!(
+        (incoming.list.as_deref(), incoming.text.as_str()),
+        (Some("return"), "Return")
+    );
+    let photo = read(
+        json!({"_id": "m4", "senderType": "user", "messageType": "image",
+        "media": [{"url": "https://x/y.jpg", "type": "image"}], "content": null}),
+    );
+    assert_eq!(to_incoming(&photo).media, Some(MediaKind::Image));
+    let email = read(
+        json!({"_id": "m5", "senderType": "user", "channelType": "Email",
+        "contentHtml": "<p>Hi &amp; hello</p>"}),
+    );
+    let incoming = to_incoming(&email);
+    assert_eq!(
+        (incoming.text.as_str(), incoming.channel),
+        ("Hi & hello", Channel::Email)
+    );
+
+    for not_customer in [
+        json!({"_id": "x1", "senderType": "bot", "content": "hi"}),
+        json!({"_id": "x2", "senderType": "system", "content": "closed"}),
+        json!({"_id": "x3", "senderType": "user", "sender": {"type": "PERSON"}, "content": "agent"}),
+        json!({"_id": "x4", "senderType": "user", "frontMsgId": "flowbot:m1:0", "content": "me"}),
+        json!({"_id": "x5", "content": "no sender type"}),
+    ] {
+        let msg = read(not_customer.clone());
+        assert!(to_event(&msg, "flowbot").is_none(), "{not_customer}");
+    }
+}
+
+#[test]
+fn webhook_signatures_and_payloads() {
+    use flowbot::qpien::webhook::{parse, sign, verify, WebhookEvent};
+    let body = br#"{"event":"NEW_INCOMING_MESSAGE","data":{"_id":"m1","conversation":"c1","senderType":"user","content":"hi"}}"#;
+    let sig = sign(b"s3cret", body);
+    assert_eq!(sig.len(), 64);
+    assert!(verify(b"s3cret", body, &sig));
+    assert!(verify(b"s3cret", body, &sig.to_uppercase()));
+    assert!(!verify(b"other", body, &sig));
+    assert!(!verify(b"s3cret", &body[1..], &sig));
+    assert!(!verify(b"s3cret", body, "zz"));
+    assert!(
+        matches!(parse(body), Ok(WebhookEvent::NewMessage(m)) if m.content.as_deref() == Some("hi"))
+    );
+    let join = br#"{"event":"JOIN_CONVERSATION","data":{"_id":"c1","joinedPerson":{"_id":"a1","type":"PERSON"}}}"#;
+    assert!(
+        matches!(parse(join), Ok(WebhookEvent::AgentJoined { conversation, .. }) if conversation == "c1")
+    );
+    let bare = br#"{"_id":"m2","conversation":"c1","senderType":"user","content":"x"}"#;
+    assert!(matches!(parse(bare), Ok(WebhookEvent::NewMessage(_))));
+    assert!(
+        matches!(parse(br#"{"event":"CONTACT_UPDATED","data":{}}"#), Ok(WebhookEvent::Other(e)) if e == "CONTACT_UPDATED")
+    );
+    assert!(parse(b"not json").is_err());
+    let no_conv = br#"{"event":"NEW_INCOMING_MESSAGE","data":{"_id":"m1"}}"#;
+    assert!(parse(no_conv)
+        .unwrap_err()
+        .to_string()
+        .contains("conversation"));
+}
