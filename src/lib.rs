@@ -38,11 +38,13 @@
 //!   its own registry.
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod flow;
 pub mod handler;
 pub mod message;
 pub mod qpien;
+pub mod store;
 pub mod testing;
 
 pub use async_trait::async_trait;

@@ -7,6 +7,7 @@
 //! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
 //! - `fuzz`: random YAML and random messages never panic.
 //! - `qpien`: the Qpien client against a real HTTP server; schema and documents.
+//! - `store`: the `StateStore` contract for each store.
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -18,6 +19,7 @@ mod engine;
 mod fuzz;
 mod qpien;
 mod replay;
+mod store;
 
 /// Runs a future on a fresh current-thread runtime.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -139,6 +139,10 @@ pub struct QpienConfig {
     pub client_id: Secret,
     /// The API key's client secret.
     pub client_secret: Secret,
+    /// A file holding the client id (read by [`crate::config::Config::load`]).
+    pub client_id_file: Option<PathBuf>,
+    /// A file holding the client secret (read by [`crate::config::Config::load`]).
+    pub client_secret_file: Option<PathBuf>,
     /// `bearer` (documented) or `bare`.
     pub auth_scheme: AuthScheme,
     /// A folder of `<operation>.graphql` files replacing the embedded documents.
@@ -174,6 +178,8 @@ impl Default for QpienConfig {
             endpoint: "https://api.qpien.com/api/v1".into(),
             client_id: Secret::default(),
             client_secret: Secret::default(),
+            client_id_file: None,
+            client_secret_file: None,
             auth_scheme: AuthScheme::Bearer,
             documents_dir: None,
             request_timeout: Duration::from_secs(15),

@@ -1,0 +1,324 @@
+//! The configuration of `flowbot run`: one TOML file plus `FLOWBOT_...`
+//! environment variables, layered with `figment`.
+//!
+//! Every key has a default; the file sets what differs; an environment variable
+//! overrides the file, with `__` between the levels:
+//! `FLOWBOT_QPIEN__CLIENT_ID`, `FLOWBOT_SERVER__LISTEN`, `FLOWBOT_STORE__PATH`.
+//! Secrets (`qpien.client_id`, `qpien.client_secret`, `server.webhook_secret`)
+//! are refused in the file: they come from the environment or from a file named
+//! by `<key>_file` (a mounted secret). Errors name the key and where its value
+//! came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::qpien::{QpienConfig, Secret};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The flow file the bot runs.
+    pub flow: PathBuf,
+    /// How to reach Qpien.
+    pub qpien: QpienConfig,
+    /// Where webhooks and probes are served.
+    pub server: ServerConfig,
+    /// Where conversations are kept.
+    pub store: StoreConfig,
+    /// Reading new messages by polling, for deployments without a public URL.
+    pub polling: PollingConfig,
+    /// Queues, shutdown, reload and timers.
+    pub runtime: RuntimeConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            flow: PathBuf::from("flows/support.yaml"),
+            qpien: QpienConfig::default(),
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            polling: PollingConfig::default(),
+            runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The HTTP server: webhook, probes, metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// The path Qpien posts webhooks to.
+    pub webhook_path: String,
+    /// The webhook's HMAC secret (from the environment or `webhook_secret_file`).
+    pub webhook_secret: Secret,
+    /// A file holding the webhook secret.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Largest webhook body accepted (bytes); larger is refused with 413.
+    pub max_body_bytes: usize,
+    /// Whether the webhook endpoint is served at all.
+    pub webhook: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            webhook_path: "/webhook".into(),
+            webhook_secret: Secret::default(),
+            webhook_secret_file: None,
+            max_body_bytes: 256 * 1024,
+            webhook: true,
+        }
+    }
+}
+
+/// Which store keeps sessions, the inbox and the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// SQLite in one file: durable, nothing to install (the default).
+    #[default]
+    Sqlite,
+    /// In memory: lost on exit; for trials and tests.
+    Memory,
+}
+
+/// The store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` or `memory`.
+    pub backend: StoreBackend,
+    /// The SQLite database file.
+    pub path: PathBuf,
+    /// How long SQLite waits for a lock before failing.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+    /// Most turns committed in one transaction (group commit).
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Sqlite,
+            path: PathBuf::from("flowbot.db"),
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 256,
+        }
+    }
+}
+
+/// Polling Qpien for new messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollingConfig {
+    /// Whether to poll (it can run beside the webhook).
+    pub enabled: bool,
+    /// The pause between polls while messages keep coming.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The longest pause when nothing comes (the pause doubles while idle).
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Conversations read per poll.
+    pub conversations: u32,
+    /// Messages read per conversation per poll.
+    pub page_size: u32,
+    /// Only conversations of this status (ASSUMED values), or all.
+    pub status: Option<String>,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig {
+            enabled: false,
+            interval: Duration::from_secs(2),
+            max_interval: Duration::from_secs(30),
+            conversations: 20,
+            page_size: 20,
+            status: None,
+        }
+    }
+}
+
+/// The dispatcher, shutdown, reload and timers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Most accepted messages waiting for their turn, in all; beyond it the
+    /// webhook answers 503 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// How long shutdown may take to finish turns and flush the outbox.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+    /// Whether flow file changes are picked up while running.
+    pub reload: bool,
+    /// How often the flow file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// How often inactivity timers are checked.
+    #[serde(with = "humantime_serde")]
+    pub timer_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            queue_capacity: 10_000,
+            shutdown_deadline: Duration::from_secs(10),
+            reload: true,
+            reload_interval: Duration::from_secs(1),
+            timer_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `flowbot=debug`...); `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` is not there.
+    #[error("config file {0} not found")]
+    Missing(PathBuf),
+    /// A key is unknown, of the wrong type, or has a bad value.
+    #[error("{0}")]
+    Invalid(String),
+    /// A secret was written in the file.
+    #[error("{key}: secrets are not read from {file}; set {env} or {key}_file")]
+    SecretInFile {
+        /// The key.
+        key: &'static str,
+        /// The file.
+        file: String,
+        /// The environment variable to use instead.
+        env: &'static str,
+    },
+    /// A `*_file` secret could not be read.
+    #[error("{key}_file: cannot read {path}: {message}")]
+    SecretFile {
+        /// The key.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+const SECTIONS: [&str; 7] = ["flow", "qpien", "server", "store", "polling", "runtime", "log"];
+
+/// Secrets: the key, its environment variable, and whether a file form exists.
+const SECRETS: [(&str, &str); 3] = [
+    ("qpien.client_id", "FLOWBOT_QPIEN__CLIENT_ID"),
+    ("qpien.client_secret", "FLOWBOT_QPIEN__CLIENT_SECRET"),
+    ("server.webhook_secret", "FLOWBOT_SERVER__WEBHOOK_SECRET"),
+];
+
+impl Config {
+    /// Reads `file` (if given; it must exist) and the `FLOWBOT_...` environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(file, Env::prefixed("FLOWBOT_"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Missing(file.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let env = env
+            .split("__")
+            .filter(|key| SECTIONS.contains(&key.as_str().split('.').next().unwrap_or("")));
+        figment = figment.merge(env);
+        for (key, env) in SECRETS {
+            if let Some(meta) = figment.find_metadata(key) {
+                if let Some(figment::Source::File(path)) = &meta.source {
+                    return Err(ConfigError::SecretInFile {
+                        key,
+                        file: path.display().to_string(),
+                        env,
+                    });
+                }
+            }
+        }
+        let mut config: Config = figment.extract().map_err(|e| {
+            ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+        })?;
+        let read = |key: &'static str, path: &Path| -> Result<Secret, ConfigError> {
+            std::fs::read_to_string(path)
+                .map(|s| Secret::new(s.trim()))
+                .map_err(|e| ConfigError::SecretFile {
+                    key,
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+        };
+        if let Some(path) = config.qpien.client_id_file.clone() {
+            config.qpien.client_id = read("qpien.client_id", &path)?;
+        }
+        if let Some(path) = config.qpien.client_secret_file.clone() {
+            config.qpien.client_secret = read("qpien.client_secret", &path)?;
+        }
+        if let Some(path) = config.server.webhook_secret_file.clone() {
+            config.server.webhook_secret = read("server.webhook_secret", &path)?;
+        }
+        // Relative paths in the file are relative to the file.
+        if let Some(dir) = file.and_then(Path::parent) {
+            for p in [&mut config.flow, &mut config.store.path] {
+                if p.is_relative() && !dir.as_os_str().is_empty() {
+                    *p = dir.join(&*p);
+                }
+            }
+            if let Some(d) = config.qpien.documents_dir.as_mut() {
+                if d.is_relative() && !dir.as_os_str().is_empty() {
+                    *d = dir.join(&*d);
+                }
+            }
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,128 @@
+//! The in-memory store: the reference semantics of [`StateStore`], lost on exit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+
+/// Sessions, inbox and outbox in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    seen: HashSet<String>,
+    next_seq: u64,
+    inbox: BTreeMap<u64, InboxItem>,
+    sessions: HashMap<String, StoredSession>,
+    next_out: u64,
+    outbox: BTreeMap<u64, OutboxItem>,
+    cursors: HashMap<String, String>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError> {
+        let mut s = self.inner();
+        if !s.seen.insert(item.key.clone()) {
+            return Ok(Accepted::Duplicate);
+        }
+        s.next_seq += 1;
+        let stored = InboxItem {
+            seq: s.next_seq,
+            key: item.key,
+            conversation: item.conversation,
+            payload: item.payload,
+            received_at: item.received_at,
+        };
+        s.inbox.insert(stored.seq, stored.clone());
+        Ok(Accepted::New(stored))
+    }
+
+    async fn pending(&self, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
+        Ok(self.inner().inbox.values().take(limit).cloned().collect())
+    }
+
+    async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {
+        Ok(self.inner().sessions.get(conversation).cloned())
+    }
+
+    async fn commit(&self, commit: TurnCommit) -> Result<(), StoreError> {
+        let mut s = self.inner();
+        s.inbox.remove(&commit.inbox_seq);
+        match commit.session {
+            Some(session) => {
+                s.sessions.insert(commit.conversation.clone(), session);
+            }
+            None => {
+                s.sessions.remove(&commit.conversation);
+            }
+        }
+        for payload in commit.outbox {
+            s.next_out += 1;
+            let id = s.next_out;
+            s.outbox.insert(
+                id,
+                OutboxItem {
+                    id,
+                    conversation: commit.conversation.clone(),
+                    payload,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(self.inner().outbox.values().take(limit).cloned().collect())
+    }
+
+    async fn delivered(&self, id: u64) -> Result<(), StoreError> {
+        self.inner().outbox.remove(&id);
+        Ok(())
+    }
+
+    async fn due_timers(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
+        let s = self.inner();
+        let mut due: Vec<(String, Millis)> = s
+            .sessions
+            .iter()
+            .filter_map(|(c, st)| st.due_at.filter(|d| *d <= now).map(|d| (c.clone(), d)))
+            .collect();
+        due.sort_by_key(|(_, d)| *d);
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.inner().cursors.get(name).cloned())
+    }
+
+    async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.inner().cursors.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

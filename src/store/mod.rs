@@ -1,0 +1,128 @@
+//! Where conversations live between turns: sessions, the inbox of accepted
+//! messages and the outbox of replies not yet delivered.
+//!
+//! The runtime's guarantees rest on three operations of [`StateStore`]:
+//! - [`accept`](StateStore::accept) records an inbound item, once per id, durably
+//!   before it returns (so a webhook is acknowledged only for what is stored,
+//!   and a redelivered message is recognised);
+//! - [`commit`](StateStore::commit) is one atomic write per turn: the inbox item
+//!   done, the session saved, the replies queued;
+//! - the outbox is read back in order and marked delivered item by item.
+//!
+//! After a crash, [`pending`](StateStore::pending) and
+//! [`outbox`](StateStore::outbox) give back exactly the unfinished work.
+//! Payloads are opaque bytes (the runtime's JSON), so a store knows nothing of
+//! flows or of Qpien. [`MemoryStore`] is the reference implementation;
+//! [`SqliteStore`] (the default) adds durability and group commit.
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// An inbound item to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInbound {
+    /// The deduplication key (Qpien's message id, or a timer's key).
+    pub key: String,
+    /// The conversation.
+    pub conversation: String,
+    /// What happened, as the runtime encodes it.
+    pub payload: Vec<u8>,
+    /// When it was accepted.
+    pub received_at: Millis,
+}
+
+/// An accepted inbound item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxItem {
+    /// Its position in arrival order.
+    pub seq: u64,
+    /// The deduplication key.
+    pub key: String,
+    /// The conversation.
+    pub conversation: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// When it was accepted.
+    pub received_at: Millis,
+}
+
+/// What [`StateStore::accept`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Recorded; to be processed.
+    New(InboxItem),
+    /// The key was seen before: nothing recorded.
+    Duplicate,
+}
+
+/// A conversation's saved state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The runtime's encoding of the session.
+    pub data: Vec<u8>,
+    /// When an inactivity timer fires, if one is set.
+    pub due_at: Option<Millis>,
+}
+
+/// One reply (or platform action) to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Its id, increasing in commit order.
+    pub id: u64,
+    /// The conversation.
+    pub conversation: String,
+    /// The runtime's encoding of what to send.
+    pub payload: Vec<u8>,
+}
+
+/// Everything one turn changes, written at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnCommit {
+    /// The inbox item this turn processed.
+    pub inbox_seq: u64,
+    /// The conversation.
+    pub conversation: String,
+    /// The new session; `None` deletes it (ended, expired, released).
+    pub session: Option<StoredSession>,
+    /// Payloads to queue in the outbox, in order.
+    pub outbox: Vec<Vec<u8>>,
+}
+
+/// A store that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// A place for sessions, inbox and outbox. See the module docs for the contract.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Records `item` unless its key was recorded before; durable on return.
+    async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError>;
+    /// Inbox items not yet committed, in arrival order.
+    async fn pending(&self, limit: usize) -> Result<Vec<InboxItem>, StoreError>;
+    /// A conversation's session.
+    async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError>;
+    /// Writes a turn: inbox item done, session saved, outbox appended. Atomic.
+    async fn commit(&self, commit: TurnCommit) -> Result<(), StoreError>;
+    /// Undelivered outbox items, oldest first.
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Marks an outbox item delivered (or given up on).
+    async fn delivered(&self, id: u64) -> Result<(), StoreError>;
+    /// Conversations whose inactivity timer is due at `now`, with the due time.
+    async fn due_timers(&self, now: Millis, limit: usize)
+        -> Result<Vec<(String, Millis)>, StoreError>;
+    /// A saved cursor (polling position), by name.
+    async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Saves a cursor.
+    async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,366 @@
+//! The SQLite store: one file, WAL mode, schema migrations, and group commit.
+//!
+//! One thread owns the connection. Requests queue up while it works; it takes
+//! all that are waiting (up to `max_batch`), runs each in its own savepoint of
+//! one transaction, commits once (one fsync for the batch), and only then
+//! answers them. So every caller still gets "durable when it returns", while a
+//! busy bot pays one commit per batch rather than per message. A failing
+//! request rolls back its savepoint alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+use tokio::sync::oneshot;
+
+use super::*;
+
+/// Dedup keys of processed messages are kept this long.
+const KEEP_KEYS_MS: i64 = 7 * 24 * 3600 * 1000;
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        "CREATE TABLE inbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,
+            conversation TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            received_at INTEGER NOT NULL,
+            done INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX inbox_pending ON inbox(seq) WHERE done = 0;
+        CREATE TABLE sessions (
+            conversation TEXT PRIMARY KEY,
+            data BLOB NOT NULL,
+            due_at INTEGER
+        ) WITHOUT ROWID;
+        CREATE INDEX sessions_due ON sessions(due_at) WHERE due_at IS NOT NULL;
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation TEXT NOT NULL,
+            payload BLOB NOT NULL
+        );
+        CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
+    )])
+}
+
+enum Op {
+    Accept(NewInbound),
+    Pending(usize),
+    Session(String),
+    Commit(TurnCommit),
+    Outbox(usize),
+    Delivered(u64),
+    DueTimers(Millis, usize),
+    Cursor(String),
+    SetCursor(String, String),
+    Ping,
+}
+
+enum Reply {
+    Accepted(Accepted),
+    Inbox(Vec<InboxItem>),
+    Session(Option<StoredSession>),
+    Outbox(Vec<OutboxItem>),
+    Due(Vec<(String, Millis)>),
+    Cursor(Option<String>),
+    Done,
+}
+
+type Job = (Op, oneshot::Sender<Result<Reply, StoreError>>);
+
+/// A SQLite database file holding sessions, inbox and outbox.
+#[derive(Debug)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{}: {e}", path.display()))
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, brings its schema up to date,
+    /// and starts the writer thread.
+    pub fn open(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+        max_batch: usize,
+    ) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(&path).map_err(err(&path))?;
+        conn.busy_timeout(busy_timeout).map_err(err(&path))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err(&path))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err(&path))?;
+        migrations()
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError(format!("{}: migration failed: {e}", path.display())))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        conn.execute(
+            "DELETE FROM inbox WHERE done = 1 AND received_at < ?1",
+            params![now - KEEP_KEYS_MS],
+        )
+        .map_err(err(&path))?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("flowbot-sqlite".into())
+            .spawn(move || writer(conn, rx, max_batch.max(1), thread_path))
+            .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
+        Ok(SqliteStore { jobs, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn run(&self, op: Op) -> Result<Reply, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send((op, tx))
+            .map_err(|_| StoreError("the store thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError("the store thread has stopped".into()))?
+    }
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path: PathBuf) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(batch.len());
+        let outcome = (|| -> Result<(), rusqlite::Error> {
+            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (op, _) in batch.iter_mut() {
+                let op = std::mem::replace(op, Op::Ping);
+                let sp = tx.savepoint()?;
+                let r = apply(&sp, op);
+                if r.is_ok() {
+                    sp.commit()?;
+                }
+                // Dropped uncommitted, a savepoint rolls back.
+                results.push(r.map_err(err(&path)));
+            }
+            tx.commit()
+        })();
+        match outcome {
+            Ok(()) => {
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let e = err(&path)(e);
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
+    Ok(match op {
+        Op::Accept(item) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO inbox (key, conversation, payload, received_at)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT(key) DO NOTHING",
+                )?
+                .execute(params![item.key, item.conversation, item.payload, item.received_at])?;
+            if inserted == 0 {
+                Reply::Accepted(Accepted::Duplicate)
+            } else {
+                Reply::Accepted(Accepted::New(InboxItem {
+                    seq: tx.last_insert_rowid() as u64,
+                    key: item.key,
+                    conversation: item.conversation,
+                    payload: item.payload,
+                    received_at: item.received_at,
+                }))
+            }
+        }
+        Op::Pending(limit) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, key, conversation, payload, received_at FROM inbox
+                 WHERE done = 0 ORDER BY seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(InboxItem {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    key: r.get(1)?,
+                    conversation: r.get(2)?,
+                    payload: r.get(3)?,
+                    received_at: r.get(4)?,
+                })
+            })?;
+            Reply::Inbox(rows.collect::<Result<_, _>>()?)
+        }
+        Op::Session(conversation) => Reply::Session(
+            tx.prepare_cached("SELECT data, due_at FROM sessions WHERE conversation = ?1")?
+                .query_row(params![conversation], |r| {
+                    Ok(StoredSession {
+                        data: r.get(0)?,
+                        due_at: r.get(1)?,
+                    })
+                })
+                .optional()?,
+        ),
+        Op::Commit(c) => {
+            tx.prepare_cached("UPDATE inbox SET done = 1, payload = x'' WHERE seq = ?1")?
+                .execute(params![c.inbox_seq as i64])?;
+            match &c.session {
+                Some(s) => {
+                    tx.prepare_cached(
+                        "INSERT INTO sessions (conversation, data, due_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(conversation) DO UPDATE SET data = ?2, due_at = ?3",
+                    )?
+                    .execute(params![c.conversation, s.data, s.due_at])?;
+                }
+                None => {
+                    tx.prepare_cached("DELETE FROM sessions WHERE conversation = ?1")?
+                        .execute(params![c.conversation])?;
+                }
+            }
+            let mut insert =
+                tx.prepare_cached("INSERT INTO outbox (conversation, payload) VALUES (?1, ?2)")?;
+            for payload in &c.outbox {
+                insert.execute(params![c.conversation, payload])?;
+            }
+            Reply::Done
+        }
+        Op::Outbox(limit) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, conversation, payload FROM outbox ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(OutboxItem {
+                    id: r.get::<_, i64>(0)? as u64,
+                    conversation: r.get(1)?,
+                    payload: r.get(2)?,
+                })
+            })?;
+            Reply::Outbox(rows.collect::<Result<_, _>>()?)
+        }
+        Op::Delivered(id) => {
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute(params![id as i64])?;
+            Reply::Done
+        }
+        Op::DueTimers(now, limit) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT conversation, due_at FROM sessions
+                 WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Reply::Due(rows.collect::<Result<_, _>>()?)
+        }
+        Op::Cursor(name) => Reply::Cursor(
+            tx.prepare_cached("SELECT value FROM cursors WHERE name = ?1")?
+                .query_row(params![name], |r| r.get(0))
+                .optional()?,
+        ),
+        Op::SetCursor(name, value) => {
+            tx.prepare_cached(
+                "INSERT INTO cursors (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = ?2",
+            )?
+            .execute(params![name, value])?;
+            Reply::Done
+        }
+        Op::Ping => {
+            tx.query_row("SELECT 1", [], |_| Ok(()))?;
+            Reply::Done
+        }
+    })
+}
+
+fn unexpected() -> StoreError {
+    StoreError("internal: mismatched store reply".into())
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError> {
+        match self.run(Op::Accept(item)).await? {
+            Reply::Accepted(a) => Ok(a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn pending(&self, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
+        match self.run(Op::Pending(limit)).await? {
+            Reply::Inbox(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {
+        match self.run(Op::Session(conversation.to_owned())).await? {
+            Reply::Session(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn commit(&self, commit: TurnCommit) -> Result<(), StoreError> {
+        self.run(Op::Commit(commit)).await.map(drop)
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        match self.run(Op::Outbox(limit)).await? {
+            Reply::Outbox(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delivered(&self, id: u64) -> Result<(), StoreError> {
+        self.run(Op::Delivered(id)).await.map(drop)
+    }
+
+    async fn due_timers(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
+        match self.run(Op::DueTimers(now, limit)).await? {
+            Reply::Due(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.run(Op::Cursor(name.to_owned())).await? {
+            Reply::Cursor(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.run(Op::SetCursor(name.to_owned(), value.to_owned()))
+            .await
+            .map(drop)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(Op::Ping).await.map(drop)
+    }
+}
