@@ -247,7 +247,9 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 7] = ["flow", "qpien", "server", "store", "polling", "runtime", "log"];
+const SECTIONS: [&str; 7] = [
+    "flow", "qpien", "server", "store", "polling", "runtime", "log",
+];
 
 /// Secrets: the key, its environment variable, and whether a file form exists.
 const SECRETS: [(&str, &str); 3] = [
@@ -270,9 +272,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        let env = env
-            .split("__")
-            .filter(|key| SECTIONS.contains(&key.as_str().split('.').next().unwrap_or("")));
+        let env = env.split("__").filter(|key| {
+            let first = key.as_str().split(['.', '_']).next().unwrap_or("");
+            SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+        });
         figment = figment.merge(env);
         for (key, env) in SECRETS {
             if let Some(meta) = figment.find_metadata(key) {
@@ -286,7 +289,12 @@ impl Config {
             }
         }
         let mut config: Config = figment.extract().map_err(|e| {
-            ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+            ConfigError::Invalid(
+                e.into_iter()
+                    .map(|e| e.to_string().replace("key \"default.", "key \""))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
         })?;
         let read = |key: &'static str, path: &Path| -> Result<Secret, ConfigError> {
             std::fs::read_to_string(path)

@@ -44,6 +44,7 @@ pub mod flow;
 pub mod handler;
 pub mod message;
 pub mod qpien;
+pub mod runtime;
 pub mod store;
 pub mod testing;
 

@@ -29,7 +29,10 @@ async fn contract(store: &dyn StateStore) {
     let Accepted::New(a) = store.accept(inbound("m1", "c1")).await.unwrap() else {
         panic!("new")
     };
-    assert_eq!(store.accept(inbound("m1", "c1")).await.unwrap(), Accepted::Duplicate);
+    assert_eq!(
+        store.accept(inbound("m1", "c1")).await.unwrap(),
+        Accepted::Duplicate
+    );
     let Accepted::New(b) = store.accept(inbound("m2", "c2")).await.unwrap() else {
         panic!("new")
     };
@@ -37,7 +40,7 @@ async fn contract(store: &dyn StateStore) {
     assert_eq!(store.pending(10).await.unwrap(), vec![a.clone(), b.clone()]);
 
     // A turn commits everything at once.
-    store
+    let ids = store
         .commit(TurnCommit {
             inbox_seq: a.seq,
             conversation: "c1".into(),
@@ -61,12 +64,19 @@ async fn contract(store: &dyn StateStore) {
     let payloads: Vec<&[u8]> = out.iter().map(|o| o.payload.as_slice()).collect();
     assert_eq!(payloads, [b"r1".as_slice(), b"r2"]);
     assert!(out.iter().all(|o| o.conversation == "c1"));
+    assert_eq!(ids, out.iter().map(|o| o.id).collect::<Vec<_>>());
     // A processed key is still recognised.
-    assert_eq!(store.accept(inbound("m1", "c1")).await.unwrap(), Accepted::Duplicate);
+    assert_eq!(
+        store.accept(inbound("m1", "c1")).await.unwrap(),
+        Accepted::Duplicate
+    );
 
     // Timers.
     assert!(store.due_timers(4_999, 10).await.unwrap().is_empty());
-    assert_eq!(store.due_timers(5_000, 10).await.unwrap(), vec![("c1".to_string(), 5_000)]);
+    assert_eq!(
+        store.due_timers(5_000, 10).await.unwrap(),
+        vec![("c1".to_string(), 5_000)]
+    );
 
     // Delivery.
     store.delivered(out[0].id).await.unwrap();
@@ -129,7 +139,10 @@ async fn sqlite_keeps_everything_across_a_reopen() {
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].key, "m2");
     assert_eq!(store.outbox(10).await.unwrap()[0].payload, b"hello");
-    assert_eq!(store.accept(inbound("m1", "c1")).await.unwrap(), Accepted::Duplicate);
+    assert_eq!(
+        store.accept(inbound("m1", "c1")).await.unwrap(),
+        Accepted::Duplicate
+    );
     assert!(store.session("c1").await.unwrap().is_some());
 }
 

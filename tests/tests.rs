@@ -8,6 +8,7 @@
 //! - `fuzz`: random YAML and random messages never panic.
 //! - `qpien`: the Qpien client against a real HTTP server; schema and documents.
 //! - `store`: the `StateStore` contract for each store.
+//! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -19,6 +20,7 @@ mod engine;
 mod fuzz;
 mod qpien;
 mod replay;
+mod runtime;
 mod store;
 
 /// Runs a future on a fresh current-thread runtime.

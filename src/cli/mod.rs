@@ -21,6 +21,7 @@
 mod chat;
 mod graph;
 mod replay;
+mod run;
 
 pub use replay::replay;
 mod test;
@@ -77,6 +78,16 @@ pub enum Command {
         #[arg(long)]
         dot: bool,
     },
+    /// Run the bot for Qpien: webhook server, poller, store, sender.
+    Run {
+        /// The configuration file (every key has a default; `FLOWBOT_...`
+        /// environment variables override it).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Check the configuration and the flow, then exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run YAML conversation tests against their snapshots.
     Test {
         /// The directory of tests.
@@ -91,16 +102,24 @@ pub enum Command {
 /// Parses the command line and runs it with the given handlers.
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_tracing();
+    }
     run(cli, registry)
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, registry: Registry) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = if matches!(cli.command, Command::Run { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -118,6 +137,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             } => chat::run(&flow, &channel, language, registry).await,
             Command::Graph { flow, dot } => graph::run(&flow, dot, &registry),
             Command::Test { dir, coverage } => test::run(&dir, coverage, &registry).await,
+            Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
         }
     });
     ExitCode::from(code)

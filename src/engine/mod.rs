@@ -135,6 +135,8 @@ pub enum Step {
     Exhausted(StateId),
     /// A state's action or chain failed.
     Error(StateId),
+    /// A state's `after:` nudge fired.
+    Idle(StateId),
 }
 
 impl Bot {
@@ -207,6 +209,132 @@ impl Bot {
                 .is_none_or(|t| now.saturating_sub(s.last_active) < t as i64)
     }
 
+    /// A session saved in the state named `state_name`, made current for this
+    /// flow. A session of the same flow version comes back as it was; one from
+    /// another version (the flow was changed and reloaded) goes on in the state
+    /// the flow's `migrate:` map names for it, else in the state of the same
+    /// name. `None`: neither exists, and the conversation starts over (see
+    /// [`Bot::restart_message`]).
+    pub fn resume(&self, state_name: &str, mut session: Session) -> Option<Session> {
+        let flow = &*self.flow;
+        if session.flow_version == flow.version && (session.state as usize) < flow.states.len() {
+            return Some(session);
+        }
+        let id = match flow.migrate.get(state_name) {
+            Some(&id) => id,
+            None => flow.state_id(state_name)?,
+        };
+        if flow.state(id).name.as_ref() != state_name {
+            // Another state: the options offered there mean nothing here.
+            session.offered.clear();
+            session.numbered = false;
+        }
+        session.state = id;
+        session.flow_version = flow.version;
+        session.retries = 0;
+        Some(session)
+    }
+
+    /// A turn for a conversation whose saved state this flow no longer has
+    /// (see [`Bot::resume`]): it starts over, after the flow's
+    /// `settings.restart_message` if it has one.
+    pub async fn restart(&self, conversation: &str, event: &Event, now: Millis) -> Turn {
+        let mut turn = self.turn(conversation, None, event, now).await;
+        if let Some(text) = &self.flow.settings.restart_message {
+            let (channel, contact_language) = match event {
+                Event::Message(m) => (m.channel, m.contact.language.as_deref()),
+                _ => (crate::message::Channel::default(), None),
+            };
+            let language = turn
+                .session
+                .as_ref()
+                .and_then(|s| s.language.as_deref())
+                .or(contact_language);
+            let scope = Value::from_object(crate::flow::template::Scope {
+                vars: Vec::new(),
+                defaults: self.flow.vars.clone(),
+                builtins: Vec::new(),
+            });
+            let mut errors = Vec::new();
+            let message = render::Renderer {
+                flow: &self.flow,
+                channel,
+                language,
+                errors: &mut errors,
+            }
+            .text(text, &scope);
+            turn.messages.insert(0, Outgoing::text(message));
+            turn.errors.extend(errors);
+        }
+        turn
+    }
+
+    /// When the `after:` nudge of the session's state is due, if it has one that
+    /// has not fired (and no person has the conversation).
+    pub fn idle_due(&self, s: &Session) -> Option<Millis> {
+        if s.handoff || s.idle_fired || (s.state as usize) >= self.flow.states.len() {
+            return None;
+        }
+        let after = self.flow.state(s.state).after.as_ref()?;
+        Some(s.last_active.saturating_add(after.idle_ms as i64))
+    }
+
+    /// Fires the `after:` nudge of the session's state: its messages, then its
+    /// `goto`. Nothing happens when it is not due at `now` (the customer spoke
+    /// since, the state changed, a person took over, or it fired already).
+    pub async fn idle(
+        &self,
+        conversation: &str,
+        session: Session,
+        channel: crate::message::Channel,
+        now: Millis,
+    ) -> Turn {
+        let due = self.resume_due(&session);
+        if due.is_none_or(|d| d > now) || !self.is_live(&session, now) {
+            return Turn::quiet(Some(session));
+        }
+        let flow = self.flow.clone();
+        let Some(after) = flow.state(session.state).after.as_ref() else {
+            return Turn::quiet(Some(session));
+        };
+        let msg = Incoming {
+            channel,
+            ..Incoming::default()
+        };
+        let mut run = Run {
+            bot: self,
+            conversation,
+            session,
+            msg: &msg,
+            out: Vec::new(),
+            effects: Vec::new(),
+            trace: Vec::new(),
+            errors: Vec::new(),
+            hops: 0,
+            ended: false,
+            in_error: false,
+            scope: None,
+        };
+        run.session.idle_fired = true;
+        run.trace.push(Step::Idle(run.session.state));
+        run.send(&after.say);
+        if let Some(to) = after.goto {
+            run.session.last_active = now;
+            run.enter(to).await;
+        }
+        Turn {
+            session: (!run.ended).then_some(run.session),
+            messages: run.out,
+            effects: run.effects,
+            trace: run.trace,
+            errors: run.errors,
+        }
+    }
+
+    fn resume_due(&self, s: &Session) -> Option<Millis> {
+        (s.flow_version == self.flow.version).then(|| self.idle_due(s))?
+    }
+
     /// Runs one turn. See the module docs for the semantics.
     pub async fn turn(
         &self,
@@ -269,6 +397,7 @@ impl Bot {
         let had_session = session.is_some();
         let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
         s.last_active = now;
+        s.idle_fired = false;
         if s.handoff {
             return Turn::quiet(Some(s));
         }
@@ -612,6 +741,7 @@ impl Run<'_> {
                 }
             }
             self.session.state = id;
+            self.session.idle_fired = false;
             self.session.retries = 0;
             self.session.offered.clear();
             self.session.numbered = false;

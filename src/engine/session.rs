@@ -65,6 +65,9 @@ pub struct Session {
     pub started_at: Millis,
     /// The last message's time (for `session_timeout`).
     pub last_active: Millis,
+    /// The current state's `after:` nudge has fired (it fires once per visit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle_fired: bool,
 }
 
 impl Session {
@@ -81,6 +84,7 @@ impl Session {
             language: None,
             started_at: now,
             last_active: now,
+            idle_fired: false,
         }
     }
 

@@ -113,6 +113,12 @@ pub(crate) fn compile(
         .on_error
         .as_ref()
         .and_then(|s| c.state_ref(&mut r, "on_error", s));
+    let mut migrate = HashMap::new();
+    for (old, new) in &main.doc.migrate {
+        if let Some(id) = c.state_ref(&mut r, &join_key("migrate", old), new) {
+            migrate.insert(Box::from(old.as_str()), id);
+        }
+    }
 
     let mut vars = Vec::new();
     let mut intents = Vec::new();
@@ -159,6 +165,7 @@ pub(crate) fn compile(
         actions: c.actions,
         matchers: c.matchers,
         on_error,
+        migrate,
         warnings: Diagnostics::default(),
         index,
     };
@@ -215,6 +222,60 @@ struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
+    fn after(&mut self, r: &mut Reporter<'_>, path: &str, a: &model::After) -> Option<AfterNode> {
+        let idle_ms = match a.idle.as_deref() {
+            None => {
+                r.error(
+                    path,
+                    "`after` needs `idle`: how long the customer is silent first",
+                    Some("add `idle: 10m`".into()),
+                );
+                None
+            }
+            Some(t) => match humantime::parse_duration(t) {
+                Ok(d) if !d.is_zero() => Some(d.as_millis() as u64),
+                Ok(_) => {
+                    r.error(
+                        &join_key(path, "idle"),
+                        "`idle` must be longer than 0s",
+                        None,
+                    );
+                    None
+                }
+                Err(e) => {
+                    r.error(
+                        &join_key(path, "idle"),
+                        format!("`{t}` is not a duration: {e}"),
+                        Some("write it like `10m`, `1h` or `90s`".into()),
+                    );
+                    None
+                }
+            },
+        };
+        let say = a
+            .say
+            .as_ref()
+            .map(|x| self.say(r, &join_key(path, "say"), x))
+            .unwrap_or_default();
+        let goto = match &a.goto {
+            Some(g) => Some(self.state_ref(r, &join_key(path, "goto"), g)?),
+            None => None,
+        };
+        if a.say.is_none() && a.goto.is_none() {
+            r.error(
+                path,
+                "`after` needs `say`, `goto`, or both",
+                Some("add `say:` with a nudge, or `goto: STATE`".into()),
+            );
+            return None;
+        }
+        Some(AfterNode {
+            idle_ms: idle_ms?,
+            say,
+            goto,
+        })
+    }
+
     fn state_ref(&self, r: &mut Reporter<'_>, path: &str, name: &str) -> Option<StateId> {
         if let Some(&id) = self.index.get(name) {
             return Some(id);
@@ -272,6 +333,10 @@ impl Compiler<'_> {
                 .error_message
                 .as_ref()
                 .and_then(|t| self.ltext(r, "settings.error_message", t)),
+            restart_message: s
+                .restart_message
+                .as_ref()
+                .and_then(|t| self.ltext(r, "settings.restart_message", t)),
         }
     }
 
@@ -309,6 +374,7 @@ impl Compiler<'_> {
             .on_error
             .as_ref()
             .and_then(|n| self.state_ref(r, &p("on_error"), n));
+        let after = s.after.as_ref().and_then(|a| self.after(r, &p("after"), a));
         if s.end && s.handoff {
             r.error(&p("handoff"), "a state cannot both end and hand off", None);
         }
@@ -338,6 +404,7 @@ impl Compiler<'_> {
             end: s.end,
             handoff: s.handoff,
             intents: s.intents.unwrap_or(true),
+            after,
             on_error,
             file,
         }

@@ -49,6 +49,16 @@ fn edges(flow: &Flow) -> Vec<Edge> {
                 label: label.into(),
             });
         }
+        if let Some((to, idle)) = s.after.as_ref().and_then(|a| Some((a.goto?, a.idle_ms))) {
+            out.push(Edge {
+                from,
+                to,
+                label: format!(
+                    "idle {}",
+                    humantime::format_duration(std::time::Duration::from_millis(idle))
+                ),
+            });
+        }
         if let Some(to) = s.fallback.as_ref().and_then(|f| f.goto) {
             out.push(Edge {
                 from,

@@ -44,6 +44,8 @@ pub struct Flow {
     pub matchers: Vec<Box<str>>,
     /// The flow-wide error state.
     pub on_error: Option<StateId>,
+    /// `migrate:`: where sessions saved in a state of that name go on.
+    pub migrate: HashMap<Box<str>, StateId>,
     /// Warnings found while loading (errors prevent loading).
     pub warnings: Diagnostics,
     pub(crate) index: HashMap<Box<str>, StateId>,
@@ -78,6 +80,19 @@ pub struct FlowSettings {
     pub overflow_adapt: bool,
     /// Sent when an action fails and no `on_error` state is set.
     pub error_message: Option<LText>,
+    /// Sent before starting over when a changed flow lost the conversation's state.
+    pub restart_message: Option<LText>,
+}
+
+/// A state's inactivity nudge (`after:`).
+#[derive(Debug)]
+pub struct AfterNode {
+    /// Silence before it fires, in milliseconds.
+    pub idle_ms: u64,
+    /// Sent when it fires.
+    pub say: Vec<MsgNode>,
+    /// Where the conversation goes then.
+    pub goto: Option<StateId>,
 }
 
 /// One compiled state.
@@ -107,6 +122,8 @@ pub struct StateNode {
     pub intents: bool,
     /// Where a failed action leads.
     pub on_error: Option<StateId>,
+    /// The inactivity nudge.
+    pub after: Option<AfterNode>,
     /// The file it was defined in (index into [`Flow::files`]).
     pub file: usize,
 }

@@ -44,6 +44,10 @@ pub struct FlowDoc {
     pub states: IndexMap<String, State>,
     /// Where a failed action leads when its state names no `on_error`.
     pub on_error: Option<String>,
+    /// After a change of the flow, where conversations in states that were
+    /// renamed or removed go on: old state name -> state.
+    #[serde(default)]
+    pub migrate: IndexMap<String, String>,
 }
 
 /// `settings:`.
@@ -63,6 +67,9 @@ pub struct Settings {
     pub overflow: Option<String>,
     /// Sent when an action fails and no `on_error` state is set.
     pub error_message: Option<Text>,
+    /// Sent when a changed flow no longer has a conversation's state (and
+    /// `migrate:` does not place it): the conversation starts over after it.
+    pub restart_message: Option<Text>,
 }
 
 /// One state.
@@ -94,6 +101,19 @@ pub struct State {
     pub intents: Option<bool>,
     /// Where a failed action of this state leads.
     pub on_error: Option<String>,
+    /// A nudge when the customer stays silent in this state.
+    pub after: Option<After>,
+}
+
+/// `after:` of a state: what happens when the customer is silent for a while.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct After {
+    /// How long the silence lasts first (`10m`, `1h`).
+    pub idle: Option<String>,
+    /// Sent when it fires.
+    pub say: Option<Say>,
+    /// Where the conversation goes then (else it stays).
+    pub goto: Option<String>,
 }
 
 /// A rule: conditions, and what follows when they hold.

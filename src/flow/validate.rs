@@ -279,6 +279,7 @@ pub(crate) fn edges(flow: &Flow, id: StateId) -> Vec<StateId> {
     let mut out: Vec<StateId> = Vec::new();
     out.extend(s.on.iter().filter_map(|r| r.goto));
     out.extend(s.next);
+    out.extend(s.after.as_ref().and_then(|a| a.goto));
     out.extend(s.fallback.as_ref().and_then(|f| f.goto));
     out.extend(s.on_error.or(flow.on_error).filter(|_| s.call.is_some()));
     if let Some(a) = &s.ask {

@@ -62,8 +62,9 @@ impl StateStore for MemoryStore {
         Ok(self.inner().sessions.get(conversation).cloned())
     }
 
-    async fn commit(&self, commit: TurnCommit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError> {
         let mut s = self.inner();
+        let mut ids = Vec::with_capacity(commit.outbox.len());
         s.inbox.remove(&commit.inbox_seq);
         match commit.session {
             Some(session) => {
@@ -76,6 +77,7 @@ impl StateStore for MemoryStore {
         for payload in commit.outbox {
             s.next_out += 1;
             let id = s.next_out;
+            ids.push(id);
             s.outbox.insert(
                 id,
                 OutboxItem {
@@ -85,7 +87,7 @@ impl StateStore for MemoryStore {
                 },
             );
         }
-        Ok(())
+        Ok(ids)
     }
 
     async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
@@ -118,7 +120,9 @@ impl StateStore for MemoryStore {
     }
 
     async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
-        self.inner().cursors.insert(name.to_owned(), value.to_owned());
+        self.inner()
+            .cursors
+            .insert(name.to_owned(), value.to_owned());
         Ok(())
     }
 

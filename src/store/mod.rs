@@ -111,14 +111,18 @@ pub trait StateStore: Send + Sync + 'static {
     /// A conversation's session.
     async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError>;
     /// Writes a turn: inbox item done, session saved, outbox appended. Atomic.
-    async fn commit(&self, commit: TurnCommit) -> Result<(), StoreError>;
+    /// Returns the new outbox items' ids, in order.
+    async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError>;
     /// Undelivered outbox items, oldest first.
     async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
     /// Marks an outbox item delivered (or given up on).
     async fn delivered(&self, id: u64) -> Result<(), StoreError>;
     /// Conversations whose inactivity timer is due at `now`, with the due time.
-    async fn due_timers(&self, now: Millis, limit: usize)
-        -> Result<Vec<(String, Millis)>, StoreError>;
+    async fn due_timers(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(String, Millis)>, StoreError>;
     /// A saved cursor (polling position), by name.
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Saves a cursor.

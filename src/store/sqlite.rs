@@ -67,6 +67,7 @@ enum Reply {
     Outbox(Vec<OutboxItem>),
     Due(Vec<(String, Millis)>),
     Cursor(Option<String>),
+    Ids(Vec<u64>),
     Done,
 }
 
@@ -149,7 +150,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path:
         }
         let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(batch.len());
         let outcome = (|| -> Result<(), rusqlite::Error> {
-            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut tx =
+                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for (op, _) in batch.iter_mut() {
                 let op = std::mem::replace(op, Op::Ping);
                 let sp = tx.savepoint()?;
@@ -186,7 +188,12 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                     "INSERT INTO inbox (key, conversation, payload, received_at)
                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT(key) DO NOTHING",
                 )?
-                .execute(params![item.key, item.conversation, item.payload, item.received_at])?;
+                .execute(params![
+                    item.key,
+                    item.conversation,
+                    item.payload,
+                    item.received_at
+                ])?;
             if inserted == 0 {
                 Reply::Accepted(Accepted::Duplicate)
             } else {
@@ -243,10 +250,12 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             }
             let mut insert =
                 tx.prepare_cached("INSERT INTO outbox (conversation, payload) VALUES (?1, ?2)")?;
+            let mut ids = Vec::with_capacity(c.outbox.len());
             for payload in &c.outbox {
                 insert.execute(params![c.conversation, payload])?;
+                ids.push(tx.last_insert_rowid() as u64);
             }
-            Reply::Done
+            Reply::Ids(ids)
         }
         Op::Outbox(limit) => {
             let mut stmt = tx.prepare_cached(
@@ -271,7 +280,8 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT conversation, due_at FROM sessions
                  WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows =
+                stmt.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Reply::Due(rows.collect::<Result<_, _>>()?)
         }
         Op::Cursor(name) => Reply::Cursor(
@@ -321,8 +331,11 @@ impl StateStore for SqliteStore {
         }
     }
 
-    async fn commit(&self, commit: TurnCommit) -> Result<(), StoreError> {
-        self.run(Op::Commit(commit)).await.map(drop)
+    async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError> {
+        match self.run(Op::Commit(commit)).await? {
+            Reply::Ids(ids) => Ok(ids),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {

@@ -1,8 +1,8 @@
 //! The Qpien client against a real HTTP server on loopback (`server.rs`), and
 //! the schema/documents check.
 
-#[allow(unreachable_pub)]
-mod server;
+#[allow(unreachable_pub, dead_code)]
+pub(crate) mod server;
 
 use std::time::Duration;
 

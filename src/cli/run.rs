@@ -1,0 +1,61 @@
+//! `flowbot run`: the production process (see [`crate::runtime`]).
+
+use std::path::Path;
+
+use crate::config::{Config, LogFormat};
+use crate::handler::Registry;
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Loads the configuration, then runs until Ctrl-C or SIGTERM (or, with
+/// `check`, only checks the configuration and the flow).
+pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Registry) -> u8 {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if check {
+        return match crate::engine::Bot::load(&config.flow, registry) {
+            Ok(_) => {
+                println!("configuration and flow {} are valid", config.flow.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                2
+            }
+        };
+    }
+    init_logging(&config);
+    match crate::runtime::start(config, registry).await {
+        Ok(running) => {
+            println!("flowbot listening on http://{}", running.addr());
+            let drained = running.until(crate::runtime::shutdown_signal()).await;
+            if drained.turns_left + drained.replies_left > 0 {
+                eprintln!(
+                    "stopped with {} turns and {} replies left in the store (they resume at the next start)",
+                    drained.turns_left, drained.replies_left
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}

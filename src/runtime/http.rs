@@ -1,0 +1,181 @@
+//! The HTTP side: Qpien's webhook, the probes and the metrics.
+//!
+//! The webhook checks, in this order: size (413), content type (415),
+//! signature over the raw bytes, in constant time (401), then reads the JSON
+//! (400). Only then is anything stored; 200 means the event is durable (or was
+//! a duplicate, or is not for the bot). A full queue answers 503 with
+//! `Retry-After`, before storing, so Qpien delivers again later.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::codec::Inbound;
+use super::metrics::Metrics;
+use super::{turns, Shared};
+use crate::qpien::webhook::{self, WebhookEvent, SIGNATURE_HEADER};
+use crate::qpien::{to_incoming, SenderKind};
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    if shared.config.server.webhook {
+        app = app.route(
+            &shared.config.server.webhook_path,
+            post(webhook).layer(DefaultBodyLimit::max(shared.config.server.max_body_bytes)),
+        );
+    }
+    app.with_state(shared)
+}
+
+fn reply(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"status\":\"{body}\"}}"),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    reply(StatusCode::OK, "alive")
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let store = tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await;
+    let store_ok = matches!(store, Ok(Ok(())));
+    let token = tokio::time::timeout(Duration::from_secs(5), shared.client.check_token()).await;
+    let token_msg = match token {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no token within 5s".to_owned()),
+    };
+    let ready = store_ok && token_msg.is_none() && !shared.is_stopping();
+    let body = serde_json::json!({
+        "ready": ready,
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "flow": shared.bot().flow().name,
+        "qpien": token_msg.as_deref().unwrap_or("ok"),
+        "stopping": shared.is_stopping(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (status, result) = handle(&shared, &headers, &body).await;
+    Metrics::count(&shared.metrics.webhooks, result);
+    shared
+        .metrics
+        .ack_latency
+        .observe(started.elapsed().as_secs_f64());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        let mut r = reply(status, result);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return r;
+    }
+    reply(status, result)
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (StatusCode, &'static str) {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    }
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let secret = shared.config.server.webhook_secret.expose().as_bytes();
+    if signature.is_empty() || !webhook::verify(secret, body, signature) {
+        tracing::warn!("webhook refused: missing or bad signature");
+        return (StatusCode::UNAUTHORIZED, "bad_signature");
+    }
+    let event = match webhook::parse(body) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook refused");
+            return (StatusCode::BAD_REQUEST, "bad_payload");
+        }
+    };
+    if shared.turns.len() >= shared.config.runtime.queue_capacity {
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy");
+    }
+    let prefix = &shared.client.config().front_msg_id_prefix;
+    let (key, conversation, inbound) = match event {
+        WebhookEvent::NewMessage(msg) => {
+            if crate::qpien::convert::sender_kind(&msg, prefix) != SenderKind::Customer {
+                return (StatusCode::OK, "ignored");
+            }
+            let (Some(id), Some(conversation)) = (msg.id.clone(), msg.conversation.clone()) else {
+                return (StatusCode::BAD_REQUEST, "bad_payload");
+            };
+            (
+                id,
+                conversation,
+                Inbound::Message {
+                    message: to_incoming(&msg),
+                },
+            )
+        }
+        WebhookEvent::AgentJoined { conversation, .. } => {
+            // A redelivery has the same body, hence the same signature.
+            let key = format!(
+                "join:{conversation}:{}",
+                &signature[..signature.len().min(32)]
+            );
+            (key, conversation, Inbound::AgentJoined)
+        }
+        WebhookEvent::Other(name) => {
+            tracing::debug!(event = name, "webhook event ignored");
+            return (StatusCode::OK, "ignored");
+        }
+    };
+    match turns::accept(shared, key, conversation, &inbound).await {
+        Ok(true) => (StatusCode::OK, "accepted"),
+        Ok(false) => (StatusCode::OK, "duplicate"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a webhook event");
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Polling mode, for deployments Qpien cannot reach by webhook.
+//!
+//! Each round reads the first page of conversations (one call); only those
+//! whose last message is a customer's and differs from the one last seen are
+//! read further (one call each), so an idle bot spends one request per round.
+//! Messages older than the moment polling first started are history, not
+//! questions: that moment is kept in the store (`poll:since`), as is each
+//! conversation's last seen message (`poll:<conversation>`). Accepting goes
+//! through the same deduplicated inbox as webhooks, so both can run together
+//! without double answers. Between rounds the pause doubles while nothing
+//! comes, up to `polling.max_interval`.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::codec::Inbound;
+use super::{now_ms, turns, Shared};
+use crate::qpien::convert::sender_kind;
+use crate::qpien::types::ExternalMessage;
+use crate::qpien::{to_incoming, SenderKind};
+
+fn created_ms(v: &Option<Value>) -> Option<i64> {
+    match v.as_ref()? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse::<i64>().ok().or_else(|| {
+            humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
+                .ok()
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64)
+                })
+        }),
+        _ => None,
+    }
+}
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let cfg = shared.config.polling.clone();
+    let since = match shared.store.cursor("poll:since").await {
+        Ok(Some(s)) => s.parse().unwrap_or_else(|_| now_ms()),
+        _ => {
+            let now = now_ms();
+            let _ = shared
+                .store
+                .set_cursor("poll:since", &now.to_string())
+                .await;
+            now
+        }
+    };
+    let mut pause = cfg.interval;
+    loop {
+        let found = match round(&shared, since).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "polling failed");
+                0
+            }
+        };
+        pause = if found > 0 {
+            cfg.interval
+        } else {
+            (pause * 2).min(cfg.max_interval)
+        };
+        if !shared.pause(pause).await {
+            return;
+        }
+    }
+}
+
+/// One round; returns how many new messages were accepted.
+async fn round(shared: &Arc<Shared>, since: i64) -> Result<usize, crate::qpien::QpienError> {
+    let cfg = &shared.config.polling;
+    let prefix = shared.client.config().front_msg_id_prefix.clone();
+    let conversations = shared
+        .client
+        .get_conversation_list(1, cfg.conversations, cfg.status.as_deref())
+        .await?;
+    let mut found = 0;
+    for conv in conversations.docs {
+        let Some(id) = conv.id else { continue };
+        if let Some(last) = &conv.last_message {
+            let customer = sender_kind(last, &prefix) == SenderKind::Customer;
+            let cursor = shared
+                .store
+                .cursor(&format!("poll:{id}"))
+                .await
+                .ok()
+                .flatten();
+            if !customer || (last.id.is_some() && cursor == last.id) {
+                continue;
+            }
+        }
+        let page = shared
+            .client
+            .get_message_list(&id, 1, cfg.page_size)
+            .await?;
+        let mut messages: Vec<ExternalMessage> = page.docs;
+        messages.sort_by_key(|m| created_ms(&m.created_at).unwrap_or(i64::MAX));
+        let mut last_seen = None;
+        for msg in messages {
+            last_seen = msg.id.clone().or(last_seen);
+            if created_ms(&msg.created_at).is_some_and(|t| t < since) {
+                continue;
+            }
+            if sender_kind(&msg, &prefix) != SenderKind::Customer {
+                continue;
+            }
+            let Some(key) = msg.id.clone() else { continue };
+            let conversation = msg.conversation.clone().unwrap_or_else(|| id.clone());
+            let inbound = Inbound::Message {
+                message: to_incoming(&msg),
+            };
+            match turns::accept(shared, key, conversation, &inbound).await {
+                Ok(true) => found += 1,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot store a polled message"),
+            }
+        }
+        if let Some(last) = last_seen {
+            let _ = shared.store.set_cursor(&format!("poll:{id}"), &last).await;
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,240 @@
+//! The dispatcher: runs each accepted item as a turn, one at a time per
+//! conversation, in arrival order, and commits it atomically.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::codec::{self, Inbound, OutboxAction, SessionRecord};
+use super::metrics::Metrics;
+use super::{now_ms, send, RuntimeError, Shared};
+use crate::engine::Turn;
+use crate::message::{Channel, Effect};
+use crate::qpien::plan_replies;
+use crate::store::{Accepted, InboxItem, NewInbound, OutboxItem, StoredSession, TurnCommit};
+
+/// Queues every inbox item left unfinished by the last run.
+pub(crate) async fn resume(shared: &Arc<Shared>) -> Result<(), RuntimeError> {
+    let pending = shared.store.pending(usize::MAX >> 1).await?;
+    if !pending.is_empty() {
+        tracing::info!(count = pending.len(), "resuming unfinished turns");
+    }
+    for item in pending {
+        dispatch(shared, item);
+    }
+    Ok(())
+}
+
+/// Records an inbound item (once per key) and queues its turn. `Ok(false)`: a
+/// duplicate, nothing to do.
+pub(crate) async fn accept(
+    shared: &Arc<Shared>,
+    key: String,
+    conversation: String,
+    inbound: &Inbound,
+) -> Result<bool, crate::store::StoreError> {
+    let accepted = shared
+        .store
+        .accept(NewInbound {
+            key,
+            conversation,
+            payload: codec::encode(inbound),
+            received_at: now_ms(),
+        })
+        .await?;
+    match accepted {
+        Accepted::New(item) => {
+            dispatch(shared, item);
+            Ok(true)
+        }
+        Accepted::Duplicate => {
+            shared.metrics.dedup_hits.inc();
+            Ok(false)
+        }
+    }
+}
+
+/// Queues a stored item for its conversation's worker.
+pub(crate) fn dispatch(shared: &Arc<Shared>, item: InboxItem) {
+    let conversation = item.conversation.clone();
+    if let Some(key) = shared.turns.push(&conversation, item.seq, item) {
+        tokio::spawn(worker(shared.clone(), key));
+    }
+    shared.metrics.queue_depth.set(shared.turns.len() as i64);
+}
+
+async fn worker(shared: Arc<Shared>, conversation: Arc<str>) {
+    while let Some(item) = shared.turns.next(&conversation) {
+        let span = tracing::info_span!("turn", conversation = &*conversation, key = %item.key);
+        run(&shared, item).instrument(span).await;
+        shared.turns.done();
+        shared.metrics.queue_depth.set(shared.turns.len() as i64);
+    }
+}
+
+/// Retries a store call until it works (the store is the source of truth: a
+/// turn cannot be skipped), backing off; gives up only at shutdown.
+async fn persist<T, F, Fut>(shared: &Shared, what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "store failed to {what}; retrying");
+                if !shared.pause(delay).await && shared.is_stopping() {
+                    return None;
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn run(shared: &Arc<Shared>, item: InboxItem) {
+    let started = Instant::now();
+    let conversation = item.conversation.as_str();
+    let bot = shared.bot();
+    let inbound: Option<Inbound> = match codec::decode(&item.payload) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable inbox item; skipped");
+            None
+        }
+    };
+    let Some(stored) = persist(shared, "load a session", || {
+        shared.store.session(conversation)
+    })
+    .await
+    else {
+        return;
+    };
+    let record: Option<SessionRecord> =
+        stored.as_ref().and_then(|s| match codec::decode(&s.data) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable session; the conversation starts over");
+                None
+            }
+        });
+    let mut channel = record.as_ref().map_or(Channel::default(), |r| r.channel);
+    let (session, restart) = match record {
+        None => (None, false),
+        Some(r) => {
+            let state = r.state.clone();
+            match bot.resume(&r.state, r.session) {
+                Some(s) => (Some(s), false),
+                None => {
+                    tracing::info!(state, "the flow no longer has this state: restarting");
+                    (None, true)
+                }
+            }
+        }
+    };
+    let now = now_ms();
+    let turn = match &inbound {
+        None => Turn {
+            session,
+            messages: Vec::new(),
+            effects: Vec::new(),
+            trace: Vec::new(),
+            errors: Vec::new(),
+        },
+        Some(Inbound::Idle { .. }) => match session {
+            Some(s) => bot.idle(conversation, s, channel, now).await,
+            None => Turn {
+                session: None,
+                messages: Vec::new(),
+                effects: Vec::new(),
+                trace: Vec::new(),
+                errors: Vec::new(),
+            },
+        },
+        Some(other) => {
+            if let Inbound::Message { message } = other {
+                channel = message.channel;
+            }
+            let event = other.event().expect("not a timer");
+            if restart {
+                bot.restart(conversation, &event, now).await
+            } else {
+                bot.turn(conversation, session, &event, now).await
+            }
+        }
+    };
+    let plan = plan_replies(
+        shared.client.config(),
+        conversation,
+        channel,
+        &item.key,
+        &turn.messages,
+    );
+    let mut outbox: Vec<Vec<u8>> = plan
+        .into_iter()
+        .map(|message| {
+            codec::encode(&OutboxAction::Message {
+                message: Box::new(message),
+            })
+        })
+        .collect();
+    if turn.effects.contains(&Effect::Handoff) {
+        outbox.push(codec::encode(&OutboxAction::Handoff));
+    }
+    let session = turn.session.map(|s| {
+        let due_at = bot.idle_due(&s);
+        StoredSession {
+            data: codec::encode(&SessionRecord {
+                state: bot.flow().state(s.state).name.to_string(),
+                channel,
+                session: s,
+            }),
+            due_at,
+        }
+    });
+    let commit = TurnCommit {
+        inbox_seq: item.seq,
+        conversation: conversation.to_owned(),
+        session,
+        outbox: outbox.clone(),
+    };
+    let Some(ids) = persist(shared, "commit a turn", || {
+        shared.store.commit(commit.clone())
+    })
+    .await
+    else {
+        return;
+    };
+    let result = if turn.errors.is_empty() {
+        "ok"
+    } else {
+        "error"
+    };
+    Metrics::count(&shared.metrics.turns, result);
+    shared
+        .metrics
+        .turn_latency
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(replies = ids.len(), "turn committed");
+    for (id, payload) in ids.into_iter().zip(outbox) {
+        send::queue(
+            shared,
+            OutboxItem {
+                id,
+                conversation: conversation.to_owned(),
+                payload,
+            },
+        );
+    }
+}
+
+/// Accepts and queues the inactivity timer of `conversation` due at `due`.
+pub(crate) async fn fire_timer(shared: &Arc<Shared>, conversation: String, due: i64) {
+    let key = format!("idle:{conversation}:{due}");
+    if let Err(e) = accept(shared, key, conversation, &Inbound::Idle { due }).await {
+        tracing::error!(error = %e, "cannot record a timer");
+    }
+}

@@ -1,0 +1,534 @@
+//! `flowbot run` end to end: signed webhooks over real HTTP on loopback, the
+//! SQLite store, replies delivered to a stand-in Qpien (`qpien/server.rs`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flowbot::config::{Config, StoreBackend};
+use flowbot::qpien::webhook::sign;
+use flowbot::qpien::{RateLimitConfig, RetryConfig, Secret};
+use flowbot::runtime::{self, Running};
+use flowbot::Registry;
+use serde_json::{json, Value};
+
+use crate::qpien::server::{Server, Settings};
+
+pub(crate) const SECRET: &str = "webhook-secret";
+
+pub(crate) const ECHO: &str = r#"
+version: 1
+settings:
+  restart_message: "The bot was updated; starting over."
+intents:
+  - { text: agent, goto: human }
+  - { text: wait, goto: waiting }
+  - { regex: '^(?P<said>.+)$', say: "Echo: {{ said }}", goto: start }
+states:
+  start: {}
+  waiting:
+    say: "Take your time."
+    after: { idle: 1s, say: "Still there?" }
+  human:
+    say: "A person will take over."
+    handoff: true
+    after: { idle: 1s, say: "never sent: a person has it" }
+"#;
+
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowbot-rt-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub(crate) fn config(qpien: &Server, dir: &Path) -> Config {
+    let mut c = Config {
+        flow: dir.join("flow.yaml"),
+        ..Config::default()
+    };
+    c.qpien.endpoint = qpien.url.clone();
+    c.qpien.client_id = Secret::new("id-1");
+    c.qpien.client_secret = Secret::new("secret-1");
+    c.qpien.rate_limit = RateLimitConfig {
+        requests: 100_000,
+        per: Duration::from_secs(1),
+        burst: 10_000,
+        default_reset: Duration::from_secs(1),
+    };
+    c.qpien.retry = RetryConfig {
+        max_attempts: 4,
+        min_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+    };
+    c.qpien.whatsapp_operation = flowbot::qpien::WhatsappOperation::CreateMessage;
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.webhook_secret = Secret::new(SECRET);
+    c.store.backend = StoreBackend::Sqlite;
+    c.store.path = dir.join("flowbot.db");
+    c.runtime.timer_interval = Duration::from_millis(100);
+    c.runtime.reload_interval = Duration::from_millis(100);
+    c.runtime.shutdown_deadline = Duration::from_secs(5);
+    c
+}
+
+pub(crate) struct Harness {
+    pub(crate) qpien: Server,
+    pub(crate) running: Option<Running>,
+    pub(crate) dir: PathBuf,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Harness {
+    pub(crate) async fn start(name: &str, flow: &str, tweak: impl FnOnce(&mut Config)) -> Harness {
+        let qpien = Server::start(Settings::default()).await;
+        let dir = temp_dir(name);
+        std::fs::write(dir.join("flow.yaml"), flow).unwrap();
+        let mut c = config(&qpien, &dir);
+        tweak(&mut c);
+        let running = runtime::start(c, Registry::new()).await.unwrap();
+        Harness {
+            qpien,
+            running: Some(running),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.as_ref().unwrap().addr())
+    }
+
+    pub(crate) async fn post_raw(
+        &self,
+        body: &[u8],
+        signature: Option<&str>,
+        content_type: &str,
+    ) -> u16 {
+        let mut req = self
+            .http
+            .post(self.url("/webhook"))
+            .header("content-type", content_type)
+            .body(body.to_vec());
+        if let Some(sig) = signature {
+            req = req.header("X-Qpien-Signature", sig);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    pub(crate) async fn post(&self, payload: &Value) -> u16 {
+        let body = serde_json::to_vec(payload).unwrap();
+        self.post_raw(
+            &body,
+            Some(&sign(SECRET.as_bytes(), &body)),
+            "application/json",
+        )
+        .await
+    }
+
+    /// The texts created in `conversation`, in order.
+    pub(crate) fn replies(&self, conversation: &str) -> Vec<String> {
+        replies(&self.qpien, conversation)
+    }
+
+    pub(crate) async fn stop(&mut self) -> runtime::Drained {
+        self.running.take().unwrap().shutdown().await
+    }
+}
+
+pub(crate) fn replies(qpien: &Server, conversation: &str) -> Vec<String> {
+    qpien
+        .created()
+        .iter()
+        .filter(|m| m["input"]["conversationId"] == conversation)
+        .map(|m| m["input"]["content"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+pub(crate) fn message(id: &str, conversation: &str, text: &str) -> Value {
+    json!({"event": "NEW_INCOMING_MESSAGE", "data": {
+        "_id": id, "conversation": conversation, "senderType": "user",
+        "channelType": "LiveChat", "content": text}})
+}
+
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + timeout;
+    while !f() {
+        if tokio::time::Instant::now() > end {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn inbox_rows(dir: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("flowbot.db")).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_nothing_is_stored() {
+    let mut h = Harness::start("refused", ECHO, |c| c.server.max_body_bytes = 4096).await;
+    let body = serde_json::to_vec(&message("m1", "c1", "hi")).unwrap();
+    assert_eq!(h.post_raw(&body, None, "application/json").await, 401);
+    assert_eq!(
+        h.post_raw(&body, Some("00ff"), "application/json").await,
+        401
+    );
+    let wrong = sign(b"another secret", &body);
+    assert_eq!(
+        h.post_raw(&body, Some(&wrong), "application/json").await,
+        401
+    );
+    // Signed, but tampered with.
+    let good = sign(SECRET.as_bytes(), &body);
+    let mut tampered = body.clone();
+    tampered[10] ^= 1;
+    assert_eq!(
+        h.post_raw(&tampered, Some(&good), "application/json").await,
+        401
+    );
+    assert_eq!(h.post_raw(&body, Some(&good), "text/plain").await, 415);
+    let big = vec![b' '; 5000];
+    assert_eq!(
+        h.post_raw(
+            &big,
+            Some(&sign(SECRET.as_bytes(), &big)),
+            "application/json"
+        )
+        .await,
+        413
+    );
+    let junk = b"{not json";
+    assert_eq!(
+        h.post_raw(
+            junk,
+            Some(&sign(SECRET.as_bytes(), junk)),
+            "application/json"
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        h.post(&json!({"event": "CONTACT_UPDATED", "data": {}}))
+            .await,
+        200
+    );
+    let drained = h.stop().await;
+    assert_eq!(drained.turns_left, 0);
+    assert_eq!(inbox_rows(&h.dir), 0);
+    assert!(h.qpien.created().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_delivered_five_times_is_answered_once() {
+    let mut h = Harness::start("dedup", ECHO, |_| {}).await;
+    let m = message("m1", "c1", "hello");
+    for _ in 0..5 {
+        assert_eq!(h.post(&m).await, 200);
+    }
+    wait_until("the reply", Duration::from_secs(5), || {
+        !h.replies("c1").is_empty()
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Echo: hello"]);
+    let metrics = h.qpien.created();
+    assert_eq!(metrics[0]["input"]["frontMsgId"], "flowbot:m1:0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_conversations_each_get_their_replies_in_order() {
+    let mut h = Harness::start("interleaved", ECHO, |_| {}).await;
+    for i in 0..6 {
+        for c in ["a", "b", "c"] {
+            assert_eq!(
+                h.post(&message(&format!("{c}{i}"), c, &format!("{c} {i}")))
+                    .await,
+                200
+            );
+        }
+    }
+    wait_until("18 replies", Duration::from_secs(10), || {
+        h.qpien.created().len() == 18
+    })
+    .await;
+    for c in ["a", "b", "c"] {
+        let expected: Vec<String> = (0..6).map(|i| format!("Echo: {c} {i}")).collect();
+        assert_eq!(h.replies(c), expected);
+    }
+    let drained = h.stop().await;
+    assert_eq!((drained.turns_left, drained.replies_left), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_bots_agents_and_the_system_get_no_reply() {
+    let mut h = Harness::start("senders", ECHO, |_| {}).await;
+    let others = [
+        json!({"_id": "x1", "conversation": "c1", "senderType": "bot", "content": "I am a bot"}),
+        json!({"_id": "x2", "conversation": "c1", "senderType": "system", "content": "closed"}),
+        json!({"_id": "x3", "conversation": "c1", "senderType": "user", "sender": {"type": "PERSON"}, "content": "agent here"}),
+        json!({"_id": "x4", "conversation": "c1", "senderType": "user", "frontMsgId": "flowbot:m0:0", "content": "Echo: hi"}),
+    ];
+    for data in others {
+        assert_eq!(
+            h.post(&json!({"event": "NEW_INCOMING_MESSAGE", "data": data}))
+                .await,
+            200
+        );
+    }
+    h.post(&message("m1", "c2", "ping")).await;
+    wait_until("the control reply", Duration::from_secs(5), || {
+        !h.replies("c2").is_empty()
+    })
+    .await;
+    h.stop().await;
+    assert!(h.replies("c1").is_empty(), "{:?}", h.replies("c1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joining_silences_the_bot() {
+    let mut h = Harness::start("join", ECHO, |_| {}).await;
+    h.post(&message("m1", "c1", "one")).await;
+    wait_until("the first reply", Duration::from_secs(5), || {
+        h.replies("c1").len() == 1
+    })
+    .await;
+    let join = json!({"event": "JOIN_CONVERSATION", "data": {"_id": "c1", "joinedPerson": {"_id": "a1", "type": "PERSON"}}});
+    assert_eq!(h.post(&join).await, 200);
+    assert_eq!(h.post(&join).await, 200, "a redelivered join is fine");
+    h.post(&message("m2", "c1", "two")).await;
+    h.post(&message("m3", "c1", "three")).await;
+    h.post(&message("m4", "c9", "control")).await;
+    wait_until("the control reply", Duration::from_secs(5), || {
+        !h.replies("c9").is_empty()
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Echo: one"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_updates_the_conversation_and_no_timer_fires_in_it() {
+    let mut h = Harness::start("handoff", ECHO, |_| {}).await;
+    h.post(&message("m1", "c1", "agent")).await;
+    wait_until("the handoff", Duration::from_secs(5), || {
+        !h.qpien.shared.updates.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["A person will take over."]);
+    let updates = h.qpien.shared.updates.lock().unwrap().clone();
+    assert_eq!(
+        updates,
+        [json!({"conversationId": "c1", "status": "PENDING"})]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_customer_is_nudged_once() {
+    let mut h = Harness::start("idle", ECHO, |_| {}).await;
+    h.post(&message("m1", "c1", "wait")).await;
+    wait_until("the nudge", Duration::from_secs(5), || {
+        h.replies("c1").len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Take your time.", "Still there?"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_survive_a_restart() {
+    let mut h = Harness::start("idle-restart", ECHO, |_| {}).await;
+    h.post(&message("m1", "c1", "wait")).await;
+    wait_until("the first reply", Duration::from_secs(5), || {
+        h.replies("c1").len() == 1
+    })
+    .await;
+    h.stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let c = config(&h.qpien, &h.dir);
+    h.running = Some(runtime::start(c, Registry::new()).await.unwrap());
+    wait_until(
+        "the nudge after the restart",
+        Duration::from_secs(5),
+        || h.replies("c1").len() == 2,
+    )
+    .await;
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Take your time.", "Still there?"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_turns_and_replies() {
+    let mut h = Harness::start("drain", ECHO, |_| {}).await;
+    h.qpien.set(|s| s.delay = Duration::from_millis(20));
+    for i in 0..20 {
+        assert_eq!(
+            h.post(&message(&format!("m{i}"), &format!("c{}", i % 4), "x"))
+                .await,
+            200
+        );
+    }
+    let drained = h.stop().await;
+    assert_eq!((drained.turns_left, drained.replies_left), (0, 0));
+    assert_eq!(h.qpien.created().len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics() {
+    let mut h = Harness::start("probes", ECHO, |_| {}).await;
+    let get = |path: &str| {
+        let url = h.url(path);
+        let http = h.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    h.post(&message("m1", "c1", "hi")).await;
+    h.post(&message("m1", "c1", "hi")).await;
+    wait_until("the reply", Duration::from_secs(5), || {
+        !h.replies("c1").is_empty()
+    })
+    .await;
+    let (_, metrics) = get("/metrics").await;
+    for needle in [
+        "flowbot_turns_total{result=\"ok\"} 1",
+        "flowbot_dedup_hits_total 1",
+        "flowbot_webhooks_total{result=\"accepted\"} 1",
+        "flowbot_turn_latency_seconds_count 1",
+        "flowbot_qpien_calls_total{result=\"ok\"}",
+        "flowbot_queue_depth",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_why_when_qpien_refuses_the_key() {
+    let mut h = Harness::start("notready", ECHO, |c| {
+        c.qpien.client_secret = Secret::new("wrong")
+    })
+    .await;
+    let r = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.text().await.unwrap().contains("INVALID_CLIENT"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_flow_migrates_live_conversations() {
+    let mut h = Harness::start("reload", ECHO, |_| {}).await;
+    h.post(&message("m1", "c1", "wait")).await;
+    h.post(&message("m2", "c2", "hello")).await;
+    wait_until("two replies", Duration::from_secs(5), || {
+        h.qpien.created().len() == 2
+    })
+    .await;
+    // A broken edit is refused: the bot keeps answering.
+    std::fs::write(
+        h.dir.join("flow.yaml"),
+        "version: 1\nstates: { start: { next: nowhere } }\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.post(&message("m3", "c2", "still here")).await;
+    wait_until("the old flow's reply", Duration::from_secs(5), || {
+        h.replies("c2").len() == 2
+    })
+    .await;
+    // `waiting` is renamed `patience`, with a migrate entry; `start` is gone.
+    let v2 = ECHO
+        .replace("goto: waiting", "goto: patience")
+        .replace("  waiting:", "  patience:")
+        .replace("Still there?", "Still there (v2)?")
+        .replace("  start: {}\n", "  begin: {}\n")
+        .replace("goto: start", "goto: begin")
+        .replace(
+            "intents:",
+            "start: begin\nmigrate: { waiting: patience }\nintents:",
+        );
+    std::fs::write(h.dir.join("flow.yaml"), v2).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.post(&message("m4", "c2", "after")).await;
+    wait_until(
+        "c1's nudge and c2's restart",
+        Duration::from_secs(5),
+        || h.replies("c1").len() == 2 && h.replies("c2").len() == 4,
+    )
+    .await;
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Take your time.", "Still there (v2)?"]);
+    assert_eq!(
+        h.replies("c2"),
+        [
+            "Echo: hello",
+            "Echo: still here",
+            "The bot was updated; starting over.",
+            "Echo: after"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_answers_without_a_webhook_and_never_twice_with_one() {
+    let mut h = Harness::start("poll", ECHO, |c| {
+        c.polling.enabled = true;
+        c.polling.interval = Duration::from_millis(100);
+        c.polling.max_interval = Duration::from_millis(200);
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let msg = |id: &str, text: &str, at: i64| {
+        json!({"_id": id, "conversation": "p1", "senderType": "user", "channelType": "LiveChat",
+               "content": text, "createdAt": at})
+    };
+    let set = |msgs: Vec<Value>| {
+        let last = msgs.last().cloned().unwrap();
+        h.qpien
+            .shared
+            .messages
+            .lock()
+            .unwrap()
+            .insert("p1".into(), msgs);
+        *h.qpien.shared.conversations.lock().unwrap() =
+            vec![json!({"_id": "p1", "status": "OPEN", "lastMessage": last})];
+    };
+    // History from before polling started is not answered.
+    set(vec![
+        msg("old", "old question", now - 60_000),
+        msg("p-1", "first", now + 1),
+    ]);
+    wait_until("the polled reply", Duration::from_secs(5), || {
+        h.replies("p1").len() == 1
+    })
+    .await;
+    // The same message by webhook too: still one answer.
+    let mut hook = message("p-2", "p1", "second");
+    hook["data"]["createdAt"] = json!(now + 2);
+    h.post(&hook).await;
+    set(vec![
+        msg("p-1", "first", now + 1),
+        msg("p-2", "second", now + 2),
+    ]);
+    wait_until("the second reply", Duration::from_secs(5), || {
+        h.replies("p1").len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.stop().await;
+    assert_eq!(h.replies("p1"), ["Echo: first", "Echo: second"]);
+}
