@@ -9,12 +9,14 @@
 //! - `qpien`: the Qpien client against a real HTTP server; schema and documents.
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
+//! - `crash`: a real `flowbot run` killed with SIGKILL mid-burst, then restarted.
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
 
 mod conversations;
+mod crash;
 mod diagnostics;
 mod engine;
 mod fuzz;

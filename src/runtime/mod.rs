@@ -228,9 +228,10 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     shared
         .flow_version
         .store((version & ((1 << 52) - 1)) as i64, Ordering::Relaxed);
-    // Unfinished work first, in order.
-    turns::resume(&shared).await?;
+    // Unfinished work first: replies already committed go out before any
+    // resumed turn can queue newer ones behind them.
     send::resume(&shared).await?;
+    turns::resume(&shared).await?;
 
     let server = {
         let app = http::router(shared.clone());

@@ -1,0 +1,144 @@
+//! A real `flowbot run` process, killed with SIGKILL in the middle of a burst
+//! and started again: every accepted message is answered exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use flowbot::qpien::webhook::sign;
+use serde_json::Value;
+
+use crate::qpien::server::{Server, Settings};
+use crate::runtime::{message, wait_until, SECRET};
+
+/// Each turn counts: a message processed twice would leave a gap.
+const COUNTER: &str = r##"
+version: 1
+vars: { n: 0 }
+intents:
+  - { regex: '^(?P<said>.+)$', goto: count }
+states:
+  start: {}
+  count:
+    set: { n: "{{ n | int + 1 }}" }
+    say: "#{{ n }} {{ said }}"
+    next: start
+"##;
+
+struct Bot {
+    child: Child,
+    url: String,
+}
+
+fn spawn(dir: &Path, qpien: &Server) -> Bot {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["run", "--config"])
+        .arg(dir.join("flowbot.toml"))
+        .env("FLOWBOT_QPIEN__ENDPOINT", &qpien.url)
+        .env("FLOWBOT_QPIEN__CLIENT_ID", "id-1")
+        .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret-1")
+        .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("flowbot listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Bot { child, url }
+}
+
+async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> bool {
+    let body = serde_json::to_vec(payload).unwrap();
+    let sent = http
+        .post(format!("{url}/webhook"))
+        .header("content-type", "application/json")
+        .header("X-Qpien-Signature", sign(SECRET.as_bytes(), &body))
+        .body(body)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    matches!(sent, Ok(r) if r.status().as_u16() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_answers_every_accepted_message_exactly_once() {
+    let qpien = Server::start(Settings {
+        delay: Duration::from_millis(15),
+        ..Settings::default()
+    })
+    .await;
+    let dir = crate::runtime::temp_dir("crash");
+    std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
+    std::fs::write(
+        dir.join("flowbot.toml"),
+        "flow = \"flow.yaml\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\n\
+         [store]\npath = \"flowbot.db\"\n\
+         [qpien]\nwhatsapp_operation = \"create_message\"\n\
+         [qpien.rate_limit]\nrequests = 100000\nper = \"1s\"\nburst = 1000\n\
+         [qpien.retry]\nmin_delay = \"5ms\"\nmax_delay = \"20ms\"\n",
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let conversations = ["k1", "k2", "k3"];
+    let messages: Vec<Value> = (0..60)
+        .map(|i| {
+            let c = conversations[i % 3];
+            message(&format!("msg-{i}"), c, &format!("m{i}"))
+        })
+        .collect();
+
+    let mut bot = spawn(&dir, &qpien);
+    let mut accepted = 0;
+    let mut next = 0;
+    while next < messages.len() {
+        if accepted == 25 {
+            bot.child.kill().unwrap(); // SIGKILL
+            bot.child.wait().unwrap();
+            let delivered = qpien.created().len();
+            assert!(delivered < accepted, "work was still in flight at the kill");
+        }
+        if post(&http, &bot.url, &messages[next]).await {
+            accepted += 1;
+            next += 1;
+        } else {
+            break; // The process is gone: Qpien keeps the rest for later.
+        }
+    }
+    assert!(
+        accepted >= 25 && next < messages.len(),
+        "the kill came mid-burst"
+    );
+
+    // Restarted, the bot gets Qpien's redeliveries: some accepted messages
+    // again, and everything not acknowledged.
+    let mut bot = spawn(&dir, &qpien);
+    for m in &messages[next.saturating_sub(5)..] {
+        assert!(post(&http, &bot.url, m).await);
+    }
+    wait_until("every reply", Duration::from_secs(20), || {
+        qpien.created().len() >= messages.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bot.child.kill().unwrap();
+    bot.child.wait().unwrap();
+
+    assert_eq!(qpien.created().len(), messages.len());
+    for (ci, c) in conversations.iter().enumerate() {
+        let got = crate::runtime::replies(&qpien, c);
+        let expected: Vec<String> = (0..20)
+            .map(|k| format!("#{} m{}", k + 1, k * 3 + ci))
+            .collect();
+        assert_eq!(got, expected, "conversation {c}");
+    }
+}
