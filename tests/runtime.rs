@@ -532,3 +532,74 @@ async fn polling_answers_without_a_webhook_and_never_twice_with_one() {
     h.stop().await;
     assert_eq!(h.replies("p1"), ["Echo: first", "Echo: second"]);
 }
+
+/// `examples/flowbot.toml` with the example handlers, through webhooks: taps
+/// and list picks arrive as Qpien reports them, rich replies leave as Qpien
+/// expects them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_config_runs_the_support_bot_end_to_end() {
+    let qpien = Server::start(Settings::default()).await;
+    let dir = temp_dir("example");
+    let mut c = Config::load(Some(Path::new("examples/flowbot.toml"))).unwrap();
+    c.qpien.endpoint = qpien.url.clone();
+    c.qpien.client_id = Secret::new("id-1");
+    c.qpien.client_secret = Secret::new("secret-1");
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.webhook_secret = Secret::new(SECRET);
+    c.store.path = dir.join("flowbot.db");
+    let running = runtime::start(c, crate::support_bot::registry())
+        .await
+        .unwrap();
+    let mut h = Harness {
+        qpien,
+        running: Some(running),
+        dir,
+        http: reqwest::Client::new(),
+    };
+    let wa = |id: &str, extra: Value| {
+        let mut data = json!({"_id": id, "conversation": "w1", "senderType": "user",
+            "channelType": "WhatsApp", "sender": {"_id": "u1", "firstName": "Ada"}});
+        data.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"event": "NEW_INCOMING_MESSAGE", "data": data})
+    };
+    let steps = [
+        wa("s1", json!({"content": "hello"})),
+        wa(
+            "s2",
+            json!({"content": "My orders", "flowBotQuickReplyResponseId": "orders"}),
+        ),
+        wa("s3", json!({"content": "123456"})),
+        wa(
+            "s4",
+            json!({"content": "Track", "listMessage": {"selectedRowId": "track"}}),
+        ),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        assert_eq!(h.post(step).await, 200);
+        wait_until("a reply", Duration::from_secs(5), || {
+            h.qpien.created().len() > i
+        })
+        .await;
+    }
+    h.stop().await;
+    let created = h.qpien.created();
+    assert!(created
+        .iter()
+        .all(|m| m["operation"] == "createMessageByWhatsapp"));
+    assert_eq!(
+        h.replies("w1"),
+        [
+            "Hi! How can we help?",
+            "Your order number? (6 digits)",
+            "Order 123456 is shipped.\n\nWhat next?",
+            "Tracking link: https://t.example/123456",
+        ]
+    );
+    assert_eq!(created[0]["input"]["flowBotQuickReply"][0]["id"], "orders");
+    assert_eq!(
+        created[2]["input"]["listMessage"]["sections"][0]["rows"][0]["id"],
+        "track"
+    );
+}

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. New tests go in the module
 //! of their area; a new area gets a module here.
 //!
+//! - `config`: configuration errors of `flowbot run`, through the real binary.
 //! - `conversations`: the YAML conversation tests in `tests/conversations/`.
 //! - `engine`: turn semantics and every match kind, through `TestConversation`.
 //! - `diagnostics`: bad flows and the problems reported.
@@ -15,6 +16,7 @@
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
 
+mod config;
 mod conversations;
 mod crash;
 mod diagnostics;

@@ -1,0 +1,103 @@
+//! `flowbot run --config`: configuration errors name the key and its source.
+
+use std::process::Command;
+
+fn flowbot(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowbot"));
+    cmd.args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLOWBOT_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn file(name: &str, text: &str) -> String {
+    let dir = crate::runtime::temp_dir(&format!("config-{name}"));
+    let path = dir.join("flowbot.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let (code, _, err) = flowbot(&["run", "--config", "/nonexistent/flowbot.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("config file /nonexistent/flowbot.toml not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_or_mistyped_key_is_named_with_its_file() {
+    let path = file("unknown", "[server]\nwebhok = true\n");
+    let (code, _, err) = flowbot(&["run", "--config", &path, "--check"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("webhok") && err.contains("server.webhok") && err.contains(&path),
+        "{err}"
+    );
+    let path = file("typed", "[runtime]\nqueue_capacity = \"lots\"\n");
+    let (code, _, err) = flowbot(&["run", "--config", &path, "--check"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("runtime.queue_capacity"), "{err}");
+}
+
+#[test]
+fn a_bad_environment_value_is_named() {
+    let (code, _, err) = flowbot(
+        &["run", "--check"],
+        &[("FLOWBOT_STORE__BUSY_TIMEOUT", "soon")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("STORE.BUSY_TIMEOUT") && err.contains("FLOWBOT_"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_are_refused_in_the_file() {
+    let path = file("secret", "[qpien]\nclient_secret = \"hunter2\"\n");
+    let (code, _, err) = flowbot(&["run", "--config", &path, "--check"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("qpien.client_secret") && err.contains("FLOWBOT_QPIEN__CLIENT_SECRET"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_valid_configuration_checks_out() {
+    let (code, out, err) = flowbot(
+        &["run", "--check"],
+        &[
+            ("FLOWBOT_FLOW", "flows/order_form.yaml"),
+            ("FLOWBOT_QPIEN__CLIENT_SECRET", "s"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("flows/order_form.yaml"), "{out}");
+}
+
+#[test]
+fn running_without_a_webhook_secret_says_how_to_set_it() {
+    let (code, _, err) = flowbot(
+        &["run"],
+        &[
+            ("FLOWBOT_FLOW", "flows/order_form.yaml"),
+            ("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("FLOWBOT_SERVER__WEBHOOK_SECRET"), "{err}");
+}
