@@ -80,12 +80,21 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) async fn start(name: &str, flow: &str, tweak: impl FnOnce(&mut Config)) -> Harness {
+        Harness::with(name, flow, Registry::new(), tweak).await
+    }
+
+    pub(crate) async fn with(
+        name: &str,
+        flow: &str,
+        registry: Registry,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Harness {
         let qpien = Server::start(Settings::default()).await;
         let dir = temp_dir(name);
         std::fs::write(dir.join("flow.yaml"), flow).unwrap();
         let mut c = config(&qpien, &dir);
         tweak(&mut c);
-        let running = runtime::start(c, Registry::new()).await.unwrap();
+        let running = runtime::start(c, registry).await.unwrap();
         Harness {
             qpien,
             running: Some(running),
@@ -601,5 +610,72 @@ async fn the_example_config_runs_the_support_bot_end_to_end() {
     assert_eq!(
         created[2]["input"]["listMessage"]["sections"][0]["rows"][0]["id"],
         "track"
+    );
+}
+
+/// A slow bot with a small queue: beyond it, the webhook answers 503 with
+/// `Retry-After` and stores nothing; the redelivery is answered later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_pushes_back() {
+    use flowbot::handler::{Action, ActionContext, ActionError, ActionOutcome};
+    struct Slow;
+    #[flowbot::async_trait]
+    impl Action for Slow {
+        async fn run(&self, _: &mut ActionContext<'_>) -> Result<ActionOutcome, ActionError> {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(ActionOutcome::Continue)
+        }
+    }
+    let flow = r#"
+version: 1
+intents:
+  - { regex: '^(?P<said>.+)$', goto: work }
+states:
+  start: {}
+  work:
+    call: { action: slow }
+    say: "Done: {{ said }}"
+    next: start
+"#;
+    let registry = Registry::new().action("slow", Slow);
+    let mut h = Harness::with("backpressure", flow, registry, |c| {
+        c.runtime.queue_capacity = 2
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(
+            h.post(&message(&format!("m{i}"), "c1", &format!("{i}")))
+                .await,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 503, 503]);
+    let body = serde_json::to_vec(&message("m2", "c1", "2")).unwrap();
+    let r = h
+        .http
+        .post(h.url("/webhook"))
+        .header("content-type", "application/json")
+        .header("X-Qpien-Signature", sign(SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    wait_until("the queue to drain", Duration::from_secs(5), || {
+        h.replies("c1").len() == 2
+    })
+    .await;
+    // Qpien's redeliveries now go through.
+    assert_eq!(h.post(&message("m2", "c1", "2")).await, 200);
+    assert_eq!(h.post(&message("m3", "c1", "3")).await, 200);
+    wait_until("all replies", Duration::from_secs(5), || {
+        h.replies("c1").len() == 4
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(
+        h.replies("c1"),
+        ["Done: 0", "Done: 1", "Done: 2", "Done: 3"]
     );
 }
