@@ -32,6 +32,10 @@ struct Bot {
 }
 
 fn spawn(dir: &Path, qpien: &Server) -> Bot {
+    spawn_with(dir, qpien, &[("RUST_LOG", "warn")])
+}
+
+fn spawn_with(dir: &Path, qpien: &Server, env: &[(&str, &str)]) -> Bot {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowbot"))
         .args(["run", "--config"])
         .arg(dir.join("flowbot.toml"))
@@ -39,7 +43,7 @@ fn spawn(dir: &Path, qpien: &Server) -> Bot {
         .env("FLOWBOT_QPIEN__CLIENT_ID", "id-1")
         .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret-1")
         .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
         .spawn()
@@ -141,4 +145,47 @@ async fn a_killed_process_answers_every_accepted_message_exactly_once() {
             .collect();
         assert_eq!(got, expected, "conversation {c}");
     }
+}
+
+/// JSON logs carry the conversation id; SIGTERM drains and exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_a_clean_stop_on_sigterm() {
+    let qpien = Server::start(Settings::default()).await;
+    let dir = crate::runtime::temp_dir("sigterm");
+    std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
+    std::fs::write(
+        dir.join("flowbot.toml"),
+        "flow = \"flow.yaml\"\n[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"flowbot=debug\"\n",
+    )
+    .unwrap();
+    let mut bot = spawn_with(&dir, &qpien, &[("RUST_LOG", "flowbot=debug")]);
+    let http = reqwest::Client::new();
+    assert!(post(&http, &bot.url, &message("j1", "log-conv", "hello")).await);
+    wait_until("the reply", Duration::from_secs(5), || {
+        !qpien.created().is_empty()
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &bot.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = bot.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let committed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "turn committed")
+        .unwrap_or_else(|| panic!("no turn log in:\n{log}"));
+    assert_eq!(committed["span"]["conversation"], "log-conv", "{committed}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "flowbot stopped"),
+        "{log}"
+    );
 }

@@ -1,0 +1,243 @@
+//! End to end: signed webhooks in over HTTP, the durable SQLite store, replies
+//! out over HTTP to a stand-in Qpien on loopback. Everything runs on this
+//! machine's 2 cores: the load generator, the bot and the stand-in.
+//!
+//! Run: `cargo bench --bench e2e` (options: `-- --conversations N --rate R`).
+//! 1. Throughput: N conversations each run the support script (11 turns) as
+//!    fast as the bot acknowledges; turns/s counts until the last reply is out.
+//! 2. Acknowledgement latency at a fixed rate R turns/s (open loop): p50, p99.
+//!
+//! The stand-in has no rate limit (Qpien's 100 calls a minute would cap the
+//! run at 1.7 replies a second); the bot's own limiter is opened as wide.
+
+#![allow(missing_docs)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::routing;
+use axum::Router;
+use flowbot::config::Config;
+use flowbot::qpien::webhook::sign;
+use flowbot::qpien::{RateLimitConfig, Secret};
+use serde_json::{json, Value};
+
+#[path = "../examples/support_bot.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod support_bot;
+
+const SECRET: &str = "bench-secret";
+
+async fn stand_in(created: Arc<AtomicUsize>) -> String {
+    let app = Router::new().route(
+        "/graphql",
+        routing::post(move |body: Bytes| {
+            let created = created.clone();
+            async move {
+                let text = String::from_utf8_lossy(&body);
+                if text.contains("generateOAuthToken") {
+                    return r#"{"data":{"generateOAuthToken":{"accessToken":"t","expiresIn":3600}}}"#;
+                }
+                created.fetch_add(1, Ordering::Relaxed);
+                r#"{"data":{"createMessage":{"_id":"m"}}}"#
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/graphql", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn script(conversation: &str, n: usize) -> Vec<Value> {
+    let data = |i: usize, extra: Value| {
+        let mut d = json!({"_id": format!("{conversation}-{n}-{i}"), "conversation": conversation,
+            "senderType": "user", "channelType": "WhatsApp"});
+        d.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"event": "NEW_INCOMING_MESSAGE", "data": d})
+    };
+    let t = |s: &str| json!({"content": s});
+    let b = |s: &str| json!({"content": s, "flowBotQuickReplyResponseId": s});
+    let l = |s: &str| json!({"content": s, "listMessage": {"selectedRowId": s}});
+    [
+        t("hello"),
+        b("orders"),
+        t("12"),
+        t("123456"),
+        l("track"),
+        t("hi again"),
+        b("orders"),
+        t("222222"),
+        l("return"),
+        t("too big"),
+        b("yes"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, e)| data(i, e))
+    .collect()
+}
+
+async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> Duration {
+    let body = serde_json::to_vec(payload).unwrap();
+    let sig = sign(SECRET.as_bytes(), &body);
+    let started = Instant::now();
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("X-Qpien-Signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    started.elapsed()
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn wait_for(created: &AtomicUsize, n: usize) {
+    while created.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse from it.
+    let conversations = arg("--conversations", 2000);
+    let rate = arg("--rate", 1000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let created = Arc::new(AtomicUsize::new(0));
+        let qpien = stand_in(created.clone()).await;
+        let dir = std::env::temp_dir().join(format!("flowbot-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = Config {
+            flow: concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml").into(),
+            ..Config::default()
+        };
+        config.qpien.endpoint = qpien;
+        config.qpien.client_id = Secret::new("id");
+        config.qpien.client_secret = Secret::new("secret");
+        config.qpien.whatsapp_operation = flowbot::qpien::WhatsappOperation::CreateMessage;
+        config.qpien.rate_limit = RateLimitConfig {
+            requests: 10_000_000,
+            per: Duration::from_secs(1),
+            burst: 1_000_000,
+            default_reset: Duration::from_secs(1),
+        };
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.webhook_secret = Secret::new(SECRET);
+        config.store.path = dir.join("flowbot.db");
+        config.runtime.reload = false;
+        config.runtime.queue_capacity = 1_000_000;
+        let running = flowbot::runtime::start(config, support_bot::registry())
+            .await
+            .unwrap();
+        let url = format!("http://{}/webhook", running.addr());
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()
+            .unwrap();
+
+        // One conversation first: how many replies a script makes.
+        for m in script("warmup", 0) {
+            post(&http, &url, &m).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let per_script = created.load(Ordering::Relaxed);
+        println!("replies per conversation (after folding): {per_script}");
+
+        // 1. Throughput, closed loop: each conversation sends its next message
+        //    once the previous one is acknowledged.
+        let base = created.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..conversations)
+            .map(|c| {
+                let http = http.clone();
+                let url = url.clone();
+                tokio::spawn(async move {
+                    for m in script(&format!("c{c}"), 1) {
+                        post(&http, &url, &m).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let acked = started.elapsed();
+        wait_for(&created, base + per_script * conversations).await;
+        let done = started.elapsed();
+        let turns = conversations * 11;
+        println!(
+            "throughput: {turns} turns ({conversations} conversations) acknowledged in {:.2}s, all replies out in {:.2}s: {:.0} turns/s",
+            acked.as_secs_f64(),
+            done.as_secs_f64(),
+            turns as f64 / done.as_secs_f64()
+        );
+
+        // 2. Acknowledgement latency at a fixed rate, open loop.
+        let seconds = 5;
+        let total = rate * seconds;
+        let per_conv = 11;
+        let scripts: Vec<Vec<Value>> = (0..total.div_ceil(per_conv))
+            .map(|c| script(&format!("r{c}"), 2))
+            .collect();
+        let base = created.load(Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let started = Instant::now();
+        // Turn k of every conversation goes out before turn k+1 of any, so each
+        // conversation's messages stay in order and far apart.
+        let mut sent = 0;
+        'outer: for k in 0..per_conv {
+            for s in &scripts {
+                if sent == total {
+                    break 'outer;
+                }
+                let due = started + interval * sent as u32;
+                tokio::time::sleep_until(due.into()).await;
+                let (http, url, m, tx) = (http.clone(), url.clone(), s[k].clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(post(&http, &url, &m).await);
+                });
+                sent += 1;
+            }
+        }
+        drop(tx);
+        let mut lat = Vec::with_capacity(total);
+        while let Some(d) = rx.recv().await {
+            lat.push(d);
+        }
+        lat.sort();
+        println!(
+            "ack latency at {rate} turns/s for {seconds}s ({} requests): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lat.len(),
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            lat.last().unwrap().as_secs_f64() * 1e3,
+        );
+        let _ = base;
+        running.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
