@@ -2,7 +2,8 @@
 //! out over HTTP to a stand-in Qpien on loopback. Everything runs on this
 //! machine's 2 cores: the load generator, the bot and the stand-in.
 //!
-//! Run: `cargo bench --bench e2e` (options: `-- --conversations N --rate R`).
+//! Run: `cargo bench --bench e2e` (options: `-- --conversations N --concurrency C
+//! --rate R --normal`).
 //! 1. Throughput: N conversations each run the support script (11 turns) as
 //!    fast as the bot acknowledges; turns/s counts until the last reply is out.
 //! 2. Acknowledgement latency at a fixed rate R turns/s (open loop): p50, p99.
@@ -121,6 +122,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse from it.
     let conversations = arg("--conversations", 2000);
     let rate = arg("--rate", 1000);
+    let concurrency = arg("--concurrency", 64);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -149,6 +151,9 @@ fn main() {
         config.store.path = dir.join("flowbot.db");
         config.runtime.reload = false;
         config.runtime.queue_capacity = 1_000_000;
+        if std::env::args().any(|a| a == "--normal") {
+            config.store.durability = flowbot::store::Durability::Normal;
+        }
         let running = flowbot::runtime::start(config, support_bot::registry())
             .await
             .unwrap();
@@ -166,15 +171,19 @@ fn main() {
         let per_script = created.load(Ordering::Relaxed);
         println!("replies per conversation (after folding): {per_script}");
 
-        // 1. Throughput, closed loop: each conversation sends its next message
-        //    once the previous one is acknowledged.
+        // 1. Throughput, closed loop: `concurrency` senders (Qpien's delivery
+        //    connections), each conversation sending its next message once the
+        //    previous one is acknowledged.
         let base = created.load(Ordering::Relaxed);
         let started = Instant::now();
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let tasks: Vec<_> = (0..conversations)
             .map(|c| {
                 let http = http.clone();
                 let url = url.clone();
+                let slots = slots.clone();
                 tokio::spawn(async move {
+                    let _slot = slots.acquire_owned().await.unwrap();
                     for m in script(&format!("c{c}"), 1) {
                         post(&http, &url, &m).await;
                     }
@@ -189,7 +198,7 @@ fn main() {
         let done = started.elapsed();
         let turns = conversations * 11;
         println!(
-            "throughput: {turns} turns ({conversations} conversations) acknowledged in {:.2}s, all replies out in {:.2}s: {:.0} turns/s",
+            "throughput: {turns} turns ({conversations} conversations, {concurrency} at a time) acknowledged in {:.2}s, all replies out in {:.2}s: {:.0} turns/s",
             acked.as_secs_f64(),
             done.as_secs_f64(),
             turns as f64 / done.as_secs_f64()

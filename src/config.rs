@@ -108,6 +108,9 @@ pub struct StoreConfig {
     pub busy_timeout: Duration,
     /// Most turns committed in one transaction (group commit).
     pub max_batch: usize,
+    /// `full` (a commit survives a power cut) or `normal` (it survives a crash
+    /// of the process; faster).
+    pub durability: crate::store::Durability,
 }
 
 impl Default for StoreConfig {
@@ -117,6 +120,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("flowbot.db"),
             busy_timeout: Duration::from_secs(5),
             max_batch: 256,
+            durability: crate::store::Durability::Full,
         }
     }
 }

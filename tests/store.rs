@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use flowbot::store::*;
 
+fn opts(busy_secs: u64, max_batch: usize) -> SqliteOptions {
+    SqliteOptions {
+        busy_timeout: Duration::from_secs(busy_secs),
+        max_batch,
+        durability: Durability::Full,
+    }
+}
+
 fn inbound(key: &str, conversation: &str) -> NewInbound {
     NewInbound {
         key: key.into(),
@@ -110,14 +118,14 @@ async fn memory_store_keeps_the_contract() {
 #[tokio::test]
 async fn sqlite_store_keeps_the_contract() {
     let path = temp_db("contract");
-    contract(&SqliteStore::open(&path, Duration::from_secs(5), 64).unwrap()).await;
+    contract(&SqliteStore::open(&path, opts(5, 64)).unwrap()).await;
 }
 
 #[tokio::test]
 async fn sqlite_keeps_everything_across_a_reopen() {
     let path = temp_db("reopen");
     {
-        let store = SqliteStore::open(&path, Duration::from_secs(5), 64).unwrap();
+        let store = SqliteStore::open(&path, opts(5, 64)).unwrap();
         store.accept(inbound("m1", "c1")).await.unwrap();
         store.accept(inbound("m2", "c1")).await.unwrap();
         let first = store.pending(1).await.unwrap().remove(0);
@@ -134,7 +142,7 @@ async fn sqlite_keeps_everything_across_a_reopen() {
             .await
             .unwrap();
     }
-    let store = SqliteStore::open(&path, Duration::from_secs(5), 64).unwrap();
+    let store = SqliteStore::open(&path, opts(5, 64)).unwrap();
     let pending = store.pending(10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].key, "m2");
@@ -150,7 +158,7 @@ async fn sqlite_keeps_everything_across_a_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_group_commit_answers_each_caller() {
     let path = temp_db("group");
-    let store = Arc::new(SqliteStore::open(&path, Duration::from_secs(5), 32).unwrap());
+    let store = Arc::new(SqliteStore::open(&path, opts(5, 32)).unwrap());
     let tasks: Vec<_> = (0..400)
         .map(|i| {
             let store = store.clone();
@@ -169,6 +177,6 @@ async fn sqlite_group_commit_answers_each_caller() {
 
 #[test]
 fn a_bad_path_is_a_clear_error() {
-    let err = SqliteStore::open("/proc/flowbot/x.db", Duration::from_secs(1), 8).unwrap_err();
+    let err = SqliteStore::open("/proc/flowbot/x.db", opts(1, 8)).unwrap_err();
     assert!(err.to_string().contains("/proc/flowbot"), "{err}");
 }

@@ -39,7 +39,7 @@ use crate::config::{Config, StoreBackend};
 use crate::engine::Bot;
 use crate::handler::Registry;
 use crate::qpien::QpienClient;
-use crate::store::{InboxItem, MemoryStore, OutboxItem, SqliteStore, StateStore};
+use crate::store::{InboxItem, MemoryStore, OutboxItem, SqliteOptions, SqliteStore, StateStore};
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -194,8 +194,11 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     let store: Arc<dyn StateStore> = match config.store.backend {
         StoreBackend::Sqlite => Arc::new(SqliteStore::open(
             &config.store.path,
-            config.store.busy_timeout,
-            config.store.max_batch,
+            SqliteOptions {
+                busy_timeout: config.store.busy_timeout,
+                max_batch: config.store.max_batch,
+                durability: config.store.durability,
+            },
         )?),
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
     };

@@ -19,7 +19,7 @@ mod memory;
 mod sqlite;
 
 pub use memory::MemoryStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;
 

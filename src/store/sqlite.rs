@@ -73,6 +73,39 @@ enum Reply {
 
 type Job = (Op, oneshot::Sender<Result<Reply, StoreError>>);
 
+/// When a commit counts as done (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Each commit is on disk before it returns: survives a power cut (the default).
+    #[default]
+    Full,
+    /// Each commit survives a crash or `kill -9` of the process; a power cut may
+    /// lose the last commits. Faster: the disk is synced at checkpoints only.
+    Normal,
+}
+
+/// How a SQLite store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// How long SQLite waits for a lock before failing.
+    pub busy_timeout: Duration,
+    /// Most requests run in one transaction.
+    pub max_batch: usize,
+    /// When a commit counts as done.
+    pub durability: Durability,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 256,
+            durability: Durability::Full,
+        }
+    }
+}
+
 /// A SQLite database file holding sessions, inbox and outbox.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -87,11 +120,12 @@ fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 impl SqliteStore {
     /// Opens (or creates) the database at `path`, brings its schema up to date,
     /// and starts the writer thread.
-    pub fn open(
-        path: impl AsRef<Path>,
-        busy_timeout: Duration,
-        max_batch: usize,
-    ) -> Result<SqliteStore, StoreError> {
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let SqliteOptions {
+            busy_timeout,
+            max_batch,
+            durability,
+        } = options;
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -101,7 +135,11 @@ impl SqliteStore {
         conn.busy_timeout(busy_timeout).map_err(err(&path))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err(&path))?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
             .map_err(err(&path))?;
         migrations()
             .to_latest(&mut conn)
