@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Whether the webhook endpoint is served at all.
     pub webhook: bool,
+    /// Serve `/debug/flow` and `/debug/conversations/{id}` (the playground's
+    /// side panel: states and variables, so never in production).
+    pub debug: bool,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             webhook_secret_file: None,
             max_body_bytes: 256 * 1024,
             webhook: true,
+            debug: false,
         }
     }
 }

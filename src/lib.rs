@@ -45,6 +45,8 @@ pub mod handler;
 pub mod message;
 pub mod qpien;
 pub mod runtime;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 pub mod testing;
 

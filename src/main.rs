@@ -1,6 +1,12 @@
-//! The `flowbot` binary: the library's CLI with no custom handlers.
-//! Bots with Rust handlers call `flowbot::cli::main` from their own binary.
+//! The `flowbot` binary: the library's CLI, with the example support bot's
+//! action registered so that `flowbot demo` runs `flows/support.yaml` out of
+//! the box. Bots with their own Rust handlers call `flowbot::cli::main` from
+//! their own binary.
+
+#[path = "../examples/support_bot.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod support_bot;
 
 fn main() -> std::process::ExitCode {
-    flowbot::cli::main(flowbot::Registry::default())
+    flowbot::cli::main(support_bot::registry())
 }

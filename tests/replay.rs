@@ -102,19 +102,22 @@ fn time_moves_with_at() {
 
 #[test]
 fn the_binary_exits_2_on_a_flow_that_does_not_load() {
-    // The plain `flowbot` binary has no `lookup_order`: the support flow cannot load.
+    // An action no binary registers: the flow cannot load.
+    let path = std::env::temp_dir().join(format!("flowbot-unbound-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "version: 1\nstates:\n  start:\n    call: { action: send_fax }\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_flowbot"))
-        .args([
-            "replay",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
-        ])
+        .arg("replay")
+        .arg(&path)
         .stdin(Stdio::null())
         .output()
         .unwrap();
+    std::fs::remove_file(&path).ok();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("action `lookup_order` is not registered")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("action `send_fax` is not registered"));
 }
 
 #[test]

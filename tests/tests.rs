@@ -11,6 +11,7 @@
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
 //! - `crash`: a real `flowbot run` killed with SIGKILL mid-burst, then restarted.
+//! - `sim`: the Qpien simulator: schema drift, the client against it, the bot end to end through it.
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -25,6 +26,7 @@ mod fuzz;
 mod qpien;
 mod replay;
 mod runtime;
+mod sim;
 mod store;
 
 /// Runs a future on a fresh current-thread runtime.

@@ -22,6 +22,10 @@ mod chat;
 mod graph;
 mod replay;
 mod run;
+#[cfg(feature = "sim")]
+mod sim;
+#[cfg(feature = "sim")]
+pub use sim::{Demo, SimArgs};
 
 pub use replay::replay;
 mod test;
@@ -88,6 +92,20 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Try a flow in the browser: the Qpien simulator, the bot wired to it by
+    /// webhook, and the web playground.
+    #[cfg(feature = "sim")]
+    Demo {
+        /// The flow to run.
+        #[arg(long, default_value = "flows/support.yaml")]
+        flow: PathBuf,
+        /// Where the playground listens.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run the Qpien simulator alone (GraphQL API, webhooks, playground).
+    #[cfg(feature = "sim")]
+    Sim(SimArgs),
     /// Run YAML conversation tests against their snapshots.
     Test {
         /// The directory of tests.
@@ -110,7 +128,14 @@ pub fn main(registry: Registry) -> ExitCode {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, registry: Registry) -> ExitCode {
-    let rt = if matches!(cli.command, Command::Run { .. }) {
+    let rt = if !matches!(
+        cli.command,
+        Command::Validate { .. }
+            | Command::Replay { .. }
+            | Command::Chat { .. }
+            | Command::Graph { .. }
+            | Command::Test { .. }
+    ) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -138,6 +163,10 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             Command::Graph { flow, dot } => graph::run(&flow, dot, &registry),
             Command::Test { dir, coverage } => test::run(&dir, coverage, &registry).await,
             Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
+            #[cfg(feature = "sim")]
+            Command::Demo { flow, listen } => sim::run_demo(&flow, listen, registry).await,
+            #[cfg(feature = "sim")]
+            Command::Sim(args) => sim::run_sim(&args).await,
         }
     });
     ExitCode::from(code)

@@ -55,6 +55,12 @@ pub enum WebhookEvent {
         /// Who joined, if said.
         person: Option<Person>,
     },
+    /// `LEAVE_CONVERSATION` (ASSUMED: Qpien documents no such event; the
+    /// simulator sends it): the person left and the bot takes over again.
+    AgentLeft {
+        /// The conversation.
+        conversation: String,
+    },
     /// An event flowbot does not act on (acknowledged and ignored).
     Other(String),
 }
@@ -109,6 +115,16 @@ pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
                 ));
             }
             Ok(WebhookEvent::NewMessage(Box::new(msg)))
+        }
+        "LEAVE_CONVERSATION" | "CONVERSATION_RELEASED" => {
+            let conversation = data
+                .get("conversationId")
+                .and_then(Value::as_str)
+                .or_else(|| data.get("_id").and_then(Value::as_str))
+                .ok_or_else(|| PayloadError::Shape("no conversation id".into()))?;
+            Ok(WebhookEvent::AgentLeft {
+                conversation: conversation.to_owned(),
+            })
         }
         "JOIN_CONVERSATION" => {
             // ASSUMED: the conversation, or {conversationId, person}.

@@ -27,6 +27,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
+    if shared.config.server.debug {
+        app = app
+            .route("/debug/flow", get(debug_flow))
+            .route("/debug/conversations/{id}", get(debug_conversation));
+    }
     if shared.config.server.webhook {
         app = app.route(
             &shared.config.server.webhook_path,
@@ -77,6 +82,67 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+fn debug_json(status: StatusCode, v: serde_json::Value) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// The flow as a Mermaid graph (nodes `s<index>`), for the playground.
+async fn debug_flow(State(shared): State<Arc<Shared>>) -> Response {
+    let bot = shared.bot();
+    debug_json(
+        StatusCode::OK,
+        serde_json::json!({"name": bot.flow().name, "mermaid": bot.flow().to_mermaid()}),
+    )
+}
+
+/// A conversation's saved state and variables, for the playground.
+async fn debug_conversation(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let stored = match shared.store.session(&id).await {
+        Ok(s) => s,
+        Err(e) => {
+            return debug_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": e.to_string()}),
+            )
+        }
+    };
+    let Some(record) =
+        stored.and_then(|s| super::codec::decode::<super::SessionRecord>(&s.data).ok())
+    else {
+        return debug_json(StatusCode::OK, serde_json::json!({"state": null}));
+    };
+    let bot = shared.bot();
+    let node = bot.flow().state_id(&record.state).map(|i| format!("s{i}"));
+    let vars: serde_json::Map<String, serde_json::Value> = record
+        .session
+        .vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default()))
+        .collect();
+    debug_json(
+        StatusCode::OK,
+        serde_json::json!({
+            "state": record.state,
+            "node": node,
+            "vars": vars,
+            "handoff": record.session.handoff,
+            "language": record.session.language,
+            "channel": record.channel,
+        }),
+    )
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -164,6 +230,13 @@ async fn handle(
                 &signature[..signature.len().min(32)]
             );
             (key, conversation, Inbound::AgentJoined)
+        }
+        WebhookEvent::AgentLeft { conversation } => {
+            let key = format!(
+                "leave:{conversation}:{}",
+                &signature[..signature.len().min(32)]
+            );
+            (key, conversation, Inbound::AgentLeft)
         }
         WebhookEvent::Other(name) => {
             tracing::debug!(event = name, "webhook event ignored");

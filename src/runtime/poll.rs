@@ -68,6 +68,40 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// A conversation's most recent messages, whichever order the API pages them
+/// in: the first page, and the last ones too when there are several (an API
+/// that pages oldest first has the newest there).
+async fn recent_messages(
+    shared: &Shared,
+    conversation: &str,
+    page_size: u32,
+) -> Result<Vec<ExternalMessage>, crate::qpien::QpienError> {
+    let first = shared
+        .client
+        .get_message_list(conversation, 1, page_size)
+        .await?;
+    let mut messages = first.docs;
+    if first.has_next_page {
+        let last = match first.total_docs {
+            Some(total) => total.div_ceil(u64::from(page_size.max(1))) as u32,
+            None => 2,
+        };
+        // The last page may hold only the newest few: its neighbour too.
+        for page in [last.saturating_sub(1), last] {
+            if page > 1 {
+                let more = shared
+                    .client
+                    .get_message_list(conversation, page, page_size)
+                    .await?;
+                messages.extend(more.docs);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    messages.retain(|m| m.id.as_ref().is_none_or(|id| seen.insert(id.clone())));
+    Ok(messages)
+}
+
 /// One round; returns how many new messages were accepted.
 async fn round(shared: &Arc<Shared>, since: i64) -> Result<usize, crate::qpien::QpienError> {
     let cfg = &shared.config.polling;
@@ -91,11 +125,7 @@ async fn round(shared: &Arc<Shared>, since: i64) -> Result<usize, crate::qpien::
                 continue;
             }
         }
-        let page = shared
-            .client
-            .get_message_list(&id, 1, cfg.page_size)
-            .await?;
-        let mut messages: Vec<ExternalMessage> = page.docs;
+        let mut messages = recent_messages(shared, &id, cfg.page_size).await?;
         messages.sort_by_key(|m| created_ms(&m.created_at).unwrap_or(i64::MAX));
         let mut last_seen = None;
         for msg in messages {

@@ -1,0 +1,229 @@
+//! The simulator's HTTP side: the GraphQL endpoint (with the rate limit and
+//! injected faults in front of it), the playground's REST calls, and the
+//! playground's static files (embedded in the binary; Mermaid included, so no
+//! CDN is needed at run time).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_graphql::dynamic::Schema;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::schema::Auth;
+use super::state::{CustomerInput, SimState};
+
+#[derive(Clone)]
+struct App {
+    sim: Arc<SimState>,
+    schema: Schema,
+}
+
+pub(crate) fn router(sim: Arc<SimState>, schema: Schema) -> Router {
+    Router::new()
+        .route("/graphql", post(graphql))
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/vendor/mermaid.min.js", get(mermaid_js))
+        .route("/sim/config", get(config))
+        .route("/sim/stats", get(stats))
+        .route("/sim/conversations", get(list).post(create))
+        .route("/sim/conversations/{id}", get(show))
+        .route("/sim/conversations/{id}/messages", post(say))
+        .route("/sim/conversations/{id}/agent", post(agent))
+        .with_state(App { sim, schema })
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let sim = &app.sim;
+    sim.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let window = match sim.rate() {
+        Ok(w) => w,
+        Err(reset) => {
+            let limit = sim.config().rate_limit.map_or(0, |l| l.0);
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded").into_response();
+            let h = r.headers_mut();
+            h.insert("x-ratelimit-limit", limit.into());
+            h.insert("x-ratelimit-remaining", 0.into());
+            h.insert(
+                "x-ratelimit-reset",
+                (reset.as_secs_f64().ceil() as u64).max(1).into(),
+            );
+            return r;
+        }
+    };
+    let faults = sim.config().faults;
+    if sim.roll(faults.server_errors) {
+        sim.counters.injected_errors.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response();
+    }
+    if sim.roll(faults.slow) {
+        tokio::time::sleep(faults.slow_delay).await;
+    }
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"errors": [{"message": format!("bad request: {e}")}]}),
+            )
+        }
+    };
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let response = app
+        .schema
+        .execute(request.data(sim.clone()).data(Auth(auth)))
+        .await;
+    let mut r = json_response(
+        StatusCode::OK,
+        serde_json::to_value(&response).unwrap_or_default(),
+    );
+    if let Some((limit, remaining, reset)) = window {
+        let h = r.headers_mut();
+        h.insert("x-ratelimit-limit", limit.into());
+        h.insert("x-ratelimit-remaining", remaining.into());
+        h.insert(
+            "x-ratelimit-reset",
+            (reset.as_secs_f64().ceil() as u64).max(1).into(),
+        );
+    }
+    r
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn index() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("playground/index.html"),
+    )
+}
+
+async fn app_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("playground/app.js"),
+    )
+}
+
+async fn style_css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("playground/style.css"),
+    )
+}
+
+/// Mermaid 11 (MIT, `playground/vendor/mermaid.LICENSE`), stored gzipped.
+async fn mermaid_js() -> Response {
+    let mut r = (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        &include_bytes!("playground/vendor/mermaid.min.js.gz")[..],
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=86400"),
+    );
+    r
+}
+
+async fn config(State(app): State<App>) -> Response {
+    let c = app.sim.config();
+    json_response(
+        StatusCode::OK,
+        json!({"botUrl": c.bot_url, "webhook": c.webhook_url.is_some()}),
+    )
+}
+
+async fn stats(State(app): State<App>) -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::to_value(app.sim.stats()).unwrap_or_default(),
+    )
+}
+
+async fn list(State(app): State<App>) -> Response {
+    json_response(StatusCode::OK, json!(app.sim.conversations()))
+}
+
+async fn create(State(app): State<App>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let channel = v["channel"].as_str().unwrap_or("whatsapp");
+    let name = v["name"].as_str().unwrap_or("Ada Lovelace");
+    let id = app
+        .sim
+        .create_conversation(channel, v["language"].as_str(), name);
+    json_response(StatusCode::CREATED, json!({"id": id}))
+}
+
+async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.sim.conversation(&id) {
+        Some(c) => json_response(StatusCode::OK, c),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such conversation"}),
+        ),
+    }
+}
+
+async fn say(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> Response {
+    let input: CustomerInput = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+    };
+    match app.sim.customer_message(&id, &input) {
+        Some(m) => json_response(StatusCode::CREATED, json!({"id": m})),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such conversation"}),
+        ),
+    }
+}
+
+async fn agent(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let ok = match v["action"].as_str() {
+        Some("join") => app.sim.agent_join(&id),
+        Some("leave") => app.sim.agent_leave(&id),
+        Some("say") => app
+            .sim
+            .agent_message(&id, v["text"].as_str().unwrap_or(""))
+            .is_some(),
+        _ => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "action must be join, leave or say"}),
+            )
+        }
+    };
+    if ok {
+        json_response(StatusCode::OK, json!({"ok": true}))
+    } else {
+        json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such conversation"}),
+        )
+    }
+}

@@ -1,0 +1,207 @@
+// The playground: plays the customer (and an agent) against the simulated
+// Qpien, and shows what the bot thinks (its debug endpoints, when given).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let botUrl = null;
+let current = null;      // conversation id
+let lastRendered = "";   // to redraw only on change
+let lastNode = null;
+let flowText = null;
+
+async function api(path, body) {
+  const init = body === undefined ? {} : {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  };
+  const r = await fetch(path, init);
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+}
+
+function send(input) {
+  if (!current) return;
+  return api(`/sim/conversations/${current}/messages`, input).then(refresh);
+}
+
+function openList(list) {
+  $("sheet-title").textContent = list.buttonText || "Options";
+  const body = $("sheet-body");
+  body.replaceChildren();
+  for (const section of list.sections || []) {
+    if (section.title) body.append(el("div", { class: "section-title" }, section.title));
+    for (const row of section.rows || []) {
+      body.append(el("button", {
+        class: "row-option",
+        "data-testid": `list-row-${row.id}`,
+        onclick: () => { closeSheet(); send({ text: row.title, list: row.id }); },
+      }, row.title, row.description ? el("small", {}, row.description) : null));
+    }
+  }
+  $("sheet").classList.remove("hidden");
+}
+
+function closeSheet() { $("sheet").classList.add("hidden"); }
+
+function renderMessage(m) {
+  const sender = m.sender || {};
+  const kind = m.senderType === "bot" ? "bot"
+    : (sender.type && sender.type !== "ROBOT") ? "agent" : "customer";
+  const row = el("div", { class: `row ${kind}`, "data-testid": `message-${kind}` });
+  if (kind === "agent") row.append(el("div", { class: "who" }, sender.name || "agent"));
+  const bubble = el("div", { class: "bubble" });
+  const list = m.listMessage && m.listMessage.sections ? m.listMessage : null;
+  if (list && list.header) bubble.append(el("div", { class: "header" }, list.header));
+  bubble.append(el("div", { class: "text" }, m.content || (list ? list.body : "") || ""));
+  if (list && list.footer) bubble.append(el("div", { class: "footer" }, list.footer));
+  for (const media of m.media || []) {
+    bubble.append(el("div", {}, el("a", { href: media.url, target: "_blank" }, `📎 ${media.type || "file"}`)));
+  }
+  row.append(bubble);
+  if (kind === "bot" && Array.isArray(m.flowBotQuickReply) && m.flowBotQuickReply.length) {
+    const box = el("div", { class: "quick-replies" });
+    for (const b of m.flowBotQuickReply) {
+      box.append(el("button", {
+        "data-testid": `quick-reply-${b.id}`,
+        onclick: () => send({ text: b.title, button: b.id }),
+      }, b.title));
+    }
+    row.append(box);
+  }
+  if (kind === "bot" && list) {
+    row.append(el("button", {
+      class: "list-open",
+      "data-testid": "list-open",
+      onclick: () => openList(list),
+    }, `☰ ${list.buttonText || "Options"}`));
+  }
+  const buttons = m.informativeButtons && m.informativeButtons.buttons;
+  if (kind === "bot" && buttons && buttons.length) {
+    const box = el("div", { class: "info-buttons" });
+    for (const b of buttons) {
+      const href = b.type === "PHONE" ? `tel:${b.value}` : b.value;
+      box.append(el("a", { href, target: "_blank", "data-testid": "info-button" },
+        `${b.type === "PHONE" ? "📞" : "🔗"} ${b.title}`));
+    }
+    row.append(box);
+  }
+  return row;
+}
+
+async function renderGraph(node) {
+  if (!botUrl || !window.mermaid) return;
+  if (flowText === null) {
+    try {
+      const flow = await api(`${botUrl}/debug/flow`);
+      flowText = flow.mermaid;
+      $("flow-name").textContent = flow.name;
+    } catch (e) { return; }
+  }
+  if (node === lastNode && $("graph").childElementCount) return;
+  lastNode = node;
+  let text = flowText;
+  if (node) text += `\n  style ${node} fill:#25d366,stroke:#075e54,stroke-width:3px,color:#fff`;
+  try {
+    const { svg } = await window.mermaid.render(`g${Date.now()}`, text);
+    $("graph").innerHTML = svg;
+    $("graph").dataset.current = node || "";
+  } catch (e) {
+    $("graph").textContent = `graph: ${e.message || e}`;
+  }
+}
+
+async function refreshBot() {
+  if (!botUrl || !current) return renderGraph(null);
+  let s;
+  try { s = await api(`${botUrl}/debug/conversations/${current}`); } catch (e) { return; }
+  $("bot-state").textContent = s.state || "– (no session)";
+  $("bot-handoff").textContent = s.state ? (s.handoff ? "yes: a person has it" : "no") : "–";
+  $("bot-language").textContent = s.language || "–";
+  const tbody = $("vars").querySelector("tbody");
+  tbody.replaceChildren(...Object.entries(s.vars || {}).map(([k, v]) =>
+    el("tr", {}, el("td", {}, k), el("td", {}, typeof v === "string" ? v : JSON.stringify(v)))));
+  await renderGraph(s.node || null);
+}
+
+async function refresh() {
+  const list = await api("/sim/conversations");
+  const ul = $("conversation-list");
+  ul.replaceChildren(...list.map((c) => el("li", {
+    class: c._id === current ? "active" : "",
+    onclick: () => select(c._id),
+  }, `${(c.customer && c.customer.name) || c._id} · ${(c.channels || [])[0] || ""}`)));
+  if (!current) return;
+  const data = await api(`/sim/conversations/${current}`);
+  const conv = data.conversation;
+  const key = JSON.stringify([data.messages.length, conv.joinedPerson, conv.status,
+    data.messages.length ? data.messages[data.messages.length - 1]._id : null]);
+  $("chat-title").textContent = (conv.customer && conv.customer.name) || conv._id;
+  $("chat-subtitle").textContent =
+    `${(conv.channels || [])[0] || ""} · ${conv.status}${conv.joinedPerson ? " · agent: " + conv.joinedPerson.name : ""}`;
+  if (key !== lastRendered) {
+    lastRendered = key;
+    const box = $("messages");
+    box.replaceChildren(...data.messages.map(renderMessage));
+    box.scrollTop = box.scrollHeight;
+  }
+  await refreshBot();
+}
+
+function select(id) {
+  current = id;
+  lastRendered = "";
+  for (const x of ["text", "agent-text"]) $(x).disabled = false;
+  for (const x of ["send", "join", "leave"]) $(x).disabled = false;
+  refresh();
+}
+
+$("new-conversation").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const r = await api("/sim/conversations", {
+    channel: $("channel").value,
+    language: $("language").value || null,
+    name: $("name").value || "Customer",
+  });
+  select(r.id);
+  $("text").focus();
+});
+
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("text").value.trim();
+  if (!text) return;
+  $("text").value = "";
+  send({ text });
+});
+
+$("join").addEventListener("click", () => current && api(`/sim/conversations/${current}/agent`, { action: "join" }).then(refresh));
+$("leave").addEventListener("click", () => current && api(`/sim/conversations/${current}/agent`, { action: "leave" }).then(refresh));
+$("agent-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("agent-text").value.trim();
+  if (!text || !current) return;
+  $("agent-text").value = "";
+  api(`/sim/conversations/${current}/agent`, { action: "say", text }).then(refresh);
+});
+$("sheet-close").addEventListener("click", closeSheet);
+$("sheet").addEventListener("click", (e) => { if (e.target === $("sheet")) closeSheet(); });
+
+(async function main() {
+  if (window.mermaid) window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", flowchart: { htmlLabels: false } });
+  try { botUrl = (await api("/sim/config")).botUrl; } catch (e) { botUrl = null; }
+  if (!botUrl) $("graph").textContent = "No bot attached (run `flowbot demo` to see its state here).";
+  await refresh();
+  setInterval(() => refresh().catch(() => {}), 700);
+})();

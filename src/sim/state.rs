@@ -1,0 +1,450 @@
+//! The simulator's data: conversations, messages, tokens, the rate window,
+//! and the operations the API, the playground and tests perform on them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+use super::SimConfig;
+
+/// What a customer sends from the playground (or a test).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CustomerInput {
+    /// The text.
+    pub text: String,
+    /// The quick-reply button tapped (its id); `text` then holds its title.
+    pub button: Option<String>,
+    /// The list row picked (its id); `text` then holds its title.
+    pub list: Option<String>,
+    /// An attachment kind (`image`, `document`...), with its URL.
+    pub media: Option<String>,
+}
+
+/// Counts since start, for tests and the playground.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SimStats {
+    /// API requests received.
+    pub requests: u64,
+    /// Answered 429.
+    pub rate_limited: u64,
+    /// Answered 500 by fault injection.
+    pub injected_errors: u64,
+    /// Messages created through the API.
+    pub created: u64,
+    /// Creates recognised by their `frontMsgId` and not stored again.
+    pub duplicate_creates: u64,
+    /// Tokens issued.
+    pub tokens: u64,
+    /// Webhook deliveries answered 200.
+    pub webhooks_delivered: u64,
+    /// Webhook deliveries that failed (and were retried).
+    pub webhook_failures: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) injected_errors: AtomicU64,
+    pub(crate) created: AtomicU64,
+    pub(crate) duplicate_creates: AtomicU64,
+    pub(crate) tokens: AtomicU64,
+    pub(crate) webhooks_delivered: AtomicU64,
+    pub(crate) webhook_failures: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conversation {
+    pub(crate) data: Value,
+    pub(crate) messages: Vec<Value>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) conversations: IndexMap<String, Conversation>,
+    /// frontMsgId -> (conversation, message id)
+    pub(crate) fronts: HashMap<String, Value>,
+    pub(crate) tokens: HashMap<String, Instant>,
+    pub(crate) window: Option<(Instant, u32)>,
+    pub(crate) rng: fastrand::Rng,
+    next_id: u64,
+}
+
+/// The simulator's state, shared by its HTTP handlers and its webhook sender.
+#[derive(Debug)]
+pub struct SimState {
+    pub(crate) config: RwLock<SimConfig>,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) counters: Counters,
+    deliveries: UnboundedSender<Vec<u8>>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The `channelType` Qpien reports for a playground channel name.
+fn channel_type(channel: &str) -> &'static str {
+    match channel.to_ascii_lowercase().as_str() {
+        "instagram" => "Instagram",
+        "email" | "e-mail" => "Email",
+        "livechat" | "live_chat" => "LiveChat",
+        _ => "WhatsApp",
+    }
+}
+
+impl SimState {
+    pub(crate) fn new(config: SimConfig, deliveries: UnboundedSender<Vec<u8>>) -> SimState {
+        let seed = config.faults.seed;
+        SimState {
+            config: RwLock::new(config),
+            inner: Mutex::new(Inner {
+                conversations: IndexMap::new(),
+                fronts: HashMap::new(),
+                tokens: HashMap::new(),
+                window: None,
+                rng: fastrand::Rng::with_seed(seed),
+                next_id: 0,
+            }),
+            counters: Counters::default(),
+            deliveries,
+        }
+    }
+
+    pub(crate) fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current settings.
+    pub fn config(&self) -> SimConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes settings while running (faults, webhook URL...).
+    pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
+        f(&mut self.config.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Counts since start.
+    pub fn stats(&self) -> SimStats {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SimStats {
+            requests: g(&c.requests),
+            rate_limited: g(&c.rate_limited),
+            injected_errors: g(&c.injected_errors),
+            created: g(&c.created),
+            duplicate_creates: g(&c.duplicate_creates),
+            tokens: g(&c.tokens),
+            webhooks_delivered: g(&c.webhooks_delivered),
+            webhook_failures: g(&c.webhook_failures),
+        }
+    }
+
+    pub(crate) fn next_id(inner: &mut Inner) -> String {
+        inner.next_id += 1;
+        format!("{:024x}", 0x5eed_0000_0000u64 + inner.next_id)
+    }
+
+    /// A `{event, data}` webhook, queued for delivery in order.
+    pub(crate) fn emit(&self, event: &str, data: Value) {
+        if self.config().webhook_url.is_none() {
+            return;
+        }
+        let body = serde_json::to_vec(&json!({"event": event, "data": data})).unwrap_or_default();
+        let _ = self.deliveries.send(body);
+    }
+
+    /// Opens a conversation with a new customer on `channel`.
+    pub fn create_conversation(&self, channel: &str, language: Option<&str>, name: &str) -> String {
+        let mut inner = self.inner();
+        let id = Self::next_id(&mut inner);
+        let customer_id = Self::next_id(&mut inner);
+        let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+        let data = json!({
+            "_id": id,
+            "status": "OPEN",
+            "isGroupOrChannel": false,
+            "channels": [channel_type(channel)],
+            "lastReceivedMessageChannel": channel_type(channel),
+            "customer": {"_id": customer_id, "name": name, "firstName": first,
+                         "lastName": if last.is_empty() { Value::Null } else { json!(last) },
+                         "language": language},
+            "joinedPerson": null,
+            "lastMessage": null,
+        });
+        inner.conversations.insert(
+            id.clone(),
+            Conversation {
+                data,
+                messages: Vec::new(),
+            },
+        );
+        id
+    }
+
+    fn push(&self, conversation: &str, message: Value) -> Option<Value> {
+        let mut inner = self.inner();
+        let conv = inner.conversations.get_mut(conversation)?;
+        conv.data["lastMessage"] = message.clone();
+        conv.messages.push(message.clone());
+        Some(message)
+    }
+
+    /// The customer writes, taps or picks; the webhook tells the bot.
+    pub fn customer_message(&self, conversation: &str, input: &CustomerInput) -> Option<String> {
+        let (id, channel, customer) = {
+            let mut inner = self.inner();
+            let id = Self::next_id(&mut inner);
+            let conv = inner.conversations.get(conversation)?;
+            (
+                id,
+                conv.data["lastReceivedMessageChannel"].clone(),
+                conv.data["customer"].clone(),
+            )
+        };
+        let mut message = json!({
+            "_id": id,
+            "conversation": conversation,
+            "senderType": "user",
+            "sender": customer,
+            "channelType": channel,
+            "messageType": "text",
+            "content": input.text,
+            "createdAt": now_ms(),
+        });
+        if let Some(button) = &input.button {
+            message["flowBotQuickReplyResponseId"] = json!(button);
+        }
+        if let Some(row) = &input.list {
+            message["listMessage"] = json!({"selectedRowId": row});
+            message["listReply"] = json!({"id": row, "title": input.text});
+        }
+        if let Some(kind) = &input.media {
+            message["messageType"] = json!(kind);
+            message["media"] =
+                json!([{"type": kind, "url": format!("https://media.example/{id}")}]);
+        }
+        let message = self.push(conversation, message)?;
+        self.emit("NEW_INCOMING_MESSAGE", message);
+        Some(id)
+    }
+
+    /// A person of the team joins (the bot must step back).
+    pub fn agent_join(&self, conversation: &str) -> bool {
+        let data = {
+            let mut inner = self.inner();
+            let Some(conv) = inner.conversations.get_mut(conversation) else {
+                return false;
+            };
+            conv.data["joinedPerson"] =
+                json!({"_id": "agent-1", "name": "Alex (agent)", "type": "PERSON"});
+            conv.data["status"] = json!("OPEN");
+            conv.data.clone()
+        };
+        self.emit("JOIN_CONVERSATION", data);
+        true
+    }
+
+    /// The person leaves: the bot takes over again (ASSUMED event name).
+    pub fn agent_leave(&self, conversation: &str) -> bool {
+        let data = {
+            let mut inner = self.inner();
+            let Some(conv) = inner.conversations.get_mut(conversation) else {
+                return false;
+            };
+            conv.data["joinedPerson"] = Value::Null;
+            conv.data.clone()
+        };
+        self.emit("LEAVE_CONVERSATION", data);
+        true
+    }
+
+    /// The person writes (the bot must not answer).
+    pub fn agent_message(&self, conversation: &str, text: &str) -> Option<String> {
+        let id = Self::next_id(&mut self.inner());
+        let message = json!({
+            "_id": id, "conversation": conversation, "senderType": "user",
+            "sender": {"_id": "agent-1", "name": "Alex (agent)", "type": "PERSON"},
+            "messageType": "text", "content": text, "createdAt": now_ms(),
+        });
+        let message = self.push(conversation, message)?;
+        self.emit("NEW_INCOMING_MESSAGE", message);
+        Some(id)
+    }
+
+    /// A conversation with its messages, oldest first.
+    pub fn conversation(&self, conversation: &str) -> Option<Value> {
+        let inner = self.inner();
+        let conv = inner.conversations.get(conversation)?;
+        Some(json!({"conversation": conv.data, "messages": conv.messages}))
+    }
+
+    /// Every conversation (without messages), newest first.
+    pub fn conversations(&self) -> Vec<Value> {
+        self.inner()
+            .conversations
+            .values()
+            .rev()
+            .map(|c| c.data.clone())
+            .collect()
+    }
+
+    /// The messages the bot created in a conversation, oldest first.
+    pub fn bot_messages(&self, conversation: &str) -> Vec<Value> {
+        self.inner()
+            .conversations
+            .get(conversation)
+            .map(|c| {
+                c.messages
+                    .iter()
+                    .filter(|m| m["senderType"] == "bot")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stores a message the API created; `None` when its `frontMsgId` was seen
+    /// (the earlier message is returned instead, as Qpien does).
+    pub(crate) fn create(&self, input: Value, whatsapp: bool) -> Result<Value, &'static str> {
+        let mut inner = self.inner();
+        let front = input["frontMsgId"].as_str().unwrap_or("").to_owned();
+        if !front.is_empty() {
+            if let Some(existing) = inner.fronts.get(&front) {
+                self.counters
+                    .duplicate_creates
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(existing.clone());
+            }
+        }
+        let conversation = input["conversationId"].as_str().unwrap_or("").to_owned();
+        let id = Self::next_id(&mut inner);
+        let Some(conv) = inner.conversations.get_mut(&conversation) else {
+            return Err("NOT_FOUND");
+        };
+        let channel = conv.data["lastReceivedMessageChannel"].clone();
+        if whatsapp && channel != "WhatsApp" {
+            return Err("BAD_USER_INPUT");
+        }
+        let mut message = json!({
+            "_id": id, "conversation": conversation, "senderType": "bot",
+            "sender": {"_id": "flowbot", "name": "flowbot", "type": "ROBOT"},
+            "channelType": channel, "createdAt": now_ms(), "ackStatus": "SENT",
+        });
+        for key in [
+            "content",
+            "messageType",
+            "frontMsgId",
+            "media",
+            "flowBotQuickReply",
+            "flowBotQuickReplyButtonsRequired",
+            "listMessage",
+            "informativeButtons",
+        ] {
+            if !input[key].is_null() {
+                message[key] = input[key].clone();
+            }
+        }
+        conv.data["lastMessage"] = message.clone();
+        conv.messages.push(message.clone());
+        if !front.is_empty() {
+            inner.fronts.insert(front, message.clone());
+        }
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
+        Ok(message)
+    }
+
+    /// Changes status or assignment; `None` for an unknown conversation.
+    pub(crate) fn update(&self, input: &Value) -> Option<Value> {
+        let mut inner = self.inner();
+        let id = input["conversationId"].as_str()?;
+        let conv = inner.conversations.get_mut(id)?;
+        if let Some(status) = input["status"].as_str() {
+            conv.data["status"] = json!(status);
+        }
+        if let Some(person) = input["joinedPerson"].as_str() {
+            conv.data["joinedPerson"] = json!({"_id": person, "type": "PERSON"});
+        }
+        Some(conv.data.clone())
+    }
+
+    /// Issues a token, or says why not.
+    pub(crate) fn issue_token(&self, client_id: &str, secret: &str) -> Option<Value> {
+        let config = self.config();
+        if client_id != config.client_id || secret != config.client_secret {
+            return None;
+        }
+        let mut inner = self.inner();
+        let n = inner.rng.u64(..);
+        let token = format!("sim-{n:016x}");
+        let real = config.token_real_lifetime.unwrap_or(config.token_lifetime);
+        inner.tokens.insert(token.clone(), Instant::now() + real);
+        self.counters.tokens.fetch_add(1, Ordering::Relaxed);
+        Some(
+            json!({"accessToken": token, "expiresIn": config.token_lifetime.as_secs(), "tokenType": "Bearer"}),
+        )
+    }
+
+    /// `Ok` or the error code for `authorization` needing `scope`.
+    pub(crate) fn authorize(
+        &self,
+        authorization: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<(), (&'static str, Option<String>)> {
+        let token = authorization
+            .map(|a| a.strip_prefix("Bearer ").unwrap_or(a).trim())
+            .unwrap_or("");
+        let expiry = self.inner().tokens.get(token).copied();
+        match expiry {
+            None => return Err(("UNAUTHORIZED", None)),
+            Some(t) if Instant::now() >= t => return Err(("TOKEN_EXPIRED", None)),
+            Some(_) => {}
+        }
+        if let Some(scope) = scope {
+            if !self.config().scopes.iter().any(|s| s == scope) {
+                return Err(("INSUFFICIENT_SCOPES", Some(scope.to_owned())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a request against the window; `Err(reset)` when over the limit.
+    /// Returns (limit, remaining, reset) for the headers.
+    pub(crate) fn rate(&self) -> Result<Option<(u32, u32, Duration)>, Duration> {
+        let Some((limit, window)) = self.config().rate_limit else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let mut inner = self.inner();
+        let (start, count) = match inner.window {
+            Some((start, count)) if now < start + window => (start, count),
+            _ => (now, 0),
+        };
+        let reset = (start + window).saturating_duration_since(now);
+        if count >= limit {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(reset);
+        }
+        inner.window = Some((start, count + 1));
+        Ok(Some((limit, limit - count - 1, reset)))
+    }
+
+    /// Whether to inject a fault of this share now.
+    pub(crate) fn roll(&self, share: f64) -> bool {
+        share > 0.0 && self.inner().rng.f64() < share
+    }
+}
