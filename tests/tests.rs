@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. New tests go in the module
 //! of their area; a new area gets a module here.
 //!
+//! - `browser`: the playground in headless Chromium (ignored unless asked for; `.ci/run` runs it).
 //! - `config`: configuration errors of `flowbot run`, through the real binary.
 //! - `conversations`: the YAML conversation tests in `tests/conversations/`.
 //! - `engine`: turn semantics and every match kind, through `TestConversation`.
@@ -17,6 +18,7 @@
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
 
+mod browser;
 mod config;
 mod conversations;
 mod crash;
