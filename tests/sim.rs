@@ -481,3 +481,86 @@ async fn the_demo_wires_everything_and_serves_the_playground() {
     assert!(flow["mermaid"].as_str().unwrap().starts_with("flowchart"));
     demo.shutdown().await;
 }
+
+/// Webhooks are signed over the exact body and retried with growing delays
+/// until the receiver answers 200; deliveries keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_retried_with_backoff() {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::{Arc, Mutex};
+    type Log = Arc<Mutex<Vec<(tokio::time::Instant, bool, Value)>>>;
+    let log: Log = Arc::default();
+    let receiver = {
+        let log = log.clone();
+        axum::Router::new().route(
+            "/webhook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let log = log.clone();
+                async move {
+                    let sig = headers
+                        .get("x-qpien-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let valid = flowbot::qpien::webhook::verify(b"hook-secret", &body, &sig);
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    let mut log = log.lock().unwrap();
+                    log.push((tokio::time::Instant::now(), valid, v));
+                    // The first three attempts fail.
+                    if log.len() <= 3 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let sim = sim::start(SimConfig {
+        webhook_url: Some(url),
+        webhook_secret: "hook-secret".into(),
+        webhook_retry_delay: Duration::from_millis(40),
+        ..sim_config()
+    })
+    .await
+    .unwrap();
+    let conv = sim.state().create_conversation("whatsapp", None, "Eve");
+    for t in ["one", "two"] {
+        sim.state().customer_message(
+            &conv,
+            &CustomerInput {
+                text: t.into(),
+                ..Default::default()
+            },
+        );
+    }
+    wait_until("both deliveries", Duration::from_secs(5), || {
+        sim.state().stats().webhooks_delivered == 2
+    })
+    .await;
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 5, "3 failures, then 'one', then 'two'");
+    assert!(
+        log.iter().all(|(_, valid, _)| *valid),
+        "every delivery is signed"
+    );
+    let texts: Vec<&str> = log
+        .iter()
+        .map(|(_, _, v)| v["data"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "one", "one", "one", "two"]);
+    assert_eq!(log[0].2["event"], "NEW_INCOMING_MESSAGE");
+    let gaps: Vec<Duration> = log.windows(2).take(3).map(|w| w[1].0 - w[0].0).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(40)
+            && gaps[1] >= Duration::from_millis(80)
+            && gaps[2] >= Duration::from_millis(160),
+        "{gaps:?}"
+    );
+    assert_eq!(sim.state().stats().webhook_failures, 3);
+    sim.shutdown().await;
+}
