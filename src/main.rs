@@ -7,6 +7,12 @@
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
 
+/// mimalloc rather than the system allocator: several times less contention
+/// between the runtime's threads (BENCHMARKS.md, end to end).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     flowbot::cli::main(support_bot::registry())
 }

@@ -7,7 +7,6 @@
 //! a bare ExternalMessage, are read too.
 
 use hmac::{Hmac, KeyInit, Mac};
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -76,11 +75,8 @@ pub enum PayloadError {
     Shape(String),
 }
 
-#[derive(Deserialize)]
 struct Envelope {
-    #[serde(default, alias = "type", alias = "eventType")]
     event: Option<String>,
-    #[serde(default, alias = "message", alias = "payload")]
     data: Option<Value>,
 }
 
@@ -90,19 +86,33 @@ fn shape(e: serde_path_to_error::Error<serde_json::Error>) -> PayloadError {
 
 /// Reads a delivery's body (after [`verify`]).
 pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| PayloadError::Json(e.to_string()))?;
-    if !value.is_object() {
-        return Err(PayloadError::Shape("expected a JSON object".into()));
-    }
-    let envelope: Envelope =
-        serde_json::from_value(value.clone()).map_err(|e| PayloadError::Shape(e.to_string()))?;
-    let (event, data) = match envelope.event {
-        Some(event) => (event, envelope.data.unwrap_or(Value::Null)),
-        // A bare ExternalMessage.
-        None if value.get("_id").is_some() => ("NEW_INCOMING_MESSAGE".to_owned(), value),
-        None => return Err(PayloadError::Shape("no `event` field".into())),
+    // One pass for the usual `{event, data}`; a bare message is read again.
+    let envelope: Envelope = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => {
+            let mut map = map;
+            let event = ["event", "type", "eventType"]
+                .iter()
+                .find_map(|k| map.remove(*k))
+                .and_then(|v| v.as_str().map(str::to_owned));
+            match event {
+                Some(event) => Envelope {
+                    event: Some(event),
+                    data: ["data", "message", "payload"]
+                        .iter()
+                        .find_map(|k| map.remove(*k)),
+                },
+                None if map.contains_key("_id") => Envelope {
+                    event: Some("NEW_INCOMING_MESSAGE".to_owned()),
+                    data: Some(Value::Object(map)),
+                },
+                None => return Err(PayloadError::Shape("no `event` field".into())),
+            }
+        }
+        Ok(_) => return Err(PayloadError::Shape("expected a JSON object".into())),
+        Err(e) => return Err(PayloadError::Json(e.to_string())),
     };
+    let event = envelope.event.unwrap_or_default();
+    let data = envelope.data.unwrap_or(Value::Null);
     match event.to_ascii_uppercase().as_str() {
         "NEW_INCOMING_MESSAGE" | "NEW_MESSAGE" | "MESSAGE_CREATED" => {
             let msg: ExternalMessage = serde_path_to_error::deserialize(data).map_err(shape)?;
