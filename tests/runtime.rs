@@ -679,3 +679,25 @@ states:
         ["Done: 0", "Done: 1", "Done: 2", "Done: 3"]
     );
 }
+
+/// Idle polling keeps to half of Qpien's budget, however short its interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_keeps_to_half_the_budget() {
+    let mut h = Harness::start("poll-budget", ECHO, |c| {
+        c.polling.enabled = true;
+        c.polling.interval = Duration::from_millis(10);
+        c.polling.max_interval = Duration::from_millis(10);
+        c.qpien.rate_limit = RateLimitConfig {
+            requests: 10,
+            per: Duration::from_secs(1),
+            burst: 1,
+            default_reset: Duration::from_secs(1),
+        };
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2050)).await;
+    h.stop().await;
+    let polls = h.qpien.count("getConversationList", 200);
+    // 10 a second, half for polling, one call per idle round: at most 5 a second.
+    assert!((3..=11).contains(&polls), "{polls} polls in 2 s");
+}

@@ -322,8 +322,16 @@ async fn the_support_scenario_through_webhooks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_support_scenario_through_polling() {
-    let sim = sim::start(sim_config()).await.unwrap();
+    // A generous budget: polling keeps to half of it, and this test is about
+    // correctness, not about waiting for Qpien's 100 calls a minute.
+    let sim = sim::start(SimConfig {
+        rate_limit: None,
+        ..sim_config()
+    })
+    .await
+    .unwrap();
     let bot = bot_for(&sim, "sim-poll", |c| {
+        c.qpien.rate_limit.requests = 6_000;
         c.server.webhook = false;
         c.polling.enabled = true;
         c.polling.interval = Duration::from_millis(100);

@@ -8,7 +8,8 @@
 //! conversation's last seen message (`poll:<conversation>`). Accepting goes
 //! through the same deduplicated inbox as webhooks, so both can run together
 //! without double answers. Between rounds the pause doubles while nothing
-//! comes, up to `polling.max_interval`.
+//! comes, up to `polling.max_interval`, and is never shorter than what keeps
+//! polling within half of the request budget (replies need the rest).
 
 use std::sync::Arc;
 
@@ -49,8 +50,13 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
     };
     let mut pause = cfg.interval;
+    let budget = &shared.client.config().rate_limit;
+    // Each request costs this much of the budget; polling keeps to half of it,
+    // so that replies always find room.
+    let per_call = budget.per / budget.requests.max(1);
     loop {
-        let found = match round(&shared, since).await {
+        let mut calls = 0u32;
+        let found = match round(&shared, since, &mut calls).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "polling failed");
@@ -62,40 +68,52 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         } else {
             (pause * 2).min(cfg.max_interval)
         };
+        pause = pause.max(per_call * calls * 2);
         if !shared.pause(pause).await {
             return;
         }
     }
 }
 
-/// A conversation's most recent messages, whichever order the API pages them
-/// in: the first page, and the last ones too when there are several (an API
-/// that pages oldest first has the newest there).
+/// A conversation's messages since `cursor` (the last one seen), whichever
+/// order the API pages them in, in as few calls as it allows: page 1 is enough
+/// when it holds the newest message (`newest`) or the whole list; else (oldest
+/// first) the last page, and the one before it only when the cursor is not on
+/// the last page.
 async fn recent_messages(
     shared: &Shared,
     conversation: &str,
     page_size: u32,
+    newest: Option<&str>,
+    cursor: Option<&str>,
+    calls: &mut u32,
 ) -> Result<Vec<ExternalMessage>, crate::qpien::QpienError> {
-    let first = shared
-        .client
-        .get_message_list(conversation, 1, page_size)
-        .await?;
+    let client = &shared.client;
+    *calls += 1;
+    let first = client.get_message_list(conversation, 1, page_size).await?;
+    let has = |docs: &[ExternalMessage], id: Option<&str>| {
+        id.is_some_and(|id| docs.iter().any(|m| m.id.as_deref() == Some(id)))
+    };
     let mut messages = first.docs;
-    if first.has_next_page {
-        let last = match first.total_docs {
-            Some(total) => total.div_ceil(u64::from(page_size.max(1))) as u32,
-            None => 2,
-        };
-        // The last page may hold only the newest few: its neighbour too.
-        for page in [last.saturating_sub(1), last] {
-            if page > 1 {
-                let more = shared
-                    .client
-                    .get_message_list(conversation, page, page_size)
-                    .await?;
-                messages.extend(more.docs);
-            }
-        }
+    if !first.has_next_page || has(&messages, newest) {
+        return Ok(messages);
+    }
+    let last = match first.total_docs {
+        Some(total) => total.div_ceil(u64::from(page_size.max(1))) as u32,
+        None => 2,
+    };
+    *calls += 1;
+    let tail = client
+        .get_message_list(conversation, last, page_size)
+        .await?;
+    let cursor_on_tail = has(&tail.docs, cursor);
+    messages.extend(tail.docs);
+    if !cursor_on_tail && last > 2 {
+        *calls += 1;
+        let before = client
+            .get_message_list(conversation, last - 1, page_size)
+            .await?;
+        messages.extend(before.docs);
     }
     let mut seen = std::collections::HashSet::new();
     messages.retain(|m| m.id.as_ref().is_none_or(|id| seen.insert(id.clone())));
@@ -103,7 +121,12 @@ async fn recent_messages(
 }
 
 /// One round; returns how many new messages were accepted.
-async fn round(shared: &Arc<Shared>, since: i64) -> Result<usize, crate::qpien::QpienError> {
+async fn round(
+    shared: &Arc<Shared>,
+    since: i64,
+    calls: &mut u32,
+) -> Result<usize, crate::qpien::QpienError> {
+    *calls += 1;
     let cfg = &shared.config.polling;
     let prefix = shared.client.config().front_msg_id_prefix.clone();
     let conversations = shared
@@ -113,19 +136,28 @@ async fn round(shared: &Arc<Shared>, since: i64) -> Result<usize, crate::qpien::
     let mut found = 0;
     for conv in conversations.docs {
         let Some(id) = conv.id else { continue };
+        let cursor = shared
+            .store
+            .cursor(&format!("poll:{id}"))
+            .await
+            .ok()
+            .flatten();
+        let newest = conv.last_message.as_ref().and_then(|m| m.id.clone());
         if let Some(last) = &conv.last_message {
             let customer = sender_kind(last, &prefix) == SenderKind::Customer;
-            let cursor = shared
-                .store
-                .cursor(&format!("poll:{id}"))
-                .await
-                .ok()
-                .flatten();
             if !customer || (last.id.is_some() && cursor == last.id) {
                 continue;
             }
         }
-        let mut messages = recent_messages(shared, &id, cfg.page_size).await?;
+        let mut messages = recent_messages(
+            shared,
+            &id,
+            cfg.page_size,
+            newest.as_deref(),
+            cursor.as_deref(),
+            calls,
+        )
+        .await?;
         messages.sort_by_key(|m| created_ms(&m.created_at).unwrap_or(i64::MAX));
         let mut last_seen = None;
         for msg in messages {
