@@ -34,6 +34,13 @@
 //!   [`handler::Hook`]) and the [`handler::Registry`].
 //! - [`message`]: channel-neutral incoming and outgoing messages.
 //! - [`testing`]: conversation tests, from Rust and from YAML files.
+//! - [`qpien`]: the Qpien adapter: schema and documents, the client (tokens, rate
+//!   limit, retries, idempotent sends), wire types, conversion, webhook signatures.
+//! - [`store`]: where sessions, the inbox and the outbox live (memory, SQLite).
+//! - [`runtime`]: `flowbot run`: webhook server, poller, dispatcher, sender, timers.
+//! - [`config`]: `flowbot.toml` and `FLOWBOT_...` variables.
+//! - `sim` (feature `sim`, on by default): an embedded Qpien simulator and the web
+//!   playground.
 //! - [`cli`]: every `flowbot` subcommand; a user's binary calls [`cli::main`] with
 //!   its own registry.
 

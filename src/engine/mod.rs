@@ -214,7 +214,7 @@ impl Bot {
     /// another version (the flow was changed and reloaded) goes on in the state
     /// the flow's `migrate:` map names for it, else in the state of the same
     /// name. `None`: neither exists, and the conversation starts over (see
-    /// [`Bot::restart_message`]).
+    /// [`Bot::restart`]).
     pub fn resume(&self, state_name: &str, mut session: Session) -> Option<Session> {
         let flow = &*self.flow;
         if session.flow_version == flow.version && (session.state as usize) < flow.states.len() {

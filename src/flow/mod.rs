@@ -2,7 +2,7 @@
 //!
 //! - [`model`]: serde types mirroring the YAML;
 //! - `load`: files to documents (the only user of serde_yaml), following `include:`;
-//! - `compile`: documents to the indexed graph in [`graph`], with [`template`]s and
+//! - `compile`: documents to the indexed graph in `graph`, with [`template`]s and
 //!   regexes compiled once;
 //! - `validate`: limits and graph checks;
 //! - [`Diagnostic`]s for every problem, with file, line, column and document path.

@@ -2,7 +2,7 @@
 //!
 //! These types only describe the document; they check nothing beyond its shape.
 //! Meaning (states that exist, limits, regexes, templates) is checked by
-//! [`super::validate`] and [`super::compile`], which turn a document into a
+//! `validate` and `compile`, which turn a document into a
 //! [`Flow`](super::Flow). Fields accept the short forms people write: one string
 //! or a list (`text: menu` / `text: [menu, start over]`), one message or a list in
 //! `say`, a plain string or a map of languages for any visible text. Those forms are

@@ -2,7 +2,7 @@
 //!
 //! Each call goes: token (cached, renewed ahead of expiry, one refresh however
 //! many tasks wait) -> rate-limit permit -> HTTP POST -> answer read through
-//! [`super::response`]. Transport errors, timeouts, 5xx, 429 and transient
+//! the `response` module. Transport errors, timeouts, 5xx, 429 and transient
 //! GraphQL codes are retried with exponential backoff and jitter (the `backon`
 //! crate), within `retry.max_attempts`; a refused token is renewed once and the
 //! call retried; the rest fails at once with a [`QpienError`] that says why.

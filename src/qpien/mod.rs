@@ -8,7 +8,7 @@
 //!   (validated against each other by the tests; replaceable at run time through
 //!   [`QpienConfig::documents_dir`]);
 //! - [`types`]: the wire types, read leniently;
-//! - [`response`](self) reading: bare results and `{success, data, code, message}`
+//! - the `response` module reads: bare results and `{success, data, code, message}`
 //!   envelopes, errors in GraphQL `errors` or in the envelope;
 //! - [`convert`]: outgoing messages to `createMessage` inputs and back;
 //! - [`webhook`]: the signature and the payload.
