@@ -49,6 +49,23 @@ async fn wait_for_text(
     }
 }
 
+/// Types into the composer (once it is enabled) and presses send.
+async fn type_and_send(c: &fantoccini::Client, text: &str) {
+    c.wait()
+        .for_element(Locator::Css("[data-testid=composer-input]:enabled"))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+    c.find(Locator::Css("[data-testid=send]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromedriver; .ci/run runs it"]
 async fn browser_playground_in_headless_chromium() {
@@ -102,18 +119,7 @@ async fn browser_playground_in_headless_chromium() {
         .click()
         .await
         .unwrap();
-    let input = c
-        .wait()
-        .for_element(Locator::Css("[data-testid=composer-input]:enabled"))
-        .await
-        .unwrap();
-    input.send_keys("hello").await.unwrap();
-    c.find(Locator::Css("[data-testid=send]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_and_send(&c, "hello").await;
     wait_for_text(&c, "[data-testid=messages]", "Hi! How can we help?")
         .await
         .unwrap();
@@ -128,17 +134,7 @@ async fn browser_playground_in_headless_chromium() {
     wait_for_text(&c, "[data-testid=messages]", "Your order number?")
         .await
         .unwrap();
-    let input = c
-        .find(Locator::Css("[data-testid=composer-input]"))
-        .await
-        .unwrap();
-    input.send_keys("123456").await.unwrap();
-    c.find(Locator::Css("[data-testid=send]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_and_send(&c, "123456").await;
     wait_for_text(&c, "[data-testid=messages]", "Order 123456 is shipped.")
         .await
         .unwrap();

@@ -301,20 +301,7 @@ impl Bot {
             channel,
             ..Incoming::default()
         };
-        let mut run = Run {
-            bot: self,
-            conversation,
-            session,
-            msg: &msg,
-            out: Vec::new(),
-            effects: Vec::new(),
-            trace: Vec::new(),
-            errors: Vec::new(),
-            hops: 0,
-            ended: false,
-            in_error: false,
-            scope: None,
-        };
+        let mut run = Run::new(self, conversation, session, &msg);
         run.session.idle_fired = true;
         run.trace.push(Step::Idle(run.session.state));
         run.send(&after.say);
@@ -322,13 +309,7 @@ impl Bot {
             run.session.last_active = now;
             run.enter(to).await;
         }
-        Turn {
-            session: (!run.ended).then_some(run.session),
-            messages: run.out,
-            effects: run.effects,
-            trace: run.trace,
-            errors: run.errors,
-        }
+        run.finish()
     }
 
     fn resume_due(&self, s: &Session) -> Option<Millis> {
@@ -405,33 +386,15 @@ impl Bot {
         if s.language.is_none() {
             s.language = msg.contact.language.as_deref().map(Into::into);
         }
-        let mut run = Run {
-            bot: self,
-            conversation,
-            session: s,
-            msg,
-            out: Vec::new(),
-            effects: Vec::new(),
-            trace: Vec::new(),
-            errors: Vec::new(),
-            hops: 0,
-            ended: false,
-            in_error: false,
-            scope: None,
-        };
+        let mut run = Run::new(self, conversation, s, msg);
         run.on_message(had_session).await;
-        Turn {
-            session: (!run.ended).then_some(run.session),
-            messages: run.out,
-            effects: run.effects,
-            trace: run.trace,
-            errors: run.errors,
-        }
+        run.finish()
     }
 }
 
 impl Turn {
-    fn quiet(session: Option<Session>) -> Turn {
+    /// A turn that says and does nothing, leaving `session` as it is.
+    pub fn quiet(session: Option<Session>) -> Turn {
         Turn {
             session,
             messages: Vec::new(),
@@ -469,6 +432,39 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    fn new<'a>(
+        bot: &'a Bot,
+        conversation: &'a str,
+        session: Session,
+        msg: &'a Incoming,
+    ) -> Run<'a> {
+        Run {
+            bot,
+            conversation,
+            session,
+            msg,
+            out: Vec::new(),
+            effects: Vec::new(),
+            trace: Vec::new(),
+            errors: Vec::new(),
+            hops: 0,
+            ended: false,
+            in_error: false,
+            scope: None,
+        }
+    }
+
+    /// The turn's outcome: the session (unless the conversation ended) and what it said.
+    fn finish(self) -> Turn {
+        Turn {
+            session: (!self.ended).then_some(self.session),
+            messages: self.out,
+            effects: self.effects,
+            trace: self.trace,
+            errors: self.errors,
+        }
+    }
+
     fn scope(&mut self) -> Value {
         if let Some(s) = &self.scope {
             return s.clone();

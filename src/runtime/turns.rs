@@ -137,22 +137,10 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
     };
     let now = now_ms();
     let turn = match &inbound {
-        None => Turn {
-            session,
-            messages: Vec::new(),
-            effects: Vec::new(),
-            trace: Vec::new(),
-            errors: Vec::new(),
-        },
+        None => Turn::quiet(session),
         Some(Inbound::Idle { .. }) => match session {
             Some(s) => bot.idle(conversation, s, channel, now).await,
-            None => Turn {
-                session: None,
-                messages: Vec::new(),
-                effects: Vec::new(),
-                trace: Vec::new(),
-                errors: Vec::new(),
-            },
+            None => Turn::quiet(None),
         },
         Some(other) => {
             if let Inbound::Message { message } = other {
