@@ -30,13 +30,13 @@ pub enum Inbound {
 }
 
 impl Inbound {
-    /// The engine event, for the ones that are not timers.
-    pub fn event(&self) -> Option<Event> {
+    /// The engine event, or for a timer `Err` with its due time.
+    pub fn into_event(self) -> Result<Event, i64> {
         match self {
-            Inbound::Message { message } => Some(Event::Message(message.clone())),
-            Inbound::AgentJoined => Some(Event::AgentJoined),
-            Inbound::AgentLeft => Some(Event::AgentLeft),
-            Inbound::Idle { .. } => None,
+            Inbound::Message { message } => Ok(Event::Message(message)),
+            Inbound::AgentJoined => Ok(Event::AgentJoined),
+            Inbound::AgentLeft => Ok(Event::AgentLeft),
+            Inbound::Idle { due } => Err(due),
         }
     }
 }

@@ -92,10 +92,8 @@ impl Shared {
     }
 
     pub(crate) fn set_bot(&self, bot: Bot) {
-        self.flow_version.store(
-            (bot.flow().version & ((1 << 52) - 1)) as i64,
-            Ordering::Relaxed,
-        );
+        self.flow_version
+            .store(metric_version(&bot), Ordering::Relaxed);
         *self.bot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bot);
     }
 
@@ -111,6 +109,11 @@ impl Shared {
             _ = stopping.wait_for(|s| *s) => false,
         }
     }
+}
+
+/// The flow's fingerprint as a gauge can carry it exactly (low 52 bits).
+fn metric_version(bot: &Bot) -> i64 {
+    (bot.flow().version & ((1 << 52) - 1)) as i64
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.
@@ -214,7 +217,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         message: e.to_string(),
     })?;
     let (stop, stopping) = watch::channel(false);
-    let flow_version = Arc::new(AtomicI64::new(0));
+    let flow_version = Arc::new(AtomicI64::new(metric_version(&bot)));
     let shared = Arc::new(Shared {
         metrics: Metrics::new(client.clone(), flow_version.clone()),
         flow_version,
@@ -227,10 +230,6 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         stopping,
         config,
     });
-    let version = shared.bot().flow().version;
-    shared
-        .flow_version
-        .store((version & ((1 << 52) - 1)) as i64, Ordering::Relaxed);
     // Unfinished work first: replies already committed go out before any
     // resumed turn can queue newer ones behind them.
     send::resume(&shared).await?;

@@ -40,12 +40,18 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let cfg = shared.config.polling.clone();
     let since = match shared.store.cursor("poll:since").await {
         Ok(Some(s)) => s.parse().unwrap_or_else(|_| now_ms()),
-        _ => {
+        found => {
+            if let Err(e) = found {
+                tracing::error!(error = %e, "cannot read when polling started; starting from now");
+            }
             let now = now_ms();
-            let _ = shared
+            if let Err(e) = shared
                 .store
                 .set_cursor("poll:since", &now.to_string())
-                .await;
+                .await
+            {
+                tracing::error!(error = %e, "cannot record when polling started");
+            }
             now
         }
     };
@@ -180,7 +186,11 @@ async fn round(
             }
         }
         if let Some(last) = last_seen {
-            let _ = shared.store.set_cursor(&format!("poll:{id}"), &last).await;
+            if let Err(e) = shared.store.set_cursor(&format!("poll:{id}"), &last).await {
+                // Harmless: the next round reads the messages again, and the
+                // inbox recognises them.
+                tracing::warn!(error = %e, conversation = %id, "cannot save the polling cursor");
+            }
         }
     }
     Ok(found)

@@ -10,7 +10,7 @@ use super::codec::{self, Inbound, OutboxAction, SessionRecord};
 use super::metrics::Metrics;
 use super::{now_ms, send, RuntimeError, Shared};
 use crate::engine::Turn;
-use crate::message::{Channel, Effect};
+use crate::message::{Channel, Effect, Event};
 use crate::qpien::plan_replies;
 use crate::store::{Accepted, InboxItem, NewInbound, OutboxItem, StoredSession, TurnCommit};
 
@@ -136,17 +136,16 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
         }
     };
     let now = now_ms();
-    let turn = match &inbound {
+    let turn = match inbound.map(Inbound::into_event) {
         None => Turn::quiet(session),
-        Some(Inbound::Idle { .. }) => match session {
+        Some(Err(_due)) => match session {
             Some(s) => bot.idle(conversation, s, channel, now).await,
             None => Turn::quiet(None),
         },
-        Some(other) => {
-            if let Inbound::Message { message } = other {
+        Some(Ok(event)) => {
+            if let Event::Message(message) = &event {
                 channel = message.channel;
             }
-            let event = other.event().expect("not a timer");
             if restart {
                 bot.restart(conversation, &event, now).await
             } else {
@@ -187,7 +186,7 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
         inbox_seq: item.seq,
         conversation: conversation.to_owned(),
         session,
-        outbox: outbox.clone(),
+        outbox,
     };
     let Some(ids) = persist(shared, "commit a turn", || {
         shared.store.commit(commit.clone())
@@ -207,7 +206,7 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
         .turn_latency
         .observe(started.elapsed().as_secs_f64());
     tracing::debug!(replies = ids.len(), "turn committed");
-    for (id, payload) in ids.into_iter().zip(outbox) {
+    for (id, payload) in ids.into_iter().zip(commit.outbox) {
         send::queue(
             shared,
             OutboxItem {

@@ -196,11 +196,14 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     let app = http::router(state.clone(), schema);
     let mut stop_server = stopping.clone();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop_server.wait_for(|s| *s).await;
             })
-            .await;
+            .await
+        {
+            tracing::error!(error = %e, "simulator HTTP server failed");
+        }
     });
     let sender = tokio::spawn(webhooks::run(state.clone(), queue, stopping));
     tracing::info!(%addr, "Qpien simulator running");

@@ -121,7 +121,6 @@ impl Server {
         }
     }
 
-    #[allow(dead_code)]
     pub fn set(&self, f: impl FnOnce(&mut Settings)) {
         f(&mut self.shared.settings.lock().unwrap());
     }
