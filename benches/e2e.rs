@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::routing;
 use axum::Router;
-use flowbot::config::Config;
-use flowbot::qpien::webhook::sign;
-use flowbot::qpien::{RateLimitConfig, Secret};
+use flowbot::internals::qpien::webhook::sign;
+use flowbot::internals::qpien::{RateLimitConfig, Secret};
+use flowbot::Config;
 use serde_json::{json, Value};
 
 #[path = "../examples/support_bot.rs"]
@@ -144,7 +144,7 @@ fn main() {
         config.qpien.endpoint = qpien;
         config.qpien.client_id = Secret::new("id");
         config.qpien.client_secret = Secret::new("secret");
-        config.qpien.whatsapp_operation = flowbot::qpien::WhatsappOperation::CreateMessage;
+        config.qpien.whatsapp_operation = flowbot::internals::qpien::WhatsappOperation::CreateMessage;
         config.qpien.rate_limit = RateLimitConfig {
             requests: 10_000_000,
             per: Duration::from_secs(1),
@@ -157,9 +157,9 @@ fn main() {
         config.runtime.reload = false;
         config.runtime.queue_capacity = 1_000_000;
         if std::env::args().any(|a| a == "--normal") {
-            config.store.durability = flowbot::store::Durability::Normal;
+            config.store.durability = flowbot::internals::store::Durability::Normal;
         }
-        let running = flowbot::runtime::start(config, support_bot::registry())
+        let running = flowbot::start(config, support_bot::registry())
             .await
             .unwrap();
         let url = format!("http://{}/webhook", running.addr());

@@ -8,8 +8,8 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flowbot::engine::{Bot, Session};
-use flowbot::message::{Event, Incoming};
+use flowbot::{Bot, Session, Stored};
+use flowbot::{Event, Incoming};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -57,13 +57,13 @@ fn bot() -> Bot {
 }
 
 /// Runs the script on `n` conversations, interleaved; returns messages sent.
-fn run(bot: &Bot, ids: &[String], sessions: &mut [Option<Session>], script: &[Event]) -> usize {
+fn run(bot: &Bot, ids: &[String], sessions: &mut [Option<Stored>], script: &[Event]) -> usize {
     let mut sent = 0;
     for ev in script {
         for (id, s) in ids.iter().zip(sessions.iter_mut()) {
-            let turn = now(bot.turn(id, s.take(), ev, 0));
+            let turn = now(bot.step(id, s.take(), ev, 0));
             sent += turn.messages.len();
-            *s = turn.session;
+            *s = turn.stored;
         }
     }
     sent
@@ -91,7 +91,7 @@ fn engine(c: &mut Criterion) {
     let mut g = c.benchmark_group("support_scenario");
     for n in [1_000usize, 10_000] {
         let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-        let mut sessions: Vec<Option<Session>> = vec![None; n];
+        let mut sessions: Vec<Option<Stored>> = vec![None; n];
         g.throughput(Throughput::Elements((n * script.len()) as u64));
         g.sample_size(10);
         g.bench_function(format!("{n}_conversations"), |b| {
@@ -103,16 +103,22 @@ fn engine(c: &mut Criterion) {
     // Memory per idle conversation: 100,000 sessions waiting for an order number.
     let n = 100_000;
     let before = rss_kib();
-    let mut parked: Vec<(String, Session)> = Vec::with_capacity(n);
+    let mut parked: Vec<(String, Stored)> = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("c{i}");
-        let t = now(bot.turn(&id, None, &script[0], 0));
-        let t = now(bot.turn(&id, t.session, &script[1], 0));
-        parked.push((id, t.session.unwrap()));
+        let t = now(bot.step(&id, None, &script[0], 0));
+        let t = now(bot.step(&id, t.stored, &script[1], 0));
+        parked.push((id, t.stored.unwrap()));
     }
     let after = rss_kib();
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
-    let approx: usize = parked.iter().map(|(_, s)| s.approx_size()).sum::<usize>() / n;
+    let approx: usize = parked
+        .iter()
+        .map(|(_, s)| {
+            s.session.approx_size() + std::mem::size_of::<Stored>() - std::mem::size_of::<Session>()
+        })
+        .sum::<usize>()
+        / n;
     println!("memory: {per:.0} bytes resident per idle conversation (session estimate {approx} bytes), {n} conversations");
 }
 

@@ -16,7 +16,7 @@
 //! Every `flowbot` subcommand works through this binary, with the action
 //! registered: `cargo run --example support_bot -- test tests/conversations`.
 
-use flowbot::handler::{ActionContext, ActionError, ActionOutcome, Registry};
+use flowbot::{ActionContext, ActionError, ActionOutcome, Registry};
 
 /// Looks an order up. A real bot would call the shop's API here; this one says
 /// "shipped" for even numbers and "processing" for odd ones.
@@ -41,5 +41,5 @@ pub fn registry() -> Registry {
 
 #[allow(dead_code)]
 fn main() -> std::process::ExitCode {
-    flowbot::cli::main(registry())
+    flowbot::main(registry())
 }

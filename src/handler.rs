@@ -11,7 +11,7 @@
 //! matcher (blanket impls), so small handlers need no type of their own:
 //!
 //! ```
-//! use flowbot::handler::{ActionContext, ActionOutcome, Registry};
+//! use flowbot::{ActionContext, ActionOutcome, Registry};
 //! let registry = Registry::new()
 //!     .action("lookup_order", |ctx: &mut ActionContext<'_>| {
 //!         let even = ctx.arg_str("number").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n % 2 == 0);
@@ -34,7 +34,7 @@ use crate::message::{Contact, Effect, Event, Incoming, Outgoing};
 /// Rust code run when a state with `call:` is entered.
 ///
 /// ```
-/// use flowbot::handler::{Action, ActionContext, ActionError, ActionOutcome};
+/// use flowbot::{Action, ActionContext, ActionError, ActionOutcome};
 /// struct CheckStock;
 /// #[flowbot::async_trait]
 /// impl Action for CheckStock {
@@ -217,8 +217,8 @@ pub type Captures = Vec<(String, Value)>;
 /// A custom condition (`match: NAME` in a rule).
 ///
 /// ```
-/// use flowbot::handler::{Registry, Vars};
-/// use flowbot::message::Incoming;
+/// use flowbot::{Registry, Vars};
+/// use flowbot::Incoming;
 /// let r = Registry::new().matcher("shouting", |m: &Incoming, _: &Vars<'_>| {
 ///     (m.text.len() > 3 && m.text == m.text.to_uppercase()).then(Vec::new)
 /// });

@@ -6,8 +6,7 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! use flowbot::testing::TestConversation;
-//! use flowbot::handler::Registry;
+//! use flowbot::prelude::*;
 //!
 //! let yaml = r#"
 //! version: 1
@@ -26,39 +25,117 @@
 //! # });
 //! ```
 //!
-//! The parts, from the inside out:
-//! - [`flow`]: the YAML language: loading, validation with precise diagnostics,
-//!   compilation into an indexed graph.
-//! - [`engine`]: the pure turn function ([`engine::Bot::turn`]) and sessions.
-//! - [`handler`]: Rust extension points ([`handler::Action`], [`handler::Matcher`],
-//!   [`handler::Hook`]) and the [`handler::Registry`].
-//! - [`message`]: channel-neutral incoming and outgoing messages.
-//! - [`testing`]: conversation tests, from Rust and from YAML files.
-//! - [`qpien`]: the Qpien adapter: schema and documents, the client (tokens, rate
-//!   limit, retries, idempotent sends), wire types, conversion, webhook signatures.
-//! - [`store`]: where sessions, the inbox and the outbox live (memory, SQLite).
-//! - [`runtime`]: `flowbot run`: webhook server, poller, dispatcher, sender, timers.
-//! - [`config`]: `flowbot.toml` and `FLOWBOT_...` variables.
-//! - `sim` (feature `sim`, on by default): an embedded Qpien simulator and the web
-//!   playground.
-//! - [`cli`]: every `flowbot` subcommand; a user's binary calls [`cli::main`] with
-//!   its own registry.
+//! ## What a bot author uses
+//! - **A binary with every subcommand**: [`main`] with a [`Registry`] of your
+//!   handlers (`validate`, `replay`, `chat`, `graph`, `test`, `run`, `sim`, `demo`).
+//! - **Handlers** for what YAML cannot say: [`Action`] (`call:` in a flow, with its
+//!   [`ActionContext`]), [`Matcher`] (`match:`), [`Hook`] (around every turn, with a
+//!   [`TurnRecord`]). A plain closure is an action or a matcher too;
+//!   [`macro@async_trait`] is re-exported.
+//! - **Tests**: [`TestConversation`] from Rust (its [`Transcript`] is made for
+//!   `insta::assert_yaml_snapshot!`), and the YAML conversation tests with their
+//!   snapshots through [`run_conversation_tests`].
+//! - **Messages**: [`Incoming`], [`Outgoing`], [`Event`], [`Channel`] and the rich
+//!   message parts ([`Choice`], [`ListMessage`], [`InfoButton`], [`Media`]).
+//! - **The engine**, for embedding: [`Bot::step`] is the one entry point of a
+//!   turn; it takes and returns a conversation's [`Stored`] form.
+//! - **The production runtime**, for embedding: [`start`] with a [`Config`].
+//! - **Time**: [`Millis`], [`Clock`], [`ManualClock`].
+//!
+//! `use flowbot::prelude::*;` brings the handler traits, the registry, the
+//! messages and the test conversation.
+//!
+//! ## How it is built
+//! The flow language (`src/flow/`) is loaded, validated with precise diagnostics
+//! and compiled into an indexed graph; the engine (`src/engine/`) runs turns on it
+//! without I/O; the runtime (`src/runtime/`) receives Qpien's webhooks and polls,
+//! keeps sessions, inbox and outbox in a store (`src/store/`) and answers through
+//! the Qpien adapter (`src/qpien/`, the one place that knows Qpien); `src/sim/` is
+//! an embedded Qpien simulator. Those modules are private: what is public is
+//! listed above. `internals` (hidden from the docs) exists for this crate's own
+//! tests and benchmarks and is not part of the API.
 
-pub mod cli;
-pub mod config;
-pub mod engine;
-pub mod flow;
-pub mod handler;
-pub mod message;
-pub mod qpien;
-pub mod runtime;
+mod cli;
+mod config;
+mod engine;
+mod flow;
+mod handler;
+mod message;
+mod qpien;
+mod runtime;
 #[cfg(feature = "sim")]
-pub mod sim;
-pub mod store;
-pub mod testing;
+mod sim;
+mod store;
+mod testing;
+mod time;
 
 pub use async_trait::async_trait;
-pub use engine::Bot;
-pub use flow::Flow;
-pub use handler::Registry;
 pub use minijinja::Value;
+
+pub use cli::main;
+pub use config::{Config, ConfigError};
+pub use engine::{Bot, BotError, Offered, OptionKind, Session, Step, Stored, Turn};
+pub use flow::{Diagnostic, Diagnostics, Flow, HandlerNames, LoadError, Severity};
+pub use handler::{
+    Action, ActionContext, ActionError, ActionOutcome, Captures, Hook, Matcher, Registry,
+    TurnRecord, Vars,
+};
+pub use message::{
+    ButtonKind, Channel, Choice, Contact, Effect, Event, Incoming, InfoButton, ListMessage,
+    ListSection, Media, MediaKind, Outgoing,
+};
+pub use runtime::{shutdown_signal, start, Drained, Running, RuntimeError};
+pub use testing::suite::{run_dir as run_conversation_tests, CaseReport, SuiteReport, Update};
+pub use testing::{Customer, Exchange, TestConversation, Transcript};
+pub use time::{Clock, ManualClock, Millis, SystemClock};
+
+/// What most bots need: `use flowbot::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        async_trait, Action, ActionContext, ActionError, ActionOutcome, Bot, Channel, Event, Hook,
+        Incoming, Matcher, Outgoing, Registry, TestConversation, Value,
+    };
+}
+
+/// The crate's insides, for its own tests and benchmarks. Not part of the API:
+/// anything here may change in any release.
+#[doc(hidden)]
+pub mod internals {
+    /// The CLI's pieces.
+    pub mod cli {
+        pub use crate::cli::*;
+    }
+    /// `flowbot.toml`.
+    pub mod config {
+        pub use crate::config::*;
+    }
+    /// The flow language's compiled form.
+    pub mod flow {
+        pub use crate::flow::*;
+    }
+    /// The Qpien adapter.
+    pub mod qpien {
+        pub use crate::qpien::*;
+    }
+    /// The runtime's payloads and metrics.
+    pub mod runtime {
+        pub use crate::runtime::*;
+    }
+    /// The simulator.
+    #[cfg(feature = "sim")]
+    pub mod sim {
+        pub use crate::sim::*;
+    }
+    /// Stores.
+    pub mod store {
+        pub use crate::store::*;
+    }
+    /// Time helpers.
+    pub mod time {
+        pub use crate::time::*;
+    }
+    /// Testing helpers beyond the root's.
+    pub mod testing {
+        pub use crate::testing::*;
+    }
+}

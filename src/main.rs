@@ -1,6 +1,6 @@
 //! The `flowbot` binary: the library's CLI, with the example support bot's
 //! action registered so that `flowbot demo` runs `flows/support.yaml` out of
-//! the box. Bots with their own Rust handlers call `flowbot::cli::main` from
+//! the box. Bots with their own Rust handlers call `flowbot::main` from
 //! their own binary.
 
 #[path = "../examples/support_bot.rs"]
@@ -14,5 +14,5 @@ mod support_bot;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    flowbot::cli::main(support_bot::registry())
+    flowbot::main(support_bot::registry())
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+use crate::time::Millis;
+
 /// The channel a conversation runs on. It decides what the customer can see:
 /// buttons, lists, or only text (see [`Channel::capabilities`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -183,7 +185,7 @@ pub struct Contact {
 /// One customer message, already converted from the platform's format.
 ///
 /// ```
-/// use flowbot::message::Incoming;
+/// use flowbot::Incoming;
 /// let tap = Incoming::button("orders");
 /// assert_eq!(tap.button.as_deref(), Some("orders"));
 /// let text = Incoming::text("hello");
@@ -255,8 +257,14 @@ impl Incoming {
     }
 }
 
-/// Something that happens in a conversation: a customer message or an agent's move.
+/// Something that happens in a conversation: a customer message, an agent's
+/// move, or time passing. Webhook, poller and timers are sources of one stream of
+/// these; the engine takes each through [`Bot::step`](crate::Bot::step).
+///
+/// Its serde form is what the runtime stores in its inbox (`{"kind": "message",
+/// "message": {...}}`, `{"kind": "agent_joined"}`, `{"kind": "idle", "due": ...}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The customer wrote, tapped or sent media.
     Message(Incoming),
@@ -264,6 +272,80 @@ pub enum Event {
     AgentJoined,
     /// The person left (the conversation is released): the next message starts over.
     AgentLeft,
+    /// The inactivity timer of the conversation's state was due at `due`: its
+    /// `after:` nudge fires if it still applies.
+    Idle {
+        /// When it was due.
+        due: Millis,
+    },
+}
+
+impl Event {
+    /// The events that have a word of their own, as tests and `flowbot replay`
+    /// write them.
+    pub const WORDS: [&'static str; 2] = ["agent_joined", "agent_left"];
+
+    /// The event a word names (`agent_joined`, `agent_left`).
+    pub fn from_word(word: &str) -> Option<Event> {
+        match word {
+            "agent_joined" => Some(Event::AgentJoined),
+            "agent_left" => Some(Event::AgentLeft),
+            _ => None,
+        }
+    }
+
+    /// The event's word (`message`, `agent_joined`, `agent_left`, `idle`).
+    pub fn word(&self) -> &'static str {
+        match self {
+            Event::Message(_) => "message",
+            Event::AgentJoined => "agent_joined",
+            Event::AgentLeft => "agent_left",
+            Event::Idle { .. } => "idle",
+        }
+    }
+}
+
+/// The stored form of an [`Event`], borrowed for writing.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventOut<'a> {
+    Message { message: &'a Incoming },
+    AgentJoined,
+    AgentLeft,
+    Idle { due: Millis },
+}
+
+/// The stored form of an [`Event`], owned for reading.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventIn {
+    Message { message: Incoming },
+    AgentJoined,
+    AgentLeft,
+    Idle { due: Millis },
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Event::Message(message) => EventOut::Message { message },
+            Event::AgentJoined => EventOut::AgentJoined,
+            Event::AgentLeft => EventOut::AgentLeft,
+            Event::Idle { due } => EventOut::Idle { due: *due },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match EventIn::deserialize(d)? {
+            EventIn::Message { message } => Event::Message(message),
+            EventIn::AgentJoined => Event::AgentJoined,
+            EventIn::AgentLeft => Event::AgentLeft,
+            EventIn::Idle { due } => Event::Idle { due },
+        })
+    }
 }
 
 /// A quick-reply button, or one row of a list message.

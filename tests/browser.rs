@@ -79,7 +79,7 @@ async fn browser_playground_in_headless_chromium() {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {chromedriver}: {e}")),
     );
-    let demo = flowbot::cli::Demo::start(
+    let demo = flowbot::internals::cli::Demo::start(
         std::path::Path::new("flows/support.yaml"),
         "127.0.0.1:0".parse().unwrap(),
         crate::support_bot::registry(),

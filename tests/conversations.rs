@@ -1,7 +1,7 @@
 //! The YAML conversation tests, compared with their insta snapshots in
 //! `tests/conversations/snapshots/` (review changes with `cargo insta review`).
 
-use flowbot::testing::suite::{run_dir, Update};
+use flowbot::{run_conversation_tests as run_dir, Update};
 use std::path::Path;
 
 #[test]

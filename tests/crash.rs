@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use flowbot::qpien::webhook::sign;
+use flowbot::internals::qpien::webhook::sign;
 use serde_json::Value;
 
 use crate::qpien::server::{Server, Settings};

@@ -1,6 +1,6 @@
 //! Bad flows: every problem is found at load time, with its position and path.
 
-use flowbot::flow::{Diagnostic, Flow, HandlerNames, Severity};
+use flowbot::internals::flow::{Diagnostic, Flow, HandlerNames, Severity};
 
 fn problems(yaml: &str) -> Vec<Diagnostic> {
     let names = HandlerNames {

@@ -1,10 +1,8 @@
 //! Turn semantics and match kinds, through `TestConversation`.
 
-use flowbot::handler::{
-    ActionContext, ActionError, ActionOutcome, Hook, Registry, TurnRecord, Vars,
-};
-use flowbot::message::{Channel, Incoming, MediaKind};
-use flowbot::testing::{Customer, TestConversation};
+use flowbot::{ActionContext, ActionError, ActionOutcome, Hook, Registry, TurnRecord, Vars};
+use flowbot::{Channel, Incoming, MediaKind};
+use flowbot::{Customer, TestConversation};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +19,7 @@ fn conv_with(yaml: &str, r: Registry) -> TestConversation {
     }
 }
 
-fn texts(out: &[flowbot::message::Outgoing]) -> Vec<String> {
+fn texts(out: &[flowbot::Outgoing]) -> Vec<String> {
     out.iter().map(|m| m.text.clone()).collect()
 }
 
@@ -260,7 +258,7 @@ states:
             ctx.set("line", format!("{g} {who} x{times}"));
             Ok(ActionOutcome::Continue)
         });
-        let contact = flowbot::message::Contact {
+        let contact = flowbot::Contact {
             first_name: Some("Ada".into()),
             ..Default::default()
         };
@@ -276,9 +274,9 @@ fn session_timeout_starts_over() {
         let mut c = conv(yaml);
         c.send("hi").await;
         c.send("b").await;
-        c.wait(Duration::from_secs(9 * 60));
+        c.wait(Duration::from_secs(9 * 60)).await;
         assert_eq!(texts(c.send("?").await), ["B"]);
-        c.wait(Duration::from_secs(10 * 60));
+        c.wait(Duration::from_secs(10 * 60)).await;
         assert_eq!(texts(c.send("b").await), ["A"]);
     });
 }
@@ -292,10 +290,10 @@ fn handoff_silences_until_released() {
         assert_eq!(texts(c.send("human").await), ["Wait"]);
         assert_eq!(
             c.transcript().0.last().unwrap().effects,
-            [flowbot::message::Effect::Handoff]
+            [flowbot::Effect::Handoff]
         );
         assert!(c.send("hello?").await.is_empty());
-        c.wait(Duration::from_secs(86_400));
+        c.wait(Duration::from_secs(86_400)).await;
         assert!(c.send("still?").await.is_empty());
         c.agent_leaves().await;
         assert_eq!(texts(c.send("thanks").await), ["A"]);
@@ -363,6 +361,85 @@ fn hooks_see_every_turn() {
             *log.lock().unwrap(),
             ["None->Some(\"start\"):1", "Some(\"start\")->None:1"]
         );
+    });
+}
+
+#[derive(Default)]
+struct EventLog(Arc<Mutex<Vec<String>>>);
+
+#[flowbot::async_trait]
+impl Hook for EventLog {
+    async fn before_turn(&self, _conversation: &str, event: &flowbot::Event) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("before {}", event.word()));
+    }
+    async fn after_turn(&self, t: &TurnRecord<'_>) {
+        self.0.lock().unwrap().push(format!(
+            "after {} {:?}->{:?} {:?}",
+            t.event.word(),
+            t.from,
+            t.to,
+            t.messages
+                .iter()
+                .map(|m| m.text.as_str())
+                .collect::<Vec<_>>()
+        ));
+    }
+}
+
+#[test]
+fn hooks_see_idle_nudges_and_agent_events() {
+    block_on(async {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let r = Registry::new().hook(EventLog(log.clone()));
+        let yaml = "states:\n  start: { say: A, on: [{ text: b, goto: b }] }\n  b: { say: B, after: { idle: 5m, say: Still there?, goto: start } }\n";
+        let mut c = conv_with(yaml, r);
+        c.send("hi").await;
+        c.send("b").await;
+        assert_eq!(
+            texts(c.wait(Duration::from_secs(6 * 60)).await),
+            ["Still there?", "A"]
+        );
+        c.agent_joins().await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "before message",
+                "after message None->Some(\"start\") [\"A\"]",
+                "before message",
+                "after message Some(\"start\")->Some(\"b\") [\"B\"]",
+                "before idle",
+                "after idle Some(\"b\")->Some(\"start\") [\"Still there?\", \"A\"]",
+                "before agent_joined",
+                "after agent_joined Some(\"start\")->Some(\"start\") []",
+            ]
+        );
+    });
+}
+
+#[test]
+fn idle_nudges_fire_once_at_their_time_and_never_in_handoff() {
+    block_on(async {
+        let yaml = "states:\n  start: { say: A, on: [{ text: b, goto: b }, { text: h, goto: h }] }\n  b: { say: B, after: { idle: 10m, say: Nudge } }\n  h: { say: Wait, handoff: true, after: { idle: 1m, say: Never } }\n";
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        c.send("b").await;
+        let due = c.idle_due().expect("b has a nudge");
+        assert!(c.wait(Duration::from_secs(9 * 60)).await.is_empty());
+        assert_eq!(texts(c.wait(Duration::from_secs(60)).await), ["Nudge"]);
+        assert_eq!(c.idle_due(), None, "it fired: no second nudge");
+        assert!(c.wait(Duration::from_secs(3600)).await.is_empty());
+        // Speaking again in the state re-arms it from the new message.
+        assert_eq!(texts(c.send("?").await), ["B"]);
+        assert!(c.idle_due().unwrap() > due);
+        c.send("menu").await;
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        c.send("h").await;
+        assert_eq!(c.idle_due(), None);
+        assert!(c.wait(Duration::from_secs(600)).await.is_empty());
     });
 }
 

@@ -1,8 +1,8 @@
 //! Random YAML and random messages: the loader and the engine never panic.
 
-use flowbot::engine::Bot;
-use flowbot::flow::{Flow, HandlerNames};
-use flowbot::message::{Event, Incoming, MediaKind};
+use flowbot::internals::flow::{Flow, HandlerNames};
+use flowbot::Bot;
+use flowbot::{Event, Incoming, MediaKind};
 use proptest::prelude::*;
 
 const SUPPORT: &str = include_str!("../flows/support.yaml");
@@ -30,10 +30,10 @@ proptest! {
     }
 
     #[test]
-    fn random_messages_never_panic_the_engine(msgs in proptest::collection::vec((0u8..6, "\\PC{0,20}"), 1..30)) {
+    fn random_messages_never_panic_the_engine(msgs in proptest::collection::vec((0u8..7, "\\PC{0,20}"), 1..30)) {
         let bot = Bot::from_yaml("support.yaml", SUPPORT, crate::support_bot::registry()).unwrap();
         crate::block_on(async {
-            let mut session = None;
+            let mut stored = None;
             for (kind, text) in msgs {
                 let ev = match kind {
                     0 => Event::Message(Incoming::text(text)),
@@ -41,11 +41,12 @@ proptest! {
                     2 => Event::Message(Incoming::list(text)),
                     3 => Event::Message(Incoming::media(MediaKind::Image, text)),
                     4 => Event::AgentJoined,
-                    _ => Event::AgentLeft,
+                    5 => Event::AgentLeft,
+                    _ => Event::Idle { due: text.len() as i64 },
                 };
-                let t = bot.turn("c", session.take(), &ev, 0).await;
+                let t = bot.step("c", stored.take(), &ev, 0).await;
                 assert!(t.messages.len() <= 60);
-                session = t.session;
+                stored = t.stored;
             }
         });
     }

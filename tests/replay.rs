@@ -1,6 +1,6 @@
 //! The `flowbot replay` contract: JSON lines in, JSON lines out, deterministic.
 
-use flowbot::engine::Bot;
+use flowbot::Bot;
 use std::process::{Command, Stdio};
 
 fn replay(input: &str) -> (String, String) {
@@ -10,7 +10,7 @@ fn replay(input: &str) -> (String, String) {
     )
     .unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    crate::block_on(flowbot::cli::replay(
+    crate::block_on(flowbot::internals::cli::replay(
         &bot,
         input.as_bytes(),
         &mut out,
@@ -79,7 +79,7 @@ fn time_moves_with_at() {
 {"conversation":"c","text":"?","at":"2026-01-01T11:00:00Z"}
 "#;
     let mut out = Vec::new();
-    crate::block_on(flowbot::cli::replay(
+    crate::block_on(flowbot::internals::cli::replay(
         &bot,
         input.as_bytes(),
         &mut out,

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flowbot::config::{Config, StoreBackend};
-use flowbot::qpien::webhook::sign;
-use flowbot::qpien::{RateLimitConfig, RetryConfig, Secret};
-use flowbot::runtime::{self, Running};
+use flowbot::internals::config::{Config, StoreBackend};
+use flowbot::internals::qpien::webhook::sign;
+use flowbot::internals::qpien::{RateLimitConfig, RetryConfig, Secret};
 use flowbot::Registry;
+use flowbot::{Drained, Running};
 use serde_json::{json, Value};
 
 use crate::qpien::server::{Server, Settings};
@@ -60,7 +60,7 @@ pub(crate) fn config(qpien: &Server, dir: &Path) -> Config {
         min_delay: Duration::from_millis(5),
         max_delay: Duration::from_millis(20),
     };
-    c.qpien.whatsapp_operation = flowbot::qpien::WhatsappOperation::CreateMessage;
+    c.qpien.whatsapp_operation = flowbot::internals::qpien::WhatsappOperation::CreateMessage;
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.webhook_secret = Secret::new(SECRET);
     c.store.backend = StoreBackend::Sqlite;
@@ -94,7 +94,7 @@ impl Harness {
         std::fs::write(dir.join("flow.yaml"), flow).unwrap();
         let mut c = config(&qpien, &dir);
         tweak(&mut c);
-        let running = runtime::start(c, registry).await.unwrap();
+        let running = flowbot::start(c, registry).await.unwrap();
         Harness {
             qpien,
             running: Some(running),
@@ -139,7 +139,7 @@ impl Harness {
         replies(&self.qpien, conversation)
     }
 
-    pub(crate) async fn stop(&mut self) -> runtime::Drained {
+    pub(crate) async fn stop(&mut self) -> Drained {
         self.running.take().unwrap().shutdown().await
     }
 }
@@ -359,7 +359,7 @@ async fn timers_survive_a_restart() {
     h.stop().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let c = config(&h.qpien, &h.dir);
-    h.running = Some(runtime::start(c, Registry::new()).await.unwrap());
+    h.running = Some(flowbot::start(c, Registry::new()).await.unwrap());
     wait_until(
         "the nudge after the restart",
         Duration::from_secs(5),
@@ -556,7 +556,7 @@ async fn the_example_config_runs_the_support_bot_end_to_end() {
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.webhook_secret = Secret::new(SECRET);
     c.store.path = dir.join("flowbot.db");
-    let running = runtime::start(c, crate::support_bot::registry())
+    let running = flowbot::start(c, crate::support_bot::registry())
         .await
         .unwrap();
     let mut h = Harness {
@@ -617,7 +617,7 @@ async fn the_example_config_runs_the_support_bot_end_to_end() {
 /// `Retry-After` and stores nothing; the redelivery is answered later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_pushes_back() {
-    use flowbot::handler::{Action, ActionContext, ActionError, ActionOutcome};
+    use flowbot::{Action, ActionContext, ActionError, ActionOutcome};
     struct Slow;
     #[flowbot::async_trait]
     impl Action for Slow {

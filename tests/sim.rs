@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flowbot::config::Config;
-use flowbot::qpien::{QpienClient, QpienConfig, QpienError, RetryConfig, Secret};
-use flowbot::runtime::{self, Running};
-use flowbot::sim::{self, CustomerInput, Faults, RunningSim, SimConfig};
+use flowbot::internals::qpien::{QpienClient, QpienConfig, QpienError, RetryConfig, Secret};
+use flowbot::internals::sim::{self, CustomerInput, Faults, RunningSim, SimConfig};
+use flowbot::Config;
+use flowbot::Running;
 use serde_json::Value;
 
 use crate::runtime::{temp_dir, wait_until};
@@ -80,9 +80,9 @@ fn shape(
 #[test]
 fn the_simulator_serves_exactly_the_clients_schema() {
     let served = sim::sdl().unwrap();
-    assert_eq!(shape(&served), shape(flowbot::qpien::SCHEMA));
+    assert_eq!(shape(&served), shape(flowbot::internals::qpien::SCHEMA));
     // And the shape comparison is not vacuous.
-    assert!(shape(flowbot::qpien::SCHEMA)["ExternalMessage"]
+    assert!(shape(flowbot::internals::qpien::SCHEMA)["ExternalMessage"]
         .contains_key("flowBotQuickReplyResponseId"));
 }
 
@@ -102,18 +102,18 @@ async fn the_client_works_against_the_simulator() {
     );
     let page = client.get_message_list(&conv, 1, 10).await.unwrap();
     assert_eq!(page.docs.len(), 1);
-    let incoming = flowbot::qpien::to_incoming(&page.docs[0]);
+    let incoming = flowbot::internals::qpien::to_incoming(&page.docs[0]);
     assert_eq!(
         (incoming.text.as_str(), incoming.channel),
-        ("hi", flowbot::message::Channel::LiveChat)
+        ("hi", flowbot::Channel::LiveChat)
     );
     assert_eq!(incoming.contact.first_name.as_deref(), Some("Ada"));
-    let plan = flowbot::qpien::plan_replies(
+    let plan = flowbot::internals::qpien::plan_replies(
         client.config(),
         &conv,
-        flowbot::message::Channel::LiveChat,
+        flowbot::Channel::LiveChat,
         "m1",
-        &[flowbot::message::Outgoing::text("hello")],
+        &[flowbot::Outgoing::text("hello")],
     );
     client.send_all(&plan).await.unwrap();
     client.send_all(&plan).await.unwrap(); // a resend: recognised by frontMsgId
@@ -129,7 +129,7 @@ async fn the_client_works_against_the_simulator() {
     assert_eq!(client.connected_platforms().await.unwrap().len(), 4);
     // WhatsApp's own mutation is refused in another channel.
     let mut wa = plan[0].clone();
-    wa.operation = flowbot::qpien::Operation::CreateMessageByWhatsapp;
+    wa.operation = flowbot::internals::qpien::Operation::CreateMessageByWhatsapp;
     wa.input.front_msg_id = "other".into();
     assert_eq!(
         client.send(&wa).await.unwrap_err().code(),
@@ -299,7 +299,7 @@ async fn bot_for(sim: &RunningSim, name: &str, tweak: impl FnOnce(&mut Config)) 
     c.server.webhook_secret = Secret::new(sim.state().config().webhook_secret);
     c.store.path = dir.join("flowbot.db");
     tweak(&mut c);
-    let bot = runtime::start(c, crate::support_bot::registry())
+    let bot = flowbot::start(c, crate::support_bot::registry())
         .await
         .unwrap();
     let url = format!("http://{}/webhook", bot.addr());
@@ -432,7 +432,7 @@ async fn an_agent_in_the_simulator_silences_the_bot_until_leaving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_wires_everything_and_serves_the_playground() {
-    let demo = flowbot::cli::Demo::start(
+    let demo = flowbot::internals::cli::Demo::start(
         std::path::Path::new("flows/support.yaml"),
         local(),
         crate::support_bot::registry(),
@@ -511,7 +511,8 @@ async fn webhooks_are_signed_and_retried_with_backoff() {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_owned();
-                    let valid = flowbot::qpien::webhook::verify(b"hook-secret", &body, &sig);
+                    let valid =
+                        flowbot::internals::qpien::webhook::verify(b"hook-secret", &body, &sig);
                     let v: Value = serde_json::from_slice(&body).unwrap();
                     let mut log = log.lock().unwrap();
                     log.push((tokio::time::Instant::now(), valid, v));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowbot::store::*;
+use flowbot::internals::store::*;
 
 fn opts(busy_secs: u64, max_batch: usize) -> SqliteOptions {
     SqliteOptions {

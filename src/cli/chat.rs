@@ -145,7 +145,9 @@ pub(super) async fn run(
                 None => println!("     (no session)"),
             },
             "/wait" => match humantime::parse_duration(arg) {
-                Ok(d) => conv.wait(d),
+                Ok(d) => {
+                    conv.wait(d).await;
+                }
                 Err(e) => println!("     /wait: {e} (like /wait 31m)"),
             },
             "/button" => {

@@ -5,13 +5,13 @@
 //! with an empty registry:
 //!
 //! ```no_run
-//! use flowbot::handler::{ActionContext, ActionOutcome, Registry};
+//! use flowbot::{ActionContext, ActionOutcome, Registry};
 //! fn main() -> std::process::ExitCode {
 //!     let registry = Registry::new().action("greet", |ctx: &mut ActionContext<'_>| {
 //!         ctx.say("Hello from Rust");
 //!         Ok(ActionOutcome::Continue)
 //!     });
-//!     flowbot::cli::main(registry)
+//!     flowbot::main(registry)
 //! }
 //! ```
 //!

@@ -15,10 +15,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-use crate::engine::{parse_time, Bot, Session};
+use crate::engine::{Bot, Stored};
 use crate::handler::Registry;
 use crate::message::{Channel, Contact, Effect, Event, Incoming, MediaKind, Outgoing};
 use crate::testing::EPOCH;
+use crate::time::parse_time;
 
 #[derive(Debug, Deserialize)]
 struct Line {
@@ -51,13 +52,8 @@ struct EffectOut<'a> {
 
 fn event(l: &Line) -> Result<Event, String> {
     if let Some(e) = &l.event {
-        return match e.as_str() {
-            "agent_joined" => Ok(Event::AgentJoined),
-            "agent_left" => Ok(Event::AgentLeft),
-            other => Err(format!(
-                "unknown event `{other}` (agent_joined, agent_left)"
-            )),
-        };
+        return Event::from_word(e)
+            .ok_or_else(|| format!("unknown event `{e}` ({})", Event::WORDS.join(", ")));
     }
     let channel = match &l.channel {
         Some(c) => c.parse::<Channel>().map_err(|e| e.to_string())?,
@@ -116,7 +112,7 @@ pub async fn replay(
     mut errors: impl Write,
 ) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(output);
-    let mut sessions: HashMap<String, Session> = HashMap::new();
+    let mut sessions: HashMap<String, Stored> = HashMap::new();
     let mut now = EPOCH;
     for (i, line) in input.lines().enumerate() {
         let n = i + 1;
@@ -151,8 +147,8 @@ pub async fn replay(
             }
         };
         let conv = parsed.conversation.as_str();
-        let turn = bot.turn(conv, sessions.remove(conv), &ev, now).await;
-        if let Some(s) = turn.session {
+        let turn = bot.step(conv, sessions.remove(conv), &ev, now).await;
+        if let Some(s) = turn.stored {
             sessions.insert(parsed.conversation.clone(), s);
         }
         for m in &turn.messages {

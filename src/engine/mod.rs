@@ -1,10 +1,17 @@
 //! The engine: one turn of a conversation as a function.
 //!
-//! [`Bot::turn`] takes the session (or none), one [`Event`] and the time, and
-//! returns a [`Turn`]: the new session, the messages to send, the effects (handoff,
-//! end) and a trace of the states entered and rules fired. It does no I/O of its
-//! own: no network, no disk, no clock. Storage, delivery and time belong to the
-//! adapters around it, which is what makes it fast, deterministic and easy to test.
+//! [`Bot::step`] is the one entry point: it takes a conversation's stored form
+//! ([`Stored`]: its state's name, channel and session, or none), one [`Event`] and
+//! the time, and returns a [`Turn`]: the new stored form, when its idle nudge is
+//! due, the messages to send, the effects (handoff, end) and a trace of the states
+//! entered and rules fired. Every decision about a conversation is made here:
+//! resuming a session, placing it in a reloaded flow (`migrate:`), starting over
+//! when its state is gone (with `settings.restart_message`), expiry, idle nudges,
+//! agents joining and leaving, and the turn itself; hooks see every one of them.
+//! It does no I/O of its own: no network, no disk, no clock. Storage, delivery and
+//! time belong to the adapters around it (the runtime, `flowbot replay`,
+//! [`TestConversation`](crate::TestConversation)), which is what makes it fast,
+//! deterministic and testable where conversations are tested.
 //!
 //! Semantics (the flow language reference says the same from the author's side):
 //! - No session (new, ended, expired, released): global intents are tried; if none
@@ -22,31 +29,30 @@
 //!   `settings.error_message` and a fresh start. It is logged and the bot goes on.
 
 mod answer;
-mod clock;
 mod matching;
 mod render;
 mod session;
 
 use minijinja::Value;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use clock::{parse_time, Clock, ManualClock, SystemClock};
-pub use session::{Millis, Offered, OptionKind, Session};
+pub use session::{Offered, OptionKind, Session};
 
 use crate::flow::template::Scope;
 use crate::flow::{Arg, CallNode, Flow, LoadError, MsgNode, RuleNode, StateId};
 use crate::handler::{
     set_var, Action, ActionContext, ActionOutcome, Hook, Matcher, Registry, TurnRecord, Vars,
 };
-use crate::message::{Contact, Effect, Event, Incoming, Outgoing};
+use crate::message::{Channel, Contact, Effect, Event, Incoming, Outgoing};
+use crate::time::Millis;
 use matching::{eval, MatchEnv, Probe};
 use render::{Rendered, Renderer};
 
 /// How many states one turn may enter before it is stopped as a loop.
-pub const MAX_HOPS: u32 = 50;
+pub(crate) const MAX_HOPS: u32 = 50;
 
 const DEFAULT_ERROR_MESSAGE: &str = "Sorry, something went wrong. Please try again.";
 
@@ -54,14 +60,15 @@ const DEFAULT_ERROR_MESSAGE: &str = "Sorry, something went wrong. Please try aga
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use flowbot::{engine::Bot, handler::Registry, message::{Event, Incoming}};
+/// use flowbot::{Bot, Event, Incoming, Registry};
 /// let yaml = "states:\n  start:\n    say: Hello!\n    on:\n      - { text: bye, say: Bye!, goto: done }\n  done: { end: true }\n";
 /// let bot = Bot::from_yaml("hello.yaml", yaml, Registry::new()).unwrap();
-/// let t = bot.turn("c1", None, &Event::Message(Incoming::text("hi")), 0).await;
+/// let t = bot.step("c1", None, &Event::Message(Incoming::text("hi")), 0).await;
 /// assert_eq!(t.messages[0].text, "Hello!");
-/// let t = bot.turn("c1", t.session, &Event::Message(Incoming::text("Bye")), 0).await;
+/// assert_eq!(t.state(), Some("start"));
+/// let t = bot.step("c1", t.stored, &Event::Message(Incoming::text("Bye")), 0).await;
 /// assert_eq!(t.messages[0].text, "Bye!");
-/// assert!(t.session.is_none());
+/// assert!(t.stored.is_none());
 /// # });
 /// ```
 pub struct Bot {
@@ -96,11 +103,26 @@ pub enum BotError {
     },
 }
 
-/// What one turn did.
+/// A conversation as it is stored between turns: the state's *name* (so that a
+/// reloaded flow can place it), the channel it runs on (for messages the
+/// customer did not prompt) and the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The state's name when saved.
+    pub state: Arc<str>,
+    /// The conversation's channel.
+    pub channel: Channel,
+    /// The session.
+    pub session: Session,
+}
+
+/// What one step of a conversation did.
 #[derive(Debug, Clone)]
 pub struct Turn {
-    /// The session after the turn (`None`: ended or released).
-    pub session: Option<Session>,
+    /// The conversation's stored form after the turn (`None`: ended or released).
+    pub stored: Option<Stored>,
+    /// When the `after:` nudge of the state it is in falls due, if it has one.
+    pub due: Option<Millis>,
     /// Messages to send, in order.
     pub messages: Vec<Outgoing>,
     /// Effects, after the messages.
@@ -199,8 +221,98 @@ impl Bot {
         &self.flow
     }
 
+    /// Runs one step of a conversation: the one entry point (see the module docs).
+    ///
+    /// `stored` is what the last step returned (or none); `event` is what
+    /// happened; `now` is the time. Hooks run before and after, whatever the
+    /// event. The returned [`Turn`] carries the new stored form and when the
+    /// next idle nudge is due, for the caller to keep.
+    pub async fn step(
+        &self,
+        conversation: &str,
+        stored: Option<Stored>,
+        event: &Event,
+        now: Millis,
+    ) -> Turn {
+        for h in &self.hooks {
+            h.before_turn(conversation, event).await;
+        }
+        let mut channel = stored.as_ref().map_or(Channel::default(), |s| s.channel);
+        if let Event::Message(m) = event {
+            channel = m.channel;
+        }
+        let (session, restart) = match stored {
+            None => (None, false),
+            Some(s) => match self.resume(&s.state, s.session) {
+                Some(session) => (Some(session), false),
+                None => {
+                    tracing::info!(
+                        conversation,
+                        state = &*s.state,
+                        "the flow no longer has this state: restarting"
+                    );
+                    (None, true)
+                }
+            },
+        };
+        let from = session.as_ref().map(|s| s.state);
+        let outcome = match event {
+            Event::Idle { .. } => match session {
+                Some(s) => self.idle(conversation, s, channel, now).await,
+                None => Outcome::quiet(None),
+            },
+            _ if restart => self.restart(conversation, event, now).await,
+            _ => self.turn(conversation, session, event, now).await,
+        };
+        let name = |id: StateId| -> &Arc<str> { &self.flow.state(id).name };
+        if !self.hooks.is_empty() {
+            let record = TurnRecord {
+                conversation,
+                event,
+                from: from.map(|id| &**name(id)),
+                to: outcome.session.as_ref().map(|s| &**name(s.state)),
+                messages: &outcome.messages,
+                effects: &outcome.effects,
+                errors: &outcome.errors,
+            };
+            for h in &self.hooks {
+                h.after_turn(&record).await;
+            }
+        }
+        let due = outcome.session.as_ref().and_then(|s| self.idle_due(s));
+        Turn {
+            stored: outcome.session.map(|session| Stored {
+                state: name(session.state).clone(),
+                channel,
+                session,
+            }),
+            due,
+            messages: outcome.messages,
+            effects: outcome.effects,
+            trace: outcome.trace,
+            errors: outcome.errors,
+        }
+    }
+
+    /// A turn that changes nothing: `stored` is kept as it is (for an event
+    /// that cannot be read).
+    pub(crate) fn unchanged(&self, stored: Option<Stored>) -> Turn {
+        let due = stored
+            .as_ref()
+            .filter(|s| s.session.flow_version == self.flow.version)
+            .and_then(|s| self.idle_due(&s.session));
+        Turn {
+            stored,
+            due,
+            messages: Vec::new(),
+            effects: Vec::new(),
+            trace: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
     /// Whether a stored session is still alive at `now` (not expired).
-    pub fn is_live(&self, s: &Session, now: Millis) -> bool {
+    fn is_live(&self, s: &Session, now: Millis) -> bool {
         s.handoff
             || self
                 .flow
@@ -215,7 +327,7 @@ impl Bot {
     /// the flow's `migrate:` map names for it, else in the state of the same
     /// name. `None`: neither exists, and the conversation starts over (see
     /// [`Bot::restart`]).
-    pub fn resume(&self, state_name: &str, mut session: Session) -> Option<Session> {
+    fn resume(&self, state_name: &str, mut session: Session) -> Option<Session> {
         let flow = &*self.flow;
         if session.flow_version == flow.version && (session.state as usize) < flow.states.len() {
             return Some(session);
@@ -238,12 +350,12 @@ impl Bot {
     /// A turn for a conversation whose saved state this flow no longer has
     /// (see [`Bot::resume`]): it starts over, after the flow's
     /// `settings.restart_message` if it has one.
-    pub async fn restart(&self, conversation: &str, event: &Event, now: Millis) -> Turn {
+    async fn restart(&self, conversation: &str, event: &Event, now: Millis) -> Outcome {
         let mut turn = self.turn(conversation, None, event, now).await;
         if let Some(text) = &self.flow.settings.restart_message {
             let (channel, contact_language) = match event {
                 Event::Message(m) => (m.channel, m.contact.language.as_deref()),
-                _ => (crate::message::Channel::default(), None),
+                _ => (Channel::default(), None),
             };
             let language = turn
                 .session
@@ -271,7 +383,7 @@ impl Bot {
 
     /// When the `after:` nudge of the session's state is due, if it has one that
     /// has not fired (and no person has the conversation).
-    pub fn idle_due(&self, s: &Session) -> Option<Millis> {
+    fn idle_due(&self, s: &Session) -> Option<Millis> {
         if s.handoff || s.idle_fired || (s.state as usize) >= self.flow.states.len() {
             return None;
         }
@@ -282,20 +394,20 @@ impl Bot {
     /// Fires the `after:` nudge of the session's state: its messages, then its
     /// `goto`. Nothing happens when it is not due at `now` (the customer spoke
     /// since, the state changed, a person took over, or it fired already).
-    pub async fn idle(
+    async fn idle(
         &self,
         conversation: &str,
         session: Session,
-        channel: crate::message::Channel,
+        channel: Channel,
         now: Millis,
-    ) -> Turn {
-        let due = self.resume_due(&session);
+    ) -> Outcome {
+        let due = self.idle_due(&session);
         if due.is_none_or(|d| d > now) || !self.is_live(&session, now) {
-            return Turn::quiet(Some(session));
+            return Outcome::quiet(Some(session));
         }
         let flow = self.flow.clone();
         let Some(after) = flow.state(session.state).after.as_ref() else {
-            return Turn::quiet(Some(session));
+            return Outcome::quiet(Some(session));
         };
         let msg = Incoming {
             channel,
@@ -312,75 +424,35 @@ impl Bot {
         run.finish()
     }
 
-    fn resume_due(&self, s: &Session) -> Option<Millis> {
-        (s.flow_version == self.flow.version).then(|| self.idle_due(s))?
-    }
-
-    /// Runs one turn. See the module docs for the semantics.
-    pub async fn turn(
+    /// Runs one turn for an event that is not a timer, on a session already
+    /// made current (see [`Bot::resume`]).
+    async fn turn(
         &self,
         conversation: &str,
         session: Option<Session>,
         event: &Event,
         now: Millis,
-    ) -> Turn {
-        for h in &self.hooks {
-            h.before_turn(conversation, event).await;
-        }
-        let from = session
-            .as_ref()
-            .filter(|s| s.flow_version == self.flow.version)
-            .map(|s| s.state);
-        let turn = self.run(conversation, session, event, now).await;
-        if !self.hooks.is_empty() {
-            let name = |id: StateId| -> &str { &self.flow.state(id).name };
-            let record = TurnRecord {
-                conversation,
-                event,
-                from: from.map(name),
-                to: turn.session.as_ref().map(|s| name(s.state)),
-                messages: &turn.messages,
-                effects: &turn.effects,
-                errors: &turn.errors,
-            };
-            for h in &self.hooks {
-                h.after_turn(&record).await;
-            }
-        }
-        turn
-    }
-
-    async fn run(
-        &self,
-        conversation: &str,
-        session: Option<Session>,
-        event: &Event,
-        now: Millis,
-    ) -> Turn {
+    ) -> Outcome {
         let flow = &*self.flow;
-        // A session from another version of the flow (ids may have moved) or one that
-        // expired counts as none.
-        let session = session.filter(|s| {
-            s.flow_version == flow.version
-                && (s.state as usize) < flow.states.len()
-                && self.is_live(s, now)
-        });
+        // A session that expired counts as none.
+        let session = session.filter(|s| self.is_live(s, now));
         let msg = match event {
             Event::Message(m) => m,
             Event::AgentJoined => {
                 let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
                 s.handoff = true;
                 s.last_active = now;
-                return Turn::quiet(Some(s));
+                return Outcome::quiet(Some(s));
             }
-            Event::AgentLeft => return Turn::quiet(None),
+            Event::AgentLeft => return Outcome::quiet(None),
+            Event::Idle { .. } => return Outcome::quiet(session),
         };
         let had_session = session.is_some();
         let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
         s.last_active = now;
         s.idle_fired = false;
         if s.handoff {
-            return Turn::quiet(Some(s));
+            return Outcome::quiet(Some(s));
         }
         // The contact's language applies until the conversation picks one itself.
         if s.language.is_none() {
@@ -393,9 +465,30 @@ impl Bot {
 }
 
 impl Turn {
-    /// A turn that says and does nothing, leaving `session` as it is.
-    pub fn quiet(session: Option<Session>) -> Turn {
-        Turn {
+    /// The session after the turn.
+    pub fn session(&self) -> Option<&Session> {
+        self.stored.as_ref().map(|s| &s.session)
+    }
+
+    /// The name of the state the conversation is in after the turn.
+    pub fn state(&self) -> Option<&str> {
+        self.stored.as_ref().map(|s| &*s.state)
+    }
+}
+
+/// What the engine's inner functions produce; [`Bot::step`] makes it a [`Turn`].
+struct Outcome {
+    session: Option<Session>,
+    messages: Vec<Outgoing>,
+    effects: Vec<Effect>,
+    trace: Vec<Step>,
+    errors: Vec<String>,
+}
+
+impl Outcome {
+    /// Says and does nothing, leaving `session` as it is.
+    fn quiet(session: Option<Session>) -> Outcome {
+        Outcome {
             session,
             messages: Vec::new(),
             effects: Vec::new(),
@@ -455,8 +548,8 @@ impl Run<'_> {
     }
 
     /// The turn's outcome: the session (unless the conversation ended) and what it said.
-    fn finish(self) -> Turn {
-        Turn {
+    fn finish(self) -> Outcome {
+        Outcome {
             session: (!self.ended).then_some(self.session),
             messages: self.out,
             effects: self.effects,

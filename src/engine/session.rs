@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::flow::template::VarList;
 use crate::flow::StateId;
-
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
+use crate::time::Millis;
 
 /// Whether an option was offered as a quick-reply button or a list row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

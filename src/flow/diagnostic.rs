@@ -157,7 +157,7 @@ impl fmt::Display for Diagnostics {
 /// Suggests the closest candidate to a misspelt name, if one is close enough.
 ///
 /// ```
-/// # use flowbot::flow::did_you_mean;
+/// # use flowbot::internals::flow::did_you_mean;
 /// assert_eq!(did_you_mean("ask_ordr", ["start", "ask_order"]), Some("ask_order".to_string()));
 /// assert_eq!(did_you_mean("zzz", ["start"]), None);
 /// ```

@@ -99,7 +99,7 @@ pub struct AfterNode {
 #[derive(Debug)]
 pub struct StateNode {
     /// Its name.
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// Messages on entry.
     pub say: Vec<MsgNode>,
     /// A question and its capture.

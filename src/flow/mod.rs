@@ -11,7 +11,7 @@
 //! the names that exist are passed in as [`HandlerNames`].
 //!
 //! ```
-//! use flowbot::flow::{Flow, HandlerNames};
+//! use flowbot::{Flow, HandlerNames};
 //! let flow = Flow::from_yaml(
 //!     "hello.yaml",
 //!     "states:\n  start:\n    say: Hi!\n    on:\n      - { text: bye, goto: done }\n  done: { say: Bye, end: true }\n",

@@ -13,7 +13,7 @@ use unicode_normalization::UnicodeNormalization;
 /// The normalized form used to compare whole messages.
 ///
 /// ```
-/// # use flowbot::flow::normalize;
+/// # use flowbot::internals::flow::normalize;
 /// assert_eq!(normalize("  Start   OVER! "), "start over");
 /// assert_eq!(normalize("Menü"), "menu");
 /// ```

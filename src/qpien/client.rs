@@ -31,8 +31,8 @@ use super::types::*;
 /// the rate limit and the per-conversation order.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), flowbot::qpien::QpienError> {
-/// use flowbot::qpien::{QpienClient, QpienConfig, Secret};
+/// # async fn demo() -> Result<(), flowbot::internals::qpien::QpienError> {
+/// use flowbot::internals::qpien::{QpienClient, QpienConfig, Secret};
 /// let client = QpienClient::new(QpienConfig {
 ///     client_id: Secret::new(std::env::var("QPIEN_ID").unwrap_or_default()),
 ///     client_secret: Secret::new(std::env::var("QPIEN_SECRET").unwrap_or_default()),

@@ -121,7 +121,7 @@ impl Default for RetryConfig {
 /// Everything the Qpien client needs.
 ///
 /// ```
-/// use flowbot::qpien::{QpienConfig, Secret};
+/// use flowbot::internals::qpien::{QpienConfig, Secret};
 /// let config = QpienConfig {
 ///     client_id: Secret::new("my-id"),
 ///     client_secret: Secret::new("my-secret"),

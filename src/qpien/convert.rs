@@ -3,16 +3,17 @@
 //! Outgoing: [`plan_replies`] turns one turn's [`Outgoing`] messages into the
 //! fewest `createMessage` inputs the channel allows (text that precedes an
 //! interactive message is folded into it; an e-mail turn is one e-mail), each
-//! with a deterministic `frontMsgId`. Incoming: [`to_event`] reads an
-//! [`ExternalMessage`] as an [`Incoming`] message, and only when a customer sent
-//! it: a bot, an agent or the system is never answered.
+//! with a deterministic `frontMsgId`. Incoming: [`to_incoming`] reads an
+//! [`ExternalMessage`] as an [`Incoming`] message and [`sender_kind`] says who
+//! sent it ([`super::ingest`] answers only customers: a bot, an agent or the
+//! system is never answered).
 
 use serde::{Deserialize, Serialize};
 
 use super::config::{QpienConfig, WhatsappOperation};
 use super::documents::Operation;
 use super::types::*;
-use crate::message::{ButtonKind, Channel, Contact, Event, Incoming, MediaKind, Outgoing};
+use crate::message::{ButtonKind, Channel, Contact, Incoming, MediaKind, Outgoing};
 
 /// One message ready for Qpien: the mutation and its input. This is what the
 /// outbox stores, so a restart resends exactly the same thing.
@@ -29,7 +30,7 @@ pub struct OutboundMessage {
 /// give the same key, so a resend after a retry or a restart is recognised.
 ///
 /// ```
-/// assert_eq!(flowbot::qpien::front_msg_id("flowbot", "m-41", 2), "flowbot:m-41:2");
+/// assert_eq!(flowbot::internals::qpien::front_msg_id("flowbot", "m-41", 2), "flowbot:m-41:2");
 /// ```
 pub fn front_msg_id(prefix: &str, cause: &str, index: usize) -> String {
     format!("{prefix}:{cause}:{index}")
@@ -377,11 +378,6 @@ pub fn to_incoming(msg: &ExternalMessage) -> Incoming {
             language: sender.language,
         },
     }
-}
-
-/// The event a message is for the bot: `Some` only for a customer's message.
-pub fn to_event(msg: &ExternalMessage, own_prefix: &str) -> Option<Event> {
-    (sender_kind(msg, own_prefix) == SenderKind::Customer).then(|| Event::Message(to_incoming(msg)))
 }
 
 #[cfg(test)]

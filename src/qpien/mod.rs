@@ -11,7 +11,8 @@
 //! - the `response` module reads: bare results and `{success, data, code, message}`
 //!   envelopes, errors in GraphQL `errors` or in the envelope;
 //! - [`convert`]: outgoing messages to `createMessage` inputs and back;
-//! - [`webhook`]: the signature and the payload.
+//! - [`webhook`]: the signature and the payload;
+//! - [`ingest`]: deliveries and polled messages become events (or are ignored, with why).
 //!
 //! [`QpienClient`] is the production client: token cache with single-flight
 //! renewal, a fair shared rate limit, retries with backoff, idempotent creates.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod convert;
 pub mod documents;
 pub mod error;
+pub mod ingest;
 pub mod limit;
 mod response;
 pub mod types;
@@ -30,9 +32,10 @@ pub use client::{ClientStats, QpienClient, Sent};
 pub use config::{
     AuthScheme, QpienConfig, RateLimitConfig, RetryConfig, Secret, WhatsappOperation,
 };
-pub use convert::{front_msg_id, plan_replies, to_event, to_incoming, OutboundMessage, SenderKind};
+pub use convert::{front_msg_id, plan_replies, to_incoming, OutboundMessage, SenderKind};
 pub use documents::{Documents, Operation};
 pub use error::QpienError;
+pub use ingest::{from_delivery, from_message, Ignored, Ingested};
 
 /// The schema the embedded documents are written against.
 pub const SCHEMA: &str = include_str!("schema.graphql");

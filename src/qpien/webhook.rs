@@ -20,8 +20,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// The signature Qpien puts on `body`: lowercase hex HMAC-SHA256 under `secret`.
 ///
 /// ```
-/// let sig = flowbot::qpien::webhook::sign(b"secret", br#"{"event":"X"}"#);
-/// assert!(flowbot::qpien::webhook::verify(b"secret", br#"{"event":"X"}"#, &sig));
+/// let sig = flowbot::internals::qpien::webhook::sign(b"secret", br#"{"event":"X"}"#);
+/// assert!(flowbot::internals::qpien::webhook::verify(b"secret", br#"{"event":"X"}"#, &sig));
 /// ```
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");

@@ -16,11 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::codec::Inbound;
 use super::metrics::Metrics;
 use super::{turns, Shared};
-use crate::qpien::webhook::{self, WebhookEvent, SIGNATURE_HEADER};
-use crate::qpien::{to_incoming, SenderKind};
+use crate::qpien::webhook::{self, SIGNATURE_HEADER};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut app = Router::new()
@@ -120,7 +118,7 @@ async fn debug_conversation(
         }
     };
     let Some(record) =
-        stored.and_then(|s| super::codec::decode::<super::SessionRecord>(&s.data).ok())
+        stored.and_then(|s| super::codec::decode::<crate::engine::Stored>(&s.data).ok())
     else {
         return debug_json(StatusCode::OK, serde_json::json!({"state": null}));
     };
@@ -196,8 +194,13 @@ async fn handle(
         tracing::warn!("webhook refused: missing or bad signature");
         return (StatusCode::UNAUTHORIZED, "bad_signature");
     }
-    let event = match webhook::parse(body) {
-        Ok(e) => e,
+    let prefix = &shared.client.config().front_msg_id_prefix;
+    let ingested = match crate::qpien::from_delivery(body, signature, prefix) {
+        Ok(Ok(i)) => i,
+        Ok(Err(why)) => {
+            tracing::debug!(%why, "webhook delivery ignored");
+            return (StatusCode::OK, "ignored");
+        }
         Err(e) => {
             tracing::warn!(error = %e, "webhook refused");
             return (StatusCode::BAD_REQUEST, "bad_payload");
@@ -206,44 +209,7 @@ async fn handle(
     if shared.turns.len() >= shared.config.runtime.queue_capacity {
         return (StatusCode::SERVICE_UNAVAILABLE, "busy");
     }
-    let prefix = &shared.client.config().front_msg_id_prefix;
-    let (key, conversation, inbound) = match event {
-        WebhookEvent::NewMessage(msg) => {
-            if crate::qpien::convert::sender_kind(&msg, prefix) != SenderKind::Customer {
-                return (StatusCode::OK, "ignored");
-            }
-            let (Some(id), Some(conversation)) = (msg.id.clone(), msg.conversation.clone()) else {
-                return (StatusCode::BAD_REQUEST, "bad_payload");
-            };
-            (
-                id,
-                conversation,
-                Inbound::Message {
-                    message: to_incoming(&msg),
-                },
-            )
-        }
-        WebhookEvent::AgentJoined { conversation, .. } => {
-            // A redelivery has the same body, hence the same signature.
-            let key = format!(
-                "join:{conversation}:{}",
-                &signature[..signature.len().min(32)]
-            );
-            (key, conversation, Inbound::AgentJoined)
-        }
-        WebhookEvent::AgentLeft { conversation } => {
-            let key = format!(
-                "leave:{conversation}:{}",
-                &signature[..signature.len().min(32)]
-            );
-            (key, conversation, Inbound::AgentLeft)
-        }
-        WebhookEvent::Other(name) => {
-            tracing::debug!(event = name, "webhook event ignored");
-            return (StatusCode::OK, "ignored");
-        }
-    };
-    match turns::accept(shared, key, conversation, &inbound).await {
+    match turns::accept(shared, ingested).await {
         Ok(true) => (StatusCode::OK, "accepted"),
         Ok(false) => (StatusCode::OK, "duplicate"),
         Err(e) => {

@@ -24,7 +24,7 @@ mod send;
 mod timers;
 mod turns;
 
-pub use codec::{Inbound, OutboxAction, SessionRecord};
+pub use codec::OutboxAction;
 pub use metrics::Metrics;
 
 use std::net::SocketAddr;
@@ -114,13 +114,6 @@ impl Shared {
 /// The flow's fingerprint as a gauge can carry it exactly (low 52 bits).
 fn metric_version(bot: &Bot) -> i64 {
     (bot.flow().version & ((1 << 52) - 1)) as i64
-}
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A running runtime: its address, and a way to stop it.

@@ -13,38 +13,26 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use super::codec::Inbound;
-use super::{now_ms, turns, Shared};
+use super::{turns, Shared};
 use crate::qpien::convert::sender_kind;
 use crate::qpien::types::ExternalMessage;
-use crate::qpien::{to_incoming, SenderKind};
+use crate::qpien::{from_message, SenderKind};
+use crate::time::{parse_json_time, Millis};
 
-fn created_ms(v: &Option<Value>) -> Option<i64> {
-    match v.as_ref()? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse::<i64>().ok().or_else(|| {
-            humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
-                .ok()
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64)
-                })
-        }),
-        _ => None,
-    }
+/// When a message was created, as Qpien sends it.
+fn created(m: &ExternalMessage) -> Option<Millis> {
+    m.created_at.as_ref().and_then(parse_json_time)
 }
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let cfg = shared.config.polling.clone();
     let since = match shared.store.cursor("poll:since").await {
-        Ok(Some(s)) => s.parse().unwrap_or_else(|_| now_ms()),
+        Ok(Some(s)) => s.parse().unwrap_or_else(|_| crate::time::now()),
         found => {
             if let Err(e) = found {
                 tracing::error!(error = %e, "cannot read when polling started; starting from now");
             }
-            let now = now_ms();
+            let now = crate::time::now();
             if let Err(e) = shared
                 .store
                 .set_cursor("poll:since", &now.to_string())
@@ -164,22 +152,17 @@ async fn round(
             calls,
         )
         .await?;
-        messages.sort_by_key(|m| created_ms(&m.created_at).unwrap_or(i64::MAX));
+        messages.sort_by_key(|m| created(m).unwrap_or(i64::MAX));
         let mut last_seen = None;
         for msg in messages {
             last_seen = msg.id.clone().or(last_seen);
-            if created_ms(&msg.created_at).is_some_and(|t| t < since) {
+            if created(&msg).is_some_and(|t| t < since) {
                 continue;
             }
-            if sender_kind(&msg, &prefix) != SenderKind::Customer {
+            let Ok(ingested) = from_message(&msg, Some(&id), &prefix) else {
                 continue;
-            }
-            let Some(key) = msg.id.clone() else { continue };
-            let conversation = msg.conversation.clone().unwrap_or_else(|| id.clone());
-            let inbound = Inbound::Message {
-                message: to_incoming(&msg),
             };
-            match turns::accept(shared, key, conversation, &inbound).await {
+            match turns::accept(shared, ingested).await {
                 Ok(true) => found += 1,
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "cannot store a polled message"),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::metrics::Metrics;
-use super::{now_ms, turns, Shared};
+use super::{turns, Shared};
 use crate::engine::Bot;
 
 /// Fires due inactivity timers. Due times are stored with the sessions, so
@@ -13,7 +13,7 @@ use crate::engine::Bot;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let every = shared.config.runtime.timer_interval;
     while shared.pause(every).await {
-        match shared.store.due_timers(now_ms(), 500).await {
+        match shared.store.due_timers(crate::time::now(), 500).await {
             Ok(due) => {
                 for (conversation, at) in due {
                     turns::fire_timer(&shared, conversation, at).await;

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use super::codec::{self, Inbound, OutboxAction, SessionRecord};
+use super::codec::{self, OutboxAction};
 use super::metrics::Metrics;
-use super::{now_ms, send, RuntimeError, Shared};
-use crate::engine::Turn;
+use super::{send, RuntimeError, Shared};
+use crate::engine::Stored;
 use crate::message::{Channel, Effect, Event};
-use crate::qpien::plan_replies;
+use crate::qpien::{plan_replies, Ingested};
 use crate::store::{Accepted, InboxItem, NewInbound, OutboxItem, StoredSession, TurnCommit};
 
 /// Queues every inbox item left unfinished by the last run.
@@ -30,17 +30,15 @@ pub(crate) async fn resume(shared: &Arc<Shared>) -> Result<(), RuntimeError> {
 /// duplicate, nothing to do.
 pub(crate) async fn accept(
     shared: &Arc<Shared>,
-    key: String,
-    conversation: String,
-    inbound: &Inbound,
+    ingested: Ingested,
 ) -> Result<bool, crate::store::StoreError> {
     let accepted = shared
         .store
         .accept(NewInbound {
-            key,
-            conversation,
-            payload: codec::encode(inbound),
-            received_at: now_ms(),
+            key: ingested.key,
+            conversation: ingested.conversation,
+            payload: codec::encode(&ingested.event),
+            received_at: crate::time::now(),
         })
         .await?;
     match accepted {
@@ -99,13 +97,6 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
     let started = Instant::now();
     let conversation = item.conversation.as_str();
     let bot = shared.bot();
-    let inbound: Option<Inbound> = match codec::decode(&item.payload) {
-        Ok(i) => Some(i),
-        Err(e) => {
-            tracing::error!(error = %e, "unreadable inbox item; skipped");
-            None
-        }
-    };
     let Some(stored) = persist(shared, "load a session", || {
         shared.store.session(conversation)
     })
@@ -113,46 +104,27 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
     else {
         return;
     };
-    let record: Option<SessionRecord> =
-        stored.as_ref().and_then(|s| match codec::decode(&s.data) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable session; the conversation starts over");
-                None
-            }
-        });
-    let mut channel = record.as_ref().map_or(Channel::default(), |r| r.channel);
-    let (session, restart) = match record {
-        None => (None, false),
-        Some(r) => {
-            let state = r.state.clone();
-            match bot.resume(&r.state, r.session) {
-                Some(s) => (Some(s), false),
-                None => {
-                    tracing::info!(state, "the flow no longer has this state: restarting");
-                    (None, true)
-                }
-            }
+    let stored: Option<Stored> = stored.and_then(|s| match codec::decode(&s.data) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable session; the conversation starts over");
+            None
+        }
+    });
+    let turn = match codec::decode::<Event>(&item.payload) {
+        Ok(event) => {
+            bot.step(conversation, stored, &event, crate::time::now())
+                .await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable inbox item; skipped");
+            bot.unchanged(stored)
         }
     };
-    let now = now_ms();
-    let turn = match inbound.map(Inbound::into_event) {
-        None => Turn::quiet(session),
-        Some(Err(_due)) => match session {
-            Some(s) => bot.idle(conversation, s, channel, now).await,
-            None => Turn::quiet(None),
-        },
-        Some(Ok(event)) => {
-            if let Event::Message(message) = &event {
-                channel = message.channel;
-            }
-            if restart {
-                bot.restart(conversation, &event, now).await
-            } else {
-                bot.turn(conversation, session, &event, now).await
-            }
-        }
-    };
+    let channel = turn
+        .stored
+        .as_ref()
+        .map_or(Channel::default(), |s| s.channel);
     let plan = plan_replies(
         shared.client.config(),
         conversation,
@@ -171,16 +143,9 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
     if turn.effects.contains(&Effect::Handoff) {
         outbox.push(codec::encode(&OutboxAction::Handoff));
     }
-    let session = turn.session.map(|s| {
-        let due_at = bot.idle_due(&s);
-        StoredSession {
-            data: codec::encode(&SessionRecord {
-                state: bot.flow().state(s.state).name.to_string(),
-                channel,
-                session: s,
-            }),
-            due_at,
-        }
+    let session = turn.stored.as_ref().map(|s| StoredSession {
+        data: codec::encode(s),
+        due_at: turn.due,
     });
     let commit = TurnCommit {
         inbox_seq: item.seq,
@@ -221,7 +186,12 @@ async fn run(shared: &Arc<Shared>, item: InboxItem) {
 /// Accepts and queues the inactivity timer of `conversation` due at `due`.
 pub(crate) async fn fire_timer(shared: &Arc<Shared>, conversation: String, due: i64) {
     let key = format!("idle:{conversation}:{due}");
-    if let Err(e) = accept(shared, key, conversation, &Inbound::Idle { due }).await {
+    let ingested = Ingested {
+        key,
+        conversation,
+        event: Event::Idle { due },
+    };
+    if let Err(e) = accept(shared, ingested).await {
         tracing::error!(error = %e, "cannot record a timer");
     }
 }

@@ -87,12 +87,6 @@ pub struct SimState {
     deliveries: UnboundedSender<Vec<u8>>,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The `channelType` Qpien reports for a playground channel name.
 fn channel_type(channel: &str) -> &'static str {
     match channel.to_ascii_lowercase().as_str() {
@@ -224,7 +218,7 @@ impl SimState {
             "channelType": channel,
             "messageType": "text",
             "content": input.text,
-            "createdAt": now_ms(),
+            "createdAt": crate::time::now(),
         });
         if let Some(button) = &input.button {
             message["flowBotQuickReplyResponseId"] = json!(button);
@@ -279,7 +273,7 @@ impl SimState {
         let message = json!({
             "_id": id, "conversation": conversation, "senderType": "user",
             "sender": {"_id": "agent-1", "name": "Alex (agent)", "type": "PERSON"},
-            "messageType": "text", "content": text, "createdAt": now_ms(),
+            "messageType": "text", "content": text, "createdAt": crate::time::now(),
         });
         let message = self.push(conversation, message)?;
         self.emit("NEW_INCOMING_MESSAGE", message);
@@ -343,7 +337,7 @@ impl SimState {
         let mut message = json!({
             "_id": id, "conversation": conversation, "senderType": "bot",
             "sender": {"_id": "flowbot", "name": "flowbot", "type": "ROBOT"},
-            "channelType": channel, "createdAt": now_ms(), "ackStatus": "SENT",
+            "channelType": channel, "createdAt": crate::time::now(), "ackStatus": "SENT",
         });
         for key in [
             "content",

@@ -23,8 +23,7 @@ pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;
 
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
+pub use crate::time::Millis;
 
 /// An inbound item to record.
 #[derive(Debug, Clone, PartialEq, Eq)]

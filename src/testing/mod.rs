@@ -11,8 +11,8 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! use flowbot::testing::TestConversation;
-//! use flowbot::handler::Registry;
+//! use flowbot::TestConversation;
+//! use flowbot::Registry;
 //! let yaml = "states:\n  start:\n    say: Hi!\n    on:\n      - { text: bye, say: Bye!, goto: done }\n  done: { end: true }\n";
 //! let mut chat = TestConversation::from_yaml(yaml, Registry::new()).unwrap();
 //! chat.send("hello").await;
@@ -29,9 +29,10 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{Bot, BotError, Clock, ManualClock, Millis, Session, Step};
+use crate::engine::{Bot, BotError, Session, Step, Stored};
 use crate::handler::Registry;
 use crate::message::{Channel, Contact, Effect, Event, Incoming, MediaKind, Outgoing};
+use crate::time::{Clock, ManualClock, Millis};
 
 /// 2026-01-01T00:00:00Z: where test clocks start, so transcripts are stable.
 pub const EPOCH: Millis = 1_767_225_600_000;
@@ -50,8 +51,11 @@ pub enum Customer {
     Media(MediaKind),
     /// `agent_joined` or `agent_left`.
     Event(String),
-    /// Time passed (humantime form, like `31m`).
+    /// Time passed (humantime form, like `31m`); idle nudges that fell due
+    /// meanwhile are what the bot says.
     Wait(String),
+    /// The flow was reloaded from this file (a new version of the bot).
+    Reload(String),
 }
 
 /// One step of a transcript.
@@ -89,12 +93,16 @@ impl Transcript {
 pub struct TestConversation {
     bot: Arc<Bot>,
     id: String,
-    session: Option<Session>,
+    stored: Option<Stored>,
+    /// When the idle nudge of the current state falls due.
+    due: Option<Millis>,
     clock: ManualClock,
     channel: Channel,
     contact: Contact,
     transcript: Transcript,
     steps: Vec<Step>,
+    /// Another bot was swapped in: its steps are not the first flow's.
+    reloaded: bool,
 }
 
 impl TestConversation {
@@ -103,12 +111,14 @@ impl TestConversation {
         TestConversation {
             bot: bot.into(),
             id: "test".into(),
-            session: None,
+            stored: None,
+            due: None,
             clock: ManualClock::new(EPOCH),
             channel: Channel::WhatsApp,
             contact: Contact::default(),
             transcript: Transcript::default(),
             steps: Vec::new(),
+            reloaded: false,
         }
     }
 
@@ -166,19 +176,64 @@ impl TestConversation {
 
     /// A person joins the conversation.
     pub async fn agent_joins(&mut self) -> &[Outgoing] {
-        self.event(Event::AgentJoined, "agent_joined").await
+        self.event(Event::AgentJoined).await
     }
 
     /// The person leaves (the conversation is released).
     pub async fn agent_leaves(&mut self) -> &[Outgoing] {
-        self.event(Event::AgentLeft, "agent_left").await
+        self.event(Event::AgentLeft).await
     }
 
-    /// Moves the clock forward.
-    pub fn wait(&mut self, d: Duration) {
-        self.clock.advance(d);
-        self.transcript.0.push(Exchange {
+    /// Lets time pass. Idle nudges (`after:`) that fall due meanwhile fire, in
+    /// order and at their due time, as the runtime's timers would fire them;
+    /// returns what they said.
+    pub async fn wait(&mut self, d: Duration) -> &[Outgoing] {
+        let until = self.clock.now().saturating_add(d.as_millis() as Millis);
+        let mut exchange = Exchange {
             customer: Customer::Wait(humantime::format_duration(d).to_string()),
+            bot: Vec::new(),
+            effects: Vec::new(),
+            state: None,
+            errors: Vec::new(),
+        };
+        // A nudge may lead to a state with a nudge of its own; each fires once.
+        while let Some(due) = self.due.filter(|&t| t <= until) {
+            self.clock.set(due.max(self.clock.now()));
+            let turn = self
+                .bot
+                .step(
+                    &self.id,
+                    self.stored.take(),
+                    &Event::Idle { due },
+                    self.clock.now(),
+                )
+                .await;
+            let stuck = turn.due == Some(due);
+            self.stored = turn.stored;
+            self.due = turn.due;
+            self.record(turn.trace);
+            exchange.bot.extend(turn.messages);
+            exchange.effects.extend(turn.effects);
+            exchange.errors.extend(turn.errors);
+            if stuck {
+                break;
+            }
+        }
+        self.clock.set(until.max(self.clock.now()));
+        exchange.state = self.state().map(str::to_owned);
+        self.transcript.0.push(exchange);
+        &self.transcript.0.last().expect("just pushed").bot
+    }
+
+    /// Swaps in another version of the bot, as `flowbot run` does when the flow
+    /// file changes: the next step places the conversation in the new flow (by
+    /// state name and `migrate:`), or starts it over with
+    /// `settings.restart_message` when its state is gone.
+    pub fn reload(&mut self, bot: impl Into<Arc<Bot>>, label: &str) {
+        self.bot = bot.into();
+        self.reloaded = true;
+        self.transcript.0.push(Exchange {
+            customer: Customer::Reload(label.into()),
             bot: Vec::new(),
             effects: Vec::new(),
             state: self.state().map(str::to_owned),
@@ -196,17 +251,19 @@ impl TestConversation {
         self.event_inner(customer, Event::Message(m)).await
     }
 
-    async fn event(&mut self, e: Event, name: &str) -> &[Outgoing] {
-        self.event_inner(Customer::Event(name.into()), e).await
+    /// Runs an event other than a message (`agent_joined`, `agent_left`, ...).
+    pub async fn event(&mut self, e: Event) -> &[Outgoing] {
+        self.event_inner(Customer::Event(e.word().into()), e).await
     }
 
     async fn event_inner(&mut self, customer: Customer, e: Event) -> &[Outgoing] {
         let turn = self
             .bot
-            .turn(&self.id, self.session.take(), &e, self.clock.now())
+            .step(&self.id, self.stored.take(), &e, self.clock.now())
             .await;
-        self.session = turn.session;
-        self.steps.extend(turn.trace);
+        self.stored = turn.stored;
+        self.due = turn.due;
+        self.record(turn.trace);
         self.transcript.0.push(Exchange {
             customer,
             bot: turn.messages,
@@ -222,23 +279,27 @@ impl TestConversation {
 
     /// The current state's name (`None`: no session).
     pub fn state(&self) -> Option<&str> {
-        let s = self.session.as_ref()?;
-        Some(&self.bot.flow().state(s.state).name)
+        Some(&self.stored.as_ref()?.state)
     }
 
     /// A variable of the session.
     pub fn var(&self, name: &str) -> Option<&minijinja::Value> {
-        self.session.as_ref()?.var(name)
+        self.session()?.var(name)
     }
 
     /// The session.
     pub fn session(&self) -> Option<&Session> {
-        self.session.as_ref()
+        self.stored.as_ref().map(|s| &s.session)
+    }
+
+    /// When the current state's idle nudge falls due, if it has one.
+    pub fn idle_due(&self) -> Option<Millis> {
+        self.due
     }
 
     /// Whether a person has the conversation.
     pub fn in_handoff(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| s.handoff)
+        self.session().is_some_and(|s| s.handoff)
     }
 
     /// Everything so far.
@@ -246,7 +307,13 @@ impl TestConversation {
         &self.transcript
     }
 
-    /// Every step the engine took (for coverage).
+    fn record(&mut self, trace: Vec<Step>) {
+        if !self.reloaded {
+            self.steps.extend(trace);
+        }
+    }
+
+    /// Every step the engine took in the first flow (for coverage).
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }

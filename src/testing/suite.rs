@@ -12,8 +12,14 @@
 //!   - list: track                    # picks a list row
 //!   - media: image                   # sends a picture
 //!   - event: agent_joined            # or agent_left
-//!   - wait: 31m                      # time passes
+//!   - wait: 31m                      # time passes; idle nudges due meanwhile fire
+//!   - reload: support_v2.yaml        # the flow is changed and hot-reloaded
 //! ```
+//!
+//! `reload:` swaps in another flow file (relative to the test file) the way
+//! `flowbot run` does when the flow changes, so `migrate:` and
+//! `settings.restart_message` are tested like everything else. Coverage counts
+//! the steps taken in the test's own `flow:` only.
 //!
 //! Its transcript is compared with `snapshots/NAME.snap` beside it, an insta
 //! snapshot file: the same format `cargo insta review` reads. A missing or changed
@@ -32,7 +38,7 @@ use super::{Customer, TestConversation};
 use crate::engine::{Bot, Step};
 use crate::flow::{CheckKind, Diagnostics, Flow, StateId};
 use crate::handler::Registry;
-use crate::message::{Channel, Contact, Incoming, MediaKind};
+use crate::message::{Channel, Contact, Event, Incoming, MediaKind};
 
 /// A conversation test file.
 #[derive(Debug, Deserialize)]
@@ -64,8 +70,11 @@ pub struct StepDoc {
     pub media: Option<String>,
     /// `agent_joined` / `agent_left`.
     pub event: Option<String>,
-    /// Time passing (`31m`).
+    /// Time passing (`31m`); idle nudges due meanwhile fire.
     pub wait: Option<String>,
+    /// Another version of the flow, relative to the test file, swapped in as a
+    /// hot reload would (tests `migrate:` and `restart_message`).
+    pub reload: Option<String>,
 }
 
 const KEYS: &[&str] = &[
@@ -81,6 +90,7 @@ const KEYS: &[&str] = &[
     "media",
     "event",
     "wait",
+    "reload",
     "first_name",
     "last_name",
     "id",
@@ -262,15 +272,7 @@ pub async fn run_file(
     let doc: ConversationFile =
         crate::flow::parse_yaml(file, text, KEYS).map_err(|d: Diagnostics| d.to_string())?;
     let flow_path = clean(&file.parent().unwrap_or(Path::new("")).join(&doc.flow));
-    let bot = bots
-        .entry(flow_path.clone())
-        .or_insert_with(|| match Flow::load(&flow_path, &registry.names()) {
-            Ok(f) => Bot::new(f, registry.clone())
-                .map(Arc::new)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.0.to_string()),
-        })
-        .clone()?;
+    let bot = load_bot(bots, &flow_path, registry)?;
     let mut conv = TestConversation::new(bot);
     if let Some(c) = &doc.channel {
         conv = conv.channel(
@@ -286,13 +288,15 @@ pub async fn run_file(
     }
     for (i, s) in doc.steps.iter().enumerate() {
         let at = || format!("{}: steps[{i}]", file.display());
-        let keys = [&s.text, &s.button, &s.list, &s.media, &s.event, &s.wait]
-            .iter()
-            .filter(|k| k.is_some())
-            .count();
+        let keys = [
+            &s.text, &s.button, &s.list, &s.media, &s.event, &s.wait, &s.reload,
+        ]
+        .iter()
+        .filter(|k| k.is_some())
+        .count();
         if keys != 1 {
             return Err(format!(
-                "{}: a step has exactly one of text, button, list, media, event, wait",
+                "{}: a step has exactly one of text, button, list, media, event, wait, reload",
                 at()
             ));
         }
@@ -308,22 +312,41 @@ pub async fn run_file(
             conv.message(Customer::Media(kind), Incoming::media(kind, ""))
                 .await;
         } else if let Some(e) = &s.event {
-            match e.as_str() {
-                "agent_joined" => conv.agent_joins().await,
-                "agent_left" => conv.agent_leaves().await,
-                other => {
-                    return Err(format!(
-                        "{}: unknown event `{other}` (agent_joined, agent_left)",
-                        at()
-                    ))
-                }
-            };
+            let event = Event::from_word(e).ok_or_else(|| {
+                format!(
+                    "{}: unknown event `{e}` ({})",
+                    at(),
+                    Event::WORDS.join(", ")
+                )
+            })?;
+            conv.event(event).await;
         } else if let Some(w) = &s.wait {
             let d = humantime::parse_duration(w).map_err(|e| format!("{}: wait: {e}", at()))?;
-            conv.wait(d);
+            conv.wait(d).await;
+        } else if let Some(r) = &s.reload {
+            let path = clean(&file.parent().unwrap_or(Path::new("")).join(r));
+            let bot =
+                load_bot(bots, &path, registry).map_err(|e| format!("{}: reload: {e}", at()))?;
+            conv.reload(bot, r);
         }
     }
     Ok((flow_path, conv))
+}
+
+/// The bot of a flow file, loaded once per run.
+fn load_bot(
+    bots: &mut HashMap<PathBuf, Result<Arc<Bot>, String>>,
+    path: &Path,
+    registry: &Registry,
+) -> Result<Arc<Bot>, String> {
+    bots.entry(path.to_owned())
+        .or_insert_with(|| match Flow::load(path, &registry.names()) {
+            Ok(f) => Bot::new(f, registry.clone())
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.0.to_string()),
+        })
+        .clone()
 }
 
 /// Removes `.` and `dir/..` from a path without touching the disk, so that a flow

@@ -6,13 +6,13 @@ pub(crate) mod server;
 
 use std::time::Duration;
 
-use flowbot::message::{
-    ButtonKind, Channel, Choice, InfoButton, ListMessage, ListSection, Media, MediaKind, Outgoing,
-};
-use flowbot::qpien::types::ExternalMessage;
-use flowbot::qpien::{
+use flowbot::internals::qpien::types::ExternalMessage;
+use flowbot::internals::qpien::{
     plan_replies, AuthScheme, Operation, QpienClient, QpienConfig, QpienError, RateLimitConfig,
     RetryConfig, Secret, SCHEMA,
+};
+use flowbot::{
+    ButtonKind, Channel, Choice, InfoButton, ListMessage, ListSection, Media, MediaKind, Outgoing,
 };
 use serde_json::{json, Value};
 use server::{Server, Settings};
@@ -43,7 +43,11 @@ fn client(server: &Server) -> QpienClient {
     QpienClient::new(config(server)).unwrap()
 }
 
-fn text_turn(conversation: &str, cause: &str, n: usize) -> Vec<flowbot::qpien::OutboundMessage> {
+fn text_turn(
+    conversation: &str,
+    cause: &str,
+    n: usize,
+) -> Vec<flowbot::internals::qpien::OutboundMessage> {
     let messages: Vec<Outgoing> = (0..n)
         .map(|i| Outgoing::text(format!("{cause} #{i}")))
         .collect();
@@ -726,15 +730,15 @@ fn secrets_never_show_in_debug_output() {
 
 #[test]
 fn customer_messages_become_events_and_others_do_not() {
-    use flowbot::message::Event;
-    use flowbot::qpien::{to_event, to_incoming};
+    use flowbot::internals::qpien::{from_message, to_incoming};
+    use flowbot::Event;
     let read = |v: Value| -> ExternalMessage { serde_json::from_value(v).unwrap() };
     let tap = read(
         json!({"_id": "m1", "conversation": {"_id": "c1"}, "senderType": "user",
         "channelType": "WhatsApp", "content": "My orders", "flowBotQuickReplyResponseId": "orders",
         "sender": {"_id": "u1", "firstName": "Ada", "language": "tr"}}),
     );
-    let Some(Event::Message(incoming)) = to_event(&tap, "flowbot") else {
+    let Ok(Event::Message(incoming)) = from_message(&tap, None, "flowbot").map(|i| i.event) else {
         panic!("a customer's tap is an event")
     };
     assert_eq!(incoming.button.as_deref(), Some("orders"));
@@ -779,13 +783,16 @@ fn customer_messages_become_events_and_others_do_not() {
         json!({"_id": "x5", "content": "no sender type"}),
     ] {
         let msg = read(not_customer.clone());
-        assert!(to_event(&msg, "flowbot").is_none(), "{not_customer}");
+        assert!(
+            from_message(&msg, None, "flowbot").is_err(),
+            "{not_customer}"
+        );
     }
 }
 
 #[test]
 fn webhook_signatures_and_payloads() {
-    use flowbot::qpien::webhook::{parse, sign, verify, WebhookEvent};
+    use flowbot::internals::qpien::webhook::{parse, sign, verify, WebhookEvent};
     let body = br#"{"event":"NEW_INCOMING_MESSAGE","data":{"_id":"m1","conversation":"c1","senderType":"user","content":"hi"}}"#;
     let sig = sign(b"s3cret", body);
     assert_eq!(sig.len(), 64);

@@ -1,11 +1,15 @@
-//! Time, injected: the engine takes `now` as an argument and never reads a clock.
-//! Adapters get it from a [`Clock`]: the system's in production, a
-//! [`ManualClock`] in tests, so that session timeouts are tested without sleeping.
+//! Time, in one type: [`Millis`], milliseconds since the Unix epoch.
+//!
+//! The engine takes `now` as an argument and never reads a clock. Adapters get it
+//! from a [`Clock`]: the system's in production ([`now`]), a [`ManualClock`] in
+//! tests, so that session timeouts and idle nudges are tested without sleeping.
+//! Sessions, store rows, timers and the Qpien wire's dates all use [`Millis`].
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use super::session::Millis;
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync {
@@ -19,17 +23,21 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Millis {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0)
+        now()
     }
+}
+
+/// The system's time now.
+pub fn now() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// A clock that moves only when told to; clones share the time.
 ///
 /// ```
-/// use flowbot::engine::{Clock, ManualClock};
+/// use flowbot::{Clock, ManualClock};
 /// let c = ManualClock::new(1_000);
 /// c.advance(std::time::Duration::from_secs(2));
 /// assert_eq!(c.now(), 3_000);
@@ -60,10 +68,21 @@ impl Clock for ManualClock {
     }
 }
 
-/// Parses an RFC 3339 UTC time (`2026-01-01T10:00:00Z`) to milliseconds.
+/// Parses an RFC 3339 UTC time (`2026-01-01T10:00:00Z`, fractions allowed) to
+/// milliseconds.
 pub fn parse_time(s: &str) -> Option<Millis> {
     let t = humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()?;
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_millis() as Millis)
+}
+
+/// Reads a date as a platform sends it: milliseconds as a number or a numeric
+/// string, or an RFC 3339 string.
+pub(crate) fn parse_json_time(v: &serde_json::Value) -> Option<Millis> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse::<Millis>().ok().or_else(|| parse_time(s)),
+        _ => None,
+    }
 }
