@@ -62,6 +62,7 @@ mod flow;
 mod handler;
 mod message;
 mod qpien;
+mod retry;
 mod runtime;
 #[cfg(feature = "sim")]
 mod sim;
@@ -81,8 +82,8 @@ pub use handler::{
     TurnRecord, Vars,
 };
 pub use message::{
-    ButtonKind, Channel, Choice, Contact, Effect, Event, Incoming, InfoButton, ListMessage,
-    ListSection, Media, MediaKind, Outgoing,
+    ButtonKind, Capabilities, Channel, Choice, Contact, Effect, Event, Incoming, InfoButton,
+    ListMessage, ListSection, Media, MediaKind, Outgoing,
 };
 pub use runtime::{shutdown_signal, start, Drained, Running, RuntimeError};
 pub use testing::suite::{run_dir as run_conversation_tests, CaseReport, SuiteReport, Update};
@@ -125,6 +126,10 @@ pub mod internals {
     #[cfg(feature = "sim")]
     pub mod sim {
         pub use crate::sim::*;
+    }
+    /// The retry policy.
+    pub mod retry {
+        pub use crate::retry::*;
     }
     /// Stores.
     pub mod store {

@@ -38,6 +38,9 @@ pub struct Capabilities {
     pub max_list_rows: usize,
     /// Whether informative (URL / phone) buttons are shown as buttons.
     pub informative_buttons: bool,
+    /// Longest text one message may carry (WhatsApp: 1024, FACT; the others
+    /// ASSUMED), which decides whether texts can be sent folded together.
+    pub max_body: usize,
 }
 
 impl Channel {
@@ -49,28 +52,32 @@ impl Channel {
         Channel::LiveChat,
     ];
 
-    /// What this channel can display.
+    /// What this channel can display: the one table of per-channel facts.
     pub fn capabilities(self) -> Capabilities {
         match self {
             Channel::WhatsApp => Capabilities {
                 max_quick_replies: 3,
                 max_list_rows: 10,
                 informative_buttons: true,
+                max_body: 1024,
             },
             Channel::Instagram => Capabilities {
                 max_quick_replies: 13,
                 max_list_rows: 0,
                 informative_buttons: true,
+                max_body: 1000,
             },
             Channel::Email => Capabilities {
                 max_quick_replies: 0,
                 max_list_rows: 0,
                 informative_buttons: false,
+                max_body: usize::MAX,
             },
             Channel::LiveChat => Capabilities {
                 max_quick_replies: 10,
                 max_list_rows: 10,
                 informative_buttons: true,
+                max_body: 4096,
             },
         }
     }

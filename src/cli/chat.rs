@@ -7,7 +7,6 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-use crate::engine::Bot;
 use crate::handler::Registry;
 use crate::message::{Channel, Outgoing};
 use crate::testing::TestConversation;
@@ -91,16 +90,9 @@ pub(super) async fn run(
             return 2;
         }
     };
-    let flow = match super::load(path, &registry) {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let bot = match Bot::new(flow, registry) {
+    let bot = match super::load_bot(path, registry) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     println!(
         "Chatting with `{}` on {channel}. Type /quit to leave, a number to pick an option.",

@@ -183,6 +183,17 @@ fn init_tracing() {
 }
 
 /// Loads a flow for a subcommand, printing diagnostics (warnings too) on stderr.
+/// Loads a flow and binds its handlers, printing warnings and errors as the CLI
+/// does; `Err` is the exit code (2: the flow does not load or names an unknown
+/// handler).
+fn load_bot(path: &std::path::Path, registry: Registry) -> Result<crate::engine::Bot, u8> {
+    let flow = load(path, &registry)?;
+    crate::engine::Bot::new(flow, registry).map_err(|e| {
+        eprintln!("error: {e}");
+        2
+    })
+}
+
 fn load(path: &std::path::Path, registry: &Registry) -> Result<crate::flow::Flow, u8> {
     match crate::flow::Flow::load(path, &registry.names()) {
         Ok(f) => {

@@ -80,16 +80,9 @@ fn event(l: &Line) -> Result<Event, String> {
 }
 
 pub(super) async fn run(path: &Path, registry: Registry) -> u8 {
-    let flow = match super::load(path, &registry) {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let bot = match Bot::new(flow, registry) {
+    let bot = match super::load_bot(path, registry) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();

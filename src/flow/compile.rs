@@ -9,8 +9,8 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::compiled::*;
 use super::diagnostic::{did_you_mean, Diagnostics};
-use super::graph::*;
 use super::load::Loaded;
 use super::model::{self, Text};
 use super::normalize::{normalize, words};

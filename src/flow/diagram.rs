@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use super::graph::{Flow, StateId};
+use super::compiled::{Flow, StateId};
 
 struct Edge {
     from: Option<StateId>,

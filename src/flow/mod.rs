@@ -2,8 +2,9 @@
 //!
 //! - [`model`]: serde types mirroring the YAML;
 //! - `load`: files to documents (the only user of serde_yaml), following `include:`;
-//! - `compile`: documents to the indexed graph in `graph`, with [`template`]s and
-//!   regexes compiled once;
+//! - `compile`: documents to the compiled form in `compiled` (an indexed graph),
+//!   with [`template`]s and regexes compiled once; `diagram` draws that form
+//!   for `flowbot graph`;
 //! - `validate`: limits and graph checks;
 //! - [`Diagnostic`]s for every problem, with file, line, column and document path.
 //!
@@ -21,9 +22,9 @@
 //! ```
 
 mod compile;
+mod compiled;
 mod diagnostic;
 mod diagram;
-mod graph;
 mod load;
 pub mod model;
 mod normalize;
@@ -33,8 +34,8 @@ mod validate;
 
 use std::path::Path;
 
+pub use compiled::*;
 pub use diagnostic::{did_you_mean, Diagnostic, Diagnostics, Severity};
-pub use graph::*;
 pub(crate) use normalize::contains_phrase;
 pub use normalize::{normalize, words};
 pub use template::Tpl;

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use super::graph::{Flow, StateId};
+use super::compiled::{Flow, StateId};
 use super::model::{ButtonDoc, ChoiceDoc, ListDoc, Text};
 use super::source::{join_index, join_key, Reporter};
 

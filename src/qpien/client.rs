@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -302,13 +301,7 @@ impl QpienClient {
         variables: &Value,
         token: Option<&str>,
     ) -> Result<Value, Failure> {
-        let retry = &self.inner.config.retry;
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(retry.min_delay)
-            .with_max_delay(retry.max_delay)
-            .with_max_times(retry.max_attempts.saturating_sub(1) as usize)
-            .with_jitter()
-            .build();
+        let mut delays = self.inner.config.retry.backoff().delays();
         loop {
             self.inner.limiter.acquire().await;
             let failure = match self.attempt(op, variables, token).await {

@@ -108,6 +108,17 @@ pub struct RetryConfig {
     pub max_delay: Duration,
 }
 
+impl RetryConfig {
+    /// The policy, as [`crate::retry`] applies it.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff {
+            min_delay: self.min_delay,
+            max_delay: self.max_delay,
+            max_attempts: Some(self.max_attempts.max(1)),
+        }
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {

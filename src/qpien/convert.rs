@@ -36,17 +36,6 @@ pub fn front_msg_id(prefix: &str, cause: &str, index: usize) -> String {
     format!("{prefix}:{cause}:{index}")
 }
 
-/// Longest text one message may carry on a channel (WhatsApp: 1024, FACT;
-/// the others ASSUMED), used to decide whether texts can be folded together.
-pub fn body_limit(channel: Channel) -> usize {
-    match channel {
-        Channel::WhatsApp => 1024,
-        Channel::Instagram => 1000,
-        Channel::LiveChat => 4096,
-        Channel::Email => usize::MAX,
-    }
-}
-
 const FOLD_SEPARATOR: &str = "\n\n";
 
 fn is_plain_text(m: &Outgoing) -> bool {
@@ -70,7 +59,7 @@ pub fn plan_replies(
         }
         _ => Operation::CreateMessage,
     };
-    let limit = body_limit(channel);
+    let limit = channel.capabilities().max_body;
     let mut planner = Planner {
         config,
         conversation,

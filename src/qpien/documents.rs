@@ -105,7 +105,8 @@ impl Operation {
         !matches!(self, Operation::GenerateOAuthToken)
     }
 
-    fn from_name(name: &str) -> Option<Operation> {
+    /// The operation whose root field is `name`.
+    pub fn from_name(name: &str) -> Option<Operation> {
         Operation::ALL.into_iter().find(|op| op.name() == name)
     }
 }

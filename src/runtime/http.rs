@@ -16,24 +16,40 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use super::dispatch::Inbox;
 use super::metrics::Metrics;
-use super::{turns, Shared};
+use super::reload::BotSlot;
+use super::Stop;
+use crate::config::ServerConfig;
 use crate::qpien::webhook::{self, SIGNATURE_HEADER};
+use crate::qpien::QpienClient;
+use crate::store::StateStore;
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+/// What the HTTP handlers need.
+pub(crate) struct App {
+    pub(crate) server: ServerConfig,
+    pub(crate) inbox: Arc<Inbox>,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) client: QpienClient,
+    pub(crate) bot: Arc<BotSlot>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) stop: Stop,
+}
+
+pub(crate) fn router(shared: Arc<App>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
-    if shared.config.server.debug {
+    if shared.server.debug {
         app = app
             .route("/debug/flow", get(debug_flow))
             .route("/debug/conversations/{id}", get(debug_conversation));
     }
-    if shared.config.server.webhook {
+    if shared.server.webhook {
         app = app.route(
-            &shared.config.server.webhook_path,
-            post(webhook).layer(DefaultBodyLimit::max(shared.config.server.max_body_bytes)),
+            &shared.server.webhook_path,
+            post(webhook).layer(DefaultBodyLimit::max(shared.server.max_body_bytes)),
         );
     }
     app.with_state(shared)
@@ -52,7 +68,7 @@ async fn healthz() -> Response {
     reply(StatusCode::OK, "alive")
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+async fn readyz(State(shared): State<Arc<App>>) -> Response {
     let store = tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await;
     let store_ok = matches!(store, Ok(Ok(())));
     let token = tokio::time::timeout(Duration::from_secs(5), shared.client.check_token()).await;
@@ -61,13 +77,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("no token within 5s".to_owned()),
     };
-    let ready = store_ok && token_msg.is_none() && !shared.is_stopping();
+    let ready = store_ok && token_msg.is_none() && !shared.stop.is_stopping();
     let body = serde_json::json!({
         "ready": ready,
         "store": if store_ok { "ok" } else { "unreachable" },
-        "flow": shared.bot().flow().name,
+        "flow": shared.bot.get().flow().name,
         "qpien": token_msg.as_deref().unwrap_or("ok"),
-        "stopping": shared.is_stopping(),
+        "stopping": shared.stop.is_stopping(),
     });
     let status = if ready {
         StatusCode::OK
@@ -95,8 +111,8 @@ fn debug_json(status: StatusCode, v: serde_json::Value) -> Response {
 }
 
 /// The flow as a Mermaid graph (nodes `s<index>`), for the playground.
-async fn debug_flow(State(shared): State<Arc<Shared>>) -> Response {
-    let bot = shared.bot();
+async fn debug_flow(State(shared): State<Arc<App>>) -> Response {
+    let bot = shared.bot.get();
     debug_json(
         StatusCode::OK,
         serde_json::json!({"name": bot.flow().name, "mermaid": bot.flow().to_mermaid()}),
@@ -105,7 +121,7 @@ async fn debug_flow(State(shared): State<Arc<Shared>>) -> Response {
 
 /// A conversation's saved state and variables, for the playground.
 async fn debug_conversation(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<App>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
     let stored = match shared.store.session(&id).await {
@@ -118,11 +134,11 @@ async fn debug_conversation(
         }
     };
     let Some(record) =
-        stored.and_then(|s| super::codec::decode::<crate::engine::Stored>(&s.data).ok())
+        stored.and_then(|s| super::payload::decode::<crate::engine::Stored>(&s.data).ok())
     else {
         return debug_json(StatusCode::OK, serde_json::json!({"state": null}));
     };
-    let bot = shared.bot();
+    let bot = shared.bot.get();
     let node = bot.flow().state_id(&record.state).map(|i| format!("s{i}"));
     let vars: serde_json::Map<String, serde_json::Value> = record
         .session
@@ -143,7 +159,7 @@ async fn debug_conversation(
     )
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<App>>) -> Response {
     (
         StatusCode::OK,
         [(
@@ -155,7 +171,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn webhook(State(shared): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let (status, result) = handle(&shared, &headers, &body).await;
     Metrics::count(&shared.metrics.webhooks, result);
@@ -172,11 +188,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     reply(status, result)
 }
 
-async fn handle(
-    shared: &Arc<Shared>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> (StatusCode, &'static str) {
+async fn handle(shared: &App, headers: &HeaderMap, body: &[u8]) -> (StatusCode, &'static str) {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -189,7 +201,7 @@ async fn handle(
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let secret = shared.config.server.webhook_secret.expose().as_bytes();
+    let secret = shared.server.webhook_secret.expose().as_bytes();
     if signature.is_empty() || !webhook::verify(secret, body, signature) {
         tracing::warn!("webhook refused: missing or bad signature");
         return (StatusCode::UNAUTHORIZED, "bad_signature");
@@ -206,10 +218,10 @@ async fn handle(
             return (StatusCode::BAD_REQUEST, "bad_payload");
         }
     };
-    if shared.turns.len() >= shared.config.runtime.queue_capacity {
+    if shared.inbox.is_full() {
         return (StatusCode::SERVICE_UNAVAILABLE, "busy");
     }
-    match turns::accept(shared, ingested).await {
+    match shared.inbox.accept(ingested).await {
         Ok(true) => (StatusCode::OK, "accepted"),
         Ok(false) => (StatusCode::OK, "duplicate"),
         Err(e) => {

@@ -1,73 +1,120 @@
-//! Per-key ordered queues, one worker per busy key.
+//! Per-conversation ordered queues, each drained by one worker task.
 //!
-//! Items of one key (a conversation) are handed out one at a time in their
-//! order number (inbox sequence, outbox id), so a conversation's turns and
-//! deliveries never overlap or reorder; different keys run in parallel. An
-//! idle key costs nothing: its lane is removed when it runs dry.
+//! Items of one key (a conversation) are handed to the [`Worker`] one at a time
+//! in their order number (inbox sequence, outbox id), so a conversation's turns
+//! and deliveries never overlap or reorder; different keys run in parallel. A
+//! key's task is spawned when its first item is queued and ends when its queue
+//! runs dry, so an idle conversation costs nothing. The dispatcher (turns) and
+//! the sender (replies) are the two workers; both resume what the store still
+//! holds at start through [`Lanes::resume`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-#[derive(Debug)]
-pub(crate) struct Lanes<T> {
-    lanes: Mutex<HashMap<Arc<str>, BTreeMap<u64, T>>>,
-    /// Items pushed and not yet finished (queued or in progress).
+/// What runs a lane's items.
+#[async_trait]
+pub(crate) trait Worker: Send + Sync + 'static {
+    /// The work item.
+    type Item: Send + 'static;
+    /// The item's key (its conversation) and order number.
+    fn key(item: &Self::Item) -> (&str, u64);
+    /// Runs one item. `false`: shutting down, this lane stops here (what is
+    /// left stays in the store for the next start).
+    async fn run(&self, key: &str, item: Self::Item) -> bool;
+}
+
+/// Each key's queued items, by order number.
+type Queues<T> = HashMap<Arc<str>, BTreeMap<u64, T>>;
+
+/// Ordered queues per key, with their worker.
+pub(crate) struct Lanes<W: Worker> {
+    queues: Mutex<Queues<W::Item>>,
+    /// Items queued and not yet finished (waiting or in progress).
     len: AtomicUsize,
     changed: Notify,
+    worker: W,
+    depth: Gauge,
 }
 
-impl<T> Default for Lanes<T> {
-    fn default() -> Self {
-        Lanes {
-            lanes: Mutex::new(HashMap::new()),
+impl<W: Worker> Lanes<W> {
+    /// Lanes run by `worker`; `depth` shows how many items are pending.
+    pub(crate) fn new(worker: W, depth: Gauge) -> Arc<Self> {
+        Arc::new(Lanes {
+            queues: Mutex::new(HashMap::new()),
             len: AtomicUsize::new(0),
             changed: Notify::new(),
-        }
-    }
-}
-
-impl<T> Lanes<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, BTreeMap<u64, T>>> {
-        self.lanes.lock().unwrap_or_else(|e| e.into_inner())
+            worker,
+            depth,
+        })
     }
 
-    /// Queues `item`; returns `Some(key)` when the key had no lane, so the
-    /// caller starts a worker for it. An order number already queued is ignored.
-    pub(crate) fn push(&self, key: &str, order: u64, item: T) -> Option<Arc<str>> {
-        let mut lanes = self.lock();
-        if let Some(lane) = lanes.get_mut(key) {
+    /// The worker.
+    pub(crate) fn worker(&self) -> &W {
+        &self.worker
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues<W::Item>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `item`, starting its key's worker task if it has none. An order
+    /// number already queued is ignored.
+    pub(crate) fn queue(self: &Arc<Self>, item: W::Item) {
+        let (key, order) = W::key(&item);
+        let mut queues = self.lock();
+        if let Some(lane) = queues.get_mut(key) {
             if let std::collections::btree_map::Entry::Vacant(e) = lane.entry(order) {
                 e.insert(item);
                 self.len.fetch_add(1, Ordering::SeqCst);
             }
-            return None;
+        } else {
+            let key: Arc<str> = Arc::from(key);
+            queues.insert(key.clone(), BTreeMap::from([(order, item)]));
+            self.len.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(self.clone().work(key));
         }
-        let key: Arc<str> = Arc::from(key);
-        lanes.insert(key.clone(), BTreeMap::from([(order, item)]));
-        self.len.fetch_add(1, Ordering::SeqCst);
-        Some(key)
+        drop(queues);
+        self.depth.set(self.len() as i64);
     }
 
-    /// The key's next item, or `None` (and the lane is gone) when it is empty.
-    pub(crate) fn next(&self, key: &str) -> Option<T> {
-        let mut lanes = self.lock();
-        let lane = lanes.get_mut(key)?;
-        match lane.pop_first() {
-            Some((_, item)) => Some(item),
-            None => {
-                lanes.remove(key);
-                None
+    /// Queues what the store still holds from the last run.
+    pub(crate) fn resume(self: &Arc<Self>, items: Vec<W::Item>, what: &str) {
+        if !items.is_empty() {
+            tracing::info!(count = items.len(), "resuming {what}");
+        }
+        for item in items {
+            self.queue(item);
+        }
+    }
+
+    async fn work(self: Arc<Self>, key: Arc<str>) {
+        while let Some(item) = self.next(&key) {
+            let go_on = self.worker.run(&key, item).await;
+            self.len.fetch_sub(1, Ordering::SeqCst);
+            self.depth.set(self.len() as i64);
+            self.changed.notify_waiters();
+            if !go_on {
+                return;
             }
         }
     }
 
-    /// Marks one item finished.
-    pub(crate) fn done(&self) {
-        self.len.fetch_sub(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+    /// The key's next item, or `None` (and the lane is gone) when it is empty.
+    fn next(&self, key: &str) -> Option<W::Item> {
+        let mut queues = self.lock();
+        let lane = queues.get_mut(key)?;
+        match lane.pop_first() {
+            Some((_, item)) => Some(item),
+            None => {
+                queues.remove(key);
+                None
+            }
+        }
     }
 
     /// Items queued or in progress.
@@ -75,7 +122,7 @@ impl<T> Lanes<T> {
         self.len.load(Ordering::SeqCst)
     }
 
-    /// Waits until every item pushed so far is finished.
+    /// Waits until every item queued so far is finished.
     pub(crate) async fn drained(&self) {
         loop {
             let notified = self.changed.notified();
@@ -91,21 +138,33 @@ impl<T> Lanes<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn items_come_out_in_order_and_idle_lanes_vanish() {
-        let lanes = Lanes::default();
-        assert!(lanes.push("a", 2, "second").is_some());
-        assert!(lanes.push("a", 1, "first").is_none());
-        assert!(lanes.push("a", 1, "again").is_none());
-        assert_eq!(lanes.len(), 2);
-        assert_eq!(lanes.next("a"), Some("first"));
-        lanes.done();
-        assert_eq!(lanes.next("a"), Some("second"));
-        lanes.done();
-        assert_eq!(lanes.next("a"), None);
-        assert!(
-            lanes.push("a", 3, "new").is_some(),
-            "a fresh lane needs a worker"
-        );
+    struct Log(Mutex<Vec<(String, u64)>>);
+
+    #[async_trait]
+    impl Worker for Log {
+        type Item = (String, u64);
+        fn key(item: &Self::Item) -> (&str, u64) {
+            (&item.0, item.1)
+        }
+        async fn run(&self, _key: &str, item: Self::Item) -> bool {
+            tokio::task::yield_now().await;
+            self.0.lock().unwrap().push(item);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn items_run_in_order_once_and_idle_lanes_vanish() {
+        let lanes = Lanes::new(Log(Mutex::new(Vec::new())), Gauge::default());
+        lanes.queue(("a".into(), 2));
+        lanes.queue(("a".into(), 1));
+        lanes.queue(("a".into(), 2));
+        lanes.queue(("b".into(), 7));
+        lanes.drained().await;
+        let log = lanes.worker().0.lock().unwrap().clone();
+        let a: Vec<u64> = log.iter().filter(|i| i.0 == "a").map(|i| i.1).collect();
+        assert_eq!(a, [1, 2], "queued before the worker ran: in order");
+        assert_eq!(log.len(), 3, "{log:?}");
+        assert!(lanes.lock().is_empty(), "idle lanes are removed");
     }
 }

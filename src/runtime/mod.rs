@@ -1,35 +1,37 @@
 //! `flowbot run`: the production process.
 //!
 //! ```text
-//! webhook (http.rs) ─┐                      ┌─> turns.rs: one turn at a time per conversation,
-//! poller (poll.rs) ──┼─> store.accept ─> lanes   one atomic commit (inbox done, session, outbox)
-//! timers (timers.rs) ┘   (dedup, durable)        └─> send.rs: outbox delivered in order per
-//!                                                    conversation through the Qpien client
+//! webhook (http.rs) ─┐                        ┌─> dispatch.rs: one turn at a time per
+//! poller (poll.rs) ──┼─> Inbox::accept ─> lanes   conversation (Bot::step), one atomic commit
+//! timers (timers.rs) ┘   (dedup, durable)         └─> outbox.rs: replies delivered in order per
+//!                                                     conversation through the Qpien client
 //! ```
-//! Every accepted message is in the store before it is acknowledged; every reply
+//! Every accepted event is in the store before it is acknowledged; every reply
 //! is in the store before it is sent, and leaves it only once Qpien has it. On
 //! start, unfinished inbox items and undelivered outbox items are resumed, so a
 //! crash loses nothing and, with `frontMsgId`, repeats nothing.
 //!
-//! The runtime owns all I/O; the engine stays pure. Flows are reloaded when
-//! their files change (a bad edit is refused and logged); sessions saved under
-//! another flow version are placed by state name and `migrate:`.
+//! The runtime owns all I/O; the engine stays pure. Each task is handed only
+//! the handles it uses (as in mini-redis): the HTTP handlers an [`http::App`],
+//! the poller a [`poll::Poller`], the dispatcher and the sender their lanes'
+//! workers, reload a [`reload::Reload`]. [`start`] wires them; [`Running`]
+//! shuts them down in order: stop accepting, drain turns, flush the outbox.
 
-mod codec;
+mod dispatch;
 mod http;
 mod lanes;
 mod metrics;
+mod outbox;
+mod payload;
 mod poll;
-mod send;
+mod reload;
 mod timers;
-mod turns;
 
-pub use codec::OutboxAction;
 pub use metrics::Metrics;
+pub use payload::OutboxAction;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -39,7 +41,11 @@ use crate::config::{Config, StoreBackend};
 use crate::engine::Bot;
 use crate::handler::Registry;
 use crate::qpien::QpienClient;
-use crate::store::{InboxItem, MemoryStore, OutboxItem, SqliteOptions, SqliteStore, StateStore};
+use crate::store::{MemoryStore, SqliteOptions, SqliteStore, StateStore};
+use dispatch::{Dispatcher, Inbox};
+use lanes::Lanes;
+use outbox::Sender;
+use reload::BotSlot;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,55 +77,37 @@ pub enum RuntimeError {
     },
 }
 
-/// What every part of the runtime shares.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    bot: RwLock<Arc<Bot>>,
-    pub(crate) registry: Registry,
-    pub(crate) store: Arc<dyn StateStore>,
-    pub(crate) client: QpienClient,
-    pub(crate) metrics: Metrics,
-    pub(crate) flow_version: Arc<AtomicI64>,
-    pub(crate) turns: lanes::Lanes<InboxItem>,
-    pub(crate) outbox: lanes::Lanes<OutboxItem>,
-    pub(crate) stopping: watch::Receiver<bool>,
-}
+/// Shutdown, as every task sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop(watch::Receiver<bool>);
 
-impl Shared {
-    /// The bot as of now (a reload swaps it between turns).
-    pub(crate) fn bot(&self) -> Arc<Bot> {
-        self.bot.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub(crate) fn set_bot(&self, bot: Bot) {
-        self.flow_version
-            .store(metric_version(&bot), Ordering::Relaxed);
-        *self.bot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bot);
-    }
-
+impl Stop {
     pub(crate) fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
+        *self.0.borrow()
     }
 
     /// Sleeps, or returns early (`false`) when shutdown begins.
     pub(crate) async fn pause(&self, d: Duration) -> bool {
-        let mut stopping = self.stopping.clone();
+        let mut stopping = self.0.clone();
         tokio::select! {
             _ = tokio::time::sleep(d) => !self.is_stopping(),
             _ = stopping.wait_for(|s| *s) => false,
         }
     }
-}
 
-/// The flow's fingerprint as a gauge can carry it exactly (low 52 bits).
-fn metric_version(bot: &Bot) -> i64 {
-    (bot.flow().version & ((1 << 52) - 1)) as i64
+    /// Resolves when shutdown begins.
+    pub(crate) async fn wait(&self) {
+        let mut stopping = self.0.clone();
+        let _ = stopping.wait_for(|s| *s).await;
+    }
 }
 
 /// A running runtime: its address, and a way to stop it.
 pub struct Running {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    turns: Arc<Lanes<Dispatcher>>,
+    outbox: Arc<Lanes<Sender>>,
+    deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -145,16 +133,16 @@ impl Running {
     /// flush, within `runtime.shutdown_deadline`.
     pub async fn shutdown(self) -> Drained {
         let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + self.shared.config.runtime.shutdown_deadline;
+        let deadline = tokio::time::Instant::now() + self.deadline;
         let _ = self.server.await;
         for t in self.tasks {
             t.abort();
         }
-        let _ = tokio::time::timeout_at(deadline, self.shared.turns.drained()).await;
-        let _ = tokio::time::timeout_at(deadline, self.shared.outbox.drained()).await;
+        let _ = tokio::time::timeout_at(deadline, self.turns.drained()).await;
+        let _ = tokio::time::timeout_at(deadline, self.outbox.drained()).await;
         let drained = Drained {
-            turns_left: self.shared.turns.len(),
-            replies_left: self.shared.outbox.len(),
+            turns_left: self.turns.len(),
+            replies_left: self.outbox.len(),
         };
         tracing::info!(?drained, "flowbot stopped");
         drained
@@ -209,52 +197,93 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         addr: config.server.listen,
         message: e.to_string(),
     })?;
-    let (stop, stopping) = watch::channel(false);
-    let flow_version = Arc::new(AtomicI64::new(metric_version(&bot)));
-    let shared = Arc::new(Shared {
-        metrics: Metrics::new(client.clone(), flow_version.clone()),
-        flow_version,
-        bot: RwLock::new(Arc::new(bot)),
-        registry,
-        store,
-        client,
-        turns: lanes::Lanes::default(),
-        outbox: lanes::Lanes::default(),
-        stopping,
-        config,
-    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Stop(stop_rx);
+    let slot = Arc::new(BotSlot::new(bot));
+    let metrics = Arc::new(Metrics::new(client.clone(), slot.version_gauge()));
+    let outbox = Lanes::new(
+        Sender {
+            client: client.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        },
+        metrics.outbox_depth.clone(),
+    );
+    let turns = Lanes::new(
+        Dispatcher {
+            store: store.clone(),
+            bot: slot.clone(),
+            qpien: Arc::new(client.config().clone()),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        },
+        metrics.queue_depth.clone(),
+    );
+    let inbox = Arc::new(Inbox::new(
+        store.clone(),
+        turns.clone(),
+        metrics.clone(),
+        config.runtime.queue_capacity,
+    ));
     // Unfinished work first: replies already committed go out before any
     // resumed turn can queue newer ones behind them.
-    send::resume(&shared).await?;
-    turns::resume(&shared).await?;
+    outbox::resume(&outbox).await?;
+    inbox.resume().await?;
 
     let server = {
-        let app = http::router(shared.clone());
-        let mut stopping = shared.stopping.clone();
+        let app = http::router(Arc::new(http::App {
+            server: config.server.clone(),
+            inbox: inbox.clone(),
+            store: store.clone(),
+            client: client.clone(),
+            bot: slot.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        }));
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopping.wait_for(|s| *s).await;
-            };
             if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
+                .with_graceful_shutdown(async move { stop.wait().await })
                 .await
             {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         })
     };
-    let mut tasks = vec![tokio::spawn(timers::run(shared.clone()))];
-    if shared.config.runtime.reload {
-        tasks.push(tokio::spawn(timers::reload(shared.clone())));
+    let mut tasks = vec![tokio::spawn(timers::run(
+        store.clone(),
+        inbox.clone(),
+        config.runtime.timer_interval,
+        stop.clone(),
+    ))];
+    if config.runtime.reload {
+        tasks.push(tokio::spawn(reload::run(reload::Reload {
+            slot: slot.clone(),
+            flow: config.flow.clone(),
+            registry,
+            metrics: metrics.clone(),
+            every: config.runtime.reload_interval,
+            stop: stop.clone(),
+        })));
     }
-    if shared.config.polling.enabled {
-        tasks.push(tokio::spawn(poll::run(shared.clone())));
+    if config.polling.enabled {
+        tasks.push(tokio::spawn(poll::run(poll::Poller {
+            client: client.clone(),
+            store: store.clone(),
+            inbox: inbox.clone(),
+            config: config.polling.clone(),
+            stop: stop.clone(),
+        })));
     }
-    tracing::info!(%addr, flow = %shared.config.flow.display(), "flowbot running");
+    tracing::info!(%addr, flow = %config.flow.display(), "flowbot running");
     Ok(Running {
         addr,
-        shared,
-        stop,
+        turns,
+        outbox,
+        deadline: config.runtime.shutdown_deadline,
+        stop: stop_tx,
         server,
         tasks,
     })

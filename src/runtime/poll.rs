@@ -13,10 +13,14 @@
 
 use std::sync::Arc;
 
-use super::{turns, Shared};
+use super::dispatch::Inbox;
+use super::Stop;
+use crate::config::PollingConfig;
 use crate::qpien::convert::sender_kind;
 use crate::qpien::types::ExternalMessage;
+use crate::qpien::QpienClient;
 use crate::qpien::{from_message, SenderKind};
+use crate::store::StateStore;
 use crate::time::{parse_json_time, Millis};
 
 /// When a message was created, as Qpien sends it.
@@ -24,8 +28,19 @@ fn created(m: &ExternalMessage) -> Option<Millis> {
     m.created_at.as_ref().and_then(parse_json_time)
 }
 
-pub(crate) async fn run(shared: Arc<Shared>) {
-    let cfg = shared.config.polling.clone();
+/// What the poller needs.
+pub(crate) struct Poller {
+    pub(crate) client: QpienClient,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) inbox: Arc<Inbox>,
+    pub(crate) config: PollingConfig,
+    pub(crate) stop: Stop,
+}
+
+/// Polls until shutdown.
+pub(crate) async fn run(shared: Poller) {
+    let shared = &shared;
+    let cfg = shared.config.clone();
     let since = match shared.store.cursor("poll:since").await {
         Ok(Some(s)) => s.parse().unwrap_or_else(|_| crate::time::now()),
         found => {
@@ -50,7 +65,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let per_call = budget.per / budget.requests.max(1);
     loop {
         let mut calls = 0u32;
-        let found = match round(&shared, since, &mut calls).await {
+        let found = match round(shared, since, &mut calls).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "polling failed");
@@ -63,7 +78,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             (pause * 2).min(cfg.max_interval)
         };
         pause = pause.max(per_call * calls * 2);
-        if !shared.pause(pause).await {
+        if !shared.stop.pause(pause).await {
             return;
         }
     }
@@ -75,7 +90,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// first) the last page, and the one before it only when the cursor is not on
 /// the last page.
 async fn recent_messages(
-    shared: &Shared,
+    shared: &Poller,
     conversation: &str,
     page_size: u32,
     newest: Option<&str>,
@@ -116,12 +131,12 @@ async fn recent_messages(
 
 /// One round; returns how many new messages were accepted.
 async fn round(
-    shared: &Arc<Shared>,
+    shared: &Poller,
     since: i64,
     calls: &mut u32,
 ) -> Result<usize, crate::qpien::QpienError> {
     *calls += 1;
-    let cfg = &shared.config.polling;
+    let cfg = &shared.config;
     let prefix = shared.client.config().front_msg_id_prefix.clone();
     let conversations = shared
         .client
@@ -162,7 +177,7 @@ async fn round(
             let Ok(ingested) = from_message(&msg, Some(&id), &prefix) else {
                 continue;
             };
-            match turns::accept(shared, ingested).await {
+            match shared.inbox.accept(ingested).await {
                 Ok(true) => found += 1,
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "cannot store a polled message"),

@@ -18,6 +18,7 @@ use async_graphql::{Error, ErrorExtensions, Value as GqlValue};
 use serde_json::{json, Value};
 
 use super::state::SimState;
+use crate::qpien::Operation;
 
 /// What the HTTP layer passes to resolvers.
 pub(crate) struct Auth(pub(crate) Option<String>);
@@ -88,27 +89,14 @@ fn page(all: Vec<Value>, page: &Value, limit: &Value) -> Value {
     json!({"docs": docs, "hasNextPage": page * limit < total, "totalDocs": total})
 }
 
-const ROOT_FIELDS: [&str; 9] = [
-    "generateOAuthToken",
-    "getMessage",
-    "getMessageList",
-    "getConversation",
-    "getConversationList",
-    "getAllConnectedPlatformList",
-    "createMessage",
-    "createMessageByWhatsapp",
-    "updateConversation",
-];
+/// The root fields the simulator serves: every operation the client knows.
+fn is_root_field(name: &str) -> bool {
+    Operation::from_name(name).is_some()
+}
 
+/// The scope an operation needs: the one table, the client's own.
 fn scope(field: &str) -> Option<&'static str> {
-    match field {
-        "getMessage" | "getMessageList" => Some("read_messages"),
-        "createMessage" | "createMessageByWhatsapp" => Some("write_messages"),
-        "getConversation" | "getConversationList" => Some("read_conversations"),
-        "updateConversation" => Some("write_conversations"),
-        "getAllConnectedPlatformList" => Some("read_channels"),
-        _ => None,
-    }
+    Operation::from_name(field).and_then(Operation::scope)
 }
 
 async fn root(field: &str, ctx: ResolverContext<'_>) -> Result<Value, Error> {
@@ -230,7 +218,7 @@ pub(crate) fn build() -> Result<Schema, String> {
                     let ty = type_ref(&f.node.ty.node);
                     let object = objects.contains(&base_name(&f.node.ty.node));
                     let mut field = if is_root {
-                        if !ROOT_FIELDS.contains(&fname.as_str()) {
+                        if !is_root_field(&fname) {
                             return Err(format!("the simulator does not implement {name}.{fname}"));
                         }
                         implemented += 1;
@@ -268,10 +256,10 @@ pub(crate) fn build() -> Result<Schema, String> {
             _ => return Err(format!("unsupported type kind for {name}")),
         }
     }
-    if implemented != ROOT_FIELDS.len() {
+    if implemented != Operation::ALL.len() {
         return Err(format!(
-            "the schema has {implemented} of the simulator's {} root fields",
-            ROOT_FIELDS.len()
+            "the schema has {implemented} of the client's {} operations",
+            Operation::ALL.len()
         ));
     }
     builder.finish().map_err(|e| e.to_string())
