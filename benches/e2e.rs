@@ -148,7 +148,6 @@ fn main() {
         config.qpien.rate_limit = RateLimitConfig {
             requests: 10_000_000,
             per: Duration::from_secs(1),
-            burst: 1_000_000,
             default_reset: Duration::from_secs(1),
         };
         config.server.listen = "127.0.0.1:0".parse().unwrap();

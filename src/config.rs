@@ -35,8 +35,30 @@ pub struct Config {
     pub polling: PollingConfig,
     /// Queues, shutdown, reload and timers.
     pub runtime: RuntimeConfig,
+    /// How a handoff is watched.
+    pub handoff: HandoffConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// How flowbot learns that a handed-off conversation is back: Qpien documents
+/// no event for an agent leaving, so the conversation is read (`joinedCPerson`,
+/// `status`) when the customer writes during a handoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffConfig {
+    /// At most one check per conversation this often (each costs one request
+    /// of the budget).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            check_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for Config {
@@ -48,6 +70,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             polling: PollingConfig::default(),
             runtime: RuntimeConfig::default(),
+            handoff: HandoffConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -72,6 +95,17 @@ pub struct ServerConfig {
     /// Serve `/debug/flow` and `/debug/conversations/{id}` (the playground's
     /// side panel: states and variables, so never in production).
     pub debug: bool,
+    /// The token of the admin endpoints (`POST /admin/conversations/{id}/release`,
+    /// used by `flowbot release`), sent as `Authorization: Bearer <token>`;
+    /// from the environment or `admin_token_file`. Unset: no admin endpoints.
+    pub admin_token: Secret,
+    /// A file holding the admin token.
+    pub admin_token_file: Option<PathBuf>,
+    /// Keep each verified delivery (body and headers, signature removed) in
+    /// this folder, to learn the real shapes (`flowbot replay --capture`).
+    pub capture_dir: Option<PathBuf>,
+    /// Most bytes the capture folder holds: the oldest files go beyond it.
+    pub capture_max_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +118,10 @@ impl Default for ServerConfig {
             max_body_bytes: 256 * 1024,
             webhook: true,
             debug: false,
+            admin_token: Secret::default(),
+            admin_token_file: None,
+            capture_dir: None,
+            capture_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -255,15 +293,16 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 7] = [
-    "flow", "qpien", "server", "store", "polling", "runtime", "log",
+const SECTIONS: [&str; 8] = [
+    "flow", "qpien", "server", "store", "polling", "runtime", "handoff", "log",
 ];
 
 /// Secrets: the key, its environment variable, and whether a file form exists.
-const SECRETS: [(&str, &str); 3] = [
+const SECRETS: [(&str, &str); 4] = [
     ("qpien.client_id", "FLOWBOT_QPIEN__CLIENT_ID"),
     ("qpien.client_secret", "FLOWBOT_QPIEN__CLIENT_SECRET"),
     ("server.webhook_secret", "FLOWBOT_SERVER__WEBHOOK_SECRET"),
+    ("server.admin_token", "FLOWBOT_SERVER__ADMIN_TOKEN"),
 ];
 
 impl Config {
@@ -322,11 +361,19 @@ impl Config {
         if let Some(path) = config.server.webhook_secret_file.clone() {
             config.server.webhook_secret = read("server.webhook_secret", &path)?;
         }
+        if let Some(path) = config.server.admin_token_file.clone() {
+            config.server.admin_token = read("server.admin_token", &path)?;
+        }
         // Relative paths in the file are relative to the file.
         if let Some(dir) = file.and_then(Path::parent) {
             for p in [&mut config.flow, &mut config.store.path] {
                 if p.is_relative() && !dir.as_os_str().is_empty() {
                     *p = dir.join(&*p);
+                }
+            }
+            if let Some(d) = config.server.capture_dir.as_mut() {
+                if d.is_relative() && !dir.as_os_str().is_empty() {
+                    *d = dir.join(&*d);
                 }
             }
             if let Some(d) = config.qpien.documents_dir.as_mut() {

@@ -280,23 +280,32 @@ pub enum Event {
     /// The person left (the conversation is released): the next message starts over.
     AgentLeft,
     /// The inactivity timer of the conversation's state was due at `due`: its
-    /// `after:` nudge fires if it still applies.
+    /// `after:` nudge fires if it still applies (or, in a handoff, the
+    /// flow's `handoff_timeout` ends it).
     Idle {
         /// When it was due.
         due: Millis,
     },
+    /// The conversation is given back to the bot: nobody has it any more in
+    /// Qpien, or it was released by hand.
+    Release,
+    /// Qpien refused the handoff for good: the bot stays in service.
+    HandoffFailed,
 }
 
 impl Event {
     /// The events that have a word of their own, as tests and `flowbot replay`
     /// write them.
-    pub const WORDS: [&'static str; 2] = ["agent_joined", "agent_left"];
+    pub const WORDS: [&'static str; 4] =
+        ["agent_joined", "agent_left", "released", "handoff_failed"];
 
-    /// The event a word names (`agent_joined`, `agent_left`).
+    /// The event a word names (see [`Event::WORDS`]).
     pub fn from_word(word: &str) -> Option<Event> {
         match word {
             "agent_joined" => Some(Event::AgentJoined),
             "agent_left" => Some(Event::AgentLeft),
+            "released" => Some(Event::Release),
+            "handoff_failed" => Some(Event::HandoffFailed),
             _ => None,
         }
     }
@@ -308,6 +317,8 @@ impl Event {
             Event::AgentJoined => "agent_joined",
             Event::AgentLeft => "agent_left",
             Event::Idle { .. } => "idle",
+            Event::Release => "released",
+            Event::HandoffFailed => "handoff_failed",
         }
     }
 }
@@ -320,6 +331,8 @@ enum EventOut<'a> {
     AgentJoined,
     AgentLeft,
     Idle { due: Millis },
+    Released,
+    HandoffFailed,
 }
 
 /// The stored form of an [`Event`], owned for reading.
@@ -330,6 +343,8 @@ enum EventIn {
     AgentJoined,
     AgentLeft,
     Idle { due: Millis },
+    Released,
+    HandoffFailed,
 }
 
 impl Serialize for Event {
@@ -339,6 +354,8 @@ impl Serialize for Event {
             Event::AgentJoined => EventOut::AgentJoined,
             Event::AgentLeft => EventOut::AgentLeft,
             Event::Idle { due } => EventOut::Idle { due: *due },
+            Event::Release => EventOut::Released,
+            Event::HandoffFailed => EventOut::HandoffFailed,
         }
         .serialize(s)
     }
@@ -351,6 +368,8 @@ impl<'de> Deserialize<'de> for Event {
             EventIn::AgentJoined => Event::AgentJoined,
             EventIn::AgentLeft => Event::AgentLeft,
             EventIn::Idle { due } => Event::Idle { due },
+            EventIn::Released => Event::Release,
+            EventIn::HandoffFailed => Event::HandoffFailed,
         })
     }
 }

@@ -77,6 +77,12 @@ pub fn parse_time(s: &str) -> Option<Millis> {
         .map(|d| d.as_millis() as Millis)
 }
 
+/// A time as RFC 3339 (UTC, seconds).
+pub fn format(at: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// Reads a date as a platform sends it: milliseconds as a number or a numeric
 /// string, or an RFC 3339 string.
 pub(crate) fn parse_json_time(v: &serde_json::Value) -> Option<Millis> {

@@ -9,8 +9,9 @@ use std::time::Duration;
 use flowbot::internals::qpien::webhook::sign;
 use serde_json::Value;
 
-use crate::qpien::server::{Server, Settings};
+use crate::qpien::start_sim;
 use crate::runtime::{message, wait_until, SECRET};
+use flowbot::internals::sim::RunningSim;
 
 /// Each turn counts: a message processed twice would leave a gap.
 const COUNTER: &str = r##"
@@ -31,15 +32,15 @@ struct Bot {
     url: String,
 }
 
-fn spawn(dir: &Path, qpien: &Server) -> Bot {
+fn spawn(dir: &Path, qpien: &RunningSim) -> Bot {
     spawn_with(dir, qpien, &[("RUST_LOG", "warn")])
 }
 
-fn spawn_with(dir: &Path, qpien: &Server, env: &[(&str, &str)]) -> Bot {
+fn spawn_with(dir: &Path, qpien: &RunningSim, env: &[(&str, &str)]) -> Bot {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowbot"))
         .args(["run", "--config"])
         .arg(dir.join("flowbot.toml"))
-        .env("FLOWBOT_QPIEN__ENDPOINT", &qpien.url)
+        .env("FLOWBOT_QPIEN__ENDPOINT", qpien.graphql_url())
         .env("FLOWBOT_QPIEN__CLIENT_ID", "id-1")
         .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret-1")
         .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
@@ -75,9 +76,10 @@ async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_answers_every_accepted_message_exactly_once() {
-    let qpien = Server::start(Settings {
-        delay: Duration::from_millis(15),
-        ..Settings::default()
+    let qpien = start_sim(|c| {
+        c.auto_create_conversations = true;
+        c.faults.slow = 1.0;
+        c.faults.slow_delay = Duration::from_millis(15);
     })
     .await;
     let dir = crate::runtime::temp_dir("crash");
@@ -88,7 +90,7 @@ async fn a_killed_process_answers_every_accepted_message_exactly_once() {
          [server]\nlisten = \"127.0.0.1:0\"\n\
          [store]\npath = \"flowbot.db\"\n\
          [qpien]\nwhatsapp_operation = \"create_message\"\n\
-         [qpien.rate_limit]\nrequests = 100000\nper = \"1s\"\nburst = 1000\n\
+         [qpien.rate_limit]\nrequests = 100000\nper = \"1s\"\n\
          [qpien.retry]\nmin_delay = \"5ms\"\nmax_delay = \"20ms\"\n",
     )
     .unwrap();
@@ -108,7 +110,7 @@ async fn a_killed_process_answers_every_accepted_message_exactly_once() {
         if accepted == 25 {
             bot.child.kill().unwrap(); // SIGKILL
             bot.child.wait().unwrap();
-            let delivered = qpien.created().len();
+            let delivered = qpien.state().created().len();
             assert!(delivered < accepted, "work was still in flight at the kill");
         }
         if post(&http, &bot.url, &messages[next]).await {
@@ -130,14 +132,14 @@ async fn a_killed_process_answers_every_accepted_message_exactly_once() {
         assert!(post(&http, &bot.url, m).await);
     }
     wait_until("every reply", Duration::from_secs(20), || {
-        qpien.created().len() >= messages.len()
+        qpien.state().created().len() >= messages.len()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     bot.child.kill().unwrap();
     bot.child.wait().unwrap();
 
-    assert_eq!(qpien.created().len(), messages.len());
+    assert_eq!(qpien.state().created().len(), messages.len());
     for (ci, c) in conversations.iter().enumerate() {
         let got = crate::runtime::replies(&qpien, c);
         let expected: Vec<String> = (0..20)
@@ -150,7 +152,7 @@ async fn a_killed_process_answers_every_accepted_message_exactly_once() {
 /// JSON logs carry the conversation id; SIGTERM drains and exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_and_a_clean_stop_on_sigterm() {
-    let qpien = Server::start(Settings::default()).await;
+    let qpien = start_sim(|c| c.auto_create_conversations = true).await;
     let dir = crate::runtime::temp_dir("sigterm");
     std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
     std::fs::write(
@@ -162,7 +164,7 @@ async fn json_logs_and_a_clean_stop_on_sigterm() {
     let http = reqwest::Client::new();
     assert!(post(&http, &bot.url, &message("j1", "log-conv", "hello")).await);
     wait_until("the reply", Duration::from_secs(5), || {
-        !qpien.created().is_empty()
+        !qpien.state().created().is_empty()
     })
     .await;
     let status = Command::new("kill")

@@ -79,7 +79,7 @@ fn shape(
 
 #[test]
 fn the_simulator_serves_exactly_the_clients_schema() {
-    let served = sim::sdl().unwrap();
+    let served = sim::sdl(flowbot::internals::qpien::Dialect::Documented).unwrap();
     assert_eq!(shape(&served), shape(flowbot::internals::qpien::SCHEMA));
     // And the shape comparison is not vacuous.
     assert!(shape(flowbot::internals::qpien::SCHEMA)["ExternalMessage"]
@@ -298,6 +298,7 @@ async fn bot_for(sim: &RunningSim, name: &str, tweak: impl FnOnce(&mut Config)) 
     c.server.listen = local();
     c.server.webhook_secret = Secret::new(sim.state().config().webhook_secret);
     c.store.path = dir.join("flowbot.db");
+    c.handoff.check_interval = Duration::ZERO;
     tweak(&mut c);
     let bot = flowbot::start(c, crate::support_bot::registry())
         .await

@@ -8,7 +8,7 @@
 //! - `diagnostics`: bad flows and the problems reported.
 //! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
 //! - `fuzz`: random YAML and random messages never panic.
-//! - `qpien`: the Qpien client against a real HTTP server; schema and documents.
+//! - `qpien`: the Qpien client against the simulator; schemas and documents.
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
 //! - `crash`: a real `flowbot run` killed with SIGKILL mid-burst, then restarted.

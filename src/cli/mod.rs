@@ -18,6 +18,7 @@
 //! Exit codes: 0 success, 1 failure (tests failed, `--strict` warnings), 2 a flow
 //! that does not load or a usage error.
 
+mod admin;
 mod chat;
 mod graph;
 mod replay;
@@ -106,6 +107,30 @@ pub enum Command {
     /// Run the Qpien simulator alone (GraphQL API, webhooks, playground).
     #[cfg(feature = "sim")]
     Sim(SimArgs),
+    /// Give a handed-off conversation back to the bot (through the running
+    /// bot's admin endpoint; needs `server.admin_token`).
+    Release {
+        /// The conversation id.
+        conversation: String,
+        /// The configuration file of the running bot.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The running bot's address, if not `server.listen`.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Webhook deliveries the bot could not use: list, show, retry.
+    DeadLetters {
+        /// What to do.
+        #[command(subcommand)]
+        what: admin::DeadLetters,
+        /// The configuration file of the running bot.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The running bot's address, if not `server.listen`.
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Run YAML conversation tests against their snapshots.
     Test {
         /// The directory of tests.
@@ -163,6 +188,14 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             Command::Graph { flow, dot } => graph::run(&flow, dot, &registry),
             Command::Test { dir, coverage } => test::run(&dir, coverage, &registry).await,
             Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
+            Command::Release {
+                conversation,
+                config,
+                url,
+            } => admin::release(config.as_deref(), url.as_deref(), &conversation).await,
+            Command::DeadLetters { what, config, url } => {
+                admin::dead_letters(config.as_deref(), url.as_deref(), &what).await
+            }
             #[cfg(feature = "sim")]
             Command::Demo { flow, listen } => sim::run_demo(&flow, listen, registry).await,
             #[cfg(feature = "sim")]

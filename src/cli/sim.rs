@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::handler::Registry;
-use crate::qpien::Secret;
-use crate::sim::{self, Faults, SimConfig};
+use crate::qpien::{AuthScheme, Dialect, Secret};
+use crate::sim::{self, Faults, ResetFormat, SimConfig};
 
 /// Options of `flowbot sim`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +56,33 @@ pub struct SimArgs {
     /// Seed of the fault injection.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// The operation set served: `documented` or `external`.
+    #[arg(long, default_value = "documented")]
+    pub dialect: Dialect,
+    /// The `Authorization` form accepted: `bearer`, `bare` (default: both).
+    #[arg(long, value_parser = parse_auth)]
+    pub auth: Option<AuthScheme>,
+    /// How `X-RateLimit-Reset` is sent: `seconds`, `unix-seconds`,
+    /// `unix-millis` or `none`.
+    #[arg(long, default_value = "seconds")]
+    pub reset_format: ResetFormat,
+    /// Create a second message for a repeated `frontMsgId`.
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// Send the (ASSUMED) `LEAVE_CONVERSATION` webhook when an agent leaves.
+    #[arg(long)]
+    pub leave_events: bool,
+    /// Refuse schema introspection.
+    #[arg(long)]
+    pub no_introspection: bool,
+}
+
+fn parse_auth(s: &str) -> Result<AuthScheme, String> {
+    match s {
+        "bearer" => Ok(AuthScheme::Bearer),
+        "bare" => Ok(AuthScheme::Bare),
+        other => Err(format!("unknown auth `{other}` (bearer, bare)")),
+    }
 }
 
 impl SimArgs {
@@ -69,6 +96,12 @@ impl SimArgs {
             rate_limit: (self.rate_limit > 0).then(|| (self.rate_limit, Duration::from_secs(60))),
             webhook_url: self.webhook_url.clone(),
             webhook_secret: self.webhook_secret.clone(),
+            dialect: self.dialect,
+            auth: self.auth,
+            reset_format: self.reset_format,
+            dedup_creates: !self.no_dedup,
+            leave_events: self.leave_events,
+            introspection: !self.no_introspection,
             faults: Faults {
                 server_errors: self.fail_rate,
                 slow: self.slow_rate,
@@ -140,6 +173,9 @@ impl Demo {
         config.server.debug = true;
         config.store.path = dir.join("flowbot.db");
         config.runtime.timer_interval = Duration::from_millis(500);
+        // The playground's agent leaves without a webhook (as in Qpien): the
+        // bot notices at the customer's next message.
+        config.handoff.check_interval = Duration::from_secs(1);
         let bot = crate::runtime::start(config, registry)
             .await
             .map_err(|e| e.to_string())?;

@@ -131,6 +131,8 @@ pub struct Turn {
     pub trace: Vec<Step>,
     /// Handler and template errors (each already logged).
     pub errors: Vec<String>,
+    /// The step ended a handoff: the bot has the conversation again.
+    pub released: bool,
 }
 
 /// One step of a turn, for coverage and debugging.
@@ -256,14 +258,35 @@ impl Bot {
             },
         };
         let from = session.as_ref().map(|s| s.state);
-        let outcome = match event {
-            Event::Idle { .. } => match session {
-                Some(s) => self.idle(conversation, s, channel, now).await,
-                None => Outcome::quiet(None),
-            },
-            _ if restart => self.restart(conversation, event, now).await,
-            _ => self.turn(conversation, session, event, now).await,
+        let mut outcome = match (event, session) {
+            // A handoff past `settings.handoff_timeout` ends, whatever comes.
+            (_, Some(s)) if self.handoff_expired(&s, now) => {
+                tracing::info!(conversation, "handoff timed out: the bot takes over");
+                let released = self.release(conversation, s, channel, now, false).await;
+                match (event, released.session.clone()) {
+                    (Event::Message(_), session) => {
+                        let next = self.turn(conversation, session, event, now).await;
+                        released.then(next)
+                    }
+                    _ => released,
+                }
+            }
+            (Event::AgentLeft | Event::Release | Event::HandoffFailed, Some(s)) => {
+                let failed = matches!(event, Event::HandoffFailed);
+                self.release(conversation, s, channel, now, failed).await
+            }
+            (Event::Idle { .. }, Some(s)) => self.idle(conversation, s, channel, now).await,
+            (Event::Idle { .. }, None) => Outcome::quiet(None),
+            (_, _) if restart => self.restart(conversation, event, now).await,
+            (_, session) => self.turn(conversation, session, event, now).await,
         };
+        if let Some(s) = &mut outcome.session {
+            if !s.handoff {
+                s.handoff_since = 0;
+            } else if s.handoff_since == 0 {
+                s.handoff_since = now;
+            }
+        }
         let name = |id: StateId| -> &Arc<str> { &self.flow.state(id).name };
         if !self.hooks.is_empty() {
             let record = TurnRecord {
@@ -280,7 +303,9 @@ impl Bot {
             }
         }
         let due = outcome.session.as_ref().and_then(|s| self.idle_due(s));
+        let released = outcome.released;
         Turn {
+            released,
             stored: outcome.session.map(|session| Stored {
                 state: name(session.state).clone(),
                 channel,
@@ -304,6 +329,7 @@ impl Bot {
         Turn {
             stored,
             due,
+            released: false,
             messages: Vec::new(),
             effects: Vec::new(),
             trace: Vec::new(),
@@ -381,9 +407,74 @@ impl Bot {
         turn
     }
 
+    /// When the session needs a timer: in a handoff, when
+    /// `settings.handoff_timeout` ends it; else its state's `after:` nudge.
+    fn idle_due(&self, s: &Session) -> Option<Millis> {
+        if s.handoff {
+            let timeout = self.flow.settings.handoff_timeout_ms?;
+            return Some(s.handoff_since.saturating_add(timeout as i64));
+        }
+        self.nudge_due(s)
+    }
+
+    /// Whether a handoff has lasted longer than `settings.handoff_timeout`.
+    fn handoff_expired(&self, s: &Session, now: Millis) -> bool {
+        s.handoff
+            && s.handoff_since > 0
+            && self
+                .flow
+                .settings
+                .handoff_timeout_ms
+                .is_some_and(|t| now >= s.handoff_since.saturating_add(t as i64))
+    }
+
+    /// Gives a conversation in handoff back to the bot: `release_message` (or
+    /// `handoff_failed_message`, when Qpien refused the handoff), then the
+    /// flow's `release:` state, else the conversation starts over with the
+    /// customer's next message. A conversation not in handoff is left as it is.
+    async fn release(
+        &self,
+        conversation: &str,
+        mut session: Session,
+        channel: Channel,
+        now: Millis,
+        failed: bool,
+    ) -> Outcome {
+        if !session.handoff {
+            return Outcome::quiet(Some(session));
+        }
+        session.handoff = false;
+        session.handoff_since = 0;
+        session.last_active = now;
+        session.idle_fired = false;
+        let flow = self.flow.clone();
+        let msg = Incoming {
+            channel,
+            ..Incoming::default()
+        };
+        let mut run = Run::new(self, conversation, session, &msg);
+        let text = if failed {
+            &flow.settings.handoff_failed_message
+        } else {
+            &flow.settings.release_message
+        };
+        if let Some(text) = text {
+            let scope = run.scope();
+            let message = run.renderer().text(text, &scope);
+            run.out.push(Outgoing::text(message));
+        }
+        match flow.release {
+            Some(id) => run.enter(id).await,
+            None => run.ended = true,
+        }
+        let mut outcome = run.finish();
+        outcome.released = true;
+        outcome
+    }
+
     /// When the `after:` nudge of the session's state is due, if it has one that
     /// has not fired (and no person has the conversation).
-    fn idle_due(&self, s: &Session) -> Option<Millis> {
+    fn nudge_due(&self, s: &Session) -> Option<Millis> {
         if s.handoff || s.idle_fired || (s.state as usize) >= self.flow.states.len() {
             return None;
         }
@@ -401,7 +492,7 @@ impl Bot {
         channel: Channel,
         now: Millis,
     ) -> Outcome {
-        let due = self.idle_due(&session);
+        let due = self.nudge_due(&session);
         if due.is_none_or(|d| d > now) || !self.is_live(&session, now) {
             return Outcome::quiet(Some(session));
         }
@@ -444,7 +535,11 @@ impl Bot {
                 s.last_active = now;
                 return Outcome::quiet(Some(s));
             }
-            Event::AgentLeft => return Outcome::quiet(None),
+            // Sessions in handoff are released by `step`; without one there is
+            // nothing to give back.
+            Event::AgentLeft | Event::Release | Event::HandoffFailed => {
+                return Outcome::quiet(session)
+            }
             Event::Idle { .. } => return Outcome::quiet(session),
         };
         let had_session = session.is_some();
@@ -465,6 +560,19 @@ impl Bot {
 }
 
 impl Turn {
+    /// This turn followed by `next`, which started from this one's stored form
+    /// (two steps committed as one).
+    pub fn then(mut self, next: Turn) -> Turn {
+        self.stored = next.stored;
+        self.due = next.due;
+        self.messages.extend(next.messages);
+        self.effects.extend(next.effects);
+        self.trace.extend(next.trace);
+        self.errors.extend(next.errors);
+        self.released |= next.released;
+        self
+    }
+
     /// The session after the turn.
     pub fn session(&self) -> Option<&Session> {
         self.stored.as_ref().map(|s| &s.session)
@@ -483,6 +591,7 @@ struct Outcome {
     effects: Vec<Effect>,
     trace: Vec<Step>,
     errors: Vec<String>,
+    released: bool,
 }
 
 impl Outcome {
@@ -494,7 +603,19 @@ impl Outcome {
             effects: Vec::new(),
             trace: Vec::new(),
             errors: Vec::new(),
+            released: false,
         }
+    }
+
+    /// This outcome followed by `next` (which started from its session).
+    fn then(mut self, next: Outcome) -> Outcome {
+        self.session = next.session;
+        self.messages.extend(next.messages);
+        self.effects.extend(next.effects);
+        self.trace.extend(next.trace);
+        self.errors.extend(next.errors);
+        self.released |= next.released;
+        self
     }
 }
 
@@ -550,6 +671,7 @@ impl Run<'_> {
     /// The turn's outcome: the session (unless the conversation ended) and what it said.
     fn finish(self) -> Outcome {
         Outcome {
+            released: false,
             session: (!self.ended).then_some(self.session),
             messages: self.out,
             effects: self.effects,

@@ -66,6 +66,13 @@ pub struct Session {
     /// The current state's `after:` nudge has fired (it fires once per visit).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle_fired: bool,
+    /// When a person took the conversation (0: no person has it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handoff_since: Millis,
+}
+
+fn is_zero(v: &Millis) -> bool {
+    *v == 0
 }
 
 impl Session {
@@ -83,6 +90,7 @@ impl Session {
             started_at: now,
             last_active: now,
             idle_fired: false,
+            handoff_since: 0,
         }
     }
 

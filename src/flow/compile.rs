@@ -41,6 +41,7 @@ pub(crate) fn compile(
                 ("start", f.doc.start.is_some()),
                 ("settings", f.doc.settings.is_some()),
                 ("on_error", f.doc.on_error.is_some()),
+                ("release", f.doc.release.is_some()),
                 ("name", f.doc.name.is_some()),
             ] {
                 if set {
@@ -113,6 +114,11 @@ pub(crate) fn compile(
         .on_error
         .as_ref()
         .and_then(|s| c.state_ref(&mut r, "on_error", s));
+    let release = main
+        .doc
+        .release
+        .as_ref()
+        .and_then(|s| c.state_ref(&mut r, "release", s));
     let mut migrate = HashMap::new();
     for (old, new) in &main.doc.migrate {
         if let Some(id) = c.state_ref(&mut r, &join_key("migrate", old), new) {
@@ -165,6 +171,7 @@ pub(crate) fn compile(
         actions: c.actions,
         matchers: c.matchers,
         on_error,
+        release,
         migrate,
         warnings: Diagnostics::default(),
         index,
@@ -292,20 +299,21 @@ impl Compiler<'_> {
     }
 
     fn settings(&mut self, r: &mut Reporter<'_>, s: &model::Settings) -> FlowSettings {
-        let session_timeout_ms =
-            s.session_timeout
-                .as_ref()
-                .and_then(|t| match humantime::parse_duration(t) {
-                    Ok(d) => Some(d.as_millis() as u64),
-                    Err(e) => {
-                        r.error(
-                            "settings.session_timeout",
-                            format!("`{t}` is not a duration: {e}"),
-                            Some("write it like `30m`, `2h` or `1h 30m`".into()),
-                        );
-                        None
-                    }
-                });
+        let duration = |r: &mut Reporter<'_>, key: &str, t: &Option<String>| {
+            t.as_ref().and_then(|t| match humantime::parse_duration(t) {
+                Ok(d) => Some(d.as_millis() as u64),
+                Err(e) => {
+                    r.error(
+                        key,
+                        format!("`{t}` is not a duration: {e}"),
+                        Some("write it like `30m`, `2h` or `1h 30m`".into()),
+                    );
+                    None
+                }
+            })
+        };
+        let session_timeout_ms = duration(r, "settings.session_timeout", &s.session_timeout);
+        let handoff_timeout_ms = duration(r, "settings.handoff_timeout", &s.handoff_timeout);
         let overflow_adapt = match s.overflow.as_deref() {
             None | Some("error") => false,
             Some("adapt") => true,
@@ -337,6 +345,15 @@ impl Compiler<'_> {
                 .restart_message
                 .as_ref()
                 .and_then(|t| self.ltext(r, "settings.restart_message", t)),
+            release_message: s
+                .release_message
+                .as_ref()
+                .and_then(|t| self.ltext(r, "settings.release_message", t)),
+            handoff_failed_message: s
+                .handoff_failed_message
+                .as_ref()
+                .and_then(|t| self.ltext(r, "settings.handoff_failed_message", t)),
+            handoff_timeout_ms,
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Flow {
     pub matchers: Vec<Box<str>>,
     /// The flow-wide error state.
     pub on_error: Option<StateId>,
+    /// Where a released conversation goes (`release:`); none: it starts over.
+    pub release: Option<StateId>,
     /// `migrate:`: where sessions saved in a state of that name go on.
     pub migrate: HashMap<Box<str>, StateId>,
     /// Warnings found while loading (errors prevent loading).
@@ -82,6 +84,12 @@ pub struct FlowSettings {
     pub error_message: Option<LText>,
     /// Sent before starting over when a changed flow lost the conversation's state.
     pub restart_message: Option<LText>,
+    /// Sent when a handoff ends.
+    pub release_message: Option<LText>,
+    /// Sent when Qpien refuses a handoff for good.
+    pub handoff_failed_message: Option<LText>,
+    /// Longest handoff, in milliseconds.
+    pub handoff_timeout_ms: Option<u64>,
 }
 
 /// A state's inactivity nudge (`after:`).

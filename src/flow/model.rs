@@ -44,6 +44,9 @@ pub struct FlowDoc {
     pub states: IndexMap<String, State>,
     /// Where a failed action leads when its state names no `on_error`.
     pub on_error: Option<String>,
+    /// Where a conversation goes when a person hands it back (else it starts
+    /// over at `start` with the customer's next message).
+    pub release: Option<String>,
     /// After a change of the flow, where conversations in states that were
     /// renamed or removed go on: old state name -> state.
     #[serde(default)]
@@ -70,6 +73,14 @@ pub struct Settings {
     /// Sent when a changed flow no longer has a conversation's state (and
     /// `migrate:` does not place it): the conversation starts over after it.
     pub restart_message: Option<Text>,
+    /// Sent when a handoff ends (the agent left, the conversation was closed,
+    /// `handoff_timeout` passed, or it was released by hand).
+    pub release_message: Option<Text>,
+    /// Sent when Qpien refuses the handoff for good: the bot stays in service.
+    pub handoff_failed_message: Option<Text>,
+    /// Longest a conversation stays with a person before the bot takes it
+    /// back, whatever Qpien says (`4h`).
+    pub handoff_timeout: Option<String>,
 }
 
 /// One state.

@@ -22,6 +22,7 @@ use super::config::{AuthScheme, QpienConfig};
 use super::convert::OutboundMessage;
 use super::documents::{Documents, Operation};
 use super::error::QpienError;
+use super::ingest::Intake;
 use super::limit::{ConversationLocks, RateLimiter};
 use super::response::{interpret, Failure};
 use super::types::*;
@@ -55,6 +56,7 @@ struct Inner {
     limiter: RateLimiter,
     order: ConversationLocks,
     stats: Counters,
+    intake: Intake,
 }
 
 #[derive(Debug, Clone)]
@@ -104,11 +106,20 @@ pub struct Sent {
 struct TokenAnswer {
     #[serde(alias = "token", alias = "access_token")]
     access_token: String,
-    #[serde(default, alias = "expires_in")]
+    /// Seconds, as a number or a numeric string.
+    #[serde(default, alias = "expires_in", deserialize_with = "seconds")]
     expires_in: Option<u64>,
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Value::String(s) => s.trim().parse::<f64>().ok().map(|f| f.max(0.0) as u64),
+        _ => None,
+    })
+}
+
+fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
     headers
         .get(name)?
         .to_str()
@@ -116,8 +127,11 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
         .trim()
         .parse::<f64>()
         .ok()
-        .filter(|v| *v >= 0.0)
-        .map(|v| v.ceil() as u64)
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    header_f64(headers, name).map(|v| v.ceil() as u64)
 }
 
 impl QpienClient {
@@ -132,8 +146,8 @@ impl QpienClient {
             )));
         }
         let documents = match &config.documents_dir {
-            Some(dir) => Documents::with_overrides(dir)?,
-            None => Documents::embedded(),
+            Some(dir) => Documents::with_overrides(dir, config.dialect)?,
+            None => Documents::embedded(config.dialect),
         };
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -143,6 +157,7 @@ impl QpienClient {
         Ok(QpienClient {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(&config.rate_limit)?,
+                intake: Intake::new(&config),
                 http,
                 config,
                 documents,
@@ -156,6 +171,16 @@ impl QpienClient {
     /// The configuration in use.
     pub fn config(&self) -> &QpienConfig {
         &self.inner.config
+    }
+
+    /// The rules that turn Qpien's messages into events.
+    pub fn intake(&self) -> &Intake {
+        &self.inner.intake
+    }
+
+    /// The documents in use.
+    pub fn documents(&self) -> &Documents {
+        &self.inner.documents
     }
 
     /// Counts since the client was made.
@@ -211,6 +236,13 @@ impl QpienClient {
                 Err(Failure::Auth { .. }) if !renewed => {
                     renewed = true;
                     self.forget_token(&token).await;
+                }
+                Err(Failure::Error(e @ QpienError::InsufficientScopes { .. })) => {
+                    // FACT: an old token does not gain scopes added to the key
+                    // since; the next call gets a new one.
+                    self.forget_token(&token).await;
+                    self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(Failure::Error(e));
                 }
                 Err(Failure::Duplicate) => {
                     self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -340,7 +372,7 @@ impl QpienClient {
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string());
         if let Some(token) = token {
-            let value = match inner.config.auth_scheme {
+            let value = match inner.config.auth() {
                 AuthScheme::Bearer => format!("Bearer {token}"),
                 AuthScheme::Bare => token.to_owned(),
             };
@@ -360,7 +392,8 @@ impl QpienClient {
             })
         })?;
         let headers = response.headers();
-        let reset = header_u64(headers, "x-ratelimit-reset").map(Duration::from_secs);
+        let reset = header_f64(headers, "x-ratelimit-reset")
+            .map(|v| inner.limiter.reset_after(v, crate::time::now()));
         inner
             .limiter
             .observe(header_u64(headers, "x-ratelimit-remaining"), reset);
@@ -368,7 +401,7 @@ impl QpienClient {
         if status.as_u16() == 429 {
             inner.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             let reset = reset
-                .or_else(|| header_u64(headers, RETRY_AFTER.as_str()).map(Duration::from_secs));
+                .or_else(|| header_f64(headers, RETRY_AFTER.as_str()).map(Duration::from_secs_f64));
             let reset = inner.limiter.pause(reset);
             tracing::warn!(operation = op.name(), ?reset, "Qpien rate limit hit (429)");
             return Err(Failure::Error(QpienError::RateLimited {

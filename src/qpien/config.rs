@@ -4,6 +4,7 @@
 //! Every field has a default that matches the documented API, so a deployment
 //! sets only the API key. Durations are written as `"60s"`, `"500ms"`, `"5m"`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,15 +56,75 @@ pub enum AuthScheme {
     Bare,
 }
 
+/// Which set of operations and answer shapes the account speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// The operation names of Qpien's documentation (`getConversationList`,
+    /// `createMessage`, ...), results bare, `Authorization: Bearer`.
+    #[default]
+    Documented,
+    /// The names seen in public third-party code (`externalGetConversationList`,
+    /// `externalCreateMessage`, ...), every result in a `{success, data, code,
+    /// message}` envelope, the token sent bare.
+    External,
+}
+
+impl Dialect {
+    /// The auth scheme this dialect is seen with.
+    pub fn auth_scheme(self) -> AuthScheme {
+        match self {
+            Dialect::Documented => AuthScheme::Bearer,
+            Dialect::External => AuthScheme::Bare,
+        }
+    }
+
+    /// The name in configuration (`documented`, `external`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Documented => "documented",
+            Dialect::External => "external",
+        }
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "documented" => Ok(Dialect::Documented),
+            "external" => Ok(Dialect::External),
+            other => Err(format!("unknown dialect `{other}` (documented, external)")),
+        }
+    }
+}
+
 /// Which mutation sends messages into WhatsApp conversations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhatsappOperation {
-    /// `createMessageByWhatsapp` (the default: the documented WhatsApp operation).
+    /// `createMessage`, like every other channel (the default: the only message
+    /// mutation Qpien's Scopes page lists).
     #[default]
-    CreateMessageByWhatsapp,
-    /// `createMessage`, like every other channel.
     CreateMessage,
+    /// `createMessageByWhatsapp`.
+    CreateMessageByWhatsapp,
+}
+
+/// Who sent a message, as flowbot treats it: only customers are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderKind {
+    /// The end customer: answered.
+    Customer,
+    /// A person of the account (agent, admin, owner).
+    Agent,
+    /// A bot (flowbot itself, or another).
+    Bot,
+    /// The platform (notices, automations).
+    System,
+    /// Not known: not answered.
+    Unknown,
 }
 
 /// The shared request budget.
@@ -75,9 +136,6 @@ pub struct RateLimitConfig {
     /// The window.
     #[serde(with = "humantime_serde")]
     pub per: Duration,
-    /// How many requests may go at once before the steady pace applies. The pace
-    /// is slowed so that burst + pace never exceed `requests` in any window.
-    pub burst: u32,
     /// How long to wait after a 429 that says nothing of its reset.
     #[serde(with = "humantime_serde")]
     pub default_reset: Duration,
@@ -88,7 +146,6 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             requests: 100,
             per: Duration::from_secs(60),
-            burst: 5,
             default_reset: Duration::from_secs(60),
         }
     }
@@ -154,8 +211,10 @@ pub struct QpienConfig {
     pub client_id_file: Option<PathBuf>,
     /// A file holding the client secret (read by [`crate::config::Config::load`]).
     pub client_secret_file: Option<PathBuf>,
-    /// `bearer` (documented) or `bare`.
-    pub auth_scheme: AuthScheme,
+    /// The operation set: `documented` (default) or `external`.
+    pub dialect: Dialect,
+    /// `bearer` or `bare`; unset: the dialect's ([`Dialect::auth_scheme`]).
+    pub auth_scheme: Option<AuthScheme>,
     /// A folder of `<operation>.graphql` files replacing the embedded documents.
     pub documents_dir: Option<PathBuf>,
     /// How long one HTTP request may take.
@@ -181,6 +240,24 @@ pub struct QpienConfig {
     pub handoff_assign_to: Option<String>,
     /// Prefix of every `frontMsgId` flowbot creates.
     pub front_msg_id_prefix: String,
+    /// `senderType` values (any case) and who they mean, on top of the defaults
+    /// (see [`super::senders`]); the key `""` decides messages without one.
+    pub sender_types: BTreeMap<String, SenderKind>,
+    /// Answer messages in group or channel conversations (`isGroupOrChannel`).
+    pub answer_groups: bool,
+    /// Answer comments (messages carrying `commentData`).
+    pub answer_comments: bool,
+    /// Conversation statuses (any case) that mean nobody has it any more: a
+    /// handed-off conversation found in one is released (values ASSUMED:
+    /// Qpien does not publish them).
+    pub released_statuses: Vec<String>,
+}
+
+impl QpienConfig {
+    /// The auth scheme in force: the configured one, else the dialect's.
+    pub fn auth(&self) -> AuthScheme {
+        self.auth_scheme.unwrap_or(self.dialect.auth_scheme())
+    }
 }
 
 impl Default for QpienConfig {
@@ -191,7 +268,8 @@ impl Default for QpienConfig {
             client_secret: Secret::default(),
             client_id_file: None,
             client_secret_file: None,
-            auth_scheme: AuthScheme::Bearer,
+            dialect: Dialect::Documented,
+            auth_scheme: None,
             documents_dir: None,
             request_timeout: Duration::from_secs(15),
             token_refresh_margin: Duration::from_secs(300),
@@ -203,6 +281,12 @@ impl Default for QpienConfig {
             release_status: "OPEN".into(),
             handoff_assign_to: None,
             front_msg_id_prefix: "flowbot".into(),
+            sender_types: BTreeMap::new(),
+            answer_groups: false,
+            answer_comments: false,
+            released_statuses: ["CLOSED", "RESOLVED", "ARCHIVED", "SOLVED"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! fewest `createMessage` inputs the channel allows (text that precedes an
 //! interactive message is folded into it; an e-mail turn is one e-mail), each
 //! with a deterministic `frontMsgId`. Incoming: [`to_incoming`] reads an
-//! [`ExternalMessage`] as an [`Incoming`] message and [`sender_kind`] says who
+//! [`ExternalMessage`] as an [`Incoming`] message and [`super::senders`] says who
 //! sent it ([`super::ingest`] answers only customers: a bot, an agent or the
 //! system is never answered).
 
@@ -232,55 +232,6 @@ fn nonempty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
-/// Who sent a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SenderKind {
-    /// The customer: the only sender the bot answers.
-    Customer,
-    /// A person of the team (JR_AGENT, PERSON, ADMIN, OWNER).
-    Agent,
-    /// A bot, this one included.
-    Bot,
-    /// Qpien itself.
-    System,
-    /// A sender type flowbot does not know: not answered, to be safe.
-    Unknown,
-}
-
-/// Who sent `msg`. The person's own `type` wins over `senderType`; a message
-/// whose `frontMsgId` carries `own_prefix` is the bot's own, whatever it says.
-/// Sender type values beyond `user`, `system` and `bot` are ASSUMED.
-pub fn sender_kind(msg: &ExternalMessage, own_prefix: &str) -> SenderKind {
-    if let Some(front) = &msg.front_msg_id {
-        if front.len() > own_prefix.len()
-            && front.starts_with(own_prefix)
-            && front.as_bytes()[own_prefix.len()] == b':'
-        {
-            return SenderKind::Bot;
-        }
-    }
-    if let Some(kind) = msg.sender.as_ref().and_then(|s| s.kind.as_deref()) {
-        match kind.to_ascii_uppercase().as_str() {
-            "ROBOT" | "BOT" => return SenderKind::Bot,
-            "JR_AGENT" | "PERSON" | "ADMIN" | "OWNER" | "AGENT" => return SenderKind::Agent,
-            _ => {}
-        }
-    }
-    match msg
-        .sender_type
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("user" | "customer" | "contact" | "client" | "visitor") => SenderKind::Customer,
-        Some("bot" | "robot" | "flowbot" | "chatbot") => SenderKind::Bot,
-        Some("system" | "auto" | "automation") => SenderKind::System,
-        Some("agent" | "person" | "jr_agent" | "admin" | "owner" | "operator") => SenderKind::Agent,
-        _ => SenderKind::Unknown,
-    }
-}
-
 /// The flowbot channel of a Qpien `channelType`. Channels flowbot does not know
 /// are read as e-mail-like (text only), whose numbered options work anywhere.
 pub fn channel_of(channel_type: Option<&str>) -> Channel {
@@ -405,6 +356,13 @@ mod tests {
         assert_eq!(contents(&plan), ["one\n\ntwo\n\npick", "after"]);
         let ids: Vec<&str> = plan.iter().map(|m| m.input.front_msg_id.as_str()).collect();
         assert_eq!(ids, ["flowbot:m:0", "flowbot:m:1"]);
+        // The default is `createMessage`, the one message mutation the Scopes page lists.
+        assert!(plan.iter().all(|m| m.operation == Operation::CreateMessage));
+        let config = QpienConfig {
+            whatsapp_operation: WhatsappOperation::CreateMessageByWhatsapp,
+            ..config
+        };
+        let plan = plan_replies(&config, "c", Channel::WhatsApp, "m", &turn);
         assert!(plan
             .iter()
             .all(|m| m.operation == Operation::CreateMessageByWhatsapp));

@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::config::Dialect;
 use super::error::QpienError;
 
 /// One operation of the Qpien API that flowbot uses.
@@ -81,7 +82,65 @@ impl Operation {
         }
     }
 
-    /// The embedded document.
+    /// The root field this operation has in a dialect (`createMessage`, or
+    /// `externalCreateMessage`; the token operation keeps its name).
+    pub fn root_field(self, dialect: Dialect) -> String {
+        let name = self.name();
+        match dialect {
+            Dialect::Documented => name.to_owned(),
+            Dialect::External if self == Operation::GenerateOAuthToken => name.to_owned(),
+            Dialect::External => {
+                let mut out = String::with_capacity(name.len() + 8);
+                out.push_str("external");
+                out.push(name.as_bytes()[0].to_ascii_uppercase() as char);
+                out.push_str(&name[1..]);
+                out
+            }
+        }
+    }
+
+    /// The operation whose root field in `dialect` is `field`.
+    pub fn from_root_field(field: &str, dialect: Dialect) -> Option<Operation> {
+        Operation::ALL
+            .into_iter()
+            .find(|op| op.root_field(dialect) == field)
+    }
+
+    /// The built-in document of a dialect.
+    pub fn embedded_in(self, dialect: Dialect) -> &'static str {
+        match dialect {
+            Dialect::Documented => self.embedded(),
+            Dialect::External => self.external(),
+        }
+    }
+
+    fn external(self) -> &'static str {
+        match self {
+            Operation::GenerateOAuthToken => {
+                include_str!("documents/external/generateOAuthToken.graphql")
+            }
+            Operation::GetMessage => include_str!("documents/external/getMessage.graphql"),
+            Operation::GetMessageList => include_str!("documents/external/getMessageList.graphql"),
+            Operation::CreateMessage => include_str!("documents/external/createMessage.graphql"),
+            Operation::CreateMessageByWhatsapp => {
+                include_str!("documents/external/createMessageByWhatsapp.graphql")
+            }
+            Operation::GetConversation => {
+                include_str!("documents/external/getConversation.graphql")
+            }
+            Operation::GetConversationList => {
+                include_str!("documents/external/getConversationList.graphql")
+            }
+            Operation::UpdateConversation => {
+                include_str!("documents/external/updateConversation.graphql")
+            }
+            Operation::GetAllConnectedPlatformList => {
+                include_str!("documents/external/getAllConnectedPlatformList.graphql")
+            }
+        }
+    }
+
+    /// The embedded document of the documented dialect.
     pub const fn embedded(self) -> &'static str {
         match self {
             Operation::GenerateOAuthToken => include_str!("documents/generateOAuthToken.graphql"),
@@ -117,33 +176,37 @@ impl fmt::Display for Operation {
     }
 }
 
-/// The document text for each operation: the embedded ones, some perhaps
-/// replaced from files.
+/// The document text for each operation: a dialect's built-in ones, some
+/// perhaps replaced from files.
 #[derive(Debug, Clone)]
 pub struct Documents {
     texts: Arc<[Arc<str>; 9]>,
+    /// Which operations were replaced from files.
+    overridden: [bool; 9],
 }
 
 impl Default for Documents {
     fn default() -> Self {
-        Documents::embedded()
+        Documents::embedded(Dialect::Documented)
     }
 }
 
 impl Documents {
-    /// The documents shipped with flowbot, matching `schema.graphql`.
-    pub fn embedded() -> Self {
+    /// The documents shipped with flowbot for `dialect`.
+    pub fn embedded(dialect: Dialect) -> Self {
         Documents {
-            texts: Arc::new(Operation::ALL.map(|op| Arc::from(op.embedded()))),
+            texts: Arc::new(Operation::ALL.map(|op| Arc::from(op.embedded_in(dialect)))),
+            overridden: [false; 9],
         }
     }
 
-    /// The embedded documents, with each `<operation>.graphql` file of `dir`
-    /// taking the place of its operation's document. A `.graphql` file whose
-    /// name is no operation is an error (a misspelt override would otherwise be
-    /// silently ignored).
-    pub fn with_overrides(dir: &Path) -> Result<Self, QpienError> {
-        let mut texts = Operation::ALL.map(|op| Arc::<str>::from(op.embedded()));
+    /// The built-in documents of `dialect`, with each `<operation>.graphql`
+    /// file of `dir` taking the place of its operation's document. A
+    /// `.graphql` file whose name is no operation is an error (a misspelt
+    /// override would otherwise be silently ignored).
+    pub fn with_overrides(dir: &Path, dialect: Dialect) -> Result<Self, QpienError> {
+        let mut texts = Operation::ALL.map(|op| Arc::<str>::from(op.embedded_in(dialect)));
+        let mut overridden = [false; 9];
         let entries = std::fs::read_dir(dir).map_err(|e| {
             QpienError::Config(format!("cannot read documents_dir {}: {e}", dir.display()))
         })?;
@@ -172,10 +235,17 @@ impl Documents {
                 )));
             }
             texts[op as usize] = Arc::from(text);
+            overridden[op as usize] = true;
         }
         Ok(Documents {
             texts: Arc::new(texts),
+            overridden,
         })
+    }
+
+    /// Whether `op`'s document came from a file.
+    pub fn is_overridden(&self, op: Operation) -> bool {
+        self.overridden[op as usize]
     }
 
     /// The document sent for `op`.

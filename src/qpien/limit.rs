@@ -1,22 +1,26 @@
 //! The request budget shared by every call to Qpien, and in-order sending per
 //! conversation.
 //!
-//! [`RateLimiter`] paces requests with a GCRA (the `governor` crate), sized so
-//! that the burst plus the steady pace never exceed the configured requests in
-//! any window; it also obeys what the server says: `X-RateLimit-Remaining` /
-//! `X-RateLimit-Reset` spread the remaining requests over the time left, and a
-//! 429 stops every request until the reset. Waiters pass through one FIFO gate,
-//! so permits go out in arrival order. Together with one send at a time per
-//! conversation ([`ConversationLocks`]), that makes the budget fair: a burst in
-//! one conversation queues one request at a time, behind the others' requests.
+//! [`RateLimiter`] keeps a sliding window of the requests it let go: a request
+//! leaves at once while fewer than `requests` left in the last `per` (plus a
+//! 2% margin for the network's jitter), and waits for the oldest to age out
+//! otherwise. So replies go out immediately while the budget is ample, and
+//! under overload the whole budget is used, never more. It also obeys what the
+//! server says, which counts other clients of the same key too: after a
+//! response with `X-RateLimit-Remaining: n`, at most `n` more requests leave
+//! before its reset, and a 429 stops every request until the reset.
+//! `X-RateLimit-Reset` is read as seconds to wait (as Qpien documents), or as
+//! a Unix time in seconds or milliseconds (as common middleware sends it);
+//! whatever it says, no pause lasts longer than two windows. Waiters pass
+//! through one FIFO gate, so permits go out in arrival order. Together with one
+//! send at a time per conversation ([`ConversationLocks`]), that makes the
+//! budget fair: a burst in one conversation queues one request at a time,
+//! behind the others' requests.
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::time::Instant;
 
@@ -24,69 +28,54 @@ use super::config::RateLimitConfig;
 use super::error::QpienError;
 
 #[derive(Debug, Default)]
-struct Hints {
+struct State {
+    /// When the requests of the current window left, oldest first.
+    sent: VecDeque<Instant>,
     /// No request before this (a 429, or none remaining).
     paused_until: Option<Instant>,
-    /// While the server's window lasts, at least this much between requests.
-    spacing: Option<(Duration, Instant)>,
-    /// When the last permit was given.
-    last: Option<Instant>,
-}
-
-impl Hints {
-    fn not_before(&self, now: Instant) -> Option<Instant> {
-        let mut t = self.paused_until.filter(|t| *t > now);
-        if let (Some((gap, until)), Some(last)) = (self.spacing, self.last) {
-            if until > now {
-                let next = last + gap;
-                if next > now {
-                    t = Some(t.map_or(next, |t| t.max(next)));
-                }
-            }
-        }
-        t
-    }
+    /// What the server last said: requests left until its window resets.
+    server: Option<(u64, Instant)>,
 }
 
 /// The shared request budget. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct RateLimiter {
-    pace: DefaultDirectRateLimiter,
-    gate: Mutex<()>,
-    hints: StdMutex<Hints>,
+    requests: usize,
+    window: Duration,
     default_reset: Duration,
+    gate: Mutex<()>,
+    state: StdMutex<State>,
 }
 
 impl RateLimiter {
-    /// A limiter for `config` (100 requests a minute, bursts of 5, by default).
+    /// A limiter for `config` (100 requests a minute by default).
     pub fn new(config: &RateLimitConfig) -> Result<Self, QpienError> {
-        let requests = NonZeroU32::new(config.requests)
-            .ok_or_else(|| QpienError::Config("rate_limit.requests must be at least 1".into()))?;
+        if config.requests == 0 {
+            return Err(QpienError::Config(
+                "rate_limit.requests must be at least 1".into(),
+            ));
+        }
         if config.per.is_zero() {
             return Err(QpienError::Config(
                 "rate_limit.per must be more than 0s".into(),
             ));
         }
-        // Burst b plus one request per period T fit the window W when
-        // b + W/T <= requests; a 1% margin keeps the window's edge safe.
-        let burst = config
-            .burst
-            .clamp(1, requests.get().saturating_sub(1).max(1));
-        let steady = (requests.get() - burst).max(1);
-        let period = config.per.mul_f64(1.01) / steady;
-        let quota = Quota::with_period(period)
-            .ok_or_else(|| QpienError::Config("rate_limit: the pace is too fast".into()))?
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Ok(RateLimiter {
-            pace: governor::RateLimiter::direct(quota),
-            gate: Mutex::new(()),
-            hints: StdMutex::new(Hints::default()),
+            requests: config.requests as usize,
+            window: config.per + config.per / 50,
             default_reset: config.default_reset,
+            gate: Mutex::new(()),
+            state: StdMutex::new(State::default()),
         })
     }
 
-    fn hints(&self) -> std::sync::MutexGuard<'_, Hints> {
-        self.hints.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The longest any pause may last: two windows.
+    fn longest_pause(&self) -> Duration {
+        self.window * 2
     }
 
     /// Waits for a permit to send one request. Permits are given in the order
@@ -94,46 +83,74 @@ impl RateLimiter {
     pub async fn acquire(&self) {
         let _turn = self.gate.lock().await;
         loop {
-            let now = Instant::now();
-            let wait = self.hints().not_before(now);
-            if let Some(t) = wait {
-                tokio::time::sleep_until(t).await;
-                continue;
-            }
-            match self.pace.check() {
-                Ok(()) => break,
-                Err(not_until) => {
-                    let clock = DefaultClock::default();
-                    tokio::time::sleep(not_until.wait_time_from(clock.now())).await;
+            let wait = {
+                let now = Instant::now();
+                let mut st = self.state();
+                while st.sent.front().is_some_and(|t| *t + self.window <= now) {
+                    st.sent.pop_front();
                 }
-            }
+                if st.server.is_some_and(|(_, until)| until <= now) {
+                    st.server = None;
+                }
+                let paused = st.paused_until.filter(|t| *t > now);
+                let server = st
+                    .server
+                    .filter(|(left, _)| *left == 0)
+                    .map(|(_, until)| until);
+                let full = (st.sent.len() >= self.requests)
+                    .then(|| st.sent.front().map(|t| *t + self.window))
+                    .flatten();
+                match [paused, server, full].into_iter().flatten().max() {
+                    Some(t) => t,
+                    None => {
+                        st.sent.push_back(now);
+                        if let Some((left, _)) = &mut st.server {
+                            *left = left.saturating_sub(1);
+                        }
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(wait).await;
         }
-        self.hints().last = Some(Instant::now());
     }
 
-    /// Takes in the server's `X-RateLimit-Remaining` and `X-RateLimit-Reset`
-    /// (seconds until the window resets).
+    /// Reads `X-RateLimit-Reset`: seconds to wait, or a Unix time in seconds or
+    /// milliseconds; never more than two windows.
+    pub fn reset_after(&self, value: f64, now_unix_ms: i64) -> Duration {
+        let now = now_unix_ms as f64;
+        let secs = if value >= 1e12 {
+            (value - now) / 1000.0
+        } else if value >= 1e9 {
+            // Whole seconds: the moment may be rounded down by up to one.
+            value + 1.0 - now / 1000.0
+        } else {
+            value
+        };
+        Duration::from_secs_f64(secs.clamp(0.0, self.longest_pause().as_secs_f64()))
+    }
+
+    /// Takes in the server's `X-RateLimit-Remaining` and the time until its
+    /// window resets.
     pub fn observe(&self, remaining: Option<u64>, reset: Option<Duration>) {
         let (Some(remaining), Some(reset)) = (remaining, reset) else {
             return;
         };
-        let now = Instant::now();
-        let mut hints = self.hints();
-        if remaining == 0 {
-            let until = now + reset;
-            hints.paused_until = Some(hints.paused_until.map_or(until, |t| t.max(until)));
-        } else {
-            hints.spacing = Some((reset / remaining.min(u32::MAX as u64) as u32, now + reset));
-        }
+        let reset = reset.min(self.longest_pause());
+        let until = Instant::now() + reset;
+        let mut st = self.state();
+        st.server = Some((remaining, until));
     }
 
-    /// A 429: no request until the reset (or `default_reset` if none was given).
-    /// Returns how long that is.
+    /// A 429: no request until the reset (or `default_reset` if none was given),
+    /// two windows at most. Returns how long that is.
     pub fn pause(&self, reset: Option<Duration>) -> Duration {
-        let reset = reset.unwrap_or(self.default_reset);
+        let reset = reset
+            .unwrap_or(self.default_reset)
+            .min(self.longest_pause());
         let until = Instant::now() + reset;
-        let mut hints = self.hints();
-        hints.paused_until = Some(hints.paused_until.map_or(until, |t| t.max(until)));
+        let mut st = self.state();
+        st.paused_until = Some(st.paused_until.map_or(until, |t| t.max(until)));
         reset
     }
 }
@@ -218,9 +235,54 @@ mod tests {
         assert!(RateLimiter::new(&zero).is_err());
         let one = RateLimitConfig {
             requests: 1,
-            burst: 10,
             ..RateLimitConfig::default()
         };
         assert!(RateLimiter::new(&one).is_ok());
+    }
+
+    #[test]
+    fn a_reset_in_any_form_is_read_and_bounded() {
+        let l = RateLimiter::new(&RateLimitConfig::default()).unwrap();
+        let now = 1_767_225_600_000;
+        let secs = |d: Duration| d.as_secs_f64().round() as u64;
+        assert_eq!(secs(l.reset_after(30.0, now)), 30);
+        assert_eq!(secs(l.reset_after((now / 1000 + 45) as f64, now)), 46);
+        assert_eq!(secs(l.reset_after((now + 20_000) as f64, now)), 20);
+        // A time far ahead (or a stray counter) never pauses past two windows.
+        assert_eq!(
+            secs(l.reset_after((now / 1000 + 86_400 * 90) as f64, now)),
+            122
+        );
+        assert_eq!(secs(l.reset_after(1e7, now)), 122);
+        assert_eq!(l.reset_after((now / 1000 - 5) as f64, now), Duration::ZERO);
+        assert_eq!(l.reset_after((now - 5) as f64, now), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_leave_at_once_while_the_window_has_room() {
+        let l = RateLimiter::new(&RateLimitConfig {
+            requests: 10,
+            per: Duration::from_secs(1),
+            default_reset: Duration::from_secs(1),
+        })
+        .unwrap();
+        let start = Instant::now();
+        for _ in 0..10 {
+            l.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "ten at once");
+        l.acquire().await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "the eleventh waits"
+        );
+        // The server's word: two left until it resets, then a pause.
+        l.observe(Some(2), Some(Duration::from_millis(1500)));
+        let t = Instant::now();
+        l.acquire().await;
+        l.acquire().await;
+        assert!(t.elapsed() < Duration::from_secs(1));
+        l.acquire().await;
+        assert!(t.elapsed() >= Duration::from_millis(1500));
     }
 }

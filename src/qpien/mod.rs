@@ -20,22 +20,26 @@
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod dialect;
 pub mod documents;
 pub mod error;
 pub mod ingest;
 pub mod limit;
 mod response;
+pub mod senders;
 pub mod types;
 pub mod webhook;
 
 pub use client::{ClientStats, QpienClient, Sent};
 pub use config::{
-    AuthScheme, QpienConfig, RateLimitConfig, RetryConfig, Secret, WhatsappOperation,
+    AuthScheme, Dialect, QpienConfig, RateLimitConfig, RetryConfig, Secret, SenderKind,
+    WhatsappOperation,
 };
-pub use convert::{front_msg_id, plan_replies, to_incoming, OutboundMessage, SenderKind};
+pub use convert::{front_msg_id, plan_replies, to_incoming, OutboundMessage};
 pub use documents::{Documents, Operation};
 pub use error::QpienError;
-pub use ingest::{from_delivery, from_message, Ignored, Ingested};
+pub use ingest::{Delivery, Ignored, Ingested, Intake};
+pub use senders::SenderTypes;
 
 /// The schema the embedded documents are written against.
 pub const SCHEMA: &str = include_str!("schema.graphql");

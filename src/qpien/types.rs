@@ -9,159 +9,276 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// `null` or missing reads as the default.
-fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+/// Any JSON value, read as `T` when it is one and as nothing otherwise: a
+/// field of another type than expected never fails the whole document.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
+    T: serde::de::DeserializeOwned,
 {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+    let v = Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
 }
 
-/// An id given as `"abc"`, as a number, or as `{"_id": "abc"}`.
-fn loose_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match Option::<Value>::deserialize(d)? {
-        Some(Value::String(s)) => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(Value::Object(map)) => match map.get("_id").or_else(|| map.get("id")) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        },
+/// A text field: a string, or a number or boolean written out; else nothing.
+fn loose_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
         _ => None,
     })
 }
 
-/// Who sent a message (`senderData`), or a conversation's customer.
+/// A flag: a boolean, or `"true"`/`"false"`, 1/0; else nothing.
+fn loose_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Bool(b) => Some(b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        Value::Number(n) => n.as_i64().map(|n| n != 0),
+        _ => None,
+    })
+}
+
+/// A list: each element that reads as `T`; anything else is an empty list.
+fn lenient_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    Ok(match Value::deserialize(d)? {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// An id: a string or a number, or an object carrying `_id` (or `id`). The
+/// docs type ids as `ID`; some payloads embed the whole object instead.
+pub(crate) fn loose_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(id_of(&Value::deserialize(d)?))
+}
+
+/// The id in a JSON value (see [`loose_id`]).
+pub(crate) fn id_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Object(map) => map.get("_id").or_else(|| map.get("id")).and_then(id_of),
+        _ => None,
+    }
+}
+
+/// Someone: a message's sender (FACT: senderData; fields ASSUMED).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Person {
-    /// The id.
+    /// Their id.
     #[serde(rename = "_id", deserialize_with = "loose_id")]
     pub id: Option<String>,
-    /// Full name.
+    /// Display name.
+    #[serde(deserialize_with = "loose_string")]
     pub name: Option<String>,
     /// Given name.
+    #[serde(deserialize_with = "loose_string")]
     pub first_name: Option<String>,
     /// Family name.
+    #[serde(deserialize_with = "loose_string")]
     pub last_name: Option<String>,
-    /// Preferred language (ASSUMED field; `locale` is read too).
-    #[serde(alias = "locale")]
+    /// Preferred language.
+    #[serde(alias = "locale", deserialize_with = "loose_string")]
     pub language: Option<String>,
-    /// For agents: JR_AGENT, PERSON, ADMIN, OWNER or ROBOT.
-    #[serde(rename = "type")]
+    /// For agents, their CustomerPerson type (JR_AGENT, PERSON, ADMIN, OWNER, ROBOT).
+    #[serde(rename = "type", deserialize_with = "loose_string")]
     pub kind: Option<String>,
 }
 
-/// An attachment of a message.
+/// An attachment (fields ASSUMED).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct MediaItem {
     /// Where it is.
+    #[serde(deserialize_with = "loose_string")]
     pub url: Option<String>,
-    /// image, video, audio, document, file, sticker, location...
-    #[serde(rename = "type")]
+    /// Its kind (`image`, `document`...).
+    #[serde(rename = "type", deserialize_with = "loose_string")]
     pub kind: Option<String>,
-    /// File name.
+    /// A file name.
+    #[serde(deserialize_with = "loose_string")]
     pub name: Option<String>,
-    /// Caption.
+    /// A caption.
+    #[serde(deserialize_with = "loose_string")]
     pub caption: Option<String>,
 }
 
-/// The list part of a message: the rows offered, or the row picked.
+/// The part of a list message flowbot reads back: the picked row (ASSUMED).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ListMessageWire {
-    /// The picked row, on a customer's reply (ASSUMED).
+    /// The row the customer picked.
+    #[serde(deserialize_with = "loose_id")]
     pub selected_row_id: Option<String>,
 }
 
-/// A list reply as some channels report it (ASSUMED).
+/// A list reply as some channels report it (ASSUMED: not in Qpien's field list).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ListReply {
-    /// The picked row id.
+    /// The row's id.
     #[serde(deserialize_with = "loose_id")]
     pub id: Option<String>,
-    /// Its title.
+    /// The row's title.
+    #[serde(deserialize_with = "loose_string")]
     pub title: Option<String>,
 }
 
-/// A message of a conversation (`ExternalMessage`), the fields flowbot reads.
+/// A message (FACT: the field names of the Messages module). Only the fields
+/// flowbot uses are read; each may be missing, `null` or of another type.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ExternalMessage {
-    /// The message id: the deduplication key.
+    /// The message id.
     #[serde(rename = "_id", deserialize_with = "loose_id")]
     pub id: Option<String>,
-    /// The conversation it belongs to.
+    /// The conversation (FACT: an ID; an embedded object is read too).
     #[serde(deserialize_with = "loose_id", alias = "conversationId")]
     pub conversation: Option<String>,
-    /// text, image, email...
+    /// `text`, `image`, `email`...
+    #[serde(deserialize_with = "loose_string")]
     pub message_type: Option<String>,
-    /// WhatsApp, Instagram, Email, LiveChat...
+    /// `WhatsApp`, `Email`...
+    #[serde(deserialize_with = "loose_string")]
     pub channel_type: Option<String>,
-    /// user (the customer), system, bot, or an agent's type.
+    /// Who sent it (mapped by `qpien.sender_types`).
+    #[serde(deserialize_with = "loose_string")]
     pub sender_type: Option<String>,
-    /// Who sent it.
+    /// The sender.
+    #[serde(deserialize_with = "lenient")]
     pub sender: Option<Person>,
     /// The text.
+    #[serde(deserialize_with = "loose_string")]
     pub content: Option<String>,
     /// The text as HTML (e-mail).
+    #[serde(deserialize_with = "loose_string")]
     pub content_html: Option<String>,
-    /// E-mail subject.
+    /// An e-mail's subject.
+    #[serde(deserialize_with = "loose_string")]
     pub subject: Option<String>,
     /// Attachments.
-    #[serde(deserialize_with = "null_default")]
+    #[serde(deserialize_with = "lenient_list")]
     pub media: Vec<MediaItem>,
-    /// The quick-reply button the customer tapped.
+    /// The quick-reply button tapped.
     #[serde(deserialize_with = "loose_id")]
     pub flow_bot_quick_reply_response_id: Option<String>,
-    /// The list part.
+    /// A list message (on a reply: the row picked).
+    #[serde(deserialize_with = "lenient")]
     pub list_message: Option<ListMessageWire>,
-    /// A list reply (ASSUMED alternative).
+    /// A list reply (ASSUMED).
+    #[serde(deserialize_with = "lenient")]
     pub list_reply: Option<ListReply>,
-    /// Client-side id of a message created through the API.
+    /// The client-side id of a created message.
+    #[serde(deserialize_with = "loose_string")]
     pub front_msg_id: Option<String>,
-    /// When it was created (a date string or epoch milliseconds).
+    /// When it was created.
     pub created_at: Option<Value>,
+    /// Set on comments (posts, ads) rather than direct messages.
+    pub comment_data: Option<Value>,
+    /// Whether the conversation is a group or channel, when a payload says so
+    /// beside the message (ASSUMED).
+    #[serde(deserialize_with = "loose_bool")]
+    pub is_group_or_channel: Option<bool>,
 }
 
-/// A conversation (`ExternalConversation`), the fields flowbot reads.
+/// A tag of a conversation (FACT: Tag objects; fields ASSUMED).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TagRef {
+    /// Its id.
+    #[serde(rename = "_id", deserialize_with = "loose_id")]
+    pub id: Option<String>,
+    /// Its name.
+    #[serde(deserialize_with = "loose_string")]
+    pub name: Option<String>,
+}
+
+/// A channel of a conversation (FACT: ChannelTypeOutput objects; fields ASSUMED).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ChannelRef {
+    /// Its id.
+    #[serde(rename = "_id", deserialize_with = "loose_id")]
+    pub id: Option<String>,
+    /// Its name.
+    #[serde(deserialize_with = "loose_string")]
+    pub name: Option<String>,
+    /// Its type (`WhatsApp`, ...).
+    #[serde(rename = "type", deserialize_with = "loose_string")]
+    pub kind: Option<String>,
+}
+
+/// A conversation (FACT: the field names and types of the Conversations module;
+/// read leniently, a field of another shape counts as missing).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ExternalConversation {
     /// The conversation id.
     #[serde(rename = "_id", deserialize_with = "loose_id")]
     pub id: Option<String>,
-    /// The customer.
-    pub customer: Option<Person>,
-    /// The agent who joined, if any.
-    pub joined_person: Option<Person>,
-    /// Status (values ASSUMED: OPEN, PENDING, CLOSED...).
+    /// The Qpien account it belongs to (FACT: an ID).
+    #[serde(deserialize_with = "loose_id")]
+    pub customer: Option<String>,
+    /// The person who joined (FACT: an ID).
+    #[serde(deserialize_with = "loose_id")]
+    pub joined_person: Option<String>,
+    /// The agent currently joined (FACT: an ID, "currently joined").
+    #[serde(rename = "joinedCPerson", deserialize_with = "loose_id")]
+    pub joined_c_person: Option<String>,
+    /// Its status (values not published).
+    #[serde(deserialize_with = "loose_string")]
     pub status: Option<String>,
-    /// Whether it is a group or channel conversation.
+    /// A group or channel conversation.
+    #[serde(deserialize_with = "loose_bool")]
     pub is_group_or_channel: Option<bool>,
-    /// The channel of the last message received.
+    /// The channel of the last message received (FACT: an ID).
+    #[serde(deserialize_with = "loose_id")]
     pub last_received_message_channel: Option<String>,
-    /// The channels it runs on.
-    #[serde(deserialize_with = "null_default")]
-    pub channels: Vec<String>,
-    /// The last message.
+    /// Its channels.
+    #[serde(deserialize_with = "lenient_list")]
+    pub channels: Vec<ChannelRef>,
+    /// Its tags.
+    #[serde(deserialize_with = "lenient_list")]
+    pub tags: Vec<TagRef>,
+    /// Its last message (FACT: LastMessageType, fields ASSUMED).
+    #[serde(deserialize_with = "lenient")]
     pub last_message: Option<Box<ExternalMessage>>,
 }
 
-/// A connected channel (`getAllConnectedPlatformList`).
+impl ExternalConversation {
+    /// Whether a person is on the conversation now, as far as it says
+    /// (`joinedCPerson`, else `joinedPerson`).
+    pub fn has_agent(&self) -> bool {
+        self.joined_c_person.is_some() || self.joined_person.is_some()
+    }
+}
+
+/// A connected channel (ASSUMED fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ConnectedPlatform {
-    /// The platform id.
+    /// Its id.
     #[serde(rename = "_id", deserialize_with = "loose_id")]
     pub id: Option<String>,
     /// Its name.
+    #[serde(deserialize_with = "loose_string")]
     pub name: Option<String>,
-    /// WhatsApp, Instagram...
+    /// Its channel type.
+    #[serde(deserialize_with = "loose_string")]
     pub channel_type: Option<String>,
-    /// Its status.
+    /// `ACTIVE`...
+    #[serde(deserialize_with = "loose_string")]
     pub status: Option<String>,
 }
 
@@ -224,6 +341,7 @@ pub struct CreatedMessage {
     #[serde(rename = "_id", deserialize_with = "loose_id")]
     pub id: Option<String>,
     /// The `frontMsgId` it was created with.
+    #[serde(deserialize_with = "loose_string")]
     pub front_msg_id: Option<String>,
 }
 

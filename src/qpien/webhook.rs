@@ -10,7 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::types::{ExternalConversation, ExternalMessage, Person};
+use super::types::{id_of, ExternalMessage};
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "X-Qpien-Signature";
@@ -51,8 +51,8 @@ pub enum WebhookEvent {
     AgentJoined {
         /// The conversation.
         conversation: String,
-        /// Who joined, if said.
-        person: Option<Person>,
+        /// Who joined, if said (an id).
+        person: Option<String>,
     },
     /// `LEAVE_CONVERSATION` (ASSUMED: Qpien documents no such event; the
     /// simulator sends it): the person left and the bot takes over again.
@@ -60,106 +60,96 @@ pub enum WebhookEvent {
         /// The conversation.
         conversation: String,
     },
-    /// An event flowbot does not act on (acknowledged and ignored).
+    /// An event flowbot does not know (kept as a dead letter, acknowledged).
     Other(String),
 }
 
-/// Why a payload could not be read.
+/// Why a correctly signed delivery cannot be used (it becomes a dead letter).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     /// Not JSON.
-    #[error("webhook body is not JSON: {0}")]
+    #[error("the body is not JSON: {0}")]
     Json(String),
-    /// JSON, but not an event flowbot can read.
-    #[error("webhook payload: {0}")]
+    /// JSON, but not a shape flowbot can read.
+    #[error("{0}")]
     Shape(String),
 }
 
-struct Envelope {
-    event: Option<String>,
-    data: Option<Value>,
-}
+/// The event name of a delivery (ASSUMED keys: `event`, `type`, `eventType`).
+const EVENT_KEYS: [&str; 3] = ["event", "type", "eventType"];
+/// Where the event's data sits (ASSUMED keys: `data`, `message`, `payload`).
+const DATA_KEYS: [&str; 3] = ["data", "message", "payload"];
 
-fn shape(e: serde_path_to_error::Error<serde_json::Error>) -> PayloadError {
-    PayloadError::Shape(format!("at `{}`: {}", e.path(), e.inner()))
-}
-
-/// Reads a delivery's body (after [`verify`]).
+/// Reads a delivery's body (after [`verify`]). Only the fields flowbot uses
+/// are read, leniently: any other field may be of any type, `null` or missing.
+///
+/// ASSUMED shape: `{"event": NAME, "data": {...}}` (`type`/`eventType` and
+/// `message`/`payload` are read too), or a bare message (an object with `_id`
+/// and no event name).
 pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
-    // One pass for the usual `{event, data}`; a bare message is read again.
-    let envelope: Envelope = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => {
-            let mut map = map;
-            let event = ["event", "type", "eventType"]
-                .iter()
-                .find_map(|k| map.remove(*k))
-                .and_then(|v| v.as_str().map(str::to_owned));
-            match event {
-                Some(event) => Envelope {
-                    event: Some(event),
-                    data: ["data", "message", "payload"]
-                        .iter()
-                        .find_map(|k| map.remove(*k)),
-                },
-                None if map.contains_key("_id") => Envelope {
-                    event: Some("NEW_INCOMING_MESSAGE".to_owned()),
-                    data: Some(Value::Object(map)),
-                },
-                None => return Err(PayloadError::Shape("no `event` field".into())),
-            }
-        }
-        Ok(_) => return Err(PayloadError::Shape("expected a JSON object".into())),
+    let mut map = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(PayloadError::Shape("not a JSON object".into())),
         Err(e) => return Err(PayloadError::Json(e.to_string())),
     };
-    let event = envelope.event.unwrap_or_default();
-    let data = envelope.data.unwrap_or(Value::Null);
+    let event = EVENT_KEYS
+        .iter()
+        .find_map(|k| map.get(*k).and_then(Value::as_str).map(str::to_owned));
+    let (event, data) = match event {
+        Some(event) => {
+            let data = DATA_KEYS
+                .iter()
+                .find_map(|k| map.remove(*k).filter(Value::is_object))
+                .unwrap_or(Value::Null);
+            (event, data)
+        }
+        None if map.contains_key("_id") => ("NEW_INCOMING_MESSAGE".to_owned(), Value::Object(map)),
+        None => return Err(PayloadError::Shape("no event name and no message".into())),
+    };
     match event.to_ascii_uppercase().as_str() {
         "NEW_INCOMING_MESSAGE" | "NEW_MESSAGE" | "MESSAGE_CREATED" => {
-            let msg: ExternalMessage = serde_path_to_error::deserialize(data).map_err(shape)?;
+            if !data.is_object() {
+                return Err(PayloadError::Shape(format!(
+                    "{event} without a message object"
+                )));
+            }
+            let msg: ExternalMessage = serde_json::from_value(data)
+                .map_err(|e| PayloadError::Shape(format!("{event}: {e}")))?;
             if msg.id.is_none() {
-                return Err(PayloadError::Shape("the message has no `_id`".into()));
+                return Err(PayloadError::Shape(format!(
+                    "{event}: the message has no `_id`"
+                )));
             }
             if msg.conversation.is_none() {
-                return Err(PayloadError::Shape(
-                    "the message has no `conversation`".into(),
-                ));
+                return Err(PayloadError::Shape(format!(
+                    "{event}: the message has no `conversation`"
+                )));
             }
             Ok(WebhookEvent::NewMessage(Box::new(msg)))
         }
-        "LEAVE_CONVERSATION" | "CONVERSATION_RELEASED" => {
-            let conversation = data
-                .get("conversationId")
-                .and_then(Value::as_str)
-                .or_else(|| data.get("_id").and_then(Value::as_str))
-                .ok_or_else(|| PayloadError::Shape("no conversation id".into()))?;
-            Ok(WebhookEvent::AgentLeft {
-                conversation: conversation.to_owned(),
-            })
-        }
+        "LEAVE_CONVERSATION" | "CONVERSATION_RELEASED" => Ok(WebhookEvent::AgentLeft {
+            conversation: conversation_id(&data)
+                .ok_or_else(|| PayloadError::Shape(format!("{event}: no conversation id")))?,
+        }),
         "JOIN_CONVERSATION" => {
-            // ASSUMED: the conversation, or {conversationId, person}.
-            let conversation_id = data
-                .get("conversationId")
-                .or_else(|| data.get("conversation"))
-                .and_then(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Object(o) => o.get("_id").and_then(Value::as_str).map(str::to_owned),
-                    _ => None,
-                });
-            let conv: ExternalConversation =
-                serde_path_to_error::deserialize(data.clone()).map_err(shape)?;
-            let person = match data.get("person").or_else(|| data.get("joinedPerson")) {
-                Some(p) => serde_path_to_error::deserialize(p.clone()).map_err(shape)?,
-                None => conv.joined_person.clone(),
-            };
-            let conversation = conversation_id
-                .or(conv.id)
-                .ok_or_else(|| PayloadError::Shape("no conversation id".into()))?;
+            // ASSUMED: the conversation itself, or {conversationId, person}.
+            let person = ["person", "joinedCPerson", "joinedPerson"]
+                .iter()
+                .find_map(|k| data.get(*k).and_then(id_of));
             Ok(WebhookEvent::AgentJoined {
-                conversation,
+                conversation: conversation_id(&data)
+                    .ok_or_else(|| PayloadError::Shape(format!("{event}: no conversation id")))?,
                 person,
             })
         }
-        other => Ok(WebhookEvent::Other(other.to_owned())),
+        _ => Ok(WebhookEvent::Other(event)),
     }
+}
+
+/// The conversation an event is about: `conversationId`, `conversation` (an id
+/// or an object), or the data's own `_id` (the data is the conversation).
+fn conversation_id(data: &Value) -> Option<String> {
+    ["conversationId", "conversation", "_id"]
+        .iter()
+        .find_map(|k| data.get(*k).and_then(id_of))
 }

@@ -7,8 +7,9 @@
 //! the replies as `createMessage` inputs, and commit inbox item, conversation
 //! and outbox in one write. Then the replies go to the sender.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tracing::Instrument;
@@ -19,9 +20,10 @@ use super::outbox::Sender;
 use super::payload::{self, OutboxAction};
 use super::reload::BotSlot;
 use super::Stop;
-use crate::engine::Stored;
+use crate::engine::{Stored, Turn};
 use crate::message::{Channel, Effect, Event};
-use crate::qpien::{plan_replies, Ingested, QpienConfig};
+use crate::qpien::types::ExternalConversation;
+use crate::qpien::{plan_replies, Ingested, QpienClient};
 use crate::retry::{until_ok, Backoff};
 use crate::store::{
     Accepted, InboxItem, NewInbound, OutboxItem, StateStore, StoreError, StoredSession, TurnCommit,
@@ -104,11 +106,60 @@ impl Inbox {
 pub(crate) struct Dispatcher {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) bot: Arc<BotSlot>,
-    /// For planning replies (`frontMsgId` prefix, WhatsApp mutation).
-    pub(crate) qpien: Arc<QpienConfig>,
+    /// For planning replies (`frontMsgId` prefix, WhatsApp mutation) and for
+    /// reading a handed-off conversation.
+    pub(crate) client: QpienClient,
     pub(crate) outbox: Arc<Lanes<Sender>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
+    pub(crate) handoff: Handoff,
+}
+
+/// Watching handed-off conversations: Qpien documents no event for an agent
+/// leaving, but `joinedCPerson` is "the person currently joined". So when the
+/// customer writes during a handoff, the conversation is read (at most once per
+/// `check_interval` each) and given back to the bot when nobody is joined or
+/// its status is one of `qpien.released_statuses`.
+pub(crate) struct Handoff {
+    check_interval: Duration,
+    released: Vec<String>,
+    last_check: Mutex<HashMap<String, Instant>>,
+}
+
+impl Handoff {
+    pub(crate) fn new(check_interval: Duration, released_statuses: &[String]) -> Handoff {
+        Handoff {
+            check_interval,
+            released: released_statuses.to_vec(),
+            last_check: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a check is due for `conversation` now (and marks it done).
+    fn due(&self, conversation: &str) -> bool {
+        let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last
+            .get(conversation)
+            .is_some_and(|t| now.duration_since(*t) < self.check_interval)
+        {
+            return false;
+        }
+        if last.len() >= 100_000 {
+            let every = self.check_interval;
+            last.retain(|_, t| now.duration_since(*t) < every);
+        }
+        last.insert(conversation.to_owned(), now);
+        true
+    }
+
+    /// Whether Qpien shows the conversation as nobody's.
+    fn is_back(&self, c: &ExternalConversation) -> bool {
+        !c.has_agent()
+            || c.status
+                .as_deref()
+                .is_some_and(|s| self.released.iter().any(|r| r.eq_ignore_ascii_case(s)))
+    }
 }
 
 #[async_trait]
@@ -137,6 +188,45 @@ impl Dispatcher {
         until_ok(Backoff::STORE, what, |d| self.stop.pause(d), f).await
     }
 
+    /// Before a customer's message in a handoff, reads the conversation (when
+    /// a check is due) and, when Qpien shows nobody on it, gives it back to the
+    /// bot first: the release's turn, and the conversation after it.
+    async fn check_handoff(
+        &self,
+        conversation: &str,
+        stored: Option<Stored>,
+        event: &Event,
+        now: Millis,
+    ) -> (Option<Turn>, Option<Stored>) {
+        let in_handoff = stored.as_ref().is_some_and(|s| s.session.handoff);
+        if !in_handoff || !matches!(event, Event::Message(_)) || !self.handoff.due(conversation) {
+            return (None, stored);
+        }
+        let back = match self.client.get_conversation(conversation).await {
+            Ok(Some(c)) => self.handoff.is_back(&c),
+            Ok(None) => {
+                tracing::warn!(
+                    "Qpien does not know a handed-off conversation; the bot takes it back"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a handed-off conversation; it stays with the person");
+                false
+            }
+        };
+        if !back {
+            return (None, stored);
+        }
+        let release = self
+            .bot
+            .get()
+            .step(conversation, stored, &Event::Release, now)
+            .await;
+        let stored = release.stored.clone();
+        (Some(release), stored)
+    }
+
     async fn turn(&self, item: InboxItem) {
         let started = Instant::now();
         let conversation = item.conversation.as_str();
@@ -152,14 +242,27 @@ impl Dispatcher {
                 None
             }
         });
-        let turn = match payload::decode::<Event>(&item.payload) {
+        let now = crate::time::now();
+        let (turn, released_by) = match payload::decode::<Event>(&item.payload) {
             Ok(event) => {
-                bot.step(conversation, stored, &event, crate::time::now())
-                    .await
+                let (checked, stored) = self.check_handoff(conversation, stored, &event, now).await;
+                let turn = bot.step(conversation, stored, &event, now).await;
+                match checked {
+                    Some(release) => (release.then(turn), Some("checked")),
+                    None => {
+                        let by = turn.released.then_some(match event {
+                            Event::Release => "manual",
+                            Event::HandoffFailed => "handoff_failed",
+                            Event::AgentLeft => "agent_left",
+                            _ => "timeout",
+                        });
+                        (turn, by)
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "unreadable inbox item; skipped");
-                bot.unchanged(stored)
+                (bot.unchanged(stored), None)
             }
         };
         let channel = turn
@@ -167,7 +270,7 @@ impl Dispatcher {
             .as_ref()
             .map_or(Channel::default(), |s| s.channel);
         let plan = plan_replies(
-            &self.qpien,
+            self.client.config(),
             conversation,
             channel,
             &item.key,
@@ -183,6 +286,14 @@ impl Dispatcher {
             .collect();
         if turn.effects.contains(&Effect::Handoff) {
             outbox.push(payload::encode(&OutboxAction::Handoff));
+        }
+        if let Some(by) = released_by {
+            tracing::info!(by, "the conversation is back with the bot");
+            Metrics::count(&self.metrics.releases, by);
+            // Qpien still shows a person on it: say it is released.
+            if matches!(by, "manual" | "timeout") {
+                outbox.push(payload::encode(&OutboxAction::Release));
+            }
         }
         let commit = TurnCommit {
             inbox_seq: item.seq,

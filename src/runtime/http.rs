@@ -1,15 +1,18 @@
 //! The HTTP side: Qpien's webhook, the probes and the metrics.
 //!
-//! The webhook checks, in this order: size (413), content type (415),
-//! signature over the raw bytes, in constant time (401), then reads the JSON
-//! (400). Only then is anything stored; 200 means the event is durable (or was
-//! a duplicate, or is not for the bot). A full queue answers 503 with
-//! `Retry-After`, before storing, so Qpien delivers again later.
+//! The webhook checks, in this order: that a signature is there (401), the size
+//! (413), the signature over the raw bytes, in constant time (401); then it
+//! reads the JSON leniently, whatever the `Content-Type`. A correctly signed
+//! delivery is never refused for its content: one flowbot cannot use is kept as
+//! a dead letter (see `flowbot dead-letters`) and answered 200, since Qpien
+//! would retry a refusal for ever. 200 means the event is durable (or was a
+//! duplicate, or is not for the bot, or is a dead letter). A full queue answers
+//! 503 with `Retry-After`, before storing, so Qpien delivers again later.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +24,11 @@ use super::metrics::Metrics;
 use super::reload::BotSlot;
 use super::Stop;
 use crate::config::ServerConfig;
+use crate::qpien::ingest::top_level_keys;
 use crate::qpien::webhook::{self, SIGNATURE_HEADER};
+use crate::qpien::Delivery;
 use crate::qpien::QpienClient;
-use crate::store::StateStore;
+use crate::store::{DeadLetter, StateStore};
 
 /// What the HTTP handlers need.
 pub(crate) struct App {
@@ -45,6 +50,13 @@ pub(crate) fn router(shared: Arc<App>) -> Router {
         app = app
             .route("/debug/flow", get(debug_flow))
             .route("/debug/conversations/{id}", get(debug_conversation));
+    }
+    if !shared.server.admin_token.is_empty() {
+        app = app
+            .route("/admin/conversations/{id}/release", post(admin_release))
+            .route("/admin/dead-letters", get(admin_dead_letters))
+            .route("/admin/dead-letters/{id}", get(admin_dead_letter))
+            .route("/admin/dead-letters/{id}/retry", post(admin_retry));
     }
     if shared.server.webhook {
         app = app.route(
@@ -171,51 +183,92 @@ async fn metrics(State(shared): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn webhook(State(shared): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn webhook(State(shared): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let (status, result) = handle(&shared, &headers, &body).await;
+    let (status, result) = handle(&shared, &headers, body).await;
     Metrics::count(&shared.metrics.webhooks, result);
     shared
         .metrics
         .ack_latency
         .observe(started.elapsed().as_secs_f64());
+    let mut r = reply(status, result);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        let mut r = reply(status, result);
         r.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return r;
     }
-    reply(status, result)
+    r
 }
 
-async fn handle(shared: &App, headers: &HeaderMap, body: &[u8]) -> (StatusCode, &'static str) {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
-    }
+/// The headers worth keeping with a dead letter: all but the signature and
+/// credentials, as a JSON object.
+pub(crate) fn kept_headers(headers: &HeaderMap) -> String {
+    let kept: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            !n.eq_ignore_ascii_case(SIGNATURE_HEADER)
+                && n != "authorization"
+                && n != "cookie"
+                && n != "proxy-authorization"
+        })
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                serde_json::Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(kept).to_string()
+}
+
+async fn handle(shared: &App, headers: &HeaderMap, body: Body) -> (StatusCode, &'static str) {
+    // The signature first (nothing is read without one), then the size, then
+    // the body, whatever its Content-Type says.
     let signature = headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let secret = shared.server.webhook_secret.expose().as_bytes();
-    if signature.is_empty() || !webhook::verify(secret, body, signature) {
-        tracing::warn!("webhook refused: missing or bad signature");
+    if signature.is_empty() {
+        tracing::warn!("webhook refused: no signature");
         return (StatusCode::UNAUTHORIZED, "bad_signature");
     }
-    let prefix = &shared.client.config().front_msg_id_prefix;
-    let ingested = match crate::qpien::from_delivery(body, signature, prefix) {
-        Ok(Ok(i)) => i,
-        Ok(Err(why)) => {
+    let body = match axum::body::to_bytes(body, shared.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+    };
+    let secret = shared.server.webhook_secret.expose().as_bytes();
+    if !webhook::verify(secret, &body, signature) {
+        tracing::warn!("webhook refused: bad signature");
+        return (StatusCode::UNAUTHORIZED, "bad_signature");
+    }
+    let ingested = match shared.client.intake().delivery(&body, signature) {
+        Delivery::Event(i) => *i,
+        Delivery::Ignored(why) => {
             tracing::debug!(%why, "webhook delivery ignored");
             return (StatusCode::OK, "ignored");
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "webhook refused");
-            return (StatusCode::BAD_REQUEST, "bad_payload");
+        Delivery::Unusable(reason) => {
+            // Signed, so from Qpien: acknowledged (a refusal would be retried
+            // for ever) and kept for a person to look at.
+            let keys = top_level_keys(&body);
+            let letter = DeadLetter {
+                id: 0,
+                received_at: crate::time::now(),
+                reason: reason.clone(),
+                headers: kept_headers(headers),
+                body: body.to_vec(),
+            };
+            shared.metrics.dead_letters.inc();
+            return match shared.store.add_dead_letter(letter).await {
+                Ok(id) => {
+                    tracing::warn!(id, %reason, ?keys, "webhook delivery kept as a dead letter");
+                    (StatusCode::OK, "dead_letter")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %reason, "cannot keep a dead letter");
+                    (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                }
+            };
         }
     };
     if shared.inbox.is_full() {
@@ -229,4 +282,169 @@ async fn handle(shared: &App, headers: &HeaderMap, body: &[u8]) -> (StatusCode, 
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         }
     }
+}
+
+/// Whether a request carries the admin token (`Authorization: Bearer <token>`),
+/// compared in constant time.
+fn is_admin(shared: &App, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let want = shared.server.admin_token.expose();
+    !want.is_empty()
+        && given.len() == want.len()
+        && given
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn admin_json(status: StatusCode, v: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn unauthorized() -> Response {
+    admin_json(
+        StatusCode::UNAUTHORIZED,
+        serde_json::json!({"error": "the admin token is missing or wrong"}),
+    )
+}
+
+/// Gives a conversation back to the bot (`flowbot release`).
+async fn admin_release(
+    State(shared): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if !is_admin(&shared, &headers) {
+        return unauthorized();
+    }
+    let ingested = crate::qpien::Ingested {
+        key: format!("release:{id}:{}", crate::time::now()),
+        conversation: id.clone(),
+        event: crate::message::Event::Release,
+    };
+    match shared.inbox.accept(ingested).await {
+        Ok(_) => admin_json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"conversation": id, "status": "release queued"}),
+        ),
+        Err(e) => admin_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+fn letter_json(d: &DeadLetter, with_body: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": d.id,
+        "received_at": d.received_at,
+        "reason": d.reason,
+        "bytes": d.body.len(),
+        "keys": top_level_keys(&d.body),
+    });
+    if with_body {
+        v["headers"] = serde_json::from_str(&d.headers).unwrap_or_default();
+        v["body"] = serde_json::Value::from(String::from_utf8_lossy(&d.body).into_owned());
+    }
+    v
+}
+
+async fn admin_dead_letters(State(shared): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !is_admin(&shared, &headers) {
+        return unauthorized();
+    }
+    match shared.store.dead_letters(1000).await {
+        Ok(list) => admin_json(
+            StatusCode::OK,
+            serde_json::Value::Array(list.iter().map(|d| letter_json(d, false)).collect()),
+        ),
+        Err(e) => admin_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn admin_dead_letter(
+    State(shared): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Response {
+    if !is_admin(&shared, &headers) {
+        return unauthorized();
+    }
+    match shared.store.dead_letter(id).await {
+        Ok(Some(d)) => admin_json(StatusCode::OK, letter_json(&d, true)),
+        Ok(None) => admin_json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("no dead letter {id}")}),
+        ),
+        Err(e) => admin_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// Reads a dead letter again with the rules in force now (a newer flowbot, a
+/// changed `qpien.sender_types`): usable, it is run and removed; still
+/// unusable, it stays (409).
+async fn admin_retry(
+    State(shared): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Response {
+    if !is_admin(&shared, &headers) {
+        return unauthorized();
+    }
+    let letter = match shared.store.dead_letter(id).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return admin_json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": format!("no dead letter {id}")}),
+            )
+        }
+        Err(e) => {
+            return admin_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": e.to_string()}),
+            )
+        }
+    };
+    let key = format!("dead-letter-{id}");
+    let status = match shared.client.intake().delivery(&letter.body, &key) {
+        Delivery::Unusable(reason) => {
+            return admin_json(
+                StatusCode::CONFLICT,
+                serde_json::json!({"id": id, "status": "still unusable", "reason": reason}),
+            )
+        }
+        Delivery::Ignored(why) => format!("ignored: {why}"),
+        Delivery::Event(ingested) => match shared.inbox.accept(*ingested).await {
+            Ok(true) => "accepted".to_owned(),
+            Ok(false) => "duplicate".to_owned(),
+            Err(e) => {
+                return admin_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": e.to_string()}),
+                )
+            }
+        },
+    };
+    let _ = shared.store.remove_dead_letter(id).await;
+    admin_json(
+        StatusCode::OK,
+        serde_json::json!({"id": id, "status": status}),
+    )
 }

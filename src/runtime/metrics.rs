@@ -42,6 +42,13 @@ pub struct Metrics {
     pub deliveries: Family<ResultLabel, Counter>,
     /// Flow reloads by result (`ok`, `rejected`).
     pub reloads: Family<ResultLabel, Counter>,
+    /// Signed webhook deliveries flowbot could not use (kept as dead letters).
+    pub dead_letters: Counter,
+    /// Handoffs Qpien refused for good (the bot stayed in service).
+    pub handoff_failures: Counter,
+    /// Conversations given back to the bot, by what ended the handoff
+    /// (`agent_left`, `checked`, `timeout`, `manual`).
+    pub releases: Family<ResultLabel, Counter>,
 }
 
 #[derive(Debug)]
@@ -71,6 +78,11 @@ impl Collector for ClientCollector {
                 s.rate_limited,
             ),
             ("flowbot_qpien_retries", "Qpien requests retried", s.retries),
+            (
+                "flowbot_qpien_unknown_sender_types",
+                "Messages whose senderType is not in qpien.sender_types",
+                self.0.intake().unknown_senders(),
+            ),
             (
                 "flowbot_qpien_token_refreshes",
                 "Qpien tokens obtained",
@@ -119,6 +131,9 @@ impl Metrics {
             outbox_depth: Gauge::default(),
             deliveries: Family::default(),
             reloads: Family::default(),
+            dead_letters: Counter::default(),
+            handoff_failures: Counter::default(),
+            releases: Family::default(),
             registry: Registry::default(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
@@ -161,6 +176,21 @@ impl Metrics {
             "flowbot_reloads",
             "Flow reloads, by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "flowbot_dead_letters",
+            "Signed webhook deliveries that could not be used, kept as dead letters",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "flowbot_handoff_failures",
+            "Handoffs Qpien refused for good",
+            m.handoff_failures.clone(),
+        );
+        registry.register(
+            "flowbot_releases",
+            "Handoffs ended, by what ended them",
+            m.releases.clone(),
         );
         registry.register_collector(Box::new(ClientCollector(client)));
         registry.register_collector(Box::new(UpCollector(flow_version)));

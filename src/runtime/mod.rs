@@ -201,12 +201,14 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     let stop = Stop(stop_rx);
     let slot = Arc::new(BotSlot::new(bot));
     let metrics = Arc::new(Metrics::new(client.clone(), slot.version_gauge()));
+    let (feedback, mut learned) = tokio::sync::mpsc::unbounded_channel();
     let outbox = Lanes::new(
         Sender {
             client: client.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
+            feedback,
         },
         metrics.outbox_depth.clone(),
     );
@@ -214,10 +216,14 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         Dispatcher {
             store: store.clone(),
             bot: slot.clone(),
-            qpien: Arc::new(client.config().clone()),
+            client: client.clone(),
             outbox: outbox.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
+            handoff: dispatch::Handoff::new(
+                config.handoff.check_interval,
+                &config.qpien.released_statuses,
+            ),
         },
         metrics.queue_depth.clone(),
     );
@@ -227,6 +233,17 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         metrics.clone(),
         config.runtime.queue_capacity,
     ));
+    // What the sender learns (a refused handoff) becomes an event of its own.
+    let feedback_task = {
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            while let Some(ingested) = learned.recv().await {
+                if let Err(e) = inbox.accept(ingested).await {
+                    tracing::error!(error = %e, "cannot record a refused handoff");
+                }
+            }
+        })
+    };
     // Unfinished work first: replies already committed go out before any
     // resumed turn can queue newer ones behind them.
     outbox::resume(&outbox).await?;
@@ -252,12 +269,15 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             }
         })
     };
-    let mut tasks = vec![tokio::spawn(timers::run(
-        store.clone(),
-        inbox.clone(),
-        config.runtime.timer_interval,
-        stop.clone(),
-    ))];
+    let mut tasks = vec![
+        feedback_task,
+        tokio::spawn(timers::run(
+            store.clone(),
+            inbox.clone(),
+            config.runtime.timer_interval,
+            stop.clone(),
+        )),
+    ];
     if config.runtime.reload {
         tasks.push(tokio::spawn(reload::run(reload::Reload {
             slot: slot.clone(),

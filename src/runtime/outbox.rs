@@ -16,7 +16,8 @@ use super::lanes::{Lanes, Worker};
 use super::metrics::Metrics;
 use super::payload::{self, OutboxAction};
 use super::Stop;
-use crate::qpien::{QpienClient, QpienError};
+use crate::message::Event;
+use crate::qpien::{Ingested, QpienClient, QpienError};
 use crate::retry::{until_ok, Backoff};
 use crate::store::{OutboxItem, StateStore, StoreError};
 
@@ -26,6 +27,8 @@ pub(crate) struct Sender {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
+    /// Events the sender learns (a handoff Qpien refused), back to the inbox.
+    pub(crate) feedback: tokio::sync::mpsc::UnboundedSender<Ingested>,
 }
 
 /// Queues every undelivered outbox item left by the last run.
@@ -73,13 +76,25 @@ impl Worker for Sender {
     }
 
     async fn run(&self, conversation: &str, item: OutboxItem) -> bool {
+        let action: Option<OutboxAction> = payload::decode(&item.payload).ok();
         let delivered = until_ok(
             Backoff::DELIVERY,
             "deliver a reply",
             |d| self.stop.pause(d),
             || async {
-                match self.deliver(&item).await.map_err(Failure::from) {
+                match self.deliver(&item, action.as_ref()).await.map_err(Failure::from) {
                     Ok(()) => Ok(true),
+                    Err(Failure::Refused(e)) if matches!(action, Some(OutboxAction::Handoff)) => {
+                        // Not silent: the customer hears so and the bot stays.
+                        tracing::error!(conversation, error = %e, "Qpien refused the handoff; the bot stays in service");
+                        self.metrics.handoff_failures.inc();
+                        let _ = self.feedback.send(Ingested {
+                            key: format!("handoff_failed:{conversation}:{}", item.id),
+                            conversation: conversation.to_owned(),
+                            event: Event::HandoffFailed,
+                        });
+                        Ok(false)
+                    }
                     Err(Failure::Refused(e)) => {
                         tracing::error!(conversation, error = %e, "Qpien refused a reply; dropped");
                         Ok(false)
@@ -110,15 +125,19 @@ impl Worker for Sender {
 }
 
 impl Sender {
-    async fn deliver(&self, item: &OutboxItem) -> Result<(), QpienError> {
-        let action: OutboxAction =
-            payload::decode(&item.payload).map_err(|e| QpienError::Decode {
-                operation: "outbox",
-                message: e.to_string(),
-            })?;
+    async fn deliver(
+        &self,
+        item: &OutboxItem,
+        action: Option<&OutboxAction>,
+    ) -> Result<(), QpienError> {
         match action {
-            OutboxAction::Message { message } => self.client.send(&message).await.map(drop),
-            OutboxAction::Handoff => self.client.handoff(&item.conversation).await,
+            None => Err(QpienError::Decode {
+                operation: "outbox",
+                message: "an unreadable outbox item".into(),
+            }),
+            Some(OutboxAction::Message { message }) => self.client.send(message).await.map(drop),
+            Some(OutboxAction::Handoff) => self.client.handoff(&item.conversation).await,
+            Some(OutboxAction::Release) => self.client.release(&item.conversation).await,
         }
     }
 }

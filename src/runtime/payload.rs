@@ -19,6 +19,9 @@ pub enum OutboxAction {
     },
     /// Ask for a person.
     Handoff,
+    /// Tell Qpien the bot has the conversation again (a release by hand or
+    /// by `handoff_timeout`).
+    Release,
 }
 
 /// Encodes a payload.

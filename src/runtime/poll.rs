@@ -16,10 +16,8 @@ use std::sync::Arc;
 use super::dispatch::Inbox;
 use super::Stop;
 use crate::config::PollingConfig;
-use crate::qpien::convert::sender_kind;
 use crate::qpien::types::ExternalMessage;
-use crate::qpien::QpienClient;
-use crate::qpien::{from_message, SenderKind};
+use crate::qpien::{QpienClient, SenderKind};
 use crate::store::StateStore;
 use crate::time::{parse_json_time, Millis};
 
@@ -137,7 +135,7 @@ async fn round(
 ) -> Result<usize, crate::qpien::QpienError> {
     *calls += 1;
     let cfg = &shared.config;
-    let prefix = shared.client.config().front_msg_id_prefix.clone();
+    let intake = shared.client.intake();
     let conversations = shared
         .client
         .get_conversation_list(1, cfg.conversations, cfg.status.as_deref())
@@ -153,7 +151,7 @@ async fn round(
             .flatten();
         let newest = conv.last_message.as_ref().and_then(|m| m.id.clone());
         if let Some(last) = &conv.last_message {
-            let customer = sender_kind(last, &prefix) == SenderKind::Customer;
+            let customer = intake.sender(last) == SenderKind::Customer;
             if !customer || (last.id.is_some() && cursor == last.id) {
                 continue;
             }
@@ -174,7 +172,7 @@ async fn round(
             if created(&msg).is_some_and(|t| t < since) {
                 continue;
             }
-            let Ok(ingested) = from_message(&msg, Some(&id), &prefix) else {
+            let Ok(ingested) = intake.message(&msg, Some(&id), conv.is_group_or_channel) else {
                 continue;
             };
             match shared.inbox.accept(ingested).await {

@@ -15,8 +15,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::schema::Auth;
-use super::state::{CustomerInput, SimState};
+use super::schema::{Auth, Lost};
+use super::state::{CustomerInput, SeenRequest, SimState};
+use super::ResetFormat;
 
 #[derive(Clone)]
 struct App {
@@ -49,27 +50,88 @@ fn json_response(status: StatusCode, v: Value) -> Response {
         .into_response()
 }
 
+/// The operation a query calls, by its documented name (the first root field).
+fn operation_of(query: &str, dialect: crate::qpien::Dialect) -> String {
+    use async_graphql::parser::types::{DocumentOperations, Selection};
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return String::new();
+    };
+    let ops: Vec<_> = match &doc.operations {
+        DocumentOperations::Single(op) => vec![op],
+        DocumentOperations::Multiple(map) => map.values().collect(),
+    };
+    ops.iter()
+        .flat_map(|op| op.node.selection_set.node.items.iter())
+        .find_map(|s| match &s.node {
+            Selection::Field(f) => Some(f.node.name.node.to_string()),
+            _ => None,
+        })
+        .map(|field| {
+            crate::qpien::Operation::from_root_field(&field, dialect)
+                .map_or(field, |op| op.name().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// `X-RateLimit-Reset` in the configured form.
+fn reset_value(format: ResetFormat, reset: std::time::Duration) -> Option<HeaderValue> {
+    let secs = (reset.as_secs_f64().ceil() as u64).max(1);
+    let at_ms = crate::time::now().max(0) as u64 + reset.as_millis() as u64;
+    let v = match format {
+        ResetFormat::Seconds => secs,
+        ResetFormat::UnixSeconds => at_ms.div_ceil(1000),
+        ResetFormat::UnixMillis => at_ms,
+        ResetFormat::None => return None,
+    };
+    Some(v.into())
+}
+
+fn rate_headers(
+    r: &mut Response,
+    format: ResetFormat,
+    limit: u32,
+    remaining: u32,
+    reset: std::time::Duration,
+) {
+    let Some(reset) = reset_value(format, reset) else {
+        return;
+    };
+    let h = r.headers_mut();
+    h.insert("x-ratelimit-limit", limit.into());
+    h.insert("x-ratelimit-remaining", remaining.into());
+    h.insert("x-ratelimit-reset", reset);
+}
+
 async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let sim = &app.sim;
+    let config = sim.config();
     sim.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let seen = |status: StatusCode| SeenRequest {
+        at: tokio::time::Instant::now(),
+        operation: operation_of(raw["query"].as_str().unwrap_or(""), config.dialect),
+        variables: raw["variables"].clone(),
+        authorization: authorization.clone(),
+        status: status.as_u16(),
+    };
     let window = match sim.rate() {
         Ok(w) => w,
         Err(reset) => {
-            let limit = sim.config().rate_limit.map_or(0, |l| l.0);
+            let limit = config.rate_limit.map_or(0, |l| l.0);
             let mut r = (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded").into_response();
-            let h = r.headers_mut();
-            h.insert("x-ratelimit-limit", limit.into());
-            h.insert("x-ratelimit-remaining", 0.into());
-            h.insert(
-                "x-ratelimit-reset",
-                (reset.as_secs_f64().ceil() as u64).max(1).into(),
-            );
+            rate_headers(&mut r, config.reset_format, limit, 0, reset);
+            sim.record(seen(StatusCode::TOO_MANY_REQUESTS));
             return r;
         }
     };
-    let faults = sim.config().faults;
-    if sim.roll(faults.server_errors) {
+    let faults = &config.faults;
+    if sim.take(|s| &mut s.fail_next) || sim.roll(faults.server_errors) {
         sim.counters.injected_errors.fetch_add(1, Ordering::Relaxed);
+        sim.record(seen(StatusCode::INTERNAL_SERVER_ERROR));
         return (StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response();
     }
     if sim.roll(faults.slow) {
@@ -78,33 +140,35 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
+            sim.record(seen(StatusCode::BAD_REQUEST));
             return json_response(
                 StatusCode::BAD_REQUEST,
                 json!({"errors": [{"message": format!("bad request: {e}")}]}),
-            )
+            );
         }
     };
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let lost = Arc::new(Lost::default());
     let response = app
         .schema
-        .execute(request.data(sim.clone()).data(Auth(auth)))
+        .execute(
+            request
+                .data(sim.clone())
+                .data(Auth(authorization.clone()))
+                .data(lost.clone()),
+        )
         .await;
+    if lost.0.load(Ordering::SeqCst) {
+        sim.record(seen(StatusCode::INTERNAL_SERVER_ERROR));
+        return (StatusCode::INTERNAL_SERVER_ERROR, "the answer was lost").into_response();
+    }
     let mut r = json_response(
         StatusCode::OK,
         serde_json::to_value(&response).unwrap_or_default(),
     );
     if let Some((limit, remaining, reset)) = window {
-        let h = r.headers_mut();
-        h.insert("x-ratelimit-limit", limit.into());
-        h.insert("x-ratelimit-remaining", remaining.into());
-        h.insert(
-            "x-ratelimit-reset",
-            (reset.as_secs_f64().ceil() as u64).max(1).into(),
-        );
+        rate_headers(&mut r, config.reset_format, limit, remaining, reset);
     }
+    sim.record(seen(StatusCode::OK));
     r
 }
 
@@ -165,7 +229,7 @@ async fn stats(State(app): State<App>) -> Response {
 }
 
 async fn list(State(app): State<App>) -> Response {
-    json_response(StatusCode::OK, json!(app.sim.conversations()))
+    json_response(StatusCode::OK, json!(app.sim.conversation_list()))
 }
 
 async fn create(State(app): State<App>, body: Bytes) -> Response {

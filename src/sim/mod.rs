@@ -5,22 +5,32 @@
 //! webhook signature with [`crate::qpien`] and nothing of the engine or the
 //! runtime, so tests that run the bot against it exercise the same wire as
 //! production. What it does, as `../shared`'s Qpien notes describe:
+//! - either dialect ([`Dialect`]): the documented operations with bare
+//!   results, or the `external...` operations with `{success, code, message,
+//!   data}` envelopes;
 //! - tokens from `generateOAuthToken` that expire (the lifetime it reports, or
-//!   an earlier real one to test renewal), `Bearer` or bare, scopes per
+//!   an earlier real one to test renewal), `Bearer`, bare or either, scopes per
 //!   operation, the error codes `UNAUTHORIZED`, `TOKEN_EXPIRED`,
 //!   `INVALID_CLIENT`, `INSUFFICIENT_SCOPES` (with `requiredScope`);
-//! - the rate limit (100 a minute by default) with `X-RateLimit-*` headers and 429;
-//! - conversations and messages, `createMessage` deduplicated by `frontMsgId`,
-//!   `updateConversation` for handoff and release;
-//! - webhooks (`NEW_INCOMING_MESSAGE`, `JOIN_CONVERSATION`, and the ASSUMED
-//!   `LEAVE_CONVERSATION`) signed with HMAC-SHA256 over the exact body,
-//!   delivered in order and retried with exponential backoff;
+//! - the rate limit (100 a minute by default) with `X-RateLimit-*` headers
+//!   (the reset in seconds, as a Unix time, or none) and 429;
+//! - conversations typed as Qpien documents them (ids, `channels` and `tags`
+//!   as objects), messages, `createMessage` deduplicated by `frontMsgId` (or
+//!   not), `updateConversation` for handoff and release;
+//! - webhooks (`NEW_INCOMING_MESSAGE`, `JOIN_CONVERSATION`, and on request the
+//!   ASSUMED `LEAVE_CONVERSATION`) signed with HMAC-SHA256 over the exact
+//!   body, delivered in order and retried with exponential backoff;
 //! - fault injection: a share of 5xx answers, of slow answers, of duplicate
-//!   webhook deliveries, and tokens that die before their announced expiry.
+//!   webhook deliveries, and tokens that die before their announced expiry;
+//!   and, for tests, scripted faults ([`SimState::fail_next`],
+//!   [`SimState::lose_next_creates`], [`SimState::hold_next_creates`],
+//!   [`SimState::inject`], [`SimState::reject_tokens`]) and a log of every
+//!   request ([`SimState::requests`]). It is the one Qpien double of the tests.
 //!
 //! The GraphQL schema is built at start from `schema.graphql` itself (with
-//! async-graphql's dynamic schema), so the simulator cannot drift from the
-//! client's idea of the API; a test compares the two.
+//! async-graphql's dynamic schema; the external dialect's is derived from it),
+//! so the simulator cannot drift from the client's idea of the API; a test
+//! compares the two.
 
 mod http;
 mod schema;
@@ -28,13 +38,15 @@ pub use schema::sdl;
 mod state;
 mod webhooks;
 
-pub use state::{CustomerInput, SimState, SimStats};
+pub use state::{CustomerInput, SeenRequest, SimState, SimStats};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::qpien::{AuthScheme, Dialect};
 use tokio::task::JoinHandle;
 
 /// Faults to inject, each a share between 0 and 1.
@@ -64,9 +76,59 @@ impl Default for Faults {
     }
 }
 
+/// How `X-RateLimit-Reset` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetFormat {
+    /// Seconds until the window resets (as Qpien documents it).
+    #[default]
+    Seconds,
+    /// The reset moment as a Unix time in seconds (common middleware).
+    UnixSeconds,
+    /// The reset moment as a Unix time in milliseconds.
+    UnixMillis,
+    /// No `X-RateLimit-*` headers at all (429 still comes).
+    None,
+}
+
+impl std::str::FromStr for ResetFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "seconds" => Ok(ResetFormat::Seconds),
+            "unix" | "unix-seconds" => Ok(ResetFormat::UnixSeconds),
+            "unix-millis" => Ok(ResetFormat::UnixMillis),
+            "none" => Ok(ResetFormat::None),
+            other => Err(format!(
+                "unknown reset format `{other}` (seconds, unix-seconds, unix-millis, none)"
+            )),
+        }
+    }
+}
+
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// The operation set it serves (`documented` or `external`).
+    pub dialect: Dialect,
+    /// The `Authorization` form it accepts (`None`: both `Bearer <token>` and
+    /// the bare token).
+    pub auth: Option<AuthScheme>,
+    /// How `X-RateLimit-Reset` is written.
+    pub reset_format: ResetFormat,
+    /// Whether a second create with the same `frontMsgId` returns the first
+    /// message instead of making another (Qpien's behaviour is ASSUMED).
+    pub dedup_creates: bool,
+    /// Whether the schema may be introspected.
+    pub introspection: bool,
+    /// Whether an agent leaving sends the ASSUMED `LEAVE_CONVERSATION` webhook
+    /// (Qpien documents no such event).
+    pub leave_events: bool,
+    /// How long issuing a token takes.
+    pub token_delay: Duration,
+    /// Whether a message created in a conversation it does not know opens
+    /// that conversation (for tests that post webhooks by hand) instead of
+    /// failing with `NOT_FOUND`.
+    pub auto_create_conversations: bool,
     /// Where it listens.
     pub listen: SocketAddr,
     /// The API key it accepts.
@@ -98,6 +160,14 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
+            dialect: Dialect::Documented,
+            auth: None,
+            reset_format: ResetFormat::Seconds,
+            dedup_creates: true,
+            introspection: true,
+            leave_events: false,
+            token_delay: Duration::ZERO,
+            auto_create_conversations: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             client_id: "demo-client".into(),
             client_secret: "demo-secret".into(),
@@ -179,7 +249,7 @@ impl RunningSim {
 
 /// Starts the simulator.
 pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
-    let schema = schema::build().map_err(SimError::Schema)?;
+    let schema = schema::build(config.dialect, config.introspection).map_err(SimError::Schema)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| SimError::Bind {

@@ -17,8 +17,8 @@ use async_graphql::parser::types::{BaseType, Type, TypeKind, TypeSystemDefinitio
 use async_graphql::{Error, ErrorExtensions, Value as GqlValue};
 use serde_json::{json, Value};
 
-use super::state::SimState;
-use crate::qpien::Operation;
+use super::state::{SimState, PLATFORMS};
+use crate::qpien::{Dialect, Operation};
 
 /// What the HTTP layer passes to resolvers.
 pub(crate) struct Auth(pub(crate) Option<String>);
@@ -89,32 +89,45 @@ fn page(all: Vec<Value>, page: &Value, limit: &Value) -> Value {
     json!({"docs": docs, "hasNextPage": page * limit < total, "totalDocs": total})
 }
 
-/// The root fields the simulator serves: every operation the client knows.
-fn is_root_field(name: &str) -> bool {
-    Operation::from_name(name).is_some()
+/// A failure as the API reports it: a code, and the scope it lacked.
+struct Failure(String, Option<String>);
+
+impl Failure {
+    fn code(code: &str) -> Failure {
+        Failure(code.to_owned(), None)
+    }
 }
 
-/// The scope an operation needs: the one table, the client's own.
-fn scope(field: &str) -> Option<&'static str> {
-    Operation::from_name(field).and_then(Operation::scope)
-}
+/// Set by a resolver when the answer must be lost (HTTP 500 after the work).
+#[derive(Default)]
+pub(crate) struct Lost(pub(crate) std::sync::atomic::AtomicBool);
 
-async fn root(field: &str, ctx: ResolverContext<'_>) -> Result<Value, Error> {
-    let sim = ctx.data::<Arc<SimState>>()?;
-    if field == "generateOAuthToken" {
-        let input = arg(&ctx, "input");
+async fn root(op: Operation, ctx: &ResolverContext<'_>) -> Result<Value, Failure> {
+    let sim = ctx
+        .data::<Arc<SimState>>()
+        .map_err(|_| Failure::code("INTERNAL"))?;
+    if op == Operation::GenerateOAuthToken {
+        let delay = sim.config().token_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let input = arg(ctx, "input");
         let id = input["clientId"].as_str().unwrap_or("");
         let secret = input["clientSecret"].as_str().unwrap_or("");
         return sim
             .issue_token(id, secret)
-            .ok_or_else(|| api_error("INVALID_CLIENT", None));
+            .ok_or_else(|| Failure::code("INVALID_CLIENT"));
     }
-    let auth = ctx.data::<Auth>()?;
-    sim.authorize(auth.0.as_deref(), scope(field))
-        .map_err(|(code, s)| api_error(code, s))?;
-    Ok(match field {
-        "getMessage" => {
-            let id = arg(&ctx, "messageId");
+    let auth = ctx.data::<Auth>().map_err(|_| Failure::code("INTERNAL"))?;
+    sim.authorize(auth.0.as_deref(), op.scope())
+        .map_err(|(code, s)| Failure(code.to_owned(), s))?;
+    if let Some(code) = sim.injected() {
+        return Err(Failure(code, None));
+    }
+    Ok(match op {
+        Operation::GenerateOAuthToken => Value::Null,
+        Operation::GetMessage => {
+            let id = arg(ctx, "messageId");
             let inner = sim.inner();
             inner
                 .conversations
@@ -124,19 +137,19 @@ async fn root(field: &str, ctx: ResolverContext<'_>) -> Result<Value, Error> {
                 .cloned()
                 .unwrap_or(Value::Null)
         }
-        "getMessageList" => {
-            let id = arg(&ctx, "conversationId");
+        Operation::GetMessageList => {
+            let id = arg(ctx, "conversationId");
             let all = {
                 let inner = sim.inner();
                 let Some(c) = inner.conversations.get(id.as_str().unwrap_or("")) else {
-                    return Err(api_error("NOT_FOUND", None));
+                    return Err(Failure::code("NOT_FOUND"));
                 };
                 c.messages.clone()
             };
-            page(all, &arg(&ctx, "page"), &arg(&ctx, "limit"))
+            page(all, &arg(ctx, "page"), &arg(ctx, "limit"))
         }
-        "getConversation" => {
-            let id = arg(&ctx, "conversationId");
+        Operation::GetConversation => {
+            let id = arg(ctx, "conversationId");
             let inner = sim.inner();
             inner
                 .conversations
@@ -144,35 +157,72 @@ async fn root(field: &str, ctx: ResolverContext<'_>) -> Result<Value, Error> {
                 .map(|c| c.data.clone())
                 .unwrap_or(Value::Null)
         }
-        "getConversationList" => {
-            let status = arg(&ctx, "status");
+        Operation::GetConversationList => {
+            let status = arg(ctx, "status");
             let all: Vec<Value> = sim
                 .conversations()
                 .into_iter()
                 .filter(|c| status.is_null() || c["status"] == status)
                 .collect();
-            page(all, &arg(&ctx, "page"), &arg(&ctx, "limit"))
+            page(all, &arg(ctx, "page"), &arg(ctx, "limit"))
         }
-        "getAllConnectedPlatformList" => json!([
-            {"_id": "p-whatsapp", "name": "WhatsApp (simulated)", "channelType": "WhatsApp", "status": "ACTIVE"},
-            {"_id": "p-instagram", "name": "Instagram (simulated)", "channelType": "Instagram", "status": "ACTIVE"},
-            {"_id": "p-email", "name": "E-mail (simulated)", "channelType": "Email", "status": "ACTIVE"},
-            {"_id": "p-livechat", "name": "Live chat (simulated)", "channelType": "LiveChat", "status": "ACTIVE"}
-        ]),
-        "createMessage" | "createMessageByWhatsapp" => sim
-            .create(arg(&ctx, "input"), field == "createMessageByWhatsapp")
-            .map_err(|code| api_error(code, None))?,
-        "updateConversation" => sim
-            .update(&arg(&ctx, "input"))
-            .ok_or_else(|| api_error("NOT_FOUND", None))?,
-        other => return Err(api_error("NOT_IMPLEMENTED", Some(other.to_owned()))),
+        Operation::GetAllConnectedPlatformList => Value::Array(
+            PLATFORMS
+                .iter()
+                .map(|(id, name, ty)| {
+                    json!({"_id": id, "name": name, "channelType": ty, "status": "ACTIVE"})
+                })
+                .collect(),
+        ),
+        Operation::CreateMessage | Operation::CreateMessageByWhatsapp => {
+            let (message, new) = sim
+                .create(
+                    arg(ctx, "input"),
+                    op == Operation::CreateMessageByWhatsapp,
+                )
+                .map_err(Failure::code)?;
+            if new && sim.take(|s| &mut s.lose_next_creates) {
+                if let Ok(lost) = ctx.data::<Arc<Lost>>() {
+                    lost.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            if new && sim.take(|s| &mut s.hold_next_creates) {
+                sim.held.notify_waiters();
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+            message
+        }
+        Operation::UpdateConversation => sim
+            .update(&arg(ctx, "input"))
+            .ok_or_else(|| Failure::code("NOT_FOUND"))?,
     })
 }
 
-/// Builds the schema from the client's SDL.
-pub(crate) fn build() -> Result<Schema, String> {
-    let doc =
-        async_graphql::parser::parse_schema(crate::qpien::SCHEMA).map_err(|e| e.to_string())?;
+/// The answer of a root field in the dialect's form.
+async fn answer(op: Operation, dialect: Dialect, ctx: ResolverContext<'_>) -> Result<Value, Error> {
+    let result = root(op, &ctx).await;
+    match dialect {
+        Dialect::Documented => result.map_err(|Failure(code, scope)| api_error(&code, scope)),
+        Dialect::External => Ok(match result {
+            Ok(data) => json!({"success": true, "code": null, "message": null, "data": data}),
+            Err(Failure(code, scope)) => json!({
+                "success": false,
+                "code": code,
+                "message": match &scope {
+                    Some(s) => format!("{code}: requires {s} (Qpien simulator)"),
+                    None => format!("{code} (Qpien simulator)"),
+                },
+                "requiredScope": scope,
+                "data": null,
+            }),
+        }),
+    }
+}
+
+/// Builds the schema of a dialect from the client's SDL.
+pub(crate) fn build(dialect: Dialect, introspection: bool) -> Result<Schema, String> {
+    let doc = async_graphql::parser::parse_schema(crate::qpien::dialect::schema(dialect))
+        .map_err(|e| e.to_string())?;
     let mut objects: HashSet<String> = HashSet::new();
     for def in &doc.definitions {
         if let TypeSystemDefinition::Type(t) = def {
@@ -218,15 +268,13 @@ pub(crate) fn build() -> Result<Schema, String> {
                     let ty = type_ref(&f.node.ty.node);
                     let object = objects.contains(&base_name(&f.node.ty.node));
                     let mut field = if is_root {
-                        if !is_root_field(&fname) {
+                        let Some(op) = Operation::from_root_field(&fname, dialect) else {
                             return Err(format!("the simulator does not implement {name}.{fname}"));
-                        }
+                        };
                         implemented += 1;
-                        let key = fname.clone();
                         Field::new(fname, ty, move |ctx| {
-                            let key = key.clone();
                             FieldFuture::new(async move {
-                                let v = root(&key, ctx).await?;
+                                let v = answer(op, dialect, ctx).await?;
                                 field_value(v, object)
                             })
                         })
@@ -262,10 +310,13 @@ pub(crate) fn build() -> Result<Schema, String> {
             Operation::ALL.len()
         ));
     }
+    if !introspection {
+        builder = builder.disable_introspection();
+    }
     builder.finish().map_err(|e| e.to_string())
 }
 
-/// The schema's SDL as the simulator serves it (for the drift test).
-pub fn sdl() -> Result<String, String> {
-    build().map(|s| s.sdl())
+/// The schema's SDL as the simulator serves it in a dialect (for the drift test).
+pub fn sdl(dialect: Dialect) -> Result<String, String> {
+    build(dialect, true).map(|s| s.sdl())
 }

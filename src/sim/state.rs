@@ -1,7 +1,7 @@
 //! The simulator's data: conversations, messages, tokens, the rate window,
 //! and the operations the API, the playground and tests perform on them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use super::SimConfig;
+use crate::qpien::AuthScheme;
 
 /// What a customer sends from the playground (or a test).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +64,44 @@ pub(crate) struct Counters {
 
 #[derive(Debug)]
 pub(crate) struct Conversation {
+    /// As the API serves it (FACT types: ids as strings, channels and tags as
+    /// objects).
     pub(crate) data: Value,
     pub(crate) messages: Vec<Value>,
+    /// The contact (the end customer): the sender of its messages.
+    pub(crate) contact: Value,
+    /// The `channelType` of its messages.
+    pub(crate) channel_type: &'static str,
+}
+
+/// One API request as the simulator saw it (for tests).
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// When it came.
+    pub at: Instant,
+    /// The operation, by its documented name (`createMessage`), whatever the dialect.
+    pub operation: String,
+    /// Its variables.
+    pub variables: Value,
+    /// Its `Authorization` header.
+    pub authorization: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+/// Behaviour switched on for the next requests (for tests).
+#[derive(Debug, Default)]
+pub(crate) struct Scripted {
+    /// Answer the next N requests 500 before doing anything.
+    pub(crate) fail_next: u32,
+    /// Record the next N new creates, then answer 500 (the answer is lost).
+    pub(crate) lose_next_creates: u32,
+    /// Record the next N new creates, then hold the answer back for 30 s.
+    pub(crate) hold_next_creates: u32,
+    /// Error codes for the next authorized requests.
+    pub(crate) inject: VecDeque<String>,
+    /// Refuse every token, as if revoked.
+    pub(crate) reject_tokens: bool,
 }
 
 #[derive(Debug)]
@@ -76,6 +113,11 @@ pub(crate) struct Inner {
     pub(crate) window: Option<(Instant, u32)>,
     pub(crate) rng: fastrand::Rng,
     next_id: u64,
+    pub(crate) scripted: Scripted,
+    pub(crate) seen: Vec<SeenRequest>,
+    pub(crate) updates: Vec<Value>,
+    /// Every new create: `{operation, input}`, in order.
+    pub(crate) created: Vec<Value>,
 }
 
 /// The simulator's state, shared by its HTTP handlers and its webhook sender.
@@ -85,6 +127,8 @@ pub struct SimState {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) counters: Counters,
     deliveries: UnboundedSender<Vec<u8>>,
+    /// Woken when a held create has been recorded.
+    pub(crate) held: tokio::sync::Notify,
 }
 
 /// The `channelType` Qpien reports for a playground channel name.
@@ -95,6 +139,45 @@ fn channel_type(channel: &str) -> &'static str {
         "livechat" | "live_chat" => "LiveChat",
         _ => "WhatsApp",
     }
+}
+
+/// The connected channel (platform) of a `channelType`, as
+/// `getAllConnectedPlatformList` lists them.
+pub(crate) const PLATFORMS: [(&str, &str, &str); 4] = [
+    ("p-whatsapp", "WhatsApp (simulated)", "WhatsApp"),
+    ("p-instagram", "Instagram (simulated)", "Instagram"),
+    ("p-email", "E-mail (simulated)", "Email"),
+    ("p-livechat", "Live chat (simulated)", "LiveChat"),
+];
+
+fn platform(channel_type: &str) -> (&'static str, &'static str, &'static str) {
+    PLATFORMS
+        .into_iter()
+        .find(|p| p.2 == channel_type)
+        .unwrap_or(PLATFORMS[0])
+}
+
+/// The simulated account (the conversations' `customer`, FACT: an ID).
+pub(crate) const ACCOUNT: &str = "acct-sim";
+/// The simulated agent (a CustomerPerson).
+pub(crate) const AGENT: &str = "agent-1";
+
+/// A message as `lastMessage` (LastMessageType) shows it.
+fn last_message(m: &Value) -> Value {
+    let mut last = json!({});
+    for key in [
+        "_id",
+        "content",
+        "senderType",
+        "frontMsgId",
+        "createdAt",
+        "sender",
+    ] {
+        if !m[key].is_null() {
+            last[key] = m[key].clone();
+        }
+    }
+    last
 }
 
 impl SimState {
@@ -109,9 +192,14 @@ impl SimState {
                 window: None,
                 rng: fastrand::Rng::with_seed(seed),
                 next_id: 0,
+                scripted: Scripted::default(),
+                seen: Vec::new(),
+                updates: Vec::new(),
+                created: Vec::new(),
             }),
             counters: Counters::default(),
             deliveries,
+            held: tokio::sync::Notify::new(),
         }
     }
 
@@ -130,6 +218,91 @@ impl SimState {
     /// Changes settings while running (faults, webhook URL...).
     pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
         f(&mut self.config.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Answers the next `n` API requests with HTTP 500, doing nothing.
+    pub fn fail_next(&self, n: u32) {
+        self.inner().scripted.fail_next += n;
+    }
+
+    /// Records the next `n` new messages created, then answers HTTP 500: the
+    /// message exists but the caller does not know it.
+    pub fn lose_next_creates(&self, n: u32) {
+        self.inner().scripted.lose_next_creates += n;
+    }
+
+    /// Records the next `n` new messages created, then holds the answer back
+    /// for 30 s (the caller may die meanwhile); [`SimState::held`] resolves
+    /// when one is recorded.
+    pub fn hold_next_creates(&self, n: u32) {
+        self.inner().scripted.hold_next_creates += n;
+    }
+
+    /// Resolves when a held create has been recorded.
+    pub async fn held(&self) {
+        self.held.notified().await;
+    }
+
+    /// Answers the next authorized requests with these error codes, in order.
+    pub fn inject<S: Into<String>>(&self, codes: impl IntoIterator<Item = S>) {
+        self.inner()
+            .scripted
+            .inject
+            .extend(codes.into_iter().map(Into::into));
+    }
+
+    /// Refuses every token from now on (as if revoked), or stops doing so.
+    pub fn reject_tokens(&self, reject: bool) {
+        self.inner().scripted.reject_tokens = reject;
+    }
+
+    /// The API requests seen so far, in order.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.inner().seen.clone()
+    }
+
+    /// How many requests of `operation` were answered `status`.
+    pub fn count(&self, operation: &str, status: u16) -> usize {
+        self.inner()
+            .seen
+            .iter()
+            .filter(|r| r.operation == operation && r.status == status)
+            .count()
+    }
+
+    /// Every new message created through the API: `{operation, input}`.
+    pub fn created(&self) -> Vec<Value> {
+        self.inner().created.clone()
+    }
+
+    /// Every `updateConversation` input, in order.
+    pub fn updates(&self) -> Vec<Value> {
+        self.inner().updates.clone()
+    }
+
+    pub(crate) fn record(&self, request: SeenRequest) {
+        let mut inner = self.inner();
+        if inner.seen.len() >= 100_000 {
+            inner.seen.drain(..50_000);
+        }
+        inner.seen.push(request);
+    }
+
+    /// Takes one scripted step, if any is left.
+    pub(crate) fn take(&self, pick: impl FnOnce(&mut Scripted) -> &mut u32) -> bool {
+        let mut inner = self.inner();
+        let n = pick(&mut inner.scripted);
+        if *n > 0 {
+            *n -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The next injected error code, if any.
+    pub(crate) fn injected(&self) -> Option<String> {
+        self.inner().scripted.inject.pop_front()
     }
 
     /// Counts since start.
@@ -164,27 +337,49 @@ impl SimState {
 
     /// Opens a conversation with a new customer on `channel`.
     pub fn create_conversation(&self, channel: &str, language: Option<&str>, name: &str) -> String {
+        let id = Self::next_id(&mut self.inner());
+        self.create_conversation_with_id(&id, channel, language, name)
+    }
+
+    /// Opens a conversation of a given id (for tests).
+    pub fn create_conversation_with_id(
+        &self,
+        id: &str,
+        channel: &str,
+        language: Option<&str>,
+        name: &str,
+    ) -> String {
         let mut inner = self.inner();
-        let id = Self::next_id(&mut inner);
+        let id = id.to_owned();
         let customer_id = Self::next_id(&mut inner);
         let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+        let channel_type = channel_type(channel);
+        let (platform_id, platform_name, _) = platform(channel_type);
         let data = json!({
             "_id": id,
+            "customer": ACCOUNT,
+            "joinedPerson": null,
+            "joinedCPerson": null,
+            "isStarred": false,
             "status": "OPEN",
             "isGroupOrChannel": false,
-            "channels": [channel_type(channel)],
-            "lastReceivedMessageChannel": channel_type(channel),
-            "customer": {"_id": customer_id, "name": name, "firstName": first,
-                         "lastName": if last.is_empty() { Value::Null } else { json!(last) },
-                         "language": language},
-            "joinedPerson": null,
             "lastMessage": null,
+            "lastReceivedMessageChannel": platform_id,
+            "tags": [],
+            "channels": [{"_id": platform_id, "name": platform_name, "type": channel_type}],
+            "type": "direct",
+            "priority": "NORMAL",
         });
+        let contact = json!({"_id": customer_id, "name": name, "firstName": first,
+            "lastName": if last.is_empty() { Value::Null } else { json!(last) },
+            "language": language});
         inner.conversations.insert(
             id.clone(),
             Conversation {
                 data,
                 messages: Vec::new(),
+                contact,
+                channel_type,
             },
         );
         id
@@ -193,7 +388,7 @@ impl SimState {
     fn push(&self, conversation: &str, message: Value) -> Option<Value> {
         let mut inner = self.inner();
         let conv = inner.conversations.get_mut(conversation)?;
-        conv.data["lastMessage"] = message.clone();
+        conv.data["lastMessage"] = last_message(&message);
         conv.messages.push(message.clone());
         Some(message)
     }
@@ -204,11 +399,7 @@ impl SimState {
             let mut inner = self.inner();
             let id = Self::next_id(&mut inner);
             let conv = inner.conversations.get(conversation)?;
-            (
-                id,
-                conv.data["lastReceivedMessageChannel"].clone(),
-                conv.data["customer"].clone(),
-            )
+            (id, conv.channel_type, conv.contact.clone())
         };
         let mut message = json!({
             "_id": id,
@@ -244,8 +435,8 @@ impl SimState {
             let Some(conv) = inner.conversations.get_mut(conversation) else {
                 return false;
             };
-            conv.data["joinedPerson"] =
-                json!({"_id": "agent-1", "name": "Alex (agent)", "type": "PERSON"});
+            conv.data["joinedPerson"] = json!(AGENT);
+            conv.data["joinedCPerson"] = json!(AGENT);
             conv.data["status"] = json!("OPEN");
             conv.data.clone()
         };
@@ -253,7 +444,10 @@ impl SimState {
         true
     }
 
-    /// The person leaves: the bot takes over again (ASSUMED event name).
+    /// The person leaves the conversation. Qpien documents no event for this:
+    /// the conversation just shows nobody joined (`joinedCPerson` empty). With
+    /// `leave_events` on, the simulator also sends the ASSUMED
+    /// `LEAVE_CONVERSATION`.
     pub fn agent_leave(&self, conversation: &str) -> bool {
         let data = {
             let mut inner = self.inner();
@@ -261,10 +455,35 @@ impl SimState {
                 return false;
             };
             conv.data["joinedPerson"] = Value::Null;
+            conv.data["joinedCPerson"] = Value::Null;
             conv.data.clone()
         };
-        self.emit("LEAVE_CONVERSATION", data);
+        if self.config().leave_events {
+            self.emit("LEAVE_CONVERSATION", data);
+        }
         true
+    }
+
+    /// Closes a conversation (its status becomes `status`, nobody joined).
+    pub fn set_status(&self, conversation: &str, status: &str) -> bool {
+        let mut inner = self.inner();
+        let Some(conv) = inner.conversations.get_mut(conversation) else {
+            return false;
+        };
+        conv.data["status"] = json!(status);
+        conv.data["joinedPerson"] = Value::Null;
+        conv.data["joinedCPerson"] = Value::Null;
+        true
+    }
+
+    /// Stores a message as given (any JSON; for tests of odd shapes).
+    pub fn insert_message(&self, conversation: &str, message: Value) -> bool {
+        self.push(conversation, message).is_some()
+    }
+
+    /// Sends a webhook delivery with any body, signed (for tests of odd shapes).
+    pub fn emit_raw(&self, body: Vec<u8>) {
+        let _ = self.deliveries.send(body);
     }
 
     /// The person writes (the bot must not answer).
@@ -284,7 +503,22 @@ impl SimState {
     pub fn conversation(&self, conversation: &str) -> Option<Value> {
         let inner = self.inner();
         let conv = inner.conversations.get(conversation)?;
-        Some(json!({"conversation": conv.data, "messages": conv.messages}))
+        Some(json!({"conversation": conv.data, "contact": conv.contact, "messages": conv.messages}))
+    }
+
+    /// Every conversation (without messages), newest first, each with its
+    /// `contact` (for the playground).
+    pub fn conversation_list(&self) -> Vec<Value> {
+        self.inner()
+            .conversations
+            .values()
+            .rev()
+            .map(|c| {
+                let mut v = c.data.clone();
+                v["contact"] = c.contact.clone();
+                v
+            })
+            .collect()
     }
 
     /// Every conversation (without messages), newest first.
@@ -314,23 +548,36 @@ impl SimState {
 
     /// Stores a message the API created; `None` when its `frontMsgId` was seen
     /// (the earlier message is returned instead, as Qpien does).
-    pub(crate) fn create(&self, input: Value, whatsapp: bool) -> Result<Value, &'static str> {
+    pub(crate) fn create(
+        &self,
+        input: Value,
+        whatsapp: bool,
+    ) -> Result<(Value, bool), &'static str> {
         let mut inner = self.inner();
         let front = input["frontMsgId"].as_str().unwrap_or("").to_owned();
-        if !front.is_empty() {
+        if !front.is_empty() && self.config().dedup_creates {
             if let Some(existing) = inner.fronts.get(&front) {
                 self.counters
                     .duplicate_creates
                     .fetch_add(1, Ordering::Relaxed);
-                return Ok(existing.clone());
+                return Ok((existing.clone(), false));
             }
         }
         let conversation = input["conversationId"].as_str().unwrap_or("").to_owned();
+        if !inner.conversations.contains_key(&conversation)
+            && !conversation.is_empty()
+            && self.config().auto_create_conversations
+        {
+            drop(inner);
+            let channel = if whatsapp { "whatsapp" } else { "livechat" };
+            self.create_conversation_with_id(&conversation, channel, None, "Customer");
+            inner = self.inner();
+        }
         let id = Self::next_id(&mut inner);
         let Some(conv) = inner.conversations.get_mut(&conversation) else {
             return Err("NOT_FOUND");
         };
-        let channel = conv.data["lastReceivedMessageChannel"].clone();
+        let channel = conv.channel_type;
         if whatsapp && channel != "WhatsApp" {
             return Err("BAD_USER_INPUT");
         }
@@ -353,25 +600,40 @@ impl SimState {
                 message[key] = input[key].clone();
             }
         }
-        conv.data["lastMessage"] = message.clone();
+        conv.data["lastMessage"] = last_message(&message);
         conv.messages.push(message.clone());
-        if !front.is_empty() {
+        if !front.is_empty() && self.config().dedup_creates {
             inner.fronts.insert(front, message.clone());
         }
+        let operation = if whatsapp {
+            "createMessageByWhatsapp"
+        } else {
+            "createMessage"
+        };
+        inner
+            .created
+            .push(json!({"operation": operation, "input": input}));
         self.counters.created.fetch_add(1, Ordering::Relaxed);
-        Ok(message)
+        Ok((message, true))
     }
 
     /// Changes status or assignment; `None` for an unknown conversation.
     pub(crate) fn update(&self, input: &Value) -> Option<Value> {
         let mut inner = self.inner();
-        let id = input["conversationId"].as_str()?;
+        inner.updates.push(input.clone());
+        let id = input["conversationId"].as_str()?.to_owned();
+        if !inner.conversations.contains_key(&id) && self.config().auto_create_conversations {
+            drop(inner);
+            self.create_conversation_with_id(&id, "livechat", None, "Customer");
+            inner = self.inner();
+        }
+        let id = id.as_str();
         let conv = inner.conversations.get_mut(id)?;
         if let Some(status) = input["status"].as_str() {
             conv.data["status"] = json!(status);
         }
         if let Some(person) = input["joinedPerson"].as_str() {
-            conv.data["joinedPerson"] = json!({"_id": person, "type": "PERSON"});
+            conv.data["joinedPerson"] = json!(person);
         }
         Some(conv.data.clone())
     }
@@ -399,10 +661,23 @@ impl SimState {
         authorization: Option<&str>,
         scope: Option<&str>,
     ) -> Result<(), (&'static str, Option<String>)> {
-        let token = authorization
-            .map(|a| a.strip_prefix("Bearer ").unwrap_or(a).trim())
-            .unwrap_or("");
-        let expiry = self.inner().tokens.get(token).copied();
+        let auth = authorization.unwrap_or("");
+        let token = match self.config().auth {
+            None => Some(auth.strip_prefix("Bearer ").unwrap_or(auth).trim()),
+            Some(AuthScheme::Bearer) => auth.strip_prefix("Bearer ").map(str::trim),
+            Some(AuthScheme::Bare) => (!auth.starts_with("Bearer ")).then_some(auth.trim()),
+        }
+        .unwrap_or("");
+        let (expiry, rejected) = {
+            let inner = self.inner();
+            (
+                inner.tokens.get(token).copied(),
+                inner.scripted.reject_tokens,
+            )
+        };
+        if rejected {
+            return Err(("UNAUTHORIZED", None));
+        }
         match expiry {
             None => return Err(("UNAUTHORIZED", None)),
             Some(t) if Instant::now() >= t => return Err(("TOKEN_EXPIRED", None)),

@@ -22,6 +22,8 @@ struct Inner {
     next_out: u64,
     outbox: BTreeMap<u64, OutboxItem>,
     cursors: HashMap<String, String>,
+    next_dead: u64,
+    dead: BTreeMap<u64, DeadLetter>,
 }
 
 impl MemoryStore {
@@ -128,5 +130,35 @@ impl StateStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn add_dead_letter(&self, mut letter: DeadLetter) -> Result<u64, StoreError> {
+        let mut s = self.inner();
+        s.next_dead += 1;
+        letter.id = s.next_dead;
+        s.dead.insert(letter.id, letter);
+        while s.dead.len() > MAX_DEAD_LETTERS {
+            s.dead.pop_first();
+        }
+        Ok(s.next_dead)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self
+            .inner()
+            .dead
+            .values()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.inner().dead.get(&id).cloned())
+    }
+
+    async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.inner().dead.remove(&id).is_some())
     }
 }

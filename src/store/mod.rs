@@ -95,6 +95,25 @@ pub struct TurnCommit {
     pub outbox: Vec<Vec<u8>>,
 }
 
+/// A webhook delivery flowbot could not use, kept for a person to look at
+/// (`flowbot dead-letters`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its number.
+    pub id: u64,
+    /// When it came.
+    pub received_at: Millis,
+    /// Why it could not be used.
+    pub reason: String,
+    /// Its headers, as JSON (signature removed).
+    pub headers: String,
+    /// Its body, as received.
+    pub body: Vec<u8>,
+}
+
+/// How many dead letters are kept: the oldest go beyond it.
+pub const MAX_DEAD_LETTERS: usize = 10_000;
+
 /// A store that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("store: {0}")]
@@ -128,4 +147,13 @@ pub trait StateStore: Send + Sync + 'static {
     async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Keeps a delivery that could not be used (its `id` is ignored); the
+    /// oldest beyond [`MAX_DEAD_LETTERS`] are dropped. Returns its number.
+    async fn add_dead_letter(&self, letter: DeadLetter) -> Result<u64, StoreError>;
+    /// Dead letters, newest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    /// One dead letter.
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
+    /// Removes a dead letter; `false` if there was none.
+    async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError>;
 }

@@ -22,8 +22,9 @@ use super::*;
 const KEEP_KEYS_MS: i64 = 7 * 24 * 3600 * 1000;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE inbox (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE inbox (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             key TEXT NOT NULL UNIQUE,
             conversation TEXT NOT NULL,
@@ -44,7 +45,17 @@ fn migrations() -> Migrations<'static> {
             payload BLOB NOT NULL
         );
         CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
-    )])
+        ),
+        M::up(
+            "CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL
+        );",
+        ),
+    ])
 }
 
 enum Op {
@@ -58,6 +69,10 @@ enum Op {
     Cursor(String),
     SetCursor(String, String),
     Ping,
+    AddDead(DeadLetter),
+    DeadList(usize),
+    DeadGet(u64),
+    DeadRemove(u64),
 }
 
 enum Reply {
@@ -68,6 +83,8 @@ enum Reply {
     Due(Vec<(String, Millis)>),
     Cursor(Option<String>),
     Ids(Vec<u64>),
+    Dead(Vec<DeadLetter>),
+    Flag(bool),
     Done,
 }
 
@@ -339,7 +356,46 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             tx.query_row("SELECT 1", [], |_| Ok(()))?;
             Reply::Done
         }
+        Op::AddDead(d) => {
+            tx.prepare_cached(
+                "INSERT INTO dead_letters (received_at, reason, headers, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![d.received_at, d.reason, d.headers, d.body])?;
+            let id = tx.last_insert_rowid();
+            tx.prepare_cached("DELETE FROM dead_letters WHERE id <= ?1")?
+                .execute(params![id - MAX_DEAD_LETTERS as i64])?;
+            Reply::Ids(vec![id as u64])
+        }
+        Op::DeadList(limit) => Reply::Dead(read_dead(
+            tx,
+            "SELECT id, received_at, reason, headers, body FROM dead_letters ORDER BY id DESC LIMIT ?1",
+            limit as i64,
+        )?),
+        Op::DeadGet(id) => Reply::Dead(read_dead(
+            tx,
+            "SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = ?1",
+            id as i64,
+        )?),
+        Op::DeadRemove(id) => Reply::Flag(
+            tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+                .execute(params![id as i64])?
+                > 0,
+        ),
     })
+}
+
+fn read_dead(tx: &Connection, sql: &str, arg: i64) -> Result<Vec<DeadLetter>, rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![arg], |r| {
+        Ok(DeadLetter {
+            id: r.get::<_, i64>(0)? as u64,
+            received_at: r.get(1)?,
+            reason: r.get(2)?,
+            headers: r.get(3)?,
+            body: r.get(4)?,
+        })
+    })?;
+    rows.collect()
 }
 
 fn unexpected() -> StoreError {
@@ -413,5 +469,33 @@ impl StateStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(Op::Ping).await.map(drop)
+    }
+
+    async fn add_dead_letter(&self, letter: DeadLetter) -> Result<u64, StoreError> {
+        match self.run(Op::AddDead(letter)).await? {
+            Reply::Ids(ids) => ids.first().copied().ok_or_else(unexpected),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        match self.run(Op::DeadList(limit)).await? {
+            Reply::Dead(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        match self.run(Op::DeadGet(id)).await? {
+            Reply::Dead(v) => Ok(v.into_iter().next()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        match self.run(Op::DeadRemove(id)).await? {
+            Reply::Flag(f) => Ok(f),
+            _ => Err(unexpected()),
+        }
     }
 }

@@ -141,15 +141,15 @@ async function refresh() {
   ul.replaceChildren(...list.map((c) => el("li", {
     class: c._id === current ? "active" : "",
     onclick: () => select(c._id),
-  }, `${(c.customer && c.customer.name) || c._id} · ${(c.channels || [])[0] || ""}`)));
+  }, `${(c.contact && c.contact.name) || c._id} · ${((c.channels || [])[0] || {}).type || ""}`)));
   if (!current) return;
   const data = await api(`/sim/conversations/${current}`);
   const conv = data.conversation;
-  const key = JSON.stringify([data.messages.length, conv.joinedPerson, conv.status,
+  const key = JSON.stringify([data.messages.length, conv.joinedCPerson, conv.status,
     data.messages.length ? data.messages[data.messages.length - 1]._id : null]);
-  $("chat-title").textContent = (conv.customer && conv.customer.name) || conv._id;
+  $("chat-title").textContent = (data.contact && data.contact.name) || conv._id;
   $("chat-subtitle").textContent =
-    `${(conv.channels || [])[0] || ""} · ${conv.status}${conv.joinedPerson ? " · agent: " + conv.joinedPerson.name : ""}`;
+    `${((conv.channels || [])[0] || {}).type || ""} · ${conv.status}${conv.joinedCPerson ? " · agent: " + conv.joinedCPerson : ""}`;
   if (key !== lastRendered) {
     lastRendered = key;
     const box = $("messages");

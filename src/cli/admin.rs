@@ -1,0 +1,171 @@
+//! `flowbot release` and `flowbot dead-letters`: talk to a running `flowbot
+//! run` through its admin endpoints (`server.admin_token`), with the same
+//! configuration it runs with. Going through the running process (rather than
+//! its database) works with every store and runs a released conversation or a
+//! retried delivery at once.
+
+use std::path::Path;
+
+use crate::config::Config;
+
+/// What to do with dead letters.
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadLetters {
+    /// List them, newest first: number, time, reason, size, top-level keys.
+    List,
+    /// Show one, with its headers and body.
+    Show {
+        /// Its number.
+        id: u64,
+    },
+    /// Read it again with the rules in force now; if usable, run it and remove it.
+    Retry {
+        /// Its number.
+        id: u64,
+    },
+}
+
+/// Where the running bot is and how to authenticate.
+struct Admin {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    fn new(config_path: Option<&Path>, url: Option<&str>) -> Result<Admin, String> {
+        let config = Config::load(config_path).map_err(|e| e.to_string())?;
+        if config.server.admin_token.is_empty() {
+            return Err("no admin token: set FLOWBOT_SERVER__ADMIN_TOKEN (or \
+                 server.admin_token_file) here and in the running bot"
+                .into());
+        }
+        let base = match url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let mut addr = config.server.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+        };
+        Ok(Admin {
+            base,
+            token: config.server.admin_token.expose().to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?,
+        })
+    }
+
+    async fn call(&self, post: bool, path: &str) -> Result<serde_json::Value, String> {
+        let url = format!("{}{path}", self.base);
+        let req = if post {
+            self.http.post(&url)
+        } else {
+            self.http.get(&url)
+        };
+        let response = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the bot at {}: {e}", self.base))?;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if status.as_u16() == 404 && body.is_null() {
+            return Err(format!(
+                "{url}: not found (is the bot running with an admin token?)"
+            ));
+        }
+        if !status.is_success() {
+            let why = body["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| body.to_string());
+            return Err(format!("{status}: {why}"));
+        }
+        Ok(body)
+    }
+}
+
+/// `flowbot release CONVERSATION`.
+pub(super) async fn release(config: Option<&Path>, url: Option<&str>, conversation: &str) -> u8 {
+    let admin = match Admin::new(config, url) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match admin
+        .call(
+            true,
+            &format!("/admin/conversations/{conversation}/release"),
+        )
+        .await
+    {
+        Ok(_) => {
+            println!("{conversation}: released (the bot answers its next message)");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `flowbot dead-letters ...`.
+pub(super) async fn dead_letters(
+    config: Option<&Path>,
+    url: Option<&str>,
+    what: &DeadLetters,
+) -> u8 {
+    let admin = match Admin::new(config, url) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let result = match what {
+        DeadLetters::List => admin.call(false, "/admin/dead-letters").await.map(|list| {
+            let items = list.as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                println!("no dead letters");
+            }
+            for d in items {
+                let keys: Vec<&str> = d["keys"]
+                    .as_array()
+                    .map(|k| k.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:>6}  {}  {} bytes  keys [{}]  {}",
+                    d["id"],
+                    crate::time::format(d["received_at"].as_i64().unwrap_or(0)),
+                    d["bytes"],
+                    keys.join(", "),
+                    d["reason"].as_str().unwrap_or("")
+                );
+            }
+        }),
+        DeadLetters::Show { id } => admin
+            .call(false, &format!("/admin/dead-letters/{id}"))
+            .await
+            .map(|d| println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default())),
+        DeadLetters::Retry { id } => admin
+            .call(true, &format!("/admin/dead-letters/{id}/retry"))
+            .await
+            .map(|d| println!("{id}: {}", d["status"].as_str().unwrap_or("done"))),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
