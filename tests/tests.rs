@@ -8,6 +8,7 @@
 //! - `diagnostics`: bad flows and the problems reported.
 //! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
 //! - `fuzz`: random YAML and random messages never panic.
+//! - `handoff`: every way a handoff ends (or fails), through the simulator.
 //! - `qpien`: the Qpien client against the simulator; schemas and documents.
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
@@ -25,6 +26,7 @@ mod crash;
 mod diagnostics;
 mod engine;
 mod fuzz;
+mod handoff;
 mod qpien;
 mod replay;
 mod runtime;

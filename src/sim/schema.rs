@@ -121,7 +121,7 @@ async fn root(op: Operation, ctx: &ResolverContext<'_>) -> Result<Value, Failure
     let auth = ctx.data::<Auth>().map_err(|_| Failure::code("INTERNAL"))?;
     sim.authorize(auth.0.as_deref(), op.scope())
         .map_err(|(code, s)| Failure(code.to_owned(), s))?;
-    if let Some(code) = sim.injected() {
+    if let Some(code) = sim.injected(op.name()) {
         return Err(Failure(code, None));
     }
     Ok(match op {

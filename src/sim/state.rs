@@ -100,6 +100,8 @@ pub(crate) struct Scripted {
     pub(crate) hold_next_creates: u32,
     /// Error codes for the next authorized requests.
     pub(crate) inject: VecDeque<String>,
+    /// Error codes for the next requests of one operation.
+    pub(crate) inject_on: Vec<(String, String)>,
     /// Refuse every token, as if revoked.
     pub(crate) reject_tokens: bool,
 }
@@ -251,6 +253,14 @@ impl SimState {
             .extend(codes.into_iter().map(Into::into));
     }
 
+    /// Answers the next request of `operation` (its documented name) with `code`.
+    pub fn inject_on(&self, operation: &str, code: &str) {
+        self.inner()
+            .scripted
+            .inject_on
+            .push((operation.to_owned(), code.to_owned()));
+    }
+
     /// Refuses every token from now on (as if revoked), or stops doing so.
     pub fn reject_tokens(&self, reject: bool) {
         self.inner().scripted.reject_tokens = reject;
@@ -300,9 +310,14 @@ impl SimState {
         }
     }
 
-    /// The next injected error code, if any.
-    pub(crate) fn injected(&self) -> Option<String> {
-        self.inner().scripted.inject.pop_front()
+    /// The next injected error code for `operation`, if any.
+    pub(crate) fn injected(&self, operation: &str) -> Option<String> {
+        let mut inner = self.inner();
+        let on = &mut inner.scripted.inject_on;
+        if let Some(i) = on.iter().position(|(op, _)| op == operation) {
+            return Some(on.remove(i).1);
+        }
+        inner.scripted.inject.pop_front()
     }
 
     /// Counts since start.
@@ -464,15 +479,14 @@ impl SimState {
         true
     }
 
-    /// Closes a conversation (its status becomes `status`, nobody joined).
+    /// Sets a conversation's status (as an agent closing it would), leaving
+    /// who is joined as it is.
     pub fn set_status(&self, conversation: &str, status: &str) -> bool {
         let mut inner = self.inner();
         let Some(conv) = inner.conversations.get_mut(conversation) else {
             return false;
         };
         conv.data["status"] = json!(status);
-        conv.data["joinedPerson"] = Value::Null;
-        conv.data["joinedCPerson"] = Value::Null;
         true
     }
 
