@@ -79,8 +79,11 @@ fn shape(
 
 #[test]
 fn the_simulator_serves_exactly_the_clients_schema() {
-    let served = sim::sdl(flowbot::internals::qpien::Dialect::Documented).unwrap();
-    assert_eq!(shape(&served), shape(flowbot::internals::qpien::SCHEMA));
+    use flowbot::internals::qpien::{dialect, Dialect};
+    for d in [Dialect::Documented, Dialect::External] {
+        let served = sim::sdl(d).unwrap();
+        assert_eq!(shape(&served), shape(dialect::schema(d)), "{d:?}");
+    }
     // And the shape comparison is not vacuous.
     assert!(shape(flowbot::internals::qpien::SCHEMA)["ExternalMessage"]
         .contains_key("flowBotQuickReplyResponseId"));
@@ -317,6 +320,46 @@ async fn the_support_scenario_through_webhooks() {
     let ids = play(&sim, 1).await;
     let first = &sim.state().bot_messages(&ids[0])[0];
     assert_eq!(first["flowBotQuickReply"][1]["id"], "billing");
+    bot.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// The same scenario when the account speaks the external dialect
+/// (`externalCreateMessage`, envelopes, the token sent bare): the bot is told
+/// `qpien.dialect = "external"` and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_support_scenario_in_the_external_dialect() {
+    use flowbot::internals::qpien::{AuthScheme, Dialect};
+    let sim = sim::start(SimConfig {
+        dialect: Dialect::External,
+        auth: Some(AuthScheme::Bare),
+        ..sim_config()
+    })
+    .await
+    .unwrap();
+    let bot = bot_for(&sim, "sim-external", |c| {
+        c.qpien.dialect = Dialect::External
+    })
+    .await;
+    let ids = play(&sim, 1).await;
+    let first = &sim.state().bot_messages(&ids[0])[0];
+    assert_eq!(first["flowBotQuickReply"][1]["id"], "billing");
+    let ops: std::collections::BTreeSet<String> = sim
+        .state()
+        .requests()
+        .into_iter()
+        .map(|r| r.operation)
+        .collect();
+    assert!(ops.contains("createMessage"), "{ops:?}");
+    assert!(sim
+        .state()
+        .requests()
+        .iter()
+        .filter(|r| r.operation != "generateOAuthToken")
+        .all(|r| r
+            .authorization
+            .as_deref()
+            .is_some_and(|a| !a.starts_with("Bearer "))));
     bot.shutdown().await;
     sim.shutdown().await;
 }

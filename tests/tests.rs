@@ -6,6 +6,7 @@
 //! - `conversations`: the YAML conversation tests in `tests/conversations/`.
 //! - `engine`: turn semantics and every match kind, through `TestConversation`.
 //! - `diagnostics`: bad flows and the problems reported.
+//! - `doctor`: `flowbot doctor` against the simulator in several dialects.
 //! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
 //! - `fuzz`: random YAML and random messages never panic.
 //! - `handoff`: every way a handoff ends (or fails), through the simulator.
@@ -24,6 +25,7 @@ mod config;
 mod conversations;
 mod crash;
 mod diagnostics;
+mod doctor;
 mod engine;
 mod fuzz;
 mod handoff;

@@ -20,6 +20,7 @@
 
 mod admin;
 mod chat;
+mod doctor;
 mod graph;
 mod replay;
 mod run;
@@ -107,6 +108,18 @@ pub enum Command {
     /// Run the Qpien simulator alone (GraphQL API, webhooks, playground).
     #[cfg(feature = "sim")]
     Sim(SimArgs),
+    /// Check a live Qpien account against what flowbot assumes (token, auth
+    /// scheme, schema, documents, scopes, envelope, rate-limit headers) and
+    /// print the configuration to set. Exit 0 when the bot can run.
+    Doctor {
+        /// The configuration file (`flowbot run`'s).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also write the suitable dialect's documents into this folder, to
+        /// edit and use as `qpien.documents_dir`.
+        #[arg(long)]
+        write_documents: Option<PathBuf>,
+    },
     /// Give a handed-off conversation back to the bot (through the running
     /// bot's admin endpoint; needs `server.admin_token`).
     Release {
@@ -188,6 +201,10 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             Command::Graph { flow, dot } => graph::run(&flow, dot, &registry),
             Command::Test { dir, coverage } => test::run(&dir, coverage, &registry).await,
             Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
+            Command::Doctor {
+                config,
+                write_documents,
+            } => doctor::run(config.as_deref(), write_documents.as_deref()).await,
             Command::Release {
                 conversation,
                 config,

@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod convert;
 pub mod dialect;
+pub mod doctor;
 pub mod documents;
 pub mod error;
 pub mod ingest;

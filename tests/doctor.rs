@@ -1,0 +1,138 @@
+//! `flowbot doctor` through the real binary, against the simulator in several
+//! dialects and configurations.
+
+use std::process::Output;
+
+use flowbot::internals::qpien::{AuthScheme, Dialect};
+use flowbot::internals::sim::SimConfig;
+
+use crate::qpien::start_sim;
+
+async fn doctor(sim_url: &str, env: &[(&str, &str)], args: &[&str]) -> (Output, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .arg("doctor")
+        .args(args)
+        .env("FLOWBOT_QPIEN__ENDPOINT", sim_url)
+        .env("FLOWBOT_QPIEN__CLIENT_ID", "id-1")
+        .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret-1")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    (out, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matching_account_passes() {
+    let sim = start_sim(|c| c.rate_limit = Some((100, std::time::Duration::from_secs(60)))).await;
+    sim.state().create_conversation("whatsapp", None, "Ada");
+    let (out, text) = doctor(&sim.graphql_url(), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "[ok  ] token: obtained with the documented dialect's document",
+        "[ok  ] auth scheme: the server takes: bearer, bare",
+        "[ok  ] answers: results come bare",
+        "X-RateLimit-Limit 100",
+        "[ok  ] schema: every type and field",
+        "[ok  ] documents: every document in use is valid",
+        "[ok  ] createMessage: allowed",
+        "Nothing to change in the configuration.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // Nothing was created by the probes.
+    assert!(sim.state().created().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_account_is_recognised_and_the_lines_to_set_are_given() {
+    let sim = start_sim(|c| {
+        c.dialect = Dialect::External;
+        c.auth = Some(AuthScheme::Bare);
+    })
+    .await;
+    let (out, text) = doctor(&sim.graphql_url(), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("the account speaks `external`"), "{text}");
+    assert!(text.contains("qpien.dialect = \"external\""), "{text}");
+    assert!(
+        text.contains("results come in a {success, code, message, data} envelope"),
+        "{text}"
+    );
+    // With the line set, it passes.
+    let (out, text) = doctor(
+        &sim.graphql_url(),
+        &[("FLOWBOT_QPIEN__DIALECT", "external")],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("the server takes: bare"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_scope_and_a_bare_only_server_are_named() {
+    let sim = start_sim(|c| {
+        c.scopes = SimConfig::default()
+            .scopes
+            .into_iter()
+            .filter(|s| s != "write_conversations")
+            .collect();
+        c.auth = Some(AuthScheme::Bare);
+        c.introspection = false;
+    })
+    .await;
+    let dir = crate::runtime::temp_dir("doctor-docs");
+    let (out, text) = doctor(
+        &sim.graphql_url(),
+        &[],
+        &["--write-documents", dir.join("docs").to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("lacks the scope `write_conversations`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("configured `bearer`, the server takes only `bare`"),
+        "{text}"
+    );
+    assert!(text.contains("qpien.auth_scheme = \"bare\""), "{text}");
+    assert!(text.contains("introspection is not allowed"), "{text}");
+    let written = std::fs::read_to_string(dir.join("docs/createMessage.graphql")).unwrap();
+    assert!(
+        written.contains("createMessage(input: $input)"),
+        "{written}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_stops_at_the_token() {
+    let sim = start_sim(|_| {}).await;
+    let (out, text) = doctor(
+        &sim.graphql_url(),
+        &[("FLOWBOT_QPIEN__CLIENT_SECRET", "wrong")],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("the API key was refused"), "{text}");
+}
+
+#[test]
+fn the_schema_diff_names_what_differs() {
+    use flowbot::internals::qpien::doctor::schema_diff;
+    let ours = "type Query { a: ID b: String }\ntype T { x: Int }";
+    let live = "type Query { a: String }";
+    let diff = schema_diff(ours, live);
+    assert_eq!(
+        diff,
+        [
+            "Query.a: ours is ID, the account's is String",
+            "Query.b: not in the account's schema",
+            "type T: not in the account's schema",
+        ]
+    );
+}
