@@ -149,6 +149,52 @@ async fn a_killed_process_answers_every_accepted_message_exactly_once() {
     }
 }
 
+/// A reply whose `createMessage` reached Qpien just before the process died is
+/// not sent again after the restart, even by a Qpien that does not deduplicate
+/// `frontMsgId`: the restarted bot reads the conversation first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_reached_qpien_before_a_kill_is_not_sent_again() {
+    let qpien = start_sim(|c| {
+        c.auto_create_conversations = true;
+        c.dedup_creates = false;
+    })
+    .await;
+    let dir = crate::runtime::temp_dir("reconcile");
+    std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
+    std::fs::write(
+        dir.join("flowbot.toml"),
+        "flow = \"flow.yaml\"\n[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"flowbot.db\"\n\
+         [qpien.retry]\nmin_delay = \"5ms\"\nmax_delay = \"20ms\"\n",
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let mut bot = spawn(&dir, &qpien);
+    qpien.state().hold_next_creates(1);
+    assert!(post(&http, &bot.url, &message("r-1", "rc", "hello")).await);
+    // The create is in Qpien; its answer is held back; the process dies.
+    tokio::time::timeout(Duration::from_secs(10), qpien.state().held())
+        .await
+        .expect("the reply reached the simulator");
+    bot.child.kill().unwrap();
+    bot.child.wait().unwrap();
+    assert_eq!(crate::runtime::replies(&qpien, "rc").len(), 1);
+
+    let mut bot = spawn(&dir, &qpien);
+    assert!(post(&http, &bot.url, &message("r-2", "rc", "again")).await);
+    wait_until("the next reply", Duration::from_secs(10), || {
+        crate::runtime::replies(&qpien, "rc").len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bot.child.kill().unwrap();
+    bot.child.wait().unwrap();
+    assert_eq!(
+        crate::runtime::replies(&qpien, "rc"),
+        ["#1 hello", "#2 again"],
+        "one message per reply"
+    );
+}
+
 /// JSON logs carry the conversation id; SIGTERM drains and exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_and_a_clean_stop_on_sigterm() {

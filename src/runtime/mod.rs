@@ -209,6 +209,8 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             metrics: metrics.clone(),
             stop: stop.clone(),
             feedback,
+            resumed: Default::default(),
+            present: Default::default(),
         },
         metrics.outbox_depth.clone(),
     );

@@ -187,7 +187,7 @@ async fn root(op: Operation, ctx: &ResolverContext<'_>) -> Result<Value, Failure
                 }
             }
             if new && sim.take(|s| &mut s.hold_next_creates) {
-                sim.held.notify_waiters();
+                sim.held.notify_one();
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }
             message
