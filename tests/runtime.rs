@@ -893,3 +893,79 @@ async fn dead_letters_are_listed_shown_and_retried_from_the_cli() {
     assert_eq!(no.status.code(), Some(1));
     h.stop().await;
 }
+
+/// `server.capture_dir` keeps verified deliveries (never their signature);
+/// `flowbot replay --capture` runs a flow over them offline and `flowbot test
+/// new --from-capture` turns them into a conversation test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_deliveries_replay_offline_and_become_a_test() {
+    let dir = temp_dir("capture-work");
+    let capture = dir.join("captured");
+    let mut h = Harness::start("capture", ECHO, |c| {
+        c.server.capture_dir = Some(capture.clone());
+        c.server.capture_max_bytes = 64 * 1024;
+    })
+    .await;
+    h.post(&message("cap-1", "cc", "hello")).await;
+    h.post(&message("cap-2", "cc", "wait")).await;
+    h.post(&json!({"event": "SOMETHING_ELSE", "data": {}}))
+        .await;
+    wait_until("the replies", Duration::from_secs(5), || {
+        h.replies("cc").len() == 2
+    })
+    .await;
+    wait_until("three captures", Duration::from_secs(5), || {
+        std::fs::read_dir(&capture).map_or(0, |d| d.count()) == 3
+    })
+    .await;
+    h.stop().await;
+    for f in std::fs::read_dir(&capture).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        assert!(!text.to_lowercase().contains("x-qpien-signature"), "{text}");
+    }
+    let flow = h.dir.join("flow.yaml");
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["replay", "--capture"])
+        .arg(&capture)
+        .arg(&flow)
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    let out = String::from_utf8_lossy(&replay.stdout);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            r#"{"conversation":"cc","text":"Echo: hello"}"#,
+            r#"{"conversation":"cc","text":"Take your time."}"#
+        ]
+    );
+    assert!(String::from_utf8_lossy(&replay.stderr).contains("SOMETHING_ELSE"));
+    // A conversation test from the capture, and its snapshot.
+    let tests = dir.join("tests");
+    let new = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["test", "new", "--from-capture"])
+        .arg(&capture)
+        .arg("--flow")
+        .arg(&flow)
+        .arg("--out")
+        .arg(tests.join("captured.yaml"))
+        .output()
+        .unwrap();
+    assert!(new.status.success(), "{new:?}");
+    let written = std::fs::read_to_string(tests.join("captured.yaml")).unwrap();
+    assert!(written.contains("- text: hello"), "{written}");
+    assert!(written.contains("- text: wait"), "{written}");
+    let run = |update: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+            .arg("test")
+            .arg(&tests)
+            .env("INSTA_UPDATE", update)
+            .output()
+            .unwrap()
+    };
+    assert!(run("always").status.success());
+    let again = run("no");
+    assert!(again.status.success(), "{again:?}");
+    let snap = std::fs::read_to_string(tests.join("snapshots/captured.snap")).unwrap();
+    assert!(snap.contains("Echo: hello"), "{snap}");
+}

@@ -29,7 +29,7 @@ mod sim;
 #[cfg(feature = "sim")]
 pub use sim::{Demo, SimArgs};
 
-pub use replay::replay;
+pub use replay::{replay, replay_capture};
 mod test;
 mod validate;
 
@@ -64,6 +64,10 @@ pub enum Command {
     Replay {
         /// The flow file.
         flow: PathBuf,
+        /// Read captured webhook deliveries from this folder (see
+        /// `server.capture_dir`) instead of JSON lines from stdin.
+        #[arg(long)]
+        capture: Option<PathBuf>,
     },
     /// Talk to a flow in the terminal.
     Chat {
@@ -144,8 +148,13 @@ pub enum Command {
         #[arg(long, global = true)]
         url: Option<String>,
     },
-    /// Run YAML conversation tests against their snapshots.
+    /// Run YAML conversation tests against their snapshots (`test new`: write
+    /// one from captured deliveries).
+    #[command(args_conflicts_with_subcommands = true)]
     Test {
+        /// Write a new test.
+        #[command(subcommand)]
+        new: Option<test::TestCommand>,
         /// The directory of tests.
         #[arg(default_value = "tests/conversations")]
         dir: PathBuf,
@@ -192,14 +201,31 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
     let code = rt.block_on(async move {
         match cli.command {
             Command::Validate { files, strict } => validate::run(&files, strict, &registry),
-            Command::Replay { flow } => replay::run(&flow, registry).await,
+            Command::Replay { flow, capture } => {
+                replay::run(&flow, capture.as_deref(), registry).await
+            }
             Command::Chat {
                 flow,
                 channel,
                 language,
             } => chat::run(&flow, &channel, language, registry).await,
             Command::Graph { flow, dot } => graph::run(&flow, dot, &registry),
-            Command::Test { dir, coverage } => test::run(&dir, coverage, &registry).await,
+            Command::Test {
+                new:
+                    Some(test::TestCommand::New {
+                        from_capture,
+                        flow,
+                        conversation,
+                        out,
+                    }),
+                ..
+            } => test::new_from_capture(
+                &from_capture,
+                &flow,
+                conversation.as_deref(),
+                out.as_deref(),
+            ),
+            Command::Test { dir, coverage, .. } => test::run(&dir, coverage, &registry).await,
             Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
             Command::Doctor {
                 config,

@@ -79,14 +79,18 @@ fn event(l: &Line) -> Result<Event, String> {
     Ok(Event::Message(m))
 }
 
-pub(super) async fn run(path: &Path, registry: Registry) -> u8 {
+pub(super) async fn run(path: &Path, capture: Option<&Path>, registry: Registry) -> u8 {
     let bot = match super::load_bot(path, registry) {
         Ok(b) => b,
         Err(code) => return code,
     };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    match replay(&bot, stdin.lock(), stdout.lock(), std::io::stderr()).await {
+    let done = match capture {
+        Some(dir) => replay_capture(&bot, dir, stdout.lock(), std::io::stderr()).await,
+        None => replay(&bot, stdin.lock(), stdout.lock(), std::io::stderr()).await,
+    };
+    match done {
         Ok(()) => 0,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
@@ -141,36 +145,89 @@ pub async fn replay(
         };
         let conv = parsed.conversation.as_str();
         let turn = bot.step(conv, sessions.remove(conv), &ev, now).await;
-        if let Some(s) = turn.stored {
+        if let Some(s) = turn.stored.clone() {
             sessions.insert(parsed.conversation.clone(), s);
         }
-        for m in &turn.messages {
-            serde_json::to_writer(
-                &mut out,
-                &Out {
-                    conversation: conv,
-                    message: m,
-                },
-            )?;
-            out.write_all(b"\n")?;
-        }
-        for e in &turn.effects {
-            let line = match e {
-                Effect::Handoff => EffectOut {
-                    conversation: conv,
-                    handoff: Some(true),
-                    end: None,
-                },
-                Effect::End => EffectOut {
-                    conversation: conv,
-                    handoff: None,
-                    end: Some(true),
-                },
-            };
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
-        }
+        write_turn(&mut out, conv, &turn)?;
         out.flush()?;
     }
     Ok(())
+}
+
+/// Writes one turn's output lines: its messages, then its effects.
+fn write_turn(mut out: impl Write, conv: &str, turn: &crate::engine::Turn) -> std::io::Result<()> {
+    for m in &turn.messages {
+        serde_json::to_writer(
+            &mut out,
+            &Out {
+                conversation: conv,
+                message: m,
+            },
+        )?;
+        out.write_all(b"\n")?;
+    }
+    for e in &turn.effects {
+        let line = match e {
+            Effect::Handoff => EffectOut {
+                conversation: conv,
+                handoff: Some(true),
+                end: None,
+            },
+            Effect::End => EffectOut {
+                conversation: conv,
+                handoff: None,
+                end: Some(true),
+            },
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// `flowbot replay --capture DIR FLOW`: runs the flow over captured deliveries
+/// (see `server.capture_dir`), read as `flowbot run` reads webhooks, each at
+/// the time it came; writes the same output lines as `replay`. Deliveries that
+/// are not for the bot, or that it cannot use, are said on `errors`.
+pub async fn replay_capture(
+    bot: &Bot,
+    dir: &Path,
+    output: impl Write,
+    mut errors: impl Write,
+) -> std::io::Result<()> {
+    let deliveries = match crate::runtime::capture::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            writeln!(errors, "error: {e}")?;
+            return Ok(());
+        }
+    };
+    let intake = crate::qpien::Intake::with_defaults();
+    let mut out = std::io::BufWriter::new(output);
+    let mut sessions: HashMap<String, Stored> = HashMap::new();
+    let mut now = EPOCH;
+    for d in deliveries {
+        now = now.max(d.received_at);
+        let name = d.file.display().to_string();
+        let ingested = match intake.delivery(&d.body, &name) {
+            crate::qpien::Delivery::Event(i) => *i,
+            crate::qpien::Delivery::Ignored(why) => {
+                writeln!(errors, "{name}: ignored: {why}")?;
+                continue;
+            }
+            crate::qpien::Delivery::Unusable(why) => {
+                writeln!(errors, "{name}: unusable: {why}")?;
+                continue;
+            }
+        };
+        let conv = ingested.conversation.as_str();
+        let turn = bot
+            .step(conv, sessions.remove(conv), &ingested.event, now)
+            .await;
+        if let Some(s) = turn.stored.clone() {
+            sessions.insert(conv.to_owned(), s);
+        }
+        write_turn(&mut out, conv, &turn)?;
+    }
+    out.flush()
 }

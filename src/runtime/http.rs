@@ -39,6 +39,8 @@ pub(crate) struct App {
     pub(crate) bot: Arc<BotSlot>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
+    /// Where verified deliveries are kept (`server.capture_dir`).
+    pub(crate) capture: Option<Arc<super::capture::Capture>>,
 }
 
 pub(crate) fn router(shared: Arc<App>) -> Router {
@@ -240,6 +242,9 @@ async fn handle(shared: &App, headers: &HeaderMap, body: Body) -> (StatusCode, &
     if !webhook::verify(secret, &body, signature) {
         tracing::warn!("webhook refused: bad signature");
         return (StatusCode::UNAUTHORIZED, "bad_signature");
+    }
+    if let Some(capture) = &shared.capture {
+        capture.keep(kept_headers(headers), &body);
     }
     let ingested = match shared.client.intake().delivery(&body, signature) {
         Delivery::Event(i) => *i,

@@ -17,6 +17,7 @@
 //! workers, reload a [`reload::Reload`]. [`start`] wires them; [`Running`]
 //! shuts them down in order: stop accepting, drain turns, flush the outbox.
 
+pub mod capture;
 mod dispatch;
 mod http;
 mod lanes;
@@ -251,8 +252,17 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     outbox::resume(&outbox).await?;
     inbox.resume().await?;
 
+    let capture = match &config.server.capture_dir {
+        Some(dir) => Some(
+            capture::Capture::new(dir, config.server.capture_max_bytes).map_err(|e| {
+                RuntimeError::Config(format!("server.capture_dir {}: {e}", dir.display()))
+            })?,
+        ),
+        None => None,
+    };
     let server = {
         let app = http::router(Arc::new(http::App {
+            capture,
             server: config.server.clone(),
             inbox: inbox.clone(),
             store: store.clone(),

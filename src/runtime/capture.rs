@@ -1,0 +1,174 @@
+//! Captured deliveries, to learn the real shapes of an account's webhooks.
+//!
+//! With `server.capture_dir` set, each verified delivery is kept as one JSON
+//! file: `{"received_at": ms, "headers": {...}, "body": <the body, as JSON when
+//! it is, else as text>}`, the signature and credentials removed. Files are
+//! named by arrival (`<ms>-<seq>.json`), so reading them in name order replays
+//! them in order; the oldest go when the folder passes
+//! `server.capture_max_bytes`. `flowbot replay --capture DIR FLOW` runs a flow
+//! over them offline and `flowbot test new --from-capture DIR` writes a
+//! conversation test from them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::time::Millis;
+
+/// One captured delivery.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// When it came.
+    pub received_at: Millis,
+    /// Its body, as received.
+    pub body: Vec<u8>,
+}
+
+/// Writes deliveries into a folder, keeping it under a size.
+#[derive(Debug)]
+pub(crate) struct Capture {
+    dir: PathBuf,
+    max_bytes: u64,
+    seq: AtomicU64,
+    /// Bytes written since the folder was last measured.
+    written: AtomicU64,
+}
+
+impl Capture {
+    /// A capture into `dir` (created if needed).
+    pub(crate) fn new(dir: &Path, max_bytes: u64) -> std::io::Result<Arc<Capture>> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Arc::new(Capture {
+            dir: dir.to_owned(),
+            max_bytes: max_bytes.max(4096),
+            seq: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }))
+    }
+
+    /// Keeps one delivery (in the background: the acknowledgement does not
+    /// wait for the disk).
+    pub(crate) fn keep(self: &Arc<Self>, headers: String, body: &[u8]) {
+        let received_at = crate::time::now();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let body_value = Value::from(String::from_utf8_lossy(body).into_owned());
+        let record = serde_json::json!({
+            "received_at": received_at,
+            "headers": serde_json::from_str::<Value>(&headers).unwrap_or_default(),
+            "body": body_value,
+        });
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let text = record.to_string();
+            let path = me.dir.join(format!("{received_at:013}-{seq:08}.json"));
+            if let Err(e) = std::fs::write(&path, &text) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot capture a delivery");
+                return;
+            }
+            let total = me.written.fetch_add(text.len() as u64, Ordering::Relaxed);
+            if total + text.len() as u64 > me.max_bytes / 4 {
+                me.written.store(0, Ordering::Relaxed);
+                me.trim();
+            }
+        });
+    }
+
+    /// Removes the oldest files until the folder is under its size.
+    fn trim(&self) {
+        let mut files = files(&self.dir);
+        let mut total: u64 = files.iter().map(|(_, len)| len).sum();
+        files.reverse();
+        while total > self.max_bytes {
+            let Some((oldest, len)) = files.pop() else {
+                break;
+            };
+            if std::fs::remove_file(&oldest).is_ok() {
+                total -= len;
+            }
+        }
+    }
+}
+
+/// The capture files of `dir` with their sizes, oldest first.
+fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads the deliveries captured in `dir`, in arrival order. A file that is
+/// not a capture is an error naming it.
+pub fn read_dir(dir: &Path) -> Result<Vec<Captured>, String> {
+    if !dir.is_dir() {
+        return Err(format!("{}: not a folder", dir.display()));
+    }
+    let mut out = Vec::new();
+    for (file, len) in files(dir) {
+        if len > 16 * 1024 * 1024 {
+            return Err(format!("{}: larger than a delivery can be", file.display()));
+        }
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let record: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a captured delivery: {e}", file.display()))?;
+        let body = match &record["body"] {
+            Value::String(s) => s.clone().into_bytes(),
+            Value::Null => return Err(format!("{}: no `body`", file.display())),
+            v => v.to_string().into_bytes(),
+        };
+        out.push(Captured {
+            received_at: record["received_at"].as_i64().unwrap_or(0),
+            file,
+            body,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_folder_keeps_under_its_size_and_reads_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("flowbot-capture-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let capture = Capture::new(&dir, 8 * 1024).unwrap();
+        for i in 0..40 {
+            let body = format!(
+                "{{\"event\":\"X\",\"n\":{i},\"pad\":\"{}\"}}",
+                "x".repeat(900)
+            );
+            capture.keep("{}".into(), body.as_bytes());
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        // The writes run in the background.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        capture.trim();
+        let total: u64 = files(&dir).iter().map(|(_, len)| len).sum();
+        assert!(total <= 8 * 1024, "{total}");
+        let read = read_dir(&dir).unwrap();
+        assert!(!read.is_empty());
+        let ns: Vec<i64> = read
+            .iter()
+            .map(|c| {
+                serde_json::from_slice::<Value>(&c.body).unwrap()["n"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{ns:?}");
+        assert_eq!(*ns.last().unwrap(), 39, "the newest are kept");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
