@@ -13,6 +13,9 @@
 
 #![allow(missing_docs)]
 
+mod support;
+use support::{arg, percentile};
+
 /// As the `flowbot` binary does (src/main.rs).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -104,19 +107,6 @@ async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> Duration {
     started.elapsed()
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 async fn wait_for(created: &AtomicUsize, n: usize) {
     while created.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -125,9 +115,9 @@ async fn wait_for(created: &AtomicUsize, n: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse from it.
-    let conversations = arg("--conversations", 2000);
-    let rate = arg("--rate", 1000);
-    let concurrency = arg("--concurrency", 64);
+    let conversations = arg("--conversations", 2000usize);
+    let rate = arg("--rate", 1000usize);
+    let concurrency = arg("--concurrency", 64usize);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

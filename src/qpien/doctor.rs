@@ -293,7 +293,19 @@ fn shape(sdl: &str) -> BTreeMap<String, BTreeMap<String, String>> {
             ExtendedType::Object(o) => o
                 .fields
                 .iter()
-                .map(|(f, d)| (f.to_string(), d.ty.to_string()))
+                .map(|(f, d)| {
+                    let args: Vec<String> = d
+                        .arguments
+                        .iter()
+                        .map(|a| format!("{}: {}", a.name, a.ty))
+                        .collect();
+                    let ty = if args.is_empty() {
+                        d.ty.to_string()
+                    } else {
+                        format!("({}) {}", args.join(", "), d.ty)
+                    };
+                    (f.to_string(), ty)
+                })
                 .collect(),
             ExtendedType::InputObject(o) => o
                 .fields
@@ -308,7 +320,7 @@ fn shape(sdl: &str) -> BTreeMap<String, BTreeMap<String, String>> {
 }
 
 /// How `ours` differs from `live`, type by type: what flowbot expects and the
-/// account does not have, or has with another type.
+/// account does not have, or has with another type or other arguments.
 pub fn schema_diff(ours: &str, live: &str) -> Vec<String> {
     let (ours, live) = (shape(ours), shape(live));
     let mut out = Vec::new();

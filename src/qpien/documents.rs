@@ -114,30 +114,39 @@ impl Operation {
         }
     }
 
+    /// The external dialect's document, derived from the documented one: the
+    /// root field prefixed (`externalCreateMessage`; the token operation keeps
+    /// its name) and its selection wrapped in the `{success, code, message,
+    /// data}` envelope. Derived, so the two sets cannot drift apart.
     fn external(self) -> &'static str {
-        match self {
-            Operation::GenerateOAuthToken => {
-                include_str!("documents/external/generateOAuthToken.graphql")
-            }
-            Operation::GetMessage => include_str!("documents/external/getMessage.graphql"),
-            Operation::GetMessageList => include_str!("documents/external/getMessageList.graphql"),
-            Operation::CreateMessage => include_str!("documents/external/createMessage.graphql"),
-            Operation::CreateMessageByWhatsapp => {
-                include_str!("documents/external/createMessageByWhatsapp.graphql")
-            }
-            Operation::GetConversation => {
-                include_str!("documents/external/getConversation.graphql")
-            }
-            Operation::GetConversationList => {
-                include_str!("documents/external/getConversationList.graphql")
-            }
-            Operation::UpdateConversation => {
-                include_str!("documents/external/updateConversation.graphql")
-            }
-            Operation::GetAllConnectedPlatformList => {
-                include_str!("documents/external/getAllConnectedPlatformList.graphql")
-            }
+        static EXTERNAL: std::sync::OnceLock<[String; 9]> = std::sync::OnceLock::new();
+        &EXTERNAL.get_or_init(|| Operation::ALL.map(|op| op.derive_external()))[self as usize]
+    }
+
+    fn derive_external(self) -> String {
+        let doc = self.embedded();
+        let lines: Vec<&str> = doc.trim_end().lines().collect();
+        // The documented documents are written as: header, root field, the
+        // selection, and two closing braces.
+        let [header, root, body @ .., close_root, close_op] = lines.as_slice() else {
+            return doc.to_owned();
+        };
+        let name = self.name();
+        let header = if self == Operation::GenerateOAuthToken {
+            header.to_string()
+        } else {
+            header.replacen(' ', " External", 1)
+        };
+        let root = root.replacen(name, &self.root_field(Dialect::External), 1);
+        let mut out =
+            format!("{header}\n{root}\n    success\n    code\n    message\n    data {{\n");
+        for line in body {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
         }
+        out.push_str(&format!("    }}\n{close_root}\n{close_op}\n"));
+        out
     }
 
     /// The embedded document of the documented dialect.
@@ -251,5 +260,21 @@ impl Documents {
     /// The document sent for `op`.
     pub fn get(&self, op: Operation) -> &str {
         &self.texts[op as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_documents_wrap_the_documented_ones() {
+        assert_eq!(
+            Operation::CreateMessage.embedded_in(Dialect::External),
+            "mutation ExternalCreateMessage($input: CreateMessageInput!) {\n  externalCreateMessage(input: $input) {\n    success\n    code\n    message\n    data {\n      _id\n      frontMsgId\n    }\n  }\n}\n"
+        );
+        assert!(Operation::GenerateOAuthToken
+            .embedded_in(Dialect::External)
+            .contains("  generateOAuthToken(input: $input) {\n    success"));
     }
 }

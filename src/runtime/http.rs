@@ -289,6 +289,24 @@ async fn handle(shared: &App, headers: &HeaderMap, body: Body) -> (StatusCode, &
     }
 }
 
+/// A request that carries the admin token (else it is refused with 401).
+struct Admin;
+
+impl axum::extract::FromRequestParts<Arc<App>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<App>,
+    ) -> Result<Self, Response> {
+        if is_admin(state, &parts.headers) {
+            Ok(Admin)
+        } else {
+            Err(unauthorized())
+        }
+    }
+}
+
 /// Whether a request carries the admin token (`Authorization: Bearer <token>`),
 /// compared in constant time.
 fn is_admin(shared: &App, headers: &HeaderMap) -> bool {
@@ -316,6 +334,20 @@ fn admin_json(status: StatusCode, v: serde_json::Value) -> Response {
         .into_response()
 }
 
+fn store_failed(e: crate::store::StoreError) -> Response {
+    admin_json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": e.to_string()}),
+    )
+}
+
+fn no_letter(id: u64) -> Response {
+    admin_json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({"error": format!("no dead letter {id}")}),
+    )
+}
+
 fn unauthorized() -> Response {
     admin_json(
         StatusCode::UNAUTHORIZED,
@@ -326,12 +358,9 @@ fn unauthorized() -> Response {
 /// Gives a conversation back to the bot (`flowbot release`).
 async fn admin_release(
     State(shared): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Admin,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    if !is_admin(&shared, &headers) {
-        return unauthorized();
-    }
     let ingested = crate::qpien::Ingested {
         key: format!("release:{id}:{}", crate::time::now()),
         conversation: id.clone(),
@@ -342,10 +371,7 @@ async fn admin_release(
             StatusCode::ACCEPTED,
             serde_json::json!({"conversation": id, "status": "release queued"}),
         ),
-        Err(e) => admin_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": e.to_string()}),
-        ),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -364,40 +390,25 @@ fn letter_json(d: &DeadLetter, with_body: bool) -> serde_json::Value {
     v
 }
 
-async fn admin_dead_letters(State(shared): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if !is_admin(&shared, &headers) {
-        return unauthorized();
-    }
+async fn admin_dead_letters(State(shared): State<Arc<App>>, _: Admin) -> Response {
     match shared.store.dead_letters(1000).await {
         Ok(list) => admin_json(
             StatusCode::OK,
             serde_json::Value::Array(list.iter().map(|d| letter_json(d, false)).collect()),
         ),
-        Err(e) => admin_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": e.to_string()}),
-        ),
+        Err(e) => store_failed(e),
     }
 }
 
 async fn admin_dead_letter(
     State(shared): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Admin,
     axum::extract::Path(id): axum::extract::Path<u64>,
 ) -> Response {
-    if !is_admin(&shared, &headers) {
-        return unauthorized();
-    }
     match shared.store.dead_letter(id).await {
         Ok(Some(d)) => admin_json(StatusCode::OK, letter_json(&d, true)),
-        Ok(None) => admin_json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": format!("no dead letter {id}")}),
-        ),
-        Err(e) => admin_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": e.to_string()}),
-        ),
+        Ok(None) => no_letter(id),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -406,26 +417,13 @@ async fn admin_dead_letter(
 /// unusable, it stays (409).
 async fn admin_retry(
     State(shared): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Admin,
     axum::extract::Path(id): axum::extract::Path<u64>,
 ) -> Response {
-    if !is_admin(&shared, &headers) {
-        return unauthorized();
-    }
     let letter = match shared.store.dead_letter(id).await {
         Ok(Some(d)) => d,
-        Ok(None) => {
-            return admin_json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": format!("no dead letter {id}")}),
-            )
-        }
-        Err(e) => {
-            return admin_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": e.to_string()}),
-            )
-        }
+        Ok(None) => return no_letter(id),
+        Err(e) => return store_failed(e),
     };
     let key = format!("dead-letter-{id}");
     let status = match shared.client.intake().delivery(&letter.body, &key) {
@@ -439,12 +437,7 @@ async fn admin_retry(
         Delivery::Event(ingested) => match shared.inbox.accept(*ingested).await {
             Ok(true) => "accepted".to_owned(),
             Ok(false) => "duplicate".to_owned(),
-            Err(e) => {
-                return admin_json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"error": e.to_string()}),
-                )
-            }
+            Err(e) => return store_failed(e),
         },
     };
     let _ = shared.store.remove_dead_letter(id).await;
