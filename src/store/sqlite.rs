@@ -161,9 +161,7 @@ impl SqliteStore {
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| StoreError(format!("{}: migration failed: {e}", path.display())))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = crate::time::now();
         conn.execute(
             "DELETE FROM inbox WHERE done = 1 AND received_at < ?1",
             params![now - KEEP_KEYS_MS],
