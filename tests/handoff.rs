@@ -72,6 +72,7 @@ impl Setup {
         c.store.path = dir.join("flowbot.db");
         c.runtime.timer_interval = Duration::from_millis(100);
         c.handoff.check_interval = Duration::ZERO;
+        c.qpien.dialect = sim.state().config().dialect;
         let bot = flowbot::start(c, Registry::new()).await.unwrap();
         let url = format!("http://{}/webhook", bot.addr());
         sim.state().configure(|s| s.webhook_url = Some(url));
@@ -183,6 +184,27 @@ async fn the_agent_leaving_is_noticed_at_the_next_message() {
         "{}",
         s.metrics().await
     );
+    s.stop().await;
+}
+
+/// The same, with an account that speaks the external dialect (envelopes,
+/// `externalGetConversation`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_leaving_is_noticed_in_the_external_dialect() {
+    use flowbot::internals::qpien::Dialect;
+    let s = Setup::start("handoff-left-ext", FLOW, |c| c.dialect = Dialect::External).await;
+    s.handed_off().await;
+    s.sim.state().agent_leave(&s.conv);
+    s.say("hello?");
+    let mut want = BACK.to_vec();
+    want.push("Anything else?");
+    s.expect("the release", &want).await;
+    assert!(s
+        .sim
+        .state()
+        .requests()
+        .iter()
+        .any(|r| r.operation == "getConversation"));
     s.stop().await;
 }
 
