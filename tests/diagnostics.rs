@@ -233,7 +233,7 @@ fn included_files_report_in_their_own_file() {
     )
     .unwrap();
     let flow = Flow::load(dir.join("main.yaml"), &HandlerNames::default()).unwrap();
-    assert_eq!(flow.states.len(), 2);
-    assert_eq!(flow.intents.len(), 1);
+    assert_eq!(flow.state_names().count(), 2);
+    assert_eq!(flow.intent_count(), 1);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -2,7 +2,7 @@
 //!
 //! States are addressed by [`StateId`] (an index), rules carry compiled regexes and
 //! pre-normalized synonyms, texts are [`Tpl`]s, and handlers are referred to by an
-//! index into [`Flow::actions`] / [`Flow::matchers`], so that the flow itself holds
+//! index into `Flow::actions` / `Flow::matchers`, so that the flow itself holds
 //! no Rust code and a [`Bot`](crate::engine::Bot) binds the names to handlers once.
 
 use regex::Regex;
@@ -14,7 +14,7 @@ use super::diagnostic::Diagnostics;
 use super::template::{Templates, Tpl, VarList};
 use crate::message::{ButtonKind, MediaKind};
 
-/// A state's index in [`Flow::states`].
+/// A state's index in `Flow::states`.
 pub type StateId = u32;
 
 /// A loaded, validated and compiled flow.
@@ -27,27 +27,27 @@ pub struct Flow {
     /// The files it was read from, the main one first.
     pub files: Vec<PathBuf>,
     /// The first state.
-    pub start: StateId,
+    pub(crate) start: StateId,
     /// All states.
-    pub states: Vec<StateNode>,
+    pub(crate) states: Vec<StateNode>,
     /// Global rules.
-    pub intents: Vec<RuleNode>,
+    pub(crate) intents: Vec<RuleNode>,
     /// Settings with their defaults filled in.
-    pub settings: FlowSettings,
+    pub(crate) settings: FlowSettings,
     /// Variable defaults.
-    pub vars: Arc<VarList>,
+    pub(crate) vars: Arc<VarList>,
     /// Compiled templates.
-    pub templates: Templates,
+    pub(crate) templates: Templates,
     /// Names of the actions the flow calls (indexed by [`CallNode::action`]).
-    pub actions: Vec<Box<str>>,
+    pub(crate) actions: Vec<Box<str>>,
     /// Names of the custom matchers the flow uses (indexed by [`Cond::Custom`]).
-    pub matchers: Vec<Box<str>>,
+    pub(crate) matchers: Vec<Box<str>>,
     /// The flow-wide error state.
-    pub on_error: Option<StateId>,
+    pub(crate) on_error: Option<StateId>,
     /// Where a released conversation goes (`release:`); none: it starts over.
-    pub release: Option<StateId>,
+    pub(crate) release: Option<StateId>,
     /// `migrate:`: where sessions saved in a state of that name go on.
-    pub migrate: HashMap<Box<str>, StateId>,
+    pub(crate) migrate: HashMap<Box<str>, StateId>,
     /// Warnings found while loading (errors prevent loading).
     pub warnings: Diagnostics,
     pub(crate) index: HashMap<Box<str>, StateId>,
@@ -59,8 +59,18 @@ impl Flow {
         self.index.get(name).copied()
     }
 
+    /// The states' names, in the order they were written.
+    pub fn state_names(&self) -> impl Iterator<Item = &str> {
+        self.states.iter().map(|s| &*s.name)
+    }
+
+    /// How many global intents the flow has.
+    pub fn intent_count(&self) -> usize {
+        self.intents.len()
+    }
+
     /// A state by id.
-    pub fn state(&self, id: StateId) -> &StateNode {
+    pub(crate) fn state(&self, id: StateId) -> &StateNode {
         &self.states[id as usize]
     }
 }
@@ -181,7 +191,7 @@ pub enum Cond {
     All(Vec<Cond>),
     /// The sub-condition does not hold.
     Not(Box<Cond>),
-    /// A custom matcher (index into [`Flow::matchers`]).
+    /// A custom matcher (index into `Flow::matchers`).
     Custom(u32),
 }
 
@@ -246,7 +256,7 @@ pub enum CheckKind {
 /// `call:`.
 #[derive(Debug)]
 pub struct CallNode {
-    /// Index into [`Flow::actions`].
+    /// Index into `Flow::actions`.
     pub action: u32,
     /// Arguments.
     pub args: Vec<(Box<str>, Arg)>,

@@ -18,7 +18,7 @@
 //!     "states:\n  start:\n    say: Hi!\n    on:\n      - { text: bye, goto: done }\n  done: { say: Bye, end: true }\n",
 //!     &HandlerNames::default(),
 //! ).unwrap();
-//! assert_eq!(flow.states.len(), 2);
+//! assert_eq!(flow.state_names().collect::<Vec<_>>(), ["start", "done"]);
 //! ```
 
 mod compile;
