@@ -262,14 +262,13 @@ impl Bot {
             // A handoff past `settings.handoff_timeout` ends, whatever comes.
             (_, Some(s)) if self.handoff_expired(&s, now) => {
                 tracing::info!(conversation, "handoff timed out: the bot takes over");
-                let released = self.release(conversation, s, channel, now, false).await;
-                match (event, released.session.clone()) {
-                    (Event::Message(_), session) => {
-                        let next = self.turn(conversation, session, event, now).await;
-                        released.then(next)
-                    }
-                    _ => released,
+                let mut released = self.release(conversation, s, channel, now, false).await;
+                if let Event::Message(_) = event {
+                    let session = released.session.take();
+                    let next = self.turn(conversation, session, event, now).await;
+                    released = released.then(next);
                 }
+                released
             }
             (Event::AgentLeft | Event::Release | Event::HandoffFailed, Some(s)) => {
                 let failed = matches!(event, Event::HandoffFailed);

@@ -517,12 +517,12 @@ pub async fn run(config: &QpienConfig) -> Report {
                     ),
                 );
             }
-            if !list.contains(&dialect.auth_scheme()) || config.auth_scheme.is_some() {
-                if let Some(s) = list.first().filter(|s| **s != dialect.auth_scheme()) {
-                    report
-                        .settings
-                        .push(format!("qpien.auth_scheme = \"{}\"", name(s)));
-                }
+            // The scheme in force once the suggested dialect is set.
+            let in_force = config.auth_scheme.unwrap_or(dialect.auth_scheme());
+            if let Some(s) = list.first().filter(|_| !list.contains(&in_force)) {
+                report
+                    .settings
+                    .push(format!("qpien.auth_scheme = \"{}\"", name(s)));
             }
         }
     }
@@ -621,11 +621,23 @@ pub async fn run(config: &QpienConfig) -> Report {
                             bad.push(format!("{}: {}", op.name(), e.errors));
                         }
                     }
+                    let from_files: Vec<&str> = Operation::ALL
+                        .into_iter()
+                        .filter(|op| docs.is_overridden(*op))
+                        .map(Operation::name)
+                        .collect();
+                    let source = if from_files.is_empty() {
+                        String::from("built-in")
+                    } else {
+                        format!("from qpien.documents_dir: {}", from_files.join(", "))
+                    };
                     if bad.is_empty() {
                         report.push(
                             Status::Ok,
                             "documents",
-                            "every document in use is valid against the account's schema",
+                            format!(
+                                "every document in use is valid against the account's schema ({source})"
+                            ),
                         );
                     } else {
                         report.push(

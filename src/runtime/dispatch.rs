@@ -218,12 +218,13 @@ impl Dispatcher {
         if !back {
             return (None, stored);
         }
-        let release = self
+        let mut release = self
             .bot
             .get()
             .step(conversation, stored, &Event::Release, now)
             .await;
-        let stored = release.stored.clone();
+        // `then` puts the message turn's stored form back.
+        let stored = release.stored.take();
         (Some(release), stored)
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -61,10 +61,7 @@ pub(crate) fn router(shared: Arc<App>) -> Router {
             .route("/admin/dead-letters/{id}/retry", post(admin_retry));
     }
     if shared.server.webhook {
-        app = app.route(
-            &shared.server.webhook_path,
-            post(webhook).layer(DefaultBodyLimit::max(shared.server.max_body_bytes)),
-        );
+        app = app.route(&shared.server.webhook_path, post(webhook));
     }
     app.with_state(shared)
 }
@@ -440,7 +437,9 @@ async fn admin_retry(
             Err(e) => return store_failed(e),
         },
     };
-    let _ = shared.store.remove_dead_letter(id).await;
+    if let Err(e) = shared.store.remove_dead_letter(id).await {
+        tracing::warn!(id, error = %e, "a retried dead letter could not be removed; it may be retried again");
+    }
     admin_json(
         StatusCode::OK,
         serde_json::json!({"id": id, "status": status}),

@@ -135,6 +135,9 @@ impl Worker for Sender {
                         // Not silent: the customer hears so and the bot stays.
                         tracing::error!(conversation, error = %e, "Qpien refused the handoff; the bot stays in service");
                         self.metrics.handoff_failures.inc();
+                        // Closed only at shutdown; the conversation then stays in
+                        // handoff until the check at the customer's next message
+                        // finds nobody on it.
                         let _ = self.feedback.send(Ingested {
                             key: format!("handoff_failed:{conversation}:{}", item.id),
                             conversation: conversation.to_owned(),

@@ -495,11 +495,6 @@ impl SimState {
         self.push(conversation, message).is_some()
     }
 
-    /// Sends a webhook delivery with any body, signed (for tests of odd shapes).
-    pub fn emit_raw(&self, body: Vec<u8>) {
-        let _ = self.deliveries.send(body);
-    }
-
     /// The person writes (the bot must not answer).
     pub fn agent_message(&self, conversation: &str, text: &str) -> Option<String> {
         let id = Self::next_id(&mut self.inner());
