@@ -17,6 +17,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::flow::FlowLimits;
 use crate::qpien::{QpienConfig, Secret};
 
 /// The whole configuration.
@@ -39,6 +40,8 @@ pub struct Config {
     pub handoff: HandoffConfig,
     /// Logging.
     pub log: LogConfig,
+    /// How large a flow's files and how costly its templates may be.
+    pub limits: FlowLimits,
 }
 
 /// How flowbot learns that a handed-off conversation is back: Qpien documents
@@ -72,6 +75,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             handoff: HandoffConfig::default(),
             log: LogConfig::default(),
+            limits: FlowLimits::default(),
         }
     }
 }
@@ -293,8 +297,8 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 8] = [
-    "flow", "qpien", "server", "store", "polling", "runtime", "handoff", "log",
+const SECTIONS: [&str; 9] = [
+    "flow", "qpien", "server", "store", "polling", "runtime", "handoff", "log", "limits",
 ];
 
 /// Secrets: the key, its environment variable, and whether a file form exists.

@@ -76,7 +76,7 @@ pub use minijinja::Value;
 pub use cli::main;
 pub use config::{Config, ConfigError};
 pub use engine::{Bot, BotError, Offered, OptionKind, Session, Step, Stored, Turn};
-pub use flow::{Diagnostic, Diagnostics, Flow, HandlerNames, LoadError, Severity};
+pub use flow::{Diagnostic, Diagnostics, Flow, FlowLimits, HandlerNames, LoadError, Severity};
 pub use handler::{
     Action, ActionContext, ActionError, ActionOutcome, Captures, Hook, Matcher, Registry,
     TurnRecord, Vars,
@@ -85,7 +85,7 @@ pub use message::{
     ButtonKind, Capabilities, Channel, Choice, Contact, Effect, Event, Incoming, InfoButton,
     ListMessage, ListSection, Media, MediaKind, Outgoing,
 };
-pub use runtime::{shutdown_signal, start, Drained, Running, RuntimeError};
+pub use runtime::{check, shutdown_signal, start, Drained, Running, RuntimeError};
 pub use testing::suite::{run_dir as run_conversation_tests, CaseReport, SuiteReport, Update};
 pub use testing::{Customer, Exchange, TestConversation, Transcript};
 pub use time::{Clock, ManualClock, Millis, SystemClock};

@@ -83,11 +83,39 @@ fn a_valid_configuration_checks_out() {
         &["run", "--check"],
         &[
             ("FLOWBOT_FLOW", "flows/order_form.yaml"),
+            ("FLOWBOT_QPIEN__CLIENT_ID", "i"),
             ("FLOWBOT_QPIEN__CLIENT_SECRET", "s"),
+            ("FLOWBOT_SERVER__WEBHOOK_SECRET", "w"),
         ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("flows/order_form.yaml"), "{out}");
+}
+
+#[test]
+fn the_check_refuses_what_run_would_refuse_without_showing_secrets() {
+    // No webhook secret: `run` refuses, so `run --check` does too.
+    let (code, _, err) = flowbot(
+        &["run", "--check"],
+        &[
+            ("FLOWBOT_FLOW", "flows/order_form.yaml"),
+            ("FLOWBOT_QPIEN__CLIENT_ID", "i"),
+            ("FLOWBOT_QPIEN__CLIENT_SECRET", "hunter2"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("server.webhook_secret"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // No Qpien credentials.
+    let (code, _, err) = flowbot(
+        &["run", "--check"],
+        &[
+            ("FLOWBOT_FLOW", "flows/order_form.yaml"),
+            ("FLOWBOT_SERVER__WEBHOOK_SECRET", "w"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("FLOWBOT_QPIEN__CLIENT_ID"), "{err}");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
 //! - `fuzz`: random YAML and random messages never panic.
 //! - `handoff`: every way a handoff ends (or fails), through the simulator.
+//! - `hostile`: the attack suite: hostile flows, templates, deliveries and connections.
 //! - `qpien`: the Qpien client against the simulator; schemas and documents.
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
@@ -29,6 +30,7 @@ mod doctor;
 mod engine;
 mod fuzz;
 mod handoff;
+mod hostile;
 mod qpien;
 mod replay;
 mod runtime;

@@ -29,7 +29,7 @@ pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Regis
         }
     };
     if check {
-        return match crate::engine::Bot::load(&config.flow, registry) {
+        return match crate::runtime::check(&config, &registry) {
             Ok(_) => {
                 println!("configuration and flow {} are valid", config.flow.display());
                 0

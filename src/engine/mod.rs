@@ -42,7 +42,7 @@ use std::sync::Arc;
 pub use session::{Offered, OptionKind, Session};
 
 use crate::flow::template::Scope;
-use crate::flow::{Arg, CallNode, Flow, LoadError, MsgNode, RuleNode, StateId};
+use crate::flow::{Arg, CallNode, Flow, FlowLimits, LoadError, MsgNode, RuleNode, StateId};
 use crate::handler::{
     set_var, Action, ActionContext, ActionOutcome, Hook, Matcher, Registry, TurnRecord, Vars,
 };
@@ -204,7 +204,16 @@ impl Bot {
 
     /// Loads a flow file and binds it.
     pub fn load(path: impl AsRef<Path>, registry: Registry) -> Result<Bot, BotError> {
-        let flow = Flow::load(path, &registry.names())?;
+        Bot::load_with(path, registry, &FlowLimits::default())
+    }
+
+    /// Loads a flow file within `limits` and binds it.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        registry: Registry,
+        limits: &FlowLimits,
+    ) -> Result<Bot, BotError> {
+        let flow = Flow::load_with(path, &registry.names(), limits)?;
         Bot::new(flow, registry)
     }
 
@@ -926,7 +935,7 @@ impl Run<'_> {
     fn apply_sets(&mut self, sets: &[(Arc<str>, crate::flow::Tpl)]) {
         for (k, t) in sets {
             let scope = self.scope();
-            let v = self.renderer().tpl(t, &scope);
+            let v = self.renderer().value(t, &scope).unwrap_or_default();
             self.set(k, Value::from(v));
         }
     }
@@ -1014,7 +1023,7 @@ impl Run<'_> {
             let v = match a {
                 Arg::Template(t) => {
                     let scope = self.scope();
-                    Value::from(self.renderer().tpl(t, &scope))
+                    Value::from(self.renderer().value(t, &scope).unwrap_or_default())
                 }
                 Arg::Value(v) => v.clone(),
             };

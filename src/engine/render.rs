@@ -4,9 +4,10 @@
 //! that shows fewer buttons or rows than a message has (or none, like e-mail) gets
 //! the numbered text form (`1. My orders`), and the options are remembered as
 //! numbered so that "1" counts as that choice. With `settings.overflow: adapt`, too
-//! many quick replies become a list message where the channel has lists. Templates
-//! that fail to render are logged and rendered as their source text, so the
-//! customer still gets an answer.
+//! many quick replies become a list message where the channel has lists. A message
+//! whose template fails to render (an error, or more work or output than the
+//! flow's limits allow) is logged, counted as the turn's error and replaced by
+//! `settings.error_message`: a template's source never reaches a customer.
 
 use minijinja::Value;
 use std::fmt::Write;
@@ -31,14 +32,61 @@ pub(crate) struct Rendered {
 }
 
 impl Renderer<'_> {
+    /// Renders a visible text; a failed render gives the error message (its
+    /// source is never shown to the customer).
     pub(crate) fn tpl(&mut self, t: &Tpl, scope: &Value) -> String {
+        match self.value(t, scope) {
+            Some(s) => s,
+            None => self.error_message(),
+        }
+    }
+
+    /// Renders a value (a `set:`, an action's argument); `None` if it failed,
+    /// which is logged and recorded as the turn's error.
+    pub(crate) fn value(&mut self, t: &Tpl, scope: &Value) -> Option<String> {
         match self.flow.templates.render(t, scope) {
-            Ok(s) => s.into_owned(),
+            Ok(s) => Some(s.into_owned()),
             Err(e) => {
-                tracing::warn!(error = %e, "template failed; sending its source");
-                self.errors.push(e.to_string());
-                t.source().to_owned()
+                let error = crate::flow::shorten(&e.to_string(), 300);
+                tracing::warn!(%error, "template failed; sending the error message instead");
+                self.errors.push(error);
+                None
             }
+        }
+    }
+
+    /// `settings.error_message` (or the default one), for a message whose
+    /// template failed.
+    fn error_message(&mut self) -> String {
+        self.flow
+            .settings
+            .error_message
+            .as_ref()
+            .map(|t| {
+                t.pick(
+                    self.language,
+                    self.flow.settings.default_language.as_deref(),
+                )
+            })
+            .and_then(|t| self.flow.templates.render(t, &Value::UNDEFINED).ok())
+            .map_or_else(
+                || super::DEFAULT_ERROR_MESSAGE.to_owned(),
+                |s| s.into_owned(),
+            )
+    }
+
+    /// Replaces a message any of whose templates failed by the error message,
+    /// offering nothing.
+    fn guarded(&mut self, render: impl FnOnce(&mut Self) -> Rendered) -> Rendered {
+        let before = self.errors.len();
+        let r = render(self);
+        if self.errors.len() == before {
+            return r;
+        }
+        Rendered {
+            message: Outgoing::text(self.error_message()),
+            offered: Vec::new(),
+            numbered: false,
         }
     }
 
@@ -60,6 +108,16 @@ impl Renderer<'_> {
 
     /// Renders a text with quick replies (used by `say` and by `ask`).
     pub(crate) fn text_message(
+        &mut self,
+        text: &LText,
+        quick_replies: &[ChoiceNode],
+        buttons: &[crate::flow::ButtonNode],
+        scope: &Value,
+    ) -> Rendered {
+        self.guarded(|r| r.text_message_unguarded(text, quick_replies, buttons, scope))
+    }
+
+    fn text_message_unguarded(
         &mut self,
         text: &LText,
         quick_replies: &[ChoiceNode],
@@ -179,13 +237,19 @@ impl Renderer<'_> {
         }
     }
 
+    /// Renders one message of a state; one whose templates fail becomes the
+    /// error message.
     pub(crate) fn message(&mut self, m: &MsgNode, scope: &Value) -> Rendered {
+        self.guarded(|r| r.message_unguarded(m, scope))
+    }
+
+    fn message_unguarded(&mut self, m: &MsgNode, scope: &Value) -> Rendered {
         match m {
             MsgNode::Text {
                 text,
                 quick_replies,
                 buttons,
-            } => self.text_message(text, quick_replies, buttons, scope),
+            } => self.text_message_unguarded(text, quick_replies, buttons, scope),
             MsgNode::List(l) => self.list(l, scope),
             MsgNode::Media { url, kind, caption } => {
                 let url = self.tpl(url, scope);

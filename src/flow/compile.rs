@@ -17,13 +17,14 @@ use super::normalize::{normalize, words};
 use super::source::{join_index, join_key, Reporter};
 use super::template::{Templates, Tpl};
 use super::validate;
-use super::HandlerNames;
+use super::{FlowLimits, HandlerNames};
 use crate::message::{ButtonKind, MediaKind};
 
 /// Compiles loaded documents (the main one first) into a flow.
 pub(crate) fn compile(
     files: &[Loaded],
     names: &HandlerNames,
+    limits: &FlowLimits,
     diags: &mut Diagnostics,
 ) -> Option<Flow> {
     let main = files.first()?;
@@ -90,7 +91,7 @@ pub(crate) fn compile(
 
     let settings_doc = main.doc.settings.clone().unwrap_or_default();
     let mut c = Compiler {
-        templates: Templates::new(),
+        templates: Templates::new(limits),
         index: &index,
         names,
         actions: Vec::new(),

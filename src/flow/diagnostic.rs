@@ -44,6 +44,10 @@ pub struct Diagnostic {
     /// How many characters to underline from `column`.
     #[serde(skip)]
     pub width: usize,
+    /// Where `column` falls in `source_line`, which is an excerpt when the line
+    /// is long.
+    #[serde(skip)]
+    pub(crate) excerpt_column: usize,
 }
 
 impl Diagnostic {
@@ -94,7 +98,7 @@ impl fmt::Display for Diagnostic {
             // Columns count characters; tabs are kept so the caret lines up.
             let lead: String = src
                 .chars()
-                .take(self.column.saturating_sub(1))
+                .take(self.excerpt_column.saturating_sub(1))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
             writeln!(f, "{pad} | {lead}{}", "^".repeat(self.width.max(1)))?;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use super::bounds::FlowLimits;
 use super::diagnostic::{did_you_mean, Diagnostics, Severity};
 use super::model::{known_keys, FlowDoc};
 use super::source::{self, join_index, join_key, Pos, Reporter, Source};
@@ -24,85 +25,172 @@ pub(crate) struct Loaded {
 /// Reads `path` and every file it includes. Problems go to `diags`; a file that
 /// cannot be read or parsed is left out of the result.
 /// With `text`, the main file's content is that text rather than what is on disk.
+///
+/// Includes stay inside the main file's folder: an absolute path, a `..` that
+/// leaves it, a link pointing out of it or anything but a regular file is
+/// refused, and every file is read up to `limits.flow_file_bytes` at most.
 pub(crate) fn load_files(
     path: &Path,
     text: Option<String>,
+    limits: &FlowLimits,
     diags: &mut Diagnostics,
 ) -> Vec<Loaded> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    load_into(path, text, None, &mut out, &mut seen, diags);
-    out
+    let mut ctx = Ctx {
+        out: Vec::new(),
+        seen: HashSet::new(),
+        home: path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .and_then(|p| p.canonicalize().ok()),
+        limits,
+        diags,
+    };
+    ctx.load(path, text, None);
+    ctx.out
 }
 
-/// `from`: the including file (its index in `out`) and the include's path.
-fn load_into(
-    path: &Path,
-    text: Option<String>,
-    from: Option<(usize, &str)>,
-    out: &mut Vec<Loaded>,
-    seen: &mut HashSet<PathBuf>,
-    diags: &mut Diagnostics,
-) {
-    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    if !seen.insert(key) {
-        if let Some((src, at)) = from {
-            Reporter {
-                source: &out[src].source,
-                out: diags,
+struct Ctx<'a> {
+    out: Vec<Loaded>,
+    seen: HashSet<PathBuf>,
+    /// The main file's folder, where includes must stay.
+    home: Option<PathBuf>,
+    limits: &'a FlowLimits,
+    diags: &'a mut Diagnostics,
+}
+
+impl Ctx<'_> {
+    /// Reports a problem at the include that named a file, or at the top of the
+    /// main file.
+    fn report(
+        &mut self,
+        path: &Path,
+        from: Option<(usize, &str)>,
+        message: String,
+        hint: Option<String>,
+    ) {
+        match from {
+            Some((src, at)) => Reporter {
+                source: &self.out[src].source,
+                out: self.diags,
             }
-            .warning(
-                at,
-                format!("`{}` is included more than once", path.display()),
-                Some("each file is read once; remove the repeated include".into()),
-            );
-        }
-        return;
-    }
-    let text = match text.map_or_else(|| source::read(path), Ok) {
-        Ok(t) => t,
-        Err(e) => {
-            let message = format!("cannot read `{}`: {e}", path.display());
-            match from {
-                Some((src, at)) => Reporter {
-                    source: &out[src].source,
-                    out: diags,
-                }
-                .error(at, message, None),
-                None => diags.0.push(Source::new(path, String::new()).diagnostic_at(
+            .error(at, message, hint),
+            None => self
+                .diags
+                .0
+                .push(Source::new(path, String::new()).diagnostic_at(
                     Severity::Error,
                     None,
                     "",
                     message,
-                    None,
+                    hint,
                 )),
+        }
+    }
+
+    /// Why an included path may not be read, if it may not.
+    fn outside_home(&self, written: &Path, path: &Path) -> Option<String> {
+        if written.is_absolute() {
+            return Some(
+                "an include is a path relative to the flow's folder, not an absolute path".into(),
+            );
+        }
+        let home = self.home.as_ref()?;
+        match path.canonicalize() {
+            Ok(real) if real.starts_with(home) => None,
+            Ok(_) => Some(format!(
+                "it is outside the flow's folder `{}`",
+                home.display()
+            )),
+            // A missing file is reported by the read that follows.
+            Err(_) => None,
+        }
+    }
+
+    /// `from`: the including file (its index in `out`) and the include's path.
+    fn load(&mut self, path: &Path, text: Option<String>, from: Option<(usize, &str)>) {
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if !self.seen.insert(key) {
+            if let Some((src, at)) = from {
+                Reporter {
+                    source: &self.out[src].source,
+                    out: self.diags,
+                }
+                .warning(
+                    at,
+                    format!("`{}` is included more than once", path.display()),
+                    Some("each file is read once; remove the repeated include".into()),
+                );
             }
             return;
         }
-    };
-    let Some(loaded) = parse(path, text, diags) else {
-        return;
-    };
-    let includes = loaded.doc.include.clone();
-    let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    out.push(loaded);
-    let idx = out.len() - 1;
-    for (i, inc) in includes.iter().enumerate() {
-        load_into(
-            &base.join(inc),
-            None,
-            Some((idx, &join_index("include", i))),
-            out,
-            seen,
-            diags,
-        );
+        let text = match text {
+            Some(t) if t.len() as u64 > self.limits.flow_file_bytes => {
+                Err(source::ReadError::TooLarge(self.limits.flow_file_bytes))
+            }
+            Some(t) => Ok(t),
+            None => source::read(path, self.limits.flow_file_bytes),
+        };
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => {
+                let message = format!("cannot read `{}`: {e}", path.display());
+                self.report(path, from, message, None);
+                return;
+            }
+        };
+        let Some(loaded) = parse(path, text, self.limits, self.diags) else {
+            return;
+        };
+        let includes = loaded.doc.include.clone();
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        self.out.push(loaded);
+        let idx = self.out.len() - 1;
+        for (i, inc) in includes.iter().enumerate() {
+            let at = join_index("include", i);
+            let target = base.join(inc);
+            if let Some(why) = self.outside_home(Path::new(inc), &target) {
+                let message = format!("cannot include `{}`: {why}", source::shorten(inc, 200));
+                self.report(
+                    &target,
+                    Some((idx, &at)),
+                    message,
+                    Some("keep included files in the flow's folder or below it".into()),
+                );
+                continue;
+            }
+            self.load(&target, None, Some((idx, &at)));
+        }
     }
 }
 
 /// Parses one flow document. Returns `None` (with diagnostics) if its YAML or its
-/// shape is broken; unknown keys are reported but do not stop the parse.
-fn parse(path: &Path, text: String, diags: &mut Diagnostics) -> Option<Loaded> {
-    let source = Source::new(path, text);
+/// shape is broken, or it breaks a limit; unknown keys are reported but do not
+/// stop the parse.
+fn parse(
+    path: &Path,
+    text: String,
+    limits: &FlowLimits,
+    diags: &mut Diagnostics,
+) -> Option<Loaded> {
+    let source = match Source::checked(path, text, limits) {
+        (s, None) => s,
+        (s, Some(e)) => {
+            diags.0.push(s.diagnostic_at(
+                Severity::Error,
+                Some(e.pos),
+                "",
+                e.message,
+                Some(e.hint),
+            ));
+            return None;
+        }
+    };
     let doc = parse_doc::<FlowDoc>(&source, &known_keys(), diags)?;
     Some(Loaded { source, doc })
 }
@@ -210,7 +298,12 @@ mod tests {
 
     fn parse_str(src: &str) -> (Option<Loaded>, Diagnostics) {
         let mut d = Diagnostics::default();
-        let l = parse(Path::new("t.yaml"), src.to_owned(), &mut d);
+        let l = parse(
+            Path::new("t.yaml"),
+            src.to_owned(),
+            &FlowLimits::default(),
+            &mut d,
+        );
         (l, d)
     }
 

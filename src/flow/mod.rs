@@ -21,6 +21,7 @@
 //! assert_eq!(flow.state_names().collect::<Vec<_>>(), ["start", "done"]);
 //! ```
 
+mod bounds;
 mod compile;
 mod compiled;
 mod diagnostic;
@@ -34,10 +35,12 @@ mod validate;
 
 use std::path::Path;
 
+pub use bounds::FlowLimits;
 pub use compiled::*;
 pub use diagnostic::{did_you_mean, Diagnostic, Diagnostics, Severity};
 pub(crate) use normalize::contains_phrase;
 pub use normalize::{normalize, words};
+pub(crate) use source::shorten;
 pub use template::Tpl;
 pub use validate::limits;
 
@@ -60,9 +63,18 @@ impl Flow {
     /// Loads a flow file (and the files it includes), validates and compiles it.
     /// Warnings are kept in [`Flow::warnings`].
     pub fn load(path: impl AsRef<Path>, names: &HandlerNames) -> Result<Flow, LoadError> {
+        Flow::load_with(path, names, &FlowLimits::default())
+    }
+
+    /// Loads a flow file within `limits` (file size, nesting, template work).
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        names: &HandlerNames,
+        limits: &FlowLimits,
+    ) -> Result<Flow, LoadError> {
         let mut diags = Diagnostics::default();
-        let files = load::load_files(path.as_ref(), None, &mut diags);
-        finish(compile::compile(&files, names, &mut diags), diags)
+        let files = load::load_files(path.as_ref(), None, limits, &mut diags);
+        finish(compile::compile(&files, names, limits, &mut diags), diags)
     }
 
     /// Loads a flow from text, as if read from `name` (includes are resolved
@@ -73,8 +85,9 @@ impl Flow {
         names: &HandlerNames,
     ) -> Result<Flow, LoadError> {
         let mut diags = Diagnostics::default();
-        let files = load::load_files(name.as_ref(), Some(yaml.to_owned()), &mut diags);
-        finish(compile::compile(&files, names, &mut diags), diags)
+        let limits = FlowLimits::default();
+        let files = load::load_files(name.as_ref(), Some(yaml.to_owned()), &limits, &mut diags);
+        finish(compile::compile(&files, names, &limits, &mut diags), diags)
     }
 }
 

@@ -16,6 +16,8 @@ use minijinja::{Environment, UndefinedBehavior};
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::bounds::FlowLimits;
+
 /// A compiled text: plain, or a template in the flow's store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tpl {
@@ -54,6 +56,7 @@ pub struct RenderError {
 pub struct Templates {
     env: Environment<'static>,
     next: usize,
+    max_output: usize,
 }
 
 impl std::fmt::Debug for Templates {
@@ -66,7 +69,7 @@ impl std::fmt::Debug for Templates {
 
 impl Default for Templates {
     fn default() -> Self {
-        Self::new()
+        Self::new(&FlowLimits::default())
     }
 }
 
@@ -74,14 +77,81 @@ fn has_syntax(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
 }
 
+/// Names a template may call without defining them: the loop's and the
+/// block machinery's own.
+const IMPLICIT: &[&str] = &["loop", "super", "caller", "self", "varargs", "kwargs"];
+
+/// The largest constant a template may multiply by.
+const MAX_REPEAT: i64 = 10_000;
+
+/// Built-in filter names, offered as "did you mean".
+const FILTERS: &[&str] = &[
+    "abs",
+    "attr",
+    "batch",
+    "bool",
+    "capitalize",
+    "chain",
+    "count",
+    "d",
+    "default",
+    "dictsort",
+    "e",
+    "escape",
+    "first",
+    "float",
+    "format",
+    "groupby",
+    "indent",
+    "int",
+    "items",
+    "join",
+    "last",
+    "length",
+    "lines",
+    "list",
+    "lower",
+    "map",
+    "max",
+    "min",
+    "pprint",
+    "reject",
+    "rejectattr",
+    "replace",
+    "reverse",
+    "round",
+    "safe",
+    "select",
+    "selectattr",
+    "slice",
+    "sort",
+    "split",
+    "string",
+    "sum",
+    "title",
+    "tojson",
+    "trim",
+    "unique",
+    "upper",
+    "urlencode",
+    "zip",
+];
+
 impl Templates {
-    /// An empty store with minijinja's built-in filters and tests.
-    pub fn new() -> Templates {
+    /// An empty store with minijinja's built-in filters and tests, rendering
+    /// within `limits` (fuel and output size).
+    pub fn new(limits: &FlowLimits) -> Templates {
         let mut env = Environment::new();
         // A missing variable renders as empty text, as in Jinja; `default()` works.
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_keep_trailing_newline(true);
-        Templates { env, next: 0 }
+        env.set_fuel(Some(limits.template_fuel));
+        env.set_recursion_limit(32);
+        Templates {
+            env,
+            next: 0,
+            max_output: limits.template_output_chars,
+        }
     }
 
     /// Compiles a text template; plain text is kept as is.
@@ -107,31 +177,132 @@ impl Templates {
         self.env
             .add_template_owned(name.clone(), template)
             .map_err(|e| describe(&e))?;
+        if let Err(e) = self.check_names(&name) {
+            self.env.remove_template(&name);
+            return Err(e);
+        }
         Ok(Tpl::Dynamic {
             name: name.into(),
             source: source.into(),
         })
     }
 
-    /// Renders a text.
+    /// Refuses a template that uses a filter, test or function minijinja does
+    /// not have: without this it would fail only when rendered, in front of a
+    /// customer. Each name the compiled code applies is tried once on `none`.
+    fn check_names(&self, name: &str) -> Result<(), String> {
+        use minijinja::machinery::{get_compiled_template, Instruction};
+        let tmpl = self.env.get_template(name).map_err(|e| describe(&e))?;
+        let code = &get_compiled_template(&tmpl).instructions;
+        let mut defined: Vec<&str> = Vec::new();
+        let mut used: Vec<(&str, &str)> = Vec::new();
+        for i in 0..code.len() as u32 {
+            // `x * 1000000` builds a huge string or list in one step, which no
+            // fuel counts: a constant factor is capped at load.
+            if let (Some(Instruction::Mul), Some(Instruction::LoadConst(v))) =
+                (code.get(i), i.checked_sub(1).and_then(|p| code.get(p)))
+            {
+                if v.as_i64().is_some_and(|n| n > MAX_REPEAT) {
+                    return Err(format!(
+                        "`* {v}` repeats more than {MAX_REPEAT} times; templates may not build text that large"
+                    ));
+                }
+            }
+            match code.get(i) {
+                Some(Instruction::ApplyFilter(n, ..)) => used.push(("filter", n)),
+                Some(Instruction::PerformTest(n, ..)) => used.push(("test", n)),
+                Some(Instruction::CallFunction(n, ..)) => used.push(("function", n)),
+                Some(Instruction::StoreLocal(n)) => defined.push(n),
+                _ => {}
+            }
+        }
+        for (kind, n) in used {
+            if kind == "function" && (defined.contains(&n) || IMPLICIT.contains(&n)) {
+                continue;
+            }
+            let probe = match kind {
+                "filter" => format!("{{{{ none | {n} }}}}"),
+                "test" => format!("{{{{ none is {n} }}}}"),
+                _ => format!("{{{{ {n}() }}}}"),
+            };
+            let unknown = match self.env.render_str(&probe, ()) {
+                Ok(_) => false,
+                Err(e) => matches!(
+                    e.kind(),
+                    minijinja::ErrorKind::UnknownFilter
+                        | minijinja::ErrorKind::UnknownTest
+                        | minijinja::ErrorKind::UnknownFunction
+                ),
+            };
+            if unknown {
+                let mut m = format!("unknown {kind} `{n}`");
+                if kind == "filter" {
+                    if let Some(s) = super::did_you_mean(n, FILTERS.iter().copied()) {
+                        m.push_str(&format!(" (did you mean `{s}`?)"));
+                    }
+                }
+                return Err(m);
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders a text, within the limits: a render that runs out of fuel or
+    /// would write more than the output limit fails.
     pub fn render<'t>(&self, tpl: &'t Tpl, scope: &Value) -> Result<Cow<'t, str>, RenderError> {
         match tpl {
             Tpl::Static(s) => Ok(Cow::Borrowed(s)),
-            Tpl::Dynamic { name, source } => self
-                .env
-                .get_template(name)
-                .and_then(|t| t.render(scope))
-                .map(Cow::Owned)
-                .map_err(|e| RenderError {
+            Tpl::Dynamic { name, source } => {
+                let fail = |message: String| RenderError {
                     source_text: source.to_string(),
-                    message: describe(&e),
-                }),
+                    message,
+                };
+                let t = self
+                    .env
+                    .get_template(name)
+                    .map_err(|e| fail(describe(&e)))?;
+                let mut out = Bounded {
+                    buf: Vec::new(),
+                    max: self.max_output,
+                };
+                match t.render_captured_to(scope, &mut out) {
+                    Ok(_) => String::from_utf8(out.buf)
+                        .map(Cow::Owned)
+                        .map_err(|_| fail("the output is not UTF-8".into())),
+                    Err(_) if out.buf.len() > self.max_output => Err(fail(format!(
+                        "the output is longer than {} bytes",
+                        self.max_output
+                    ))),
+                    Err(e) => Err(fail(describe(&e))),
+                }
+            }
         }
     }
 
     /// Evaluates a compiled `when:` expression for truth.
     pub fn truthy(&self, tpl: &Tpl, scope: &Value) -> Result<bool, RenderError> {
         self.render(tpl, scope).map(|s| !s.is_empty())
+    }
+}
+
+/// A writer that refuses to grow past `max` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.max {
+            self.buf.resize(self.max + 1, 0);
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -204,13 +375,13 @@ mod tests {
 
     #[test]
     fn plain_text_is_static() {
-        let mut t = Templates::new();
+        let mut t = Templates::default();
         assert_eq!(t.text("Hello").unwrap(), Tpl::Static("Hello".into()));
     }
 
     #[test]
     fn renders_variables_and_defaults() {
-        let mut t = Templates::new();
+        let mut t = Templates::default();
         let tpl = t.text("Hi {{ name | default('there') }}!").unwrap();
         assert_eq!(t.render(&tpl, &scope(&[])).unwrap(), "Hi there!");
         let s = scope(&[("name", Value::from("Ada"))]);
@@ -219,7 +390,7 @@ mod tests {
 
     #[test]
     fn expressions_are_truthy_or_not() {
-        let mut t = Templates::new();
+        let mut t = Templates::default();
         let e = t.expression("order|int % 2 == 0").unwrap();
         assert!(t
             .truthy(&e, &scope(&[("order", Value::from("222222"))]))
@@ -231,7 +402,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_reported_at_compile_time() {
-        let mut t = Templates::new();
+        let mut t = Templates::default();
         assert!(t.text("Hi {{ name").is_err());
         assert!(t.expression("a ==").is_err());
     }

@@ -314,24 +314,49 @@ pub(crate) fn unreachable(flow: &Flow) -> Vec<StateId> {
 /// A cycle of states chained by `next` with nothing in between that waits for the
 /// customer: the conversation would spin. Returns the states of the first one found.
 pub(crate) fn next_loop(flow: &Flow) -> Option<Vec<StateId>> {
+    // Each state has at most one `next` it passes through, so the states form
+    // chains: walk each once (linear), marking states on the current walk; a walk
+    // that meets its own mark has found a loop. The loop reported starts at its
+    // lowest state, whichever walk found it.
+    const NEW: u8 = 0;
+    const ON_WALK: u8 = 1;
+    const DONE: u8 = 2;
+    let through = |id: StateId| {
+        let s = flow.state(id);
+        if s.ask.is_some() || s.end || s.handoff {
+            None
+        } else {
+            s.next
+        }
+    };
+    let mut mark = vec![NEW; flow.states.len()];
+    let mut best: Option<Vec<StateId>> = None;
     for start in 0..flow.states.len() as StateId {
-        let mut path = vec![start];
-        let mut cur = start;
-        loop {
-            let s = flow.state(cur);
-            if s.ask.is_some() || s.end || s.handoff {
-                break;
+        let mut walk = Vec::new();
+        let mut cur = Some(start);
+        while let Some(id) = cur {
+            match mark[id as usize] {
+                NEW => {
+                    mark[id as usize] = ON_WALK;
+                    walk.push(id);
+                    cur = through(id);
+                }
+                ON_WALK => {
+                    let at = walk.iter().position(|&w| w == id).unwrap_or(0);
+                    let mut cycle = walk[at..].to_vec();
+                    let low = (0..cycle.len()).min_by_key(|&i| cycle[i]).unwrap_or(0);
+                    cycle.rotate_left(low);
+                    if best.as_ref().is_none_or(|b| cycle[0] < b[0]) {
+                        best = Some(cycle);
+                    }
+                    break;
+                }
+                _ => break,
             }
-            let Some(n) = s.next else { break };
-            if n == start {
-                return Some(path);
-            }
-            if path.contains(&n) {
-                break;
-            }
-            path.push(n);
-            cur = n;
+        }
+        for w in walk {
+            mark[w as usize] = DONE;
         }
     }
-    None
+    best
 }

@@ -157,12 +157,16 @@ impl Running {
     }
 }
 
-/// Starts the runtime for `config` with the handlers of `registry`: opens the
-/// store, loads the flow, binds the server, resumes unfinished work.
-pub async fn start(config: Config, registry: Registry) -> Result<Running, RuntimeError> {
-    let bot = Bot::load(&config.flow, registry.clone()).map_err(|e| RuntimeError::Flow {
-        path: config.flow.display().to_string(),
-        message: e.to_string(),
+/// Checks what [`start`] would refuse without starting anything: the flow
+/// (within `[limits]`), the secrets the configuration needs (present, never
+/// shown), a way to receive messages, Qpien's endpoint and documents.
+/// `flowbot run --check` runs this. Returns the loaded bot.
+pub fn check(config: &Config, registry: &Registry) -> Result<Bot, RuntimeError> {
+    let bot = Bot::load_with(&config.flow, registry.clone(), &config.limits).map_err(|e| {
+        RuntimeError::Flow {
+            path: config.flow.display().to_string(),
+            message: e.to_string(),
+        }
     })?;
     if config.server.webhook && config.server.webhook_secret.is_empty() {
         return Err(RuntimeError::Config(
@@ -176,6 +180,32 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             "nothing to receive messages: enable server.webhook or polling.enabled".into(),
         ));
     }
+    for (key, env, secret) in [
+        (
+            "qpien.client_id",
+            "FLOWBOT_QPIEN__CLIENT_ID",
+            &config.qpien.client_id,
+        ),
+        (
+            "qpien.client_secret",
+            "FLOWBOT_QPIEN__CLIENT_SECRET",
+            &config.qpien.client_secret,
+        ),
+    ] {
+        if secret.is_empty() {
+            return Err(RuntimeError::Config(format!(
+                "{key} is required to call Qpien: set {env} (or {key}_file)"
+            )));
+        }
+    }
+    QpienClient::new(config.qpien.clone())?;
+    Ok(bot)
+}
+
+/// Starts the runtime for `config` with the handlers of `registry`: checks it
+/// (see [`check`]), opens the store, binds the server, resumes unfinished work.
+pub async fn start(config: Config, registry: Registry) -> Result<Running, RuntimeError> {
+    let bot = check(&config, &registry)?;
     let store: Arc<dyn StateStore> = match config.store.backend {
         StoreBackend::Sqlite => Arc::new(SqliteStore::open(
             &config.store.path,
@@ -294,6 +324,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         tasks.push(tokio::spawn(reload::run(reload::Reload {
             slot: slot.clone(),
             flow: config.flow.clone(),
+            limits: config.limits.clone(),
             registry,
             metrics: metrics.clone(),
             every: config.runtime.reload_interval,

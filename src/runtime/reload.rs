@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use super::metrics::Metrics;
 use super::Stop;
 use crate::engine::Bot;
+use crate::flow::FlowLimits;
 use crate::handler::Registry;
 
 /// The bot in service; a reload swaps it.
@@ -62,6 +63,7 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 pub(crate) struct Reload {
     pub(crate) slot: Arc<BotSlot>,
     pub(crate) flow: PathBuf,
+    pub(crate) limits: FlowLimits,
     pub(crate) registry: Registry,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) every: Duration,
@@ -78,7 +80,7 @@ pub(crate) async fn run(r: Reload) {
             continue;
         }
         seen = now;
-        match Bot::load(&r.flow, r.registry.clone()) {
+        match Bot::load_with(&r.flow, r.registry.clone(), &r.limits) {
             Ok(bot) => {
                 let version = bot.flow().version;
                 if version == r.slot.get().flow().version {

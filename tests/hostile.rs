@@ -1,0 +1,326 @@
+//! The attack suite: inputs a careless author or an adversary could send, each
+//! shown to be refused or bounded (flows and includes, templates, webhook
+//! bodies and ids, slow connections, agent events, poison messages, a long
+//! Qpien outage). Speed and memory are measured in `benches/load.rs`; here
+//! every case checks behaviour.
+
+use std::path::Path;
+
+use flowbot::internals::flow::{Flow, FlowLimits, HandlerNames};
+use flowbot::{Registry, TestConversation};
+
+fn load(path: &Path) -> Result<Flow, String> {
+    Flow::load(path, &HandlerNames::default()).map_err(|e| e.0.to_string())
+}
+
+fn from_yaml(yaml: &str) -> Result<Flow, String> {
+    Flow::from_yaml("hostile.yaml", yaml, &HandlerNames::default()).map_err(|e| e.0.to_string())
+}
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("flowbot-hostile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A valid flow with `n` states chained by `next`, the last one ending.
+pub(crate) fn next_chain(n: usize, looped: bool) -> String {
+    let mut s = String::from("version: 1\nstates:\n");
+    for i in 0..n {
+        let next = if i + 1 < n {
+            format!("s{}", i + 1)
+        } else if looped {
+            "s0".into()
+        } else {
+            String::new()
+        };
+        if next.is_empty() {
+            s.push_str(&format!("  s{i}: {{ say: \"{i}\", end: true }}\n"));
+        } else {
+            s.push_str(&format!("  s{i}: {{ say: \"{i}\", next: {next} }}\n"));
+        }
+    }
+    s
+}
+
+#[test]
+fn deeply_nested_documents_are_refused_at_the_depth_limit() {
+    // 20,000 nested block sequences (40 KB).
+    let e = from_yaml(&"- ".repeat(20_000)).unwrap_err();
+    assert!(e.contains("nests deeper than 64 levels"), "{e}");
+    // 100,000 nested flow sequences.
+    let e = from_yaml(&"[".repeat(100_000)).unwrap_err();
+    assert!(e.contains("nests too deep"), "{e}");
+    // Deep mappings, one line each.
+    let mut s = String::new();
+    for i in 0..200 {
+        s.push_str(&" ".repeat(i));
+        s.push_str("k:\n");
+    }
+    let e = from_yaml(&s).unwrap_err();
+    assert!(e.contains("nests deeper"), "{e}");
+    assert!(e.contains("hostile.yaml:65:"), "{e}");
+}
+
+#[test]
+fn a_huge_key_is_refused_and_not_quoted() {
+    let key = "k".repeat(200_000);
+    let mut s = format!("version: 1\nvars:\n  {key}:\n");
+    for i in 0..10_000 {
+        s.push_str(&format!("    - {i}\n"));
+    }
+    // YAML itself reads a plain key over 1024 characters as a value: the
+    // document is refused, and the error quotes a short excerpt of it.
+    let e = from_yaml(&s).unwrap_err();
+    assert!(e.contains("hostile.yaml:3:"), "{e}");
+    assert!(
+        e.len() < 2_000,
+        "the error quotes the key: {} bytes",
+        e.len()
+    );
+    // An explicit key may be longer for YAML, not for a flow.
+    let s = format!("version: 1\nvars:\n  ? {key}\n  : 1\n");
+    let e = from_yaml(&s).unwrap_err();
+    assert!(e.contains("a key is longer than 1024 characters"), "{e}");
+    assert!(e.contains("hostile.yaml:3:5"), "{e}");
+    assert!(
+        e.len() < 2_000,
+        "the error quotes the key: {} bytes",
+        e.len()
+    );
+}
+
+#[test]
+fn too_many_nodes_and_too_large_files_are_refused() {
+    let mut s = String::from("version: 1\nvars:\n  list:\n");
+    for _ in 0..210_000 {
+        s.push_str("    - 1\n");
+    }
+    let e = from_yaml(&s).unwrap_err();
+    assert!(e.contains("more than 200000 nodes"), "{e}");
+
+    let d = dir("large");
+    let f = d.join("big.yaml");
+    std::fs::write(
+        &f,
+        format!("version: 1\n# {}\n", "x".repeat(9 * 1024 * 1024)),
+    )
+    .unwrap();
+    let e = load(&f).unwrap_err();
+    assert!(e.contains("larger than 8388608 bytes"), "{e}");
+    // The limits are the configuration's.
+    let limits = FlowLimits {
+        flow_file_bytes: 10 * 1024 * 1024,
+        ..FlowLimits::default()
+    };
+    let e = Flow::load_with(&f, &HandlerNames::default(), &limits)
+        .unwrap_err()
+        .0
+        .to_string();
+    assert!(!e.contains("larger than"), "{e}");
+}
+
+#[test]
+fn a_long_next_chain_loads_and_its_loop_is_found() {
+    let flow = from_yaml(&next_chain(10_000, false)).unwrap();
+    assert_eq!(flow.state_names().count(), 10_000);
+    let e = from_yaml(&next_chain(10_000, true)).unwrap_err();
+    assert!(e.contains("loop"), "{e}");
+    assert!(e.contains("s0"), "{e}");
+}
+
+#[test]
+fn many_problems_are_reported_by_the_first_thousand() {
+    let mut s = String::from("version: 1\nstates:\n  start: { say: hi, end: true }\n");
+    for i in 0..5_000 {
+        s.push_str(&format!("  s{i}: {{ say: hi, goto_: x }}\n"));
+    }
+    let e = Flow::from_yaml("many.yaml", &s, &HandlerNames::default()).unwrap_err();
+    assert_eq!(e.0 .0.len(), 1_001);
+    assert!(e.0.to_string().contains("more than 1000 problems"));
+}
+
+#[test]
+fn includes_stay_in_the_flow_folder() {
+    let d = dir("includes");
+    let inner = d.join("flows");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(
+        d.join("outside.yaml"),
+        "states: { secret: { say: SECRET, end: true } }\n",
+    )
+    .unwrap();
+    for (include, why) in [
+        ("/proc/self/environ", "not an absolute path"),
+        ("/dev/zero", "not an absolute path"),
+        ("../outside.yaml", "outside the flow's folder"),
+        ("link.yaml", "outside the flow's folder"),
+    ] {
+        let _ = std::fs::remove_file(inner.join("link.yaml"));
+        std::os::unix::fs::symlink(d.join("outside.yaml"), inner.join("link.yaml")).unwrap();
+        let main = inner.join("main.yaml");
+        std::fs::write(
+            &main,
+            format!("version: 1\ninclude: [\"{include}\"]\nstates:\n  start: {{ say: hi, end: true }}\n"),
+        )
+        .unwrap();
+        let e = load(&main).unwrap_err();
+        assert!(e.contains(why), "{include}: {e}");
+        assert!(e.contains("main.yaml:2:"), "{include}: {e}");
+        assert!(
+            !e.contains("SECRET") && !e.contains("PATH="),
+            "{include}: {e}"
+        );
+    }
+    // A special file inside the folder is not read either.
+    let main = inner.join("main.yaml");
+    std::os::unix::fs::symlink("/dev/zero", inner.join("zero.yaml")).unwrap_or(());
+    std::fs::write(
+        &main,
+        "version: 1\ninclude: [sub/part.yaml]\nstates:\n  start: { say: hi, end: true }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(inner.join("sub")).unwrap();
+    std::fs::write(
+        inner.join("sub/part.yaml"),
+        "states: { more: { say: more, end: true } }\n",
+    )
+    .unwrap();
+    assert!(load(&main).is_ok());
+}
+
+#[test]
+fn another_files_content_is_quoted_only_as_a_short_excerpt() {
+    let d = dir("excerpt");
+    let secret = format!("SECRET-HEAD{}", "a".repeat(400));
+    std::fs::write(
+        d.join("part.yaml"),
+        format!("states: {{ x: {{ say: [ {secret} }}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("main.yaml"),
+        "version: 1\ninclude: [part.yaml]\nstates:\n  start: { say: hi, end: true }\n",
+    )
+    .unwrap();
+    let e = load(&d.join("main.yaml")).unwrap_err();
+    assert!(e.contains("part.yaml"), "{e}");
+    assert!(!e.contains("SECRET-HEAD"), "{e}");
+}
+
+#[test]
+fn unknown_filters_tests_and_functions_are_load_errors() {
+    for (template, what) in [
+        (
+            "Hi {{ name | capitalise }}",
+            "unknown filter `capitalise` (did you mean `capitalize`?)",
+        ),
+        (
+            "{% if name is shouty %}!{% endif %}",
+            "unknown test `shouty`",
+        ),
+        ("{{ frobnicate(name) }}", "unknown function `frobnicate`"),
+    ] {
+        let yaml = format!("version: 1\nstates:\n  start: {{ say: \"{template}\", end: true }}\n");
+        let e = from_yaml(&yaml).unwrap_err();
+        assert!(e.contains(what), "{template}: {e}");
+        assert!(e.contains("hostile.yaml:3:"), "{template}: {e}");
+    }
+    // A constant repetition that would build a huge text at once.
+    let e =
+        from_yaml("version: 1\nstates:\n  start: { say: \"{{ name * 1000000 }}\", end: true }\n")
+            .unwrap_err();
+    assert!(e.contains("repeats more than 10000 times"), "{e}");
+    // What minijinja has, and what a template defines, is fine.
+    from_yaml(
+        "version: 1\nstates:\n  start:\n    say: \"{% macro b(x) %}*{{ x }}*{% endmacro %}{{ b(name | upper) }}{% for i in range(2) %}{{ loop.index }}{% endfor %}{{ name is defined }}\"\n    end: true\n",
+    )
+    .unwrap();
+}
+
+const COSTLY: &str = r#"
+version: 1
+settings:
+  error_message: "Sorry, that went wrong."
+states:
+  start:
+    ask: { text: "Your name?", save: name }
+    set: { times: "1000000" }
+    next: show
+  show:
+    say: "{% for c in name * (times | int) %}{{ c }}{% endfor %}"
+    next: loop
+  loop:
+    say: "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+    next: big
+  big:
+    say: "{{ name * 1000 }}"
+    next: fine
+  fine:
+    say: "Thanks {{ name }}"
+    end: true
+"#;
+
+#[tokio::test]
+async fn costly_templates_stop_at_their_limits_and_the_customer_gets_the_error_message() {
+    let mut c = TestConversation::from_yaml(COSTLY, Registry::new()).unwrap();
+    c.send("hi").await;
+    let out: Vec<String> = c
+        .send(&"n".repeat(100))
+        .await
+        .iter()
+        .map(|m| m.text.clone())
+        .collect();
+    // Fuel stops the loops, the output limit stops the 100,000-character text;
+    // no template source reaches the customer, and the flow goes on.
+    assert_eq!(
+        out,
+        [
+            "Sorry, that went wrong.",
+            "Sorry, that went wrong.",
+            "Sorry, that went wrong.",
+            &format!("Thanks {}", "n".repeat(100))
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_reload_is_refused_and_the_running_flow_kept() {
+    use crate::runtime::{message, wait_until, Harness, ECHO};
+    use std::time::Duration;
+    let mut h = Harness::start("hostile-reload", ECHO, |_| {}).await;
+    h.post(&message("m1", "c1", "hello")).await;
+    wait_until("a reply", Duration::from_secs(5), || {
+        h.replies("c1").len() == 1
+    })
+    .await;
+    for bad in [
+        "- ".repeat(20_000),
+        "[".repeat(100_000),
+        "version: 1\ninclude: [/proc/self/environ]\nstates: { start: {} }\n".to_string(),
+    ] {
+        std::fs::write(h.dir.join("flow.yaml"), bad).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    h.post(&message("m2", "c1", "still here")).await;
+    wait_until("the old flow's reply", Duration::from_secs(5), || {
+        h.replies("c1").len() == 2
+    })
+    .await;
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Echo: hello", "Echo: still here"]);
+    assert!(
+        metrics.contains("flowbot_reloads_total{result=\"rejected\"} 3"),
+        "{metrics}"
+    );
+}
