@@ -157,6 +157,10 @@ pub struct StoreConfig {
     /// `full` (a commit survives a power cut) or `normal` (it survives a crash
     /// of the process; faster).
     pub durability: crate::store::Durability,
+    /// The most bytes the database may hold (none: as much as the disk has).
+    /// At the limit writes fail as on a full disk: webhooks answer 503 (Qpien
+    /// delivers again later) and `/readyz` says the store cannot write.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -167,6 +171,7 @@ impl Default for StoreConfig {
             busy_timeout: Duration::from_secs(5),
             max_batch: 256,
             durability: crate::store::Durability::Full,
+            max_bytes: None,
         }
     }
 }

@@ -306,3 +306,28 @@ async fn a_leave_event_is_still_understood() {
     s.expect("the release by event", &BACK).await;
     s.stop().await;
 }
+
+/// Joins and leaves are told apart by what identifies them, not by their bytes:
+/// the same agent joining, leaving and joining again (identical deliveries)
+/// silences the bot again, and a second identical leave gives it back again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_leave_join_again_works_with_identical_deliveries() {
+    let s = Setup::start("handoff-rejoin", FLOW, |c| c.leave_events = true).await;
+    s.handed_off().await;
+    s.sim.state().agent_leave(&s.conv);
+    s.expect("the first release", &BACK).await;
+    // The same agent joins again: the delivery is byte for byte the first one.
+    s.sim.state().agent_join(&s.conv);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.say("ping");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.texts(), BACK, "silent while the agent is back on it");
+    s.sim.state().agent_leave(&s.conv);
+    let mut want = BACK.to_vec();
+    want.extend(["You are back with the bot.", "Anything else?"]);
+    s.expect("the second release", &want).await;
+    s.say("ping");
+    want.extend(["pong", "Hi! Write agent for a person."]);
+    s.expect("service as usual", &want).await;
+    s.stop().await;
+}

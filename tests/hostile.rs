@@ -324,3 +324,119 @@ async fn a_hostile_reload_is_refused_and_the_running_flow_kept() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_oversized_ids_become_dead_letters() {
+    use crate::runtime::{message, wait_until, Harness, ECHO};
+    use std::time::Duration;
+    let mut h = Harness::start("hostile-ids", ECHO, |_| {}).await;
+    let huge = "i".repeat(200_000);
+    for (id, conv) in [
+        ("", "c1"),
+        ("  ", "c1"),
+        (huge.as_str(), "c1"),
+        ("m1", ""),
+        ("m2", huge.as_str()),
+    ] {
+        assert_eq!(h.post(&message(id, conv, "hi")).await, 200);
+    }
+    // Empty ids do not shadow one another: a later message is answered.
+    h.post(&message("m3", "c2", "hello")).await;
+    wait_until("the reply", Duration::from_secs(5), || {
+        h.replies("c2").len() == 1
+    })
+    .await;
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    h.stop().await;
+    assert!(
+        metrics.contains("flowbot_dead_letters_total 5"),
+        "{metrics}"
+    );
+    assert!(h.replies("c1").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_why_qpien_or_the_store_fails() {
+    use crate::runtime::{message, Harness, ECHO};
+    use flowbot::internals::qpien::RetryConfig;
+    use std::time::Duration;
+    // Qpien refuses connections, and retries outlast /readyz's wait: the
+    // reason is the last attempt's, and token failures are counted.
+    let mut h = Harness::start("hostile-ready-qpien", ECHO, |c| {
+        c.qpien.endpoint = "http://127.0.0.1:9/graphql".into();
+        c.qpien.retry = RetryConfig {
+            max_attempts: 20,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(2),
+        };
+    })
+    .await;
+    let r = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("no token within 5s; the last attempt:"),
+        "{body}"
+    );
+    assert!(body.to_lowercase().contains("connection refused"), "{body}");
+    h.stop().await;
+
+    let mut h = Harness::start("hostile-ready-unreachable", ECHO, |c| {
+        c.qpien.endpoint = "http://127.0.0.1:9/graphql".into();
+    })
+    .await;
+    let r = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .to_lowercase()
+        .contains("connection refused"));
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flowbot_qpien_calls_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    h.stop().await;
+
+    // A store that cannot write (a full disk, here its size limit): webhooks
+    // answer 503 and /readyz says why.
+    let mut h = Harness::start("hostile-ready-store", ECHO, |c| {
+        c.store.max_bytes = Some(160 * 1024);
+    })
+    .await;
+    let big = "x".repeat(8 * 1024);
+    let mut refused = false;
+    for i in 0..200 {
+        if h.post(&message(&format!("m{i}"), &format!("c{i}"), &big))
+            .await
+            == 503
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the store never filled up");
+    let r = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("cannot write"), "{body}");
+    assert!(body.contains("full"), "{body}");
+    h.stop().await;
+}

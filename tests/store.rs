@@ -10,6 +10,7 @@ fn opts(busy_secs: u64, max_batch: usize) -> SqliteOptions {
         busy_timeout: Duration::from_secs(busy_secs),
         max_batch,
         durability: Durability::Full,
+        max_bytes: None,
     }
 }
 

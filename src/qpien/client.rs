@@ -53,6 +53,7 @@ struct Inner {
     config: QpienConfig,
     documents: Documents,
     token: Mutex<Option<Token>>,
+    token_error: std::sync::Mutex<Option<String>>,
     limiter: RateLimiter,
     order: ConversationLocks,
     stats: Counters,
@@ -73,6 +74,10 @@ struct Counters {
     retries: AtomicU64,
     token_refreshes: AtomicU64,
     duplicates: AtomicU64,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Counts since the client was made, for metrics.
@@ -162,6 +167,7 @@ impl QpienClient {
                 config,
                 documents,
                 token: Mutex::new(None),
+                token_error: std::sync::Mutex::new(None),
                 order: ConversationLocks::default(),
                 stats: Counters::default(),
             }),
@@ -271,6 +277,29 @@ impl QpienClient {
                 return Ok(t.value.clone());
             }
         }
+        // Token calls are calls: counted, and their last failure kept for
+        // `/readyz` (which may give up waiting before the retries end).
+        match self.obtain_token().await {
+            Ok(token) => {
+                self.inner.stats.ok.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.inner.token_error) = None;
+                *slot = Some(token.clone());
+                Ok(token.value)
+            }
+            Err(e) => {
+                self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.inner.token_error) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Why the last attempt to obtain a token failed, if it did.
+    pub fn last_token_error(&self) -> Option<String> {
+        lock(&self.inner.token_error).clone()
+    }
+
+    async fn obtain_token(&self) -> Result<Token, QpienError> {
         let config = &self.inner.config;
         if config.client_id.is_empty() || config.client_secret.is_empty() {
             return Err(QpienError::Config(
@@ -313,8 +342,7 @@ impl QpienClient {
             .token_refreshes
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(lifetime = ?lifetime, "obtained a Qpien token");
-        *slot = Some(token.clone());
-        Ok(token.value)
+        Ok(token)
     }
 
     /// Drops `stale` if it is still the cached token (another task may have
@@ -340,6 +368,9 @@ impl QpienClient {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
             };
+            if op == Operation::GenerateOAuthToken {
+                *lock(&self.inner.token_error) = Some(DisplayFailure(&failure).to_string());
+            }
             let retryable = matches!(&failure, Failure::Error(e) if e.is_retryable());
             if !retryable {
                 return Err(failure);

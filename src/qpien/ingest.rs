@@ -45,7 +45,8 @@ pub enum Ignored {
     /// A comment (`qpien.answer_comments` is off).
     #[error("a comment")]
     Comment,
-    /// A message without `_id` or conversation.
+    /// A message without a usable `_id` or conversation (missing, empty or
+    /// too long).
     #[error("the message has no {0}")]
     Missing(&'static str),
 }
@@ -114,12 +115,17 @@ impl Intake {
         if !self.answer_comments && msg.comment_data.as_ref().is_some_and(|c| !c.is_null()) {
             return Err(Ignored::Comment);
         }
-        let key = msg.id.clone().ok_or(Ignored::Missing("`_id`"))?;
+        let key = msg
+            .id
+            .clone()
+            .filter(|id| usable(id))
+            .ok_or(Ignored::Missing("usable `_id`"))?;
         let conversation = msg
             .conversation
             .clone()
             .or_else(|| conversation.map(str::to_owned))
-            .ok_or(Ignored::Missing("`conversation`"))?;
+            .filter(|id| usable(id))
+            .ok_or(Ignored::Missing("usable `conversation`"))?;
         Ok(Ingested {
             key,
             conversation,
@@ -127,26 +133,45 @@ impl Intake {
         })
     }
 
-    /// Reads a verified webhook delivery. `signature` is the delivery's (a
-    /// redelivery of the same event carries the same one, so events without an
-    /// id of their own are deduplicated by it).
-    pub fn delivery(&self, body: &[u8], signature: &str) -> Delivery {
-        let sig = &signature[..signature.len().min(32)];
+    /// Reads a verified webhook delivery.
+    ///
+    /// A message is deduplicated by its `_id`. An agent's join or leave is
+    /// identified by what the delivery says of it (its id or its time, with the
+    /// conversation and the person): a redelivery is one event, while the same
+    /// person joining again later is another. When the delivery says neither,
+    /// `arrival` (unique to this delivery) makes it an event of its own: joins
+    /// and leaves change nothing when repeated, so running a redelivery again
+    /// is harmless, while dropping a real second join (by its bytes, which are
+    /// the same) would let the bot talk over the agent.
+    pub fn delivery(&self, body: &[u8], arrival: &str) -> Delivery {
+        let key = |kind: &str, conversation: &str, person: &Option<String>, id: &Option<String>| {
+            let person = person.as_deref().unwrap_or("-");
+            match id {
+                Some(id) => format!("{kind}:{conversation}:{person}:{id}"),
+                None => format!("{kind}:{conversation}:{person}:arrival:{arrival}"),
+            }
+        };
         match parse(body) {
             Err(e) => Delivery::Unusable(e.to_string()),
             Ok(WebhookEvent::NewMessage(msg)) => match self.message(&msg, None, None) {
                 Ok(i) => Delivery::Event(Box::new(i)),
                 Err(why) => Delivery::Ignored(why),
             },
-            Ok(WebhookEvent::AgentJoined { conversation, .. }) => {
-                Delivery::Event(Box::new(Ingested {
-                    key: format!("join:{conversation}:{sig}"),
-                    conversation,
-                    event: Event::AgentJoined,
-                }))
-            }
-            Ok(WebhookEvent::AgentLeft { conversation }) => Delivery::Event(Box::new(Ingested {
-                key: format!("leave:{conversation}:{sig}"),
+            Ok(WebhookEvent::AgentJoined {
+                conversation,
+                person,
+                identity,
+            }) => Delivery::Event(Box::new(Ingested {
+                key: key("join", &conversation, &person, &identity),
+                conversation,
+                event: Event::AgentJoined,
+            })),
+            Ok(WebhookEvent::AgentLeft {
+                conversation,
+                person,
+                identity,
+            }) => Delivery::Event(Box::new(Ingested {
+                key: key("leave", &conversation, &person, &identity),
                 conversation,
                 event: Event::AgentLeft,
             })),
@@ -157,11 +182,21 @@ impl Intake {
     }
 }
 
+/// Whether an id can key a message or a conversation (see
+/// [`super::webhook::MAX_ID_CHARS`]).
+fn usable(id: &str) -> bool {
+    !id.trim().is_empty() && id.chars().count() <= super::webhook::MAX_ID_CHARS
+}
+
 /// The top-level keys of a JSON object (for logs: never the values, which may
 /// hold a customer's words).
 pub fn top_level_keys(body: &[u8]) -> Vec<String> {
     match serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(body) {
-        Ok(map) => map.into_keys().take(32).collect(),
+        Ok(map) => map
+            .into_keys()
+            .take(32)
+            .map(|k| crate::flow::shorten(&k, 64))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -53,12 +53,18 @@ pub enum WebhookEvent {
         conversation: String,
         /// Who joined, if said (an id).
         person: Option<String>,
+        /// What tells this event from another like it, if the delivery says.
+        identity: Option<String>,
     },
     /// `LEAVE_CONVERSATION` (ASSUMED: Qpien documents no such event; the
     /// simulator sends it): the person left and the bot takes over again.
     AgentLeft {
         /// The conversation.
         conversation: String,
+        /// Who left, if said (an id).
+        person: Option<String>,
+        /// What tells this event from another like it, if the delivery says.
+        identity: Option<String>,
     },
     /// An event flowbot does not know (kept as a dead letter, acknowledged).
     Other(String),
@@ -87,14 +93,16 @@ const DATA_KEYS: [&str; 3] = ["data", "message", "payload"];
 /// `message`/`payload` are read too), or a bare message (an object with `_id`
 /// and no event name).
 pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
-    let mut map = match serde_json::from_slice::<Value>(body) {
+    let map = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(PayloadError::Shape("not a JSON object".into())),
         Err(e) => return Err(PayloadError::Json(e.to_string())),
     };
+    let mut map = map;
     let event = EVENT_KEYS
         .iter()
         .find_map(|k| map.get(*k).and_then(Value::as_str).map(str::to_owned));
+    let identity = identity(&map);
     let (event, data) = match event {
         Some(event) => {
             let data = DATA_KEYS
@@ -115,34 +123,104 @@ pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
             }
             let msg: ExternalMessage = serde_json::from_value(data)
                 .map_err(|e| PayloadError::Shape(format!("{event}: {e}")))?;
-            if msg.id.is_none() {
-                return Err(PayloadError::Shape(format!(
-                    "{event}: the message has no `_id`"
-                )));
-            }
-            if msg.conversation.is_none() {
-                return Err(PayloadError::Shape(format!(
-                    "{event}: the message has no `conversation`"
-                )));
-            }
+            usable_id(&event, "the message's `_id`", msg.id.as_deref())?;
+            usable_id(
+                &event,
+                "the message's `conversation`",
+                msg.conversation.as_deref(),
+            )?;
             Ok(WebhookEvent::NewMessage(Box::new(msg)))
         }
         "LEAVE_CONVERSATION" | "CONVERSATION_RELEASED" => Ok(WebhookEvent::AgentLeft {
-            conversation: conversation_id(&data)
-                .ok_or_else(|| PayloadError::Shape(format!("{event}: no conversation id")))?,
+            conversation: usable_id(&event, "the conversation id", conversation_id(&data))?,
+            person: person(&data),
+            identity: identity.or_else(|| data_time(&data)),
         }),
-        "JOIN_CONVERSATION" => {
-            // ASSUMED: the conversation itself, or {conversationId, person}.
-            let person = ["person", "joinedCPerson", "joinedPerson"]
-                .iter()
-                .find_map(|k| data.get(*k).and_then(id_of));
-            Ok(WebhookEvent::AgentJoined {
-                conversation: conversation_id(&data)
-                    .ok_or_else(|| PayloadError::Shape(format!("{event}: no conversation id")))?,
-                person,
+        "JOIN_CONVERSATION" => Ok(WebhookEvent::AgentJoined {
+            conversation: usable_id(&event, "the conversation id", conversation_id(&data))?,
+            person: person(&data),
+            identity: identity.or_else(|| data_time(&data)),
+        }),
+        _ => Ok(WebhookEvent::Other(crate::flow::shorten(&event, 64))),
+    }
+}
+
+/// The longest id flowbot accepts (Qpien's are 24-character Mongo ids).
+pub const MAX_ID_CHARS: usize = 256;
+
+/// An id that can key a conversation or a message: present, not empty, not
+/// longer than [`MAX_ID_CHARS`]. An empty id would make every other empty-id
+/// message look like a repeat; a huge one would be stored and logged whole.
+fn usable_id<T: AsRef<str>>(event: &str, what: &str, id: Option<T>) -> Result<T, PayloadError> {
+    let event = crate::flow::shorten(event, 64);
+    let Some(id) = id else {
+        return Err(PayloadError::Shape(format!("{event}: {what} is missing")));
+    };
+    let n = id.as_ref().trim().chars().count();
+    if n == 0 {
+        return Err(PayloadError::Shape(format!("{event}: {what} is empty")));
+    }
+    if id.as_ref().chars().count() > MAX_ID_CHARS {
+        return Err(PayloadError::Shape(format!(
+            "{event}: {what} is longer than {MAX_ID_CHARS} characters"
+        )));
+    }
+    Ok(id)
+}
+
+/// Who joined or left (ASSUMED: the conversation itself, or {conversationId,
+/// person}).
+fn person(data: &Value) -> Option<String> {
+    ["person", "joinedCPerson", "joinedPerson", "leftPerson"]
+        .iter()
+        .find_map(|k| data.get(*k).and_then(id_of))
+}
+
+/// A delivery's own id (ASSUMED keys: Qpien publishes none), or its time.
+fn identity(map: &serde_json::Map<String, Value>) -> Option<String> {
+    ["deliveryId", "eventId", "id"]
+        .iter()
+        .find_map(|k| map.get(*k).and_then(id_of))
+        .map(|id| format!("id:{id}"))
+        .or_else(|| time_of(map, &["timestamp", "time", "createdAt", "sentAt"]))
+}
+
+/// When the event happened, as its data says (ASSUMED keys; a conversation's
+/// `updatedAt` changes when a person joins or leaves, its `createdAt` does not).
+fn data_time(data: &Value) -> Option<String> {
+    time_of(
+        data,
+        &["joinedAt", "leftAt", "timestamp", "time", "updatedAt"],
+    )
+}
+
+/// The first of `keys` that holds a time, as text.
+fn time_of(obj: &impl Lookup, keys: &[&str]) -> Option<String> {
+    keys.iter()
+        .find_map(|k| {
+            obj.field(k).and_then(|v| match v {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
             })
-        }
-        _ => Ok(WebhookEvent::Other(event)),
+        })
+        .map(|t| format!("at:{t}"))
+}
+
+/// A JSON object or value whose fields can be read by name.
+trait Lookup {
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl Lookup for Value {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl Lookup for serde_json::Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
     }
 }
 

@@ -30,6 +30,15 @@ use crate::qpien::Delivery;
 use crate::qpien::QpienClient;
 use crate::store::{DeadLetter, StateStore};
 
+/// What makes this delivery unique, for events whose body names no identity
+/// of their own (see [`crate::qpien::Intake::delivery`]): the time it arrived
+/// and a sequence number.
+fn arrival() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}", crate::time::now())
+}
+
 /// What the HTTP handlers need.
 pub(crate) struct App {
     pub(crate) server: ServerConfig,
@@ -81,17 +90,25 @@ async fn healthz() -> Response {
 
 async fn readyz(State(shared): State<Arc<App>>) -> Response {
     let store = tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await;
-    let store_ok = matches!(store, Ok(Ok(())));
+    let store_msg = match store {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("cannot write: {e}")),
+        Err(_) => Some("no answer within 2s".to_owned()),
+    };
+    let store_ok = store_msg.is_none();
     let token = tokio::time::timeout(Duration::from_secs(5), shared.client.check_token()).await;
     let token_msg = match token {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some("no token within 5s".to_owned()),
+        Err(_) => Some(match shared.client.last_token_error() {
+            Some(e) => format!("no token within 5s; the last attempt: {e}"),
+            None => "no token within 5s".to_owned(),
+        }),
     };
     let ready = store_ok && token_msg.is_none() && !shared.stop.is_stopping();
     let body = serde_json::json!({
         "ready": ready,
-        "store": if store_ok { "ok" } else { "unreachable" },
+        "store": store_msg.as_deref().unwrap_or("ok"),
         "flow": shared.bot.get().flow().name,
         "qpien": token_msg.as_deref().unwrap_or("ok"),
         "stopping": shared.stop.is_stopping(),
@@ -243,7 +260,7 @@ async fn handle(shared: &App, headers: &HeaderMap, body: Body) -> (StatusCode, &
     if let Some(capture) = &shared.capture {
         capture.keep(kept_headers(headers), &body);
     }
-    let ingested = match shared.client.intake().delivery(&body, signature) {
+    let ingested = match shared.client.intake().delivery(&body, &arrival()) {
         Delivery::Event(i) => *i,
         Delivery::Ignored(why) => {
             tracing::debug!(%why, "webhook delivery ignored");

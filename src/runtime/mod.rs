@@ -213,6 +213,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
                 busy_timeout: config.store.busy_timeout,
                 max_batch: config.store.max_batch,
                 durability: config.store.durability,
+                max_bytes: config.store.max_bytes,
             },
         )?),
         StoreBackend::Memory => Arc::new(MemoryStore::new()),

@@ -145,7 +145,7 @@ pub trait StateStore: Send + Sync + 'static {
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Saves a cursor.
     async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError>;
-    /// Whether the store answers.
+    /// Whether the store answers and can write (a full disk shows here).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Keeps a delivery that could not be used (its `id` is ignored); the
     /// oldest beyond [`MAX_DEAD_LETTERS`] are dropped. Returns its number.

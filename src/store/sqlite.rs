@@ -111,6 +111,8 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// When a commit counts as done.
     pub durability: Durability,
+    /// The most bytes the database may hold (SQLite's `max_page_count`).
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -119,6 +121,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_batch: 256,
             durability: Durability::Full,
+            max_bytes: None,
         }
     }
 }
@@ -128,6 +131,29 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    /// The last write that failed, and when, until a write succeeds: a full
+    /// disk refuses a delivery (a large write) while a small probe may pass,
+    /// so [`StateStore::ping`] reports it for [`RECENT_FAILURE`].
+    failed_write: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+/// How long a failed write keeps the store reported as unable to write (then
+/// the probe alone decides, so a store that recovered is seen as ready again).
+const RECENT_FAILURE: Duration = Duration::from_secs(30);
+
+impl Op {
+    /// Whether the operation writes (its failure says the store cannot write).
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Op::Accept(_)
+                | Op::Commit(_)
+                | Op::Delivered(_)
+                | Op::SetCursor(..)
+                | Op::AddDead(_)
+                | Op::DeadRemove(_)
+        )
+    }
 }
 
 fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -141,6 +167,7 @@ impl SqliteStore {
         let SqliteOptions {
             busy_timeout,
             max_batch,
+            max_bytes,
             durability,
         } = options;
         let path = path.as_ref().to_path_buf();
@@ -161,6 +188,14 @@ impl SqliteStore {
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| StoreError(format!("{}: migration failed: {e}", path.display())))?;
+        if let Some(max) = max_bytes {
+            let page: i64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get(0))
+                .map_err(err(&path))?;
+            let pages = i64::try_from(max / page.max(1) as u64).unwrap_or(i64::MAX);
+            conn.pragma_update(None, "max_page_count", pages.max(1))
+                .map_err(err(&path))?;
+        }
         let now = crate::time::now();
         conn.execute(
             "DELETE FROM inbox WHERE done = 1 AND received_at < ?1",
@@ -173,7 +208,11 @@ impl SqliteStore {
             .name("flowbot-sqlite".into())
             .spawn(move || writer(conn, rx, max_batch.max(1), thread_path))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok(SqliteStore { jobs, path })
+        Ok(SqliteStore {
+            jobs,
+            path,
+            failed_write: std::sync::Mutex::new(None),
+        })
     }
 
     /// The database file.
@@ -182,12 +221,23 @@ impl SqliteStore {
     }
 
     async fn run(&self, op: Op) -> Result<Reply, StoreError> {
+        let writes = op.writes();
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send((op, tx))
             .map_err(|_| StoreError("the store thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError("the store thread has stopped".into()))?
+        let result = rx
+            .await
+            .map_err(|_| StoreError("the store thread has stopped".into()))?;
+        if writes {
+            let mut failed = self.failed_write.lock().unwrap_or_else(|e| e.into_inner());
+            match &result {
+                Ok(_) if failed.is_some() => *failed = None,
+                Ok(_) => {}
+                Err(e) => *failed = Some((std::time::Instant::now(), e.0.clone())),
+            }
+        }
+        result
     }
 }
 
@@ -208,12 +258,23 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path:
             for (op, _) in batch.iter_mut() {
                 let op = std::mem::replace(op, Op::Ping);
                 let sp = tx.savepoint()?;
-                let r = apply(&sp, op);
-                if r.is_ok() {
-                    sp.commit()?;
+                match apply(&sp, op) {
+                    Ok(reply) => {
+                        sp.commit()?;
+                        results.push(Ok(reply));
+                    }
+                    Err(e) => {
+                        // Dropped uncommitted, a savepoint rolls back.
+                        drop(sp);
+                        if tx.is_autocommit() {
+                            // SQLite rolled the whole transaction back (a full
+                            // disk, an I/O error): the batch fails, with this
+                            // reason rather than the commit's.
+                            return Err(e);
+                        }
+                        results.push(Err(err(&path)(e)));
+                    }
                 }
-                // Dropped uncommitted, a savepoint rolls back.
-                results.push(r.map_err(err(&path)));
             }
             tx.commit()
         })();
@@ -351,7 +412,12 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             Reply::Done
         }
         Op::Ping => {
-            tx.query_row("SELECT 1", [], |_| Ok(()))?;
+            // A write, so that a full disk (or `max_bytes`) shows here.
+            tx.prepare_cached(
+                "INSERT INTO cursors (name, value) VALUES ('store:ping', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![crate::time::now().to_string()])?;
             Reply::Done
         }
         Op::AddDead(d) => {
@@ -466,6 +532,16 @@ impl StateStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        let recent = self
+            .failed_write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < RECENT_FAILURE)
+            .map(|(_, e)| e.clone());
+        if let Some(e) = recent {
+            return Err(StoreError(format!("the last write failed: {e}")));
+        }
         self.run(Op::Ping).await.map(drop)
     }
 

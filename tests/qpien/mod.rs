@@ -885,7 +885,7 @@ fn webhook_signatures_and_payloads() {
         &br#"{"event":"JOIN_CONVERSATION","data":{"_id":"c1","customer":{"_id":"acct"},"joinedPerson":{"_id":"a1","type":"PERSON"},"channels":["WhatsApp"]}}"#[..],
     ] {
         assert!(
-            matches!(parse(join), Ok(WebhookEvent::AgentJoined { conversation, person })
+            matches!(parse(join), Ok(WebhookEvent::AgentJoined { conversation, person, .. })
                 if conversation == "c1" && person.as_deref() == Some("a1")),
             "{}",
             String::from_utf8_lossy(join)
@@ -902,4 +902,28 @@ fn webhook_signatures_and_payloads() {
         .unwrap_err()
         .to_string()
         .contains("conversation"));
+}
+
+#[test]
+fn agent_events_are_keyed_by_what_identifies_them() {
+    use flowbot::internals::qpien::{Delivery, Intake};
+    let intake = Intake::with_defaults();
+    let key = |body: &str, arrival: &str| match intake.delivery(body.as_bytes(), arrival) {
+        Delivery::Event(i) => i.key,
+        other => panic!("{other:?}"),
+    };
+    // A delivery id or a time: a redelivery (another arrival) has the same key.
+    let with_id = r#"{"event":"JOIN_CONVERSATION","deliveryId":"d1","data":{"_id":"c1","joinedPerson":"a1"}}"#;
+    assert_eq!(key(with_id, "1"), key(with_id, "2"));
+    assert_eq!(key(with_id, "1"), "join:c1:a1:id:d1");
+    let timed = r#"{"event":"LEAVE_CONVERSATION","data":{"_id":"c1","leftPerson":"a1","leftAt":"2026-11-26T10:00:00Z"}}"#;
+    assert_eq!(key(timed, "1"), "leave:c1:a1:at:2026-11-26T10:00:00Z");
+    let later = timed.replace("10:00:00", "10:05:00");
+    assert_ne!(key(timed, "1"), key(&later, "1"));
+    // A conversation's `createdAt` does not tell two joins apart; `updatedAt` does.
+    let conv = r#"{"event":"JOIN_CONVERSATION","data":{"_id":"c1","createdAt":"2026-01-01","updatedAt":"2026-11-26T10:00:00Z"}}"#;
+    assert_eq!(key(conv, "1"), "join:c1:-:at:2026-11-26T10:00:00Z");
+    // Nothing that identifies it: each arrival is an event of its own.
+    let bare = r#"{"event":"JOIN_CONVERSATION","data":{"_id":"c1"}}"#;
+    assert_ne!(key(bare, "1"), key(bare, "2"));
 }
