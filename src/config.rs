@@ -110,6 +110,19 @@ pub struct ServerConfig {
     pub capture_dir: Option<PathBuf>,
     /// Most bytes the capture folder holds: the oldest files go beyond it.
     pub capture_max_bytes: u64,
+    /// Most connections open at once (kept below the open-file limit); more
+    /// wait in the kernel's queue until one closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long a
+    /// kept-alive connection may stay idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body (then 408).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long a whole request may take, headers to answer (then 408).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +139,10 @@ impl Default for ServerConfig {
             admin_token_file: None,
             capture_dir: None,
             capture_max_bytes: 64 * 1024 * 1024,
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

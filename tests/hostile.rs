@@ -440,3 +440,154 @@ async fn readiness_says_why_qpien_or_the_store_fails() {
     assert!(body.contains("full"), "{body}");
     h.stop().await;
 }
+
+/// Opens `n` connections to `addr` and writes `prefix` on each (nothing, or
+/// the start of a request that never ends).
+async fn open_connections(
+    addr: std::net::SocketAddr,
+    n: usize,
+    prefix: &[u8],
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if !prefix.is_empty() {
+            s.write_all(prefix).await.unwrap();
+        }
+        held.push(s);
+    }
+    held
+}
+
+/// A real `flowbot run` started with the common default of 1,024 open files
+/// (systemd's soft limit): 2,000 idle or slow connections would use them all
+/// without the connection handling of `runtime/serve.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_or_slow_connections_stop_neither_probes_nor_webhooks() {
+    use crate::qpien::start_sim;
+    use crate::runtime::{message, replies, wait_until, SECRET};
+    use flowbot::internals::qpien::webhook::sign;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let qpien = start_sim(|c| c.auto_create_conversations = true).await;
+    let d = dir("conns");
+    std::fs::write(d.join("flow.yaml"), crate::runtime::ECHO).unwrap();
+    std::fs::write(
+        d.join("flowbot.toml"),
+        "flow = \"flow.yaml\"\n[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"flowbot.db\"\n\
+         [qpien]\nwhatsapp_operation = \"create_message\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 1024 && exec \"$0\" run --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_flowbot"))
+        .arg(d.join("flowbot.toml"))
+        .env("FLOWBOT_QPIEN__ENDPOINT", qpien.graphql_url())
+        .env("FLOWBOT_QPIEN__CLIENT_ID", "id-1")
+        .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret-1")
+        .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("flowbot listening on ")
+        .unwrap()
+        .to_owned();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let idle = open_connections(addr, 1_000, b"").await;
+    let slow = open_connections(
+        addr,
+        1_000,
+        b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let health = client.get(format!("{url}/healthz")).send().await;
+    let body = serde_json::to_vec(&message("m1", "c1", "hello")).unwrap();
+    let webhook = client
+        .post(format!("{url}/webhook"))
+        .header("content-type", "application/json")
+        .header("X-Qpien-Signature", sign(SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await;
+    let answered = matches!(&webhook, Ok(r) if r.status().as_u16() == 200);
+    if answered {
+        wait_until("the reply", Duration::from_secs(5), || {
+            replies(&qpien, "c1").len() == 1
+        })
+        .await;
+    }
+    drop((idle, slow));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        matches!(&health, Ok(r) if r.status().as_u16() == 200),
+        "{health:?}"
+    );
+    assert!(answered, "{webhook:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_the_cap_holds() {
+    use crate::runtime::{Harness, ECHO};
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+    let mut h = Harness::start("hostile-cap", ECHO, |c| {
+        c.server.max_connections = 50;
+        c.server.header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let addr = h.running.as_ref().unwrap().addr();
+    // Four times the cap: the rest wait in the kernel's queue, and every idle
+    // one is closed by the header timeout, so the probe gets through.
+    let mut idle = open_connections(addr, 200, b"").await;
+    let started = Instant::now();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let r = client.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // The server closed the first idle connection (end of stream, or reset).
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_ends_gets_408() {
+    use crate::runtime::{Harness, ECHO};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = Harness::start("hostile-body", ECHO, |c| {
+        c.server.body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let addr = h.running.as_ref().unwrap().addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Qpien-Signature: 00\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"event\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    h.stop().await;
+}

@@ -30,6 +30,19 @@ use crate::qpien::Delivery;
 use crate::qpien::QpienClient;
 use crate::store::{DeadLetter, StateStore};
 
+/// Whether reading a body failed because it took too long (tower-http's body
+/// timeout) rather than because it was too large.
+fn is_timeout(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// What makes this delivery unique, for events whose body names no identity
 /// of their own (see [`crate::qpien::Intake::delivery`]): the time it arrived
 /// and a sequence number.
@@ -250,6 +263,10 @@ async fn handle(shared: &App, headers: &HeaderMap, body: Body) -> (StatusCode, &
     }
     let body = match axum::body::to_bytes(body, shared.server.max_body_bytes).await {
         Ok(b) => b,
+        Err(e) if is_timeout(&e) => {
+            tracing::warn!("webhook refused: the body took longer than server.body_timeout");
+            return (StatusCode::REQUEST_TIMEOUT, "body_timeout");
+        }
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
     };
     let secret = shared.server.webhook_secret.expose().as_bytes();

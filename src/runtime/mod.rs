@@ -26,6 +26,7 @@ mod outbox;
 mod payload;
 mod poll;
 mod reload;
+mod serve;
 mod timers;
 
 pub use metrics::Metrics;
@@ -303,14 +304,8 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             stop: stop.clone(),
         }));
         let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.wait().await })
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        })
+        let server = config.server.clone();
+        tokio::spawn(async move { serve::serve(listener, app, &server, stop).await })
     };
     let mut tasks = vec![
         feedback_task,
