@@ -244,6 +244,10 @@ pub struct RuntimeConfig {
     /// How often inactivity timers are checked.
     #[serde(with = "humantime_serde")]
     pub timer_interval: Duration,
+    /// Runs a message's turn may take when it panics or aborts the process;
+    /// beyond, the message is set aside as a dead letter and the conversation
+    /// goes on.
+    pub max_turn_attempts: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -254,6 +258,7 @@ impl Default for RuntimeConfig {
             reload: true,
             reload_interval: Duration::from_secs(1),
             timer_interval: Duration::from_secs(1),
+            max_turn_attempts: 3,
         }
     }
 }

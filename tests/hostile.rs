@@ -591,3 +591,122 @@ async fn a_body_that_never_ends_gets_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     h.stop().await;
 }
+
+const POISON: &str = r#"
+version: 1
+intents:
+  - { text: boom, goto: boom }
+  - { text: hang, goto: hang }
+  - { regex: '^(?P<said>.+)$', say: "Echo: {{ said }}", goto: start }
+states:
+  start: {}
+  boom:
+    call: { action: explode }
+    say: never
+  hang:
+    call: { action: hang }
+    say: never
+"#;
+
+fn poison_registry() -> Registry {
+    struct Hang;
+    #[flowbot::async_trait]
+    impl flowbot::Action for Hang {
+        async fn run(
+            &self,
+            _: &mut flowbot::ActionContext<'_>,
+        ) -> Result<flowbot::ActionOutcome, flowbot::ActionError> {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            Ok(flowbot::ActionOutcome::Continue)
+        }
+    }
+    Registry::new()
+        .action(
+            "explode",
+            |_: &mut flowbot::ActionContext<'_>| -> Result<flowbot::ActionOutcome, flowbot::ActionError> {
+                panic!("a bug in a handler")
+            },
+        )
+        .action("hang", Hang)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_panics_every_time_is_set_aside_and_the_conversation_goes_on() {
+    use crate::runtime::{message, wait_until, Harness};
+    use std::time::Duration;
+    let mut h = Harness::with("hostile-panic", POISON, poison_registry(), |_| {}).await;
+    h.post(&message("m1", "c1", "boom")).await;
+    h.post(&message("m2", "c1", "hello")).await;
+    wait_until("the next message's reply", Duration::from_secs(5), || {
+        h.replies("c1").len() == 1
+    })
+    .await;
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Echo: hello"]);
+    assert!(
+        metrics.contains("flowbot_dead_letters_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flowbot_turns_total{result=\"set_aside\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A message whose turn never finishes (the process stops during it, here by
+/// a shutdown while its action hangs) is resumed at every start: after
+/// `max_turn_attempts` it is set aside, and the conversation's next message is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_stops_the_process_every_time_is_set_aside() {
+    use crate::qpien::start_sim;
+    use crate::runtime::{config, message, replies, wait_until, SECRET};
+    use flowbot::internals::qpien::webhook::sign;
+    use std::time::Duration;
+    let qpien = start_sim(|c| c.auto_create_conversations = true).await;
+    let d = dir("poison-restarts");
+    std::fs::write(d.join("flow.yaml"), POISON).unwrap();
+    let http = reqwest::Client::new();
+    let post = |addr: std::net::SocketAddr, id: &str, conv: &str, text: &str| {
+        let body = serde_json::to_vec(&message(id, conv, text)).unwrap();
+        let req = http
+            .post(format!("http://{addr}/webhook"))
+            .header("content-type", "application/json")
+            .header("X-Qpien-Signature", sign(SECRET.as_bytes(), &body))
+            .body(body);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for run in 0..5 {
+        let mut c = config(&qpien, &d);
+        c.runtime.shutdown_deadline = Duration::from_millis(300);
+        let bot = flowbot::start(c, poison_registry()).await.unwrap();
+        if run == 0 {
+            assert_eq!(post(bot.addr(), "m1", "c1", "hang").await, 200);
+            assert_eq!(post(bot.addr(), "m2", "c1", "after").await, 200);
+        }
+        if run == 4 {
+            wait_until("the next message's reply", Duration::from_secs(5), || {
+                replies(&qpien, "c1").len() == 1
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        bot.shutdown().await;
+        if run < 4 {
+            assert!(
+                replies(&qpien, "c1").is_empty(),
+                "set aside too early, at run {run}"
+            );
+        }
+    }
+    assert_eq!(replies(&qpien, "c1"), ["Echo: after"]);
+}

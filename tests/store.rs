@@ -46,7 +46,20 @@ async fn contract(store: &dyn StateStore) {
         panic!("new")
     };
     assert!(b.seq > a.seq);
-    assert_eq!(store.pending(10).await.unwrap(), vec![a.clone(), b.clone()]);
+    assert!(!a.resumed && a.attempts == 0);
+    // What is pending is marked as resumed; attempts are counted durably.
+    let resumed = |i: &InboxItem, attempts: u32| InboxItem {
+        resumed: true,
+        attempts,
+        ..i.clone()
+    };
+    assert_eq!(
+        store.pending(10).await.unwrap(),
+        vec![resumed(&a, 0), resumed(&b, 0)]
+    );
+    assert_eq!(store.attempt(b.seq).await.unwrap(), 1);
+    assert_eq!(store.attempt(b.seq).await.unwrap(), 2);
+    let b = resumed(&b, 2);
 
     // A turn commits everything at once.
     let ids = store
@@ -62,6 +75,8 @@ async fn contract(store: &dyn StateStore) {
         .await
         .unwrap();
     assert_eq!(store.pending(10).await.unwrap(), vec![b.clone()]);
+    // An item already done counts nothing.
+    assert_eq!(store.attempt(a.seq).await.unwrap(), 0);
     assert_eq!(
         store.session("c1").await.unwrap(),
         Some(StoredSession {

@@ -95,8 +95,17 @@ impl Inbox {
     }
 
     /// Queues every item left unfinished by the last run.
+    ///
+    /// Items already resumed once and still unfinished are suspects (their
+    /// turn may be what stopped the process): they are queued first, fewest
+    /// attempts first, and run one at a time (see [`Dispatcher::turn`]), so
+    /// that a poison message cannot take another conversation's turn down with
+    /// it and reaches its attempt limit alone.
     pub(crate) async fn resume(&self) -> Result<(), StoreError> {
-        let pending = self.store.pending(usize::MAX >> 1).await?;
+        let mut pending = self.store.pending(usize::MAX >> 1).await?;
+        // Within a conversation the suspect is the oldest item: the order
+        // below keeps each conversation's items in arrival order.
+        pending.sort_by_key(|i| (i.attempts == 0, i.attempts, i.seq));
         self.turns.resume(pending, "unfinished turns");
         Ok(())
     }
@@ -112,7 +121,20 @@ pub(crate) struct Dispatcher {
     pub(crate) outbox: Arc<Lanes<Sender>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
+    /// Runs a turn may take (see [`Dispatcher::turn`]).
+    pub(crate) max_attempts: u32,
+    /// Suspect turns run one at a time.
+    pub(crate) suspects: tokio::sync::Semaphore,
     pub(crate) handoff: Handoff,
+}
+
+/// What a panic said, if it said it in text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .map_or_else(|| "(no message)".into(), |m| crate::flow::shorten(&m, 300))
 }
 
 /// Watching handed-off conversations: Qpien documents no event for an agent
@@ -228,23 +250,17 @@ impl Dispatcher {
         (Some(release), stored)
     }
 
-    async fn turn(&self, item: InboxItem) {
-        let started = Instant::now();
-        let conversation = item.conversation.as_str();
+    /// Decodes the event and asks the engine (after a handoff check); says
+    /// what released the conversation, if something did.
+    async fn step(
+        &self,
+        conversation: &str,
+        stored: Option<Stored>,
+        payload: &[u8],
+    ) -> (Turn, Option<&'static str>) {
         let bot = self.bot.get();
-        let stored = self
-            .persist("load a session", || self.store.session(conversation))
-            .await;
-        let Some(stored) = stored else { return };
-        let stored: Option<Stored> = stored.and_then(|s| match payload::decode(&s.data) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable session; the conversation starts over");
-                None
-            }
-        });
         let now = crate::time::now();
-        let (turn, released_by) = match payload::decode::<Event>(&item.payload) {
+        match payload::decode::<Event>(payload) {
             Ok(event) => {
                 let (checked, stored) = self.check_handoff(conversation, stored, &event, now).await;
                 let turn = bot.step(conversation, stored, &event, now).await;
@@ -265,7 +281,115 @@ impl Dispatcher {
                 tracing::error!(error = %e, "unreadable inbox item; skipped");
                 (bot.unchanged(stored), None)
             }
+        }
+    }
+
+    /// Counts a run of `item` in the store (`None` at shutdown).
+    async fn count_attempt(&self, item: &InboxItem) -> Option<u32> {
+        self.persist("count a turn's attempt", || self.store.attempt(item.seq))
+            .await
+    }
+
+    /// Sets a poison message aside: a dead letter (the event and why), the
+    /// inbox item done with the conversation as it was, logged and counted.
+    async fn set_aside(&self, item: &InboxItem, attempts: u32, why: &str) {
+        let reason = format!("set aside after {attempts} attempts: {why}");
+        tracing::error!(%reason, "a message is set aside; the conversation goes on");
+        let letter = crate::store::DeadLetter {
+            id: 0,
+            received_at: crate::time::now(),
+            reason,
+            headers: serde_json::json!({
+                "kind": "turn",
+                "conversation": item.conversation,
+                "key": item.key,
+            })
+            .to_string(),
+            body: item.payload.clone(),
         };
+        if self
+            .persist("keep a dead letter", || {
+                self.store.add_dead_letter(letter.clone())
+            })
+            .await
+            .is_none()
+        {
+            return;
+        }
+        self.metrics.dead_letters.inc();
+        Metrics::count(&self.metrics.turns, "set_aside");
+        let Some(session) = self
+            .persist("load a session", || self.store.session(&item.conversation))
+            .await
+        else {
+            return;
+        };
+        let commit = TurnCommit {
+            inbox_seq: item.seq,
+            conversation: item.conversation.clone(),
+            session,
+            outbox: Vec::new(),
+        };
+        let _ = self
+            .persist("commit a turn", || self.store.commit(commit.clone()))
+            .await;
+    }
+
+    /// One turn. A resumed item counts an attempt first; a turn that panics
+    /// counts one and runs again. Past `max_attempts` the item is set aside
+    /// (a dead letter) and the conversation goes on with its next message.
+    async fn turn(&self, item: InboxItem) {
+        let started = Instant::now();
+        let conversation = item.conversation.as_str();
+        let mut _alone = None;
+        if item.resumed {
+            let Some(n) = self.count_attempt(&item).await else {
+                return;
+            };
+            if n > self.max_attempts {
+                return self
+                    .set_aside(
+                        &item,
+                        n,
+                        "its turn never finished (the process stopped during it)",
+                    )
+                    .await;
+            }
+            if n > 1 {
+                // A suspect: resumed before and still unfinished.
+                _alone = self.suspects.acquire().await.ok();
+            }
+        }
+        let loaded = self
+            .persist("load a session", || self.store.session(conversation))
+            .await;
+        let Some(loaded) = loaded else { return };
+        let turn = loop {
+            let stored: Option<Stored> = loaded.as_ref().and_then(|s| match payload::decode(&s.data) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable session; the conversation starts over");
+                    None
+                }
+            });
+            let run = std::panic::AssertUnwindSafe(self.step(conversation, stored, &item.payload));
+            match futures_util::FutureExt::catch_unwind(run).await {
+                Ok(turn) => break turn,
+                Err(panic) => {
+                    let what = panic_message(&panic);
+                    tracing::error!(panic = %what, "the turn panicked");
+                    let Some(n) = self.count_attempt(&item).await else {
+                        return;
+                    };
+                    if n > self.max_attempts {
+                        return self
+                            .set_aside(&item, n, &format!("its turn panicked: {what}"))
+                            .await;
+                    }
+                }
+            }
+        };
+        let (turn, released_by) = turn;
         let channel = turn
             .stored
             .as_ref()

@@ -255,6 +255,8 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             outbox: outbox.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
+            max_attempts: config.runtime.max_turn_attempts.max(1),
+            suspects: tokio::sync::Semaphore::new(1),
             handoff: dispatch::Handoff::new(
                 config.handoff.check_interval,
                 &config.qpien.released_statuses,

@@ -51,13 +51,32 @@ impl StateStore for MemoryStore {
             conversation: item.conversation,
             payload: item.payload,
             received_at: item.received_at,
+            attempts: 0,
+            resumed: false,
         };
         s.inbox.insert(stored.seq, stored.clone());
         Ok(Accepted::New(stored))
     }
 
     async fn pending(&self, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
-        Ok(self.inner().inbox.values().take(limit).cloned().collect())
+        Ok(self
+            .inner()
+            .inbox
+            .values()
+            .take(limit)
+            .map(|i| InboxItem {
+                resumed: true,
+                ..i.clone()
+            })
+            .collect())
+    }
+
+    async fn attempt(&self, seq: u64) -> Result<u32, StoreError> {
+        let mut s = self.inner();
+        Ok(s.inbox.get_mut(&seq).map_or(0, |i| {
+            i.attempts += 1;
+            i.attempts
+        }))
     }
 
     async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {

@@ -51,6 +51,12 @@ pub struct InboxItem {
     pub payload: Vec<u8>,
     /// When it was accepted.
     pub received_at: Millis,
+    /// Runs begun after a restart ([`StateStore::attempt`]): 0 for an item
+    /// never resumed.
+    pub attempts: u32,
+    /// Whether it was left unfinished by an earlier run ([`StateStore::pending`])
+    /// rather than just accepted.
+    pub resumed: bool,
 }
 
 /// What [`StateStore::accept`] did.
@@ -145,6 +151,10 @@ pub trait StateStore: Send + Sync + 'static {
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Saves a cursor.
     async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError>;
+    /// Counts one more run of an inbox item, durably, before it runs; returns
+    /// the count. A message whose turn aborts the process is resumed at every
+    /// start: the count is how such a poison message is found and set aside.
+    async fn attempt(&self, seq: u64) -> Result<u32, StoreError>;
     /// Whether the store answers and can write (a full disk shows here).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Keeps a delivery that could not be used (its `id` is ignored); the

@@ -55,6 +55,7 @@ fn migrations() -> Migrations<'static> {
             body BLOB NOT NULL
         );",
         ),
+        M::up("ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"),
     ])
 }
 
@@ -68,6 +69,7 @@ enum Op {
     DueTimers(Millis, usize),
     Cursor(String),
     SetCursor(String, String),
+    Attempt(u64),
     Ping,
     AddDead(DeadLetter),
     DeadList(usize),
@@ -85,6 +87,7 @@ enum Reply {
     Ids(Vec<u64>),
     Dead(Vec<DeadLetter>),
     Flag(bool),
+    Count(u32),
     Done,
 }
 
@@ -317,12 +320,14 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                     conversation: item.conversation,
                     payload: item.payload,
                     received_at: item.received_at,
+                    attempts: 0,
+                    resumed: false,
                 }))
             }
         }
         Op::Pending(limit) => {
             let mut stmt = tx.prepare_cached(
-                "SELECT seq, key, conversation, payload, received_at FROM inbox
+                "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
                  WHERE done = 0 ORDER BY seq LIMIT ?1",
             )?;
             let rows = stmt.query_map(params![limit as i64], |r| {
@@ -332,6 +337,8 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                     conversation: r.get(2)?,
                     payload: r.get(3)?,
                     received_at: r.get(4)?,
+                    attempts: r.get(5)?,
+                    resumed: true,
                 })
             })?;
             Reply::Inbox(rows.collect::<Result<_, _>>()?)
@@ -410,6 +417,16 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             )?
             .execute(params![name, value])?;
             Reply::Done
+        }
+        Op::Attempt(seq) => {
+            let n: u32 = tx
+                .prepare_cached(
+                    "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ?1 AND done = 0 RETURNING attempts",
+                )?
+                .query_row(params![seq as i64], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            Reply::Count(n)
         }
         Op::Ping => {
             // A write, so that a full disk (or `max_bytes`) shows here.
@@ -529,6 +546,13 @@ impl StateStore for SqliteStore {
         self.run(Op::SetCursor(name.to_owned(), value.to_owned()))
             .await
             .map(drop)
+    }
+
+    async fn attempt(&self, seq: u64) -> Result<u32, StoreError> {
+        match self.run(Op::Attempt(seq)).await? {
+            Reply::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
