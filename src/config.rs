@@ -248,6 +248,11 @@ pub struct RuntimeConfig {
     /// beyond, the message is set aside as a dead letter and the conversation
     /// goes on.
     pub max_turn_attempts: u32,
+    /// Undelivered replies held in memory, in all; more wait in the store
+    /// (during a Qpien outage, say) and are read back as these are delivered.
+    pub outbox_in_memory: usize,
+    /// Undelivered replies held in memory for one conversation.
+    pub outbox_in_memory_per_conversation: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -259,6 +264,8 @@ impl Default for RuntimeConfig {
             reload_interval: Duration::from_secs(1),
             timer_interval: Duration::from_secs(1),
             max_turn_attempts: 3,
+            outbox_in_memory: 1_000,
+            outbox_in_memory_per_conversation: 100,
         }
     }
 }

@@ -710,3 +710,166 @@ async fn a_message_that_stops_the_process_every_time_is_set_aside() {
     }
     assert_eq!(replies(&qpien, "c1"), ["Echo: after"]);
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Qpien is down while 10,000 replies (of 2 KB each) pile up: they wait in
+/// the store, the process holds at most `outbox_in_memory` of them, its
+/// resident memory stays flat, and once Qpien is back every reply is
+/// delivered once, in order per conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_qpien_outage_piles_replies_up_on_disk_not_in_memory() {
+    use crate::qpien::start_sim;
+    use crate::runtime::{message, wait_until, SECRET};
+    use flowbot::internals::qpien::webhook::sign;
+    use std::collections::{HashMap, HashSet};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let qpien = start_sim(|c| c.auto_create_conversations = true).await;
+    let d = dir("outage");
+    let filler = "x".repeat(2_000);
+    let says: Vec<String> = (0..10)
+        .map(|i| format!("\"{{{{ said }}}} #{i} {filler}\""))
+        .collect();
+    std::fs::write(
+        d.join("flow.yaml"),
+        format!(
+            "version: 1\nintents:\n  - {{ regex: '^(?P<said>.+)$', goto: answer }}\nstates:\n  start: {{}}\n  answer:\n    say: [{}]\n    next: start\n",
+            says.join(", ")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("flowbot.toml"),
+        "flow = \"flow.yaml\"\n[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"flowbot.db\"\n\
+         [runtime]\noutbox_in_memory = 500\noutbox_in_memory_per_conversation = 20\n\
+         [qpien]\nwhatsapp_operation = \"create_message\"\n\
+         [qpien.rate_limit]\nrequests = 100000\nper = \"1s\"\n\
+         [qpien.retry]\nmax_attempts = 2\nmin_delay = \"5ms\"\nmax_delay = \"10ms\"\n",
+    )
+    .unwrap();
+    qpien.state().configure(|c| c.faults.server_errors = 1.0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["run", "--config"])
+        .arg(d.join("flowbot.toml"))
+        .env("FLOWBOT_QPIEN__ENDPOINT", qpien.graphql_url())
+        .env("FLOWBOT_QPIEN__CLIENT_ID", "id-1")
+        .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret-1")
+        .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("flowbot listening on ")
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let metric = |name: &'static str| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)
+                        .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
+                })
+                .unwrap_or(0.0)
+        }
+    };
+    let mut rss_at_2k = 0;
+    for i in 0..1_000 {
+        let body = serde_json::to_vec(&message(
+            &format!("m{i}"),
+            &format!("c{}", i % 50),
+            &format!("n{i}"),
+        ))
+        .unwrap();
+        let status = http
+            .post(format!("{url}/webhook"))
+            .header("content-type", "application/json")
+            .header("X-Qpien-Signature", sign(SECRET.as_bytes(), &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 200);
+        if i == 199 {
+            let end = tokio::time::Instant::now() + Duration::from_secs(30);
+            while metric("flowbot_turns_total{result=\"ok\"}").await < 200.0 {
+                assert!(
+                    tokio::time::Instant::now() < end,
+                    "the first turns did not run"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            rss_at_2k = rss_kib(child.id());
+        }
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metric("flowbot_turns_total{result=\"ok\"}").await < 1_000.0 {
+        assert!(tokio::time::Instant::now() < end, "the turns did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_at_10k = rss_kib(child.id());
+    let held = metric("flowbot_outbox_depth").await;
+    assert!(qpien.state().created().is_empty());
+    assert!(held <= 500.0, "{held} replies held in memory");
+    // 8,000 more replies of 2 KB would be 16 MB more if held in memory.
+    assert!(
+        rss_at_10k < rss_at_2k + 6 * 1024,
+        "resident memory grew from {rss_at_2k} KiB to {rss_at_10k} KiB"
+    );
+
+    // Qpien is back: every reply once, in order per conversation.
+    qpien.state().configure(|c| c.faults.server_errors = 0.0);
+    wait_until("every reply", Duration::from_secs(180), || {
+        qpien.state().created().len() >= 10_000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let created = qpien.state().created();
+    assert_eq!(created.len(), 10_000);
+    let fronts: HashSet<String> = created
+        .iter()
+        .map(|m| m["input"]["frontMsgId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fronts.len(), 10_000, "a reply was sent twice");
+    let mut last: HashMap<String, (u64, u64)> = HashMap::new();
+    for m in &created {
+        let conv = m["input"]["conversationId"].as_str().unwrap().to_owned();
+        let content = m["input"]["content"].as_str().unwrap();
+        let (n, k) = content.split_once(" #").unwrap();
+        let n: u64 = n.trim_start_matches('n').parse().unwrap();
+        let k: u64 = k.split(' ').next().unwrap().parse().unwrap();
+        if let Some(prev) = last.insert(conv.clone(), (n, k)) {
+            assert!(prev < (n, k), "{conv}: {prev:?} before {:?}", (n, k));
+        }
+    }
+}

@@ -84,11 +84,17 @@ async fn contract(store: &dyn StateStore) {
             due_at: Some(5_000)
         })
     );
-    let out = store.outbox(10).await.unwrap();
+    let out = store.outbox(0, 10).await.unwrap();
     let payloads: Vec<&[u8]> = out.iter().map(|o| o.payload.as_slice()).collect();
     assert_eq!(payloads, [b"r1".as_slice(), b"r2"]);
     assert!(out.iter().all(|o| o.conversation == "c1"));
     assert_eq!(ids, out.iter().map(|o| o.id).collect::<Vec<_>>());
+    // Read from a point, and at most so many.
+    assert_eq!(
+        store.outbox(out[0].id, 10).await.unwrap(),
+        vec![out[1].clone()]
+    );
+    assert_eq!(store.outbox(0, 1).await.unwrap(), vec![out[0].clone()]);
     // A processed key is still recognised.
     assert_eq!(
         store.accept(inbound("m1", "c1")).await.unwrap(),
@@ -104,7 +110,7 @@ async fn contract(store: &dyn StateStore) {
 
     // Delivery.
     store.delivered(out[0].id).await.unwrap();
-    assert_eq!(store.outbox(10).await.unwrap(), vec![out[1].clone()]);
+    assert_eq!(store.outbox(0, 10).await.unwrap(), vec![out[1].clone()]);
 
     // Ending a conversation deletes its session.
     store
@@ -162,7 +168,7 @@ async fn sqlite_keeps_everything_across_a_reopen() {
     let pending = store.pending(10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].key, "m2");
-    assert_eq!(store.outbox(10).await.unwrap()[0].payload, b"hello");
+    assert_eq!(store.outbox(0, 10).await.unwrap()[0].payload, b"hello");
     assert_eq!(
         store.accept(inbound("m1", "c1")).await.unwrap(),
         Accepted::Duplicate

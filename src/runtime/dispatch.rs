@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::lanes::{Lanes, Worker};
 use super::metrics::Metrics;
-use super::outbox::Sender;
+use super::outbox::Outbox;
 use super::payload::{self, OutboxAction};
 use super::reload::BotSlot;
 use super::Stop;
@@ -118,7 +118,7 @@ pub(crate) struct Dispatcher {
     /// For planning replies (`frontMsgId` prefix, WhatsApp mutation) and for
     /// reading a handed-off conversation.
     pub(crate) client: QpienClient,
-    pub(crate) outbox: Arc<Lanes<Sender>>,
+    pub(crate) outbox: Arc<Outbox>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
     /// Runs a turn may take (see [`Dispatcher::turn`]).

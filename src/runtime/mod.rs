@@ -46,7 +46,7 @@ use crate::qpien::QpienClient;
 use crate::store::{MemoryStore, SqliteOptions, SqliteStore, StateStore};
 use dispatch::{Dispatcher, Inbox};
 use lanes::Lanes;
-use outbox::Sender;
+use outbox::{Outbox, Sender};
 use reload::BotSlot;
 
 /// Why the runtime could not start.
@@ -108,7 +108,7 @@ impl Stop {
 pub struct Running {
     addr: SocketAddr,
     turns: Arc<Lanes<Dispatcher>>,
-    outbox: Arc<Lanes<Sender>>,
+    outbox: Arc<Outbox>,
     deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -235,18 +235,21 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     let slot = Arc::new(BotSlot::new(bot));
     let metrics = Arc::new(Metrics::new(client.clone(), slot.version_gauge()));
     let (feedback, mut learned) = tokio::sync::mpsc::unbounded_channel();
-    let outbox = Lanes::new(
+    let outbox = Outbox::new(Lanes::new(
         Sender {
             client: client.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
             feedback,
-            resumed: Default::default(),
-            present: Default::default(),
+            held: outbox::Held::new(
+                config.runtime.outbox_in_memory,
+                config.runtime.outbox_in_memory_per_conversation,
+            ),
+            reconciled: Default::default(),
         },
         metrics.outbox_depth.clone(),
-    );
+    ));
     let turns = Lanes::new(
         Dispatcher {
             store: store.clone(),
@@ -283,7 +286,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     };
     // Unfinished work first: replies already committed go out before any
     // resumed turn can queue newer ones behind them.
-    outbox::resume(&outbox).await?;
+    outbox.resume().await?;
     inbox.resume().await?;
 
     let capture = match &config.server.capture_dir {
@@ -311,6 +314,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     };
     let mut tasks = vec![
         feedback_task,
+        tokio::spawn(outbox.clone().run_refill(stop.clone())),
         tokio::spawn(timers::run(
             store.clone(),
             inbox.clone(),

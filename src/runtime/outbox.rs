@@ -1,12 +1,22 @@
 //! The sender: delivers the outbox through the Qpien client, in order per
 //! conversation, item by item, marking each delivered only once Qpien has it.
 //!
-//! Replies that were in flight when the process stopped are reconciled before
-//! they are sent again: whether Qpien drops a second create with the same
+//! A reply that was in flight when the process stopped is reconciled before
+//! it is sent again: whether Qpien drops a second create with the same
 //! `frontMsgId` is not documented, and a create may reach Qpien just before a
-//! crash. So the first resumed reply of each conversation reads its recent
-//! messages (`getMessageList`, inside the rate budget) and every resumed reply
-//! whose `frontMsgId` is already there is marked delivered instead of sent.
+//! crash. Replies go out one at a time per conversation, so only the first
+//! reply of each conversation left from before the start can be in that case:
+//! it reads the conversation's recent messages (`getMessageList`, inside the
+//! rate budget) and is marked delivered instead of sent if its `frontMsgId` is
+//! already there.
+//!
+//! Only a bounded part of the outbox is held in memory ([`Outbox`]): at most
+//! `runtime.outbox_in_memory` replies in all and
+//! `runtime.outbox_in_memory_per_conversation` per conversation. Beyond, a new
+//! reply stays in the store only ("spilled"), and as the held ones are
+//! delivered the rest are read back from the store in commit order. So a long
+//! Qpien outage piles replies up on disk, not in memory, and a restart with a
+//! large outbox reads it a part at a time.
 //!
 //! The client already retries transient failures (with backoff and the same
 //! `frontMsgId`); what still fails transiently, or fails on credentials or
@@ -37,33 +47,251 @@ pub(crate) struct Sender {
     pub(crate) stop: Stop,
     /// Events the sender learns (a handoff Qpien refused), back to the inbox.
     pub(crate) feedback: tokio::sync::mpsc::UnboundedSender<Ingested>,
-    /// Resumed at start, not yet reconciled: outbox ids by conversation.
-    pub(crate) resumed: Mutex<HashMap<String, HashSet<u64>>>,
-    /// `frontMsgId`s already in Qpien, per conversation being reconciled.
-    pub(crate) present: Mutex<HashMap<String, HashSet<String>>>,
+    /// What is held in memory (told when an item is done).
+    pub(crate) held: Arc<Held>,
+    /// Conversations whose first reply from before the start was reconciled.
+    pub(crate) reconciled: Mutex<HashSet<String>>,
 }
 
 /// How many of a conversation's newest messages are read to reconcile.
 const RECONCILE_PAGE: u32 = 50;
 
-/// Queues every undelivered outbox item left by the last run.
-pub(crate) async fn resume(lanes: &Arc<Lanes<Sender>>) -> Result<(), StoreError> {
-    let items = lanes.worker().store.outbox(usize::MAX >> 1).await?;
-    {
-        let mut resumed = lanes
-            .worker()
-            .resumed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for item in &items {
-            resumed
-                .entry(item.conversation.clone())
-                .or_default()
-                .insert(item.id);
+/// The outbox in memory: the sender's lanes, fed within [`Held`]'s bounds.
+pub(crate) struct Outbox {
+    lanes: Arc<Lanes<Sender>>,
+}
+
+impl Outbox {
+    pub(crate) fn new(lanes: Arc<Lanes<Sender>>) -> Arc<Outbox> {
+        Arc::new(Outbox { lanes })
+    }
+
+    fn held(&self) -> &Held {
+        &self.lanes.worker().held
+    }
+
+    /// Queues a reply just committed, or leaves it in the store when memory
+    /// holds its share already (it is read back as the outbox drains).
+    pub(crate) fn queue(&self, item: OutboxItem) {
+        if self.held().admit(&item) {
+            self.lanes.queue(item);
         }
     }
-    lanes.resume(items, "undelivered replies");
-    Ok(())
+
+    /// Items held (queued or being delivered).
+    pub(crate) fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Waits until what is held is delivered (what the store still has waits
+    /// for the next run).
+    pub(crate) async fn drained(&self) {
+        self.lanes.drained().await
+    }
+
+    /// Starts from what the last run left: all of it is in the store.
+    pub(crate) async fn resume(&self) -> Result<(), StoreError> {
+        self.held().spill_from(0);
+        let n = self.refill().await?;
+        if n > 0 {
+            tracing::info!(count = n, "resuming undelivered replies");
+        }
+        Ok(())
+    }
+
+    /// Reads spilled replies back while memory has room; returns how many.
+    async fn refill(&self) -> Result<usize, StoreError> {
+        let held = self.held();
+        let mut total = 0;
+        while let Some((after, room)) = held.begin_read() {
+            let store = &self.lanes.worker().store;
+            let items = match store.outbox(after, room).await {
+                Ok(items) => items,
+                Err(e) => {
+                    held.abandon_read();
+                    return Err(e);
+                }
+            };
+            let read = items.len();
+            let queue = held.end_read(after, room, items);
+            let progressed = !queue.is_empty();
+            total += queue.len();
+            for item in queue {
+                self.lanes.queue(item);
+            }
+            if read < room || !progressed {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Refills as held replies are delivered, until shutdown.
+    pub(crate) async fn run_refill(self: Arc<Self>, stop: Stop) {
+        loop {
+            tokio::select! {
+                _ = self.held().wake.notified() => {}
+                _ = stop.wait() => return,
+            }
+            if let Err(e) = self.refill().await {
+                tracing::warn!(error = %e, "cannot read undelivered replies back; trying again");
+                stop.pause(std::time::Duration::from_secs(1)).await;
+                self.held().wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Which outbox items are held in memory, within the caps (see the module
+/// docs), and where to read the others back from.
+pub(crate) struct Held {
+    state: Mutex<HeldState>,
+    cap: usize,
+    per_conversation: usize,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct HeldState {
+    ids: HashSet<u64>,
+    per_conversation: HashMap<String, usize>,
+    /// `Some(after)`: replies are being left in the store; the next read
+    /// starts after this id.
+    spill: Option<u64>,
+    /// While a read runs: ids finished meanwhile (the read may still see them),
+    /// and whether a reply was spilled meanwhile.
+    finished_during_read: Option<HashSet<u64>>,
+    spilled_during_read: bool,
+    /// The smallest id committed by this run: older ones are from before the
+    /// start (ids grow with each commit).
+    first_fresh: Option<u64>,
+}
+
+impl Held {
+    pub(crate) fn new(cap: usize, per_conversation: usize) -> Arc<Held> {
+        Arc::new(Held {
+            state: Mutex::new(HeldState::default()),
+            cap: cap.max(1),
+            per_conversation: per_conversation.max(1),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_room(&self, s: &HeldState, conversation: &str) -> bool {
+        s.ids.len() < self.cap
+            && s.per_conversation.get(conversation).copied().unwrap_or(0) < self.per_conversation
+    }
+
+    fn hold(s: &mut HeldState, item: &OutboxItem) {
+        s.ids.insert(item.id);
+        *s.per_conversation
+            .entry(item.conversation.clone())
+            .or_default() += 1;
+    }
+
+    /// Whether a just-committed item goes to memory (else it stays in the store).
+    fn admit(&self, item: &OutboxItem) -> bool {
+        let mut s = self.lock();
+        s.first_fresh = Some(s.first_fresh.map_or(item.id, |f| f.min(item.id)));
+        if s.spill.is_none() && self.has_room(&s, &item.conversation) {
+            Self::hold(&mut s, item);
+            return true;
+        }
+        if s.spill.is_none() {
+            tracing::info!(
+                "the outbox holds its share in memory; further replies wait in the store"
+            );
+        }
+        let after = item.id.saturating_sub(1);
+        s.spill = Some(s.spill.map_or(after, |a| a.min(after)));
+        if s.finished_during_read.is_some() {
+            s.spilled_during_read = true;
+        }
+        false
+    }
+
+    fn spill_from(&self, after: u64) {
+        let mut s = self.lock();
+        s.spill = Some(s.spill.map_or(after, |a| a.min(after)));
+    }
+
+    /// Whether `id` is from before the start (a reconciliation candidate).
+    fn is_from_before_start(&self, id: u64) -> bool {
+        self.lock().first_fresh.is_none_or(|f| id < f)
+    }
+
+    /// An item is done (delivered or dropped, and so out of the store).
+    fn finished(&self, item: &OutboxItem) {
+        let mut s = self.lock();
+        s.ids.remove(&item.id);
+        if let Some(n) = s.per_conversation.get_mut(&item.conversation) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_conversation.remove(&item.conversation);
+            }
+        }
+        if let Some(f) = s.finished_during_read.as_mut() {
+            f.insert(item.id);
+        }
+        let refill = s.spill.is_some();
+        drop(s);
+        if refill {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Where a read of spilled items starts and how many fit, if one is due.
+    fn begin_read(&self) -> Option<(u64, usize)> {
+        let mut s = self.lock();
+        let after = s.spill?;
+        let room = self.cap.saturating_sub(s.ids.len());
+        if room == 0 || s.finished_during_read.is_some() {
+            return None;
+        }
+        s.finished_during_read = Some(HashSet::new());
+        s.spilled_during_read = false;
+        Some((after, room))
+    }
+
+    fn abandon_read(&self) {
+        self.lock().finished_during_read = None;
+    }
+
+    /// Takes what a read found: the items to queue (in order), holding them;
+    /// moves the read point; ends spilling once the store has nothing more.
+    fn end_read(&self, after: u64, room: usize, items: Vec<OutboxItem>) -> Vec<OutboxItem> {
+        let mut s = self.lock();
+        let finished = s.finished_during_read.take().unwrap_or_default();
+        let complete = items.len() < room;
+        let mut cursor = after;
+        let mut stopped = false;
+        let mut queue = Vec::new();
+        for item in items {
+            if s.ids.contains(&item.id) || finished.contains(&item.id) {
+                cursor = item.id;
+                continue;
+            }
+            if !self.has_room(&s, &item.conversation) {
+                stopped = true;
+                break;
+            }
+            Self::hold(&mut s, &item);
+            cursor = item.id;
+            queue.push(item);
+        }
+        // A reply spilled during the read may be older than the read point.
+        let current = s.spill.unwrap_or(after);
+        s.spill = Some(if current < after { current } else { cursor });
+        if complete && !stopped && !s.spilled_during_read && current >= after {
+            s.spill = None;
+            tracing::info!("the outbox is back in memory");
+        }
+        queue
+    }
 }
 
 /// Why a delivery failed, as the sender treats it.
@@ -104,6 +332,18 @@ impl Worker for Sender {
     }
 
     async fn run(&self, conversation: &str, item: OutboxItem) -> bool {
+        let done = self.deliver_once(conversation, &item).await;
+        if done {
+            self.held.finished(&item);
+        }
+        done
+    }
+}
+
+impl Sender {
+    /// Delivers (or reconciles, or drops) one item and takes it out of the
+    /// store; `false` at shutdown.
+    async fn deliver_once(&self, conversation: &str, item: &OutboxItem) -> bool {
         let action: Option<OutboxAction> = payload::decode(&item.payload).ok();
         if let Some(OutboxAction::Message { message }) = &action {
             if self.was_resumed(conversation, item.id)
@@ -129,7 +369,7 @@ impl Worker for Sender {
             "deliver a reply",
             |d| self.stop.pause(d),
             || async {
-                match self.deliver(&item, action.as_ref()).await.map_err(Failure::from) {
+                match self.deliver(item, action.as_ref()).await.map_err(Failure::from) {
                     Ok(()) => Ok(true),
                     Err(Failure::Refused(e)) if matches!(action, Some(OutboxAction::Handoff)) => {
                         // Not silent: the customer hears so and the bot stays.
@@ -175,35 +415,20 @@ impl Worker for Sender {
 }
 
 impl Sender {
-    /// Whether `id` was resumed at start (and so may have reached Qpien).
+    /// Whether `id` is the first reply of its conversation left from before
+    /// the start (the only one that may have reached Qpien unmarked).
     fn was_resumed(&self, conversation: &str, id: u64) -> bool {
-        let mut resumed = self.resumed.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ids) = resumed.get_mut(conversation) else {
-            return false;
-        };
-        let found = ids.remove(&id);
-        if ids.is_empty() {
-            resumed.remove(conversation);
-            self.present
+        self.held.is_from_before_start(id)
+            && self
+                .reconciled
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(conversation);
-        }
-        found
+                .insert(conversation.to_owned())
     }
 
     /// Whether a message with `front` is among the conversation's newest in
     /// Qpien (read once per conversation; a failed read counts as no).
     async fn already_in_qpien(&self, conversation: &str, front: &str) -> bool {
-        let cached = self
-            .present
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(conversation)
-            .map(|set| set.contains(front));
-        if let Some(found) = cached {
-            return found;
-        }
         let mut fronts = HashSet::new();
         match self
             .client
@@ -231,12 +456,7 @@ impl Sender {
                 tracing::warn!(conversation, error = %e, "cannot read the conversation to reconcile; sending");
             }
         }
-        let found = fronts.contains(front);
-        self.present
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(conversation.to_owned(), fronts);
-        found
+        fronts.contains(front)
     }
 
     async fn deliver(

@@ -111,8 +111,14 @@ impl StateStore for MemoryStore {
         Ok(ids)
     }
 
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        Ok(self.inner().outbox.values().take(limit).cloned().collect())
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(self
+            .inner()
+            .outbox
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, i)| i.clone())
+            .collect())
     }
 
     async fn delivered(&self, id: u64) -> Result<(), StoreError> {

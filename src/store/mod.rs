@@ -137,8 +137,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Writes a turn: inbox item done, session saved, outbox appended. Atomic.
     /// Returns the new outbox items' ids, in order.
     async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError>;
-    /// Undelivered outbox items, oldest first.
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Undelivered outbox items with an id above `after`, oldest first, at
+    /// most `limit` (the runtime holds only a bounded part of the outbox in
+    /// memory and reads the rest as it drains).
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
     /// Marks an outbox item delivered (or given up on).
     async fn delivered(&self, id: u64) -> Result<(), StoreError>;
     /// Conversations whose inactivity timer is due at `now`, with the due time.

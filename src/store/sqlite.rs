@@ -64,7 +64,7 @@ enum Op {
     Pending(usize),
     Session(String),
     Commit(TurnCommit),
-    Outbox(usize),
+    Outbox(u64, usize),
     Delivered(u64),
     DueTimers(Millis, usize),
     Cursor(String),
@@ -378,11 +378,12 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             }
             Reply::Ids(ids)
         }
-        Op::Outbox(limit) => {
+        Op::Outbox(after, limit) => {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, conversation, payload FROM outbox ORDER BY id LIMIT ?1",
+                "SELECT id, conversation, payload FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![limit as i64], |r| {
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
                 Ok(OutboxItem {
                     id: r.get::<_, i64>(0)? as u64,
                     conversation: r.get(1)?,
@@ -513,8 +514,8 @@ impl StateStore for SqliteStore {
         }
     }
 
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        match self.run(Op::Outbox(limit)).await? {
+    async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        match self.run(Op::Outbox(after, limit)).await? {
             Reply::Outbox(v) => Ok(v),
             _ => Err(unexpected()),
         }
