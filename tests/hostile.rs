@@ -873,3 +873,37 @@ async fn a_long_qpien_outage_piles_replies_up_on_disk_not_in_memory() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_out_of_fuel_is_logged_counted_and_answered_politely() {
+    use crate::runtime::{message, wait_until, Harness};
+    use std::time::Duration;
+    let flow = "version: 1\nintents:\n  - { regex: '.*', goto: spin }\nstates:\n  start: {}\n  spin:\n    say: \"{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\"\n    next: start\n";
+    let mut h = Harness::start("hostile-fuel", flow, |_| {}).await;
+    h.post(&message("m1", "c1", "go")).await;
+    h.post(&message("m2", "c2", "go")).await;
+    wait_until("two replies", Duration::from_secs(10), || {
+        h.replies("c1").len() + h.replies("c2").len() == 2
+    })
+    .await;
+    let r = h.http.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    h.stop().await;
+    assert_eq!(
+        h.replies("c1"),
+        ["Sorry, something went wrong. Please try again."]
+    );
+    assert!(
+        metrics.contains("flowbot_turns_total{result=\"error\"} 2"),
+        "{metrics}"
+    );
+}

@@ -30,7 +30,9 @@ pub(crate) fn classify(
     message: &str,
     required_scope: Option<&str>,
 ) -> Failure {
-    let upper = code.to_ascii_uppercase();
+    // What Qpien says is kept and logged: at most a short excerpt of it.
+    let message = &crate::flow::shorten(message, 300);
+    let upper = crate::flow::shorten(code, 64).to_ascii_uppercase();
     match upper.as_str() {
         "UNAUTHORIZED" | "UNAUTHENTICATED" | "TOKEN_EXPIRED" => Failure::Auth {
             code: upper,
