@@ -173,9 +173,23 @@ fn includes_stay_in_the_flow_folder() {
             "{include}: {e}"
         );
     }
-    // A special file inside the folder is not read either.
+    // A special file inside the folder is not read either (a FIFO would block).
     let main = inner.join("main.yaml");
-    std::os::unix::fs::symlink("/dev/zero", inner.join("zero.yaml")).unwrap_or(());
+    let fifo = inner.join("pipe.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(
+        &main,
+        "version: 1\ninclude: [pipe.yaml]\nstates:\n  start: { say: hi, end: true }\n",
+    )
+    .unwrap();
+    let e = load(&main).unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+    let e = load(&fifo).unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
     std::fs::write(
         &main,
         "version: 1\ninclude: [sub/part.yaml]\nstates:\n  start: { say: hi, end: true }\n",

@@ -512,10 +512,11 @@ pub(crate) enum ReadError {
 /// Reads a flow file: a regular file of at most `max` bytes (never more is read,
 /// whatever the file claims to be).
 pub(crate) fn read(path: &Path, max: u64) -> Result<String, ReadError> {
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
+    // Asked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path)?.is_file() {
         return Err(ReadError::NotAFile);
     }
+    let file = std::fs::File::open(path)?;
     let mut buf = Vec::new();
     file.take(max.saturating_add(1)).read_to_end(&mut buf)?;
     if buf.len() as u64 > max {
