@@ -25,7 +25,7 @@ pub fn lookup_order(ctx: &mut ActionContext<'_>) -> Result<ActionOutcome, Action
         .arg_str("number")
         .and_then(|n| n.trim().parse().ok())
         .ok_or_else(|| ActionError::new("lookup_order needs a numeric `number`"))?;
-    let status = if number % 2 == 0 {
+    let status = if number.is_multiple_of(2) {
         "shipped"
     } else {
         "processing"

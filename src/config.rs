@@ -156,14 +156,24 @@ pub enum StoreBackend {
     Sqlite,
     /// In memory: lost on exit; for trials and tests.
     Memory,
+    /// PostgreSQL (`store.url`): for several instances sharing one database
+    /// (cargo feature `postgres`).
+    Postgres,
 }
 
 /// The store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite` or `memory`.
+    /// `sqlite`, `postgres` or `memory`.
     pub backend: StoreBackend,
+    /// The PostgreSQL URL (`postgres://user@host/db`); a password in it is
+    /// better given by the environment (`FLOWBOT_STORE__URL`) or `url_file`.
+    pub url: Secret,
+    /// A file holding the PostgreSQL URL.
+    pub url_file: Option<PathBuf>,
+    /// The PostgreSQL schema that holds flowbot's tables.
+    pub schema: String,
     /// The SQLite database file.
     pub path: PathBuf,
     /// How long SQLite waits for a lock before failing.
@@ -184,6 +194,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             backend: StoreBackend::Sqlite,
+            url: Secret::default(),
+            url_file: None,
+            schema: "flowbot".into(),
             path: PathBuf::from("flowbot.db"),
             busy_timeout: Duration::from_secs(5),
             max_batch: 256,
@@ -401,6 +414,9 @@ impl Config {
         }
         if let Some(path) = config.server.admin_token_file.clone() {
             config.server.admin_token = read("server.admin_token", &path)?;
+        }
+        if let Some(path) = config.store.url_file.clone() {
+            config.store.url = read("store.url", &path)?;
         }
         // Relative paths in the file are relative to the file.
         if let Some(dir) = file.and_then(Path::parent) {

@@ -202,3 +202,117 @@ fn a_bad_path_is_a_clear_error() {
     let err = SqliteStore::open("/proc/flowbot/x.db", opts(1, 8)).unwrap_err();
     assert!(err.to_string().contains("/proc/flowbot"), "{err}");
 }
+
+/// SQLite serves one process: a second store on the same file is refused,
+/// naming the backend that serves several; once the first is gone, it opens.
+#[test]
+fn a_second_process_on_one_sqlite_file_is_refused() {
+    let path = temp_db("one-process");
+    let first = SqliteStore::open(&path, opts(1, 16)).unwrap();
+    let second = SqliteStore::open(&path, opts(1, 16)).unwrap_err();
+    assert!(second.0.contains("another flowbot process"), "{second}");
+    assert!(
+        second.0.contains("store.backend = \"postgres\""),
+        "{second}"
+    );
+    drop(first);
+    SqliteStore::open(&path, opts(1, 16)).unwrap();
+}
+
+/// The PostgreSQL database of the tests, from `FLOWBOT_TEST_POSTGRES_URL`
+/// (`.ci/run` sets it); `None`, with a note on how to run them, when unset.
+pub(crate) fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var("FLOWBOT_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            // Straight to stderr, past the test harness's capture, so that
+            // a plain `cargo test` shows what it did not run.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped {test}: set FLOWBOT_TEST_POSTGRES_URL \
+                 (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run the PostgreSQL tests"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh schema of its own for each test.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_store(url: &str, name: &str) -> PostgresStore {
+    let schema = format!("test_{}_{name}", std::process::id());
+    let client = postgres_admin(url).await;
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    PostgresStore::open(PostgresOptions {
+        url: url.into(),
+        schema,
+        ..PostgresOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_store_keeps_the_contract() {
+    let Some(url) = postgres_url("postgres_store_keeps_the_contract") else {
+        return;
+    };
+    contract(&postgres_store(&url, "contract").await).await;
+}
+
+/// Instances started together on a fresh database migrate it once, without
+/// racing ("table inbox already exists").
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_are_safe_under_a_simultaneous_start() {
+    let Some(url) = postgres_url("postgres_migrations_are_safe_under_a_simultaneous_start") else {
+        return;
+    };
+    let schema = format!("test_{}_together", std::process::id());
+    postgres_admin(&url)
+        .await
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    let open = || {
+        PostgresStore::open(PostgresOptions {
+            url: url.clone(),
+            schema: schema.clone(),
+            ..PostgresOptions::default()
+        })
+    };
+    let (a, b, c) = tokio::join!(open(), open(), open());
+    let (a, _b, _c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    contract(&a).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_unreachable_is_a_clear_error() {
+    let e = PostgresStore::open(PostgresOptions {
+        url: "postgres://postgres@127.0.0.1:9/none".into(),
+        connect_timeout: std::time::Duration::from_secs(1),
+        ..PostgresOptions::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(e.0.contains("postgres"), "{e}");
+    assert!(
+        e.0.to_lowercase().contains("connection refused") || e.0.contains("error connecting"),
+        "{e}"
+    );
+}

@@ -15,6 +15,7 @@
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
 //! - `crash`: a real `flowbot run` killed with SIGKILL mid-burst, then restarted.
+//! - `scale`: PostgreSQL as the store, end to end, and the database going away.
 //! - `sim`: the Qpien simulator: schema drift, the client against it, the bot end to end through it.
 
 #[path = "../examples/support_bot.rs"]
@@ -34,6 +35,7 @@ mod hostile;
 mod qpien;
 mod replay;
 mod runtime;
+mod scale;
 mod sim;
 mod store;
 

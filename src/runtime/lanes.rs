@@ -34,6 +34,8 @@ type Queues<T> = HashMap<Arc<str>, BTreeMap<u64, T>>;
 /// Ordered queues per key, with their worker.
 pub(crate) struct Lanes<W: Worker> {
     queues: Mutex<Queues<W::Item>>,
+    /// Each key's task, to stop them all at shutdown's deadline.
+    tasks: Mutex<HashMap<Arc<str>, tokio::task::JoinHandle<()>>>,
     /// Items queued and not yet finished (waiting or in progress).
     len: AtomicUsize,
     changed: Notify,
@@ -46,6 +48,7 @@ impl<W: Worker> Lanes<W> {
     pub(crate) fn new(worker: W, depth: Gauge) -> Arc<Self> {
         Arc::new(Lanes {
             queues: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
             len: AtomicUsize::new(0),
             changed: Notify::new(),
             worker,
@@ -62,6 +65,25 @@ impl<W: Worker> Lanes<W> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn task_handles(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, tokio::task::JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops every lane's task where it is and waits until they are gone (at
+    /// shutdown, past the deadline: what they held is still in the store for
+    /// the next start).
+    pub(crate) async fn abort_all(&self) {
+        let tasks: Vec<_> = self.task_handles().drain().map(|(_, t)| t).collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
     /// Queues `item`, starting its key's worker task if it has none. An order
     /// number already queued is ignored.
     pub(crate) fn queue(self: &Arc<Self>, item: W::Item) {
@@ -76,7 +98,10 @@ impl<W: Worker> Lanes<W> {
             let key: Arc<str> = Arc::from(key);
             queues.insert(key.clone(), BTreeMap::from([(order, item)]));
             self.len.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(self.clone().work(key));
+            // Registered under the queues' lock: the task removes itself under
+            // it too, so it cannot be gone before it is registered.
+            let task = tokio::spawn(self.clone().work(key.clone()));
+            self.task_handles().insert(key, task);
         }
         drop(queues);
         self.depth.set(self.len() as i64);
@@ -112,6 +137,7 @@ impl<W: Worker> Lanes<W> {
             Some((_, item)) => Some(item),
             None => {
                 queues.remove(key);
+                self.task_handles().remove(key);
                 None
             }
         }

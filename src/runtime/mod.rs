@@ -136,9 +136,19 @@ impl Running {
     pub async fn shutdown(self) -> Drained {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + self.deadline;
-        let _ = self.server.await;
-        for t in self.tasks {
+        let mut server = self.server;
+        if tokio::time::timeout_at(deadline, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+            let _ = server.await;
+        }
+        for t in &self.tasks {
             t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
         }
         let _ = tokio::time::timeout_at(deadline, self.turns.drained()).await;
         let _ = tokio::time::timeout_at(deadline, self.outbox.drained()).await;
@@ -146,6 +156,9 @@ impl Running {
             turns_left: self.turns.len(),
             replies_left: self.outbox.len(),
         };
+        // Past the deadline nothing goes on: what is left is in the store.
+        self.turns.abort_all().await;
+        self.outbox.abort_all().await;
         tracing::info!(?drained, "flowbot stopped");
         drained
     }
@@ -200,6 +213,13 @@ pub fn check(config: &Config, registry: &Registry) -> Result<Bot, RuntimeError> 
         }
     }
     QpienClient::new(config.qpien.clone())?;
+    if config.store.backend == StoreBackend::Postgres && config.store.url.is_empty() {
+        return Err(RuntimeError::Config(
+            "store.url is required with store.backend = \"postgres\": set FLOWBOT_STORE__URL \
+             (or store.url_file)"
+                .into(),
+        ));
+    }
     Ok(bot)
 }
 
@@ -218,6 +238,22 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             },
         )?),
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
+        #[cfg(feature = "postgres")]
+        StoreBackend::Postgres => Arc::new(
+            crate::store::PostgresStore::open(crate::store::PostgresOptions {
+                url: config.store.url.expose().to_owned(),
+                schema: config.store.schema.clone(),
+                ..Default::default()
+            })
+            .await?,
+        ),
+        #[cfg(not(feature = "postgres"))]
+        StoreBackend::Postgres => {
+            return Err(RuntimeError::Config(
+                "store.backend = \"postgres\" needs flowbot built with the `postgres` feature"
+                    .into(),
+            ))
+        }
     };
     let client = QpienClient::new(config.qpien.clone())?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)

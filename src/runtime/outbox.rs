@@ -89,6 +89,11 @@ impl Outbox {
         self.lanes.drained().await
     }
 
+    /// Stops the deliveries where they are (see [`Lanes::abort_all`]).
+    pub(crate) async fn abort_all(&self) {
+        self.lanes.abort_all().await
+    }
+
     /// Starts from what the last run left: all of it is in the store.
     pub(crate) async fn resume(&self) -> Result<(), StoreError> {
         self.held().spill_from(0);

@@ -13,12 +13,18 @@
 //! [`outbox`](StateStore::outbox) give back exactly the unfinished work.
 //! Payloads are opaque bytes (the runtime's JSON), so a store knows nothing of
 //! flows or of Qpien. [`MemoryStore`] is the reference implementation;
-//! [`SqliteStore`] (the default) adds durability and group commit.
+//! [`SqliteStore`] (the default) adds durability and group commit, for one
+//! process; `PostgresStore` (feature `postgres`) is for several instances
+//! sharing one database.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 use async_trait::async_trait;

@@ -138,6 +138,37 @@ pub struct SqliteStore {
     /// disk refuses a delivery (a large write) while a small probe may pass,
     /// so [`StateStore::ping`] reports it for [`RECENT_FAILURE`].
     failed_write: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// Held while the store is open: one process per database file.
+    _lock: std::fs::File,
+}
+
+/// Takes the lock that keeps a second process off the database: SQLite
+/// serves one process here (one writer thread orders the turns and owns the
+/// outbox), and two would each resend the shared outbox and order nothing
+/// between them. The lock is the kernel's (`flock` on `<path>.lock`), so it
+/// goes with the process however it ends, `kill -9` included; other tools
+/// (the `sqlite3` shell) can still read the database.
+fn lock_for_one_process(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError(format!("{}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError(format!(
+            "{}: another flowbot process is using this database. SQLite serves one process; \
+             to run several instances, use store.backend = \"postgres\"",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError(format!("{}: {e}", lock_path.display())))
+        }
+    }
 }
 
 /// How long a failed write keeps the store reported as unable to write (then
@@ -178,6 +209,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
         }
+        let lock = lock_for_one_process(&path)?;
         let mut conn = Connection::open(&path).map_err(err(&path))?;
         conn.busy_timeout(busy_timeout).map_err(err(&path))?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -215,6 +247,7 @@ impl SqliteStore {
             jobs,
             path,
             failed_write: std::sync::Mutex::new(None),
+            _lock: lock,
         })
     }
 

@@ -1,0 +1,537 @@
+//! [`PostgresStore`]: the store for several instances sharing one database.
+//!
+//! The same contract as the other stores (accept once per key, durable on
+//! return; one transaction per turn), kept by PostgreSQL itself: a unique key
+//! for deduplication, a transaction for each commit. The tables live in their
+//! own schema (`store.schema`, default `flowbot`), so several bots (or several
+//! test runs) can share a database.
+//!
+//! Migrations are versioned (`flowbot_migrations`) and run at start under an
+//! advisory lock, so instances started together do not race in them: the
+//! first one migrates, the others wait and find the schema up to date.
+//! Connections come from a deadpool pool and are re-established as needed; a
+//! call that cannot reach the database fails (the runtime then answers 503 and
+//! retries), it never waits for ever.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::{
+    Accepted, DeadLetter, InboxItem, Millis, NewInbound, OutboxItem, StateStore, StoreError,
+    StoredSession, TurnCommit, MAX_DEAD_LETTERS,
+};
+
+/// Dedup keys of processed messages are kept this long.
+const KEEP_KEYS_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The advisory lock key of migrations (any fixed number).
+const MIGRATION_LOCK: i64 = 0x0066_6c6f_7762_6f74;
+
+/// The schema, version by version. Never edit a released step: add one.
+const MIGRATIONS: &[&str] = &["CREATE TABLE inbox (
+        seq BIGSERIAL PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        conversation TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        received_at BIGINT NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT false,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX inbox_pending ON inbox (seq) WHERE NOT done;
+    CREATE TABLE sessions (
+        conversation TEXT PRIMARY KEY,
+        data BYTEA NOT NULL,
+        due_at BIGINT
+    );
+    CREATE INDEX sessions_due ON sessions (due_at) WHERE due_at IS NOT NULL;
+    CREATE TABLE outbox (
+        id BIGSERIAL PRIMARY KEY,
+        conversation TEXT NOT NULL,
+        payload BYTEA NOT NULL
+    );
+    CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE dead_letters (
+        id BIGSERIAL PRIMARY KEY,
+        received_at BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BYTEA NOT NULL
+    );"];
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The connection URL, e.g. `postgres://flowbot@db/flowbot`.
+    pub url: String,
+    /// The schema that holds the tables (created if missing).
+    pub schema: String,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// How long a call may wait for a connection (or to make one).
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            url: String::new(),
+            schema: "flowbot".into(),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The PostgreSQL store (see the module docs).
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// A PostgreSQL error as a store error: the server's message when it gave one.
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError(format!("postgres: {}", db.message())),
+        None => StoreError(format!("postgres: {}", error_chain(&e))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        e => StoreError(format!("postgres: {e}")),
+    }
+}
+
+/// Whether `s` can name a schema without quoting.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if needed and brings it up to date.
+    pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        if !is_identifier(&options.schema) {
+            return Err(StoreError(format!(
+                "store.schema `{}`: use lowercase letters, digits and `_` (at most 63)",
+                options.schema
+            )));
+        }
+        let mut config = tokio_postgres::Config::from_str(&options.url)
+            .map_err(|e| StoreError(format!("store.url: {e}")))?;
+        config.connect_timeout(options.connect_timeout);
+        config.options(format!("-c search_path={}", options.schema));
+        config.application_name("flowbot");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(2))
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError(format!("postgres: {e}")))?;
+        let store = PostgresStore {
+            pool,
+            schema: options.schema,
+        };
+        store.migrate().await?;
+        let client = store.client().await?;
+        client
+            .execute(
+                "DELETE FROM inbox WHERE done AND received_at < $1",
+                &[&(crate::time::now() - KEEP_KEYS_MS)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs the migrations not yet applied, one transaction each, under an
+    /// advisory lock held for the whole run.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        // The lock comes first: even `CREATE SCHEMA IF NOT EXISTS` races.
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg)?;
+        let result = async {
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
+                .await
+                .map_err(pg)?;
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS flowbot_migrations (
+                        version INTEGER PRIMARY KEY,
+                        applied_at BIGINT NOT NULL
+                    )",
+                )
+                .await
+                .map_err(pg)?;
+            let done: i32 = client
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) FROM flowbot_migrations",
+                    &[],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            for (i, step) in MIGRATIONS.iter().enumerate() {
+                let version = i as i32 + 1;
+                if version <= done {
+                    continue;
+                }
+                let tx = client.transaction().await.map_err(pg)?;
+                tx.batch_execute(step).await.map_err(|e| {
+                    StoreError(format!("postgres: migration {version} failed: {}", pg(e).0))
+                })?;
+                tx.execute(
+                    "INSERT INTO flowbot_migrations (version, applied_at) VALUES ($1, $2)",
+                    &[&version, &crate::time::now()],
+                )
+                .await
+                .map_err(pg)?;
+                tx.commit().await.map_err(pg)?;
+                tracing::info!(version, schema = %self.schema, "database migrated");
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        let unlock = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg);
+        result.and(unlock.map(drop))
+    }
+}
+
+fn inbox_item(r: &tokio_postgres::Row, resumed: bool) -> InboxItem {
+    InboxItem {
+        seq: r.get::<_, i64>(0) as u64,
+        key: r.get(1),
+        conversation: r.get(2),
+        payload: r.get(3),
+        received_at: r.get(4),
+        attempts: r.get::<_, i32>(5).max(0) as u32,
+        resumed,
+    }
+}
+
+fn dead_letter(r: &tokio_postgres::Row) -> DeadLetter {
+    DeadLetter {
+        id: r.get::<_, i64>(0) as u64,
+        received_at: r.get(1),
+        reason: r.get(2),
+        headers: r.get(3),
+        body: r.get(4),
+    }
+}
+
+fn id(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn limit(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "INSERT INTO inbox (key, conversation, payload, received_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING seq",
+                &[
+                    &item.key,
+                    &item.conversation,
+                    &item.payload,
+                    &item.received_at,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(match row {
+            None => Accepted::Duplicate,
+            Some(r) => Accepted::New(InboxItem {
+                seq: r.get::<_, i64>(0) as u64,
+                key: item.key,
+                conversation: item.conversation,
+                payload: item.payload,
+                received_at: item.received_at,
+                attempts: 0,
+                resumed: false,
+            }),
+        })
+    }
+
+    async fn pending(&self, max: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
+                 WHERE NOT done ORDER BY seq LIMIT $1",
+                &[&limit(max)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| inbox_item(r, true)).collect())
+    }
+
+    async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT data, due_at FROM sessions WHERE conversation = $1",
+                &[&conversation],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| StoredSession {
+            data: r.get(0),
+            due_at: r.get(1),
+        }))
+    }
+
+    async fn commit(&self, c: TurnCommit) -> Result<Vec<u64>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute(
+            "UPDATE inbox SET done = true, payload = ''::bytea WHERE seq = $1",
+            &[&id(c.inbox_seq)],
+        )
+        .await
+        .map_err(pg)?;
+        match &c.session {
+            Some(s) => {
+                tx.execute(
+                    "INSERT INTO sessions (conversation, data, due_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (conversation) DO UPDATE SET data = $2, due_at = $3",
+                    &[&c.conversation, &s.data, &s.due_at],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM sessions WHERE conversation = $1",
+                    &[&c.conversation],
+                )
+                .await
+                .map_err(pg)?;
+            }
+        }
+        let mut ids = Vec::with_capacity(c.outbox.len());
+        if !c.outbox.is_empty() {
+            let insert = tx
+                .prepare("INSERT INTO outbox (conversation, payload) VALUES ($1, $2) RETURNING id")
+                .await
+                .map_err(pg)?;
+            for payload in &c.outbox {
+                let row = tx
+                    .query_one(&insert, &[&c.conversation, payload])
+                    .await
+                    .map_err(pg)?;
+                ids.push(row.get::<_, i64>(0) as u64);
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(ids)
+    }
+
+    async fn outbox(&self, after: u64, max: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, conversation, payload FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&id(after), &limit(max)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxItem {
+                id: r.get::<_, i64>(0) as u64,
+                conversation: r.get(1),
+                payload: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn delivered(&self, outbox_id: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM outbox WHERE id = $1", &[&id(outbox_id)])
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn due_timers(
+        &self,
+        now: Millis,
+        max: usize,
+    ) -> Result<Vec<(String, Millis)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT conversation, due_at FROM sessions
+                 WHERE due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
+                &[&now, &limit(max)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT value FROM cursors WHERE name = $1", &[&name])
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO cursors (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = $2",
+                &[&name, &value],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn attempt(&self, seq: u64) -> Result<u32, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE inbox SET attempts = attempts + 1 WHERE seq = $1 AND NOT done
+                 RETURNING attempts",
+                &[&id(seq)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map_or(0, |r| r.get::<_, i32>(0).max(0) as u32))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A write: a database that cannot take one (read-only, disk full) shows here.
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO cursors (name, value) VALUES ('store:ping', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = $1",
+                &[&crate::time::now().to_string()],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn add_dead_letter(&self, letter: DeadLetter) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let new_id: i64 = tx
+            .query_one(
+                "INSERT INTO dead_letters (received_at, reason, headers, body)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[
+                    &letter.received_at,
+                    &letter.reason,
+                    &letter.headers,
+                    &letter.body,
+                ],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        tx.execute(
+            "DELETE FROM dead_letters WHERE id <= $1",
+            &[&(new_id - MAX_DEAD_LETTERS as i64)],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(new_id as u64)
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, received_at, reason, headers, body FROM dead_letters
+                 ORDER BY id DESC LIMIT $1",
+                &[&limit(max)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(dead_letter).collect())
+    }
+
+    async fn dead_letter(&self, letter: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = $1",
+                &[&id(letter)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.as_ref().map(dead_letter))
+    }
+
+    async fn remove_dead_letter(&self, letter: u64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute("DELETE FROM dead_letters WHERE id = $1", &[&id(letter)])
+            .await
+            .map_err(pg)?;
+        Ok(n > 0)
+    }
+}

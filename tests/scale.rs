@@ -1,0 +1,173 @@
+//! PostgreSQL as the store: `flowbot run` on it end to end, and what happens
+//! when the database goes away. These tests need `FLOWBOT_TEST_POSTGRES_URL`
+//! (`.ci/run` sets it); without it they say so and pass.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowbot::internals::config::StoreBackend;
+use flowbot::internals::qpien::Secret;
+
+use crate::runtime::{message, wait_until, Harness, ECHO};
+use crate::store::postgres_url;
+
+/// A schema of its own for a test, dropped first.
+async fn fresh_schema(url: &str, name: &str) -> String {
+    let schema = format!("test_{}_{name}", std::process::id());
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    schema
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowbot_runs_on_postgres() {
+    let Some(url) = postgres_url("flowbot_runs_on_postgres") else {
+        return;
+    };
+    let schema = fresh_schema(&url, "run").await;
+    let mut h = Harness::start("pg-run", ECHO, |c| {
+        c.store.backend = StoreBackend::Postgres;
+        c.store.url = Secret::new(url.clone());
+        c.store.schema = schema.clone();
+    })
+    .await;
+    h.post(&message("m1", "c1", "hello")).await;
+    h.post(&message("m1", "c1", "hello")).await;
+    h.post(&message("m2", "c1", "again")).await;
+    wait_until("two replies", Duration::from_secs(5), || {
+        h.replies("c1").len() == 2
+    })
+    .await;
+    let r = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Echo: hello", "Echo: again"]);
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every connection
+/// dropped, new ones refused) and restored.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !state.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while state.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = cut => {} }
+                });
+            }
+        });
+        Proxy { addr, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL unreachable: `/readyz` says so, webhooks answer 503 with
+/// `Retry-After` (Qpien delivers again), and once it is back the bot
+/// reconnects and nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_means_503_then_recovery() {
+    let Some(url) = postgres_url("postgres_going_away_means_503_then_recovery") else {
+        return;
+    };
+    let schema = fresh_schema(&url, "away").await;
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => "127.0.0.1".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let db = config.get_dbname().unwrap_or("postgres").to_owned();
+    let proxied = format!("postgres://{user}@{}/{db}", proxy.addr);
+    let mut h = Harness::start("pg-away", ECHO, |c| {
+        c.store.backend = StoreBackend::Postgres;
+        c.store.url = Secret::new(proxied.clone());
+        c.store.schema = schema.clone();
+    })
+    .await;
+    h.post(&message("m1", "c1", "before")).await;
+    wait_until("the first reply", Duration::from_secs(5), || {
+        h.replies("c1").len() == 1
+    })
+    .await;
+
+    proxy.set_up(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let body = serde_json::to_vec(&message("m2", "c1", "during")).unwrap();
+    let r = h
+        .http
+        .post(h.url("/webhook"))
+        .header("content-type", "application/json")
+        .header(
+            "X-Qpien-Signature",
+            flowbot::internals::qpien::webhook::sign(crate::runtime::SECRET.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let ready = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("postgres"), "{why}");
+
+    // Back: Qpien's redelivery is accepted and answered, once.
+    proxy.set_up(true);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.post(&message("m2", "c1", "during")).await != 200 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the store did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("the second reply", Duration::from_secs(10), || {
+        h.replies("c1").len() == 2
+    })
+    .await;
+    h.stop().await;
+    assert_eq!(h.replies("c1"), ["Echo: before", "Echo: during"]);
+}
