@@ -266,6 +266,11 @@ pub struct RuntimeConfig {
     pub outbox_in_memory: usize,
     /// Undelivered replies held in memory for one conversation.
     pub outbox_in_memory_per_conversation: usize,
+    /// With a shared store (PostgreSQL): how long an instance's claim on a
+    /// conversation lasts without renewal, so how soon the others take over
+    /// the conversations of an instance that stopped.
+    #[serde(with = "humantime_serde")]
+    pub claim_ttl: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -279,6 +284,7 @@ impl Default for RuntimeConfig {
             max_turn_attempts: 3,
             outbox_in_memory: 1_000,
             outbox_in_memory_per_conversation: 100,
+            claim_ttl: Duration::from_secs(10),
         }
     }
 }

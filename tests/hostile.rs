@@ -431,8 +431,11 @@ async fn readiness_says_why_qpien_or_the_store_fails() {
 
     // A store that cannot write (a full disk, here its size limit): webhooks
     // answer 503 and /readyz says why.
-    let mut h = Harness::start("hostile-ready-store", ECHO, |c| {
+    // Turns hang (their commits would free space): the store stays full.
+    let hang = "version: 1\nintents:\n  - { regex: '.*', goto: hang }\nstates:\n  start: {}\n  hang:\n    call: { action: hang }\n";
+    let mut h = Harness::with("hostile-ready-store", hang, poison_registry(), |c| {
         c.store.max_bytes = Some(160 * 1024);
+        c.runtime.shutdown_deadline = Duration::from_millis(300);
     })
     .await;
     let big = "x".repeat(8 * 1024);

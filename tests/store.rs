@@ -34,6 +34,16 @@ fn temp_db(name: &str) -> std::path::PathBuf {
 
 async fn contract(store: &dyn StateStore) {
     store.ping().await.unwrap();
+    if store.shared() {
+        // A shared store gives the work of claimed conversations only.
+        for c in ["c1", "c2", "c3"] {
+            assert!(store
+                .claim(c, std::time::Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_some());
+        }
+    }
     // Accept once per key.
     let Accepted::New(a) = store.accept(inbound("m1", "c1")).await.unwrap() else {
         panic!("new")
@@ -71,6 +81,7 @@ async fn contract(store: &dyn StateStore) {
                 due_at: Some(5_000),
             }),
             outbox: vec![b"r1".to_vec(), b"r2".to_vec()],
+            fence: None,
         })
         .await
         .unwrap();
@@ -119,6 +130,7 @@ async fn contract(store: &dyn StateStore) {
             conversation: "c1".into(),
             session: None,
             outbox: vec![],
+            fence: None,
         })
         .await
         .unwrap();
@@ -160,6 +172,7 @@ async fn sqlite_keeps_everything_across_a_reopen() {
                     due_at: None,
                 }),
                 outbox: vec![b"hello".to_vec()],
+                fence: None,
             })
             .await
             .unwrap();
@@ -315,4 +328,88 @@ async fn postgres_unreachable_is_a_clear_error() {
         e.0.to_lowercase().contains("connection refused") || e.0.contains("error connecting"),
         "{e}"
     );
+}
+
+/// Two instances on one database: a conversation is claimed by one at a
+/// time; the token changes when it changes hands; a commit under an old token
+/// is refused; an expired claim's work is an orphan; `NOTIFY` reaches the
+/// other instance.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_fence_and_wake() {
+    use std::time::Duration;
+    let Some(url) = postgres_url("postgres_claims_fence_and_wake") else {
+        return;
+    };
+    let schema = format!("test_{}_claims", std::process::id());
+    postgres_admin(&url)
+        .await
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    let open = |owner: &str| {
+        PostgresStore::open(PostgresOptions {
+            url: url.clone(),
+            schema: schema.clone(),
+            owner: owner.into(),
+            ..PostgresOptions::default()
+        })
+    };
+    let a = open("a").await.unwrap();
+    let b = open("b").await.unwrap();
+    let mut woken = b.listen().await.unwrap().unwrap();
+    let short = Duration::from_millis(300);
+
+    let t1 = a.claim("c1", short).await.unwrap().unwrap();
+    assert_eq!(b.claim("c1", short).await.unwrap(), None, "held by a");
+    assert_eq!(
+        a.claim("c1", short).await.unwrap(),
+        Some(t1),
+        "a keeps its token"
+    );
+    let Accepted::New(item) = b.accept(inbound("m1", "c1")).await.unwrap() else {
+        panic!("new")
+    };
+    // b wakes a (here: a wakes b, who listens).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.notify("c1").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), woken.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("c1"));
+    // Only the holder sees the work.
+    assert_eq!(a.pending(10).await.unwrap().len(), 1);
+    assert!(b.pending(10).await.unwrap().is_empty());
+    assert_eq!(b.pending_of("c1").await.unwrap().len(), 1);
+    assert!(a.orphans(10).await.unwrap().is_empty());
+
+    // a stops renewing: its claim expires, the work is an orphan, b takes it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.orphans(10).await.unwrap(), ["c1"]);
+    let t2 = b
+        .claim("c1", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(t1, t2);
+    assert_eq!(
+        a.renew(&["c1".into()], short).await.unwrap(),
+        ["c1"],
+        "lost"
+    );
+    // a's turn, computed under the old token, cannot be committed.
+    let commit = |fence| TurnCommit {
+        inbox_seq: item.seq,
+        conversation: "c1".into(),
+        session: None,
+        outbox: vec![b"r".to_vec()],
+        fence: Some(fence),
+    };
+    let refused = a.commit(commit(t1)).await.unwrap_err();
+    assert!(refused.is_fenced(), "{refused}");
+    assert_eq!(b.commit(commit(t2)).await.unwrap().len(), 1);
+    assert_eq!(b.outbox(0, 10).await.unwrap().len(), 1);
+    assert!(a.outbox(0, 10).await.unwrap().is_empty());
+    b.unclaim("c1").await.unwrap();
+    assert_eq!(a.orphans(10).await.unwrap(), ["c1"], "its outbox is left");
 }

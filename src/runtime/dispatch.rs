@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tracing::Instrument;
 
+use super::claims::{Claims, Runner};
 use super::lanes::{Lanes, Worker};
 use super::metrics::Metrics;
 use super::outbox::Outbox;
@@ -34,6 +35,7 @@ use crate::time::Millis;
 pub(crate) struct Inbox {
     store: Arc<dyn StateStore>,
     turns: Arc<Lanes<Dispatcher>>,
+    runner: Arc<Runner>,
     metrics: Arc<Metrics>,
     capacity: usize,
 }
@@ -41,13 +43,14 @@ pub(crate) struct Inbox {
 impl Inbox {
     pub(crate) fn new(
         store: Arc<dyn StateStore>,
-        turns: Arc<Lanes<Dispatcher>>,
+        runner: Arc<Runner>,
         metrics: Arc<Metrics>,
         capacity: usize,
     ) -> Inbox {
         Inbox {
             store,
-            turns,
+            turns: runner.turns.clone(),
+            runner,
             metrics,
             capacity,
         }
@@ -67,7 +70,7 @@ impl Inbox {
             .await?;
         match accepted {
             Accepted::New(item) => {
-                self.turns.queue(item);
+                self.runner.route(item).await?;
                 Ok(true)
             }
             Accepted::Duplicate => {
@@ -123,6 +126,8 @@ pub(crate) struct Dispatcher {
     pub(crate) stop: Stop,
     /// Runs a turn may take (see [`Dispatcher::turn`]).
     pub(crate) max_attempts: u32,
+    /// Which conversations this instance runs (shared store).
+    pub(crate) claims: Arc<Claims>,
     /// Suspect turns run one at a time.
     pub(crate) suspects: tokio::sync::Semaphore,
     pub(crate) handoff: Handoff,
@@ -329,10 +334,36 @@ impl Dispatcher {
             conversation: item.conversation.clone(),
             session,
             outbox: Vec::new(),
+            fence: self.claims.fence(&item.conversation),
         };
-        let _ = self
-            .persist("commit a turn", || self.store.commit(commit.clone()))
-            .await;
+        let _ = self.commit(commit).await;
+    }
+
+    /// Commits a turn, retrying until the store takes it, unless the claim
+    /// changed hands (then the turn is dropped: the instance that holds the
+    /// conversation now runs it from the inbox).
+    async fn commit(&self, commit: TurnCommit) -> Option<Vec<u64>> {
+        let result = until_ok(
+            Backoff::STORE,
+            "commit a turn",
+            |d| self.stop.pause(d),
+            || async {
+                match self.store.commit(commit.clone()).await {
+                    Ok(ids) => Ok(Ok(ids)),
+                    Err(e) if e.is_fenced() => Ok(Err(e)),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await?;
+        match result {
+            Ok(ids) => Some(ids),
+            Err(e) => {
+                tracing::warn!(error = %e, "a turn was dropped: its conversation moved");
+                self.claims.lost(&commit.conversation);
+                None
+            }
+        }
     }
 
     /// One turn. A resumed item counts an attempt first; a turn that panics
@@ -341,6 +372,7 @@ impl Dispatcher {
     async fn turn(&self, item: InboxItem) {
         let started = Instant::now();
         let conversation = item.conversation.as_str();
+        let fence = self.claims.fence(conversation);
         let mut _alone = None;
         if item.resumed {
             let Some(n) = self.count_attempt(&item).await else {
@@ -428,11 +460,11 @@ impl Dispatcher {
                 due_at: turn.due,
             }),
             outbox,
+            fence,
         };
-        let ids = self
-            .persist("commit a turn", || self.store.commit(commit.clone()))
-            .await;
-        let Some(ids) = ids else { return };
+        let Some(ids) = self.commit(commit.clone()).await else {
+            return;
+        };
         let result = if turn.errors.is_empty() {
             "ok"
         } else {

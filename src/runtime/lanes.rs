@@ -143,6 +143,11 @@ impl<W: Worker> Lanes<W> {
         }
     }
 
+    /// Whether `key` has items queued or in progress.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// Items queued or in progress.
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::SeqCst)

@@ -18,6 +18,7 @@
 //! shuts them down in order: stop accepting, drain turns, flush the outbox.
 
 pub mod capture;
+mod claims;
 mod dispatch;
 mod http;
 mod lanes;
@@ -286,8 +287,10 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         },
         metrics.outbox_depth.clone(),
     ));
+    let claims = claims::Claims::new(store.clone(), config.runtime.claim_ttl);
     let turns = Lanes::new(
         Dispatcher {
+            claims: claims.clone(),
             store: store.clone(),
             bot: slot.clone(),
             client: client.clone(),
@@ -303,9 +306,14 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         },
         metrics.queue_depth.clone(),
     );
+    let runner = Arc::new(claims::Runner {
+        claims,
+        turns: turns.clone(),
+        outbox: outbox.clone(),
+    });
     let inbox = Arc::new(Inbox::new(
         store.clone(),
-        turns.clone(),
+        runner.clone(),
         metrics.clone(),
         config.runtime.queue_capacity,
     ));
@@ -351,6 +359,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     let mut tasks = vec![
         feedback_task,
         tokio::spawn(outbox.clone().run_refill(stop.clone())),
+        tokio::spawn(runner.run(stop.clone())),
         tokio::spawn(timers::run(
             store.clone(),
             inbox.clone(),

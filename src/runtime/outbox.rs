@@ -78,6 +78,23 @@ impl Outbox {
         }
     }
 
+    /// Whether `conversation` has replies held here.
+    pub(crate) fn has(&self, conversation: &str) -> bool {
+        self.lanes.has(conversation)
+            || self
+                .held()
+                .lock()
+                .per_conversation
+                .contains_key(conversation)
+    }
+
+    /// A conversation was just claimed (shared store): its replies left by an
+    /// instance that stopped are read from the store like spilled ones.
+    pub(crate) fn adopt(&self, _conversation: &str) {
+        self.held().spill_from(0);
+        self.held().wake.notify_one();
+    }
+
     /// Items held (queued or being delivered).
     pub(crate) fn len(&self) -> usize {
         self.lanes.len()

@@ -27,6 +27,8 @@ pub use memory::MemoryStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 pub use crate::time::Millis;
@@ -105,6 +107,10 @@ pub struct TurnCommit {
     pub session: Option<StoredSession>,
     /// Payloads to queue in the outbox, in order.
     pub outbox: Vec<Vec<u8>>,
+    /// In a shared store: the claim's fencing token the turn ran under. The
+    /// commit is refused ([`StoreError::is_fenced`]) if the conversation was
+    /// claimed anew since (another instance took it over).
+    pub fence: Option<u64>,
 }
 
 /// A webhook delivery flowbot could not use, kept for a person to look at
@@ -130,6 +136,24 @@ pub const MAX_DEAD_LETTERS: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("store: {0}")]
 pub struct StoreError(pub String);
+
+/// How a refused commit's message starts (see [`StoreError::is_fenced`]).
+const FENCED: &str = "fenced: ";
+
+impl StoreError {
+    /// A commit refused because the conversation's claim changed hands.
+    pub fn fenced(conversation: &str) -> StoreError {
+        StoreError(format!(
+            "{FENCED}conversation `{conversation}` was taken over by another instance"
+        ))
+    }
+
+    /// Whether this is a commit refused by its fencing token: not worth
+    /// retrying, the turn belongs to the instance that holds the claim now.
+    pub fn is_fenced(&self) -> bool {
+        self.0.starts_with(FENCED)
+    }
+}
 
 /// A place for sessions, inbox and outbox. See the module docs for the contract.
 #[async_trait]
@@ -174,4 +198,54 @@ pub trait StateStore: Send + Sync + 'static {
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
     /// Removes a dead letter; `false` if there was none.
     async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError>;
+
+    // Several instances on one store. A store used by one process keeps the
+    // defaults: everything is this process's, nothing is claimed.
+
+    /// Whether several processes share this store: then a conversation's
+    /// work runs only where it is claimed, and [`pending`](Self::pending)
+    /// and [`outbox`](Self::outbox) give only the claimed conversations'.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Claims `conversation` for this process for `ttl`: granted when it is
+    /// free, expired or already this process's. Returns the fencing token
+    /// (it changes whenever the claim changes hands), or `None` when another
+    /// process holds it.
+    async fn claim(&self, _conversation: &str, _ttl: Duration) -> Result<Option<u64>, StoreError> {
+        Ok(Some(0))
+    }
+    /// Extends this process's claims on `conversations`; returns those it no
+    /// longer holds.
+    async fn renew(
+        &self,
+        _conversations: &[String],
+        _ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Gives up a claim.
+    async fn unclaim(&self, _conversation: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Conversations with unfinished work (inbox or outbox) that no live
+    /// claim covers: their process stopped. At most `limit`.
+    async fn orphans(&self, _limit: usize) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// A conversation's inbox items not yet committed, in arrival order.
+    async fn pending_of(&self, _conversation: &str) -> Result<Vec<InboxItem>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Wakes the process that holds `conversation`: it has new work.
+    async fn notify(&self, _conversation: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The conversations other processes wake this one for (`None`: a
+    /// store of one process, nobody does).
+    async fn listen(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, StoreError> {
+        Ok(None)
+    }
 }

@@ -32,7 +32,8 @@ const KEEP_KEYS_MS: i64 = 7 * 24 * 3600 * 1000;
 const MIGRATION_LOCK: i64 = 0x0066_6c6f_7762_6f74;
 
 /// The schema, version by version. Never edit a released step: add one.
-const MIGRATIONS: &[&str] = &["CREATE TABLE inbox (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE inbox (
         seq BIGSERIAL PRIMARY KEY,
         key TEXT NOT NULL UNIQUE,
         conversation TEXT NOT NULL,
@@ -60,7 +61,21 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE inbox (
         reason TEXT NOT NULL,
         headers TEXT NOT NULL,
         body BYTEA NOT NULL
-    );"];
+    );",
+    "CREATE TABLE claims (
+        conversation TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX claims_owner ON claims (owner);
+    CREATE INDEX inbox_pending_conversation ON inbox (conversation, seq) WHERE NOT done;
+    CREATE INDEX outbox_conversation ON outbox (conversation, id);",
+];
+
+/// The database's clock in milliseconds: claims expire by one clock for all
+/// instances, whatever theirs say.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// How to reach PostgreSQL.
 #[derive(Debug, Clone)]
@@ -73,6 +88,8 @@ pub struct PostgresOptions {
     pub max_connections: usize,
     /// How long a call may wait for a connection (or to make one).
     pub connect_timeout: Duration,
+    /// This instance's name in claims (unique among the instances).
+    pub owner: String,
 }
 
 impl Default for PostgresOptions {
@@ -82,6 +99,7 @@ impl Default for PostgresOptions {
             schema: "flowbot".into(),
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
+            owner: format!("{}-{:08x}", std::process::id(), fastrand::u32(..)),
         }
     }
 }
@@ -90,6 +108,9 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     schema: String,
+    owner: String,
+    /// For the connection that listens (`LISTEN` holds one of its own).
+    config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -152,7 +173,7 @@ impl PostgresStore {
         config.options(format!("-c search_path={}", options.schema));
         config.application_name("flowbot");
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -168,6 +189,8 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             schema: options.schema,
+            owner: options.owner,
+            config,
         };
         store.migrate().await?;
         let client = store.client().await?;
@@ -311,8 +334,10 @@ impl StateStore for PostgresStore {
         let rows = client
             .query(
                 "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
-                 WHERE NOT done ORDER BY seq LIMIT $1",
-                &[&limit(max)],
+                 WHERE NOT done
+                   AND conversation IN (SELECT conversation FROM claims WHERE owner = $2)
+                 ORDER BY seq LIMIT $1",
+                &[&limit(max), &self.owner],
             )
             .await
             .map_err(pg)?;
@@ -337,6 +362,21 @@ impl StateStore for PostgresStore {
     async fn commit(&self, c: TurnCommit) -> Result<Vec<u64>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        if let Some(token) = c.fence {
+            // The claim the turn ran under must still be this instance's,
+            // unchanged: locked until the commit, so it cannot move meanwhile.
+            let current = tx
+                .query_opt(
+                    "SELECT token FROM claims WHERE conversation = $1 AND owner = $2 FOR UPDATE",
+                    &[&c.conversation, &self.owner],
+                )
+                .await
+                .map_err(pg)?
+                .map(|r| r.get::<_, i64>(0));
+            if current != Some(id(token)) {
+                return Err(StoreError::fenced(&c.conversation));
+            }
+        }
         tx.execute(
             "UPDATE inbox SET done = true, payload = ''::bytea WHERE seq = $1",
             &[&id(c.inbox_seq)],
@@ -384,8 +424,10 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, conversation, payload FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&id(after), &limit(max)],
+                "SELECT id, conversation, payload FROM outbox
+                 WHERE id > $1 AND conversation IN (SELECT conversation FROM claims WHERE owner = $3)
+                 ORDER BY id LIMIT $2",
+                &[&id(after), &limit(max), &self.owner],
             )
             .await
             .map_err(pg)?;
@@ -534,4 +576,192 @@ impl StateStore for PostgresStore {
             .map_err(pg)?;
         Ok(n > 0)
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn claim(&self, conversation: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let ttl = ttl.as_millis() as i64;
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO claims AS c (conversation, owner, token, expires_at)
+                     VALUES ($1, $2, 1, {NOW_MS} + $3)
+                     ON CONFLICT (conversation) DO UPDATE SET
+                         owner = excluded.owner,
+                         token = CASE WHEN c.owner = excluded.owner THEN c.token ELSE c.token + 1 END,
+                         expires_at = excluded.expires_at
+                     WHERE c.owner = excluded.owner OR c.expires_at < {NOW_MS}
+                     RETURNING token",
+                    NOW_MS = NOW_MS
+                ),
+                &[&conversation, &self.owner, &ttl],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn renew(
+        &self,
+        conversations: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        if conversations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let ttl = ttl.as_millis() as i64;
+        let rows = client
+            .query(
+                &format!(
+                    "UPDATE claims SET expires_at = {NOW_MS} + $3
+                     WHERE owner = $1 AND conversation = ANY($2) RETURNING conversation",
+                    NOW_MS = NOW_MS
+                ),
+                &[&self.owner, &conversations, &ttl],
+            )
+            .await
+            .map_err(pg)?;
+        let kept: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(conversations
+            .iter()
+            .filter(|c| !kept.contains(*c))
+            .cloned()
+            .collect())
+    }
+
+    async fn unclaim(&self, conversation: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM claims WHERE conversation = $1 AND owner = $2",
+                &[&conversation, &self.owner],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn orphans(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT w.conversation FROM (
+                         SELECT DISTINCT conversation FROM inbox WHERE NOT done
+                         UNION SELECT DISTINCT conversation FROM outbox
+                     ) w
+                     LEFT JOIN claims c ON c.conversation = w.conversation
+                     WHERE c.conversation IS NULL OR c.expires_at < {NOW_MS}
+                     LIMIT $1",
+                    NOW_MS = NOW_MS
+                ),
+                &[&limit(max)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn pending_of(&self, conversation: &str) -> Result<Vec<InboxItem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
+                 WHERE NOT done AND conversation = $1 ORDER BY seq",
+                &[&conversation],
+            )
+            .await
+            .map_err(pg)?;
+        // Not resumed: accepted by another instance, not left unfinished.
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let item = inbox_item(r, false);
+                InboxItem {
+                    resumed: item.attempts > 0,
+                    ..item
+                }
+            })
+            .collect())
+    }
+
+    async fn notify(&self, conversation: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&self.channel(), &conversation],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = self.config.clone();
+        let channel = self.channel();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            while !tx.is_closed() {
+                match listen_once(&config, &channel, &tx).await {
+                    Ok(()) => delay = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the PostgreSQL listener stopped; reconnecting");
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+        Ok(Some(rx))
+    }
+}
+
+impl PostgresStore {
+    /// The `NOTIFY` channel of this schema.
+    fn channel(&self) -> String {
+        format!("flowbot_{}", self.schema)
+    }
+}
+
+/// Listens on `channel` until the connection ends, forwarding each payload.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    tx: &tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<(), StoreError> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+    let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures_util::StreamExt::next(&mut stream).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if messages_tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(pg)?;
+    while let Some(conversation) = messages.recv().await {
+        if tx.send(conversation).is_err() {
+            break;
+        }
+    }
+    driver.abort();
+    Ok(())
 }

@@ -1,0 +1,219 @@
+//! Several instances on one store: which instance runs which conversation.
+//!
+//! With a shared store (PostgreSQL), a conversation's turns and replies run
+//! only in the instance that holds its claim, one at a time and in arrival
+//! order, whichever instance received its messages. A claim is a row with an
+//! owner, an expiry and a fencing token that changes whenever the claim
+//! changes hands:
+//! - the instance that accepts a message claims its conversation if nobody
+//!   holds it and runs it; else it wakes the holder (`NOTIFY`), which reads
+//!   the conversation's pending messages;
+//! - the holder renews its claims while it has work for them and gives them up
+//!   when idle (then looks once more, so that a message accepted meanwhile is
+//!   not left behind);
+//! - an instance that stops (even `kill -9`) stops renewing: after the claim's
+//!   time to live the others find its conversations (work in the store, no
+//!   live claim) and take them over, so a take-over takes at most the time to
+//!   live plus one sweep (`runtime.claim_ttl`, 10 s by default);
+//! - a commit carries the token its turn started under, and the store refuses
+//!   it if the claim changed hands since: an instance that was paused past its
+//!   claim can never write over the instance that took over.
+//!
+//! With a store of one process every claim is granted at once and nothing
+//! here does any work.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::dispatch::Dispatcher;
+use super::lanes::Lanes;
+use super::outbox::Outbox;
+use super::Stop;
+use crate::store::{InboxItem, StateStore, StoreError};
+
+/// This instance's claims.
+pub(crate) struct Claims {
+    store: Arc<dyn StateStore>,
+    ttl: Duration,
+    /// Conversation -> fencing token, for the conversations held.
+    held: Mutex<HashMap<String, u64>>,
+}
+
+impl Claims {
+    pub(crate) fn new(store: Arc<dyn StateStore>, ttl: Duration) -> Arc<Claims> {
+        Arc::new(Claims {
+            store,
+            ttl,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the store is shared (else every claim is implicit).
+    pub(crate) fn shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// The fencing token of a held conversation (`None` with a store of one
+    /// process).
+    pub(crate) fn fence(&self, conversation: &str) -> Option<u64> {
+        if !self.shared() {
+            return None;
+        }
+        self.lock().get(conversation).copied()
+    }
+
+    /// Forgets a conversation taken over by another instance.
+    pub(crate) fn lost(&self, conversation: &str) {
+        self.lock().remove(conversation);
+    }
+
+    /// Claims `conversation` unless held already. `Some(true)`: newly claimed
+    /// (its work left in the store must be read); `Some(false)`: held
+    /// already; `None`: another instance holds it.
+    async fn acquire(&self, conversation: &str) -> Result<Option<bool>, StoreError> {
+        if self.lock().contains_key(conversation) {
+            return Ok(Some(false));
+        }
+        match self.store.claim(conversation, self.ttl).await? {
+            Some(token) => {
+                let fresh = self.lock().insert(conversation.to_owned(), token).is_none();
+                Ok(Some(fresh))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// What runs a conversation's work here: the claims, the turns' lanes and the
+/// outbox.
+pub(crate) struct Runner {
+    pub(crate) claims: Arc<Claims>,
+    pub(crate) turns: Arc<Lanes<Dispatcher>>,
+    pub(crate) outbox: Arc<Outbox>,
+}
+
+impl Runner {
+    /// A message was just accepted: run it here if this instance holds (or can
+    /// claim) its conversation, else wake the instance that does.
+    pub(crate) async fn route(&self, item: InboxItem) -> Result<(), StoreError> {
+        if !self.claims.shared() {
+            self.turns.queue(item);
+            return Ok(());
+        }
+        let conversation = item.conversation.clone();
+        match self.claims.acquire(&conversation).await? {
+            Some(false) => self.turns.queue(item),
+            Some(true) => {
+                self.turns.queue(item);
+                self.adopt(&conversation).await?;
+            }
+            None => self.claims.store.notify(&conversation).await?,
+        }
+        Ok(())
+    }
+
+    /// Reads what the store holds for a conversation just claimed (messages
+    /// accepted elsewhere, replies of an instance that stopped) into the lanes.
+    async fn adopt(&self, conversation: &str) -> Result<(), StoreError> {
+        let pending = self.claims.store.pending_of(conversation).await?;
+        for item in pending {
+            self.turns.queue(item);
+        }
+        self.outbox.adopt(conversation);
+        Ok(())
+    }
+
+    /// Takes `conversation` if nobody holds it, and reads its work.
+    async fn take(&self, conversation: &str) -> Result<(), StoreError> {
+        match self.claims.acquire(conversation).await? {
+            Some(true) => {
+                tracing::info!(conversation, "conversation taken over");
+                self.adopt(conversation).await
+            }
+            Some(false) => {
+                // Held here already: read what another instance accepted.
+                for item in self.claims.store.pending_of(conversation).await? {
+                    self.turns.queue(item);
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this instance has work for `conversation` in memory.
+    fn busy(&self, conversation: &str) -> bool {
+        self.turns.has(conversation) || self.outbox.has(conversation)
+    }
+
+    /// Keeps the claims: renews the busy ones, gives up the idle ones, and
+    /// takes over conversations whose instance stopped; wakes for the
+    /// conversations other instances name. Until shutdown.
+    pub(crate) async fn run(self: Arc<Self>, stop: Stop) {
+        if !self.claims.shared() {
+            return;
+        }
+        let mut woken = match self.claims.store.listen().await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for other instances; relying on sweeps");
+                None
+            }
+        };
+        let every = (self.claims.ttl / 3).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.wait() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.sweep().await {
+                        tracing::warn!(error = %e, "keeping the claims failed; trying again");
+                    }
+                }
+                Some(conversation) = async {
+                    match woken.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = self.take(&conversation).await {
+                        tracing::warn!(error = %e, conversation, "cannot take up a conversation");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sweep(&self) -> Result<(), StoreError> {
+        let held: Vec<String> = self.claims.lock().keys().cloned().collect();
+        let (busy, idle): (Vec<String>, Vec<String>) = held.into_iter().partition(|c| self.busy(c));
+        for lost in self.claims.store.renew(&busy, self.claims.ttl).await? {
+            tracing::warn!(conversation = %lost, "a claim was lost to another instance");
+            self.claims.lost(&lost);
+        }
+        for conversation in idle {
+            self.claims.store.unclaim(&conversation).await?;
+            self.claims.lost(&conversation);
+            // A message accepted elsewhere while the claim was held here.
+            if !self
+                .claims
+                .store
+                .pending_of(&conversation)
+                .await?
+                .is_empty()
+            {
+                self.take(&conversation).await?;
+            }
+        }
+        for conversation in self.claims.store.orphans(256).await? {
+            self.take(&conversation).await?;
+        }
+        Ok(())
+    }
+}
