@@ -171,3 +171,81 @@ async fn postgres_going_away_means_503_then_recovery() {
     h.stop().await;
     assert_eq!(h.replies("c1"), ["Echo: before", "Echo: during"]);
 }
+
+/// Each turn counts: a message run twice, or out of order, shows.
+pub(crate) const COUNTER: &str = r##"
+version: 1
+vars: { n: 0 }
+intents:
+  - { regex: '^(?P<said>.+)$', goto: count }
+states:
+  start: {}
+  count:
+    set: { n: "{{ n | int + 1 }}" }
+    say: "#{{ n }} {{ said }}"
+    next: start
+"##;
+
+/// Three instances on one PostgreSQL schema, webhooks spread across them at
+/// random: each conversation's turns run one at a time, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_answer_every_message_once_in_order() {
+    use crate::qpien::start_sim;
+    use crate::runtime::{config, replies, temp_dir, SECRET};
+    use flowbot::internals::qpien::webhook::sign;
+    let Some(url) = postgres_url("three_instances_answer_every_message_once_in_order") else {
+        return;
+    };
+    let schema = fresh_schema(&url, "three").await;
+    let qpien = start_sim(|c| c.auto_create_conversations = true).await;
+    let mut bots = Vec::new();
+    for i in 0..3 {
+        let dir = temp_dir(&format!("pg-three-{i}"));
+        std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
+        let mut c = config(&qpien, &dir);
+        c.store.backend = StoreBackend::Postgres;
+        c.store.url = Secret::new(url.clone());
+        c.store.schema = schema.clone();
+        c.runtime.claim_ttl = Duration::from_secs(2);
+        bots.push(flowbot::start(c, flowbot::Registry::new()).await.unwrap());
+    }
+    let addrs: Vec<_> = bots.iter().map(|b| b.addr()).collect();
+    let http = reqwest::Client::new();
+    let conversations = 20;
+    let per = 6;
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..per {
+        for c in 0..conversations {
+            let body = serde_json::to_vec(&message(
+                &format!("m{c}-{round}"),
+                &format!("c{c}"),
+                &format!("m{round}"),
+            ))
+            .unwrap();
+            let addr = addrs[rng.usize(..addrs.len())];
+            let status = http
+                .post(format!("http://{addr}/webhook"))
+                .header("content-type", "application/json")
+                .header("X-Qpien-Signature", sign(SECRET.as_bytes(), &body))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status.as_u16(), 200);
+        }
+    }
+    wait_until("every reply", Duration::from_secs(30), || {
+        qpien.state().created().len() >= conversations * per
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for b in bots {
+        b.shutdown().await;
+    }
+    assert_eq!(qpien.state().created().len(), conversations * per);
+    for c in 0..conversations {
+        let want: Vec<String> = (0..per).map(|r| format!("#{} m{r}", r + 1)).collect();
+        assert_eq!(replies(&qpien, &format!("c{c}")), want, "conversation c{c}");
+    }
+}

@@ -148,8 +148,17 @@ impl StoreError {
         ))
     }
 
-    /// Whether this is a commit refused by its fencing token: not worth
-    /// retrying, the turn belongs to the instance that holds the claim now.
+    /// A commit refused because its message was committed already (by the
+    /// instance that held the conversation before): not worth retrying.
+    pub fn already_committed(conversation: &str, seq: u64) -> StoreError {
+        StoreError(format!(
+            "{FENCED}message {seq} of conversation `{conversation}` was committed already"
+        ))
+    }
+
+    /// Whether this is a commit refused by its fencing token (or because its
+    /// message was committed already): not worth retrying, the turn belongs
+    /// to the instance that holds the claim now.
     pub fn is_fenced(&self) -> bool {
         self.0.starts_with(FENCED)
     }

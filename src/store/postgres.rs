@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
     CREATE INDEX claims_owner ON claims (owner);
+    CREATE SEQUENCE claim_tokens;
     CREATE INDEX inbox_pending_conversation ON inbox (conversation, seq) WHERE NOT done;
     CREATE INDEX outbox_conversation ON outbox (conversation, id);",
 ];
@@ -120,6 +121,9 @@ impl std::fmt::Debug for PostgresStore {
             .finish()
     }
 }
+
+// Tokens come from one sequence: a claim given up and made again never gets
+// a token it had before, so a turn begun under an old claim is always told.
 
 /// A PostgreSQL error as a store error: the server's message when it gave one.
 fn pg(e: tokio_postgres::Error) -> StoreError {
@@ -377,12 +381,17 @@ impl StateStore for PostgresStore {
                 return Err(StoreError::fenced(&c.conversation));
             }
         }
-        tx.execute(
-            "UPDATE inbox SET done = true, payload = ''::bytea WHERE seq = $1",
-            &[&id(c.inbox_seq)],
-        )
-        .await
-        .map_err(pg)?;
+        let marked = tx
+            .execute(
+                "UPDATE inbox SET done = true, payload = ''::bytea WHERE seq = $1 AND NOT done",
+                &[&id(c.inbox_seq)],
+            )
+            .await
+            .map_err(pg)?;
+        if marked == 0 && c.fence.is_some() {
+            // Another instance ran this message and committed it first.
+            return Err(StoreError::already_committed(&c.conversation, c.inbox_seq));
+        }
         match &c.session {
             Some(s) => {
                 tx.execute(
@@ -588,10 +597,10 @@ impl StateStore for PostgresStore {
             .query_opt(
                 &format!(
                     "INSERT INTO claims AS c (conversation, owner, token, expires_at)
-                     VALUES ($1, $2, 1, {NOW_MS} + $3)
+                     VALUES ($1, $2, nextval('claim_tokens'), {NOW_MS} + $3)
                      ON CONFLICT (conversation) DO UPDATE SET
                          owner = excluded.owner,
-                         token = CASE WHEN c.owner = excluded.owner THEN c.token ELSE c.token + 1 END,
+                         token = CASE WHEN c.owner = excluded.owner THEN c.token ELSE excluded.token END,
                          expires_at = excluded.expires_at
                      WHERE c.owner = excluded.owner OR c.expires_at < {NOW_MS}
                      RETURNING token",
