@@ -249,3 +249,107 @@ async fn three_instances_answer_every_message_once_in_order() {
         assert_eq!(replies(&qpien, &format!("c{c}")), want, "conversation c{c}");
     }
 }
+
+#[path = "../examples/chaos.rs"]
+#[allow(clippy::duplicate_mod)]
+mod chaos;
+
+/// The chaos run, short (`scripts/chaos.sh` runs it at full size): three
+/// instances, faults, a SIGKILL and a SIGTERM; every message answered once,
+/// in order, 0 x 429, nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_three_instances_a_kill_and_a_stop() {
+    let Some(url) = postgres_url("chaos_three_instances_a_kill_and_a_stop") else {
+        return;
+    };
+    let report = chaos::run(chaos::Options {
+        conversations: 100,
+        concurrency: 25,
+        bin: env!("CARGO_BIN_EXE_flowbot").into(),
+        postgres: url,
+        seed: 11,
+        flows: "flows".into(),
+    })
+    .await;
+    assert!(report.ok(), "{}", report.line());
+}
+
+/// Three instances, each configured with Qpien's whole budget, under more
+/// replies than it allows: they share it through the database, so together
+/// they get no 429 and use at least 95% of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_request_budget() {
+    use crate::qpien::start_sim;
+    use crate::runtime::{config, temp_dir, SECRET};
+    use flowbot::internals::qpien::webhook::sign;
+    use flowbot::internals::qpien::RateLimitConfig;
+    let Some(url) = postgres_url("three_instances_share_one_request_budget") else {
+        return;
+    };
+    const BUDGET: u32 = 20;
+    let schema = fresh_schema(&url, "budget").await;
+    let qpien = start_sim(|c| {
+        c.auto_create_conversations = true;
+        c.rate_limit = Some((BUDGET, Duration::from_secs(1)));
+    })
+    .await;
+    let mut bots = Vec::new();
+    for i in 0..3 {
+        let dir = temp_dir(&format!("pg-budget-{i}"));
+        std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
+        let mut c = config(&qpien, &dir);
+        c.store.backend = StoreBackend::Postgres;
+        c.store.url = Secret::new(url.clone());
+        c.store.schema = schema.clone();
+        c.qpien.rate_limit = RateLimitConfig {
+            requests: BUDGET,
+            per: Duration::from_secs(1),
+            default_reset: Duration::from_secs(1),
+        };
+        c.runtime.shutdown_deadline = Duration::from_millis(300);
+        bots.push(flowbot::start(c, flowbot::Registry::new()).await.unwrap());
+    }
+    let addrs: Vec<_> = bots.iter().map(|b| b.addr()).collect();
+    let http = reqwest::Client::new();
+    let mut rng = fastrand::Rng::with_seed(3);
+    // 400 replies: twenty seconds of budget.
+    for i in 0..400 {
+        let body =
+            serde_json::to_vec(&message(&format!("b{i}"), &format!("c{}", i % 60), "hi")).unwrap();
+        let addr = addrs[rng.usize(..addrs.len())];
+        let status = http
+            .post(format!("http://{addr}/webhook"))
+            .header("content-type", "application/json")
+            .header("X-Qpien-Signature", sign(SECRET.as_bytes(), &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 200);
+    }
+    // Measured once the replies flow (turns may be slow on a busy machine).
+    wait_until("the first replies", Duration::from_secs(30), || {
+        qpien.state().created().len() >= BUDGET as usize
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let requests = qpien.state().requests();
+    for b in bots {
+        b.shutdown().await;
+    }
+    assert_eq!(qpien.state().stats().rate_limited, 0, "a 429");
+    // Every request Qpien answered in 5 s of the middle of the run.
+    let from = start + Duration::from_secs(1);
+    let to = from + Duration::from_secs(5);
+    let used = requests
+        .iter()
+        .filter(|r| r.at >= from && r.at < to && r.status == 200)
+        .count();
+    let budget = 5 * BUDGET as usize;
+    assert!(
+        used * 100 >= budget * 95,
+        "{used} requests of a budget of {budget} in 5 s"
+    );
+}

@@ -294,6 +294,11 @@ impl QpienClient {
         }
     }
 
+    /// Draws requests from a budget shared with other instances too.
+    pub fn share_budget(&self, budget: Arc<dyn super::limit::SharedBudget>) {
+        self.inner.limiter.share(budget);
+    }
+
     /// Why the last attempt to obtain a token failed, if it did.
     pub fn last_token_error(&self) -> Option<String> {
         lock(&self.inner.token_error).clone()

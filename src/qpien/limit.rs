@@ -45,6 +45,18 @@ pub struct RateLimiter {
     default_reset: Duration,
     gate: Mutex<()>,
     state: StdMutex<State>,
+    /// The budget shared with other instances, if any.
+    shared: StdMutex<Option<std::sync::Arc<dyn SharedBudget>>>,
+}
+
+/// A request budget several instances draw from (Qpien's 100 calls a minute
+/// belong to the API key, not to a process). [`RateLimiter::acquire`] takes
+/// its own slot first, then one from here.
+#[async_trait::async_trait]
+pub trait SharedBudget: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes one call from a budget of `requests` per `per`: `Ok(ZERO)` when
+    /// granted, else how long to wait before asking again.
+    async fn take(&self, requests: u32, per: Duration) -> Result<Duration, String>;
 }
 
 impl RateLimiter {
@@ -66,6 +78,7 @@ impl RateLimiter {
             default_reset: config.default_reset,
             gate: Mutex::new(()),
             state: StdMutex::new(State::default()),
+            shared: StdMutex::new(None),
         })
     }
 
@@ -82,6 +95,34 @@ impl RateLimiter {
     /// they were asked for.
     pub async fn acquire(&self) {
         let _turn = self.gate.lock().await;
+        self.acquire_local().await;
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(shared) = shared {
+            loop {
+                match shared.take(self.requests as u32, self.window).await {
+                    Ok(wait) if wait.is_zero() => break,
+                    Ok(wait) => tokio::time::sleep(wait.min(self.window)).await,
+                    Err(e) => {
+                        // The budget cannot be read: go on alone, on this
+                        // instance's own window, rather than stop replying.
+                        tracing::warn!(error = %e, "the shared request budget cannot be read");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shares the budget with other instances through `budget`.
+    pub fn share(&self, budget: std::sync::Arc<dyn SharedBudget>) {
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(budget);
+    }
+
+    async fn acquire_local(&self) {
         loop {
             let wait = {
                 let now = Instant::now();

@@ -217,3 +217,38 @@ impl Runner {
         Ok(())
     }
 }
+
+/// Qpien's request budget, shared through the store by every instance that
+/// uses the same API key (it is the key's, not a process's).
+pub(crate) struct StoreBudget {
+    pub(crate) store: Arc<dyn StateStore>,
+    /// The API key's budget name (a digest of the client id: no secret is
+    /// written to the database).
+    pub(crate) key: String,
+}
+
+impl std::fmt::Debug for StoreBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBudget")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl StoreBudget {
+    pub(crate) fn key_for(client_id: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(client_id.as_bytes());
+        format!("qpien:{}", &hex::encode(digest)[..16])
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::qpien::limit::SharedBudget for StoreBudget {
+    async fn take(&self, requests: u32, per: Duration) -> Result<Duration, String> {
+        match self.store.take_budget(&self.key, requests, per).await {
+            Ok(wait) => Ok(wait.unwrap_or(Duration::ZERO)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

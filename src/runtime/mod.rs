@@ -257,6 +257,12 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         }
     };
     let client = QpienClient::new(config.qpien.clone())?;
+    if store.shared() {
+        client.share_budget(Arc::new(claims::StoreBudget {
+            store: store.clone(),
+            key: claims::StoreBudget::key_for(config.qpien.client_id.expose()),
+        }));
+    }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| RuntimeError::Bind {

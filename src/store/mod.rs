@@ -250,6 +250,17 @@ pub trait StateStore: Send + Sync + 'static {
     async fn notify(&self, _conversation: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Takes one call from the request budget `key` shared by every process
+    /// (`requests` per `per`, a sliding window): `ZERO` when granted, else
+    /// how long to wait. `None`: this store shares no budget.
+    async fn take_budget(
+        &self,
+        _key: &str,
+        _requests: u32,
+        _per: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        Ok(None)
+    }
     /// The conversations other processes wake this one for (`None`: a
     /// store of one process, nobody does).
     async fn listen(

@@ -70,6 +70,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX claims_owner ON claims (owner);
     CREATE SEQUENCE claim_tokens;
+    CREATE TABLE budget_calls (key TEXT NOT NULL, at BIGINT NOT NULL);
+    CREATE INDEX budget_calls_key ON budget_calls (key, at);
     CREATE INDEX inbox_pending_conversation ON inbox (conversation, seq) WHERE NOT done;
     CREATE INDEX outbox_conversation ON outbox (conversation, id);",
 ];
@@ -696,6 +698,57 @@ impl StateStore for PostgresStore {
                 }
             })
             .collect())
+    }
+
+    async fn take_budget(
+        &self,
+        key: &str,
+        requests: u32,
+        per: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        // A sliding window of the calls made by every instance, one key at a
+        // time (an advisory lock for the transaction): exact, like the
+        // window each instance keeps for itself.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let per = per.as_millis() as i64;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
+            .await
+            .map_err(pg)?;
+        let now: i64 = tx
+            .query_one(&format!("SELECT {NOW_MS}"), &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        tx.execute(
+            "DELETE FROM budget_calls WHERE key = $1 AND at <= $2",
+            &[&key, &(now - per)],
+        )
+        .await
+        .map_err(pg)?;
+        let row = tx
+            .query_one(
+                "SELECT count(*), min(at) FROM budget_calls WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(pg)?;
+        let used: i64 = row.get(0);
+        let oldest: Option<i64> = row.get(1);
+        let wait = if used < i64::from(requests) {
+            tx.execute(
+                "INSERT INTO budget_calls (key, at) VALUES ($1, $2)",
+                &[&key, &now],
+            )
+            .await
+            .map_err(pg)?;
+            Duration::ZERO
+        } else {
+            let free_at = oldest.unwrap_or(now) + per + 1;
+            Duration::from_millis((free_at - now).max(1) as u64)
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(wait))
     }
 
     async fn notify(&self, conversation: &str) -> Result<(), StoreError> {
