@@ -3,7 +3,7 @@
 //! machine's 2 cores: the load generator, the bot and the stand-in.
 //!
 //! Run: `cargo bench --bench e2e` (options: `-- --conversations N --concurrency C
-//! --rate R --normal`).
+//! --rate R --normal --postgres`; `--postgres` uses `FLOWBOT_TEST_POSTGRES_URL`).
 //! 1. Throughput: N conversations each run the support script (11 turns) as
 //!    fast as the bot acknowledges; turns/s counts until the last reply is out.
 //! 2. Acknowledgement latency at a fixed rate R turns/s (open loop): p50, p99.
@@ -147,6 +147,15 @@ fn main() {
         config.runtime.queue_capacity = 1_000_000;
         if std::env::args().any(|a| a == "--normal") {
             config.store.durability = flowbot::internals::store::Durability::Normal;
+        }
+        if std::env::args().any(|a| a == "--postgres") {
+            // The PostgreSQL store, in a fresh schema of FLOWBOT_TEST_POSTGRES_URL's database.
+            let url = std::env::var("FLOWBOT_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let schema = format!("bench_{}", std::process::id());
+            config.store.backend = flowbot::internals::config::StoreBackend::Postgres;
+            config.store.url = Secret::new(url);
+            config.store.schema = schema;
         }
         let running = flowbot::start(config, support_bot::registry())
             .await

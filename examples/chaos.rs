@@ -186,10 +186,19 @@ async fn expected(flows: &Path, conversation: &str) -> Vec<(String, String)> {
     out
 }
 
-/// A running instance.
+/// A running instance (killed if the run ends early).
 struct Instance {
     child: Option<Child>,
     url: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn spawn(opts: &Options, dir: &Path, sim: &RunningSim, schema: &str, n: usize) -> Instance {

@@ -458,6 +458,17 @@ async fn readiness_says_why_qpien_or_the_store_fails() {
     h.stop().await;
 }
 
+/// A child process killed when dropped, so that a failing test leaves none
+/// running.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Opens `n` connections to `addr` and writes `prefix` on each (nothing, or
 /// the start of a request that never ends).
 async fn open_connections(
@@ -514,6 +525,7 @@ async fn two_thousand_idle_or_slow_connections_stop_neither_probes_nor_webhooks(
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let child = Reaped(child);
     let url = line
         .trim()
         .strip_prefix("flowbot listening on ")
@@ -547,9 +559,7 @@ async fn two_thousand_idle_or_slow_connections_stop_neither_probes_nor_webhooks(
         })
         .await;
     }
-    drop((idle, slow));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop((idle, slow, child));
     assert!(
         matches!(&health, Ok(r) if r.status().as_u16() == 200),
         "{health:?}"
@@ -791,6 +801,7 @@ async fn a_long_qpien_outage_piles_replies_up_on_disk_not_in_memory() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let child = Reaped(child);
     let url = line
         .trim()
         .strip_prefix("flowbot listening on ")
@@ -844,7 +855,7 @@ async fn a_long_qpien_outage_piles_replies_up_on_disk_not_in_memory() {
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            rss_at_2k = rss_kib(child.id());
+            rss_at_2k = rss_kib(child.0.id());
         }
     }
     let end = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -852,7 +863,7 @@ async fn a_long_qpien_outage_piles_replies_up_on_disk_not_in_memory() {
         assert!(tokio::time::Instant::now() < end, "the turns did not run");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_at_10k = rss_kib(child.id());
+    let rss_at_10k = rss_kib(child.0.id());
     let held = metric("flowbot_outbox_depth").await;
     assert!(qpien.state().created().is_empty());
     assert!(held <= 500.0, "{held} replies held in memory");
@@ -869,8 +880,7 @@ async fn a_long_qpien_outage_piles_replies_up_on_disk_not_in_memory() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let created = qpien.state().created();
     assert_eq!(created.len(), 10_000);
     let fronts: HashSet<String> = created

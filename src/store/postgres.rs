@@ -711,7 +711,11 @@ impl StateStore for PostgresStore {
         // window each instance keeps for itself.
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // The window is counted from when a call is granted; Qpien counts
+        // from when it arrives, a little later and not always equally so: a
+        // window 2.5% longer keeps the two apart (and 97.5% of the budget).
         let per = per.as_millis() as i64;
+        let per = per + per / 40;
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
             .await
             .map_err(pg)?;
