@@ -109,8 +109,9 @@ impl Runner {
         match self.claims.acquire(&conversation).await? {
             Some(false) => self.turns.queue(item),
             Some(true) => {
-                self.turns.queue(item);
+                // Its leftovers first, before any turn of it can run here.
                 self.adopt(&conversation).await?;
+                self.turns.queue(item);
             }
             None => self.claims.store.notify(&conversation).await?,
         }
@@ -119,12 +120,16 @@ impl Runner {
 
     /// Reads what the store holds for a conversation just claimed (messages
     /// accepted elsewhere, replies of an instance that stopped) into the lanes.
+    ///
+    /// The replies are read first, while no turn of the conversation runs
+    /// here: a reply this instance committed and delivered meanwhile could
+    /// otherwise be read back and sent twice.
     async fn adopt(&self, conversation: &str) -> Result<(), StoreError> {
+        self.outbox.adopt(conversation).await?;
         let pending = self.claims.store.pending_of(conversation).await?;
         for item in pending {
             self.turns.queue(item);
         }
-        self.outbox.adopt(conversation);
         Ok(())
     }
 

@@ -51,6 +51,9 @@ pub(crate) struct Sender {
     pub(crate) held: Arc<Held>,
     /// Conversations whose first reply from before the start was reconciled.
     pub(crate) reconciled: Mutex<HashSet<String>>,
+    /// Conversations taken over from a stopped instance, whose next reply is
+    /// reconciled.
+    pub(crate) adopted: Mutex<HashSet<String>>,
 }
 
 /// How many of a conversation's newest messages are read to reconcile.
@@ -88,11 +91,27 @@ impl Outbox {
                 .contains_key(conversation)
     }
 
-    /// A conversation was just claimed (shared store): its replies left by an
-    /// instance that stopped are read from the store like spilled ones.
-    pub(crate) fn adopt(&self, _conversation: &str) {
-        self.held().spill_from(0);
-        self.held().wake.notify_one();
+    /// A conversation was just claimed (shared store): the replies an
+    /// instance that stopped left for it are held here like new ones (or
+    /// left in the store, to be read back, when memory holds its share).
+    pub(crate) async fn adopt(&self, conversation: &str) -> Result<(), StoreError> {
+        let sender = self.lanes.worker();
+        let items = sender.store.outbox_of(conversation).await?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        // Its first reply may have reached Qpien before that instance stopped.
+        sender
+            .adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conversation.to_owned());
+        for item in items {
+            if self.held().admit_old(&item) {
+                self.lanes.queue(item);
+            }
+        }
+        Ok(())
     }
 
     /// Items held (queued or being delivered).
@@ -217,8 +236,20 @@ impl Held {
 
     /// Whether a just-committed item goes to memory (else it stays in the store).
     fn admit(&self, item: &OutboxItem) -> bool {
+        {
+            let mut s = self.lock();
+            s.first_fresh = Some(s.first_fresh.map_or(item.id, |f| f.min(item.id)));
+        }
+        self.admit_old(item)
+    }
+
+    /// Whether an item found in the store goes to memory (else it stays there
+    /// and is read back later).
+    fn admit_old(&self, item: &OutboxItem) -> bool {
         let mut s = self.lock();
-        s.first_fresh = Some(s.first_fresh.map_or(item.id, |f| f.min(item.id)));
+        if s.ids.contains(&item.id) {
+            return false;
+        }
         if s.spill.is_none() && self.has_room(&s, &item.conversation) {
             Self::hold(&mut s, item);
             return true;
@@ -440,6 +471,14 @@ impl Sender {
     /// Whether `id` is the first reply of its conversation left from before
     /// the start (the only one that may have reached Qpien unmarked).
     fn was_resumed(&self, conversation: &str, id: u64) -> bool {
+        if self
+            .adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(conversation)
+        {
+            return true;
+        }
         self.held.is_from_before_start(id)
             && self
                 .reconciled

@@ -246,6 +246,10 @@ pub trait StateStore: Send + Sync + 'static {
     async fn pending_of(&self, _conversation: &str) -> Result<Vec<InboxItem>, StoreError> {
         Ok(Vec::new())
     }
+    /// A conversation's undelivered outbox items, oldest first.
+    async fn outbox_of(&self, _conversation: &str) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Wakes the process that holds `conversation`: it has new work.
     async fn notify(&self, _conversation: &str) -> Result<(), StoreError> {
         Ok(())

@@ -202,7 +202,10 @@ impl PostgresStore {
         let client = store.client().await?;
         client
             .execute(
-                "DELETE FROM inbox WHERE done AND received_at < $1",
+                &client
+                    .prepare_cached("DELETE FROM inbox WHERE done AND received_at < $1")
+                    .await
+                    .map_err(pg)?,
                 &[&(crate::time::now() - KEEP_KEYS_MS)],
             )
             .await
@@ -220,7 +223,13 @@ impl PostgresStore {
         let mut client = self.client().await?;
         // The lock comes first: even `CREATE SCHEMA IF NOT EXISTS` races.
         client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .execute(
+                &client
+                    .prepare_cached("SELECT pg_advisory_lock($1)")
+                    .await
+                    .map_err(pg)?,
+                &[&MIGRATION_LOCK],
+            )
             .await
             .map_err(pg)?;
         let result = async {
@@ -239,7 +248,10 @@ impl PostgresStore {
                 .map_err(pg)?;
             let done: i32 = client
                 .query_one(
-                    "SELECT COALESCE(MAX(version), 0) FROM flowbot_migrations",
+                    &client
+                        .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM flowbot_migrations")
+                        .await
+                        .map_err(pg)?,
                     &[],
                 )
                 .await
@@ -255,7 +267,11 @@ impl PostgresStore {
                     StoreError(format!("postgres: migration {version} failed: {}", pg(e).0))
                 })?;
                 tx.execute(
-                    "INSERT INTO flowbot_migrations (version, applied_at) VALUES ($1, $2)",
+                    &tx.prepare_cached(
+                        "INSERT INTO flowbot_migrations (version, applied_at) VALUES ($1, $2)",
+                    )
+                    .await
+                    .map_err(pg)?,
                     &[&version, &crate::time::now()],
                 )
                 .await
@@ -267,7 +283,13 @@ impl PostgresStore {
         }
         .await;
         let unlock = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .execute(
+                &client
+                    .prepare_cached("SELECT pg_advisory_unlock($1)")
+                    .await
+                    .map_err(pg)?,
+                &[&MIGRATION_LOCK],
+            )
             .await
             .map_err(pg);
         result.and(unlock.map(drop))
@@ -310,8 +332,13 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "INSERT INTO inbox (key, conversation, payload, received_at)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO inbox (key, conversation, payload, received_at)
                  VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING seq",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[
                     &item.key,
                     &item.conversation,
@@ -339,10 +366,15 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
+                &client
+                    .prepare_cached(
+                        "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
                  WHERE NOT done
                    AND conversation IN (SELECT conversation FROM claims WHERE owner = $2)
                  ORDER BY seq LIMIT $1",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[&limit(max), &self.owner],
             )
             .await
@@ -354,7 +386,10 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT data, due_at FROM sessions WHERE conversation = $1",
+                &client
+                    .prepare_cached("SELECT data, due_at FROM sessions WHERE conversation = $1")
+                    .await
+                    .map_err(pg)?,
                 &[&conversation],
             )
             .await
@@ -373,7 +408,7 @@ impl StateStore for PostgresStore {
             // unchanged: locked until the commit, so it cannot move meanwhile.
             let current = tx
                 .query_opt(
-                    "SELECT token FROM claims WHERE conversation = $1 AND owner = $2 FOR UPDATE",
+                    &tx.prepare_cached("SELECT token FROM claims WHERE conversation = $1 AND owner = $2 FOR UPDATE").await.map_err(pg)?,
                     &[&c.conversation, &self.owner],
                 )
                 .await
@@ -385,7 +420,11 @@ impl StateStore for PostgresStore {
         }
         let marked = tx
             .execute(
-                "UPDATE inbox SET done = true, payload = ''::bytea WHERE seq = $1 AND NOT done",
+                &tx.prepare_cached(
+                    "UPDATE inbox SET done = true, payload = ''::bytea WHERE seq = $1 AND NOT done",
+                )
+                .await
+                .map_err(pg)?,
                 &[&id(c.inbox_seq)],
             )
             .await
@@ -397,8 +436,12 @@ impl StateStore for PostgresStore {
         match &c.session {
             Some(s) => {
                 tx.execute(
-                    "INSERT INTO sessions (conversation, data, due_at) VALUES ($1, $2, $3)
+                    &tx.prepare_cached(
+                        "INSERT INTO sessions (conversation, data, due_at) VALUES ($1, $2, $3)
                      ON CONFLICT (conversation) DO UPDATE SET data = $2, due_at = $3",
+                    )
+                    .await
+                    .map_err(pg)?,
                     &[&c.conversation, &s.data, &s.due_at],
                 )
                 .await
@@ -406,7 +449,9 @@ impl StateStore for PostgresStore {
             }
             None => {
                 tx.execute(
-                    "DELETE FROM sessions WHERE conversation = $1",
+                    &tx.prepare_cached("DELETE FROM sessions WHERE conversation = $1")
+                        .await
+                        .map_err(pg)?,
                     &[&c.conversation],
                 )
                 .await
@@ -435,9 +480,9 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, conversation, payload FROM outbox
+                &client.prepare_cached("SELECT id, conversation, payload FROM outbox
                  WHERE id > $1 AND conversation IN (SELECT conversation FROM claims WHERE owner = $3)
-                 ORDER BY id LIMIT $2",
+                 ORDER BY id LIMIT $2").await.map_err(pg)?,
                 &[&id(after), &limit(max), &self.owner],
             )
             .await
@@ -455,7 +500,13 @@ impl StateStore for PostgresStore {
     async fn delivered(&self, outbox_id: u64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
-            .execute("DELETE FROM outbox WHERE id = $1", &[&id(outbox_id)])
+            .execute(
+                &client
+                    .prepare_cached("DELETE FROM outbox WHERE id = $1")
+                    .await
+                    .map_err(pg)?,
+                &[&id(outbox_id)],
+            )
             .await
             .map_err(pg)?;
         Ok(())
@@ -469,8 +520,13 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT conversation, due_at FROM sessions
+                &client
+                    .prepare_cached(
+                        "SELECT conversation, due_at FROM sessions
                  WHERE due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[&now, &limit(max)],
             )
             .await
@@ -481,7 +537,13 @@ impl StateStore for PostgresStore {
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT value FROM cursors WHERE name = $1", &[&name])
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT value FROM cursors WHERE name = $1")
+                    .await
+                    .map_err(pg)?,
+                &[&name],
+            )
             .await
             .map_err(pg)?;
         Ok(row.map(|r| r.get(0)))
@@ -491,8 +553,13 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO cursors (name, value) VALUES ($1, $2)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO cursors (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = $2",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[&name, &value],
             )
             .await
@@ -504,8 +571,13 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "UPDATE inbox SET attempts = attempts + 1 WHERE seq = $1 AND NOT done
+                &client
+                    .prepare_cached(
+                        "UPDATE inbox SET attempts = attempts + 1 WHERE seq = $1 AND NOT done
                  RETURNING attempts",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[&id(seq)],
             )
             .await
@@ -518,8 +590,13 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO cursors (name, value) VALUES ('store:ping', $1)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO cursors (name, value) VALUES ('store:ping', $1)
                  ON CONFLICT (name) DO UPDATE SET value = $1",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[&crate::time::now().to_string()],
             )
             .await
@@ -532,8 +609,12 @@ impl StateStore for PostgresStore {
         let tx = client.transaction().await.map_err(pg)?;
         let new_id: i64 = tx
             .query_one(
-                "INSERT INTO dead_letters (received_at, reason, headers, body)
+                &tx.prepare_cached(
+                    "INSERT INTO dead_letters (received_at, reason, headers, body)
                  VALUES ($1, $2, $3, $4) RETURNING id",
+                )
+                .await
+                .map_err(pg)?,
                 &[
                     &letter.received_at,
                     &letter.reason,
@@ -545,7 +626,9 @@ impl StateStore for PostgresStore {
             .map_err(pg)?
             .get(0);
         tx.execute(
-            "DELETE FROM dead_letters WHERE id <= $1",
+            &tx.prepare_cached("DELETE FROM dead_letters WHERE id <= $1")
+                .await
+                .map_err(pg)?,
             &[&(new_id - MAX_DEAD_LETTERS as i64)],
         )
         .await
@@ -558,8 +641,13 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, received_at, reason, headers, body FROM dead_letters
+                &client
+                    .prepare_cached(
+                        "SELECT id, received_at, reason, headers, body FROM dead_letters
                  ORDER BY id DESC LIMIT $1",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[&limit(max)],
             )
             .await
@@ -571,7 +659,7 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = $1",
+                &client.prepare_cached("SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = $1").await.map_err(pg)?,
                 &[&id(letter)],
             )
             .await
@@ -582,7 +670,13 @@ impl StateStore for PostgresStore {
     async fn remove_dead_letter(&self, letter: u64) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let n = client
-            .execute("DELETE FROM dead_letters WHERE id = $1", &[&id(letter)])
+            .execute(
+                &client
+                    .prepare_cached("DELETE FROM dead_letters WHERE id = $1")
+                    .await
+                    .map_err(pg)?,
+                &[&id(letter)],
+            )
             .await
             .map_err(pg)?;
         Ok(n > 0)
@@ -648,7 +742,10 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "DELETE FROM claims WHERE conversation = $1 AND owner = $2",
+                &client
+                    .prepare_cached("DELETE FROM claims WHERE conversation = $1 AND owner = $2")
+                    .await
+                    .map_err(pg)?,
                 &[&conversation, &self.owner],
             )
             .await
@@ -681,8 +778,13 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
+                &client
+                    .prepare_cached(
+                        "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
                  WHERE NOT done AND conversation = $1 ORDER BY seq",
+                    )
+                    .await
+                    .map_err(pg)?,
                 &[&conversation],
             )
             .await
@@ -716,23 +818,32 @@ impl StateStore for PostgresStore {
         // window 2.5% longer keeps the two apart (and 97.5% of the budget).
         let per = per.as_millis() as i64;
         let per = per + per / 40;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
-            .await
-            .map_err(pg)?;
+        tx.execute(
+            &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .await
+                .map_err(pg)?,
+            &[&key],
+        )
+        .await
+        .map_err(pg)?;
         let now: i64 = tx
             .query_one(&format!("SELECT {NOW_MS}"), &[])
             .await
             .map_err(pg)?
             .get(0);
         tx.execute(
-            "DELETE FROM budget_calls WHERE key = $1 AND at <= $2",
+            &tx.prepare_cached("DELETE FROM budget_calls WHERE key = $1 AND at <= $2")
+                .await
+                .map_err(pg)?,
             &[&key, &(now - per)],
         )
         .await
         .map_err(pg)?;
         let row = tx
             .query_one(
-                "SELECT count(*), min(at) FROM budget_calls WHERE key = $1",
+                &tx.prepare_cached("SELECT count(*), min(at) FROM budget_calls WHERE key = $1")
+                    .await
+                    .map_err(pg)?,
                 &[&key],
             )
             .await
@@ -741,7 +852,9 @@ impl StateStore for PostgresStore {
         let oldest: Option<i64> = row.get(1);
         let wait = if used < i64::from(requests) {
             tx.execute(
-                "INSERT INTO budget_calls (key, at) VALUES ($1, $2)",
+                &tx.prepare_cached("INSERT INTO budget_calls (key, at) VALUES ($1, $2)")
+                    .await
+                    .map_err(pg)?,
                 &[&key, &now],
             )
             .await
@@ -755,11 +868,33 @@ impl StateStore for PostgresStore {
         Ok(Some(wait))
     }
 
+    async fn outbox_of(&self, conversation: &str) -> Result<Vec<OutboxItem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client.prepare_cached("SELECT id, conversation, payload FROM outbox WHERE conversation = $1 ORDER BY id").await.map_err(pg)?,
+                &[&conversation],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxItem {
+                id: r.get::<_, i64>(0) as u64,
+                conversation: r.get(1),
+                payload: r.get(2),
+            })
+            .collect())
+    }
+
     async fn notify(&self, conversation: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
-                "SELECT pg_notify($1, $2)",
+                &client
+                    .prepare_cached("SELECT pg_notify($1, $2)")
+                    .await
+                    .map_err(pg)?,
                 &[&self.channel(), &conversation],
             )
             .await
