@@ -110,7 +110,7 @@ impl Runner {
             Some(false) => self.turns.queue(item),
             Some(true) => {
                 // Its leftovers first, before any turn of it can run here.
-                self.adopt(&conversation).await?;
+                self.adopt(&conversation, Some(item.seq)).await?;
                 self.turns.queue(item);
             }
             None => self.claims.store.notify(&conversation).await?,
@@ -124,10 +124,16 @@ impl Runner {
     /// The replies are read first, while no turn of the conversation runs
     /// here: a reply this instance committed and delivered meanwhile could
     /// otherwise be read back and sent twice.
-    async fn adopt(&self, conversation: &str) -> Result<(), StoreError> {
+    ///
+    /// Its messages other than `fresh` (the one just accepted) may have been
+    /// running when their instance stopped: they count their attempts like
+    /// any resumed turn, so that a message that stops every instance it
+    /// reaches is set aside rather than taking them all down in turn.
+    async fn adopt(&self, conversation: &str, fresh: Option<u64>) -> Result<(), StoreError> {
         self.outbox.adopt(conversation).await?;
         let pending = self.claims.store.pending_of(conversation).await?;
-        for item in pending {
+        for mut item in pending {
+            item.resumed = Some(item.seq) != fresh;
             self.turns.queue(item);
         }
         Ok(())
@@ -138,11 +144,15 @@ impl Runner {
         match self.claims.acquire(conversation).await? {
             Some(true) => {
                 tracing::info!(conversation, "conversation taken over");
-                self.adopt(conversation).await
+                self.adopt(conversation, None).await
             }
             Some(false) => {
-                // Held here already: read what another instance accepted.
-                for item in self.claims.store.pending_of(conversation).await? {
+                // Held here already: read what another instance accepted. The
+                // read may be older than a commit made here meanwhile: marked
+                // resumed, each item is checked to be still pending before
+                // its turn runs (see `Dispatcher::turn`).
+                for mut item in self.claims.store.pending_of(conversation).await? {
+                    item.resumed = true;
                     self.turns.queue(item);
                 }
                 Ok(())

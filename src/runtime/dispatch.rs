@@ -378,6 +378,10 @@ impl Dispatcher {
             let Some(n) = self.count_attempt(&item).await else {
                 return;
             };
+            if n == 0 {
+                // No longer pending: committed already (read before that).
+                return;
+            }
             if n > self.max_attempts {
                 return self
                     .set_aside(

@@ -789,17 +789,8 @@ impl StateStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        // Not resumed: accepted by another instance, not left unfinished.
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let item = inbox_item(r, false);
-                InboxItem {
-                    resumed: item.attempts > 0,
-                    ..item
-                }
-            })
-            .collect())
+        // Whether they were left unfinished is the caller's to say.
+        Ok(rows.iter().map(|r| inbox_item(r, false)).collect())
     }
 
     async fn take_budget(
