@@ -11,6 +11,14 @@
 //! start, unfinished inbox items and undelivered outbox items are resumed, so a
 //! crash loses nothing and, with `frontMsgId`, repeats nothing.
 //!
+//! Bounds (tested in `tests/hostile.rs`): connections are served with
+//! timeouts and a cap (`serve.rs`); only a bounded part of the outbox is held
+//! in memory, the rest waits in the store (`outbox.rs`); a turn that panics or
+//! stops the process repeatedly is set aside (`dispatch.rs`). With a store
+//! several instances share (PostgreSQL), a conversation runs where it is
+//! claimed, and Qpien's budget is drawn by all of them from one window
+//! (`claims.rs`).
+//!
 //! The runtime owns all I/O; the engine stays pure. Each task is handed only
 //! the handles it uses (as in mini-redis): the HTTP handlers an [`http::App`],
 //! the poller a [`poll::Poller`], the dispatcher and the sender their lanes'
