@@ -68,6 +68,7 @@ mod runtime;
 mod sim;
 mod store;
 mod testing;
+mod text;
 mod time;
 
 pub use async_trait::async_trait;

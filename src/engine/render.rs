@@ -47,7 +47,7 @@ impl Renderer<'_> {
         match self.flow.templates.render(t, scope) {
             Ok(s) => Some(s.into_owned()),
             Err(e) => {
-                let error = crate::flow::shorten(&e.to_string(), 300);
+                let error = crate::text::shorten(&e.to_string(), 300);
                 tracing::warn!(%error, "template failed; sending the error message instead");
                 self.errors.push(error);
                 None

@@ -155,7 +155,7 @@ impl Ctx<'_> {
             let at = join_index("include", i);
             let target = base.join(inc);
             if let Some(why) = self.outside_home(Path::new(inc), &target) {
-                let message = format!("cannot include `{}`: {why}", source::shorten(inc, 200));
+                let message = format!("cannot include `{}`: {why}", crate::text::shorten(inc, 200));
                 self.report(
                     &target,
                     Some((idx, &at)),

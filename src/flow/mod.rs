@@ -40,7 +40,6 @@ pub use compiled::*;
 pub use diagnostic::{did_you_mean, Diagnostic, Diagnostics, Severity};
 pub(crate) use normalize::contains_phrase;
 pub use normalize::{normalize, words};
-pub(crate) use source::shorten;
 pub use template::Tpl;
 pub use validate::limits;
 

@@ -24,6 +24,7 @@ use yaml_rust2::scanner::Marker;
 
 use super::bounds::FlowLimits;
 use super::diagnostic::{Diagnostic, Diagnostics, Severity};
+use crate::text::{shorten, visible};
 
 /// A position in a source: 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -201,24 +202,6 @@ const MAX_DIAGNOSTICS: usize = 1000;
 const MAX_MESSAGE: usize = 300;
 /// Characters of a source line shown in a diagnostic.
 const EXCERPT: usize = 120;
-
-/// At most `max` characters of `s`, with `…` where it was cut, control
-/// characters shown as `\u{fffd}`.
-pub(crate) fn shorten(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().take(max).map(visible).collect();
-    if s.chars().nth(max).is_some() {
-        out.push('…');
-    }
-    out
-}
-
-fn visible(c: char) -> char {
-    if c.is_control() && c != '\t' {
-        '\u{fffd}'
-    } else {
-        c
-    }
-}
 
 /// A short, escaped excerpt of `line` around 1-based `column`, and the column
 /// in the excerpt: another file's content is never quoted at length.

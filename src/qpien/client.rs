@@ -423,7 +423,7 @@ impl QpienClient {
             } else {
                 QpienError::Transport {
                     operation: op.name(),
-                    message: error_chain(&e),
+                    message: crate::text::error_chain(&e),
                 }
             })
         })?;
@@ -448,7 +448,7 @@ impl QpienClient {
         let bytes = response.bytes().await.map_err(|e| {
             Failure::Error(QpienError::Transport {
                 operation: op.name(),
-                message: error_chain(&e),
+                message: crate::text::error_chain(&e),
             })
         })?;
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
@@ -610,15 +610,4 @@ impl std::fmt::Display for DisplayFailure<'_> {
             Failure::Error(e) => e.fmt(f),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -195,7 +195,7 @@ pub fn top_level_keys(body: &[u8]) -> Vec<String> {
         Ok(map) => map
             .into_keys()
             .take(32)
-            .map(|k| crate::flow::shorten(&k, 64))
+            .map(|k| crate::text::shorten(&k, 64))
             .collect(),
         Err(_) => Vec::new(),
     }

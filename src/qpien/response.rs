@@ -31,8 +31,8 @@ pub(crate) fn classify(
     required_scope: Option<&str>,
 ) -> Failure {
     // What Qpien says is kept and logged: at most a short excerpt of it.
-    let message = &crate::flow::shorten(message, 300);
-    let upper = crate::flow::shorten(code, 64).to_ascii_uppercase();
+    let message = &crate::text::shorten(message, 300);
+    let upper = crate::text::shorten(code, 64).to_ascii_uppercase();
     match upper.as_str() {
         "UNAUTHORIZED" | "UNAUTHENTICATED" | "TOKEN_EXPIRED" => Failure::Auth {
             code: upper,

@@ -97,7 +97,7 @@ impl SenderTypes {
                 _ => {}
             }
         }
-        let value = crate::flow::shorten(msg.sender_type.as_deref().unwrap_or("").trim(), 64)
+        let value = crate::text::shorten(msg.sender_type.as_deref().unwrap_or("").trim(), 64)
             .to_lowercase();
         match self.table.get(&value) {
             Some(k) => *k,

@@ -141,7 +141,7 @@ pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
             person: person(&data),
             identity: identity.or_else(|| data_time(&data)),
         }),
-        _ => Ok(WebhookEvent::Other(crate::flow::shorten(&event, 64))),
+        _ => Ok(WebhookEvent::Other(crate::text::shorten(&event, 64))),
     }
 }
 
@@ -152,7 +152,7 @@ pub const MAX_ID_CHARS: usize = 256;
 /// longer than [`MAX_ID_CHARS`]. An empty id would make every other empty-id
 /// message look like a repeat; a huge one would be stored and logged whole.
 fn usable_id<T: AsRef<str>>(event: &str, what: &str, id: Option<T>) -> Result<T, PayloadError> {
-    let event = crate::flow::shorten(event, 64);
+    let event = crate::text::shorten(event, 64);
     let Some(id) = id else {
         return Err(PayloadError::Shape(format!("{event}: {what} is missing")));
     };

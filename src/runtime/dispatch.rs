@@ -70,7 +70,12 @@ impl Inbox {
             .await?;
         match accepted {
             Accepted::New(item) => {
-                self.runner.route(item).await?;
+                // Stored: the delivery is accepted whatever comes next. If
+                // the instance that holds the conversation cannot be woken,
+                // its sweep finds the message (see `claims.rs`).
+                if let Err(e) = self.runner.route(item).await {
+                    tracing::warn!(error = %e, "an accepted message waits for the next sweep");
+                }
                 Ok(true)
             }
             Accepted::Duplicate => {
@@ -139,7 +144,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .map_or_else(|| "(no message)".into(), |m| crate::flow::shorten(&m, 300))
+        .map_or_else(|| "(no message)".into(), |m| crate::text::shorten(&m, 300))
 }
 
 /// Watching handed-off conversations: Qpien documents no event for an agent

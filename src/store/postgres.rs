@@ -131,19 +131,8 @@ impl std::fmt::Debug for PostgresStore {
 fn pg(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => StoreError(format!("postgres: {}", db.message())),
-        None => StoreError(format!("postgres: {}", error_chain(&e))),
+        None => StoreError(format!("postgres: {}", crate::text::error_chain(&e))),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -305,6 +294,14 @@ fn inbox_item(r: &tokio_postgres::Row, resumed: bool) -> InboxItem {
         received_at: r.get(4),
         attempts: r.get::<_, i32>(5).max(0) as u32,
         resumed,
+    }
+}
+
+fn outbox_item(r: &tokio_postgres::Row) -> OutboxItem {
+    OutboxItem {
+        id: r.get::<_, i64>(0) as u64,
+        conversation: r.get(1),
+        payload: r.get(2),
     }
 }
 
@@ -487,14 +484,7 @@ impl StateStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        Ok(rows
-            .iter()
-            .map(|r| OutboxItem {
-                id: r.get::<_, i64>(0) as u64,
-                conversation: r.get(1),
-                payload: r.get(2),
-            })
-            .collect())
+        Ok(rows.iter().map(outbox_item).collect())
     }
 
     async fn delivered(&self, outbox_id: u64) -> Result<(), StoreError> {
@@ -868,14 +858,7 @@ impl StateStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        Ok(rows
-            .iter()
-            .map(|r| OutboxItem {
-                id: r.get::<_, i64>(0) as u64,
-                conversation: r.get(1),
-                payload: r.get(2),
-            })
-            .collect())
+        Ok(rows.iter().map(outbox_item).collect())
     }
 
     async fn notify(&self, conversation: &str) -> Result<(), StoreError> {
