@@ -42,6 +42,57 @@ pub struct Config {
     pub log: LogConfig,
     /// How large a flow's files and how costly its templates may be.
     pub limits: FlowLimits,
+    /// Several bots in this process (`[[bots]]`), each with its own flow,
+    /// Qpien account, webhook and store namespace; empty: the one bot that
+    /// `flow`, `qpien` and `server.webhook_*` describe.
+    pub bots: Vec<BotConfig>,
+}
+
+/// One bot of a process that runs several (`[[bots]]` in `flowbot.toml`).
+///
+/// Its `qpien` table is the top-level `[qpien]` with the bot's own keys over
+/// it; its secrets come from `FLOWBOT_BOTS__<NAME>__QPIEN__CLIENT_ID`,
+/// `..._CLIENT_SECRET` and `FLOWBOT_BOTS__<NAME>__WEBHOOK_SECRET` (the name in
+/// capitals, `-` as `_`), or from `*_file` keys, never from the file itself.
+/// Everything else (`server`, `store`, `runtime`, `polling`, `handoff`,
+/// `limits`) is the process's, each bot with queues, claims and timers of its
+/// own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BotConfig {
+    /// The bot's name: its `bot` label in metrics and logs, and its paths
+    /// (`/bots/<name>/...`). Lowercase letters, digits, `-` and `_`.
+    pub name: String,
+    /// The flow file it runs.
+    pub flow: PathBuf,
+    /// How it reaches Qpien (over the top-level `[qpien]`).
+    pub qpien: QpienConfig,
+    /// The path Qpien posts its webhooks to (default `/bots/<name>/webhook`).
+    pub webhook_path: Option<String>,
+    /// Its webhook secret (default: `server.webhook_secret`).
+    pub webhook_secret: Secret,
+    /// A file holding its webhook secret.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Where its conversations are kept apart from the other bots' (default:
+    /// its name, `-` as `_`): the SQLite file `<store.path stem>.<ns>.db`, the
+    /// PostgreSQL schema `<store.schema>_<ns>`.
+    pub store_namespace: Option<String>,
+}
+
+impl BotConfig {
+    /// Its webhook path.
+    pub fn webhook_path(&self) -> String {
+        self.webhook_path
+            .clone()
+            .unwrap_or_else(|| format!("/bots/{}/webhook", self.name))
+    }
+
+    /// Its store namespace.
+    pub fn store_namespace(&self) -> String {
+        self.store_namespace
+            .clone()
+            .unwrap_or_else(|| self.name.replace('-', "_"))
+    }
 }
 
 /// How flowbot learns that a handed-off conversation is back: Qpien documents
@@ -76,6 +127,7 @@ impl Default for Config {
             handoff: HandoffConfig::default(),
             log: LogConfig::default(),
             limits: FlowLimits::default(),
+            bots: Vec::new(),
         }
     }
 }
@@ -332,17 +384,17 @@ pub enum ConfigError {
     #[error("{key}: secrets are not read from {file}; set {env} or {key}_file")]
     SecretInFile {
         /// The key.
-        key: &'static str,
+        key: String,
         /// The file.
         file: String,
         /// The environment variable to use instead.
-        env: &'static str,
+        env: String,
     },
     /// A `*_file` secret could not be read.
     #[error("{key}_file: cannot read {path}: {message}")]
     SecretFile {
         /// The key.
-        key: &'static str,
+        key: String,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -350,6 +402,8 @@ pub enum ConfigError {
     },
 }
 
+/// The sections the `FLOWBOT_...` environment may set (a bot's own
+/// variables, `FLOWBOT_BOTS__<NAME>__...`, are read for that bot).
 const SECTIONS: [&str; 9] = [
     "flow", "qpien", "server", "store", "polling", "runtime", "handoff", "log", "limits",
 ];
@@ -385,9 +439,9 @@ impl Config {
             if let Some(meta) = figment.find_metadata(key) {
                 if let Some(figment::Source::File(path)) = &meta.source {
                     return Err(ConfigError::SecretInFile {
-                        key,
+                        key: key.into(),
                         file: path.display().to_string(),
-                        env,
+                        env: env.into(),
                     });
                 }
             }
@@ -400,11 +454,11 @@ impl Config {
                     .join("; "),
             )
         })?;
-        let read = |key: &'static str, path: &Path| -> Result<Secret, ConfigError> {
+        let read = |key: &str, path: &Path| -> Result<Secret, ConfigError> {
             std::fs::read_to_string(path)
                 .map(|s| Secret::new(s.trim()))
                 .map_err(|e| ConfigError::SecretFile {
-                    key,
+                    key: key.into(),
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })
@@ -424,8 +478,43 @@ impl Config {
         if let Some(path) = config.store.url_file.clone() {
             config.store.url = read("store.url", &path)?;
         }
+        config.bots = Config::bots(&figment, &config, file.is_some())?;
+        for bot in &mut config.bots {
+            let name = &bot.name;
+            for (key, path, secret) in [
+                (
+                    "qpien.client_id",
+                    bot.qpien.client_id_file.clone(),
+                    &mut bot.qpien.client_id,
+                ),
+                (
+                    "qpien.client_secret",
+                    bot.qpien.client_secret_file.clone(),
+                    &mut bot.qpien.client_secret,
+                ),
+                (
+                    "webhook_secret",
+                    bot.webhook_secret_file.clone(),
+                    &mut bot.webhook_secret,
+                ),
+            ] {
+                if let Some(path) = path {
+                    *secret = read(&format!("bots[{name}].{key}"), &path)?;
+                }
+            }
+        }
         // Relative paths in the file are relative to the file.
         if let Some(dir) = file.and_then(Path::parent) {
+            for bot in &mut config.bots {
+                if bot.flow.is_relative() && !dir.as_os_str().is_empty() {
+                    bot.flow = dir.join(&bot.flow);
+                }
+                if let Some(d) = bot.qpien.documents_dir.as_mut() {
+                    if d.is_relative() && !dir.as_os_str().is_empty() {
+                        *d = dir.join(&*d);
+                    }
+                }
+            }
             for p in [&mut config.flow, &mut config.store.path] {
                 if p.is_relative() && !dir.as_os_str().is_empty() {
                     *p = dir.join(&*p);
@@ -444,4 +533,131 @@ impl Config {
         }
         Ok(config)
     }
+
+    /// Each `[[bots]]` entry over the top-level `[qpien]`, with its own
+    /// environment variables over both; checked: names, paths and
+    /// namespaces unique, no secret in the file.
+    fn bots(
+        figment: &Figment,
+        config: &Config,
+        from_file: bool,
+    ) -> Result<Vec<BotConfig>, ConfigError> {
+        let Ok(figment::value::Value::Array(_, items)) = figment.find_value("bots") else {
+            return Ok(Vec::new());
+        };
+        if figment.find_metadata("flow").is_some() && figment.find_value("flow").is_ok() {
+            return Err(ConfigError::Invalid(
+                "flow: with [[bots]], each bot names its flow (bots[].flow); remove the top-level `flow`"
+                    .into(),
+            ));
+        }
+        let top_qpien = figment.find_value("qpien").ok();
+        let mut bots = Vec::with_capacity(items.len());
+        for (i, (item, parsed)) in items.iter().zip(&config.bots).enumerate() {
+            let name = parsed.name.clone();
+            let at = format!(
+                "bots[{}]",
+                if name.is_empty() {
+                    i.to_string()
+                } else {
+                    name.clone()
+                }
+            );
+            if !is_bot_name(&name) {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.name: `{name}` must be 1 to 40 lowercase letters, digits, `-` or `_`, \
+                     starting with a letter or digit"
+                )));
+            }
+            let env_prefix = format!(
+                "FLOWBOT_BOTS__{}__",
+                parsed.name.to_ascii_uppercase().replace('-', "_")
+            );
+            for (key, env) in [
+                ("qpien.client_id", "QPIEN__CLIENT_ID"),
+                ("qpien.client_secret", "QPIEN__CLIENT_SECRET"),
+                ("webhook_secret", "WEBHOOK_SECRET"),
+            ] {
+                if from_file && item.find_ref(key).is_some() {
+                    return Err(ConfigError::SecretInFile {
+                        key: format!("{at}.{key}"),
+                        file: "the configuration file".into(),
+                        env: format!("{env_prefix}{env}"),
+                    });
+                }
+            }
+            let mut f = Figment::new();
+            if let Some(q) = &top_qpien {
+                f = f.merge(figment::providers::Serialized::default("qpien", q));
+            }
+            f = f
+                .merge(figment::providers::Serialized::defaults(item))
+                .merge(Env::prefixed(&env_prefix).split("__"));
+            let bot: BotConfig = f.extract().map_err(|e| {
+                ConfigError::Invalid(
+                    e.into_iter()
+                        .map(|e| {
+                            format!(
+                                "{at}: {}",
+                                e.to_string().replace("key \"default.", "key \"")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+            if bot.flow.as_os_str().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.flow: each bot names its flow file"
+                )));
+            }
+            let path = bot.webhook_path();
+            if !path.starts_with('/')
+                || ["/healthz", "/readyz", "/metrics"].contains(&path.as_str())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.webhook_path: `{path}` must start with `/` and not be a probe's path"
+                )));
+            }
+            let ns = bot.store_namespace();
+            if !is_namespace(&ns) {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.store_namespace: `{ns}` must be 1 to 40 lowercase letters, digits or `_`"
+                )));
+            }
+            for other in &bots {
+                let other: &BotConfig = other;
+                let clash = if other.name == bot.name {
+                    Some("name")
+                } else if other.webhook_path() == path {
+                    Some("webhook_path")
+                } else if other.store_namespace() == ns {
+                    Some("store_namespace")
+                } else {
+                    None
+                };
+                if let Some(key) = clash {
+                    return Err(ConfigError::Invalid(format!(
+                        "{at}.{key}: the same as bots[{}]'s; each bot needs its own",
+                        other.name
+                    )));
+                }
+            }
+            bots.push(bot);
+        }
+        Ok(bots)
+    }
+}
+
+fn is_bot_name(s: &str) -> bool {
+    (1..=40).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+fn is_namespace(s: &str) -> bool {
+    (1..=40).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }

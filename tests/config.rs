@@ -130,3 +130,101 @@ fn running_without_a_webhook_secret_says_how_to_set_it() {
     assert_eq!(code, 2);
     assert!(err.contains("FLOWBOT_SERVER__WEBHOOK_SECRET"), "{err}");
 }
+
+const TWO_BOTS: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[qpien]
+endpoint = "https://qpien.example/api/v1"
+
+[[bots]]
+name = "acme"
+flow = "../../../work-flows/order_form.yaml"
+
+[[bots]]
+name = "shop-2"
+flow = "../../../work-flows/order_form.yaml"
+webhook_path = "/hooks/shop"
+[bots.qpien]
+rate_limit = { requests = 50, per = "1m" }
+"#;
+
+/// A `[[bots]]` file, its flows pointing at this repository's.
+fn bots_file(name: &str, extra: &str) -> String {
+    let flow = format!("{}/flows/order_form.yaml", env!("CARGO_MANIFEST_DIR"));
+    file(
+        name,
+        &format!(
+            "{}{extra}",
+            TWO_BOTS.replace("../../../work-flows/order_form.yaml", &flow)
+        ),
+    )
+}
+
+#[test]
+fn several_bots_check_out_with_their_own_secrets() {
+    let path = bots_file("bots-ok", "");
+    let secrets = [
+        ("FLOWBOT_BOTS__ACME__QPIEN__CLIENT_ID", "a"),
+        ("FLOWBOT_BOTS__ACME__QPIEN__CLIENT_SECRET", "b"),
+        ("FLOWBOT_BOTS__ACME__WEBHOOK_SECRET", "c"),
+        ("FLOWBOT_BOTS__SHOP_2__QPIEN__CLIENT_ID", "d"),
+        ("FLOWBOT_BOTS__SHOP_2__QPIEN__CLIENT_SECRET", "e"),
+        ("FLOWBOT_BOTS__SHOP_2__WEBHOOK_SECRET", "f"),
+    ];
+    let (code, out, err) = flowbot(&["run", "--config", &path, "--check"], &secrets);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("acme: flow") && out.contains("shop-2: flow") && out.contains("2 bots"),
+        "{out}"
+    );
+    // One bot's missing secret is named with that bot's variable.
+    let (code, _, err) = flowbot(&["run", "--config", &path, "--check"], &secrets[..5]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bots[shop-2].webhook_secret")
+            && err.contains("FLOWBOT_BOTS__SHOP_2__WEBHOOK_SECRET"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_bots_section_is_named() {
+    let secret = bots_file(
+        "bots-secret",
+        "[[bots]]\nname = \"leaky\"\nflow = \"x.yaml\"\n[bots.qpien]\nclient_secret = \"hunter2\"\n",
+    );
+    let (code, _, err) = flowbot(&["run", "--config", &secret, "--check"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bots[leaky].qpien.client_secret")
+            && err.contains("FLOWBOT_BOTS__LEAKY__QPIEN__CLIENT_SECRET"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    let twice = bots_file(
+        "bots-twice",
+        "[[bots]]\nname = \"acme\"\nflow = \"x.yaml\"\nwebhook_path = \"/other\"\n",
+    );
+    let (code, _, err) = flowbot(&["run", "--config", &twice, "--check"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bots[acme].name") && err.contains("its own"),
+        "{err}"
+    );
+    let bad = bots_file(
+        "bots-name",
+        "[[bots]]\nname = \"Big Bot\"\nflow = \"x.yaml\"\n",
+    );
+    let (code, _, err) = flowbot(&["run", "--config", &bad, "--check"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bots[Big Bot].name"), "{err}");
+    let typo = bots_file(
+        "bots-typo",
+        "[[bots]]\nname = \"x\"\nflow = \"x.yaml\"\nwebhok_path = \"/x\"\n",
+    );
+    let (code, _, err) = flowbot(&["run", "--config", &typo, "--check"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("webhok_path"), "{err}");
+}

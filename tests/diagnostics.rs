@@ -169,6 +169,14 @@ fn unknown_keys_with_did_you_mean() {
     assert!(ds
         .iter()
         .any(|d| d.hint.as_deref() == Some("did you mean `button`?")));
+    // A key of the language in the wrong place is not offered as its own fix.
+    let ds = problems("states:\n  start:\n    say: hi\n    goto: start\n");
+    has(&ds, "unknown key `goto`", "states.start.goto", 4);
+    assert!(
+        ds.iter()
+            .all(|d| d.hint.as_deref() != Some("did you mean `goto`?")),
+        "{ds:?}"
+    );
 }
 
 #[test]

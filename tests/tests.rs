@@ -22,6 +22,7 @@
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
 
+mod bots;
 mod browser;
 mod config;
 mod conversations;

@@ -4,7 +4,7 @@
 //! its database) works with every store and runs a released conversation or a
 //! retried delivery at once.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use crate::config::Config;
 
@@ -32,9 +32,25 @@ struct Admin {
     http: reqwest::Client,
 }
 
+/// Which running bot: its configuration, its address, and with `[[bots]]`
+/// its name.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The configuration file of the running bot.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The running bot's address, if not `server.listen`.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// The bot, when the configuration runs several (`[[bots]]`).
+    #[arg(long, global = true)]
+    bot: Option<String>,
+}
+
 impl Admin {
-    fn new(config_path: Option<&Path>, url: Option<&str>) -> Result<Admin, String> {
-        let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    fn new(target: &Target) -> Result<Admin, String> {
+        let config = Config::load(target.config.as_deref()).map_err(|e| e.to_string())?;
+        let url = target.url.as_deref();
         if config.server.admin_token.is_empty() {
             return Err("no admin token: set FLOWBOT_SERVER__ADMIN_TOKEN (or \
                  server.admin_token_file) here and in the running bot"
@@ -48,6 +64,35 @@ impl Admin {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
                 format!("http://{addr}")
+            }
+        };
+        let names = || {
+            config
+                .bots
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let base = match (&target.bot, config.bots.is_empty()) {
+            (None, true) => base,
+            (Some(bot), false) if config.bots.iter().any(|b| &b.name == bot) => {
+                format!("{base}/bots/{bot}")
+            }
+            (None, false) => {
+                return Err(format!(
+                    "this configuration runs several bots: name one with --bot ({})",
+                    names()
+                ))
+            }
+            (Some(bot), false) => {
+                return Err(format!(
+                    "no bot `{bot}` in this configuration ({})",
+                    names()
+                ))
+            }
+            (Some(_), true) => {
+                return Err("--bot: this configuration runs one bot (no [[bots]])".into())
             }
         };
         Ok(Admin {
@@ -92,8 +137,8 @@ impl Admin {
 }
 
 /// `flowbot release CONVERSATION`.
-pub(super) async fn release(config: Option<&Path>, url: Option<&str>, conversation: &str) -> u8 {
-    let admin = match Admin::new(config, url) {
+pub(super) async fn release(target: &Target, conversation: &str) -> u8 {
+    let admin = match Admin::new(target) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
@@ -119,12 +164,8 @@ pub(super) async fn release(config: Option<&Path>, url: Option<&str>, conversati
 }
 
 /// `flowbot dead-letters ...`.
-pub(super) async fn dead_letters(
-    config: Option<&Path>,
-    url: Option<&str>,
-    what: &DeadLetters,
-) -> u8 {
-    let admin = match Admin::new(config, url) {
+pub(super) async fn dead_letters(target: &Target, what: &DeadLetters) -> u8 {
+    let admin = match Admin::new(target) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");

@@ -129,24 +129,18 @@ pub enum Command {
     Release {
         /// The conversation id.
         conversation: String,
-        /// The configuration file of the running bot.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The running bot's address, if not `server.listen`.
-        #[arg(long)]
-        url: Option<String>,
+        /// Which running bot.
+        #[command(flatten)]
+        target: admin::Target,
     },
     /// Webhook deliveries the bot could not use: list, show, retry.
     DeadLetters {
         /// What to do.
         #[command(subcommand)]
         what: admin::DeadLetters,
-        /// The configuration file of the running bot.
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
-        /// The running bot's address, if not `server.listen`.
-        #[arg(long, global = true)]
-        url: Option<String>,
+        /// Which running bot.
+        #[command(flatten)]
+        target: admin::Target,
     },
     /// Run YAML conversation tests against their snapshots (`test new`: write
     /// one from captured deliveries).
@@ -233,12 +227,9 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             } => doctor::run(config.as_deref(), write_documents.as_deref()).await,
             Command::Release {
                 conversation,
-                config,
-                url,
-            } => admin::release(config.as_deref(), url.as_deref(), &conversation).await,
-            Command::DeadLetters { what, config, url } => {
-                admin::dead_letters(config.as_deref(), url.as_deref(), &what).await
-            }
+                target,
+            } => admin::release(&target, &conversation).await,
+            Command::DeadLetters { what, target } => admin::dead_letters(&target, &what).await,
             #[cfg(feature = "sim")]
             Command::Demo { flow, listen } => sim::run_demo(&flow, listen, registry).await,
             #[cfg(feature = "sim")]

@@ -30,8 +30,15 @@ pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Regis
     };
     if check {
         return match crate::runtime::check(&config, &registry) {
-            Ok(_) => {
+            Ok(_) if config.bots.is_empty() => {
                 println!("configuration and flow {} are valid", config.flow.display());
+                0
+            }
+            Ok(_) => {
+                for bot in &config.bots {
+                    println!("{}: flow {} is valid", bot.name, bot.flow.display());
+                }
+                println!("configuration of {} bots is valid", config.bots.len());
                 0
             }
             Err(e) => {

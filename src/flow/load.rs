@@ -213,7 +213,9 @@ pub(crate) fn parse_doc<T: DeserializeOwned>(
     let mut r = Reporter { source, out: diags };
     for p in &unknown {
         let name = p.rsplit('.').next().unwrap_or(p);
-        let hint = did_you_mean(name, keys.iter().copied())
+        // A key of the language used in the wrong place is no typo.
+        let hint = did_you_mean(name, keys.iter().copied().filter(|k| *k != name))
+            .filter(|_| !keys.contains(&name))
             .map(|k| format!("did you mean `{k}`?"))
             .or_else(|| Some("remove it, or check the reference for the keys allowed here".into()));
         r.key_error(p, format!("unknown key `{name}`"), hint);

@@ -327,7 +327,7 @@ impl Dispatcher {
             return;
         }
         self.metrics.dead_letters.inc();
-        Metrics::count(&self.metrics.turns, "set_aside");
+        self.metrics.turns.count("set_aside");
         let Some(session) = self
             .persist("load a session", || self.store.session(&item.conversation))
             .await
@@ -455,7 +455,7 @@ impl Dispatcher {
         }
         if let Some(by) = released_by {
             tracing::info!(by, "the conversation is back with the bot");
-            Metrics::count(&self.metrics.releases, by);
+            self.metrics.releases.count(by);
             // Qpien still shows a person on it: say it is released.
             if matches!(by, "manual" | "timeout") {
                 outbox.push(payload::encode(&OutboxAction::Release));
@@ -479,7 +479,7 @@ impl Dispatcher {
         } else {
             "error"
         };
-        Metrics::count(&self.metrics.turns, result);
+        self.metrics.turns.count(result);
         self.metrics
             .turn_latency
             .observe(started.elapsed().as_secs_f64());

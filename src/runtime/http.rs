@@ -18,9 +18,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tracing::Instrument;
 
 use super::dispatch::Inbox;
-use super::metrics::Metrics;
+use super::metrics::{MetricSet, Metrics};
 use super::reload::BotSlot;
 use super::Stop;
 use crate::config::ServerConfig;
@@ -63,13 +64,57 @@ pub(crate) struct App {
     pub(crate) stop: Stop,
     /// Where verified deliveries are kept (`server.capture_dir`).
     pub(crate) capture: Option<Arc<super::capture::Capture>>,
+    /// The bot's name (none for the one bot of a single-bot process).
+    pub(crate) name: Option<String>,
+    /// The span its requests are logged in (`bot = name`).
+    pub(crate) span: tracing::Span,
 }
 
-pub(crate) fn router(shared: Arc<App>) -> Router {
-    let mut app = Router::new()
+/// The process's routes: the probes and the metrics at the root; the one bot
+/// of a single-bot process at the root too; each bot of several under
+/// `/bots/<name>` (its `/readyz`, debug and admin endpoints), its webhook at
+/// its own path, and a root `/readyz` that lists them all.
+pub(crate) fn router(apps: &[Arc<App>], metrics: Arc<MetricSet>, stop: Stop) -> Router {
+    let mut root = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(render_metrics).with_state(metrics));
+    match apps {
+        [one] if one.name.is_none() => {
+            root = root.merge(bot_routes(one.clone()));
+            if one.server.webhook {
+                root = root.merge(webhook_route(one.clone()));
+            }
+        }
+        _ => {
+            for app in apps {
+                let name = app.name.clone().unwrap_or_default();
+                root = root.nest(&format!("/bots/{name}"), bot_routes(app.clone()));
+                if app.server.webhook {
+                    root = root.merge(webhook_route(app.clone()));
+                }
+            }
+            root = root.route(
+                "/readyz",
+                get(readyz_all).with_state(Arc::new(Bots {
+                    apps: apps.to_vec(),
+                    stop,
+                })),
+            );
+        }
+    }
+    root
+}
+
+fn webhook_route(app: Arc<App>) -> Router {
+    Router::new()
+        .route(&app.server.webhook_path, post(webhook))
+        .with_state(app)
+}
+
+/// One bot's routes: its readiness, and its debug and admin endpoints when
+/// they are on.
+fn bot_routes(shared: Arc<App>) -> Router {
+    let mut app = Router::new().route("/readyz", get(readyz));
     if shared.server.debug {
         app = app
             .route("/debug/flow", get(debug_flow))
@@ -82,10 +127,13 @@ pub(crate) fn router(shared: Arc<App>) -> Router {
             .route("/admin/dead-letters/{id}", get(admin_dead_letter))
             .route("/admin/dead-letters/{id}/retry", post(admin_retry));
     }
-    if shared.server.webhook {
-        app = app.route(&shared.server.webhook_path, post(webhook));
-    }
     app.with_state(shared)
+}
+
+/// Every bot of a process that runs several, for the root `/readyz`.
+struct Bots {
+    apps: Vec<Arc<App>>,
+    stop: Stop,
 }
 
 fn reply(status: StatusCode, body: &'static str) -> Response {
@@ -102,6 +150,54 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(shared): State<Arc<App>>) -> Response {
+    let (ready, body) = readiness(&shared).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The root `/readyz` of a process that runs several bots: ready while it
+/// serves and at least one bot is ready (a bot that cannot work must not take
+/// the others out of a load balancer); each bot's state in `bots`, and at
+/// `/bots/<name>/readyz`.
+async fn readyz_all(State(all): State<Arc<Bots>>) -> Response {
+    let states = futures_util::future::join_all(all.apps.iter().map(|a| readiness(a))).await;
+    let any = states.iter().any(|(ready, _)| *ready);
+    let ready = any && !all.stop.is_stopping();
+    let bots: serde_json::Map<String, serde_json::Value> = all
+        .apps
+        .iter()
+        .zip(states)
+        .map(|(a, (_, body))| (a.name.clone().unwrap_or_default(), body))
+        .collect();
+    let body = serde_json::json!({
+        "ready": ready,
+        "stopping": all.stop.is_stopping(),
+        "bots": bots,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Whether one bot is ready, and why not.
+async fn readiness(shared: &App) -> (bool, serde_json::Value) {
     let store = tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await;
     let store_msg = match store {
         Ok(Ok(())) => None,
@@ -126,17 +222,7 @@ async fn readyz(State(shared): State<Arc<App>>) -> Response {
         "qpien": token_msg.as_deref().unwrap_or("ok"),
         "stopping": shared.stop.is_stopping(),
     });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (ready, body)
 }
 
 fn debug_json(status: StatusCode, v: serde_json::Value) -> Response {
@@ -200,22 +286,24 @@ async fn debug_conversation(
     )
 }
 
-async fn metrics(State(shared): State<Arc<App>>) -> Response {
+async fn render_metrics(State(set): State<Arc<MetricSet>>) -> Response {
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.render(),
+        set.render(),
     )
         .into_response()
 }
 
 async fn webhook(State(shared): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let (status, result) = handle(&shared, &headers, body).await;
-    Metrics::count(&shared.metrics.webhooks, result);
+    let (status, result) = handle(&shared, &headers, body)
+        .instrument(shared.span.clone())
+        .await;
+    shared.metrics.webhooks.count(result);
     shared
         .metrics
         .ack_latency

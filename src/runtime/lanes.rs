@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// What runs a lane's items.
 #[async_trait]
@@ -100,7 +101,7 @@ impl<W: Worker> Lanes<W> {
             self.len.fetch_add(1, Ordering::SeqCst);
             // Registered under the queues' lock: the task removes itself under
             // it too, so it cannot be gone before it is registered.
-            let task = tokio::spawn(self.clone().work(key.clone()));
+            let task = tokio::spawn(self.clone().work(key.clone()).in_current_span());
             self.task_handles().insert(key, task);
         }
         drop(queues);

@@ -1,10 +1,16 @@
 //! Prometheus metrics of the runtime, served at `/metrics`.
+//!
+//! One [`MetricSet`] per process registers each family once; each bot holds
+//! [`Metrics`], handles on the series of its `bot` label (none for the one
+//! bot of a single-bot process).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -13,25 +19,65 @@ use prometheus_client::registry::Registry;
 
 use crate::qpien::QpienClient;
 
-/// A label set with one `result` label.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// What happened.
-    pub result: &'static str,
+/// Which bot a series belongs to: no label at all for the one bot of a
+/// single-bot process (so its series read as they always have), `bot="name"`
+/// for each bot of a process that runs several.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
+pub(crate) struct BotLabel(Option<Arc<str>>);
+
+impl BotLabel {
+    /// The label of a named bot (`None`: the single bot).
+    pub(crate) fn new(name: Option<&str>) -> BotLabel {
+        BotLabel(name.map(Arc::from))
+    }
 }
 
-/// Every metric the runtime keeps.
-#[derive(Debug)]
+impl EncodeLabelSet for BotLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(name) => ("bot", name.as_ref()).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A label set with one `result` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabel {
+    /// What happened.
+    pub(crate) result: &'static str,
+}
+
+type ByResult = Family<(BotLabel, ResultLabel), Counter>;
+
+/// A counter by result, for one bot.
+#[derive(Debug, Clone)]
+pub struct Results {
+    bot: BotLabel,
+    family: ByResult,
+}
+
+impl Results {
+    /// Counts one `result`.
+    pub fn count(&self, result: &'static str) {
+        self.family
+            .get_or_create(&(self.bot.clone(), ResultLabel { result }))
+            .inc();
+    }
+}
+
+/// The metrics of one bot: handles on the process's series that carry its
+/// label (one registry per process describes each family once).
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    registry: Registry,
     /// Turns run, by result (`ok`, `error`).
-    pub turns: Family<ResultLabel, Counter>,
+    pub turns: Results,
     /// Seconds from acceptance to the committed turn.
     pub turn_latency: Histogram,
     /// Seconds to acknowledge a webhook.
     pub ack_latency: Histogram,
     /// Webhook deliveries by result.
-    pub webhooks: Family<ResultLabel, Counter>,
+    pub webhooks: Results,
     /// Messages seen again (webhook redeliveries, polling overlaps).
     pub dedup_hits: Counter,
     /// Accepted items waiting for their turn.
@@ -39,102 +85,142 @@ pub struct Metrics {
     /// Outbox items waiting for delivery.
     pub outbox_depth: Gauge,
     /// Outbox items delivered, by result (`sent`, `dropped`).
-    pub deliveries: Family<ResultLabel, Counter>,
+    pub deliveries: Results,
     /// Flow reloads by result (`ok`, `rejected`).
-    pub reloads: Family<ResultLabel, Counter>,
+    pub reloads: Results,
     /// Signed webhook deliveries flowbot could not use (kept as dead letters).
     pub dead_letters: Counter,
     /// Handoffs Qpien refused for good (the bot stayed in service).
     pub handoff_failures: Counter,
     /// Conversations given back to the bot, by what ended the handoff
     /// (`agent_left`, `checked`, `timeout`, `manual`).
-    pub releases: Family<ResultLabel, Counter>,
+    pub releases: Results,
+}
+
+/// What the process-wide collectors read of each bot at a scrape.
+#[derive(Debug, Clone)]
+pub(crate) struct Watched {
+    /// The bot's label.
+    pub(crate) bot: BotLabel,
+    /// Its Qpien client (calls, 429s, retries, tokens).
+    pub(crate) client: QpienClient,
+    /// Its flow's version.
+    pub(crate) flow_version: Arc<AtomicI64>,
+}
+
+/// Every series of the process, each family registered once, with one
+/// series per bot: Prometheus refuses a family described twice, which is what
+/// one sub-registry per bot would write.
+#[derive(Debug)]
+pub(crate) struct MetricSet {
+    registry: Registry,
+    turns: ByResult,
+    webhooks: ByResult,
+    deliveries: ByResult,
+    reloads: ByResult,
+    releases: ByResult,
+    turn_latency: Family<BotLabel, Histogram, fn() -> Histogram>,
+    ack_latency: Family<BotLabel, Histogram, fn() -> Histogram>,
+    dedup_hits: Family<BotLabel, Counter>,
+    queue_depth: Family<BotLabel, Gauge>,
+    outbox_depth: Family<BotLabel, Gauge>,
+    dead_letters: Family<BotLabel, Counter>,
+    handoff_failures: Family<BotLabel, Counter>,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 #[derive(Debug)]
-struct ClientCollector(QpienClient);
+struct BotsCollector(Vec<Watched>);
 
-impl Collector for ClientCollector {
+impl Collector for BotsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let s = self.0.stats();
-        for (result, value) in [
-            ("ok", s.ok),
-            ("failed", s.failed),
-            ("duplicate", s.duplicates),
-        ] {
-            let counter = ConstCounter::new(value);
+        let stats: Vec<_> = self.0.iter().map(|w| (w, w.client.stats())).collect();
+        {
             let mut family = encoder.encode_descriptor(
                 "flowbot_qpien_calls",
                 "Calls to the Qpien API, by result",
                 None,
-                counter.metric_type(),
+                prometheus_client::metrics::MetricType::Counter,
             )?;
-            counter.encode(family.encode_family(&ResultLabel { result })?)?;
+            for (w, s) in &stats {
+                for (result, value) in [
+                    ("ok", s.ok),
+                    ("failed", s.failed),
+                    ("duplicate", s.duplicates),
+                ] {
+                    ConstCounter::new(value)
+                        .encode(family.encode_family(&(w.bot.clone(), ResultLabel { result }))?)?;
+                }
+            }
         }
-        for (name, help, value) in [
+        type Read = fn(&Watched, &crate::qpien::ClientStats) -> u64;
+        let counters: [(&str, &str, Read); 4] = [
             (
                 "flowbot_qpien_rate_limited",
                 "HTTP 429 answers from Qpien",
-                s.rate_limited,
+                |_, s| s.rate_limited,
             ),
-            ("flowbot_qpien_retries", "Qpien requests retried", s.retries),
+            ("flowbot_qpien_retries", "Qpien requests retried", |_, s| {
+                s.retries
+            }),
             (
                 "flowbot_qpien_unknown_sender_types",
                 "Messages whose senderType is not in qpien.sender_types",
-                self.0.intake().unknown_senders(),
+                |w, _| w.client.intake().unknown_senders(),
             ),
             (
                 "flowbot_qpien_token_refreshes",
                 "Qpien tokens obtained",
-                s.token_refreshes,
+                |_, s| s.token_refreshes,
             ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
+        ];
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(
                 name,
                 help,
                 None,
-                counter.metric_type(),
-            )?)?;
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (w, s) in &stats {
+                ConstCounter::new(read(w, s)).encode(family.encode_family(&w.bot)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "flowbot_flow_version",
+            "Fingerprint (low 52 bits) of the flow being run",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for w in &self.0 {
+            ConstGauge::new(w.flow_version.load(Ordering::Relaxed))
+                .encode(family.encode_family(&w.bot)?)?;
         }
         Ok(())
     }
 }
 
-#[derive(Debug)]
-struct UpCollector(Arc<AtomicI64>);
-
-impl Collector for UpCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let gauge = ConstGauge::new(self.0.load(Ordering::Relaxed));
-        gauge.encode(encoder.encode_descriptor(
-            "flowbot_flow_version",
-            "Fingerprint (low 52 bits) of the flow being run",
-            None,
-            gauge.metric_type(),
-        )?)
-    }
-}
-
-impl Metrics {
-    /// Registers everything, with the client's counters read at each scrape.
-    pub fn new(client: QpienClient, flow_version: Arc<AtomicI64>) -> Metrics {
+impl MetricSet {
+    /// Registers every family, with the bots' clients and flow versions read
+    /// at each scrape.
+    pub(crate) fn new(bots: Vec<Watched>) -> MetricSet {
         let mut registry = Registry::default();
-        let latency = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        let m = Metrics {
+        let m = MetricSet {
+            registry: Registry::default(),
             turns: Family::default(),
-            turn_latency: latency(),
-            ack_latency: latency(),
             webhooks: Family::default(),
-            dedup_hits: Counter::default(),
-            queue_depth: Gauge::default(),
-            outbox_depth: Gauge::default(),
             deliveries: Family::default(),
             reloads: Family::default(),
-            dead_letters: Counter::default(),
-            handoff_failures: Counter::default(),
             releases: Family::default(),
-            registry: Registry::default(),
+            turn_latency: Family::new_with_constructor(latency),
+            ack_latency: Family::new_with_constructor(latency),
+            dedup_hits: Family::default(),
+            queue_depth: Family::default(),
+            outbox_depth: Family::default(),
+            dead_letters: Family::default(),
+            handoff_failures: Family::default(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
         registry.register(
@@ -192,20 +278,36 @@ impl Metrics {
             "Handoffs ended, by what ended them",
             m.releases.clone(),
         );
-        registry.register_collector(Box::new(ClientCollector(client)));
-        registry.register_collector(Box::new(UpCollector(flow_version)));
-        Metrics { registry, ..m }
+        registry.register_collector(Box::new(BotsCollector(bots)));
+        MetricSet { registry, ..m }
+    }
+
+    /// The handles of one bot.
+    pub(crate) fn bot(&self, bot: &BotLabel) -> Metrics {
+        let results = |family: &ByResult| Results {
+            bot: bot.clone(),
+            family: family.clone(),
+        };
+        Metrics {
+            turns: results(&self.turns),
+            webhooks: results(&self.webhooks),
+            deliveries: results(&self.deliveries),
+            reloads: results(&self.reloads),
+            releases: results(&self.releases),
+            turn_latency: self.turn_latency.get_or_create(bot).clone(),
+            ack_latency: self.ack_latency.get_or_create(bot).clone(),
+            dedup_hits: self.dedup_hits.get_or_create(bot).clone(),
+            queue_depth: self.queue_depth.get_or_create(bot).clone(),
+            outbox_depth: self.outbox_depth.get_or_create(bot).clone(),
+            dead_letters: self.dead_letters.get_or_create(bot).clone(),
+            handoff_failures: self.handoff_failures.get_or_create(bot).clone(),
+        }
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-
-    /// Counts one result in a family.
-    pub fn count(family: &Family<ResultLabel, Counter>, result: &'static str) {
-        family.get_or_create(&ResultLabel { result }).inc();
     }
 }

@@ -19,6 +19,13 @@
 //! claimed, and Qpien's budget is drawn by all of them from one window
 //! (`claims.rs`).
 //!
+//! One process may run several bots (`[[bots]]`): each gets all of the above
+//! for itself (store namespace, Qpien client and budget, queues, outbox,
+//! timers, reload, poller, in a `bot` span), and they share only the HTTP
+//! server and the metrics registry, so what one bot does cannot hold up
+//! another. The single-bot configuration is the same thing with one unnamed
+//! bot ([`Spec`]).
+//!
 //! The runtime owns all I/O; the engine stays pure. Each task is handed only
 //! the handles it uses (as in mini-redis): the HTTP handlers an [`http::App`],
 //! the poller a [`poll::Poller`], the dispatcher and the sender their lanes'
@@ -39,19 +46,22 @@ mod serve;
 mod timers;
 
 pub use metrics::Metrics;
+use metrics::{BotLabel, MetricSet, Watched};
 pub use payload::OutboxAction;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use crate::config::{Config, StoreBackend};
+use crate::config::{Config, ServerConfig, StoreBackend, StoreConfig};
 use crate::engine::Bot;
 use crate::handler::Registry;
-use crate::qpien::QpienClient;
+use crate::qpien::{QpienClient, QpienConfig};
 use crate::store::{MemoryStore, SqliteOptions, SqliteStore, StateStore};
 use dispatch::{Dispatcher, Inbox};
 use lanes::Lanes;
@@ -116,11 +126,16 @@ impl Stop {
 /// A running runtime: its address, and a way to stop it.
 pub struct Running {
     addr: SocketAddr,
-    turns: Arc<Lanes<Dispatcher>>,
-    outbox: Arc<Outbox>,
+    bots: Vec<Unit>,
     deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
+}
+
+/// One bot's moving parts, as shutdown sees them.
+struct Unit {
+    turns: Arc<Lanes<Dispatcher>>,
+    outbox: Arc<Outbox>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -153,21 +168,27 @@ impl Running {
             server.abort();
             let _ = server.await;
         }
-        for t in &self.tasks {
-            t.abort();
-        }
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let _ = tokio::time::timeout_at(deadline, self.turns.drained()).await;
-        let _ = tokio::time::timeout_at(deadline, self.outbox.drained()).await;
-        let drained = Drained {
-            turns_left: self.turns.len(),
-            replies_left: self.outbox.len(),
+        let mut drained = Drained {
+            turns_left: 0,
+            replies_left: 0,
         };
-        // Past the deadline nothing goes on: what is left is in the store.
-        self.turns.abort_all().await;
-        self.outbox.abort_all().await;
+        for unit in &self.bots {
+            for t in &unit.tasks {
+                t.abort();
+            }
+        }
+        for unit in self.bots {
+            for t in unit.tasks {
+                let _ = t.await;
+            }
+            let _ = tokio::time::timeout_at(deadline, unit.turns.drained()).await;
+            let _ = tokio::time::timeout_at(deadline, unit.outbox.drained()).await;
+            drained.turns_left += unit.turns.len();
+            drained.replies_left += unit.outbox.len();
+            // Past the deadline nothing goes on: what is left is in the store.
+            unit.turns.abort_all().await;
+            unit.outbox.abort_all().await;
+        }
         tracing::info!(?drained, "flowbot stopped");
         drained
     }
@@ -180,49 +201,147 @@ impl Running {
     }
 }
 
-/// Checks what [`start`] would refuse without starting anything: the flow
-/// (within `[limits]`), the secrets the configuration needs (present, never
-/// shown), a way to receive messages, Qpien's endpoint and documents.
-/// `flowbot run --check` runs this. Returns the loaded bot.
-pub fn check(config: &Config, registry: &Registry) -> Result<Bot, RuntimeError> {
-    let bot = Bot::load_with(&config.flow, registry.clone(), &config.limits).map_err(|e| {
+/// One bot as the runtime runs it: the single-bot configuration is one of
+/// these without a name; each `[[bots]]` entry is one with its name, its
+/// webhook and its store namespace applied.
+struct Spec {
+    name: Option<String>,
+    flow: PathBuf,
+    qpien: QpienConfig,
+    server: ServerConfig,
+    store: StoreConfig,
+}
+
+impl Spec {
+    fn all(config: &Config) -> Vec<Spec> {
+        if config.bots.is_empty() {
+            return vec![Spec {
+                name: None,
+                flow: config.flow.clone(),
+                qpien: config.qpien.clone(),
+                server: config.server.clone(),
+                store: config.store.clone(),
+            }];
+        }
+        config
+            .bots
+            .iter()
+            .map(|b| {
+                let mut server = config.server.clone();
+                server.webhook_path = b.webhook_path();
+                if !b.webhook_secret.is_empty() {
+                    server.webhook_secret = b.webhook_secret.clone();
+                }
+                let mut store = config.store.clone();
+                let ns = b.store_namespace();
+                store.path = namespaced(&store.path, &ns);
+                store.schema = format!("{}_{ns}", store.schema);
+                Spec {
+                    name: Some(b.name.clone()),
+                    flow: b.flow.clone(),
+                    qpien: b.qpien.clone(),
+                    server,
+                    store,
+                }
+            })
+            .collect()
+    }
+
+    /// What an error of this bot is prefixed with.
+    fn at(&self) -> String {
+        match &self.name {
+            Some(n) => format!("bots[{n}]: "),
+            None => String::new(),
+        }
+    }
+
+    fn span(&self) -> tracing::Span {
+        match &self.name {
+            Some(n) => tracing::info_span!("bot", bot = %n),
+            None => tracing::Span::none(),
+        }
+    }
+}
+
+/// A bot's name as its environment variables spell it.
+fn env_name(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+/// `flowbot.db` with namespace `acme`: `flowbot.acme.db`.
+fn namespaced(path: &Path, ns: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "flowbot".into());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{ns}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{ns}"),
+    };
+    path.with_file_name(name)
+}
+
+/// Checks what [`start`] would refuse without starting anything: each bot's
+/// flow (within `[limits]`), the secrets the configuration needs (present,
+/// never shown), a way to receive messages, Qpien's endpoint and documents.
+/// `flowbot run --check` runs this. Returns the loaded bots, in the order of
+/// the configuration.
+pub fn check(config: &Config, registry: &Registry) -> Result<Vec<Bot>, RuntimeError> {
+    Spec::all(config)
+        .iter()
+        .map(|spec| check_one(config, spec, registry))
+        .collect()
+}
+
+fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, RuntimeError> {
+    let at = spec.at();
+    let bot = Bot::load_with(&spec.flow, registry.clone(), &config.limits).map_err(|e| {
         RuntimeError::Flow {
-            path: config.flow.display().to_string(),
+            path: spec.flow.display().to_string(),
             message: e.to_string(),
         }
     })?;
-    if config.server.webhook && config.server.webhook_secret.is_empty() {
-        return Err(RuntimeError::Config(
-            "server.webhook_secret is required to verify webhooks: set FLOWBOT_SERVER__WEBHOOK_SECRET \
-             (or server.webhook_secret_file), or turn the webhook off with server.webhook = false"
-                .into(),
-        ));
+    if spec.server.webhook && spec.server.webhook_secret.is_empty() {
+        let (key, env) = match &spec.name {
+            Some(n) => (
+                format!("bots[{n}].webhook_secret"),
+                format!("FLOWBOT_BOTS__{}__WEBHOOK_SECRET", env_name(n)),
+            ),
+            None => (
+                "server.webhook_secret".to_owned(),
+                "FLOWBOT_SERVER__WEBHOOK_SECRET".to_owned(),
+            ),
+        };
+        return Err(RuntimeError::Config(format!(
+            "{key} is required to verify webhooks: set {env} (or {key}_file), or turn the \
+             webhook off with server.webhook = false"
+        )));
     }
-    if !config.server.webhook && !config.polling.enabled {
+    if !spec.server.webhook && !config.polling.enabled {
         return Err(RuntimeError::Config(
             "nothing to receive messages: enable server.webhook or polling.enabled".into(),
         ));
     }
     for (key, env, secret) in [
-        (
-            "qpien.client_id",
-            "FLOWBOT_QPIEN__CLIENT_ID",
-            &config.qpien.client_id,
-        ),
+        ("qpien.client_id", "CLIENT_ID", &spec.qpien.client_id),
         (
             "qpien.client_secret",
-            "FLOWBOT_QPIEN__CLIENT_SECRET",
-            &config.qpien.client_secret,
+            "CLIENT_SECRET",
+            &spec.qpien.client_secret,
         ),
     ] {
         if secret.is_empty() {
+            let env = match &spec.name {
+                Some(n) => format!("FLOWBOT_BOTS__{}__QPIEN__{env}", env_name(n)),
+                None => format!("FLOWBOT_QPIEN__{env}"),
+            };
             return Err(RuntimeError::Config(format!(
-                "{key} is required to call Qpien: set {env} (or {key}_file)"
+                "{at}{key} is required to call Qpien: set {env} (or {key}_file)"
             )));
         }
     }
-    QpienClient::new(config.qpien.clone())?;
-    if config.store.backend == StoreBackend::Postgres && config.store.url.is_empty() {
+    QpienClient::new(spec.qpien.clone()).map_err(|e| RuntimeError::Config(format!("{at}{e}")))?;
+    if spec.store.backend == StoreBackend::Postgres && spec.store.url.is_empty() {
         return Err(RuntimeError::Config(
             "store.url is required with store.backend = \"postgres\": set FLOWBOT_STORE__URL \
              (or store.url_file)"
@@ -232,26 +351,23 @@ pub fn check(config: &Config, registry: &Registry) -> Result<Bot, RuntimeError> 
     Ok(bot)
 }
 
-/// Starts the runtime for `config` with the handlers of `registry`: checks it
-/// (see [`check`]), opens the store, binds the server, resumes unfinished work.
-pub async fn start(config: Config, registry: Registry) -> Result<Running, RuntimeError> {
-    let bot = check(&config, &registry)?;
-    let store: Arc<dyn StateStore> = match config.store.backend {
+async fn open_store(store: &StoreConfig) -> Result<Arc<dyn StateStore>, RuntimeError> {
+    Ok(match store.backend {
         StoreBackend::Sqlite => Arc::new(SqliteStore::open(
-            &config.store.path,
+            &store.path,
             SqliteOptions {
-                busy_timeout: config.store.busy_timeout,
-                max_batch: config.store.max_batch,
-                durability: config.store.durability,
-                max_bytes: config.store.max_bytes,
+                busy_timeout: store.busy_timeout,
+                max_batch: store.max_batch,
+                durability: store.durability,
+                max_bytes: store.max_bytes,
             },
         )?),
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
         #[cfg(feature = "postgres")]
         StoreBackend::Postgres => Arc::new(
             crate::store::PostgresStore::open(crate::store::PostgresOptions {
-                url: config.store.url.expose().to_owned(),
-                schema: config.store.schema.clone(),
+                url: store.url.expose().to_owned(),
+                schema: store.schema.clone(),
                 ..Default::default()
             })
             .await?,
@@ -263,19 +379,59 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
                     .into(),
             ))
         }
-    };
-    let client = QpienClient::new(config.qpien.clone())?;
-    // Shared through the database: Qpien's budgets (100 calls a minute).
-    // A budget over 1,000 calls a second (a test stand-in's) is not: counting
-    // every call in the database would cost more than it protects.
-    let rate = f64::from(config.qpien.rate_limit.requests)
-        / config.qpien.rate_limit.per.as_secs_f64().max(1e-3);
-    if store.shared() && rate <= 1_000.0 {
-        client.share_budget(Arc::new(claims::StoreBudget {
-            store: store.clone(),
-            key: claims::StoreBudget::key_for(config.qpien.client_id.expose()),
-        }));
+    })
+}
+
+/// One bot, opened: its store, its client, its flow in service.
+struct Opened {
+    spec: Spec,
+    store: Arc<dyn StateStore>,
+    client: QpienClient,
+    slot: Arc<BotSlot>,
+}
+
+/// Starts the runtime for `config` with the handlers of `registry`: checks it
+/// (see [`check`]), opens the stores, binds the server, resumes unfinished
+/// work. With `[[bots]]`, each bot gets its own store, Qpien client, queues,
+/// outbox, timers, reload and poller: what one bot does (a failing action,
+/// Qpien's 429s, a flow that does not reload) touches no other.
+pub async fn start(config: Config, registry: Registry) -> Result<Running, RuntimeError> {
+    let specs = Spec::all(&config);
+    let mut opened = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let bot = check_one(&config, &spec, &registry)?;
+        let store = open_store(&spec.store).await?;
+        let client = QpienClient::new(spec.qpien.clone())?;
+        // Shared through the database: Qpien's budgets (100 calls a minute).
+        // A budget over 1,000 calls a second (a test stand-in's) is not:
+        // counting every call in the database would cost more than it
+        // protects.
+        let rate = f64::from(spec.qpien.rate_limit.requests)
+            / spec.qpien.rate_limit.per.as_secs_f64().max(1e-3);
+        if store.shared() && rate <= 1_000.0 {
+            client.share_budget(Arc::new(claims::StoreBudget {
+                store: store.clone(),
+                key: claims::StoreBudget::key_for(spec.qpien.client_id.expose()),
+            }));
+        }
+        let slot = Arc::new(BotSlot::new(bot));
+        opened.push(Opened {
+            spec,
+            store,
+            client,
+            slot,
+        });
     }
+    let set = Arc::new(MetricSet::new(
+        opened
+            .iter()
+            .map(|o| Watched {
+                bot: BotLabel::new(o.spec.name.as_deref()),
+                client: o.client.clone(),
+                flow_version: o.slot.version_gauge(),
+            })
+            .collect(),
+    ));
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| RuntimeError::Bind {
@@ -288,8 +444,52 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = Stop(stop_rx);
-    let slot = Arc::new(BotSlot::new(bot));
-    let metrics = Arc::new(Metrics::new(client.clone(), slot.version_gauge()));
+    let mut apps = Vec::with_capacity(opened.len());
+    let mut bots = Vec::with_capacity(opened.len());
+    for o in opened {
+        let span = o.spec.span();
+        let metrics = Arc::new(set.bot(&BotLabel::new(o.spec.name.as_deref())));
+        let (app, unit) = launch(&config, o, metrics, &registry, stop.clone())
+            .instrument(span)
+            .await?;
+        apps.push(app);
+        bots.push(unit);
+    }
+    let server = {
+        let app = http::router(&apps, set, stop.clone());
+        let stop = stop.clone();
+        let server = config.server.clone();
+        tokio::spawn(async move { serve::serve(listener, app, &server, stop).await })
+    };
+    match config.bots.is_empty() {
+        true => tracing::info!(%addr, flow = %config.flow.display(), "flowbot running"),
+        false => tracing::info!(%addr, bots = config.bots.len(), "flowbot running"),
+    }
+    Ok(Running {
+        addr,
+        bots,
+        deadline: config.runtime.shutdown_deadline,
+        stop: stop_tx,
+        server,
+    })
+}
+
+/// Wires one bot's tasks (in its span, so its logs carry `bot`), resumes its
+/// unfinished work, and hands back what its HTTP endpoints need.
+async fn launch(
+    config: &Config,
+    o: Opened,
+    metrics: Arc<Metrics>,
+    registry: &Registry,
+    stop: Stop,
+) -> Result<(Arc<http::App>, Unit), RuntimeError> {
+    let Opened {
+        spec,
+        store,
+        client,
+        slot,
+    } = o;
+    let span = tracing::Span::current();
     let (feedback, mut learned) = tokio::sync::mpsc::unbounded_channel();
     let outbox = Outbox::new(Lanes::new(
         Sender {
@@ -321,7 +521,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             suspects: tokio::sync::Semaphore::new(1),
             handoff: dispatch::Handoff::new(
                 config.handoff.check_interval,
-                &config.qpien.released_statuses,
+                &spec.qpien.released_statuses,
             ),
         },
         metrics.queue_depth.clone(),
@@ -340,83 +540,101 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     // What the sender learns (a refused handoff) becomes an event of its own.
     let feedback_task = {
         let inbox = inbox.clone();
-        tokio::spawn(async move {
-            while let Some(ingested) = learned.recv().await {
-                if let Err(e) = inbox.accept(ingested).await {
-                    tracing::error!(error = %e, "cannot record a refused handoff");
+        tokio::spawn(
+            async move {
+                while let Some(ingested) = learned.recv().await {
+                    if let Err(e) = inbox.accept(ingested).await {
+                        tracing::error!(error = %e, "cannot record a refused handoff");
+                    }
                 }
             }
-        })
+            .instrument(span.clone()),
+        )
     };
     // Unfinished work first: replies already committed go out before any
     // resumed turn can queue newer ones behind them.
     outbox.resume().await?;
     inbox.resume().await?;
 
-    let capture = match &config.server.capture_dir {
-        Some(dir) => Some(
-            capture::Capture::new(dir, config.server.capture_max_bytes).map_err(|e| {
-                RuntimeError::Config(format!("server.capture_dir {}: {e}", dir.display()))
-            })?,
-        ),
+    let capture = match &spec.server.capture_dir {
+        Some(dir) => {
+            let dir = match &spec.name {
+                Some(n) => dir.join(n),
+                None => dir.clone(),
+            };
+            Some(
+                capture::Capture::new(&dir, spec.server.capture_max_bytes).map_err(|e| {
+                    RuntimeError::Config(format!("server.capture_dir {}: {e}", dir.display()))
+                })?,
+            )
+        }
         None => None,
     };
-    let server = {
-        let app = http::router(Arc::new(http::App {
-            capture,
-            server: config.server.clone(),
-            inbox: inbox.clone(),
-            store: store.clone(),
-            client: client.clone(),
-            bot: slot.clone(),
-            metrics: metrics.clone(),
-            stop: stop.clone(),
-        }));
-        let stop = stop.clone();
-        let server = config.server.clone();
-        tokio::spawn(async move { serve::serve(listener, app, &server, stop).await })
-    };
+    let app = Arc::new(http::App {
+        capture,
+        server: spec.server.clone(),
+        inbox: inbox.clone(),
+        store: store.clone(),
+        client: client.clone(),
+        bot: slot.clone(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+        name: spec.name.clone(),
+        span: span.clone(),
+    });
     let mut tasks = vec![
         feedback_task,
-        tokio::spawn(outbox.clone().run_refill(stop.clone())),
-        tokio::spawn(runner.run(stop.clone())),
-        tokio::spawn(timers::run(
-            store.clone(),
-            inbox.clone(),
-            config.runtime.timer_interval,
-            stop.clone(),
-        )),
+        tokio::spawn(
+            outbox
+                .clone()
+                .run_refill(stop.clone())
+                .instrument(span.clone()),
+        ),
+        tokio::spawn(runner.run(stop.clone()).instrument(span.clone())),
+        tokio::spawn(
+            timers::run(
+                store.clone(),
+                inbox.clone(),
+                config.runtime.timer_interval,
+                stop.clone(),
+            )
+            .instrument(span.clone()),
+        ),
     ];
     if config.runtime.reload {
-        tasks.push(tokio::spawn(reload::run(reload::Reload {
-            slot: slot.clone(),
-            flow: config.flow.clone(),
-            limits: config.limits.clone(),
-            registry,
-            metrics: metrics.clone(),
-            every: config.runtime.reload_interval,
-            stop: stop.clone(),
-        })));
+        tasks.push(tokio::spawn(
+            reload::run(reload::Reload {
+                slot: slot.clone(),
+                flow: spec.flow.clone(),
+                limits: config.limits.clone(),
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+                every: config.runtime.reload_interval,
+                stop: stop.clone(),
+            })
+            .instrument(span.clone()),
+        ));
     }
     if config.polling.enabled {
-        tasks.push(tokio::spawn(poll::run(poll::Poller {
-            client: client.clone(),
-            store: store.clone(),
-            inbox: inbox.clone(),
-            config: config.polling.clone(),
-            stop: stop.clone(),
-        })));
+        tasks.push(tokio::spawn(
+            poll::run(poll::Poller {
+                client: client.clone(),
+                store: store.clone(),
+                inbox: inbox.clone(),
+                config: config.polling.clone(),
+                stop: stop.clone(),
+            })
+            .instrument(span.clone()),
+        ));
     }
-    tracing::info!(%addr, flow = %config.flow.display(), "flowbot running");
-    Ok(Running {
-        addr,
-        turns,
-        outbox,
-        deadline: config.runtime.shutdown_deadline,
-        stop: stop_tx,
-        server,
-        tasks,
-    })
+    Ok((
+        app,
+        Unit {
+            turns,
+            outbox,
+            tasks,
+        },
+    ))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -406,7 +406,7 @@ impl Sender {
             {
                 tracing::info!(conversation, front_msg_id = %message.input.front_msg_id,
                     "a reply in flight at the last stop had reached Qpien; not sent again");
-                Metrics::count(&self.metrics.deliveries, "reconciled");
+                self.metrics.deliveries.count("reconciled");
                 return until_ok(
                     Backoff::STORE,
                     "mark a reply delivered",
@@ -451,10 +451,9 @@ impl Sender {
             // Shutting down: the item stays in the store for the next run.
             return false;
         };
-        Metrics::count(
-            &self.metrics.deliveries,
-            if sent { "sent" } else { "dropped" },
-        );
+        self.metrics
+            .deliveries
+            .count(if sent { "sent" } else { "dropped" });
         // Delivered or dropped: take it out of the store.
         until_ok(
             Backoff::STORE,

@@ -89,11 +89,11 @@ pub(crate) async fn run(r: Reload) {
                 files = bot.flow().files.clone();
                 seen = stamps(&files);
                 r.slot.set(bot);
-                Metrics::count(&r.metrics.reloads, "ok");
+                r.metrics.reloads.count("ok");
                 tracing::info!(flow = %r.flow.display(), version, "flow reloaded");
             }
             Err(e) => {
-                Metrics::count(&r.metrics.reloads, "rejected");
+                r.metrics.reloads.count("rejected");
                 tracing::error!(flow = %r.flow.display(), "flow change refused, the running flow is kept:\n{e}");
             }
         }

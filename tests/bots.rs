@@ -1,0 +1,239 @@
+//! Many bots in one process (`[[bots]]`): each with its own flow, Qpien
+//! account, webhook, store namespace and `bot` label, and nothing one bot
+//! does (an action that never returns, Qpien's 429s, a flow that no longer
+//! loads) delays or stops another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowbot::internals::config::{BotConfig, Config};
+use flowbot::internals::qpien::webhook::sign;
+use flowbot::internals::qpien::Secret;
+use flowbot::Registry;
+use tokio::sync::Semaphore;
+
+use crate::qpien::start_sim;
+use crate::runtime::{config, message, replies, temp_dir, wait_until, ECHO};
+
+const BLOCKING: &str = r#"
+version: 1
+intents:
+  - { text: wait, goto: waiting }
+  - { regex: '^(?P<said>.+)$', say: "Slow echo: {{ said }}", goto: start }
+states:
+  start: {}
+  waiting:
+    call: { action: block }
+    say: "Done waiting."
+    next: start
+"#;
+
+/// An action that returns only when the test adds a permit.
+fn blocking_registry(gate: Arc<Semaphore>) -> Registry {
+    struct Block(Arc<Semaphore>);
+    #[flowbot::async_trait]
+    impl flowbot::Action for Block {
+        async fn run(
+            &self,
+            _: &mut flowbot::ActionContext<'_>,
+        ) -> Result<flowbot::ActionOutcome, flowbot::ActionError> {
+            self.0.acquire().await.unwrap().forget();
+            Ok(flowbot::ActionOutcome::Continue)
+        }
+    }
+    Registry::new().action("block", Block(gate))
+}
+
+async fn post(http: &reqwest::Client, url: &str, secret: &str, body: &serde_json::Value) -> u16 {
+    let body = serde_json::to_vec(body).unwrap();
+    http.post(url)
+        .header("content-type", "application/json")
+        .header("x-qpien-signature", sign(secret.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
+    // `slow`'s Qpien answers one call in two seconds and 429 to the rest;
+    // `quick` has an account of its own.
+    let sim_slow = start_sim(|c| {
+        c.auto_create_conversations = true;
+        c.rate_limit = Some((1, Duration::from_secs(2)));
+    })
+    .await;
+    let sim_quick = start_sim(|c| c.auto_create_conversations = true).await;
+    let dir = temp_dir("bots-isolation");
+    std::fs::write(dir.join("slow.yaml"), BLOCKING).unwrap();
+    std::fs::write(dir.join("quick.yaml"), ECHO).unwrap();
+    let base = config(&sim_quick, &dir);
+    let bot = |name: &str, sim: &flowbot::internals::sim::RunningSim| {
+        let mut qpien = base.qpien.clone();
+        qpien.endpoint = sim.graphql_url();
+        BotConfig {
+            name: name.into(),
+            flow: dir.join(format!("{name}.yaml")),
+            qpien,
+            webhook_secret: Secret::new(format!("secret-of-{name}")),
+            ..BotConfig::default()
+        }
+    };
+    let c = Config {
+        bots: vec![bot("slow", &sim_slow), bot("quick", &sim_quick)],
+        ..base.clone()
+    };
+    let gate = Arc::new(Semaphore::new(0));
+    let running = flowbot::start(c, blocking_registry(gate.clone()))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", running.addr());
+
+    // Each bot at its own path, with its own secret.
+    let hook_slow = url("/bots/slow/webhook");
+    let hook_quick = url("/bots/quick/webhook");
+    assert_eq!(
+        post(
+            &http,
+            &hook_quick,
+            "secret-of-slow",
+            &message("x", "q0", "hi")
+        )
+        .await,
+        401,
+        "one bot's secret opens no other's webhook"
+    );
+    assert_eq!(
+        post(
+            &http,
+            &url("/webhook"),
+            "secret-of-quick",
+            &message("x", "q0", "hi")
+        )
+        .await,
+        404
+    );
+
+    // `slow`: one conversation stuck in its action, others rate limited.
+    assert_eq!(
+        post(
+            &http,
+            &hook_slow,
+            "secret-of-slow",
+            &message("s1", "s-stuck", "wait")
+        )
+        .await,
+        200
+    );
+    for i in 0..3 {
+        let m = message(&format!("s-{i}"), &format!("s-conv-{i}"), "ping");
+        assert_eq!(post(&http, &hook_slow, "secret-of-slow", &m).await, 200);
+    }
+    // Its flow breaks; the reload is refused (and logged), the old flow kept.
+    std::fs::write(dir.join("slow.yaml"), "version: 1\nstates: [not, a, map\n").unwrap();
+
+    // `quick` answers everything meanwhile, and reloads its own flow.
+    for i in 0..20 {
+        let m = message(
+            &format!("q-{i}"),
+            &format!("q-conv-{i}"),
+            &format!("hello {i}"),
+        );
+        assert_eq!(post(&http, &hook_quick, "secret-of-quick", &m).await, 200);
+    }
+    wait_until("quick's 20 replies", Duration::from_secs(10), || {
+        (0..20).all(|i| replies(&sim_quick, &format!("q-conv-{i}")) == [format!("Echo: hello {i}")])
+    })
+    .await;
+    assert!(
+        replies(&sim_slow, "s-stuck").is_empty(),
+        "slow's action is still waiting: quick did not wait for it"
+    );
+    std::fs::write(dir.join("quick.yaml"), ECHO.replace("Echo:", "Echo again:")).unwrap();
+    let metrics = || async {
+        http.get(url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut text = metrics().await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(text.contains(r#"flowbot_reloads_total{bot="quick",result="ok"} 1"#)
+        && text.contains(r#"flowbot_reloads_total{bot="slow",result="rejected"} 1"#))
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "reloads not counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = metrics().await;
+    }
+    let m = message("q-after", "q-conv-0", "again");
+    assert_eq!(post(&http, &hook_quick, "secret-of-quick", &m).await, 200);
+    wait_until(
+        "quick's reply on its new flow",
+        Duration::from_secs(10),
+        || replies(&sim_quick, "q-conv-0").last().map(String::as_str) == Some("Echo again: again"),
+    )
+    .await;
+
+    // One family per metric, one series per bot.
+    assert_eq!(
+        text.matches("# TYPE flowbot_turns counter").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"flowbot_turns_total{bot="quick",result="ok"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"flowbot_qpien_calls_total{bot="quick",result="ok"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"flowbot_flow_version{bot="slow"}"#),
+        "{text}"
+    );
+
+    // Readiness per bot, and for the process.
+    for path in ["/readyz", "/bots/quick/readyz", "/bots/slow/readyz"] {
+        let r = http.get(url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+    }
+    let all: serde_json::Value = serde_json::from_str(
+        &http
+            .get(url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(all["bots"]["quick"]["ready"], true, "{all}");
+
+    // `slow` catches up in the end: its 429s paced it, its action returns.
+    gate.add_permits(1);
+    wait_until("slow's replies", Duration::from_secs(30), || {
+        replies(&sim_slow, "s-stuck") == ["Done waiting."]
+            && (0..3).all(|i| replies(&sim_slow, &format!("s-conv-{i}")) == ["Slow echo: ping"])
+    })
+    .await;
+    assert!(
+        sim_slow.state().stats().rate_limited > 0,
+        "slow's Qpien did answer 429"
+    );
+
+    // Each bot kept its conversations in its own namespace.
+    assert!(dir.join("flowbot.slow.db").is_file() && dir.join("flowbot.quick.db").is_file());
+    running.shutdown().await;
+}
