@@ -368,8 +368,11 @@ impl QpienClient {
     ) -> Result<Value, Failure> {
         let mut delays = self.inner.config.retry.backoff().delays();
         loop {
-            self.inner.limiter.acquire().await;
-            let failure = match self.attempt(op, variables, token).await {
+            let permit = self.inner.limiter.acquire().await;
+            let result = self.attempt(op, variables, token).await;
+            // The request has ended: from now it counts in the window.
+            drop(permit);
+            let failure = match result {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
             };

@@ -1,11 +1,17 @@
 //! The request budget shared by every call to Qpien, and in-order sending per
 //! conversation.
 //!
-//! [`RateLimiter`] keeps a sliding window of the requests it let go: a request
-//! leaves at once while fewer than `requests` left in the last `per` (plus a
-//! 2% margin for the network's jitter), and waits for the oldest to age out
-//! otherwise. So replies go out immediately while the budget is ample, and
-//! under overload the whole budget is used, never more. It also obeys what the
+//! [`RateLimiter`] keeps a sliding window of the requests it let go, each
+//! counted from when it *ended*: a request leaves at once while fewer than
+//! `requests` are under way or ended in the last `per`, and waits otherwise.
+//! Counting from the end, not the start, is what makes the window exact
+//! whatever the network does: a request reaches Qpien after it left and
+//! before its answer came back, so two requests `requests` apart in the
+//! window reach Qpien at least `per` apart, however long either took, and
+//! Qpien's window (fixed or sliding, of `per` or less) never sees more than
+//! `requests`. No margin is needed; under overload the budget is used but for
+//! one round trip per window. So replies go out immediately while the budget
+//! is ample, and under overload the whole budget is used, never more. It also obeys what the
 //! server says, which counts other clients of the same key too: after a
 //! response with `X-RateLimit-Remaining: n`, at most `n` more requests leave
 //! before its reset, and a 429 stops every request until the reset.
@@ -29,7 +35,9 @@ use super::error::QpienError;
 
 #[derive(Debug, Default)]
 struct State {
-    /// When the requests of the current window left, oldest first.
+    /// Requests under way (each holds a [`Permit`]).
+    in_flight: usize,
+    /// When the requests of the current window ended, oldest first.
     sent: VecDeque<Instant>,
     /// No request before this (a 429, or none remaining).
     paused_until: Option<Instant>,
@@ -51,12 +59,47 @@ pub struct RateLimiter {
 
 /// A request budget several instances draw from (Qpien's 100 calls a minute
 /// belong to the API key, not to a process). [`RateLimiter::acquire`] takes
-/// its own slot first, then one from here.
+/// its own slot first, then one from here; like the local window, the shared
+/// one counts a call from when it ended ([`SharedBudget::done`]).
 #[async_trait::async_trait]
 pub trait SharedBudget: Send + Sync + std::fmt::Debug + 'static {
-    /// Takes one call from a budget of `requests` per `per`: `Ok(ZERO)` when
-    /// granted, else how long to wait before asking again.
-    async fn take(&self, requests: u32, per: Duration) -> Result<Duration, String>;
+    /// Takes one call from a budget of `requests` per `per`.
+    async fn take(&self, requests: u32, per: Duration) -> Result<Grant, String>;
+    /// The call granted as `id` has ended (or will never be made).
+    async fn done(&self, id: i64);
+}
+
+/// What a [`SharedBudget`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Granted; the call is `id` until it ends.
+    Granted(i64),
+    /// Full: ask again after this long.
+    Wait(Duration),
+}
+
+/// Leave to send one request: held while it is under way, its end is counted
+/// in the window when it is dropped.
+#[derive(Debug)]
+#[must_use = "the request is counted as under way until the permit is dropped"]
+pub struct Permit<'a> {
+    limiter: &'a RateLimiter,
+    shared: Option<(std::sync::Arc<dyn SharedBudget>, i64)>,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        {
+            let mut st = self.limiter.state();
+            st.in_flight = st.in_flight.saturating_sub(1);
+            st.sent.push_back(Instant::now());
+        }
+        if let Some((budget, id)) = self.shared.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { budget.done(id).await });
+            }
+        }
+    }
 }
 
 impl RateLimiter {
@@ -74,7 +117,7 @@ impl RateLimiter {
         }
         Ok(RateLimiter {
             requests: config.requests as usize,
-            window: config.per + config.per / 50,
+            window: config.per,
             default_reset: config.default_reset,
             gate: Mutex::new(()),
             state: StdMutex::new(State::default()),
@@ -92,10 +135,15 @@ impl RateLimiter {
     }
 
     /// Waits for a permit to send one request. Permits are given in the order
-    /// they were asked for.
-    pub async fn acquire(&self) {
+    /// they were asked for; hold it until the request has its answer (or
+    /// failed).
+    pub async fn acquire(&self) -> Permit<'_> {
         let _turn = self.gate.lock().await;
         self.acquire_local().await;
+        let mut permit = Permit {
+            limiter: self,
+            shared: None,
+        };
         let shared = self
             .shared
             .lock()
@@ -104,8 +152,11 @@ impl RateLimiter {
         if let Some(shared) = shared {
             loop {
                 match shared.take(self.requests as u32, self.window).await {
-                    Ok(wait) if wait.is_zero() => break,
-                    Ok(wait) => tokio::time::sleep(wait.min(self.window)).await,
+                    Ok(Grant::Granted(id)) => {
+                        permit.shared = Some((shared, id));
+                        break;
+                    }
+                    Ok(Grant::Wait(wait)) => tokio::time::sleep(wait.min(self.window)).await,
                     Err(e) => {
                         // The budget cannot be read: go on alone, on this
                         // instance's own window, rather than stop replying.
@@ -115,6 +166,7 @@ impl RateLimiter {
                 }
             }
         }
+        permit
     }
 
     /// Shares the budget with other instances through `budget`.
@@ -138,13 +190,18 @@ impl RateLimiter {
                     .server
                     .filter(|(left, _)| *left == 0)
                     .map(|(_, until)| until);
-                let full = (st.sent.len() >= self.requests)
-                    .then(|| st.sent.front().map(|t| *t + self.window))
-                    .flatten();
+                // Full: the oldest ended request frees its slot a window
+                // after it ended; with every slot under way, none frees
+                // before a window from now.
+                let full = (st.sent.len() + st.in_flight >= self.requests).then(|| {
+                    st.sent
+                        .front()
+                        .map_or(now + self.window, |t| *t + self.window)
+                });
                 match [paused, server, full].into_iter().flatten().max() {
                     Some(t) => t,
                     None => {
-                        st.sent.push_back(now);
+                        st.in_flight += 1;
                         if let Some((left, _)) = &mut st.server {
                             *left = left.saturating_sub(1);
                         }
@@ -292,9 +349,9 @@ mod tests {
         // A time far ahead (or a stray counter) never pauses past two windows.
         assert_eq!(
             secs(l.reset_after((now / 1000 + 86_400 * 90) as f64, now)),
-            122
+            120
         );
-        assert_eq!(secs(l.reset_after(1e7, now)), 122);
+        assert_eq!(secs(l.reset_after(1e7, now)), 120);
         assert_eq!(l.reset_after((now / 1000 - 5) as f64, now), Duration::ZERO);
         assert_eq!(l.reset_after((now - 5) as f64, now), Duration::ZERO);
     }
@@ -309,10 +366,10 @@ mod tests {
         .unwrap();
         let start = Instant::now();
         for _ in 0..10 {
-            l.acquire().await;
+            drop(l.acquire().await);
         }
         assert_eq!(start.elapsed(), Duration::ZERO, "ten at once");
-        l.acquire().await;
+        drop(l.acquire().await);
         assert!(
             start.elapsed() >= Duration::from_secs(1),
             "the eleventh waits"
@@ -320,10 +377,29 @@ mod tests {
         // The server's word: two left until it resets, then a pause.
         l.observe(Some(2), Some(Duration::from_millis(1500)));
         let t = Instant::now();
-        l.acquire().await;
-        l.acquire().await;
+        drop(l.acquire().await);
+        drop(l.acquire().await);
         assert!(t.elapsed() < Duration::from_secs(1));
-        l.acquire().await;
+        drop(l.acquire().await);
         assert!(t.elapsed() >= Duration::from_millis(1500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_counts_from_when_it_ended() {
+        let l = RateLimiter::new(&RateLimitConfig {
+            requests: 1,
+            per: Duration::from_secs(1),
+            default_reset: Duration::from_secs(1),
+        })
+        .unwrap();
+        let start = Instant::now();
+        let slow = l.acquire().await;
+        // Under way for two seconds: the window is full all that time...
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(slow);
+        // ...and for a whole window after it ended, however long it took:
+        // Qpien may have received it at its very end.
+        drop(l.acquire().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 }

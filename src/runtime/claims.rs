@@ -235,11 +235,17 @@ impl Runner {
 
 /// Qpien's request budget, shared through the store by every instance that
 /// uses the same API key (it is the key's, not a process's).
+use crate::qpien::limit::{Grant, SharedBudget};
+
+/// Qpien's budget, drawn by every instance from the shared store.
 pub(crate) struct StoreBudget {
     pub(crate) store: Arc<dyn StateStore>,
     /// The API key's budget name (a digest of the client id: no secret is
     /// written to the database).
     pub(crate) key: String,
+    /// How long a call may be under way (the client's request timeout, and
+    /// some): a call whose instance died counts that long.
+    pub(crate) hold: Duration,
 }
 
 impl std::fmt::Debug for StoreBudget {
@@ -259,11 +265,22 @@ impl StoreBudget {
 }
 
 #[async_trait::async_trait]
-impl crate::qpien::limit::SharedBudget for StoreBudget {
-    async fn take(&self, requests: u32, per: Duration) -> Result<Duration, String> {
-        match self.store.take_budget(&self.key, requests, per).await {
-            Ok(wait) => Ok(wait.unwrap_or(Duration::ZERO)),
+impl SharedBudget for StoreBudget {
+    async fn take(&self, requests: u32, per: Duration) -> Result<Grant, String> {
+        match self
+            .store
+            .take_budget(&self.key, requests, per, self.hold)
+            .await
+        {
+            Ok(grant) => Ok(grant.unwrap_or(Grant::Granted(0))),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn done(&self, id: i64) {
+        if let Err(e) = self.store.budget_done(id).await {
+            // The call then counts until its hold runs out: safe, only slower.
+            tracing::warn!(error = %e, "cannot record the end of a Qpien call");
         }
     }
 }

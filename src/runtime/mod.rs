@@ -412,6 +412,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             client.share_budget(Arc::new(claims::StoreBudget {
                 store: store.clone(),
                 key: claims::StoreBudget::key_for(spec.qpien.client_id.expose()),
+                hold: spec.qpien.request_timeout + Duration::from_secs(5),
             }));
         }
         let slot = Arc::new(BotSlot::new(bot));

@@ -255,15 +255,22 @@ pub trait StateStore: Send + Sync + 'static {
         Ok(())
     }
     /// Takes one call from the request budget `key` shared by every process
-    /// (`requests` per `per`, a sliding window): `ZERO` when granted, else
-    /// how long to wait. `None`: this store shares no budget.
+    /// (`requests` per `per`, a sliding window counting each call from when
+    /// it ended): granted (the call counts as under way until
+    /// [`StateStore::budget_done`], or for `hold` if its process never says),
+    /// else how long to wait. `None`: this store shares no budget.
     async fn take_budget(
         &self,
         _key: &str,
         _requests: u32,
         _per: Duration,
-    ) -> Result<Option<Duration>, StoreError> {
+        _hold: Duration,
+    ) -> Result<Option<crate::qpien::limit::Grant>, StoreError> {
         Ok(None)
+    }
+    /// The call granted as `id` ended now.
+    async fn budget_done(&self, _id: i64) -> Result<(), StoreError> {
+        Ok(())
     }
     /// The conversations other processes wake this one for (`None`: a
     /// store of one process, nobody does).

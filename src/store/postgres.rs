@@ -20,6 +20,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+use crate::qpien::limit::Grant;
+
 use super::{
     Accepted, DeadLetter, InboxItem, Millis, NewInbound, OutboxItem, StateStore, StoreError,
     StoredSession, TurnCommit, MAX_DEAD_LETTERS,
@@ -74,6 +76,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX budget_calls_key ON budget_calls (key, at);
     CREATE INDEX inbox_pending_conversation ON inbox (conversation, seq) WHERE NOT done;
     CREATE INDEX outbox_conversation ON outbox (conversation, id);",
+    // Budget calls counted from when they end: a call is a row of its own.
+    "ALTER TABLE budget_calls ADD COLUMN id BIGSERIAL PRIMARY KEY;",
 ];
 
 /// The database's clock in milliseconds: claims expire by one clock for all
@@ -788,17 +792,15 @@ impl StateStore for PostgresStore {
         key: &str,
         requests: u32,
         per: Duration,
-    ) -> Result<Option<Duration>, StoreError> {
+        hold: Duration,
+    ) -> Result<Option<Grant>, StoreError> {
         // A sliding window of the calls made by every instance, one key at a
-        // time (an advisory lock for the transaction): exact, like the
-        // window each instance keeps for itself.
+        // time (an advisory lock for the transaction), each counted from
+        // when it ended: until then (or until `hold`, if its instance dies
+        // first) it stands in the future and counts in full.
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        // The window is counted from when a call is granted; Qpien counts
-        // from when it arrives, a little later and not always equally so: a
-        // window 2.5% longer keeps the two apart (and 97.5% of the budget).
         let per = per.as_millis() as i64;
-        let per = per + per / 40;
         tx.execute(
             &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext($1))")
                 .await
@@ -831,22 +833,45 @@ impl StateStore for PostgresStore {
             .map_err(pg)?;
         let used: i64 = row.get(0);
         let oldest: Option<i64> = row.get(1);
-        let wait = if used < i64::from(requests) {
-            tx.execute(
-                &tx.prepare_cached("INSERT INTO budget_calls (key, at) VALUES ($1, $2)")
+        let grant = if used < i64::from(requests) {
+            let id: i64 = tx
+                .query_one(
+                    &tx.prepare_cached(
+                        "INSERT INTO budget_calls (key, at) VALUES ($1, $2) RETURNING id",
+                    )
                     .await
                     .map_err(pg)?,
-                &[&key, &now],
+                    &[&key, &(now + hold.as_millis() as i64)],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            Grant::Granted(id)
+        } else {
+            // The oldest frees its slot a window after it ended (if under
+            // way, not before a window from now).
+            let free_at = oldest.unwrap_or(now).min(now) + per + 1;
+            Grant::Wait(Duration::from_millis((free_at - now).max(1) as u64))
+        };
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(grant))
+    }
+
+    async fn budget_done(&self, id: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached(&format!(
+                        "UPDATE budget_calls SET at = LEAST(at, {NOW_MS}) WHERE id = $1"
+                    ))
+                    .await
+                    .map_err(pg)?,
+                &[&id],
             )
             .await
             .map_err(pg)?;
-            Duration::ZERO
-        } else {
-            let free_at = oldest.unwrap_or(now) + per + 1;
-            Duration::from_millis((free_at - now).max(1) as u64)
-        };
-        tx.commit().await.map_err(pg)?;
-        Ok(Some(wait))
+        Ok(())
     }
 
     async fn outbox_of(&self, conversation: &str) -> Result<Vec<OutboxItem>, StoreError> {
