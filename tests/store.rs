@@ -413,3 +413,48 @@ async fn postgres_claims_fence_and_wake() {
     b.unclaim("c1").await.unwrap();
     assert_eq!(a.orphans(10).await.unwrap(), ["c1"], "its outbox is left");
 }
+
+/// Work for one instance at a time (the poller): one leads, the others do
+/// not, and when the leader's connections go (it stopped or died), another
+/// takes the lead.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_instance_leads_the_polling() {
+    use std::time::Duration;
+    let Some(url) = postgres_url("postgres_one_instance_leads_the_polling") else {
+        return;
+    };
+    let schema = format!("test_{}_lead", std::process::id());
+    postgres_admin(&url)
+        .await
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    let open = || {
+        PostgresStore::open(PostgresOptions {
+            url: url.clone(),
+            schema: schema.clone(),
+            ..PostgresOptions::default()
+        })
+    };
+    let a = open().await.unwrap();
+    let b = open().await.unwrap();
+    assert!(a.lead("poll").await.unwrap(), "the first to ask leads");
+    assert!(!b.lead("poll").await.unwrap(), "one leader at a time");
+    assert!(a.lead("poll").await.unwrap(), "the leader keeps the lead");
+    assert!(
+        b.lead("other work").await.unwrap(),
+        "each work has its own lead"
+    );
+    drop(a);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !b.lead("poll").await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the lead was not taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A memory or SQLite store is one process: it always leads.
+    assert!(MemoryStore::new().lead("poll").await.unwrap());
+}

@@ -62,6 +62,23 @@ pub(crate) async fn run(shared: Poller) {
     // so that replies always find room.
     let per_call = budget.per / budget.requests.max(1);
     loop {
+        // With several instances on one database, one polls at a time.
+        match shared.store.lead("poll").await {
+            Ok(true) => {}
+            Ok(false) => {
+                if !shared.stop.pause(cfg.interval).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which instance polls; waiting");
+                if !shared.stop.pause(cfg.interval).await {
+                    return;
+                }
+                continue;
+            }
+        }
         let mut calls = 0u32;
         let found = match round(shared, since, &mut calls).await {
             Ok(n) => n,

@@ -272,6 +272,13 @@ pub trait StateStore: Send + Sync + 'static {
     async fn budget_done(&self, _id: i64) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether this process leads `work` (work only one process sharing the
+    /// store may do at a time, such as polling Qpien): takes the lead when
+    /// nobody holds it, and says whether it still holds it. A store of one
+    /// process always leads.
+    async fn lead(&self, _work: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// The conversations other processes wake this one for (`None`: a
     /// store of one process, nobody does).
     async fn listen(

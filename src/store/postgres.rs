@@ -118,6 +118,9 @@ pub struct PostgresStore {
     owner: String,
     /// For the connection that listens (`LISTEN` holds one of its own).
     config: tokio_postgres::Config,
+    /// The work this process leads, each with the connection that holds its
+    /// advisory lock (the lock lasts as long as the connection).
+    leads: tokio::sync::Mutex<std::collections::HashMap<String, deadpool_postgres::Object>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -179,7 +182,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(2))
+            .max_size(options.max_connections.max(3))
             .wait_timeout(Some(options.connect_timeout))
             .create_timeout(Some(options.connect_timeout))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -190,6 +193,7 @@ impl PostgresStore {
             schema: options.schema,
             owner: options.owner,
             config,
+            leads: Default::default(),
         };
         store.migrate().await?;
         let client = store.client().await?;
@@ -855,6 +859,36 @@ impl StateStore for PostgresStore {
         };
         tx.commit().await.map_err(pg)?;
         Ok(Some(grant))
+    }
+
+    async fn lead(&self, work: &str) -> Result<bool, StoreError> {
+        // A session's advisory lock, on a connection kept for it: held while
+        // the connection lives, released by the server when it dies (this
+        // process stopped, or the network failed), so another takes over.
+        let key = format!("{}:{work}", self.schema);
+        let mut leads = self.leads.lock().await;
+        if let Some(conn) = leads.get(&key) {
+            match conn.simple_query("SELECT 1").await {
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    tracing::warn!(%work, error = %crate::text::error_chain(&e), "lost the lead");
+                    // Dropped, not recycled: the pool makes a new one.
+                    let conn = leads.remove(&key).expect("present");
+                    drop(deadpool_postgres::Object::take(conn));
+                }
+            }
+        }
+        let conn = self.client().await?;
+        let led: bool = conn
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if led {
+            tracing::info!(%work, "leading");
+            leads.insert(key, conn);
+        }
+        Ok(led)
     }
 
     async fn budget_done(&self, id: i64) -> Result<(), StoreError> {
