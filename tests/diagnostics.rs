@@ -180,6 +180,17 @@ fn unknown_keys_with_did_you_mean() {
 }
 
 #[test]
+fn an_unknown_region_is_named() {
+    let ds = problems("settings:\n  default_region: Turkey\nstates:\n  start: { say: hi }\n");
+    has(
+        &ds,
+        "`Turkey` is not a region",
+        "settings.default_region",
+        2,
+    );
+}
+
+#[test]
 fn yaml_syntax_errors_have_line_and_column() {
     let ds = problems("states:\n  start:\n    say: \"unterminated\n");
     assert_eq!(ds.len(), 1);

@@ -1,8 +1,13 @@
 //! Checking an answer to `ask:` and turning it into the value saved.
 //!
 //! Built-in kinds normalize what they accept so that later templates and actions
-//! see one form: numbers become numbers, phone numbers `+` and digits, dates
-//! `YYYY-MM-DD` (written as `2026-03-01`, `01.03.2026` or `01/03/2026`, day first).
+//! see one form: numbers become numbers; phone numbers E.164 (`+905321234567`),
+//! checked against the numbering plan of their country (libphonenumber's, via
+//! `phonenumber`; a number without a country code is read in
+//! `settings.default_region`); e-mail addresses are checked by `email_address`
+//! (RFC 5322), with a dotted domain, the domain lowercased; dates `YYYY-MM-DD`
+//! (written as `2026-03-01`, `01.03.2026` or `01/03/2026`, day first),
+//! checked by `jiff`'s calendar.
 
 use minijinja::Value;
 
@@ -37,7 +42,7 @@ pub(crate) fn check(c: &Check, answer: &str) -> Option<(Value, Vec<(String, Valu
             }
         }
         CheckKind::Email => Value::from(email(answer)?),
-        CheckKind::Phone => Value::from(phone(answer)?),
+        CheckKind::Phone => Value::from(phone(answer, c.region)?),
         CheckKind::Date => Value::from(date(answer)?),
     };
     Some((value, captures))
@@ -56,63 +61,40 @@ fn parse_number(s: &str) -> Option<f64> {
 }
 
 fn email(s: &str) -> Option<String> {
-    let (local, domain) = s.split_once('@')?;
-    let ok = !local.is_empty()
+    let parsed: email_address::EmailAddress = s.parse().ok()?;
+    let (local, domain) = (parsed.local_part(), parsed.domain());
+    // A bare host ("a@localhost") is an address, but not one a customer has.
+    let dotted = domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && domain.contains('.')
-        && !s.chars().any(char::is_whitespace)
-        && !domain.contains('@')
         && !domain.contains("..");
-    ok.then(|| format!("{local}@{}", domain.to_lowercase()))
+    dotted.then(|| format!("{local}@{}", domain.to_lowercase()))
 }
 
-fn phone(s: &str) -> Option<String> {
+fn phone(s: &str, region: Option<phonenumber::country::Id>) -> Option<String> {
     if !s
         .chars()
         .all(|c| c.is_ascii_digit() || " +-().".contains(c))
     {
         return None;
     }
-    let plus = s.trim_start().starts_with('+') || s.trim_start().starts_with("00");
-    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
-    let digits = if s.trim_start().starts_with("00") {
-        digits[2..].to_string()
-    } else {
-        digits
+    // "00" is the international prefix almost everywhere.
+    let s = match s.trim_start().strip_prefix("00") {
+        Some(rest) => format!("+{rest}"),
+        None => s.to_owned(),
     };
-    if !(7..=15).contains(&digits.len()) {
-        return None;
-    }
-    Some(if plus { format!("+{digits}") } else { digits })
+    let number = phonenumber::parse(region, &s).ok()?;
+    phonenumber::is_valid(&number).then(|| number.format().to_string())
 }
 
 fn date(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split(['-', '.', '/']).collect();
-    let [a, b, c] = parts.as_slice() else {
-        return None;
-    };
-    let num = |x: &str| -> Option<u32> {
-        (!x.is_empty() && x.len() <= 4 && x.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| x.parse().ok())
-            .flatten()
-    };
-    let (y, m, d) = if a.len() == 4 {
-        (num(a)?, num(b)?, num(c)?)
-    } else if c.len() == 4 {
-        (num(c)?, num(b)?, num(a)?)
-    } else {
-        return None;
-    };
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
-    };
-    (d >= 1 && d <= days && y >= 1).then(|| format!("{y:04}-{m:02}-{d:02}"))
+    const FORMATS: [&str; 6] = [
+        "%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%d.%m.%Y", "%d/%m/%Y", "%d-%m-%Y",
+    ];
+    let date = FORMATS
+        .iter()
+        .find_map(|f| jiff::civil::Date::strptime(f, s).ok())?;
+    (date.year() >= 1).then(|| date.strftime("%Y-%m-%d").to_string())
 }
 
 #[cfg(test)]
@@ -126,6 +108,7 @@ mod tests {
             regex: None,
             min: None,
             max: None,
+            region: None,
         }
     }
 
@@ -176,6 +159,24 @@ mod tests {
         );
         assert!(check(&c, "12345").is_none());
         assert!(check(&c, "call me").is_none());
+        // Without a country code: read in the flow's region, else refused.
+        assert!(check(&c, "0532 123 45 67").is_none());
+        let tr = Check {
+            region: Some(phonenumber::country::Id::TR),
+            ..kind(CheckKind::Phone)
+        };
+        assert_eq!(
+            check(&tr, "0532 123 45 67").unwrap().0,
+            Value::from("+905321234567")
+        );
+        // Impossible numbers: too short for Turkey, an unassigned prefix.
+        assert!(check(&tr, "0532 123 45").is_none());
+        assert!(check(&tr, "+90 000 123 45 67").is_none());
+        // A number with its country code is read as such anywhere.
+        assert_eq!(
+            check(&tr, "+49 30 901820").unwrap().0,
+            Value::from("+4930901820")
+        );
     }
 
     #[test]

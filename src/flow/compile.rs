@@ -98,6 +98,7 @@ pub(crate) fn compile(
         matchers: Vec::new(),
         adapt: false,
         default_retries: settings_doc.retries.unwrap_or(1),
+        region: None,
     };
 
     let mut r = Reporter {
@@ -227,6 +228,8 @@ struct Compiler<'a> {
     matchers: Vec<Box<str>>,
     adapt: bool,
     default_retries: u32,
+    /// `settings.default_region`, for `phone` answers.
+    region: Option<phonenumber::country::Id>,
 }
 
 impl Compiler<'_> {
@@ -328,6 +331,22 @@ impl Compiler<'_> {
             }
         };
         self.adapt = overflow_adapt;
+        self.region = s.default_region.as_deref().and_then(|code| {
+            match code
+                .to_ascii_uppercase()
+                .parse::<phonenumber::country::Id>()
+            {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    r.error(
+                        "settings.default_region",
+                        format!("`{code}` is not a region"),
+                        Some("write a two-letter country code, like `TR`, `DE` or `US`".into()),
+                    );
+                    None
+                }
+            }
+        });
         FlowSettings {
             session_timeout_ms,
             retries: s.retries.unwrap_or(1),
@@ -503,6 +522,7 @@ impl Compiler<'_> {
                 regex: None,
                 min: None,
                 max: None,
+                region: None,
             },
             Some(v) => self.check(r, &p("validate"), v)?,
         };
@@ -560,6 +580,7 @@ impl Compiler<'_> {
             regex,
             min: v.min,
             max: v.max,
+            region: self.region,
         })
     }
 

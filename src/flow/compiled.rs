@@ -236,6 +236,9 @@ pub struct Check {
     pub min: Option<f64>,
     /// Bounds for numbers.
     pub max: Option<f64>,
+    /// How phone numbers without a country code are read
+    /// (`settings.default_region`).
+    pub region: Option<phonenumber::country::Id>,
 }
 
 /// Built-in answer kinds.

@@ -66,6 +66,9 @@ pub struct Settings {
     pub fallback: Option<Fallback>,
     /// Language used when the contact's is unknown or not offered.
     pub default_language: Option<String>,
+    /// The country whose numbering plan reads a phone number written without
+    /// its country code (`TR`: "0532 123 45 67" is +905321234567).
+    pub default_region: Option<String>,
     /// `error` (default) or `adapt`: what to do with more options than a channel shows.
     pub overflow: Option<String>,
     /// Sent when an action fails and no `on_error` state is set.
