@@ -313,6 +313,7 @@ impl Registry {
         HandlerNames {
             actions: self.actions.keys().cloned().collect(),
             matchers: self.matchers.keys().cloned().collect(),
+            templates: None,
         }
     }
 }

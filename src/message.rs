@@ -41,6 +41,10 @@ pub struct Capabilities {
     /// Longest text one message may carry (WhatsApp: 1024, FACT; the others
     /// ASSUMED), which decides whether texts can be sent folded together.
     pub max_body: usize,
+    /// How long after the customer's last message free-form messages may be
+    /// sent (WhatsApp: 24 hours, FACT; after it only template messages are
+    /// delivered), in milliseconds; `None`: no such window.
+    pub reply_window_ms: Option<i64>,
 }
 
 impl Channel {
@@ -60,24 +64,28 @@ impl Channel {
                 max_list_rows: 10,
                 informative_buttons: true,
                 max_body: 1024,
+                reply_window_ms: Some(24 * 3600 * 1000),
             },
             Channel::Instagram => Capabilities {
                 max_quick_replies: 13,
                 max_list_rows: 0,
                 informative_buttons: true,
                 max_body: 1000,
+                reply_window_ms: None,
             },
             Channel::Email => Capabilities {
                 max_quick_replies: 0,
                 max_list_rows: 0,
                 informative_buttons: false,
                 max_body: usize::MAX,
+                reply_window_ms: None,
             },
             Channel::LiveChat => Capabilities {
                 max_quick_replies: 10,
                 max_list_rows: 10,
                 informative_buttons: true,
                 max_body: 4096,
+                reply_window_ms: None,
             },
         }
     }
@@ -466,9 +474,32 @@ pub struct Outgoing {
     /// An attachment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<Media>,
+    /// A WhatsApp template message (the only kind WhatsApp delivers outside
+    /// the 24-hour customer-service window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateMessage>,
+}
+
+/// A WhatsApp template message: an approved template, its language, and the
+/// values of its `{{1}}`, `{{2}}`... placeholders.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateMessage {
+    /// The template's name, as approved.
+    pub name: String,
+    /// Its language code, as approved (`en`, `tr`, `pt_BR`).
+    pub language: String,
+    /// The placeholders' values, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
 }
 
 impl Outgoing {
+    /// Whether this is a free-form message (anything but a template): on
+    /// WhatsApp, sent only within 24 hours of the customer's last message.
+    pub fn is_free_form(&self) -> bool {
+        self.template.is_none()
+    }
+
     /// A plain text message.
     pub fn text(text: impl Into<String>) -> Self {
         Outgoing {

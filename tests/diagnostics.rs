@@ -6,6 +6,7 @@ fn problems(yaml: &str) -> Vec<Diagnostic> {
     let names = HandlerNames {
         actions: vec!["lookup".into()],
         matchers: vec!["vip".into()],
+        ..HandlerNames::default()
     };
     match Flow::from_yaml("bad.yaml", yaml, &names) {
         Ok(f) => f.warnings.0,
@@ -255,4 +256,68 @@ fn included_files_report_in_their_own_file() {
     assert_eq!(flow.state_names().count(), 2);
     assert_eq!(flow.intent_count(), 1);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn templates_are_checked_against_the_approved_ones_when_known() {
+    use flowbot::internals::flow::TemplateInfo;
+    let yaml = r#"states:
+  start:
+    say: hi
+    template: { name: order_updte, language: en, params: ["{{ x }}"] }
+    on: [{ text: a, goto: a }, { text: b, goto: b }, { text: c, goto: c }]
+  a:
+    say: { template: { name: order_update, language: en, params: [] } }
+  b:
+    say: { template: { name: order_update, language: tr, params: ["1", "2"] } }
+  c:
+    say: { template: { name: order_update, params: ["1", "2"] } }
+"#;
+    let names = HandlerNames {
+        templates: Some(vec![
+            TemplateInfo {
+                name: "order_update".into(),
+                language: "en".into(),
+                params: 2,
+            },
+            TemplateInfo {
+                name: "order_update".into(),
+                language: "de".into(),
+                params: 2,
+            },
+        ]),
+        ..HandlerNames::default()
+    };
+    let ds = match Flow::from_yaml("t.yaml", yaml, &names) {
+        Ok(f) => f.warnings.0,
+        Err(e) => e.0 .0,
+    };
+    has(
+        &ds,
+        "no approved template is called `order_updte`",
+        "states.start.template.name",
+        4,
+    );
+    assert!(ds
+        .iter()
+        .any(|d| d.hint.as_deref() == Some("did you mean `order_update`?")));
+    has(
+        &ds,
+        "has 2 parameters; 0 given",
+        "states.a.say.template.params",
+        7,
+    );
+    has(
+        &ds,
+        "not approved in `tr`",
+        "states.b.say.template.language",
+        9,
+    );
+    assert!(ds
+        .iter()
+        .any(|d| d.hint.as_deref() == Some("it is in: en, de")));
+    has(&ds, "needs a `language`", "states.c.say.template", 11);
+    // Unknown templates are not checked; the language is still needed.
+    let ds = problems(yaml);
+    assert!(!ds.iter().any(|d| d.message.contains("approved")), "{ds:?}");
 }

@@ -475,3 +475,90 @@ fn idle_sessions_stay_small() {
         assert!(size < 1024, "session is {size} bytes");
     });
 }
+
+/// A WhatsApp conversation whose nudges come after the 24-hour window.
+const WINDOW: &str = r#"
+settings: { default_language: en }
+states:
+  start:
+    say: "Hello {{ contact.first_name }}!"
+    on: [{ text: order, goto: ordered }, { text: quiet, goto: quiet }]
+  ordered:
+    set: { customer: "{{ contact.first_name }}" }
+    say: "Thanks, your order is in."
+    after:
+      idle: 30h
+      say: "Anything else about your order?"
+      template: { name: order_followup, params: ["{{ customer }}"] }
+  quiet:
+    say: "Talk soon."
+    after: { idle: 25h, say: "Still there?" }
+"#;
+
+fn whatsapp(yaml: &str) -> TestConversation {
+    conv(yaml)
+        .channel(Channel::WhatsApp)
+        .contact(flowbot::Contact {
+            first_name: Some("Ada".into()),
+            ..Default::default()
+        })
+}
+
+#[test]
+fn outside_whatsapps_window_a_template_goes_instead_of_free_form() {
+    block_on(async {
+        let mut c = whatsapp(WINDOW);
+        c.send("hi").await;
+        c.send("order").await;
+        let out = c.wait(Duration::from_secs(30 * 3600)).await.to_vec();
+        assert_eq!(out.len(), 1, "{out:?}");
+        let t = out[0].template.as_ref().expect("a template");
+        assert_eq!(
+            (t.name.as_str(), t.language.as_str(), t.params.as_slice()),
+            ("order_followup", "en", &["Ada".to_owned()][..])
+        );
+        assert!(out[0].text.is_empty());
+        // The customer writes again: the window is open, free-form is back.
+        assert_eq!(texts(c.send("hi").await), ["Thanks, your order is in."]);
+    });
+}
+
+#[test]
+fn outside_whatsapps_window_a_free_form_message_without_template_is_not_sent() {
+    block_on(async {
+        let mut c = whatsapp(WINDOW);
+        c.send("hi").await;
+        c.send("quiet").await;
+        assert!(c.wait(Duration::from_secs(25 * 3600)).await.is_empty());
+        let errors = &c.transcript().0.last().unwrap().errors;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("24 hours") && e.contains("template")),
+            "{errors:?}"
+        );
+    });
+}
+
+#[test]
+fn inside_the_window_and_on_other_channels_messages_are_free_form() {
+    block_on(async {
+        // A nudge within 24 hours: free-form.
+        let yaml = WINDOW.replace("idle: 30h", "idle: 23h");
+        let mut c = whatsapp(&yaml);
+        c.send("hi").await;
+        c.send("order").await;
+        assert_eq!(
+            texts(c.wait(Duration::from_secs(23 * 3600)).await),
+            ["Anything else about your order?"]
+        );
+        // Live chat has no such window.
+        let mut c = conv(WINDOW).channel(Channel::LiveChat);
+        c.send("hi").await;
+        c.send("quiet").await;
+        assert_eq!(
+            texts(c.wait(Duration::from_secs(25 * 3600)).await),
+            ["Still there?"]
+        );
+    });
+}

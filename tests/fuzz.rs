@@ -20,7 +20,7 @@ proptest! {
         let mut s = SUPPORT.to_owned();
         let at = (0..=cut).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
         s.insert_str(at, &junk);
-        let names = HandlerNames { actions: vec!["lookup_order".into()], matchers: vec![] };
+        let names = HandlerNames { actions: vec!["lookup_order".into()], ..HandlerNames::default() };
         if let Err(e) = Flow::from_yaml("fuzz.yaml", &s, &names) {
             // Every problem names a position or at least the file.
             for d in &e.0.0 {

@@ -131,6 +131,10 @@ pub struct Turn {
     pub trace: Vec<Step>,
     /// Handler and template errors (each already logged).
     pub errors: Vec<String>,
+    /// On a channel with a reply window (WhatsApp), when it closes: after it
+    /// no free-form message of this turn may be sent (a reply delayed that
+    /// long is dropped). `MIN`: it is closed (the customer never wrote).
+    pub window_closes: Option<Millis>,
     /// The step ended a handoff: the bot has the conversation again.
     pub released: bool,
 }
@@ -267,6 +271,17 @@ impl Bot {
             },
         };
         let from = session.as_ref().map(|s| s.state);
+        // When the customer last wrote, for WhatsApp's window.
+        let customer_at = match event {
+            Event::Message(_) => Some(now),
+            _ => session.as_ref().map(|s| {
+                if s.customer_at > 0 {
+                    s.customer_at
+                } else {
+                    s.last_active
+                }
+            }),
+        };
         let mut outcome = match (event, session) {
             // A handoff past `settings.handoff_timeout` ends, whatever comes.
             (_, Some(s)) if self.handoff_expired(&s, now) => {
@@ -294,6 +309,13 @@ impl Bot {
             } else if s.handoff_since == 0 {
                 s.handoff_since = now;
             }
+        }
+        let window_closes = channel
+            .capabilities()
+            .reply_window_ms
+            .map(|window| customer_at.map_or(Millis::MIN, |at| at.saturating_add(window)));
+        if window_closes.is_some_and(|closes| now >= closes) {
+            self.outside_window(conversation, &mut outcome, channel);
         }
         let name = |id: StateId| -> &Arc<str> { &self.flow.state(id).name };
         if !self.hooks.is_empty() {
@@ -324,6 +346,56 @@ impl Bot {
             effects: outcome.effects,
             trace: outcome.trace,
             errors: outcome.errors,
+            window_closes,
+        }
+    }
+
+    /// A turn's messages when WhatsApp's 24-hour window is closed: free-form
+    /// messages are never sent; the `template:` of the last state entered
+    /// (or of the `after:` that fired) that has one is sent instead, once.
+    /// Without one, the messages are dropped and the turn records why.
+    fn outside_window(&self, conversation: &str, outcome: &mut Outcome, channel: Channel) {
+        if !outcome.messages.iter().any(Outgoing::is_free_form) {
+            return;
+        }
+        let flow = &*self.flow;
+        let alternative = outcome.trace.iter().rev().find_map(|step| match *step {
+            Step::Enter(id) => flow.state(id).template.as_ref().map(|t| (id, t)),
+            Step::Idle(id) => flow
+                .state(id)
+                .after
+                .as_ref()
+                .and_then(|a| a.template.as_ref())
+                .map(|t| (id, t)),
+            _ => None,
+        });
+        let dropped = outcome.messages.iter().filter(|m| m.is_free_form()).count();
+        outcome.messages.retain(|m| !m.is_free_form());
+        match alternative {
+            Some((_, template)) => {
+                let session = outcome
+                    .session
+                    .clone()
+                    .unwrap_or_else(|| Session::new(flow.start, flow.version, 0));
+                let msg = Incoming {
+                    channel,
+                    ..Incoming::default()
+                };
+                let mut run = Run::new(self, conversation, session, &msg);
+                let scope = run.scope();
+                let message = run.renderer().template(template, &scope);
+                outcome.errors.extend(run.errors);
+                outcome.messages.push(message);
+            }
+            None => {
+                let error = format!(
+                    "{dropped} message{} not sent: the customer last wrote more than 24 hours \
+                     ago (WhatsApp's window), and no state of this turn has a `template:`",
+                    if dropped == 1 { "" } else { "s" }
+                );
+                tracing::warn!(conversation, "{error}");
+                outcome.errors.push(error);
+            }
         }
     }
 
@@ -342,6 +414,7 @@ impl Bot {
             effects: Vec::new(),
             trace: Vec::new(),
             errors: Vec::new(),
+            window_closes: None,
         }
     }
 
@@ -553,6 +626,7 @@ impl Bot {
         let had_session = session.is_some();
         let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
         s.last_active = now;
+        s.customer_at = now;
         s.idle_fired = false;
         if s.handoff {
             return Outcome::quiet(Some(s));
@@ -578,6 +652,10 @@ impl Turn {
         self.trace.extend(next.trace);
         self.errors.extend(next.errors);
         self.released |= next.released;
+        self.window_closes = match (self.window_closes, next.window_closes) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         self
     }
 
@@ -1107,6 +1185,7 @@ fn needs_scope(m: &MsgNode) -> bool {
                     .iter()
                     .any(|b| t(&b.title) || matches!(b.value, Tpl::Dynamic { .. }))
         }
+        MsgNode::Template(t) => t.params.iter().any(|p| matches!(p, Tpl::Dynamic { .. })),
         MsgNode::List(l) => {
             o(&l.header)
                 || t(&l.body)

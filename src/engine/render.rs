@@ -13,8 +13,10 @@ use minijinja::Value;
 use std::fmt::Write;
 
 use super::session::{Offered, OptionKind};
-use crate::flow::{normalize, ChoiceNode, Flow, LText, ListNode, MsgNode, Tpl};
-use crate::message::{Channel, Choice, InfoButton, ListMessage, ListSection, Media, Outgoing};
+use crate::flow::{normalize, ChoiceNode, Flow, LText, ListNode, MsgNode, TemplateNode, Tpl};
+use crate::message::{
+    Channel, Choice, InfoButton, ListMessage, ListSection, Media, Outgoing, TemplateMessage,
+};
 
 /// Everything rendering needs for one turn.
 pub(crate) struct Renderer<'a> {
@@ -237,6 +239,24 @@ impl Renderer<'_> {
         }
     }
 
+    /// Renders a WhatsApp template message: its placeholders' values (one
+    /// that fails to render is sent empty, and recorded as the turn's error).
+    pub(crate) fn template(&mut self, t: &TemplateNode, scope: &Value) -> Outgoing {
+        let params = t
+            .params
+            .iter()
+            .map(|p| self.value(p, scope).unwrap_or_default())
+            .collect();
+        Outgoing {
+            template: Some(TemplateMessage {
+                name: t.name.to_string(),
+                language: t.language.as_deref().unwrap_or("en").to_owned(),
+                params,
+            }),
+            ..Default::default()
+        }
+    }
+
     /// Renders one message of a state; one whose templates fail becomes the
     /// error message.
     pub(crate) fn message(&mut self, m: &MsgNode, scope: &Value) -> Rendered {
@@ -251,6 +271,11 @@ impl Renderer<'_> {
                 buttons,
             } => self.text_message_unguarded(text, quick_replies, buttons, scope),
             MsgNode::List(l) => self.list(l, scope),
+            MsgNode::Template(t) => Rendered {
+                message: self.template(t, scope),
+                offered: Vec::new(),
+                numbered: false,
+            },
             MsgNode::Media { url, kind, caption } => {
                 let url = self.tpl(url, scope);
                 let caption = caption.as_ref().map(|c| self.text(c, scope));

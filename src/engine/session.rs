@@ -69,6 +69,10 @@ pub struct Session {
     /// When a person took the conversation (0: no person has it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub handoff_since: Millis,
+    /// When the customer last wrote (0: not known), for WhatsApp's 24-hour
+    /// customer-service window.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub customer_at: Millis,
 }
 
 fn is_zero(v: &Millis) -> bool {
@@ -91,6 +95,7 @@ impl Session {
             last_active: now,
             idle_fired: false,
             handoff_since: 0,
+            customer_at: 0,
         }
     }
 

@@ -17,7 +17,7 @@ use super::normalize::{normalize, words};
 use super::source::{join_index, join_key, Reporter};
 use super::template::{Templates, Tpl};
 use super::validate;
-use super::{FlowLimits, HandlerNames};
+use super::{FlowLimits, HandlerNames, TemplateInfo};
 use crate::message::{ButtonKind, MediaKind};
 
 /// Compiles loaded documents (the main one first) into a flow.
@@ -99,6 +99,7 @@ pub(crate) fn compile(
         adapt: false,
         default_retries: settings_doc.retries.unwrap_or(1),
         region: None,
+        default_language: settings_doc.default_language.as_deref().map(Into::into),
     };
 
     let mut r = Reporter {
@@ -230,6 +231,8 @@ struct Compiler<'a> {
     default_retries: u32,
     /// `settings.default_region`, for `phone` answers.
     region: Option<phonenumber::country::Id>,
+    /// `settings.default_language`, for templates without a `language`.
+    default_language: Option<Box<str>>,
 }
 
 impl Compiler<'_> {
@@ -280,10 +283,90 @@ impl Compiler<'_> {
             );
             return None;
         }
+        let template = a
+            .template
+            .as_ref()
+            .and_then(|t| self.template_node(r, &join_key(path, "template"), t));
         Some(AfterNode {
             idle_ms: idle_ms?,
             say,
             goto,
+            template,
+        })
+    }
+
+    /// A WhatsApp template message, checked against the account's approved
+    /// templates when they are known.
+    fn template_node(
+        &mut self,
+        r: &mut Reporter<'_>,
+        path: &str,
+        t: &model::TemplateDoc,
+    ) -> Option<TemplateNode> {
+        let p = |k: &str| join_key(path, k);
+        if t.name.trim().is_empty() {
+            r.error(&p("name"), "a template needs its approved `name`", None);
+            return None;
+        }
+        let language: Option<Box<str>> = t
+            .language
+            .as_deref()
+            .map(Into::into)
+            .or_else(|| self.default_language.clone());
+        let language = language.as_deref();
+        if language.is_none() {
+            r.error(
+                path,
+                format!("template `{}` needs a `language`", t.name),
+                Some("add `language: en` (as approved), or set settings.default_language".into()),
+            );
+        }
+        let params: Vec<Tpl> = t
+            .params
+            .iter()
+            .enumerate()
+            .filter_map(|(i, src)| self.template(r, &join_index(&p("params"), i), src))
+            .collect();
+        if let (Some(known), Some(language)) = (self.names.templates.as_deref(), language) {
+            let named: Vec<&TemplateInfo> = known.iter().filter(|k| k.name == t.name).collect();
+            if named.is_empty() {
+                let hint = did_you_mean(&t.name, known.iter().map(|k| k.name.as_str()))
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .or_else(|| {
+                        Some("the account's approved templates: `flowbot doctor` lists them".into())
+                    });
+                r.error(
+                    &p("name"),
+                    format!("no approved template is called `{}`", t.name),
+                    hint,
+                );
+            } else if let Some(info) = named.iter().find(|k| k.language == language) {
+                if info.params != t.params.len() {
+                    r.error(
+                        &p("params"),
+                        format!(
+                            "template `{}` ({language}) has {} parameter{}; {} given",
+                            t.name,
+                            info.params,
+                            if info.params == 1 { "" } else { "s" },
+                            t.params.len()
+                        ),
+                        None,
+                    );
+                }
+            } else {
+                let langs: Vec<&str> = named.iter().map(|k| k.language.as_str()).collect();
+                r.error(
+                    &p("language"),
+                    format!("template `{}` is not approved in `{language}`", t.name),
+                    Some(format!("it is in: {}", langs.join(", "))),
+                );
+            }
+        }
+        Some(TemplateNode {
+            name: t.name.as_str().into(),
+            language: language.map(Into::into),
+            params,
         })
     }
 
@@ -412,6 +495,10 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|n| self.state_ref(r, &p("on_error"), n));
         let after = s.after.as_ref().and_then(|a| self.after(r, &p("after"), a));
+        let template = s
+            .template
+            .as_ref()
+            .and_then(|t| self.template_node(r, &p("template"), t));
         if s.end && s.handoff {
             r.error(&p("handoff"), "a state cannot both end and hand off", None);
         }
@@ -442,6 +529,7 @@ impl Compiler<'_> {
             handoff: s.handoff,
             intents: s.intents.unwrap_or(true),
             after,
+            template,
             on_error,
             file,
         }
@@ -905,21 +993,31 @@ impl Compiler<'_> {
             rich.text.is_some() || rich.quick_replies.is_some() || rich.buttons.is_some(),
             rich.list.is_some(),
             rich.media.is_some(),
+            rich.template.is_some(),
         ];
         match kinds.iter().filter(|k| **k).count() {
             0 => {
-                r.error(path, "a message needs `text`, `list` or `media`", None);
+                r.error(
+                    path,
+                    "a message needs `text`, `list`, `media` or `template`",
+                    None,
+                );
                 return None;
             }
             1 => {}
             _ => {
                 r.error(
                     path,
-                    "a message has one of `text`, `list` or `media`",
+                    "a message has one of `text`, `list`, `media` or `template`",
                     Some("split it into two messages".into()),
                 );
                 return None;
             }
+        }
+        if let Some(t) = &rich.template {
+            return self
+                .template_node(r, &p("template"), t)
+                .map(MsgNode::Template);
         }
         if let Some(list) = &rich.list {
             validate::check_list(r, &p("list"), list, self.adapt);

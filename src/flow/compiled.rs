@@ -111,6 +111,19 @@ pub struct AfterNode {
     pub say: Vec<MsgNode>,
     /// Where the conversation goes then.
     pub goto: Option<StateId>,
+    /// Sent instead of `say` outside WhatsApp's 24-hour window.
+    pub template: Option<TemplateNode>,
+}
+
+/// A compiled WhatsApp template message.
+#[derive(Debug)]
+pub struct TemplateNode {
+    /// The template's name.
+    pub name: Box<str>,
+    /// Its language (none: the conversation's, else `settings.default_language`).
+    pub language: Option<Box<str>>,
+    /// Its placeholders' values.
+    pub params: Vec<Tpl>,
 }
 
 /// One compiled state.
@@ -142,6 +155,8 @@ pub struct StateNode {
     pub on_error: Option<StateId>,
     /// The inactivity nudge.
     pub after: Option<AfterNode>,
+    /// Sent instead of its messages outside WhatsApp's 24-hour window.
+    pub template: Option<TemplateNode>,
     /// The file it was defined in (index into [`Flow::files`]).
     pub file: usize,
 }
@@ -320,6 +335,8 @@ pub enum MsgNode {
         /// Caption.
         caption: Option<LText>,
     },
+    /// A WhatsApp template message.
+    Template(TemplateNode),
 }
 
 /// A quick reply or a list row.

@@ -51,6 +51,22 @@ pub struct HandlerNames {
     pub actions: Vec<String>,
     /// Registered matchers.
     pub matchers: Vec<String>,
+    /// The account's approved WhatsApp templates, when known (read from
+    /// Qpien at start, or given to `validate --templates`): a template the
+    /// flow names that is not among them, or named with the wrong number of
+    /// parameters, is a load-time error. `None`: not checked.
+    pub templates: Option<Vec<TemplateInfo>>,
+}
+
+/// One approved WhatsApp template, as the flow language needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateInfo {
+    /// Its name.
+    pub name: String,
+    /// Its language code.
+    pub language: String,
+    /// How many `{{n}}` placeholders it has.
+    pub params: usize,
 }
 
 /// A flow that could not be loaded, with every problem found.

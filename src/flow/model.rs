@@ -117,6 +117,24 @@ pub struct State {
     pub on_error: Option<String>,
     /// A nudge when the customer stays silent in this state.
     pub after: Option<After>,
+    /// On WhatsApp, what is sent instead of this state's messages when the
+    /// customer last wrote more than 24 hours ago (free-form messages are
+    /// refused then).
+    pub template: Option<TemplateDoc>,
+}
+
+/// A WhatsApp template message: an approved template, by name.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateDoc {
+    /// The template's name, as approved in the WhatsApp Business account.
+    pub name: String,
+    /// Its language code as approved (`en`, `tr`, `pt_BR`); default:
+    /// `settings.default_language`.
+    pub language: Option<String>,
+    /// The values of `{{1}}`, `{{2}}`..., each a template over the variables.
+    #[serde(default)]
+    pub params: Vec<String>,
 }
 
 /// `after:` of a state: what happens when the customer is silent for a while.
@@ -128,6 +146,9 @@ pub struct After {
     pub say: Option<Say>,
     /// Where the conversation goes then (else it stays).
     pub goto: Option<String>,
+    /// On WhatsApp, sent instead of `say` when the customer last wrote more
+    /// than 24 hours before the nudge.
+    pub template: Option<TemplateDoc>,
 }
 
 /// A rule: conditions, and what follows when they hold.
@@ -363,6 +384,8 @@ pub struct Rich {
     pub list: Option<ListDoc>,
     /// An attachment.
     pub media: Option<MediaDoc>,
+    /// A WhatsApp template message.
+    pub template: Option<TemplateDoc>,
 }
 
 /// A quick-reply button or a list row.
@@ -516,6 +539,8 @@ pub(crate) fn known_keys() -> Vec<&'static str> {
     keys.extend(fields_of::<SectionDoc>());
     keys.extend(fields_of::<ButtonDoc>());
     keys.extend(fields_of::<MediaDoc>());
+    keys.extend(fields_of::<TemplateDoc>());
+    keys.extend(fields_of::<After>());
     keys.sort_unstable();
     keys.dedup();
     keys
