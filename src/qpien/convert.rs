@@ -39,7 +39,11 @@ pub fn front_msg_id(prefix: &str, cause: &str, index: usize) -> String {
 const FOLD_SEPARATOR: &str = "\n\n";
 
 fn is_plain_text(m: &Outgoing) -> bool {
-    m.quick_replies.is_empty() && m.buttons.is_empty() && m.list.is_none() && m.media.is_none()
+    m.quick_replies.is_empty()
+        && m.buttons.is_empty()
+        && m.list.is_none()
+        && m.media.is_none()
+        && m.template.is_none()
 }
 
 /// The `createMessage` inputs for one turn's replies in `conversation`, in order.
@@ -69,6 +73,20 @@ pub fn plan_replies(
     };
     let mut pending: Vec<&str> = Vec::new();
     for m in messages {
+        if let Some(t) = &m.template {
+            planner.flush(&mut pending, channel);
+            let mut input = planner.input("template", None);
+            input.template = Some(TemplateMessageInput {
+                name: t.name.clone(),
+                language: t.language.clone(),
+                params: t.params.clone(),
+            });
+            planner.out.push(OutboundMessage {
+                operation: Operation::SendWhatsappTemplateMessage,
+                input,
+            });
+            continue;
+        }
         if is_plain_text(m) {
             if !m.text.is_empty() {
                 pending.push(&m.text);
@@ -124,6 +142,7 @@ impl Planner<'_> {
             flow_bot_quick_reply_buttons_required: None,
             list_message: None,
             informative_buttons: None,
+            template: None,
         }
     }
 

@@ -37,11 +37,20 @@ pub enum Operation {
     UpdateConversation,
     /// Lists the connected channels.
     GetAllConnectedPlatformList,
+    /// Lists the account's WhatsApp message templates (ASSUMED: the
+    /// WhatsappBusinessTemplates page publishes no shape; the scope is FACT).
+    GetWhatsappBusinessTemplateList,
+    /// Sends an approved template into a WhatsApp conversation (ASSUMED: a
+    /// SendMessages module exists, its operations are not published).
+    SendWhatsappTemplateMessage,
 }
+
+/// How many operations there are.
+const N: usize = 11;
 
 impl Operation {
     /// Every operation, in a stable order.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; N] = [
         Operation::GenerateOAuthToken,
         Operation::GetMessage,
         Operation::GetMessageList,
@@ -51,6 +60,8 @@ impl Operation {
         Operation::GetConversationList,
         Operation::UpdateConversation,
         Operation::GetAllConnectedPlatformList,
+        Operation::GetWhatsappBusinessTemplateList,
+        Operation::SendWhatsappTemplateMessage,
     ];
 
     /// The operation's root field, which is also its document's file stem.
@@ -65,6 +76,8 @@ impl Operation {
             Operation::GetConversationList => "getConversationList",
             Operation::UpdateConversation => "updateConversation",
             Operation::GetAllConnectedPlatformList => "getAllConnectedPlatformList",
+            Operation::GetWhatsappBusinessTemplateList => "getWhatsappBusinessTemplateList",
+            Operation::SendWhatsappTemplateMessage => "sendWhatsappTemplateMessage",
         }
     }
 
@@ -79,6 +92,9 @@ impl Operation {
             }
             Operation::UpdateConversation => Some("write_conversations"),
             Operation::GetAllConnectedPlatformList => Some("read_channels"),
+            Operation::GetWhatsappBusinessTemplateList => Some("read_whatsappBusinessTemplates"),
+            // ASSUMED: the Scopes page lists no SendMessages operation.
+            Operation::SendWhatsappTemplateMessage => Some("write_messages"),
         }
     }
 
@@ -119,7 +135,7 @@ impl Operation {
     /// its name) and its selection wrapped in the `{success, code, message,
     /// data}` envelope. Derived, so the two sets cannot drift apart.
     fn external(self) -> &'static str {
-        static EXTERNAL: std::sync::OnceLock<[String; 9]> = std::sync::OnceLock::new();
+        static EXTERNAL: std::sync::OnceLock<[String; N]> = std::sync::OnceLock::new();
         &EXTERNAL.get_or_init(|| Operation::ALL.map(|op| op.derive_external()))[self as usize]
     }
 
@@ -165,6 +181,12 @@ impl Operation {
             Operation::GetAllConnectedPlatformList => {
                 include_str!("documents/getAllConnectedPlatformList.graphql")
             }
+            Operation::GetWhatsappBusinessTemplateList => {
+                include_str!("documents/getWhatsappBusinessTemplateList.graphql")
+            }
+            Operation::SendWhatsappTemplateMessage => {
+                include_str!("documents/sendWhatsappTemplateMessage.graphql")
+            }
         }
     }
 
@@ -189,9 +211,9 @@ impl fmt::Display for Operation {
 /// perhaps replaced from files.
 #[derive(Debug, Clone)]
 pub struct Documents {
-    texts: Arc<[Arc<str>; 9]>,
+    texts: Arc<[Arc<str>; N]>,
     /// Which operations were replaced from files.
-    overridden: [bool; 9],
+    overridden: [bool; N],
 }
 
 impl Default for Documents {
@@ -205,7 +227,7 @@ impl Documents {
     pub fn embedded(dialect: Dialect) -> Self {
         Documents {
             texts: Arc::new(Operation::ALL.map(|op| Arc::from(op.embedded_in(dialect)))),
-            overridden: [false; 9],
+            overridden: [false; N],
         }
     }
 
@@ -215,7 +237,7 @@ impl Documents {
     /// override would otherwise be silently ignored).
     pub fn with_overrides(dir: &Path, dialect: Dialect) -> Result<Self, QpienError> {
         let mut texts = Operation::ALL.map(|op| Arc::<str>::from(op.embedded_in(dialect)));
-        let mut overridden = [false; 9];
+        let mut overridden = [false; N];
         let entries = std::fs::read_dir(dir).map_err(|e| {
             QpienError::Config(format!("cannot read documents_dir {}: {e}", dir.display()))
         })?;

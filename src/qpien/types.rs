@@ -454,6 +454,22 @@ pub struct CreateMessageInput {
     /// Informative buttons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub informative_buttons: Option<InformativeButtonsInput>,
+    /// A WhatsApp template message (ASSUMED field, sent with
+    /// `sendWhatsappTemplateMessage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateMessageInput>,
+}
+
+/// A template message's input (ASSUMED shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateMessageInput {
+    /// The approved template's name.
+    pub name: String,
+    /// Its language code.
+    pub language: String,
+    /// The placeholders' values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
 }
 
 /// The input of `updateConversation` (ASSUMED fields).

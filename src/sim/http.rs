@@ -34,6 +34,7 @@ pub(crate) fn router(sim: Arc<SimState>, schema: Schema) -> Router {
         .route("/vendor/mermaid.min.js", get(mermaid_js))
         .route("/sim/config", get(config))
         .route("/sim/stats", get(stats))
+        .route("/sim/clock", get(clock).post(advance_clock))
         .route("/sim/conversations", get(list).post(create))
         .route("/sim/conversations/{id}", get(show))
         .route("/sim/conversations/{id}/messages", post(say))
@@ -226,6 +227,28 @@ async fn stats(State(app): State<App>) -> Response {
         StatusCode::OK,
         serde_json::to_value(app.sim.stats()).unwrap_or_default(),
     )
+}
+
+/// The simulator's time (`now`, ms since the epoch).
+async fn clock(State(app): State<App>) -> Response {
+    json_response(StatusCode::OK, json!({"now": app.sim.now()}))
+}
+
+/// Moves the simulator's clock forward: `{"advance": "30h"}`. Its time
+/// decides WhatsApp's 24-hour window, so end-to-end tests cross it without
+/// waiting.
+async fn advance_clock(State(app): State<App>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(by) = v["advance"]
+        .as_str()
+        .and_then(|s| humantime::parse_duration(s).ok())
+    else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "send {\"advance\": \"30h\"}"}),
+        );
+    };
+    json_response(StatusCode::OK, json!({"now": app.sim.advance_clock(by)}))
 }
 
 async fn list(State(app): State<App>) -> Response {

@@ -155,6 +155,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// The bot's debug endpoint, shown in the playground's side panel.
     pub bot_url: Option<String>,
+    /// The account's approved WhatsApp templates: name, language, body with
+    /// `{{1}}`, `{{2}}`... placeholders.
+    pub templates: Vec<(String, String, String)>,
 }
 
 impl Default for SimConfig {
@@ -177,6 +180,7 @@ impl Default for SimConfig {
                 "read_conversations",
                 "write_conversations",
                 "read_channels",
+                "read_whatsappBusinessTemplates",
             ]
             .map(String::from)
             .to_vec(),
@@ -189,6 +193,26 @@ impl Default for SimConfig {
             webhook_retry_delay: Duration::from_millis(200),
             faults: Faults::default(),
             bot_url: None,
+            templates: [
+                (
+                    "order_update",
+                    "en",
+                    "Hi {{1}}, your order {{2}} is on its way.",
+                ),
+                (
+                    "order_followup",
+                    "en",
+                    "Hi {{1}}, anything else about your order?",
+                ),
+                ("survey", "en", "How did we do, {{1}}? Answer 1 to 5."),
+                (
+                    "we_are_open",
+                    "en",
+                    "We are open again. Write to us any time.",
+                ),
+            ]
+            .map(|(n, l, b)| (n.to_owned(), l.to_owned(), b.to_owned()))
+            .to_vec(),
         }
     }
 }

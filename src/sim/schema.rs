@@ -174,12 +174,19 @@ async fn root(op: Operation, ctx: &ResolverContext<'_>) -> Result<Value, Failure
                 })
                 .collect(),
         ),
-        Operation::CreateMessage | Operation::CreateMessageByWhatsapp => {
+        Operation::GetWhatsappBusinessTemplateList => sim.template_list(),
+        Operation::CreateMessage
+        | Operation::CreateMessageByWhatsapp
+        | Operation::SendWhatsappTemplateMessage => {
+            let mut input = arg(ctx, "input");
+            // Only the template operation sends templates.
+            if op != Operation::SendWhatsappTemplateMessage {
+                input["template"] = Value::Null;
+            } else if !input["template"].is_object() {
+                return Err(Failure::code("BAD_USER_INPUT"));
+            }
             let (message, new) = sim
-                .create(
-                    arg(ctx, "input"),
-                    op == Operation::CreateMessageByWhatsapp,
-                )
+                .create(input, op == Operation::CreateMessageByWhatsapp)
                 .map_err(Failure::code)?;
             if new && sim.take(|s| &mut s.lose_next_creates) {
                 if let Ok(lost) = ctx.data::<Arc<Lost>>() {

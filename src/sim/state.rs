@@ -2,7 +2,7 @@
 //! and the operations the API, the playground and tests perform on them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct SimStats {
     pub webhooks_delivered: u64,
     /// Webhook deliveries that failed (and were retried).
     pub webhook_failures: u64,
+    /// Free-form WhatsApp messages refused outside the 24-hour window.
+    pub window_refusals: u64,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,7 @@ pub(crate) struct Counters {
     pub(crate) tokens: AtomicU64,
     pub(crate) webhooks_delivered: AtomicU64,
     pub(crate) webhook_failures: AtomicU64,
+    pub(crate) window_refusals: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,9 @@ pub(crate) struct Conversation {
     pub(crate) contact: Value,
     /// The `channelType` of its messages.
     pub(crate) channel_type: &'static str,
+    /// When the customer last wrote (through the simulator), for WhatsApp's
+    /// 24-hour window; `None`: never (its messages came some other way).
+    pub(crate) customer_at: Option<i64>,
 }
 
 /// One API request as the simulator saw it (for tests).
@@ -131,7 +137,13 @@ pub struct SimState {
     deliveries: UnboundedSender<Vec<u8>>,
     /// Woken when a held create has been recorded.
     pub(crate) held: tokio::sync::Notify,
+    /// How far the simulator's clock is ahead of the system's, in ms.
+    clock_offset: AtomicI64,
 }
+
+/// WhatsApp's customer-service window (FACT): free-form messages only
+/// within 24 hours of the customer's last message.
+const WHATSAPP_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// The `channelType` Qpien reports for a playground channel name.
 fn channel_type(channel: &str) -> &'static str {
@@ -202,7 +214,44 @@ impl SimState {
             counters: Counters::default(),
             deliveries,
             held: tokio::sync::Notify::new(),
+            clock_offset: AtomicI64::new(0),
         }
+    }
+
+    /// The simulator's time: the system's, plus how far it was moved.
+    pub fn now(&self) -> i64 {
+        crate::time::now() + self.clock_offset.load(Ordering::SeqCst)
+    }
+
+    /// Moves the simulator's clock forward (WhatsApp's window closes by it).
+    pub fn advance_clock(&self, by: std::time::Duration) -> i64 {
+        self.clock_offset
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+        self.now()
+    }
+
+    /// The approved template `name` in `language`, and its placeholders.
+    fn template(&self, name: &str, language: &str) -> Option<usize> {
+        self.config()
+            .templates
+            .iter()
+            .find(|(n, l, _)| n == name && l == language)
+            .map(|(_, _, body)| placeholders(body))
+    }
+
+    /// `getWhatsappBusinessTemplateList`, in its ASSUMED shape.
+    pub(crate) fn template_list(&self) -> Value {
+        Value::Array(
+            self.config()
+                .templates
+                .iter()
+                .enumerate()
+                .map(|(i, (name, language, body))| {
+                    json!({"_id": format!("tpl-{i}"), "name": name, "language": language,
+                        "status": "APPROVED", "body": body})
+                })
+                .collect(),
+        )
     }
 
     pub(crate) fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -333,6 +382,7 @@ impl SimState {
             tokens: g(&c.tokens),
             webhooks_delivered: g(&c.webhooks_delivered),
             webhook_failures: g(&c.webhook_failures),
+            window_refusals: g(&c.window_refusals),
         }
     }
 
@@ -395,6 +445,7 @@ impl SimState {
                 messages: Vec::new(),
                 contact,
                 channel_type,
+                customer_at: None,
             },
         );
         id
@@ -410,10 +461,12 @@ impl SimState {
 
     /// The customer writes, taps or picks; the webhook tells the bot.
     pub fn customer_message(&self, conversation: &str, input: &CustomerInput) -> Option<String> {
+        let now = self.now();
         let (id, channel, customer) = {
             let mut inner = self.inner();
             let id = Self::next_id(&mut inner);
-            let conv = inner.conversations.get(conversation)?;
+            let conv = inner.conversations.get_mut(conversation)?;
+            conv.customer_at = Some(now);
             (id, conv.channel_type, conv.contact.clone())
         };
         let mut message = json!({
@@ -424,7 +477,7 @@ impl SimState {
             "channelType": channel,
             "messageType": "text",
             "content": input.text,
-            "createdAt": crate::time::now(),
+            "createdAt": self.now(),
         });
         if let Some(button) = &input.button {
             message["flowBotQuickReplyResponseId"] = json!(button);
@@ -501,7 +554,7 @@ impl SimState {
         let message = json!({
             "_id": id, "conversation": conversation, "senderType": "user",
             "sender": {"_id": "agent-1", "name": "Alex (agent)", "type": "PERSON"},
-            "messageType": "text", "content": text, "createdAt": crate::time::now(),
+            "messageType": "text", "content": text, "createdAt": self.now(),
         });
         let message = self.push(conversation, message)?;
         self.emit("NEW_INCOMING_MESSAGE", message);
@@ -590,10 +643,35 @@ impl SimState {
         if whatsapp && channel != "WhatsApp" {
             return Err("BAD_USER_INPUT");
         }
+        let template = &input["template"];
+        if template.is_object() {
+            // A template: any time, if approved and given its parameters.
+            if channel != "WhatsApp" {
+                return Err("BAD_USER_INPUT");
+            }
+            let given = template["params"].as_array().map_or(0, Vec::len);
+            let name = template["name"].as_str().unwrap_or("");
+            let language = template["language"].as_str().unwrap_or("");
+            match self.template(name, language) {
+                None => return Err("TEMPLATE_NOT_FOUND"),
+                Some(n) if n != given => return Err("TEMPLATE_PARAMS_MISMATCH"),
+                Some(_) => {}
+            }
+        } else if channel == "WhatsApp"
+            && conv
+                .customer_at
+                .is_some_and(|at| self.now() >= at + WHATSAPP_WINDOW_MS)
+        {
+            // As WhatsApp refuses it (Cloud API error 131047).
+            self.counters
+                .window_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            return Err("WHATSAPP_WINDOW_CLOSED");
+        }
         let mut message = json!({
             "_id": id, "conversation": conversation, "senderType": "bot",
             "sender": {"_id": "flowbot", "name": "flowbot", "type": "ROBOT"},
-            "channelType": channel, "createdAt": crate::time::now(), "ackStatus": "SENT",
+            "channelType": channel, "createdAt": self.now(), "ackStatus": "SENT",
         });
         for key in [
             "content",
@@ -604,6 +682,7 @@ impl SimState {
             "flowBotQuickReplyButtonsRequired",
             "listMessage",
             "informativeButtons",
+            "template",
         ] {
             if !input[key].is_null() {
                 message[key] = input[key].clone();
@@ -614,7 +693,9 @@ impl SimState {
         if !front.is_empty() && self.config().dedup_creates {
             inner.fronts.insert(front, message.clone());
         }
-        let operation = if whatsapp {
+        let operation = if template.is_object() {
+            "sendWhatsappTemplateMessage"
+        } else if whatsapp {
             "createMessageByWhatsapp"
         } else {
             "createMessage"
@@ -725,4 +806,14 @@ impl SimState {
     pub(crate) fn roll(&self, share: f64) -> bool {
         share > 0.0 && self.inner().rng.f64() < share
     }
+}
+
+/// How many placeholders a template body has: its highest `{{n}}`.
+fn placeholders(body: &str) -> usize {
+    body.split("{{")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("}}"))
+        .filter_map(|(n, _)| n.trim().parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
 }
