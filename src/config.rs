@@ -46,6 +46,11 @@ pub struct Config {
     /// Qpien account, webhook and store namespace; empty: the one bot that
     /// `flow`, `qpien` and `server.webhook_*` describe.
     pub bots: Vec<BotConfig>,
+    /// The clock turns, timers and WhatsApp's window are read by (the
+    /// system's; a test gives a [`crate::ManualClock`] to cross hours at once).
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub clock: crate::time::ClockHandle,
 }
 
 /// One bot of a process that runs several (`[[bots]]` in `flowbot.toml`).
@@ -128,6 +133,7 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: FlowLimits::default(),
             bots: Vec::new(),
+            clock: Default::default(),
         }
     }
 }

@@ -68,6 +68,35 @@ impl Clock for ManualClock {
     }
 }
 
+/// The clock a component reads: the system's unless a test gives another.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ClockHandle(Arc<dyn Clock>);
+
+impl ClockHandle {
+    /// A handle on `clock`.
+    pub fn new(clock: impl Clock + 'static) -> Self {
+        ClockHandle(Arc::new(clock))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> Millis {
+        self.0.now()
+    }
+}
+
+impl Default for ClockHandle {
+    fn default() -> Self {
+        ClockHandle::new(SystemClock)
+    }
+}
+
+impl std::fmt::Debug for ClockHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockHandle")
+    }
+}
+
 /// Parses an RFC 3339 UTC time (`2026-01-01T10:00:00Z`, fractions allowed) to
 /// milliseconds.
 pub fn parse_time(s: &str) -> Option<Millis> {

@@ -17,6 +17,8 @@
 //! - `crash`: a real `flowbot run` killed with SIGKILL mid-burst, then restarted.
 //! - `scale`: PostgreSQL as the store, end to end, and the database going away.
 //! - `sim`: the Qpien simulator: schema drift, the client against it, the bot end to end through it.
+//! - `window`: WhatsApp's 24-hour window end to end, with moved clocks.
+//! - `bots`: many bots in one process, each kept from holding up another.
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -39,6 +41,7 @@ mod runtime;
 mod scale;
 mod sim;
 mod store;
+mod window;
 
 /// Runs a future on a fresh current-thread runtime.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

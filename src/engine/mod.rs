@@ -135,6 +135,9 @@ pub struct Turn {
     /// no free-form message of this turn may be sent (a reply delayed that
     /// long is dropped). `MIN`: it is closed (the customer never wrote).
     pub window_closes: Option<Millis>,
+    /// Free-form messages this turn did not send because the window was
+    /// closed and no `template:` took their place.
+    pub withheld: usize,
     /// The step ended a handoff: the bot has the conversation again.
     pub released: bool,
 }
@@ -218,6 +221,20 @@ impl Bot {
         limits: &FlowLimits,
     ) -> Result<Bot, BotError> {
         let flow = Flow::load_with(path, &registry.names(), limits)?;
+        Bot::new(flow, registry)
+    }
+
+    /// Loads a flow file and binds it, checking the WhatsApp templates it
+    /// names against the account's approved `templates` (when known).
+    pub fn load_with_templates(
+        path: impl AsRef<Path>,
+        registry: Registry,
+        limits: &FlowLimits,
+        templates: Option<&[crate::flow::TemplateInfo]>,
+    ) -> Result<Bot, BotError> {
+        let mut names = registry.names();
+        names.templates = templates.map(<[_]>::to_vec);
+        let flow = Flow::load_with(path, &names, limits)?;
         Bot::new(flow, registry)
     }
 
@@ -347,6 +364,7 @@ impl Bot {
             trace: outcome.trace,
             errors: outcome.errors,
             window_closes,
+            withheld: outcome.withheld,
         }
     }
 
@@ -395,6 +413,7 @@ impl Bot {
                 );
                 tracing::warn!(conversation, "{error}");
                 outcome.errors.push(error);
+                outcome.withheld += dropped;
             }
         }
     }
@@ -415,6 +434,7 @@ impl Bot {
             trace: Vec::new(),
             errors: Vec::new(),
             window_closes: None,
+            withheld: 0,
         }
     }
 
@@ -652,6 +672,7 @@ impl Turn {
         self.trace.extend(next.trace);
         self.errors.extend(next.errors);
         self.released |= next.released;
+        self.withheld += next.withheld;
         self.window_closes = match (self.window_closes, next.window_closes) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -678,6 +699,8 @@ struct Outcome {
     trace: Vec<Step>,
     errors: Vec<String>,
     released: bool,
+    /// Messages not sent for WhatsApp's window.
+    withheld: usize,
 }
 
 impl Outcome {
@@ -690,6 +713,7 @@ impl Outcome {
             trace: Vec::new(),
             errors: Vec::new(),
             released: false,
+            withheld: 0,
         }
     }
 
@@ -701,6 +725,7 @@ impl Outcome {
         self.trace.extend(next.trace);
         self.errors.extend(next.errors);
         self.released |= next.released;
+        self.withheld += next.withheld;
         self
     }
 }
@@ -758,6 +783,7 @@ impl Run<'_> {
     fn finish(self) -> Outcome {
         Outcome {
             released: false,
+            withheld: 0,
             session: (!self.ended).then_some(self.session),
             messages: self.out,
             effects: self.effects,

@@ -100,6 +100,7 @@ pub(crate) fn compile(
         default_retries: settings_doc.retries.unwrap_or(1),
         region: None,
         default_language: settings_doc.default_language.as_deref().map(Into::into),
+        used_templates: Vec::new(),
     };
 
     let mut r = Reporter {
@@ -177,6 +178,7 @@ pub(crate) fn compile(
         release,
         migrate,
         warnings: Diagnostics::default(),
+        whatsapp_templates: c.used_templates,
         index,
     };
 
@@ -233,6 +235,8 @@ struct Compiler<'a> {
     region: Option<phonenumber::country::Id>,
     /// `settings.default_language`, for templates without a `language`.
     default_language: Option<Box<str>>,
+    /// The templates named, once each.
+    used_templates: Vec<Box<str>>,
 }
 
 impl Compiler<'_> {
@@ -362,6 +366,9 @@ impl Compiler<'_> {
                     Some(format!("it is in: {}", langs.join(", "))),
                 );
             }
+        }
+        if !self.used_templates.iter().any(|u| **u == *t.name) {
+            self.used_templates.push(t.name.as_str().into());
         }
         Some(TemplateNode {
             name: t.name.as_str().into(),

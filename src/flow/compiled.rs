@@ -51,6 +51,8 @@ pub struct Flow {
     /// Warnings found while loading (errors prevent loading).
     pub warnings: Diagnostics,
     pub(crate) index: HashMap<Box<str>, StateId>,
+    /// The WhatsApp templates the flow names, once each.
+    pub whatsapp_templates: Vec<Box<str>>,
 }
 
 impl Flow {

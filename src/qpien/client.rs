@@ -570,6 +570,17 @@ impl QpienClient {
         Ok(page.docs)
     }
 
+    /// The account's approved WhatsApp templates (see [`super::templates`]).
+    pub async fn templates(&self) -> Result<Vec<crate::flow::TemplateInfo>, QpienError> {
+        let page: Page<super::templates::WhatsappTemplate> = self
+            .execute(
+                Operation::GetWhatsappBusinessTemplateList,
+                json!({"page": 1, "limit": 500}),
+            )
+            .await?;
+        Ok(page.docs.iter().filter_map(|t| t.info()).collect())
+    }
+
     /// Changes a conversation's status or assignment.
     pub async fn update_conversation(
         &self,

@@ -12,7 +12,8 @@
 //!   envelopes, errors in GraphQL `errors` or in the envelope;
 //! - [`convert`]: outgoing messages to `createMessage` inputs and back;
 //! - [`webhook`]: the signature and the payload;
-//! - [`ingest`]: deliveries and polled messages become events (or are ignored, with why).
+//! - [`ingest`]: deliveries and polled messages become events (or are ignored, with why);
+//! - [`templates`]: the account's WhatsApp templates, and how one is sent.
 //!
 //! [`QpienClient`] is the production client: token cache with single-flight
 //! renewal, a fair shared rate limit, retries with backoff, idempotent creates.
@@ -28,6 +29,7 @@ pub mod ingest;
 pub mod limit;
 mod response;
 pub mod senders;
+pub mod templates;
 pub mod types;
 pub mod webhook;
 

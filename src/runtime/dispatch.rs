@@ -24,7 +24,7 @@ use super::Stop;
 use crate::engine::{Stored, Turn};
 use crate::message::{Channel, Effect, Event};
 use crate::qpien::types::ExternalConversation;
-use crate::qpien::{plan_replies, Ingested, QpienClient};
+use crate::qpien::{plan_replies, Ingested, Operation, QpienClient};
 use crate::retry::{until_ok, Backoff};
 use crate::store::{
     Accepted, InboxItem, NewInbound, OutboxItem, StateStore, StoreError, StoredSession, TurnCommit,
@@ -136,6 +136,8 @@ pub(crate) struct Dispatcher {
     /// Suspect turns run one at a time.
     pub(crate) suspects: tokio::sync::Semaphore,
     pub(crate) handoff: Handoff,
+    /// What turns are timed by.
+    pub(crate) clock: crate::time::ClockHandle,
 }
 
 /// What a panic said, if it said it in text.
@@ -269,7 +271,7 @@ impl Dispatcher {
         payload: &[u8],
     ) -> (Turn, Option<&'static str>) {
         let bot = self.bot.get();
-        let now = crate::time::now();
+        let now = self.clock.now();
         match payload::decode::<Event>(payload) {
             Ok(event) => {
                 let (checked, stored) = self.check_handoff(conversation, stored, &event, now).await;
@@ -442,11 +444,16 @@ impl Dispatcher {
             &item.key,
             &turn.messages,
         );
+        if turn.withheld > 0 {
+            self.metrics.withheld.inc_by(turn.withheld as u64);
+        }
         let mut outbox: Vec<Vec<u8>> = plan
             .into_iter()
             .map(|message| {
+                let free_form = message.operation != Operation::SendWhatsappTemplateMessage;
                 payload::encode(&OutboxAction::Message {
                     message: Box::new(message),
+                    window_until: turn.window_closes.filter(|_| free_form),
                 })
             })
             .collect();

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Handoffs Qpien refused for good (the bot stayed in service).
     pub handoff_failures: Counter,
+    /// Free-form messages not sent because WhatsApp's 24-hour window was
+    /// closed (and no template took their place).
+    pub withheld: Counter,
     /// Conversations given back to the bot, by what ended the handoff
     /// (`agent_left`, `checked`, `timeout`, `manual`).
     pub releases: Results,
@@ -126,6 +129,7 @@ pub(crate) struct MetricSet {
     outbox_depth: Family<BotLabel, Gauge>,
     dead_letters: Family<BotLabel, Counter>,
     handoff_failures: Family<BotLabel, Counter>,
+    withheld: Family<BotLabel, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -221,6 +225,7 @@ impl MetricSet {
             outbox_depth: Family::default(),
             dead_letters: Family::default(),
             handoff_failures: Family::default(),
+            withheld: Family::default(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
         registry.register(
@@ -274,6 +279,11 @@ impl MetricSet {
             m.handoff_failures.clone(),
         );
         registry.register(
+            "flowbot_window_withheld",
+            "Free-form WhatsApp messages not sent: the 24-hour window was closed",
+            m.withheld.clone(),
+        );
+        registry.register(
             "flowbot_releases",
             "Handoffs ended, by what ended them",
             m.releases.clone(),
@@ -301,6 +311,7 @@ impl MetricSet {
             outbox_depth: self.outbox_depth.get_or_create(bot).clone(),
             dead_letters: self.dead_letters.get_or_create(bot).clone(),
             handoff_failures: self.handoff_failures.get_or_create(bot).clone(),
+            withheld: self.withheld.get_or_create(bot).clone(),
         }
     }
 

@@ -388,6 +388,32 @@ struct Opened {
     store: Arc<dyn StateStore>,
     client: QpienClient,
     slot: Arc<BotSlot>,
+    /// The account's approved WhatsApp templates, when read.
+    templates: Option<Vec<crate::flow::TemplateInfo>>,
+}
+
+/// The account's approved WhatsApp templates, to check the flow's against;
+/// `None` (and a warning) when Qpien does not say within 10 s.
+async fn read_templates(client: &QpienClient) -> Option<Vec<crate::flow::TemplateInfo>> {
+    match tokio::time::timeout(Duration::from_secs(10), client.templates()).await {
+        Ok(Ok(list)) => {
+            tracing::info!(
+                count = list.len(),
+                "approved WhatsApp templates read from Qpien"
+            );
+            Some(list)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the WhatsApp templates; the flow's are not checked");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "no WhatsApp templates from Qpien within 10 s; the flow's are not checked"
+            );
+            None
+        }
+    }
 }
 
 /// Starts the runtime for `config` with the handlers of `registry`: checks it
@@ -415,12 +441,28 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
                 hold: spec.qpien.request_timeout + Duration::from_secs(5),
             }));
         }
+        let templates = if bot.flow().whatsapp_templates.is_empty() {
+            None
+        } else {
+            read_templates(&client).instrument(spec.span()).await
+        };
+        let bot = match &templates {
+            Some(list) => {
+                Bot::load_with_templates(&spec.flow, registry.clone(), &config.limits, Some(list))
+                    .map_err(|e| RuntimeError::Flow {
+                    path: spec.flow.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => bot,
+        };
         let slot = Arc::new(BotSlot::new(bot));
         opened.push(Opened {
             spec,
             store,
             client,
             slot,
+            templates,
         });
     }
     let set = Arc::new(MetricSet::new(
@@ -489,6 +531,7 @@ async fn launch(
         store,
         client,
         slot,
+        templates,
     } = o;
     let span = tracing::Span::current();
     let (feedback, mut learned) = tokio::sync::mpsc::unbounded_channel();
@@ -505,6 +548,7 @@ async fn launch(
             ),
             reconciled: Default::default(),
             adopted: Default::default(),
+            clock: config.clock.clone(),
         },
         metrics.outbox_depth.clone(),
     ));
@@ -524,6 +568,7 @@ async fn launch(
                 config.handoff.check_interval,
                 &spec.qpien.released_statuses,
             ),
+            clock: config.clock.clone(),
         },
         metrics.queue_depth.clone(),
     );
@@ -597,6 +642,7 @@ async fn launch(
                 store.clone(),
                 inbox.clone(),
                 config.runtime.timer_interval,
+                config.clock.clone(),
                 stop.clone(),
             )
             .instrument(span.clone()),
@@ -612,6 +658,7 @@ async fn launch(
                 metrics: metrics.clone(),
                 every: config.runtime.reload_interval,
                 stop: stop.clone(),
+                templates,
             })
             .instrument(span.clone()),
         ));

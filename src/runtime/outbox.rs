@@ -54,6 +54,8 @@ pub(crate) struct Sender {
     /// Conversations taken over from a stopped instance, whose next reply is
     /// reconciled.
     pub(crate) adopted: Mutex<HashSet<String>>,
+    /// What WhatsApp's window is read by.
+    pub(crate) clock: crate::time::ClockHandle,
 }
 
 /// How many of a conversation's newest messages are read to reconcile.
@@ -398,7 +400,36 @@ impl Sender {
     /// store; `false` at shutdown.
     async fn deliver_once(&self, conversation: &str, item: &OutboxItem) -> bool {
         let action: Option<OutboxAction> = payload::decode(&item.payload).ok();
-        if let Some(OutboxAction::Message { message }) = &action {
+        // A free-form WhatsApp reply past the customer's 24-hour window:
+        // WhatsApp would refuse it (error 131047), so it is never sent.
+        let window = match &action {
+            Some(OutboxAction::Message {
+                window_until: Some(closes),
+                ..
+            }) => Some(*closes),
+            _ => None,
+        };
+        let closed = || window.is_some_and(|closes| self.clock.now() >= closes);
+        let withhold = || {
+            tracing::error!(
+                conversation,
+                "a reply waited past WhatsApp's 24-hour window; dropped"
+            );
+            self.metrics.withheld.inc();
+            self.metrics.deliveries.count("outside_window");
+        };
+        if closed() {
+            withhold();
+            return until_ok(
+                Backoff::STORE,
+                "mark a reply delivered",
+                |d| self.stop.pause(d),
+                || self.store.delivered(item.id),
+            )
+            .await
+            .is_some();
+        }
+        if let Some(OutboxAction::Message { message, .. }) = &action {
             if self.was_resumed(conversation, item.id)
                 && self
                     .already_in_qpien(conversation, &message.input.front_msg_id)
@@ -422,8 +453,13 @@ impl Sender {
             "deliver a reply",
             |d| self.stop.pause(d),
             || async {
+                // Qpien may have been away until the window closed.
+                if closed() {
+                    withhold();
+                    return Ok(None);
+                }
                 match self.deliver(item, action.as_ref()).await.map_err(Failure::from) {
-                    Ok(()) => Ok(true),
+                    Ok(()) => Ok(Some(true)),
                     Err(Failure::Refused(e)) if matches!(action, Some(OutboxAction::Handoff)) => {
                         // Not silent: the customer hears so and the bot stays.
                         tracing::error!(conversation, error = %e, "Qpien refused the handoff; the bot stays in service");
@@ -436,11 +472,11 @@ impl Sender {
                             conversation: conversation.to_owned(),
                             event: Event::HandoffFailed,
                         });
-                        Ok(false)
+                        Ok(Some(false))
                     }
                     Err(Failure::Refused(e)) => {
                         tracing::error!(conversation, error = %e, "Qpien refused a reply; dropped");
-                        Ok(false)
+                        Ok(Some(false))
                     }
                     Err(later) => Err(later),
                 }
@@ -451,9 +487,12 @@ impl Sender {
             // Shutting down: the item stays in the store for the next run.
             return false;
         };
-        self.metrics
-            .deliveries
-            .count(if sent { "sent" } else { "dropped" });
+        // (`None`: withheld, counted as such.)
+        if let Some(sent) = sent {
+            self.metrics
+                .deliveries
+                .count(if sent { "sent" } else { "dropped" });
+        }
         // Delivered or dropped: take it out of the store.
         until_ok(
             Backoff::STORE,
@@ -529,7 +568,9 @@ impl Sender {
                 operation: "outbox",
                 message: "an unreadable outbox item".into(),
             }),
-            Some(OutboxAction::Message { message }) => self.client.send(message).await.map(drop),
+            Some(OutboxAction::Message { message, .. }) => {
+                self.client.send(message).await.map(drop)
+            }
             Some(OutboxAction::Handoff) => self.client.handoff(&item.conversation).await,
             Some(OutboxAction::Release) => self.client.release(&item.conversation).await,
         }

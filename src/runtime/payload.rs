@@ -16,6 +16,11 @@ pub enum OutboxAction {
     Message {
         /// The mutation and its input.
         message: Box<OutboundMessage>,
+        /// For a free-form message on a channel with a reply window
+        /// (WhatsApp): when the window closes; a reply still waiting then
+        /// (Qpien was down, say) is dropped rather than refused by WhatsApp.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_until: Option<crate::time::Millis>,
     },
     /// Ask for a person.
     Handoff,

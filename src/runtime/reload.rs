@@ -68,6 +68,8 @@ pub(crate) struct Reload {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) every: Duration,
     pub(crate) stop: Stop,
+    /// The account's approved WhatsApp templates, when known.
+    pub(crate) templates: Option<Vec<crate::flow::TemplateInfo>>,
 }
 
 /// Watches the flow's files until shutdown.
@@ -80,7 +82,12 @@ pub(crate) async fn run(r: Reload) {
             continue;
         }
         seen = now;
-        match Bot::load_with(&r.flow, r.registry.clone(), &r.limits) {
+        match Bot::load_with_templates(
+            &r.flow,
+            r.registry.clone(),
+            &r.limits,
+            r.templates.as_deref(),
+        ) {
             Ok(bot) => {
                 let version = bot.flow().version;
                 if version == r.slot.get().flow().version {

@@ -15,10 +15,11 @@ pub(crate) async fn run(
     store: Arc<dyn StateStore>,
     inbox: Arc<Inbox>,
     every: Duration,
+    clock: crate::time::ClockHandle,
     stop: Stop,
 ) {
     while stop.pause(every).await {
-        match store.due_timers(crate::time::now(), 500).await {
+        match store.due_timers(clock.now(), 500).await {
             Ok(due) => {
                 for (conversation, at) in due {
                     inbox.fire_timer(conversation, at).await;

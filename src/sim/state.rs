@@ -236,7 +236,7 @@ impl SimState {
             .templates
             .iter()
             .find(|(n, l, _)| n == name && l == language)
-            .map(|(_, _, body)| placeholders(body))
+            .map(|(_, _, body)| crate::qpien::templates::placeholders(body))
     }
 
     /// `getWhatsappBusinessTemplateList`, in its ASSUMED shape.
@@ -806,14 +806,4 @@ impl SimState {
     pub(crate) fn roll(&self, share: f64) -> bool {
         share > 0.0 && self.inner().rng.f64() < share
     }
-}
-
-/// How many placeholders a template body has: its highest `{{n}}`.
-fn placeholders(body: &str) -> usize {
-    body.split("{{")
-        .skip(1)
-        .filter_map(|rest| rest.split_once("}}"))
-        .filter_map(|(n, _)| n.trim().parse::<usize>().ok())
-        .max()
-        .unwrap_or(0)
 }

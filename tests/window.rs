@@ -1,0 +1,248 @@
+//! WhatsApp's 24-hour window end to end: the bot's clock and the simulator's
+//! are moved together (the simulator's over HTTP, as a user's test would),
+//! and the simulator refuses free-form messages outside the window as
+//! WhatsApp does.
+
+use std::time::Duration;
+
+use flowbot::internals::qpien::{RetryConfig, Secret};
+use flowbot::internals::sim::{self, CustomerInput, RunningSim, SimConfig};
+use flowbot::{Config, ManualClock, Registry, Running};
+
+use crate::runtime::temp_dir;
+
+const FLOW: &str = r#"
+version: 1
+release: welcome_back
+settings:
+  default_language: en
+  release_message: "You are back with the bot."
+intents:
+  - { text: agent, goto: human }
+states:
+  start:
+    say: "Hi! Write order, or agent for a person."
+    on: [{ text: order, goto: ordered }]
+  ordered:
+    set: { customer: "Dee" }
+    say: "Thanks, your order is in."
+    after:
+      idle: 30h
+      say: "Anything else about your order?"
+      template: { name: order_followup, params: ["{{ customer }}"] }
+  human:
+    say: "Connecting you to a person."
+    handoff: true
+  welcome_back:
+    say: "Anything else?"
+"#;
+
+const ADMIN: &str = "admin-token-for-window-tests";
+
+struct Setup {
+    sim: RunningSim,
+    bot: Running,
+    clock: ManualClock,
+    conv: String,
+    http: reqwest::Client,
+}
+
+impl Setup {
+    async fn start(name: &str) -> Setup {
+        let sim = sim::start(SimConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let dir = temp_dir(name);
+        std::fs::write(dir.join("flow.yaml"), FLOW).unwrap();
+        let d = SimConfig::default();
+        let clock = ManualClock::new(flowbot::internals::time::now());
+        let mut c = Config {
+            flow: dir.join("flow.yaml"),
+            clock: flowbot::internals::time::ClockHandle::new(clock.clone()),
+            ..Config::default()
+        };
+        c.qpien.endpoint = sim.graphql_url();
+        c.qpien.client_id = Secret::new(d.client_id);
+        c.qpien.client_secret = Secret::new(d.client_secret);
+        c.qpien.retry = RetryConfig {
+            max_attempts: 3,
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        };
+        c.server.listen = "127.0.0.1:0".parse().unwrap();
+        c.server.webhook_secret = Secret::new(sim.state().config().webhook_secret);
+        c.server.admin_token = Secret::new(ADMIN);
+        c.store.path = dir.join("flowbot.db");
+        c.runtime.timer_interval = Duration::from_millis(50);
+        let bot = flowbot::start(c, Registry::new()).await.unwrap();
+        let url = format!("http://{}/webhook", bot.addr());
+        sim.state().configure(|s| s.webhook_url = Some(url));
+        let conv = sim
+            .state()
+            .create_conversation("whatsapp", Some("en"), "Dee");
+        Setup {
+            sim,
+            bot,
+            clock,
+            conv,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn say(&self, text: &str) {
+        self.sim.state().customer_message(
+            &self.conv,
+            &CustomerInput {
+                text: text.into(),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// What the bot sent: texts, and templates as `template:NAME(params)`.
+    fn sent(&self) -> Vec<String> {
+        self.sim
+            .state()
+            .bot_messages(&self.conv)
+            .iter()
+            .map(|m| match m["template"]["name"].as_str() {
+                Some(name) => format!(
+                    "template:{name}({})",
+                    m["template"]["params"][0].as_str().unwrap_or("")
+                ),
+                None => m["content"].as_str().unwrap_or("").to_owned(),
+            })
+            .collect()
+    }
+
+    async fn expect(&self, what: &str, want: &[&str]) {
+        let want: Vec<String> = want.iter().map(|t| t.to_string()).collect();
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.sent() != want {
+            if tokio::time::Instant::now() > end {
+                panic!("{what}: expected {want:?}, got {:?}", self.sent());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Moves both clocks, the simulator's through its HTTP endpoint.
+    async fn advance(&self, hours: u64) {
+        self.clock.advance(Duration::from_secs(hours * 3600));
+        let r = self
+            .http
+            .post(format!("{}sim/clock", self.sim.url()))
+            .body(format!("{{\"advance\": \"{hours}h\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.bot.addr()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nudge_after_30_hours_goes_out_as_a_template() {
+    let s = Setup::start("window-nudge").await;
+    s.say("hi");
+    s.say("order");
+    s.expect(
+        "the answers",
+        &[
+            "Hi! Write order, or agent for a person.",
+            "Thanks, your order is in.",
+        ],
+    )
+    .await;
+    s.advance(30).await;
+    s.expect(
+        "the nudge, as a template",
+        &[
+            "Hi! Write order, or agent for a person.",
+            "Thanks, your order is in.",
+            "template:order_followup(Dee)",
+        ],
+    )
+    .await;
+    let created = s.sim.state().created();
+    assert_eq!(
+        created.last().unwrap()["operation"],
+        "sendWhatsappTemplateMessage"
+    );
+    assert_eq!(s.sim.state().stats().window_refusals, 0);
+    // The customer answers: the window is open again, free-form is back.
+    s.say("order");
+    s.expect(
+        "a free-form answer",
+        &[
+            "Hi! Write order, or agent for a person.",
+            "Thanks, your order is in.",
+            "template:order_followup(Dee)",
+            "Thanks, your order is in.",
+        ],
+    )
+    .await;
+    s.bot.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_form_reply_25_hours_after_the_customer_wrote_is_never_sent() {
+    let s = Setup::start("window-release").await;
+    s.say("hi");
+    s.say("agent");
+    s.expect(
+        "the handoff",
+        &[
+            "Hi! Write order, or agent for a person.",
+            "Connecting you to a person.",
+        ],
+    )
+    .await;
+    // A person keeps it for 25 hours; then it is released by hand.
+    s.advance(25).await;
+    let r = s
+        .http
+        .post(format!(
+            "http://{}/admin/conversations/{}/release",
+            s.bot.addr(),
+            s.conv
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "accepted");
+    // Both the release message and welcome_back's say are withheld.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = s.metrics().await;
+        if metrics.contains("flowbot_window_withheld_total 2") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.sent(),
+        [
+            "Hi! Write order, or agent for a person.",
+            "Connecting you to a person."
+        ],
+        "nothing free-form after the window"
+    );
+    assert_eq!(s.sim.state().stats().window_refusals, 0, "not even tried");
+    s.bot.shutdown().await;
+}
