@@ -136,3 +136,49 @@ fn the_schema_diff_names_what_differs() {
         ]
     );
 }
+
+/// The account's templates: listed by `doctor`, written with `--templates`,
+/// and checked offline by `validate --templates`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_are_listed_written_and_checked_offline() {
+    let sim = start_sim(|c| c.scopes.push("read_whatsappBusinessTemplates".into())).await;
+    let dir = crate::runtime::temp_dir("doctor-templates");
+    let file = dir.join("templates.json");
+    let (out, text) = doctor(
+        &sim.graphql_url(),
+        &[],
+        &["--templates", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("getWhatsappBusinessTemplateList: 4 template(s) listed, 4 approved")
+            && text.contains("order_update (en, 2 parameter(s))"),
+        "{text}"
+    );
+    let flow = dir.join("flow.yaml");
+    std::fs::write(
+        &flow,
+        "settings: { default_language: en }\nstates:\n  start:\n    say: hi\n    \
+         template: { name: order_update, params: [\"{{ name }}\"] }\n",
+    )
+    .unwrap();
+    let validate = |with: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"));
+        cmd.arg("validate").arg(&flow);
+        if with {
+            cmd.arg("--templates").arg(&file);
+        }
+        cmd.output().unwrap()
+    };
+    let out = validate(false);
+    assert_eq!(out.status.code(), Some(0), "unchecked without the list");
+    let out = validate(true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("template `order_update` (en) has 2 parameters; 1 given")
+            && err.contains("flow.yaml:5"),
+        "{err}"
+    );
+}

@@ -7,7 +7,11 @@ use std::path::Path;
 use crate::config::Config;
 use crate::qpien::doctor;
 
-pub(super) async fn run(config_path: Option<&Path>, write_documents: Option<&Path>) -> u8 {
+pub(super) async fn run(
+    config_path: Option<&Path>,
+    write_documents: Option<&Path>,
+    templates: Option<&Path>,
+) -> u8 {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -35,6 +39,26 @@ pub(super) async fn run(config_path: Option<&Path>, write_documents: Option<&Pat
                 return 2;
             }
         }
+    }
+    if let Some(path) = templates {
+        let Some(list) = &report.templates else {
+            eprintln!(
+                "error: the templates could not be read, so {} was not written",
+                path.display()
+            );
+            return 1;
+        };
+        let json = serde_json::to_string_pretty(list).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return 2;
+        }
+        println!(
+            "\nWrote {} approved template(s) to {}: `flowbot validate --templates {}` checks flows against them",
+            list.len(),
+            path.display(),
+            path.display()
+        );
     }
     if report.ok() {
         0

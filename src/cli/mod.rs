@@ -59,6 +59,11 @@ pub enum Command {
         /// Fail (exit 1) on warnings too.
         #[arg(long)]
         strict: bool,
+        /// Check the WhatsApp templates the flows name against this list (a
+        /// JSON array of `{name, language, params}`, as `flowbot doctor
+        /// --templates FILE` writes it).
+        #[arg(long)]
+        templates: Option<PathBuf>,
     },
     /// Run a flow on JSON lines from stdin, print replies as JSON lines.
     Replay {
@@ -123,6 +128,10 @@ pub enum Command {
         /// edit and use as `qpien.documents_dir`.
         #[arg(long)]
         write_documents: Option<PathBuf>,
+        /// Also write the account's approved WhatsApp templates to this JSON
+        /// file, for `flowbot validate --templates FILE`.
+        #[arg(long)]
+        templates: Option<PathBuf>,
     },
     /// Give a handed-off conversation back to the bot (through the running
     /// bot's admin endpoint; needs `server.admin_token`).
@@ -194,7 +203,11 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
     };
     let code = rt.block_on(async move {
         match cli.command {
-            Command::Validate { files, strict } => validate::run(&files, strict, &registry),
+            Command::Validate {
+                files,
+                strict,
+                templates,
+            } => validate::run(&files, strict, templates.as_deref(), &registry),
             Command::Replay { flow, capture } => {
                 replay::run(&flow, capture.as_deref(), registry).await
             }
@@ -224,7 +237,15 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             Command::Doctor {
                 config,
                 write_documents,
-            } => doctor::run(config.as_deref(), write_documents.as_deref()).await,
+                templates,
+            } => {
+                doctor::run(
+                    config.as_deref(),
+                    write_documents.as_deref(),
+                    templates.as_deref(),
+                )
+                .await
+            }
             Command::Release {
                 conversation,
                 target,

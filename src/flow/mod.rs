@@ -30,6 +30,7 @@ mod load;
 pub mod model;
 mod normalize;
 mod source;
+pub(crate) use source::read as read_file;
 pub mod template;
 mod validate;
 

@@ -25,6 +25,7 @@ use super::dialect;
 use super::documents::{Documents, Operation};
 use super::error::QpienError;
 use super::response::{interpret, Failure};
+use super::types::Page;
 
 /// How one check went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub struct Report {
     pub dialect: Option<Dialect>,
     /// The SDL the server gave by introspection.
     pub live_schema: Option<String>,
+    /// The account's approved WhatsApp templates, when they could be read.
+    pub templates: Option<Vec<crate::flow::TemplateInfo>>,
 }
 
 impl Report {
@@ -701,6 +704,10 @@ pub async fn run(config: &QpienConfig) -> Report {
             Operation::UpdateConversation,
             json!({"input": {"conversationId": probe_conv}}),
         ),
+        (
+            Operation::GetWhatsappBusinessTemplateList,
+            json!({"page": 1, "limit": 500}),
+        ),
     ];
     let mut missing = Vec::new();
     for (op, vars) in calls {
@@ -712,6 +719,28 @@ pub async fn run(config: &QpienConfig) -> Report {
             }
         };
         match interpret(op, answer.body.clone()) {
+            Ok(v) if op == Operation::GetWhatsappBusinessTemplateList => {
+                let listed = serde_json::from_value::<Page<super::templates::WhatsappTemplate>>(v)
+                    .map(|p| p.docs)
+                    .unwrap_or_default();
+                let approved: Vec<_> = listed.iter().filter_map(|t| t.info()).collect();
+                let names: Vec<String> = approved
+                    .iter()
+                    .map(|t| format!("{} ({}, {} parameter(s))", t.name, t.language, t.params))
+                    .collect();
+                report.push(
+                    Status::Ok,
+                    op.name(),
+                    format!(
+                        "{} template(s) listed, {} approved{}{}",
+                        listed.len(),
+                        approved.len(),
+                        if names.is_empty() { "" } else { ": " },
+                        names.join(", ")
+                    ),
+                );
+                report.templates = Some(approved);
+            }
             Ok(_) => report.push(Status::Ok, op.name(), "allowed"),
             Err(Failure::Error(QpienError::InsufficientScopes { required, .. })) => {
                 let scope = scope_of(&answer.body).unwrap_or(required);
