@@ -321,3 +321,52 @@ fn templates_are_checked_against_the_approved_ones_when_known() {
     let ds = problems(yaml);
     assert!(!ds.iter().any(|d| d.message.contains("approved")), "{ds:?}");
 }
+
+#[test]
+fn messages_that_can_come_after_whatsapps_window_are_warned_of() {
+    let yaml = r#"settings: { default_language: en }
+release: back
+states:
+  start:
+    say: hi
+    on: [{ text: a, goto: a }, { text: late, goto: late }, { text: ok, goto: covered }, { text: h, goto: h }]
+    after: { idle: 2h, say: "Still there?" }
+  late:
+    say: "Noted."
+    after: { idle: 30h, say: "Anything else?" }
+  covered:
+    say: "Noted."
+    after: { idle: 30h, say: "Anything else?", template: { name: followup } }
+  a:
+    say: "A."
+    after: { idle: 20h, goto: b }
+  b:
+    say: "Reminder."
+    after: { idle: 5h, say: "Last reminder." }
+  h: { say: "A person comes.", handoff: true }
+  back: { say: "You are back." }
+"#;
+    let ds = problems(yaml);
+    has(
+        &ds,
+        "this nudge can come 30h after",
+        "states.late.after",
+        10,
+    );
+    has(
+        &ds,
+        "can come 25h after the customer last wrote (through the nudges of a -> b)",
+        "states.b.after",
+        19,
+    );
+    has(&ds, "a handoff can last more than 24 hours", "release", 2);
+    assert!(
+        ds.iter()
+            .all(|d| !d.path.starts_with("states.covered") && !d.path.starts_with("states.start")),
+        "{ds:?}"
+    );
+    assert!(ds.iter().all(|d| d.severity == Severity::Warning), "{ds:?}");
+    // A handoff that cannot outlast the window: no warning for the release.
+    let bounded = yaml.replace("settings: {", "settings: { handoff_timeout: 8h,");
+    assert!(!problems(&bounded).iter().any(|d| d.path == "release"));
+}

@@ -208,7 +208,67 @@ pub(crate) fn compile(
             Some("point a rule's `goto` or a `next` at it, or remove it (ignore this if an action jumps here)".into()),
         );
     }
+    for risk in validate::window_risks(&flow) {
+        match risk {
+            validate::WindowRisk::After {
+                state,
+                elapsed_ms,
+                chain,
+            } => {
+                let s = flow.state(state);
+                let through = if chain.len() > 1 {
+                    let names: Vec<&str> = chain.iter().map(|&i| &*flow.state(i).name).collect();
+                    format!(" (through the nudges of {})", names.join(" -> "))
+                } else {
+                    String::new()
+                };
+                Reporter { source: &files[s.file].source, out: diags }.warning(
+                    &join_key(&join_key("states", &s.name), "after"),
+                    format!(
+                        "this nudge can come {} after the customer last wrote{through}: on WhatsApp, \
+                         free-form messages are not sent after 24 hours",
+                        hours(elapsed_ms)
+                    ),
+                    Some("add `template:` to this `after:` (an approved template, sent instead outside the window)".into()),
+                );
+            }
+            validate::WindowRisk::Release { states } => {
+                let (path, hint) = match states.first() {
+                    Some(&first) => (
+                        "release".to_owned(),
+                        format!(
+                            "give `{}` a `template:`, or set settings.handoff_timeout to 24h or less",
+                            flow.state(first).name
+                        ),
+                    ),
+                    None => (
+                        "settings.release_message".to_owned(),
+                        "add a `release:` state with a `template:`, or set settings.handoff_timeout to 24h or less".into(),
+                    ),
+                };
+                Reporter {
+                    source: &main.source,
+                    out: diags,
+                }
+                .warning(
+                    &path,
+                    "a handoff can last more than 24 hours: on WhatsApp, the free-form messages \
+                     of its release are not sent then",
+                    Some(hint),
+                );
+            }
+        }
+    }
     Some(flow)
+}
+
+/// A duration in hours and minutes (`30h`, `25h 30m`).
+fn hours(ms: u64) -> String {
+    let minutes = ms / 60_000;
+    match (minutes / 60, minutes % 60) {
+        (h, 0) => format!("{h}h"),
+        (h, m) => format!("{h}h {m}m"),
+    }
 }
 
 /// FNV-1a over the sources: stable across builds and platforms.

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use super::compiled::{Flow, StateId};
+use super::compiled::{Flow, MsgNode, StateId};
 use super::model::{ButtonDoc, ChoiceDoc, ListDoc, Text};
 use super::source::{join_index, join_key, Reporter};
 
@@ -359,4 +359,116 @@ pub(crate) fn next_loop(flow: &Flow) -> Option<Vec<StateId>> {
         }
     }
     best
+}
+
+/// WhatsApp's customer-service window (FACT): free-form messages are
+/// delivered only within 24 hours of the customer's last message.
+const WINDOW_MS: u64 = 24 * 3600 * 1000;
+
+/// A turn that may send free-form messages outside WhatsApp's window, with
+/// no `template:` to send instead.
+#[derive(Debug)]
+pub(crate) enum WindowRisk {
+    /// The `after:` of this state fires this long after the customer last
+    /// wrote (at least), through the chain of nudges named.
+    After {
+        state: StateId,
+        elapsed_ms: u64,
+        chain: Vec<StateId>,
+    },
+    /// A handoff may last more than 24 hours (no `handoff_timeout`, or a
+    /// longer one), and the release sends free-form messages.
+    Release { states: Vec<StateId> },
+}
+
+/// The states a turn entering `id` passes through (following `next` until a
+/// state that waits, ends or hands off).
+fn chain(flow: &Flow, mut id: StateId) -> Vec<StateId> {
+    let mut out = Vec::new();
+    while !out.contains(&id) {
+        out.push(id);
+        let st = flow.state(id);
+        match st.next {
+            Some(n) if st.ask.is_none() && !st.end && !st.handoff => id = n,
+            _ => break,
+        }
+    }
+    out
+}
+
+fn free_form(msgs: &[MsgNode]) -> bool {
+    msgs.iter().any(|m| !matches!(m, MsgNode::Template(_)))
+}
+
+/// Whether entering these states sends free-form messages, and whether one
+/// of them has a `template:` to send instead.
+fn turn_of(flow: &Flow, states: &[StateId]) -> (bool, bool) {
+    let sends = states.iter().any(|&s| {
+        let st = flow.state(s);
+        free_form(&st.say) || st.ask.as_ref().is_some_and(|a| a.text.is_some())
+    });
+    let covered = states.iter().any(|&s| flow.state(s).template.is_some());
+    (sends, covered)
+}
+
+/// Every turn that may send a free-form message more than 24 hours after the
+/// customer last wrote without a `template:` alternative: `after:` nudges
+/// (alone or chained through their `goto`s, each counted from the last), and
+/// the release after a handoff that may last longer than the window. A state
+/// is walked again only when reached later than before, and times are capped
+/// just past the window, so the walk ends (nudges form chains: one `goto`
+/// each).
+pub(crate) fn window_risks(flow: &Flow) -> Vec<WindowRisk> {
+    let mut risks = Vec::new();
+    // The latest time (capped) each state was walked at.
+    let mut walked: Vec<Option<u64>> = vec![None; flow.states.len()];
+    let mut stack: Vec<(StateId, u64, Vec<StateId>)> = (0..flow.states.len() as StateId)
+        .filter(|&s| flow.state(s).after.is_some())
+        .map(|s| (s, 0, Vec::new()))
+        .collect();
+    while let Some((s, base, path)) = stack.pop() {
+        let capped = base.min(WINDOW_MS + 1);
+        if walked[s as usize].is_some_and(|w| w >= capped) {
+            continue;
+        }
+        walked[s as usize] = Some(capped);
+        let Some(after) = &flow.state(s).after else {
+            continue;
+        };
+        let elapsed = base.saturating_add(after.idle_ms);
+        let mut path = path;
+        path.push(s);
+        let entered = after.goto.map(|g| chain(flow, g)).unwrap_or_default();
+        let (sends, covered) = turn_of(flow, &entered);
+        if elapsed > WINDOW_MS
+            && (free_form(&after.say) || sends)
+            && after.template.is_none()
+            && !covered
+            && !risks
+                .iter()
+                .any(|r| matches!(r, WindowRisk::After { state, .. } if *state == s))
+        {
+            risks.push(WindowRisk::After {
+                state: s,
+                elapsed_ms: elapsed,
+                chain: path.clone(),
+            });
+        }
+        if let Some(&last) = entered.last() {
+            stack.push((last, elapsed, path));
+        }
+    }
+    let hands_off = flow.states.iter().any(|s| s.handoff);
+    let long = flow
+        .settings
+        .handoff_timeout_ms
+        .is_none_or(|t| t > WINDOW_MS);
+    if hands_off && long {
+        let states = flow.release.map(|r| chain(flow, r)).unwrap_or_default();
+        let (sends, covered) = turn_of(flow, &states);
+        if (sends || flow.settings.release_message.is_some()) && !covered {
+            risks.push(WindowRisk::Release { states });
+        }
+    }
+    risks
 }
