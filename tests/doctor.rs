@@ -152,7 +152,7 @@ async fn templates_are_listed_written_and_checked_offline() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("getWhatsappBusinessTemplateList: 4 template(s) listed, 4 approved")
+        text.contains("getWhatsappBusinessTemplateList: 5 template(s) listed, 5 approved")
             && text.contains("order_update (en, 2 parameter(s))"),
         "{text}"
     );

@@ -204,6 +204,11 @@ impl Default for SimConfig {
                     "en",
                     "Hi {{1}}, anything else about your order?",
                 ),
+                (
+                    "order_reminder",
+                    "en",
+                    "Your order of {{1}} bouquet(s) for {{2}} is waiting: reply Confirm or Change.",
+                ),
                 ("survey", "en", "How did we do, {{1}}? Answer 1 to 5."),
                 (
                     "we_are_open",
