@@ -163,6 +163,12 @@ pub struct ServerConfig {
     pub admin_token: Secret,
     /// A file holding the admin token.
     pub admin_token_file: Option<PathBuf>,
+    /// The token of `POST /api/start` (the business starting conversations,
+    /// used by `flowbot start`), sent as `Authorization: Bearer <token>`;
+    /// from the environment or `api_token_file`. Unset: no such endpoint.
+    pub api_token: Secret,
+    /// A file holding the API token.
+    pub api_token_file: Option<PathBuf>,
     /// Keep each verified delivery (body and headers, signature removed) in
     /// this folder, to learn the real shapes (`flowbot replay --capture`).
     pub capture_dir: Option<PathBuf>,
@@ -195,6 +201,8 @@ impl Default for ServerConfig {
             debug: false,
             admin_token: Secret::default(),
             admin_token_file: None,
+            api_token: Secret::default(),
+            api_token_file: None,
             capture_dir: None,
             capture_max_bytes: 64 * 1024 * 1024,
             max_connections: 10_000,
@@ -415,11 +423,12 @@ const SECTIONS: [&str; 9] = [
 ];
 
 /// Secrets: the key, its environment variable, and whether a file form exists.
-const SECRETS: [(&str, &str); 4] = [
+const SECRETS: [(&str, &str); 5] = [
     ("qpien.client_id", "FLOWBOT_QPIEN__CLIENT_ID"),
     ("qpien.client_secret", "FLOWBOT_QPIEN__CLIENT_SECRET"),
     ("server.webhook_secret", "FLOWBOT_SERVER__WEBHOOK_SECRET"),
     ("server.admin_token", "FLOWBOT_SERVER__ADMIN_TOKEN"),
+    ("server.api_token", "FLOWBOT_SERVER__API_TOKEN"),
 ];
 
 impl Config {
@@ -480,6 +489,9 @@ impl Config {
         }
         if let Some(path) = config.server.admin_token_file.clone() {
             config.server.admin_token = read("server.admin_token", &path)?;
+        }
+        if let Some(path) = config.server.api_token_file.clone() {
+            config.server.api_token = read("server.api_token", &path)?;
         }
         if let Some(path) = config.store.url_file.clone() {
             config.store.url = read("store.url", &path)?;

@@ -84,7 +84,7 @@ pub use handler::{
 };
 pub use message::{
     ButtonKind, Capabilities, Channel, Choice, Contact, Effect, Event, Incoming, InfoButton,
-    ListMessage, ListSection, Media, MediaKind, Outgoing,
+    ListMessage, ListSection, Media, MediaKind, Outgoing, Start, StartMode, TemplateMessage,
 };
 pub use runtime::{check, shutdown_signal, start, Drained, Running, RuntimeError};
 pub use testing::suite::{run_dir as run_conversation_tests, CaseReport, SuiteReport, Update};

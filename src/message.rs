@@ -299,6 +299,52 @@ pub enum Event {
     Release,
     /// Qpien refused the handoff for good: the bot stays in service.
     HandoffFailed,
+    /// The business starts (or restarts) the conversation in a state: an
+    /// order update, a survey (`flowbot start`, `POST /api/start`).
+    Start(Start),
+}
+
+/// A conversation the business starts: in which state, with which
+/// variables, and what happens to one already in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    /// The state to enter.
+    pub state: String,
+    /// Variables set first (`order_id`, `delivery_date`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vars: std::collections::BTreeMap<String, serde_json::Value>,
+    /// What happens to a conversation already in progress.
+    #[serde(default)]
+    pub mode: StartMode,
+    /// The conversation's channel, when the bot has not seen it yet
+    /// (default: WhatsApp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
+}
+
+/// What a [`Start`] does to a conversation already in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// Go now: the conversation leaves its state (its variables are kept).
+    #[default]
+    Interrupt,
+    /// Leave it: nothing happens.
+    Skip,
+    /// After it ends (or expires): the start waits in the session.
+    Queue,
+}
+
+impl std::str::FromStr for StartMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "interrupt" => Ok(StartMode::Interrupt),
+            "skip" => Ok(StartMode::Skip),
+            "queue" => Ok(StartMode::Queue),
+            other => Err(format!("unknown mode `{other}` (interrupt, skip, queue)")),
+        }
+    }
 }
 
 impl Event {
@@ -327,6 +373,7 @@ impl Event {
             Event::Idle { .. } => "idle",
             Event::Release => "released",
             Event::HandoffFailed => "handoff_failed",
+            Event::Start(_) => "start",
         }
     }
 }
@@ -341,6 +388,7 @@ enum EventOut<'a> {
     Idle { due: Millis },
     Released,
     HandoffFailed,
+    Start { start: &'a Start },
 }
 
 /// The stored form of an [`Event`], owned for reading.
@@ -353,6 +401,7 @@ enum EventIn {
     Idle { due: Millis },
     Released,
     HandoffFailed,
+    Start { start: Start },
 }
 
 impl Serialize for Event {
@@ -364,6 +413,7 @@ impl Serialize for Event {
             Event::Idle { due } => EventOut::Idle { due: *due },
             Event::Release => EventOut::Released,
             Event::HandoffFailed => EventOut::HandoffFailed,
+            Event::Start(start) => EventOut::Start { start },
         }
         .serialize(s)
     }
@@ -378,6 +428,7 @@ impl<'de> Deserialize<'de> for Event {
             EventIn::Idle { due } => Event::Idle { due },
             EventIn::Released => Event::Release,
             EventIn::HandoffFailed => Event::HandoffFailed,
+            EventIn::Start { start } => Event::Start(start),
         })
     }
 }

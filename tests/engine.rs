@@ -562,3 +562,76 @@ fn inside_the_window_and_on_other_channels_messages_are_free_form() {
         );
     });
 }
+
+const STARTS: &str = r#"
+settings: { session_timeout: 10m, default_language: en }
+states:
+  start:
+    say: "Hi!"
+    on: [{ text: bye, say: "Bye!", goto: done }]
+  survey:
+    say: "How did we do, {{ name }}?"
+    template: { name: survey, params: ["{{ name }}"] }
+  done: { end: true }
+"#;
+
+fn start(state: &str, mode: flowbot::StartMode) -> flowbot::Start {
+    flowbot::Start {
+        state: state.into(),
+        vars: [("name".to_owned(), serde_json::json!("Dee"))].into(),
+        mode,
+        channel: None,
+    }
+}
+
+#[test]
+fn the_business_starts_a_conversation_in_a_state_with_variables() {
+    block_on(async {
+        use flowbot::StartMode::*;
+        // No conversation yet, on live chat: the state's messages.
+        let mut c = conv(STARTS).channel(Channel::LiveChat);
+        assert_eq!(
+            texts(c.start(start("survey", Interrupt)).await),
+            ["How did we do, Dee?"]
+        );
+        assert_eq!(c.state(), Some("survey"));
+        // On WhatsApp the customer has not written: the template goes.
+        let mut c = conv(STARTS).channel(Channel::WhatsApp);
+        let out = c.start(start("survey", Skip)).await.to_vec();
+        assert_eq!(out[0].template.as_ref().unwrap().params, ["Dee"]);
+        // An unknown state is the turn's error, and nothing else.
+        let mut c = conv(STARTS);
+        assert!(c.start(start("nowhere", Interrupt)).await.is_empty());
+        assert!(c.transcript().0[0].errors[0].contains("no state `nowhere`"));
+    });
+}
+
+#[test]
+fn a_start_interrupts_skips_or_waits_for_a_conversation_in_progress() {
+    block_on(async {
+        use flowbot::StartMode::*;
+        let mut c = conv(STARTS).channel(Channel::LiveChat);
+        c.send("hello").await;
+        assert!(c.start(start("survey", Skip)).await.is_empty(), "skipped");
+        assert_eq!(c.state(), Some("start"));
+        assert!(c.start(start("survey", Queue)).await.is_empty(), "queued");
+        // The conversation ends: the queued start runs in the same turn.
+        assert_eq!(texts(c.send("bye").await), ["Bye!", "How did we do, Dee?"]);
+        assert_eq!(c.state(), Some("survey"));
+        // Queued again, then the conversation expires: the start runs then.
+        let mut c = conv(STARTS).channel(Channel::LiveChat);
+        c.send("hello").await;
+        c.start(start("survey", Queue)).await;
+        assert_eq!(
+            texts(c.wait(Duration::from_secs(11 * 60)).await),
+            ["How did we do, Dee?"]
+        );
+        // Interrupt: at once.
+        let mut c = conv(STARTS).channel(Channel::LiveChat);
+        c.send("hello").await;
+        assert_eq!(
+            texts(c.start(start("survey", Interrupt)).await),
+            ["How did we do, Dee?"]
+        );
+    });
+}

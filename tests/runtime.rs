@@ -961,3 +961,119 @@ async fn captured_deliveries_replay_offline_and_become_a_test() {
     let snap = std::fs::read_to_string(tests.join("snapshots/captured.snap")).unwrap();
     assert!(snap.contains("Echo: hello"), "{snap}");
 }
+
+const STARTABLE: &str = r#"
+version: 1
+settings: { default_language: en }
+states:
+  start:
+    say: "Hi!"
+  order_shipped:
+    say: "Your order {{ order }} is on its way."
+    template: { name: order_update, params: ["{{ name }}", "{{ order }}"] }
+"#;
+
+/// The business starts conversations: `POST /api/start` (token, checked
+/// state, exactly once per key) and `flowbot start` through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_business_starts_conversations_through_the_api_and_the_cli() {
+    const TOKEN: &str = "api-token-for-tests";
+    let h = Harness::start("api-start", STARTABLE, |c| {
+        c.server.api_token = Secret::new(TOKEN);
+    })
+    .await;
+    let post = |token: Option<&str>, body: Value| {
+        let mut req = h
+            .http
+            .post(h.url("/api/start"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or_default();
+            (status, body)
+        }
+    };
+    let start = json!({"conversation": "c-api", "state": "order_shipped", "channel": "livechat",
+        "vars": {"order": "A-17", "name": "Dee"}, "key": "order-A-17-shipped"});
+    assert_eq!(post(None, start.clone()).await.0, 401);
+    assert_eq!(post(Some("wrong"), start.clone()).await.0, 401);
+    let (status, body) = post(
+        Some(TOKEN),
+        json!({"conversation": "c", "state": "order_shiped"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `order_shipped`"),
+        "{body}"
+    );
+    assert_eq!(post(Some(TOKEN), start.clone()).await.0, 202);
+    assert_eq!(
+        post(Some(TOKEN), start.clone()).await,
+        (200, json!({"conversation": "c-api", "status": "duplicate"}))
+    );
+    wait_until(
+        "the started conversation's message",
+        Duration::from_secs(5),
+        || h.replies("c-api") == ["Your order A-17 is on its way."],
+    )
+    .await;
+
+    // `flowbot start`, through the running bot.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args([
+            "start",
+            "--conversation",
+            "c-cli",
+            "--state",
+            "order_shipped",
+        ])
+        .args([
+            "--vars",
+            "order=B-2,name=Ada",
+            "--channel",
+            "livechat",
+            "--key",
+            "b2",
+        ])
+        .args(["--url", &h.url("")])
+        .env("FLOWBOT_SERVER__API_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("c-cli: start queued"), "{stdout}");
+    wait_until("the CLI's conversation", Duration::from_secs(5), || {
+        h.replies("c-cli") == ["Your order B-2 is on its way."]
+    })
+    .await;
+    // Without the token the CLI says how to set it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args([
+            "start",
+            "--conversation",
+            "x",
+            "--state",
+            "start",
+            "--url",
+            &h.url(""),
+        ])
+        .env_remove("FLOWBOT_SERVER__API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FLOWBOT_SERVER__API_TOKEN"));
+}

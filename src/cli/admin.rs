@@ -1,6 +1,6 @@
-//! `flowbot release` and `flowbot dead-letters`: talk to a running `flowbot
-//! run` through its admin endpoints (`server.admin_token`), with the same
-//! configuration it runs with. Going through the running process (rather than
+//! `flowbot release`, `flowbot dead-letters` and `flowbot start`: talk to a
+//! running `flowbot run` through its admin endpoints (`server.admin_token`)
+//! or its API (`server.api_token`), with the same configuration it runs with. Going through the running process (rather than
 //! its database) works with every store and runs a released conversation or a
 //! retried delivery at once.
 
@@ -47,15 +47,34 @@ pub struct Target {
     bot: Option<String>,
 }
 
+/// Which of the running bot's tokens a command uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// `server.admin_token`: releases, dead letters.
+    Admin,
+    /// `server.api_token`: starting conversations.
+    Api,
+}
+
 impl Admin {
     fn new(target: &Target) -> Result<Admin, String> {
+        Admin::with(target, Token::Admin)
+    }
+
+    fn with(target: &Target, which: Token) -> Result<Admin, String> {
         let config = Config::load(target.config.as_deref()).map_err(|e| e.to_string())?;
         let url = target.url.as_deref();
-        if config.server.admin_token.is_empty() {
-            return Err("no admin token: set FLOWBOT_SERVER__ADMIN_TOKEN (or \
-                 server.admin_token_file) here and in the running bot"
-                .into());
+        let (token, key, env) = match which {
+            Token::Admin => (&config.server.admin_token, "admin_token", "ADMIN_TOKEN"),
+            Token::Api => (&config.server.api_token, "api_token", "API_TOKEN"),
+        };
+        if token.is_empty() {
+            return Err(format!(
+                "no {} token: set FLOWBOT_SERVER__{env} (or server.{key}_file) here and in the running bot",
+                key.trim_end_matches("_token")
+            ));
         }
+        let token = token.expose().to_owned();
         let base = match url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
@@ -97,7 +116,7 @@ impl Admin {
         };
         Ok(Admin {
             base,
-            token: config.server.admin_token.expose().to_owned(),
+            token,
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
@@ -106,12 +125,26 @@ impl Admin {
     }
 
     async fn call(&self, post: bool, path: &str) -> Result<serde_json::Value, String> {
+        self.request(post, path, None).await
+    }
+
+    async fn request(
+        &self,
+        post: bool,
+        path: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
         let url = format!("{}{path}", self.base);
-        let req = if post {
+        let mut req = if post {
             self.http.post(&url)
         } else {
             self.http.get(&url)
         };
+        if let Some(json) = json {
+            req = req
+                .header("content-type", "application/json")
+                .body(json.to_string());
+        }
         let response = req
             .bearer_auth(&self.token)
             .send()
@@ -122,7 +155,7 @@ impl Admin {
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if status.as_u16() == 404 && body.is_null() {
             return Err(format!(
-                "{url}: not found (is the bot running with an admin token?)"
+                "{url}: not found (is the bot running with this token set?)"
             ));
         }
         if !status.is_success() {
@@ -204,6 +237,73 @@ pub(super) async fn dead_letters(target: &Target, what: &DeadLetters) -> u8 {
     };
     match result {
         Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `flowbot start`: what to start.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The conversation (Qpien's id).
+    #[arg(long)]
+    conversation: String,
+    /// The state to start in.
+    #[arg(long)]
+    state: String,
+    /// Variables, as `name=value` (a value that reads as JSON is taken as
+    /// such: `count=3`, `vip=true`); repeat for several, or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    vars: Vec<String>,
+    /// What happens to a conversation in progress: interrupt, skip or queue.
+    #[arg(long, default_value = "interrupt")]
+    mode: crate::message::StartMode,
+    /// The channel of a conversation the bot has not seen yet.
+    #[arg(long)]
+    channel: Option<crate::message::Channel>,
+    /// An idempotency key: the same key is started once.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+/// `flowbot start`: through the running bot's `POST /api/start`.
+pub(super) async fn start(target: &Target, args: &StartArgs) -> u8 {
+    let admin = match Admin::with(target, Token::Api) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let mut vars = serde_json::Map::new();
+    for pair in &args.vars {
+        let Some((k, v)) = pair.split_once('=') else {
+            eprintln!("error: --vars {pair}: write name=value");
+            return 2;
+        };
+        let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::from(v));
+        vars.insert(k.trim().to_owned(), value);
+    }
+    let mut body = serde_json::json!({
+        "conversation": args.conversation,
+        "state": args.state,
+        "vars": vars,
+        "mode": args.mode,
+    });
+    if let Some(c) = args.channel {
+        body["channel"] = serde_json::json!(c);
+    }
+    if let Some(k) = &args.key {
+        body["key"] = serde_json::json!(k);
+    }
+    match admin.request(true, "/api/start", Some(&body)).await {
+        Ok(answer) => {
+            let status = answer["status"].as_str().unwrap_or("accepted");
+            println!("{}: {status}", args.conversation);
+            0
+        }
         Err(e) => {
             eprintln!("error: {e}");
             1

@@ -133,6 +133,17 @@ pub enum Command {
         #[arg(long)]
         templates: Option<PathBuf>,
     },
+    /// Start a conversation in a state, as the business (an order update, a
+    /// survey), through the running bot's `POST /api/start` (needs
+    /// `server.api_token`).
+    Start {
+        /// What to start.
+        #[command(flatten)]
+        what: admin::StartArgs,
+        /// Which running bot.
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// Give a handed-off conversation back to the bot (through the running
     /// bot's admin endpoint; needs `server.admin_token`).
     Release {
@@ -250,6 +261,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 conversation,
                 target,
             } => admin::release(&target, &conversation).await,
+            Command::Start { what, target } => admin::start(&target, &what).await,
             Command::DeadLetters { what, target } => admin::dead_letters(&target, &what).await,
             #[cfg(feature = "sim")]
             Command::Demo { flow, listen } => sim::run_demo(&flow, listen, registry).await,

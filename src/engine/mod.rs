@@ -270,8 +270,12 @@ impl Bot {
             h.before_turn(conversation, event).await;
         }
         let mut channel = stored.as_ref().map_or(Channel::default(), |s| s.channel);
-        if let Event::Message(m) = event {
-            channel = m.channel;
+        match event {
+            Event::Message(m) => channel = m.channel,
+            Event::Start(start) if stored.is_none() => {
+                channel = start.channel.unwrap_or(Channel::WhatsApp);
+            }
+            _ => {}
         }
         let (session, restart) = match stored {
             None => (None, false),
@@ -288,6 +292,7 @@ impl Bot {
             },
         };
         let from = session.as_ref().map(|s| s.state);
+        let queued = session.as_ref().and_then(|s| s.queued.clone());
         // When the customer last wrote, for WhatsApp's window.
         let customer_at = match event {
             Event::Message(_) => Some(now),
@@ -315,11 +320,26 @@ impl Bot {
                 let failed = matches!(event, Event::HandoffFailed);
                 self.release(conversation, s, channel, now, failed).await
             }
+            (Event::Start(start), session) => {
+                self.start(conversation, session, start, channel, now).await
+            }
+            // A conversation that expired with a start queued: the start runs.
+            (Event::Idle { .. }, Some(s)) if s.queued.is_some() && !self.is_live(&s, now) => {
+                let start = s.queued.clone().expect("queued");
+                self.start(conversation, None, &start, channel, now).await
+            }
             (Event::Idle { .. }, Some(s)) => self.idle(conversation, s, channel, now).await,
             (Event::Idle { .. }, None) => Outcome::quiet(None),
             (_, _) if restart => self.restart(conversation, event, now).await,
             (_, session) => self.turn(conversation, session, event, now).await,
         };
+        // The conversation ended with a start queued: it runs now.
+        if outcome.session.is_none() && !matches!(event, Event::Start(_)) {
+            if let Some(start) = queued {
+                let next = self.start(conversation, None, &start, channel, now).await;
+                outcome = outcome.then(next);
+            }
+        }
         if let Some(s) = &mut outcome.session {
             if !s.handoff {
                 s.handoff_since = 0;
@@ -509,13 +529,82 @@ impl Bot {
     }
 
     /// When the session needs a timer: in a handoff, when
-    /// `settings.handoff_timeout` ends it; else its state's `after:` nudge.
+    /// `settings.handoff_timeout` ends it; else its state's `after:` nudge;
+    /// and, with a start queued, when the session expires (the start runs
+    /// then).
     fn idle_due(&self, s: &Session) -> Option<Millis> {
-        if s.handoff {
-            let timeout = self.flow.settings.handoff_timeout_ms?;
-            return Some(s.handoff_since.saturating_add(timeout as i64));
+        let expiry = s
+            .queued
+            .as_ref()
+            .and(self.flow.settings.session_timeout_ms)
+            .map(|t| s.last_active.saturating_add(t as i64));
+        let own = if s.handoff {
+            self.flow
+                .settings
+                .handoff_timeout_ms
+                .map(|t| s.handoff_since.saturating_add(t as i64))
+        } else {
+            self.nudge_due(s)
+        };
+        match (own, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        self.nudge_due(s)
+    }
+
+    /// A start the business asked for (see [`crate::message::Start`]): a
+    /// conversation in progress is left (`skip`), has the start queued until
+    /// it ends (`queue`, and `interrupt` while a person has it: a person is
+    /// never interrupted), or leaves its state (`interrupt`, its variables
+    /// kept). Then the start's variables are set and its state entered.
+    async fn start(
+        &self,
+        conversation: &str,
+        session: Option<Session>,
+        start: &crate::message::Start,
+        channel: Channel,
+        now: Millis,
+    ) -> Outcome {
+        use crate::message::StartMode;
+        let flow = self.flow.clone();
+        let Some(id) = flow.state_id(&start.state) else {
+            let error = format!("no state `{}` to start the conversation in", start.state);
+            tracing::warn!(conversation, "{error}");
+            let mut o = Outcome::quiet(session);
+            o.errors.push(error);
+            return o;
+        };
+        let live = session.filter(|s| self.is_live(s, now));
+        if let Some(mut s) = live.clone() {
+            match start.mode {
+                StartMode::Skip => {
+                    tracing::info!(conversation, state = %start.state, "a conversation is in progress: start skipped");
+                    return Outcome::quiet(Some(s));
+                }
+                StartMode::Queue | StartMode::Interrupt
+                    if s.handoff || start.mode == StartMode::Queue =>
+                {
+                    tracing::info!(conversation, state = %start.state, "a conversation is in progress: start queued");
+                    s.queued = Some(Box::new(start.clone()));
+                    return Outcome::quiet(Some(s));
+                }
+                _ => {}
+            }
+        }
+        let mut s = live.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
+        s.last_active = now;
+        s.idle_fired = false;
+        s.queued = None;
+        let msg = Incoming {
+            channel,
+            ..Incoming::default()
+        };
+        let mut run = Run::new(self, conversation, s, &msg);
+        for (k, v) in &start.vars {
+            run.set(k, Value::from_serialize(v));
+        }
+        run.enter(id).await;
+        run.finish()
     }
 
     /// Whether a handoff has lasted longer than `settings.handoff_timeout`.
@@ -641,7 +730,7 @@ impl Bot {
             Event::AgentLeft | Event::Release | Event::HandoffFailed => {
                 return Outcome::quiet(session)
             }
-            Event::Idle { .. } => return Outcome::quiet(session),
+            Event::Idle { .. } | Event::Start(_) => return Outcome::quiet(session),
         };
         let had_session = session.is_some();
         let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));

@@ -73,6 +73,10 @@ pub struct Session {
     /// customer-service window.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub customer_at: Millis,
+    /// A start the business asked for with `mode: queue`, run when this
+    /// conversation ends or expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Box<crate::message::Start>>,
 }
 
 fn is_zero(v: &Millis) -> bool {
@@ -96,6 +100,7 @@ impl Session {
             idle_fired: false,
             handoff_since: 0,
             customer_at: 0,
+            queued: None,
         }
     }
 

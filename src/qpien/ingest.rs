@@ -184,7 +184,7 @@ impl Intake {
 
 /// Whether an id can key a message or a conversation (see
 /// [`super::webhook::MAX_ID_CHARS`]).
-fn usable(id: &str) -> bool {
+pub(crate) fn usable(id: &str) -> bool {
     !id.trim().is_empty() && id.chars().count() <= super::webhook::MAX_ID_CHARS
 }
 

@@ -120,6 +120,9 @@ fn bot_routes(shared: Arc<App>) -> Router {
             .route("/debug/flow", get(debug_flow))
             .route("/debug/conversations/{id}", get(debug_conversation));
     }
+    if !shared.server.api_token.is_empty() {
+        app = app.route("/api/start", post(api_start));
+    }
     if !shared.server.admin_token.is_empty() {
         app = app
             .route("/admin/conversations/{id}/release", post(admin_release))
@@ -429,12 +432,16 @@ impl axum::extract::FromRequestParts<Arc<App>> for Admin {
 /// Whether a request carries the admin token (`Authorization: Bearer <token>`),
 /// compared in constant time.
 fn is_admin(shared: &App, headers: &HeaderMap) -> bool {
+    bearer_is(headers, shared.server.admin_token.expose())
+}
+
+/// Whether the request carries `Bearer <want>` (compared in constant time).
+fn bearer_is(headers: &HeaderMap, want: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let want = shared.server.admin_token.expose();
     !want.is_empty()
         && given.len() == want.len()
         && given
@@ -444,7 +451,7 @@ fn is_admin(shared: &App, headers: &HeaderMap) -> bool {
             == 0
 }
 
-fn admin_json(status: StatusCode, v: serde_json::Value) -> Response {
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -454,27 +461,133 @@ fn admin_json(status: StatusCode, v: serde_json::Value) -> Response {
 }
 
 fn store_failed(e: crate::store::StoreError) -> Response {
-    admin_json(
+    json_reply(
         StatusCode::SERVICE_UNAVAILABLE,
         serde_json::json!({"error": e.to_string()}),
     )
 }
 
 fn no_letter(id: u64) -> Response {
-    admin_json(
+    json_reply(
         StatusCode::NOT_FOUND,
         serde_json::json!({"error": format!("no dead letter {id}")}),
     )
 }
 
 fn unauthorized() -> Response {
-    admin_json(
+    json_reply(
         StatusCode::UNAUTHORIZED,
         serde_json::json!({"error": "the admin token is missing or wrong"}),
     )
 }
 
 /// Gives a conversation back to the bot (`flowbot release`).
+/// `POST /api/start`: what the business asks for.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    /// The conversation (Qpien's id).
+    conversation: String,
+    /// The state to start in.
+    state: String,
+    /// Variables set first.
+    #[serde(default)]
+    vars: std::collections::BTreeMap<String, serde_json::Value>,
+    /// `interrupt` (default), `skip` or `queue`.
+    #[serde(default)]
+    mode: crate::message::StartMode,
+    /// The channel of a conversation the bot has not seen (default WhatsApp).
+    #[serde(default)]
+    channel: Option<crate::message::Channel>,
+    /// An idempotency key: a start with a key already seen is not run again.
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// Starts a conversation in a state (`flowbot start`): authenticated by
+/// `server.api_token`; the state is checked against the flow in service; the
+/// start is stored in the inbox like a message (so exactly once per `key`,
+/// across restarts and instances) and runs in the conversation's turn order.
+async fn api_start(State(shared): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if !bearer_is(&headers, shared.server.api_token.expose()) {
+        return unauthorized();
+    }
+    let bytes = match axum::body::to_bytes(body, shared.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": format!("the body is larger than {} bytes", shared.server.max_body_bytes)}),
+            )
+        }
+    };
+    let request: StartRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("line {} column {}: {e}", e.line(), e.column())}),
+            )
+        }
+    };
+    if !crate::qpien::ingest::usable(&request.conversation) {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "conversation: an id of 1 to 256 characters"}),
+        );
+    }
+    let bot = shared.bot.get();
+    if bot.flow().state_id(&request.state).is_none() {
+        let hint = crate::flow::did_you_mean(&request.state, bot.flow().state_names())
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": format!("state: the flow has no state `{}`{hint}", request.state)}),
+        );
+    }
+    let key = match &request.key {
+        Some(k) if crate::qpien::ingest::usable(k) => format!("start:{k}"),
+        Some(_) => {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "key: 1 to 256 characters"}),
+            )
+        }
+        None => format!("start:{}:{}", request.conversation, arrival()),
+    };
+    let ingested = crate::qpien::Ingested {
+        key,
+        conversation: request.conversation.clone(),
+        event: crate::message::Event::Start(crate::message::Start {
+            state: request.state,
+            vars: request.vars,
+            mode: request.mode,
+            channel: request.channel,
+        }),
+    };
+    if shared.inbox.is_full() {
+        let mut r = json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "busy"}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return r;
+    }
+    match shared.inbox.accept(ingested).await {
+        Ok(true) => json_reply(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"conversation": request.conversation, "status": "start queued"}),
+        ),
+        Ok(false) => json_reply(
+            StatusCode::OK,
+            serde_json::json!({"conversation": request.conversation, "status": "duplicate"}),
+        ),
+        Err(e) => store_failed(e),
+    }
+}
+
 async fn admin_release(
     State(shared): State<Arc<App>>,
     _: Admin,
@@ -486,7 +599,7 @@ async fn admin_release(
         event: crate::message::Event::Release,
     };
     match shared.inbox.accept(ingested).await {
-        Ok(_) => admin_json(
+        Ok(_) => json_reply(
             StatusCode::ACCEPTED,
             serde_json::json!({"conversation": id, "status": "release queued"}),
         ),
@@ -511,7 +624,7 @@ fn letter_json(d: &DeadLetter, with_body: bool) -> serde_json::Value {
 
 async fn admin_dead_letters(State(shared): State<Arc<App>>, _: Admin) -> Response {
     match shared.store.dead_letters(1000).await {
-        Ok(list) => admin_json(
+        Ok(list) => json_reply(
             StatusCode::OK,
             serde_json::Value::Array(list.iter().map(|d| letter_json(d, false)).collect()),
         ),
@@ -525,7 +638,7 @@ async fn admin_dead_letter(
     axum::extract::Path(id): axum::extract::Path<u64>,
 ) -> Response {
     match shared.store.dead_letter(id).await {
-        Ok(Some(d)) => admin_json(StatusCode::OK, letter_json(&d, true)),
+        Ok(Some(d)) => json_reply(StatusCode::OK, letter_json(&d, true)),
         Ok(None) => no_letter(id),
         Err(e) => store_failed(e),
     }
@@ -547,7 +660,7 @@ async fn admin_retry(
     let key = format!("dead-letter-{id}");
     let status = match shared.client.intake().delivery(&letter.body, &key) {
         Delivery::Unusable(reason) => {
-            return admin_json(
+            return json_reply(
                 StatusCode::CONFLICT,
                 serde_json::json!({"id": id, "status": "still unusable", "reason": reason}),
             )
@@ -562,7 +675,7 @@ async fn admin_retry(
     if let Err(e) = shared.store.remove_dead_letter(id).await {
         tracing::warn!(id, error = %e, "a retried dead letter could not be removed; it may be retried again");
     }
-    admin_json(
+    json_reply(
         StatusCode::OK,
         serde_json::json!({"id": id, "status": status}),
     )

@@ -56,6 +56,8 @@ pub enum Customer {
     Wait(String),
     /// The flow was reloaded from this file (a new version of the bot).
     Reload(String),
+    /// The business started the conversation in a state.
+    Start(crate::message::Start),
 }
 
 /// One step of a transcript.
@@ -249,6 +251,15 @@ impl TestConversation {
             m.contact = self.contact.clone();
         }
         self.event_inner(customer, Event::Message(m)).await
+    }
+
+    /// The business starts the conversation in a state (as `flowbot start`
+    /// or `POST /api/start` would).
+    pub async fn start(&mut self, start: crate::message::Start) -> &[Outgoing] {
+        let mut event = start.clone();
+        event.channel = event.channel.or(Some(self.channel));
+        self.event_inner(Customer::Start(start), Event::Start(event))
+            .await
     }
 
     /// Runs an event other than a message (`agent_joined`, `agent_left`, ...).

@@ -72,6 +72,8 @@ pub struct StepDoc {
     pub event: Option<String>,
     /// Time passing (`31m`); idle nudges due meanwhile fire.
     pub wait: Option<String>,
+    /// The business starts the conversation: `{ state, vars, mode }`.
+    pub start: Option<crate::message::Start>,
     /// Another version of the flow, relative to the test file, swapped in as a
     /// hot reload would (tests `migrate:` and `restart_message`).
     pub reload: Option<String>,
@@ -90,6 +92,10 @@ const KEYS: &[&str] = &[
     "media",
     "event",
     "wait",
+    "start",
+    "state",
+    "vars",
+    "mode",
     "reload",
     "first_name",
     "last_name",
@@ -293,10 +299,11 @@ pub async fn run_file(
         ]
         .iter()
         .filter(|k| k.is_some())
-        .count();
+        .count()
+            + usize::from(s.start.is_some());
         if keys != 1 {
             return Err(format!(
-                "{}: a step has exactly one of text, button, list, media, event, wait, reload",
+                "{}: a step has exactly one of text, button, list, media, event, wait, start, reload",
                 at()
             ));
         }
@@ -320,6 +327,8 @@ pub async fn run_file(
                 )
             })?;
             conv.event(event).await;
+        } else if let Some(start) = &s.start {
+            conv.start(start.clone()).await;
         } else if let Some(w) = &s.wait {
             let d = humantime::parse_duration(w).map_err(|e| format!("{}: wait: {e}", at()))?;
             conv.wait(d).await;
