@@ -370,3 +370,44 @@ states:
     let bounded = yaml.replace("settings: {", "settings: { handoff_timeout: 8h,");
     assert!(!problems(&bounded).iter().any(|d| d.path == "release"));
 }
+
+#[test]
+fn calendars_are_checked_where_they_are_written() {
+    let yaml = r#"calendars:
+  support:
+    timezone: Europe/Istambul
+    hours: { mon-fri: "09:00-18:00", weekend: "10:00-14:00", sat: "14:00-10:00" }
+    holidays: ["2026-13-01"]
+states:
+  start:
+    say: "{{ next_open('sales') }}"
+    on: [{ text: a, when: "open('suport')", goto: start }]
+"#;
+    let ds = problems(yaml);
+    has(
+        &ds,
+        "`Europe/Istambul` is not a time zone",
+        "calendars.support.timezone",
+        3,
+    );
+    has(
+        &ds,
+        "`weekend` names no weekdays",
+        "calendars.support.hours.weekend",
+        4,
+    );
+    has(
+        &ds,
+        "`14:00-10:00` is not a range of hours",
+        "calendars.support.hours.sat",
+        4,
+    );
+    has(
+        &ds,
+        "`2026-13-01` is not a date",
+        "calendars.support.holidays[0]",
+        5,
+    );
+    has(&ds, "no calendar `sales`", "states.start.say", 8);
+    has(&ds, "no calendar `suport`", "states.start.on[0].when", 9);
+}

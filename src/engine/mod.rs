@@ -352,7 +352,7 @@ impl Bot {
             .reply_window_ms
             .map(|window| customer_at.map_or(Millis::MIN, |at| at.saturating_add(window)));
         if window_closes.is_some_and(|closes| now >= closes) {
-            self.outside_window(conversation, &mut outcome, channel);
+            self.outside_window(conversation, &mut outcome, channel, now);
         }
         let name = |id: StateId| -> &Arc<str> { &self.flow.state(id).name };
         if !self.hooks.is_empty() {
@@ -392,7 +392,13 @@ impl Bot {
     /// messages are never sent; the `template:` of the last state entered
     /// (or of the `after:` that fired) that has one is sent instead, once.
     /// Without one, the messages are dropped and the turn records why.
-    fn outside_window(&self, conversation: &str, outcome: &mut Outcome, channel: Channel) {
+    fn outside_window(
+        &self,
+        conversation: &str,
+        outcome: &mut Outcome,
+        channel: Channel,
+        now: Millis,
+    ) {
         if !outcome.messages.iter().any(Outgoing::is_free_form) {
             return;
         }
@@ -419,7 +425,7 @@ impl Bot {
                     channel,
                     ..Incoming::default()
                 };
-                let mut run = Run::new(self, conversation, session, &msg);
+                let mut run = Run::new(self, conversation, session, &msg, now);
                 let scope = run.scope();
                 let message = run.renderer().template(template, &scope);
                 outcome.errors.extend(run.errors);
@@ -512,7 +518,7 @@ impl Bot {
             let scope = Value::from_object(crate::flow::template::Scope {
                 vars: Vec::new(),
                 defaults: self.flow.vars.clone(),
-                builtins: Vec::new(),
+                builtins: vec![("now", Value::from(now))],
             });
             let mut errors = Vec::new();
             let message = render::Renderer {
@@ -599,7 +605,7 @@ impl Bot {
             channel,
             ..Incoming::default()
         };
-        let mut run = Run::new(self, conversation, s, &msg);
+        let mut run = Run::new(self, conversation, s, &msg, now);
         for (k, v) in &start.vars {
             run.set(k, Value::from_serialize(v));
         }
@@ -642,7 +648,7 @@ impl Bot {
             channel,
             ..Incoming::default()
         };
-        let mut run = Run::new(self, conversation, session, &msg);
+        let mut run = Run::new(self, conversation, session, &msg, now);
         let text = if failed {
             &flow.settings.handoff_failed_message
         } else {
@@ -694,7 +700,7 @@ impl Bot {
             channel,
             ..Incoming::default()
         };
-        let mut run = Run::new(self, conversation, session, &msg);
+        let mut run = Run::new(self, conversation, session, &msg, now);
         run.session.idle_fired = true;
         run.trace.push(Step::Idle(run.session.state));
         run.send(&after.say);
@@ -744,7 +750,7 @@ impl Bot {
         if s.language.is_none() {
             s.language = msg.contact.language.as_deref().map(Into::into);
         }
-        let mut run = Run::new(self, conversation, s, msg);
+        let mut run = Run::new(self, conversation, s, msg, now);
         run.on_message(had_session).await;
         run.finish()
     }
@@ -843,6 +849,8 @@ struct Run<'a> {
     in_error: bool,
     /// The template scope, built on first use and dropped when variables change.
     scope: Option<Value>,
+    /// The turn's time (`now` in templates; calendars read it).
+    now: Millis,
 }
 
 impl Run<'_> {
@@ -851,12 +859,14 @@ impl Run<'_> {
         conversation: &'a str,
         session: Session,
         msg: &'a Incoming,
+        now: Millis,
     ) -> Run<'a> {
         Run {
             bot,
             conversation,
             session,
             msg,
+            now,
             out: Vec::new(),
             effects: Vec::new(),
             trace: Vec::new(),
@@ -897,6 +907,7 @@ impl Run<'_> {
                 ("language", lang.map(Value::from).unwrap_or_default()),
                 ("message", Value::from(self.msg.text.as_str())),
                 ("conversation", Value::from(self.conversation)),
+                ("now", Value::from(self.now)),
             ],
         });
         self.scope = Some(scope.clone());

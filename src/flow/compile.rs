@@ -103,6 +103,27 @@ pub(crate) fn compile(
         used_templates: Vec::new(),
     };
 
+    // Calendars first: templates may call them.
+    let mut calendars: Vec<super::calendar::Calendar> = Vec::new();
+    for f in files {
+        let mut r = Reporter {
+            source: &f.source,
+            out: diags,
+        };
+        for (name, doc) in &f.doc.calendars {
+            if calendars.iter().any(|c| &*c.name == name) {
+                r.error(
+                    &join_key("calendars", name),
+                    format!("calendar `{name}` is defined twice"),
+                    None,
+                );
+            } else if let Some(c) = super::calendar::compile(&mut r, name, doc) {
+                calendars.push(c);
+            }
+        }
+    }
+    c.templates.set_calendars(calendars);
+
     let mut r = Reporter {
         source: &main.source,
         out: diags,

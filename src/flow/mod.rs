@@ -22,6 +22,7 @@
 //! ```
 
 mod bounds;
+pub mod calendar;
 mod compile;
 mod compiled;
 mod diagnostic;

@@ -51,6 +51,35 @@ pub struct FlowDoc {
     /// renamed or removed go on: old state name -> state.
     #[serde(default)]
     pub migrate: IndexMap<String, String>,
+    /// Business hours, by name: `when: "open('support')"`.
+    #[serde(default)]
+    pub calendars: IndexMap<String, CalendarDoc>,
+}
+
+/// One calendar of `calendars:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct CalendarDoc {
+    /// Its IANA time zone (`Europe/Istanbul`).
+    pub timezone: String,
+    /// Opening hours: weekdays (`mon-fri`, `sat`, `daily`) to ranges
+    /// (`09:00-18:00`, a list of them, or `closed`).
+    #[serde(default)]
+    pub hours: IndexMap<String, OneOrMany>,
+    /// Days closed all day (`2026-12-31`).
+    #[serde(default)]
+    pub holidays: Vec<String>,
+    /// One-off closures, in local time.
+    #[serde(default)]
+    pub closed: Vec<ClosureDoc>,
+}
+
+/// A one-off closure of a calendar.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ClosureDoc {
+    /// Its start (`2026-12-31T14:00`, local time).
+    pub from: String,
+    /// Its end.
+    pub to: String,
 }
 
 /// `settings:`.
@@ -540,6 +569,8 @@ pub(crate) fn known_keys() -> Vec<&'static str> {
     keys.extend(fields_of::<ButtonDoc>());
     keys.extend(fields_of::<MediaDoc>());
     keys.extend(fields_of::<TemplateDoc>());
+    keys.extend(fields_of::<CalendarDoc>());
+    keys.extend(fields_of::<ClosureDoc>());
     keys.extend(fields_of::<After>());
     keys.sort_unstable();
     keys.dedup();

@@ -9,7 +9,9 @@
 //!
 //! Templates read variables through [`Scope`], a minijinja object that looks names
 //! up in the session's variables, then the flow's defaults, then the built-ins
-//! (`contact`, `channel`, `language`, `message`), without copying them into a map.
+//! (`contact`, `channel`, `language`, `message`, `now`), without copying them
+//! into a map. The flow's calendars are functions: `open('support')`,
+//! `next_open('support')` (see [`super::calendar`]).
 
 use minijinja::value::{Enumerator, Object, Value};
 use minijinja::{Environment, UndefinedBehavior};
@@ -57,6 +59,8 @@ pub struct Templates {
     env: Environment<'static>,
     next: usize,
     max_output: usize,
+    /// The names of the flow's calendars, for `open('name')`.
+    calendars: Vec<Box<str>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -151,7 +155,57 @@ impl Templates {
             env,
             next: 0,
             max_output: limits.template_output_chars,
+            calendars: Vec::new(),
         }
+    }
+
+    /// Makes the flow's calendars callable: `open('name')` (whether it is
+    /// open at the turn's time, the scope's `now`) and `next_open('name')`
+    /// (when it next opens, in its zone: `Monday 09:00`, or as a second
+    /// argument's strftime format says).
+    pub(crate) fn set_calendars(&mut self, calendars: Vec<super::calendar::Calendar>) {
+        use minijinja::{Error, ErrorKind, State};
+        self.calendars = calendars.iter().map(|c| c.name.clone()).collect();
+        let calendars = Arc::new(calendars);
+        let find = |calendars: &Arc<Vec<super::calendar::Calendar>>, state: &State, name: &str| {
+            let calendar = calendars
+                .iter()
+                .find(|c| &*c.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::InvalidOperation, format!("no calendar `{name}`"))
+                })?;
+            let now = state
+                .lookup("now")
+                .and_then(|v| i64::try_from(v).ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "no time to read the calendar at",
+                    )
+                })?;
+            Ok::<_, Error>((calendar, now))
+        };
+        let c = calendars.clone();
+        self.env.add_function(
+            "open",
+            move |state: &State, name: String| -> Result<bool, Error> {
+                let (calendar, now) = find(&c, state, &name)?;
+                Ok(calendar.is_open(now))
+            },
+        );
+        let c = calendars;
+        self.env.add_function(
+            "next_open",
+            move |state: &State, name: String, format: Option<String>| -> Result<String, Error> {
+                let (calendar, now) = find(&c, state, &name)?;
+                let Some(at) = calendar.next_open(now) else {
+                    return Ok(String::new());
+                };
+                jiff::fmt::strtime::format(format.as_deref().unwrap_or("%A %H:%M"), &at)
+                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+            },
+        );
     }
 
     /// Compiles a text template; plain text is kept as is.
@@ -172,6 +226,23 @@ impl Templates {
     }
 
     fn add(&mut self, source: &str, template: String) -> Result<Tpl, String> {
+        // A calendar named in the source must exist (checked here, not in
+        // front of a customer).
+        static CALLS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r#"\b(?:open|next_open)\(\s*['"]([^'"]*)['"]"#).expect("valid")
+        });
+        for cap in CALLS.captures_iter(source) {
+            let name = &cap[1];
+            if !self.calendars.iter().any(|c| &**c == name) {
+                let known = if self.calendars.is_empty() {
+                    "the flow has no `calendars:`".to_owned()
+                } else {
+                    let names: Vec<&str> = self.calendars.iter().map(|c| &**c).collect();
+                    format!("its calendars: {}", names.join(", "))
+                };
+                return Err(format!("no calendar `{name}` ({known})"));
+            }
+        }
         let name = format!("t{}", self.next);
         self.next += 1;
         self.env

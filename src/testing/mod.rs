@@ -134,6 +134,12 @@ impl TestConversation {
         Ok(Self::new(Bot::load(path, registry)?))
     }
 
+    /// Sets the time the conversation starts at (default: [`EPOCH`]).
+    pub fn at(self, time: Millis) -> Self {
+        self.clock.set(time);
+        self
+    }
+
     /// Sets the channel (default: WhatsApp).
     pub fn channel(mut self, channel: Channel) -> Self {
         self.channel = channel;

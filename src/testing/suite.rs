@@ -53,6 +53,9 @@ pub struct ConversationFile {
     pub language: Option<String>,
     /// The contact.
     pub contact: Option<Contact>,
+    /// When the conversation starts (RFC 3339, `2026-12-25T10:00:00Z`;
+    /// default 2026-01-01T00:00:00Z): business hours and dates read it.
+    pub at: Option<String>,
     /// What the customer does.
     pub steps: Vec<StepDoc>,
 }
@@ -85,6 +88,7 @@ const KEYS: &[&str] = &[
     "channel",
     "language",
     "contact",
+    "at",
     "steps",
     "text",
     "button",
@@ -291,6 +295,15 @@ pub async fn run_file(
     }
     if let Some(l) = &doc.language {
         conv = conv.language(l.clone());
+    }
+    if let Some(at) = &doc.at {
+        let t = crate::time::parse_time(at).ok_or_else(|| {
+            format!(
+                "{}: at: `{at}` is not a time like 2026-12-25T10:00:00Z",
+                file.display()
+            )
+        })?;
+        conv = conv.at(t);
     }
     for (i, s) in doc.steps.iter().enumerate() {
         let at = || format!("{}: steps[{i}]", file.display());
