@@ -144,6 +144,10 @@ async fn browser_playground_in_headless_chromium() {
     wait_for_text(&c, "[data-testid=vars]", "123456")
         .await
         .unwrap();
+    // The conversation's WhatsApp window, as the bot sees it.
+    wait_for_text(&c, "[data-testid=bot-window]", "open until")
+        .await
+        .unwrap();
     // Open the list and pick a row.
     c.wait()
         .for_element(Locator::Css("[data-testid=list-open]"))

@@ -489,6 +489,12 @@ async fn the_demo_wires_everything_and_serves_the_playground() {
         .unwrap();
     assert_eq!(state["state"], "start");
     assert_eq!(state["node"], "s0");
+    // A WhatsApp conversation: the window closes 24 hours after the customer wrote.
+    let left = state["window_closes"].as_i64().unwrap() - state["now"].as_i64().unwrap();
+    assert!(
+        left > 23 * 3600 * 1000 && left <= 24 * 3600 * 1000,
+        "{state}"
+    );
     let flow: Value = reqwest::get(format!("{bot}/debug/flow"))
         .await
         .unwrap()

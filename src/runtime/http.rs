@@ -64,6 +64,8 @@ pub(crate) struct App {
     pub(crate) stop: Stop,
     /// Where verified deliveries are kept (`server.capture_dir`).
     pub(crate) capture: Option<Arc<super::capture::Capture>>,
+    /// The runtime's clock (WhatsApp's window is read by it).
+    pub(crate) clock: crate::time::ClockHandle,
     /// The bot's name (none for the one bot of a single-bot process).
     pub(crate) name: Option<String>,
     /// The span its requests are logged in (`bot = name`).
@@ -285,6 +287,16 @@ async fn debug_conversation(
             "handoff": record.session.handoff,
             "language": record.session.language,
             "channel": record.channel,
+            // WhatsApp's 24-hour window (the playground shows it).
+            "window_closes": record.channel.capabilities().reply_window_ms.map(|w| {
+                let at = if record.session.customer_at > 0 {
+                    record.session.customer_at
+                } else {
+                    record.session.last_active
+                };
+                at.saturating_add(w)
+            }),
+            "now": shared.clock.now(),
         }),
     )
 }

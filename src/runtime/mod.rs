@@ -627,6 +627,7 @@ async fn launch(
         stop: stop.clone(),
         name: spec.name.clone(),
         span: span.clone(),
+        clock: config.clock.clone(),
     });
     let mut tasks = vec![
         feedback_task,

@@ -122,6 +122,16 @@ async function renderGraph(node) {
   }
 }
 
+// WhatsApp's 24-hour window, as the bot sees it (its clock: `now`).
+function windowText(s) {
+  if (!s.state || s.window_closes == null) return "–";
+  const left = s.window_closes - s.now;
+  const at = new Date(s.window_closes).toLocaleString();
+  if (left <= 0) return `closed since ${at}: templates only`;
+  const h = Math.floor(left / 3600000), m = Math.floor((left % 3600000) / 60000);
+  return `open until ${at} (${h}h ${m}m left)`;
+}
+
 async function refreshBot() {
   if (!botUrl || !current) return renderGraph(null);
   let s;
@@ -129,6 +139,7 @@ async function refreshBot() {
   $("bot-state").textContent = s.state || "– (no session)";
   $("bot-handoff").textContent = s.state ? (s.handoff ? "yes: a person has it" : "no") : "–";
   $("bot-language").textContent = s.language || "–";
+  $("bot-window").textContent = windowText(s);
   const tbody = $("vars").querySelector("tbody");
   tbody.replaceChildren(...Object.entries(s.vars || {}).map(([k, v]) =>
     el("tr", {}, el("td", {}, k), el("td", {}, typeof v === "string" ? v : JSON.stringify(v)))));
