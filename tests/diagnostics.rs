@@ -411,3 +411,35 @@ states:
     has(&ds, "no calendar `sales`", "states.start.say", 8);
     has(&ds, "no calendar `suport`", "states.start.on[0].when", 9);
 }
+
+#[test]
+fn schedules_are_checked_where_they_are_written() {
+    let yaml = r#"schedules:
+  - { name: a, state: survey, cron: "0 25 * * MON" }
+  - { name: b, state: survey, from: d, after: soon }
+  - { name: c, state: nowhere, cron: "0 9 * * *", timezone: Mars/Olympus }
+  - { name: a, state: survey, from: d, mode: later }
+  - { name: e, state: survey }
+states:
+  start: { say: hi }
+  survey: { say: "How did we do?" }
+"#;
+    let ds = problems(yaml);
+    has(&ds, "is not a cron expression", "schedules[0].cron", 2);
+    has(&ds, "not a duration", "schedules[1].after", 3);
+    has(&ds, "unknown state `nowhere`", "schedules[2].state", 4);
+    has(
+        &ds,
+        "`Mars/Olympus` is not a time zone",
+        "schedules[2].timezone",
+        4,
+    );
+    has(&ds, "unknown mode `later`", "schedules[3].mode", 5);
+    has(&ds, "schedule `a` is named twice", "schedules[3].name", 5);
+    has(&ds, "either `cron` or `from`", "schedules[4]", 6);
+    // A schedule's state without a template: a warning (WhatsApp's window).
+    let ds = problems(
+        "schedules:\n  - { name: s, state: survey, cron: \"0 9 * * MON\" }\nstates:\n  start: { say: hi }\n  survey: { say: \"How did we do?\" }\n",
+    );
+    has(&ds, "starts conversations in `survey`", "schedules[0]", 2);
+}

@@ -635,3 +635,79 @@ fn a_start_interrupts_skips_or_waits_for_a_conversation_in_progress() {
         );
     });
 }
+
+const SCHEDULED: &str = r#"
+settings: { default_language: en, session_timeout: 1d }
+schedules:
+  - { name: delivery_survey, state: survey, from: delivery_date, after: 2d, at: "10:00", timezone: Europe/Istanbul }
+  - { name: digest, state: digest, cron: "0 9 * * MON", timezone: Europe/Istanbul, when: "subscribed", mode: skip }
+states:
+  start:
+    say: "Hi"
+    on: [{ text: order, goto: ordered }, { text: subscribe, goto: subscribe }]
+  ordered:
+    set: { delivery_date: "2026-01-05" }
+    say: "Ordered: delivery on {{ delivery_date }}."
+    next: done
+  done: { end: true }
+  subscribe:
+    set: { subscribed: "yes" }
+    say: "Subscribed."
+  survey:
+    say: "How was the delivery of {{ delivery_date }}?"
+  digest:
+    say: "This week's news."
+"#;
+
+#[test]
+fn a_schedule_from_a_date_fires_once_even_after_the_conversation_ended() {
+    block_on(async {
+        // 2026-01-01T00:00Z. The order ends the conversation; the survey is
+        // due two days after delivery, at 10:00 in Istanbul (07:00Z).
+        let mut c = conv(SCHEDULED).channel(Channel::LiveChat);
+        c.send("hi").await;
+        assert_eq!(
+            texts(c.send("order").await),
+            ["Ordered: delivery on 2026-01-05."]
+        );
+        let s = c.session().unwrap();
+        assert!(s.kept, "kept for the pending survey");
+        let survey = s
+            .schedules
+            .iter()
+            .find(|m| &*m.name == "delivery_survey")
+            .unwrap();
+        assert_eq!(survey.due, 1_767_769_200_000, "2026-01-07T07:00:00Z");
+        let out = c.wait(Duration::from_secs(7 * 86_400)).await.to_vec();
+        assert_eq!(texts(&out), ["How was the delivery of 2026-01-05?"]);
+        assert_eq!(c.state(), Some("survey"));
+        // Once: nothing more, however long (the digest is for subscribers).
+        assert!(c.wait(Duration::from_secs(30 * 86_400)).await.is_empty());
+    });
+}
+
+#[test]
+fn a_cron_schedule_fires_for_matching_conversations_each_time() {
+    block_on(async {
+        let mut subscribed = conv(SCHEDULED).channel(Channel::LiveChat);
+        subscribed.send("hi").await;
+        subscribed.send("subscribe").await;
+        let mut other = conv(SCHEDULED).channel(Channel::LiveChat);
+        other.send("hi").await;
+        // Monday 2026-01-05 09:00 in Istanbul, then the Monday after.
+        let week = Duration::from_secs(7 * 86_400);
+        assert_eq!(texts(subscribed.wait(week).await), ["This week's news."]);
+        assert_eq!(texts(subscribed.wait(week).await), ["This week's news."]);
+        assert!(other.wait(week).await.is_empty(), "not subscribed");
+        // `mode: skip`: a conversation in progress at 09:00 is left alone.
+        let mut busy = conv(SCHEDULED).channel(Channel::LiveChat);
+        busy.send("subscribe").await;
+        busy.wait(Duration::from_secs(4 * 86_400 + 5 * 3600 + 30 * 60))
+            .await;
+        busy.send("hi").await; // Monday 08:30 in Istanbul
+        assert!(
+            busy.wait(Duration::from_secs(3600)).await.is_empty(),
+            "skipped"
+        );
+    });
+}

@@ -49,6 +49,10 @@ struct Setup {
 
 impl Setup {
     async fn start(name: &str) -> Setup {
+        Setup::with(name, FLOW).await
+    }
+
+    async fn with(name: &str, flow: &str) -> Setup {
         let sim = sim::start(SimConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..SimConfig::default()
@@ -56,7 +60,7 @@ impl Setup {
         .await
         .unwrap();
         let dir = temp_dir(name);
-        std::fs::write(dir.join("flow.yaml"), FLOW).unwrap();
+        std::fs::write(dir.join("flow.yaml"), flow).unwrap();
         let d = SimConfig::default();
         let clock = ManualClock::new(flowbot::internals::time::now());
         let mut c = Config {
@@ -244,5 +248,55 @@ async fn a_free_form_reply_25_hours_after_the_customer_wrote_is_never_sent() {
         "nothing free-form after the window"
     );
     assert_eq!(s.sim.state().stats().window_refusals, 0, "not even tried");
+    s.bot.shutdown().await;
+}
+
+const SURVEY: &str = r#"
+version: 1
+settings: { default_language: en }
+schedules:
+  - { name: delivery_survey, state: survey, from: delivered_at, after: 2d }
+states:
+  start:
+    say: "Hi! Write order."
+    on: [{ text: order, goto: ordered }]
+  ordered:
+    set: { delivered_at: "{{ now }}", customer: "Dee" }
+    say: "Ordered; we deliver today."
+    end: true
+  survey:
+    say: "How did we do, {{ customer }}?"
+    template: { name: survey, params: ["{{ customer }}"] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_survey_fires_once_at_its_time() {
+    let s = Setup::with("window-survey", SURVEY).await;
+    s.say("hi");
+    s.say("order");
+    s.expect(
+        "the order",
+        &["Hi! Write order.", "Ordered; we deliver today."],
+    )
+    .await;
+    // A day later: not yet.
+    s.advance(24).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.sent().len(), 2);
+    // Two days after the delivery: the survey, as a template (the window
+    // closed a day ago), once.
+    s.advance(25).await;
+    s.expect(
+        "the survey",
+        &[
+            "Hi! Write order.",
+            "Ordered; we deliver today.",
+            "template:survey(Dee)",
+        ],
+    )
+    .await;
+    s.advance(72).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.sent().len(), 3, "once: {:?}", s.sent());
     s.bot.shutdown().await;
 }

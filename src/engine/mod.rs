@@ -323,6 +323,11 @@ impl Bot {
             (Event::Start(start), session) => {
                 self.start(conversation, session, start, channel, now).await
             }
+            (Event::Idle { .. }, Some(s))
+                if s.schedules.iter().any(|m| !m.fired && m.due <= now) =>
+            {
+                self.fire_schedule(conversation, s, channel, now).await
+            }
             // A conversation that expired with a start queued: the start runs.
             (Event::Idle { .. }, Some(s)) if s.queued.is_some() && !self.is_live(&s, now) => {
                 let start = s.queued.clone().expect("queued");
@@ -338,6 +343,22 @@ impl Bot {
             if let Some(start) = queued {
                 let next = self.start(conversation, None, &start, channel, now).await;
                 outcome = outcome.then(next);
+            }
+        }
+        // Schedules: brought up to date; a conversation that ended is kept
+        // while one is still to fire for it.
+        if let Some(s) = &mut outcome.session {
+            self.plan(s, now);
+            if s.kept && !self.keeps(s) {
+                outcome.session = None;
+            }
+        } else if let Some(mut last) = outcome.last.take() {
+            self.plan(&mut last, now);
+            if self.keeps(&last) {
+                last.kept = true;
+                last.handoff = false;
+                last.queued = None;
+                outcome.session = Some(last);
             }
         }
         if let Some(s) = &mut outcome.session {
@@ -466,12 +487,13 @@ impl Bot {
 
     /// Whether a stored session is still alive at `now` (not expired).
     fn is_live(&self, s: &Session, now: Millis) -> bool {
-        s.handoff
-            || self
-                .flow
-                .settings
-                .session_timeout_ms
-                .is_none_or(|t| now.saturating_sub(s.last_active) < t as i64)
+        !s.kept
+            && (s.handoff
+                || self
+                    .flow
+                    .settings
+                    .session_timeout_ms
+                    .is_none_or(|t| now.saturating_sub(s.last_active) < t as i64))
     }
 
     /// A session saved in the state named `state_name`, made current for this
@@ -539,6 +561,10 @@ impl Bot {
     /// and, with a start queued, when the session expires (the start runs
     /// then).
     fn idle_due(&self, s: &Session) -> Option<Millis> {
+        let scheduled = s.schedules.iter().filter(|m| !m.fired).map(|m| m.due).min();
+        if s.kept {
+            return scheduled;
+        }
         let expiry = s
             .queued
             .as_ref()
@@ -552,10 +578,135 @@ impl Bot {
         } else {
             self.nudge_due(s)
         };
-        match (own, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [own, expiry, scheduled].into_iter().flatten().min()
+    }
+
+    /// Whether a conversation that ended is kept: while a schedule computed
+    /// from its variables is still to fire (cron schedules keep none: they
+    /// apply to the conversations the bot holds).
+    fn keeps(&self, s: &Session) -> bool {
+        use crate::flow::schedule::Kind;
+        s.schedules.iter().any(|m| {
+            !m.fired
+                && self
+                    .flow
+                    .schedules
+                    .iter()
+                    .any(|x| x.name == m.name && matches!(x.kind, Kind::Offset { .. }))
+        })
+    }
+
+    /// Brings a session's schedule marks up to date: an offset schedule's
+    /// time follows its variable (a new time fires again); a cron schedule
+    /// that fired moves to its next time.
+    fn plan(&self, s: &mut Session, now: Millis) {
+        use crate::flow::schedule::{Kind, Mark};
+        let flow = &*self.flow;
+        if flow.schedules.is_empty() {
+            s.schedules.clear();
+            return;
         }
+        s.schedules
+            .retain(|m| flow.schedules.iter().any(|x| x.name == m.name));
+        for sched in &flow.schedules {
+            let i = s.schedules.iter().position(|m| m.name == sched.name);
+            let due = match (&sched.kind, i) {
+                (Kind::Offset { .. }, _) => sched.due(|n| s.var(n).cloned(), now),
+                (Kind::Cron { .. }, None) => sched.due(|_| None, now),
+                (Kind::Cron { .. }, Some(i)) if s.schedules[i].fired => {
+                    sched.due(|_| None, s.schedules[i].due.max(now))
+                }
+                (Kind::Cron { .. }, Some(_)) => None,
+            };
+            match (i, due) {
+                (None, Some(due)) => s.schedules.push(Mark {
+                    name: sched.name.clone(),
+                    due,
+                    fired: false,
+                }),
+                (Some(i), Some(due)) if s.schedules[i].due != due => {
+                    s.schedules[i].due = due;
+                    s.schedules[i].fired = false;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Fires the earliest schedule due for this conversation: marked fired
+    /// (once per time, whatever follows), then, if the conversation matches
+    /// its `when`, a start in its state with its `mode` (a conversation
+    /// that ended or expired starts afresh with its variables).
+    async fn fire_schedule(
+        &self,
+        conversation: &str,
+        mut session: Session,
+        channel: Channel,
+        now: Millis,
+    ) -> Outcome {
+        let flow = self.flow.clone();
+        let Some(i) = session
+            .schedules
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.fired && m.due <= now)
+            .min_by_key(|(_, m)| m.due)
+            .map(|(i, _)| i)
+        else {
+            return Outcome::quiet(Some(session));
+        };
+        session.schedules[i].fired = true;
+        let name = session.schedules[i].name.clone();
+        let Some(sched) = flow.schedules.iter().find(|x| x.name == name) else {
+            return Outcome::quiet(Some(session));
+        };
+        if let Some(when) = &sched.when {
+            let msg = Incoming {
+                channel,
+                ..Incoming::default()
+            };
+            let mut run = Run::new(self, conversation, session.clone(), &msg, now);
+            let scope = run.scope();
+            let holds = match flow.templates.truthy(when, &scope) {
+                Ok(b) => b,
+                Err(e) => {
+                    run.errors.push(e.to_string());
+                    false
+                }
+            };
+            if !holds {
+                let mut o = Outcome::quiet(Some(session));
+                o.errors.extend(run.errors);
+                return o;
+            }
+        }
+        tracing::info!(conversation, schedule = %name, "a schedule fires");
+        let live = self.is_live(&session, now);
+        let marks = session.schedules.clone();
+        let vars = if live {
+            Default::default()
+        } else {
+            session
+                .vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default()))
+                .collect()
+        };
+        let start = crate::message::Start {
+            state: flow.state(sched.state).name.to_string(),
+            vars,
+            mode: sched.mode,
+            channel: None,
+        };
+        let mut outcome = self
+            .start(conversation, Some(session), &start, channel, now)
+            .await;
+        if let Some(s) = &mut outcome.session {
+            if s.schedules.is_empty() {
+                s.schedules = marks;
+            }
+        }
+        outcome
     }
 
     /// A start the business asked for (see [`crate::message::Start`]): a
@@ -721,12 +872,24 @@ impl Bot {
         now: Millis,
     ) -> Outcome {
         let flow = &*self.flow;
-        // A session that expired counts as none.
-        let session = session.filter(|s| self.is_live(s, now));
+        // A session that ended or expired counts as none; one kept for a
+        // schedule gives the new one its variables and schedules.
+        let (session, carried) = match session {
+            Some(s) if !self.is_live(&s, now) => (None, Some(s)),
+            s => (s, None),
+        };
+        let fresh = || {
+            let mut s = Session::new(flow.start, flow.version, now);
+            if let Some(c) = carried.as_ref().filter(|c| c.schedule_pending()) {
+                s.vars = c.vars.clone();
+                s.schedules = c.schedules.clone();
+            }
+            s
+        };
         let msg = match event {
             Event::Message(m) => m,
             Event::AgentJoined => {
-                let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
+                let mut s = session.unwrap_or_else(fresh);
                 s.handoff = true;
                 s.last_active = now;
                 return Outcome::quiet(Some(s));
@@ -739,7 +902,7 @@ impl Bot {
             Event::Idle { .. } | Event::Start(_) => return Outcome::quiet(session),
         };
         let had_session = session.is_some();
-        let mut s = session.unwrap_or_else(|| Session::new(flow.start, flow.version, now));
+        let mut s = session.unwrap_or_else(fresh);
         s.last_active = now;
         s.customer_at = now;
         s.idle_fired = false;
@@ -796,6 +959,9 @@ struct Outcome {
     released: bool,
     /// Messages not sent for WhatsApp's window.
     withheld: usize,
+    /// The session of a conversation that ended in this outcome (kept if a
+    /// schedule is still to fire for it).
+    last: Option<Session>,
 }
 
 impl Outcome {
@@ -809,12 +975,14 @@ impl Outcome {
             errors: Vec::new(),
             released: false,
             withheld: 0,
+            last: None,
         }
     }
 
     /// This outcome followed by `next` (which started from its session).
     fn then(mut self, next: Outcome) -> Outcome {
         self.session = next.session;
+        self.last = next.last;
         self.messages.extend(next.messages);
         self.effects.extend(next.effects);
         self.trace.extend(next.trace);
@@ -880,10 +1048,16 @@ impl Run<'_> {
 
     /// The turn's outcome: the session (unless the conversation ended) and what it said.
     fn finish(self) -> Outcome {
+        let (session, last) = if self.ended {
+            (None, Some(self.session))
+        } else {
+            (Some(self.session), None)
+        };
         Outcome {
             released: false,
             withheld: 0,
-            session: (!self.ended).then_some(self.session),
+            last,
+            session,
             messages: self.out,
             effects: self.effects,
             trace: self.trace,

@@ -77,6 +77,20 @@ pub struct Session {
     /// conversation ends or expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<Box<crate::message::Start>>,
+    /// Where each of the flow's `schedules:` stands for this conversation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::flow::schedule::Mark>,
+    /// The conversation ended (or expired) but is kept, with its variables,
+    /// for a schedule still to fire: its next message starts afresh with them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
+}
+
+impl Session {
+    /// Whether a schedule is still to fire for this conversation.
+    pub fn schedule_pending(&self) -> bool {
+        self.schedules.iter().any(|m| !m.fired)
+    }
 }
 
 fn is_zero(v: &Millis) -> bool {
@@ -101,6 +115,8 @@ impl Session {
             handoff_since: 0,
             customer_at: 0,
             queued: None,
+            schedules: Vec::new(),
+            kept: false,
         }
     }
 

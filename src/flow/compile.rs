@@ -144,6 +144,22 @@ pub(crate) fn compile(
         .release
         .as_ref()
         .and_then(|s| c.state_ref(&mut r, "release", s));
+    let schedules: Vec<super::schedule::Schedule> = main
+        .doc
+        .schedules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| c.schedule(&mut r, &join_index("schedules", i), s))
+        .collect();
+    for (i, s) in main.doc.schedules.iter().enumerate() {
+        if main.doc.schedules[..i].iter().any(|o| o.name == s.name) {
+            r.error(
+                &join_key(&join_index("schedules", i), "name"),
+                format!("schedule `{}` is named twice", s.name),
+                Some("each schedule needs its own name: it keys each firing".into()),
+            );
+        }
+    }
     let mut migrate = HashMap::new();
     for (old, new) in &main.doc.migrate {
         if let Some(id) = c.state_ref(&mut r, &join_key("migrate", old), new) {
@@ -200,6 +216,7 @@ pub(crate) fn compile(
         migrate,
         warnings: Diagnostics::default(),
         whatsapp_templates: c.used_templates,
+        schedules,
         index,
     };
 
@@ -251,6 +268,17 @@ pub(crate) fn compile(
                         hours(elapsed_ms)
                     ),
                     Some("add `template:` to this `after:` (an approved template, sent instead outside the window)".into()),
+                );
+            }
+            validate::WindowRisk::Schedule { index, states } => {
+                Reporter { source: &main.source, out: diags }.warning(
+                    &join_index("schedules", index),
+                    format!(
+                        "this schedule starts conversations in `{}`, whose free-form messages are not \
+                         sent on WhatsApp when the customer last wrote more than 24 hours before",
+                        flow.state(states[0]).name
+                    ),
+                    Some(format!("give `{}` a `template:`", flow.state(states[0]).name)),
                 );
             }
             validate::WindowRisk::Release { states } => {
@@ -377,6 +405,139 @@ impl Compiler<'_> {
             say,
             goto,
             template,
+        })
+    }
+
+    /// One entry of `schedules:`.
+    fn schedule(
+        &mut self,
+        r: &mut Reporter<'_>,
+        path: &str,
+        d: &model::ScheduleDoc,
+    ) -> Option<super::schedule::Schedule> {
+        use super::schedule::{Kind, Schedule};
+        let p = |k: &str| join_key(path, k);
+        if d.name.trim().is_empty() {
+            r.error(&p("name"), "a schedule needs a `name`", None);
+            return None;
+        }
+        let state = self.state_ref(r, &p("state"), &d.state);
+        let zone = match d.timezone.as_deref() {
+            None => Some(jiff::tz::TimeZone::UTC),
+            Some(z) => match jiff::tz::TimeZone::get(z) {
+                Ok(z) => Some(z),
+                Err(_) => {
+                    r.error(
+                        &p("timezone"),
+                        format!("`{z}` is not a time zone"),
+                        Some("write an IANA zone, like `Europe/Istanbul`".into()),
+                    );
+                    None
+                }
+            },
+        };
+        let mode = match d.mode.as_deref() {
+            None => Some(crate::message::StartMode::Skip),
+            Some(m) => match m.parse() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    r.error(&p("mode"), e, None);
+                    None
+                }
+            },
+        };
+        let when = match &d.when {
+            None => None,
+            Some(w) => match self.templates.expression(w) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    r.error(&p("when"), format!("invalid expression: {e}"), None);
+                    return None;
+                }
+            },
+        };
+        let kind = match (&d.cron, &d.from) {
+            (Some(expr), None) => {
+                if d.after.is_some() || d.at.is_some() {
+                    r.error(
+                        path,
+                        "`after` and `at` go with `from`, not with `cron`",
+                        None,
+                    );
+                }
+                match super::schedule::cron(expr) {
+                    Ok(cron) => zone.clone().map(|zone| Kind::Cron {
+                        cron: Box::new(cron),
+                        zone,
+                    }),
+                    Err(e) => {
+                        r.error(
+                            &p("cron"),
+                            format!("`{expr}` is not a cron expression: {e}"),
+                            Some(
+                                "write minute, hour, day, month and weekday, like `0 10 * * MON`"
+                                    .into(),
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(var)) => {
+                let after_ms = match d.after.as_deref().map(humantime::parse_duration) {
+                    None => Some(0),
+                    Some(Ok(d)) => Some(d.as_millis() as i64),
+                    Some(Err(e)) => {
+                        r.error(
+                            &p("after"),
+                            format!("not a duration: {e}"),
+                            Some("write it like `2d` or `36h`".into()),
+                        );
+                        None
+                    }
+                };
+                let at = match d.at.as_deref() {
+                    None => Some(None),
+                    Some(t) => match t.parse::<jiff::civil::Time>() {
+                        Ok(t) => Some(Some(t)),
+                        Err(_) => {
+                            r.error(
+                                &p("at"),
+                                format!("`{t}` is not a time of day"),
+                                Some("write it like `10:00`".into()),
+                            );
+                            None
+                        }
+                    },
+                };
+                match (after_ms, at, zone.clone()) {
+                    (Some(after_ms), Some(at), Some(zone)) => Some(Kind::Offset {
+                        var: var.as_str().into(),
+                        after_ms,
+                        at,
+                        zone,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => {
+                r.error(
+                    path,
+                    "a schedule has either `cron` or `from` (a variable holding a date)",
+                    Some(
+                        "`cron: \"0 10 * * MON\"`, or `from: delivery_date` with `after: 2d`"
+                            .into(),
+                    ),
+                );
+                None
+            }
+        };
+        Some(Schedule {
+            name: d.name.as_str().into(),
+            state: state?,
+            when,
+            mode: mode?,
+            kind: kind?,
         })
     }
 

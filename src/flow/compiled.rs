@@ -53,6 +53,8 @@ pub struct Flow {
     pub(crate) index: HashMap<Box<str>, StateId>,
     /// The WhatsApp templates the flow names, once each.
     pub whatsapp_templates: Vec<Box<str>>,
+    /// `schedules:`.
+    pub schedules: Vec<super::schedule::Schedule>,
 }
 
 impl Flow {

@@ -30,6 +30,7 @@ mod diagram;
 mod load;
 pub mod model;
 mod normalize;
+pub mod schedule;
 mod source;
 pub(crate) use source::read as read_file;
 pub mod template;

@@ -54,6 +54,36 @@ pub struct FlowDoc {
     /// Business hours, by name: `when: "open('support')"`.
     #[serde(default)]
     pub calendars: IndexMap<String, CalendarDoc>,
+    /// Starts the bot makes on its own: on a cron schedule, or at a time
+    /// computed from a variable (two days after `delivery_date`).
+    #[serde(default)]
+    pub schedules: Vec<ScheduleDoc>,
+}
+
+/// One entry of `schedules:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ScheduleDoc {
+    /// Its name (unique; it keys each firing, so each fires once).
+    pub name: String,
+    /// The state the conversation is started in.
+    pub state: String,
+    /// A cron expression (`0 10 * * MON`: minute, hour, day, month,
+    /// weekday), in `timezone`.
+    pub cron: Option<String>,
+    /// A variable holding a date (`2026-03-01`) or a time (RFC 3339).
+    pub from: Option<String>,
+    /// How long after `from` (`2d`, `36h`).
+    pub after: Option<String>,
+    /// The time of day (`10:00`, in `timezone`) on the day `from` + `after`
+    /// falls on.
+    pub at: Option<String>,
+    /// The IANA zone of `cron` and `at` (default UTC).
+    pub timezone: Option<String>,
+    /// Which conversations: an expression over their variables.
+    pub when: Option<String>,
+    /// `interrupt`, `skip` (default) or `queue`: what happens to a
+    /// conversation in progress.
+    pub mode: Option<String>,
 }
 
 /// One calendar of `calendars:`.
@@ -570,6 +600,7 @@ pub(crate) fn known_keys() -> Vec<&'static str> {
     keys.extend(fields_of::<MediaDoc>());
     keys.extend(fields_of::<TemplateDoc>());
     keys.extend(fields_of::<CalendarDoc>());
+    keys.extend(fields_of::<ScheduleDoc>());
     keys.extend(fields_of::<ClosureDoc>());
     keys.extend(fields_of::<After>());
     keys.sort_unstable();

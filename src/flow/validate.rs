@@ -379,6 +379,9 @@ pub(crate) enum WindowRisk {
     /// A handoff may last more than 24 hours (no `handoff_timeout`, or a
     /// longer one), and the release sends free-form messages.
     Release { states: Vec<StateId> },
+    /// A schedule starts conversations (the customer may not have written for
+    /// days) in a state that sends free-form messages.
+    Schedule { index: usize, states: Vec<StateId> },
 }
 
 /// The states a turn entering `id` passes through (following `next` until a
@@ -456,6 +459,13 @@ pub(crate) fn window_risks(flow: &Flow) -> Vec<WindowRisk> {
         }
         if let Some(&last) = entered.last() {
             stack.push((last, elapsed, path));
+        }
+    }
+    for (index, sched) in flow.schedules.iter().enumerate() {
+        let states = chain(flow, sched.state);
+        let (sends, covered) = turn_of(flow, &states);
+        if sends && !covered {
+            risks.push(WindowRisk::Schedule { index, states });
         }
     }
     let hands_off = flow.states.iter().any(|s| s.handoff);
