@@ -298,6 +298,8 @@ pub(crate) fn unreachable(flow: &Flow) -> Vec<StateId> {
     let mut stack = vec![flow.start];
     // A conversation with no session tries the intents first: their targets are roots.
     stack.extend(flow.intents.iter().filter_map(|r| r.goto));
+    // Schedules start conversations in their states.
+    stack.extend(flow.schedules.iter().map(|s| s.state));
     // A released conversation goes to `release:`.
     stack.extend(flow.release);
     while let Some(id) = stack.pop() {

@@ -37,6 +37,22 @@ use crate::time::{Clock, ManualClock, Millis};
 /// 2026-01-01T00:00:00Z: where test clocks start, so transcripts are stable.
 pub const EPOCH: Millis = 1_767_225_600_000;
 
+/// A wait as transcripts write it: humantime's form, but in days rather than
+/// its 30.44-day months (`45days 8h`, not `1month 14days 22h 30m 36s`).
+fn wait_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    if days < 28 {
+        return humantime::format_duration(d).to_string();
+    }
+    let rest = Duration::from_secs(rest);
+    if rest.is_zero() {
+        format!("{days}days")
+    } else {
+        format!("{days}days {}", humantime::format_duration(rest))
+    }
+}
+
 /// What the customer (or an agent, or time) did in one step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -198,7 +214,7 @@ impl TestConversation {
     pub async fn wait(&mut self, d: Duration) -> &[Outgoing] {
         let until = self.clock.now().saturating_add(d.as_millis() as Millis);
         let mut exchange = Exchange {
-            customer: Customer::Wait(humantime::format_duration(d).to_string()),
+            customer: Customer::Wait(wait_text(d)),
             bot: Vec::new(),
             effects: Vec::new(),
             state: None,
@@ -294,9 +310,11 @@ impl TestConversation {
         &last.bot
     }
 
-    /// The current state's name (`None`: no session).
+    /// The current state's name (`None`: no conversation in progress; one
+    /// that ended and is kept only for a schedule counts as none).
     pub fn state(&self) -> Option<&str> {
-        Some(&self.stored.as_ref()?.state)
+        let stored = self.stored.as_ref().filter(|s| !s.session.kept)?;
+        Some(&stored.state)
     }
 
     /// A variable of the session.
