@@ -228,3 +228,34 @@ fn a_bad_bots_section_is_named() {
     assert_eq!(code, 2);
     assert!(err.contains("webhok_path"), "{err}");
 }
+
+/// Logs written anywhere but a terminal carry no colour codes.
+#[test]
+fn logs_to_a_file_or_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["run"])
+        .env(
+            "FLOWBOT_FLOW",
+            format!("{}/flows/multilang.yaml", env!("CARGO_MANIFEST_DIR")),
+        )
+        .env("FLOWBOT_STORE__BACKEND", "memory")
+        .env("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0")
+        .env("FLOWBOT_SERVER__WEBHOOK_SECRET", "w")
+        .env("FLOWBOT_QPIEN__CLIENT_ID", "i")
+        .env("FLOWBOT_QPIEN__CLIENT_SECRET", "s")
+        .env("FLOWBOT_QPIEN__ENDPOINT", "http://127.0.0.1:9/graphql")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut line = String::new();
+    let mut reader = BufReader::new(stderr);
+    while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("flowbot running") {}
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("flowbot running"), "{line}");
+    assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+}

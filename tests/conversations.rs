@@ -38,3 +38,22 @@ fn coverage_lists_what_no_test_reached() {
         "support flow not fully covered: {support:?}"
     );
 }
+
+/// `flowbot test FILE.yaml` runs that one test.
+#[test]
+fn one_test_file_runs_alone() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conversations/order_form.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .arg("test")
+        .arg(&file)
+        .env("INSTA_UPDATE", "no")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}

@@ -456,6 +456,13 @@ async fn the_demo_wires_everything_and_serves_the_playground() {
         .await
         .unwrap();
     assert!(page.contains("flowbot playground"));
+    // A favicon inline (no request that would 404), and an avatar drawn,
+    // not an emoji a machine without emoji fonts shows as a box.
+    assert!(page.contains(r#"<link rel="icon" href="data:image/svg+xml"#));
+    assert!(
+        page.chars().all(|c| (c as u32) < 0x1F000),
+        "no emoji in the page"
+    );
     let js = reqwest::get(format!("{}vendor/mermaid.min.js", demo.sim.url()))
         .await
         .unwrap();

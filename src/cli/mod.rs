@@ -169,7 +169,7 @@ pub enum Command {
         /// Write a new test.
         #[command(subcommand)]
         new: Option<test::TestCommand>,
-        /// The directory of tests.
+        /// The directory of tests, or one test file.
         #[arg(default_value = "tests/conversations")]
         dir: PathBuf,
         /// List the states and rules no test exercised.
@@ -279,7 +279,16 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .try_init();
+}
+
+/// Whether log lines may carry colour: only on a terminal, and not when
+/// `NO_COLOR` is set (<https://no-color.org>), so a log written to a file
+/// or read by a collector has no escape codes.
+pub(super) fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Loads a flow for a subcommand, printing diagnostics (warnings too) on stderr.

@@ -393,9 +393,10 @@ struct Opened {
 }
 
 /// The account's approved WhatsApp templates, to check the flow's against;
-/// `None` (and a warning) when Qpien does not say within 10 s.
+/// `None` (and a warning) when Qpien does not say within 5 s (start is not
+/// held up longer for a check).
 async fn read_templates(client: &QpienClient) -> Option<Vec<crate::flow::TemplateInfo>> {
-    match tokio::time::timeout(Duration::from_secs(10), client.templates()).await {
+    match tokio::time::timeout(Duration::from_secs(5), client.templates()).await {
         Ok(Ok(list)) => {
             tracing::info!(
                 count = list.len(),

@@ -230,6 +230,10 @@ impl Update {
 
 /// The `*.yaml` conversation tests in a directory, sorted.
 pub fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    // One test file named on its own.
+    if std::fs::metadata(dir)?.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
@@ -238,7 +242,8 @@ pub fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Runs every test in `dir` against its snapshot.
+/// Runs every test in `dir` (or the one test file `dir` names) against its
+/// snapshot.
 pub async fn run_dir(
     dir: &Path,
     registry: &Registry,
