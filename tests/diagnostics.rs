@@ -193,9 +193,22 @@ fn an_unknown_region_is_named() {
 
 #[test]
 fn yaml_syntax_errors_have_line_and_column() {
-    let ds = problems("states:\n  start:\n    say: \"unterminated\n");
+    // An unclosed quote: where it opens, and where the end was noticed.
+    let ds = problems("states:\n  start:\n    say: \"unterminated\n    next: b\n  b: {}\n");
     assert_eq!(ds.len(), 1);
-    assert!(ds[0].line >= 3 && ds[0].column > 0, "{}", ds[0]);
+    assert_eq!((ds[0].line, ds[0].column), (3, 10), "{}", ds[0]);
+    assert!(
+        ds[0]
+            .message
+            .contains("quoted scalar that starts here (noticed at line 6"),
+        "{}",
+        ds[0]
+    );
+    assert!(ds[0]
+        .hint
+        .as_deref()
+        .unwrap_or("")
+        .contains("close the quote"));
     let ds = problems("states:\n  start:\n\tsay: tab\n");
     assert!(ds[0].line == 3, "{}", ds[0]);
 }

@@ -225,11 +225,21 @@ pub(crate) fn parse_doc<T: DeserializeOwned>(
         Err(e) => {
             let path_str = error_path(e.path());
             let inner = e.into_inner();
-            let pos = inner.location().map(|l| Pos {
+            let mut pos = inner.location().map(|l| Pos {
                 line: l.line(),
                 column: l.column(),
             });
-            let message = clean_yaml_message(&inner.to_string());
+            let raw = inner.to_string();
+            let mut message = clean_yaml_message(&raw);
+            // Where the problem starts (an unclosed quote: its opening), as
+            // the parser's context says, and where it was noticed.
+            if let Some((context, start, noticed)) = yaml_context(&raw) {
+                message = format!(
+                    "{message}, {context} that starts here (noticed at line {}, column {})",
+                    noticed.line, noticed.column
+                );
+                pos = Some(start);
+            }
             let hint = yaml_hint(&message);
             let pos = pos.or_else(|| source.value_pos(&path_str));
             let d = source.diagnostic_at(Severity::Error, pos, &path_str, message, hint);
@@ -256,8 +266,35 @@ fn clean_yaml_message(m: &str) -> String {
     m.replace("unknown field", "unknown key")
 }
 
+/// The parser's context in a serde_yaml message: "PROBLEM at line L column
+/// C, while scanning a quoted scalar at line L2 column C2" gives the context,
+/// where it starts, and where the problem was noticed.
+fn yaml_context(m: &str) -> Option<(String, Pos, Pos)> {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"^.*? at line (\d+) column (\d+), (while .*?) at line (\d+) column (\d+)$",
+        )
+        .expect("valid")
+    });
+    let c = RE.captures(m)?;
+    let n = |i: usize| c.get(i)?.as_str().parse::<usize>().ok();
+    Some((
+        c[3].to_owned(),
+        Pos {
+            line: n(4)?,
+            column: n(5)?,
+        },
+        Pos {
+            line: n(1)?,
+            column: n(2)?,
+        },
+    ))
+}
+
 fn yaml_hint(message: &str) -> Option<String> {
-    if message.contains("mapping values are not allowed") {
+    if message.contains("while scanning a quoted scalar") {
+        Some("close the quote (a quote inside the text is doubled: 'it''s')".into())
+    } else if message.contains("mapping values are not allowed") {
         Some("a value with `: ` inside must be quoted".into())
     } else if message.contains("did not find expected") {
         Some("check the indentation and the brackets on this line and the one before".into())
