@@ -316,6 +316,16 @@ states:
         let out = c.send("hi").await.to_vec();
         let list = out[0].list.as_ref().expect("adapted to a list");
         assert_eq!(list.sections[0].rows.len(), 4);
+        assert_eq!(list.button, "Options");
+        // The list's button in the conversation's language, or as the flow says.
+        let out = conv(yaml).language("tr-TR").send("hi").await.to_vec();
+        assert_eq!(out[0].list.as_ref().unwrap().button, "Seçenekler");
+        let own = yaml.replace(
+            "{ overflow: adapt }",
+            "{ overflow: adapt, overflow_button: { en: Choose, de: Auswahl } }",
+        );
+        let out = conv(&own).language("de").send("hi").await.to_vec();
+        assert_eq!(out[0].list.as_ref().unwrap().button, "Auswahl");
         // The list reply counts as the button the flow wrote.
         assert_eq!(texts(c.pick("d").await), ["got d"]);
         let mut c = conv(yaml).channel(Channel::Instagram);

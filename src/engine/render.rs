@@ -141,7 +141,10 @@ impl Renderer<'_> {
                     header: None,
                     body: text,
                     footer: None,
-                    button: "Options".into(),
+                    button: match &settings.overflow_button {
+                        Some(b) => self.text(b, scope),
+                        None => options_in(self.language).into(),
+                    },
                     sections: vec![ListSection {
                         title: None,
                         rows: qr,
@@ -293,6 +296,27 @@ impl Renderer<'_> {
                 }
             }
         }
+    }
+}
+
+/// "Options" in the common languages (by primary subtag), for the list
+/// button `overflow: adapt` makes; `settings.overflow_button` sets another.
+fn options_in(language: Option<&str>) -> &'static str {
+    let primary = language
+        .and_then(|l| l.split(['-', '_']).next())
+        .unwrap_or("en")
+        .to_ascii_lowercase();
+    match primary.as_str() {
+        "tr" => "Seçenekler",
+        "de" => "Optionen",
+        "es" => "Opciones",
+        "pt" => "Opções",
+        "it" => "Opzioni",
+        "nl" => "Opties",
+        "ru" => "Варианты",
+        "ar" => "الخيارات",
+        "az" => "Seçimlər",
+        _ => "Options",
     }
 }
 

@@ -706,6 +706,16 @@ impl Compiler<'_> {
                 .as_ref()
                 .and_then(|t| self.ltext(r, "settings.handoff_failed_message", t)),
             handoff_timeout_ms,
+            overflow_button: s.overflow_button.as_ref().and_then(|t| {
+                validate::check_len(
+                    r,
+                    "settings.overflow_button",
+                    t,
+                    validate::limits::LIST_BUTTON,
+                    "the list button",
+                );
+                self.ltext(r, "settings.overflow_button", t)
+            }),
         }
     }
 

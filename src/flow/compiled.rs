@@ -104,6 +104,8 @@ pub struct FlowSettings {
     pub handoff_failed_message: Option<LText>,
     /// Longest handoff, in milliseconds.
     pub handoff_timeout_ms: Option<u64>,
+    /// The button of the list `overflow: adapt` makes.
+    pub overflow_button: Option<LText>,
 }
 
 /// A state's inactivity nudge (`after:`).

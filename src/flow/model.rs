@@ -130,6 +130,9 @@ pub struct Settings {
     pub default_region: Option<String>,
     /// `error` (default) or `adapt`: what to do with more options than a channel shows.
     pub overflow: Option<String>,
+    /// The button of the list `overflow: adapt` makes (default: "Options" in
+    /// the conversation's language, for the common ones).
+    pub overflow_button: Option<Text>,
     /// Sent when an action fails and no `on_error` state is set.
     pub error_message: Option<Text>,
     /// Sent when a changed flow no longer has a conversation's state (and
