@@ -259,3 +259,34 @@ fn logs_to_a_file_or_a_pipe_have_no_colour_codes() {
     assert!(line.contains("flowbot running"), "{line}");
     assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
 }
+
+/// `flowbot demo` runs from any folder: its flow is built in.
+#[test]
+fn the_demo_runs_from_any_folder() {
+    use std::io::{BufRead, BufReader};
+    let dir = crate::runtime::temp_dir("demo-anywhere");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+        out.push_str(&line);
+        if line.contains("open the playground") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.contains("the support example (built in) answered by")
+            && out.contains("open the playground"),
+        "{out}"
+    );
+}

@@ -107,9 +107,9 @@ pub enum Command {
     /// webhook, and the web playground.
     #[cfg(feature = "sim")]
     Demo {
-        /// The flow to run.
-        #[arg(long, default_value = "flows/support.yaml")]
-        flow: PathBuf,
+        /// The flow to run (default: the support example, built in).
+        #[arg(long)]
+        flow: Option<PathBuf>,
         /// Where the playground listens.
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
@@ -264,7 +264,9 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             Command::Start { what, target } => admin::start(&target, &what).await,
             Command::DeadLetters { what, target } => admin::dead_letters(&target, &what).await,
             #[cfg(feature = "sim")]
-            Command::Demo { flow, listen } => sim::run_demo(&flow, listen, registry).await,
+            Command::Demo { flow, listen } => {
+                sim::run_demo(flow.as_deref(), listen, registry).await
+            }
             #[cfg(feature = "sim")]
             Command::Sim(args) => sim::run_sim(&args).await,
         }

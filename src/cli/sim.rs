@@ -196,7 +196,33 @@ impl Demo {
 }
 
 /// `flowbot demo`: runs until Ctrl-C.
-pub(super) async fn run_demo(flow: &Path, listen: SocketAddr, registry: Registry) -> u8 {
+/// The support example, built into the binary: `flowbot demo` runs it from
+/// any folder (its action, `lookup_order`, is registered by the `flowbot`
+/// binary).
+const SUPPORT_FLOW: &str = include_str!("../../flows/support.yaml");
+
+pub(super) async fn run_demo(flow: Option<&Path>, listen: SocketAddr, registry: Registry) -> u8 {
+    // Without --flow: the built-in support example, written where the demo
+    // can read it (and removed after).
+    let built_in = flow.is_none().then(|| {
+        std::env::temp_dir().join(format!("flowbot-demo-{}-support.yaml", std::process::id()))
+    });
+    if let Some(path) = &built_in {
+        if let Err(e) = std::fs::write(path, SUPPORT_FLOW) {
+            eprintln!(
+                "error: cannot write the demo's flow to {}: {e}",
+                path.display()
+            );
+            return 2;
+        }
+    }
+    let Some(flow) = flow.or(built_in.as_deref()) else {
+        return 2;
+    };
+    let name = match &built_in {
+        Some(_) => "the support example (built in)".to_owned(),
+        None => flow.display().to_string(),
+    };
     let demo = match Demo::start(flow, listen, registry).await {
         Ok(d) => d,
         Err(e) => {
@@ -204,14 +230,13 @@ pub(super) async fn run_demo(flow: &Path, listen: SocketAddr, registry: Registry
             return 2;
         }
     };
-    println!(
-        "flowbot demo: {} answered by {}",
-        flow.display(),
-        demo.bot.addr()
-    );
+    println!("flowbot demo: {name} answered by {}", demo.bot.addr());
     println!("open the playground: {}", demo.sim.url());
     println!("(Ctrl-C to stop)");
     crate::runtime::shutdown_signal().await;
     demo.shutdown().await;
+    if let Some(path) = &built_in {
+        let _ = std::fs::remove_file(path);
+    }
     0
 }
