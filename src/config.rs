@@ -587,10 +587,7 @@ impl Config {
                      starting with a letter or digit"
                 )));
             }
-            let env_prefix = format!(
-                "FLOWBOT_BOTS__{}__",
-                parsed.name.to_ascii_uppercase().replace('-', "_")
-            );
+            let env_prefix = bot_env_prefix(&parsed.name);
             for (key, env) in [
                 ("qpien.client_id", "QPIEN__CLIENT_ID"),
                 ("qpien.client_secret", "QPIEN__CLIENT_SECRET"),
@@ -665,6 +662,15 @@ impl Config {
         }
         Ok(bots)
     }
+}
+
+/// The prefix of a bot's own environment variables: `FLOWBOT_BOTS__SHOP_2__`
+/// for `shop-2` (the name in capitals, `-` as `_`).
+pub(crate) fn bot_env_prefix(name: &str) -> String {
+    format!(
+        "FLOWBOT_BOTS__{}__",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 fn is_bot_name(s: &str) -> bool {

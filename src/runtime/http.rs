@@ -156,17 +156,7 @@ async fn healthz() -> Response {
 
 async fn readyz(State(shared): State<Arc<App>>) -> Response {
     let (ready, body) = readiness(&shared).await;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    readiness_reply(ready, &body)
 }
 
 /// The root `/readyz` of a process that runs several bots: ready while it
@@ -188,6 +178,11 @@ async fn readyz_all(State(all): State<Arc<Bots>>) -> Response {
         "stopping": all.stop.is_stopping(),
         "bots": bots,
     });
+    readiness_reply(ready, &body)
+}
+
+/// A readiness answer: 200 when ready, else 503, with the reasons.
+fn readiness_reply(ready: bool, body: &serde_json::Value) -> Response {
     let status = if ready {
         StatusCode::OK
     } else {

@@ -263,11 +263,6 @@ impl Spec {
     }
 }
 
-/// A bot's name as its environment variables spell it.
-fn env_name(name: &str) -> String {
-    name.to_ascii_uppercase().replace('-', "_")
-}
-
 /// `flowbot.db` with namespace `acme`: `flowbot.acme.db`.
 fn namespaced(path: &Path, ns: &str) -> PathBuf {
     let stem = path
@@ -305,7 +300,7 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
         let (key, env) = match &spec.name {
             Some(n) => (
                 format!("bots[{n}].webhook_secret"),
-                format!("FLOWBOT_BOTS__{}__WEBHOOK_SECRET", env_name(n)),
+                format!("{}WEBHOOK_SECRET", crate::config::bot_env_prefix(n)),
             ),
             None => (
                 "server.webhook_secret".to_owned(),
@@ -332,7 +327,7 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
     ] {
         if secret.is_empty() {
             let env = match &spec.name {
-                Some(n) => format!("FLOWBOT_BOTS__{}__QPIEN__{env}", env_name(n)),
+                Some(n) => format!("{}QPIEN__{env}", crate::config::bot_env_prefix(n)),
                 None => format!("FLOWBOT_QPIEN__{env}"),
             };
             return Err(RuntimeError::Config(format!(

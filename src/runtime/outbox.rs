@@ -420,14 +420,7 @@ impl Sender {
         };
         if closed() {
             withhold();
-            return until_ok(
-                Backoff::STORE,
-                "mark a reply delivered",
-                |d| self.stop.pause(d),
-                || self.store.delivered(item.id),
-            )
-            .await
-            .is_some();
+            return self.mark_delivered(item).await;
         }
         if let Some(OutboxAction::Message { message, .. }) = &action {
             if self.was_resumed(conversation, item.id)
@@ -438,14 +431,7 @@ impl Sender {
                 tracing::info!(conversation, front_msg_id = %message.input.front_msg_id,
                     "a reply in flight at the last stop had reached Qpien; not sent again");
                 self.metrics.deliveries.count("reconciled");
-                return until_ok(
-                    Backoff::STORE,
-                    "mark a reply delivered",
-                    |d| self.stop.pause(d),
-                    || self.store.delivered(item.id),
-                )
-                .await
-                .is_some();
+                return self.mark_delivered(item).await;
             }
         }
         let delivered = until_ok(
@@ -494,6 +480,12 @@ impl Sender {
                 .count(if sent { "sent" } else { "dropped" });
         }
         // Delivered or dropped: take it out of the store.
+        self.mark_delivered(item).await
+    }
+
+    /// Takes a delivered (or dropped) item out of the store; `false` at
+    /// shutdown.
+    async fn mark_delivered(&self, item: &OutboxItem) -> bool {
         until_ok(
             Backoff::STORE,
             "mark a reply delivered",
