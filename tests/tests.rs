@@ -15,6 +15,7 @@
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
 //! - `crash`: a real `flowbot run` killed with SIGKILL mid-burst, then restarted.
+//! - `schema`: the flow schema against the example flows and bad ones.
 //! - `scale`: PostgreSQL as the store, end to end, and the database going away.
 //! - `sim`: the Qpien simulator: schema drift, the client against it, the bot end to end through it.
 //! - `window`: WhatsApp's 24-hour window end to end, with moved clocks.
@@ -39,6 +40,7 @@ mod qpien;
 mod replay;
 mod runtime;
 mod scale;
+mod schema;
 mod sim;
 mod store;
 mod window;

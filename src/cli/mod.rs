@@ -162,6 +162,8 @@ pub enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// Print the JSON Schema of flow files (for editors: see docs/editor.md).
+    Schema,
     /// Run YAML conversation tests against their snapshots (`test new`: write
     /// one from captured deliveries).
     #[command(args_conflicts_with_subcommands = true)]
@@ -196,6 +198,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             | Command::Chat { .. }
             | Command::Graph { .. }
             | Command::Test { .. }
+            | Command::Schema
     ) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -244,6 +247,12 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 out.as_deref(),
             ),
             Command::Test { dir, coverage, .. } => test::run(&dir, coverage, &registry).await,
+            Command::Schema => {
+                use std::io::Write;
+                // A closed pipe (`flowbot schema | head`) is no error.
+                let _ = writeln!(std::io::stdout(), "{:#}", crate::flow::schema());
+                0
+            }
             Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
             Command::Doctor {
                 config,

@@ -141,3 +141,17 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
 pub fn to_yaml<T: serde::Serialize>(value: &T) -> String {
     load::to_yaml(value)
 }
+
+/// The JSON Schema (draft 2020-12) of a flow file, generated from the
+/// [`model`] types and their doc comments, so it says what the loader
+/// accepts: editors with a YAML language server complete and check flows
+/// with it (`# yaml-language-server: $schema=flow.schema.json` on a flow's
+/// first line; `flowbot schema` prints it). It describes the shape only:
+/// state names, handlers and templates are checked by `flowbot validate`
+/// and `flowbot lsp`.
+pub fn schema() -> serde_json::Value {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<model::FlowDoc>();
+    schema.to_value()
+}

@@ -11,15 +11,18 @@
 //! still found.
 
 use indexmap::IndexMap;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Free-form value (variable defaults, action arguments): YAML scalars, lists, maps.
 pub type Value = serde_json::Value;
 
 /// One flow file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields, title = "flowbot flow")]
 pub struct FlowDoc {
     /// Language version; only 1 exists.
     pub version: Option<u32>,
@@ -61,7 +64,8 @@ pub struct FlowDoc {
 }
 
 /// One entry of `schedules:`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ScheduleDoc {
     /// Its name (unique; it keys each firing, so each fires once).
     pub name: String,
@@ -87,7 +91,8 @@ pub struct ScheduleDoc {
 }
 
 /// One calendar of `calendars:`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CalendarDoc {
     /// Its IANA time zone (`Europe/Istanbul`).
     pub timezone: String,
@@ -104,7 +109,8 @@ pub struct CalendarDoc {
 }
 
 /// A one-off closure of a calendar.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ClosureDoc {
     /// Its start (`2026-12-31T14:00`, local time).
     pub from: String,
@@ -113,7 +119,8 @@ pub struct ClosureDoc {
 }
 
 /// `settings:`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Settings {
     /// Inactivity after which the next message starts over (`30m`, `2h`).
     pub session_timeout: Option<String>,
@@ -149,7 +156,8 @@ pub struct Settings {
 }
 
 /// One state.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct State {
     /// Messages sent on entry.
     pub say: Option<Say>,
@@ -186,7 +194,7 @@ pub struct State {
 }
 
 /// A WhatsApp template message: an approved template, by name.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateDoc {
     /// The template's name, as approved in the WhatsApp Business account.
@@ -200,7 +208,8 @@ pub struct TemplateDoc {
 }
 
 /// `after:` of a state: what happens when the customer is silent for a while.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct After {
     /// How long the silence lasts first (`10m`, `1h`).
     pub idle: Option<String>,
@@ -216,7 +225,8 @@ pub struct After {
 /// A rule: conditions, and what follows when they hold.
 ///
 /// Several condition keys in one rule must all hold.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Rule {
     /// The quick-reply button id tapped.
     pub button: Option<String>,
@@ -297,7 +307,8 @@ impl<'de> Deserialize<'de> for Fallback {
 }
 
 /// `ask:`: a question, where the answer goes, and how it is checked.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Ask {
     /// The question.
     pub text: Option<Text>,
@@ -368,7 +379,8 @@ impl<'de> Deserialize<'de> for Validate {
 }
 
 /// `call:`: a registered Rust action and its arguments (strings are templates).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Call {
     /// The action's registered name.
     pub action: String,
@@ -434,7 +446,8 @@ impl<'de> Deserialize<'de> for SayItem {
 }
 
 /// A message with more than text.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Rich {
     /// The text.
     pub text: Option<Text>,
@@ -451,7 +464,8 @@ pub struct Rich {
 }
 
 /// A quick-reply button or a list row.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ChoiceDoc {
     /// The id that comes back.
     pub id: String,
@@ -462,7 +476,8 @@ pub struct ChoiceDoc {
 }
 
 /// A list message.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ListDoc {
     /// Header line.
     pub header: Option<Text>,
@@ -477,7 +492,8 @@ pub struct ListDoc {
 }
 
 /// One section of a list.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SectionDoc {
     /// Heading.
     pub title: Option<Text>,
@@ -486,7 +502,8 @@ pub struct SectionDoc {
 }
 
 /// An informative button.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ButtonDoc {
     /// `url` or `phone`.
     #[serde(rename = "type")]
@@ -498,7 +515,8 @@ pub struct ButtonDoc {
 }
 
 /// An attachment by URL.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct MediaDoc {
     /// Where it is.
     pub url: String,
@@ -652,6 +670,118 @@ fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     let mut p = Probe(None);
     let _ = T::deserialize(&mut p);
     p.0.unwrap_or(&[])
+}
+
+// The JSON Schema of the short forms, written next to their visitors: each
+// accepts exactly what its `Deserialize` does.
+
+impl JsonSchema for Text {
+    fn schema_name() -> Cow<'static, str> {
+        "Text".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A visible text: one string, or one per language (`{ en: Hi, tr: Merhaba }`).",
+            "anyOf": [
+                { "type": ["string", "number", "boolean"] },
+                { "type": "object", "additionalProperties": { "type": "string" } }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for OneOrMany {
+    fn schema_name() -> Cow<'static, str> {
+        "OneOrMany".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "One string or a list of strings.",
+            "anyOf": [
+                { "type": ["string", "integer"] },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for SayItem {
+    fn schema_name() -> Cow<'static, str> {
+        "SayItem".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "One message: a text, or a map with text, quick_replies, buttons, list, media or template.",
+            "anyOf": [ { "type": "string" }, g.subschema_for::<Rich>() ]
+        })
+    }
+}
+
+impl JsonSchema for Say {
+    fn schema_name() -> Cow<'static, str> {
+        "Say".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "One message or a list of messages.",
+            "anyOf": [
+                { "type": "string" },
+                g.subschema_for::<Rich>(),
+                { "type": "array", "items": g.subschema_for::<SayItem>() }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for Fallback {
+    fn schema_name() -> Cow<'static, str> {
+        "Fallback".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A message, or what to say, whether to repeat the state's messages, and where to go.",
+            "anyOf": [
+                { "type": "string" },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "say": g.subschema_for::<Say>(),
+                        "repeat": { "type": "boolean", "description": "Send the state's messages again after `say`." },
+                        "goto": { "type": "string", "description": "Go to another state instead." }
+                    }
+                }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for Validate {
+    fn schema_name() -> Cow<'static, str> {
+        "Validate".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let kind = json_schema!({
+            "description": "A built-in kind.",
+            "enum": ["text", "number", "email", "phone", "date"]
+        });
+        json_schema!({
+            "description": "How an answer is checked: a kind, or a map with regex, kind, min and max.",
+            "anyOf": [
+                kind,
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "regex": { "type": "string", "description": "A regex the whole answer must match." },
+                        "kind": kind,
+                        "min": { "type": "number", "description": "Smallest number accepted (kind `number`)." },
+                        "max": { "type": "number", "description": "Largest number accepted (kind `number`)." }
+                    }
+                }
+            ]
+        })
+    }
 }
 
 #[cfg(test)]
