@@ -55,6 +55,10 @@
 //! listed above. `internals` (hidden from the docs) exists for this crate's own
 //! tests and benchmarks and is not part of the API.
 
+// The project template's code (`flowbot new`) names this crate `flowbot`,
+// as a bot's own code does.
+extern crate self as flowbot;
+
 mod cli;
 mod config;
 mod engine;

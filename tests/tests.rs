@@ -11,6 +11,7 @@
 //! - `fuzz`: random YAML and random messages never panic.
 //! - `handoff`: every way a handoff ends (or fails), through the simulator.
 //! - `hostile`: the attack suite: hostile flows, templates, deliveries and connections.
+//! - `new`: `flowbot new` writes a working project.
 //! - `qpien`: the Qpien client against the simulator; schemas and documents.
 //! - `store`: the `StateStore` contract for each store.
 //! - `runtime`: `flowbot run` end to end over HTTP (webhooks, store, sender).
@@ -36,6 +37,7 @@ mod engine;
 mod fuzz;
 mod handoff;
 mod hostile;
+mod new;
 mod qpien;
 mod replay;
 mod runtime;

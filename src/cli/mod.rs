@@ -22,6 +22,7 @@ mod admin;
 mod chat;
 mod doctor;
 mod graph;
+mod new;
 mod replay;
 mod run;
 #[cfg(feature = "sim")]
@@ -162,6 +163,16 @@ pub enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// Start a bot project: a flow, a Rust action, a conversation test with
+    /// its snapshot, a configuration and a README, in a new folder NAME.
+    New {
+        /// The bot's name (its folder and its Cargo package).
+        name: String,
+        /// Depend on this local checkout of flowbot rather than on the
+        /// published crate.
+        #[arg(long, value_name = "DIR")]
+        flowbot_path: Option<PathBuf>,
+    },
     /// Print the JSON Schema of flow files (for editors: see docs/editor.md).
     Schema,
     /// Run YAML conversation tests against their snapshots (`test new`: write
@@ -199,6 +210,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             | Command::Graph { .. }
             | Command::Test { .. }
             | Command::Schema
+            | Command::New { .. }
     ) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -247,6 +259,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 out.as_deref(),
             ),
             Command::Test { dir, coverage, .. } => test::run(&dir, coverage, &registry).await,
+            Command::New { name, flowbot_path } => new::run(&name, flowbot_path.as_deref()).await,
             Command::Schema => {
                 use std::io::Write;
                 // A closed pipe (`flowbot schema | head`) is no error.

@@ -1,0 +1,84 @@
+//! `flowbot new`: a project that works as written (its own `cargo test` runs
+//! in `.ci/run`, against this checkout).
+
+use std::process::Command;
+
+#[test]
+fn new_writes_a_project_with_its_first_snapshot() {
+    let dir = crate::runtime::temp_dir("new");
+    let out = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args([
+            "new",
+            "help-desk",
+            "--flowbot-path",
+            env!("CARGO_MANIFEST_DIR"),
+        ])
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cd help-desk"), "{stdout}");
+    let root = dir.join("help-desk");
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let cargo = read("Cargo.toml");
+    assert!(cargo.contains("name = \"help-desk\""), "{cargo}");
+    assert!(
+        cargo.contains("package = \"qpien-flowbot\", path = "),
+        "{cargo}"
+    );
+    // The crate's name, not the package's, where Rust names it.
+    assert!(read("src/main.rs").contains("help_desk::registry()"));
+    assert!(read("tests/conversations.rs").contains("help_desk::registry()"));
+    assert!(read("flows/bot.yaml").contains("name: help-desk"));
+    assert!(read("README.md").starts_with("# help-desk\n"));
+    assert!(read(".gitignore").contains("/target"));
+    assert!(read("flowbot.toml").contains("flow = \"flows/bot.yaml\""));
+    // The schema its flow names, as `flowbot schema` prints it.
+    let schema: serde_json::Value = serde_json::from_str(&read("flows/flow.schema.json")).unwrap();
+    assert_eq!(schema, flowbot::internals::flow::schema());
+    // The first snapshot: recorded with the project's own action, named from
+    // the project's folder.
+    let snap = read("tests/conversations/snapshots/callback.snap");
+    assert!(
+        snap.starts_with("---\nsource: tests/conversations/callback.yaml\n"),
+        "{snap}"
+    );
+    assert!(snap.contains("Ticket CB-0018"), "{snap}");
+    assert!(!root
+        .join("tests/conversations/snapshots/callback.snap.new")
+        .exists());
+
+    // A second time: the folder is taken.
+    let again = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["new", "help-desk"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_name_that_cannot_be_a_package_is_refused() {
+    let dir = crate::runtime::temp_dir("new-bad");
+    let out = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["new", "My Bot"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot name a bot"));
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
