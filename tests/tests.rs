@@ -11,6 +11,7 @@
 //! - `fuzz`: random YAML and random messages never panic.
 //! - `handoff`: every way a handoff ends (or fails), through the simulator.
 //! - `hostile`: the attack suite: hostile flows, templates, deliveries and connections.
+//! - `lsp`: `flowbot lsp` over stdio, as an editor drives it.
 //! - `new`: `flowbot new` writes a working project.
 //! - `qpien`: the Qpien client against the simulator; schemas and documents.
 //! - `store`: the `StateStore` contract for each store.
@@ -37,6 +38,7 @@ mod engine;
 mod fuzz;
 mod handoff;
 mod hostile;
+mod lsp;
 mod new;
 mod qpien;
 mod replay;

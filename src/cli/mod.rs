@@ -22,6 +22,7 @@ mod admin;
 mod chat;
 mod doctor;
 mod graph;
+mod lsp;
 mod new;
 mod replay;
 mod run;
@@ -173,6 +174,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         flowbot_path: Option<PathBuf>,
     },
+    /// A language server for flow files over stdio (diagnostics, completion,
+    /// go to definition, hover): see docs/editor.md.
+    Lsp,
     /// Print the JSON Schema of flow files (for editors: see docs/editor.md).
     Schema,
     /// Run YAML conversation tests against their snapshots (`test new`: write
@@ -211,6 +215,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             | Command::Test { .. }
             | Command::Schema
             | Command::New { .. }
+            | Command::Lsp
     ) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -260,6 +265,12 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             ),
             Command::Test { dir, coverage, .. } => test::run(&dir, coverage, &registry).await,
             Command::New { name, flowbot_path } => new::run(&name, flowbot_path.as_deref()).await,
+            Command::Lsp => {
+                let names = registry.names();
+                tokio::task::spawn_blocking(move || lsp::run(names))
+                    .await
+                    .unwrap_or(1)
+            }
             Command::Schema => {
                 use std::io::Write;
                 // A closed pipe (`flowbot schema | head`) is no error.

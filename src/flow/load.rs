@@ -35,7 +35,20 @@ pub(crate) fn load_files(
     limits: &FlowLimits,
     diags: &mut Diagnostics,
 ) -> Vec<Loaded> {
+    load_files_over(path, text, &|_| None, limits, diags)
+}
+
+/// [`load_files`], where `open` gives the text of an included file when it
+/// is not to be read from disk (an editor's unsaved changes).
+pub(crate) fn load_files_over(
+    path: &Path,
+    text: Option<String>,
+    open: &dyn Fn(&Path) -> Option<String>,
+    limits: &FlowLimits,
+    diags: &mut Diagnostics,
+) -> Vec<Loaded> {
     let mut ctx = Ctx {
+        open,
         out: Vec::new(),
         seen: HashSet::new(),
         home: path
@@ -56,6 +69,8 @@ pub(crate) fn load_files(
 }
 
 struct Ctx<'a> {
+    /// The text of a file that is not to be read from disk.
+    open: &'a dyn Fn(&Path) -> Option<String>,
     out: Vec<Loaded>,
     seen: HashSet<PathBuf>,
     /// The main file's folder, where includes must stay.
@@ -164,7 +179,8 @@ impl Ctx<'_> {
                 );
                 continue;
             }
-            self.load(&target, None, Some((idx, &at)));
+            let text = (self.open)(&target);
+            self.load(&target, text, Some((idx, &at)));
         }
     }
 }

@@ -32,6 +32,8 @@ pub mod model;
 mod normalize;
 pub mod schedule;
 mod source;
+pub(crate) use load::Loaded;
+pub(crate) use source::join_key;
 pub(crate) use source::read as read_file;
 pub mod template;
 mod validate;
@@ -107,6 +109,31 @@ impl Flow {
         let files = load::load_files(name.as_ref(), Some(yaml.to_owned()), &limits, &mut diags);
         finish(compile::compile(&files, names, &limits, &mut diags), diags)
     }
+}
+
+/// A flow as an editor sees it: every problem, and each file that parsed
+/// (its document and positions), whether or not the flow compiles.
+pub(crate) struct Analysis {
+    /// Errors and warnings, as `validate` finds them.
+    pub(crate) diagnostics: Diagnostics,
+    /// The files read, the main one first.
+    pub(crate) files: Vec<load::Loaded>,
+}
+
+/// Loads, validates and compiles the flow at `path` for an editor: `open`
+/// gives the text of the files open in it (unsaved changes), the others are
+/// read from disk.
+pub(crate) fn analyze(
+    path: &Path,
+    open: &dyn Fn(&Path) -> Option<String>,
+    names: &HandlerNames,
+) -> Analysis {
+    let mut diagnostics = Diagnostics::default();
+    let limits = FlowLimits::default();
+    let files = load::load_files_over(path, open(path), open, &limits, &mut diagnostics);
+    let _ = compile::compile(&files, names, &limits, &mut diagnostics);
+    diagnostics.finish();
+    Analysis { diagnostics, files }
 }
 
 fn finish(flow: Option<Flow>, mut diags: Diagnostics) -> Result<Flow, LoadError> {
