@@ -64,10 +64,24 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
-/// The dependency line of the project's `Cargo.toml`: this version from
-/// crates.io, or a local checkout of flowbot.
+/// The checkout of flowbot this binary was built from, while it is there
+/// (`cargo install --path .`), as opposed to a package from a registry.
+fn built_from() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let from_registry = dir.join(".cargo_vcs_info.json").exists()
+        || dir.components().any(|c| c.as_os_str() == "registry");
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    (!from_registry && manifest.contains("name = \"qpien-flowbot\"")).then(|| dir.to_path_buf())
+}
+
+/// The dependency line of the project's `Cargo.toml`: the checkout given,
+/// else the one this binary was built from, else this version from crates.io.
 fn dependency(flowbot_path: Option<&Path>) -> String {
-    match flowbot_path {
+    match flowbot_path
+        .map(Path::to_path_buf)
+        .or_else(built_from)
+        .as_deref()
+    {
         Some(p) => {
             let p = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
             // A TOML basic string: backslashes and quotes escaped.
@@ -162,8 +176,9 @@ pub(crate) async fn create(
 pub(crate) async fn run(name: &str, flowbot_path: Option<&Path>) -> u8 {
     match create(Path::new("."), name, flowbot_path).await {
         Ok(root) => {
+            let dep = dependency(flowbot_path);
             println!(
-                "Created {}: a flow, a Rust action, a conversation test and its snapshot.\n\n  cd {}\n  cargo run -- demo --flow flows/bot.yaml   # then open http://127.0.0.1:8090/\n  cargo test\n",
+                "Created {}: a flow, a Rust action, a conversation test and its snapshot.\nIt depends on flowbot as {dep}.\n\n  cd {}\n  cargo run -- demo --flow flows/bot.yaml   # then open http://127.0.0.1:8090/\n  cargo test\n",
                 root.display(),
                 root.display()
             );
