@@ -92,14 +92,14 @@ pub use message::{
 };
 pub use runtime::{check, shutdown_signal, start, Drained, Running, RuntimeError};
 pub use testing::suite::{run_dir as run_conversation_tests, CaseReport, SuiteReport, Update};
-pub use testing::{Customer, Exchange, TestConversation, Transcript};
+pub use testing::{Customer, Exchange, Mock, MockCall, TestConversation, Transcript};
 pub use time::{Clock, ManualClock, Millis, SystemClock};
 
 /// What most bots need: `use flowbot::prelude::*;`.
 pub mod prelude {
     pub use crate::{
         async_trait, Action, ActionContext, ActionError, ActionOutcome, Bot, Channel, Event, Hook,
-        Incoming, Matcher, Outgoing, Registry, TestConversation, Value,
+        Incoming, Matcher, Mock, Outgoing, Registry, TestConversation, Value,
     };
 }
 

@@ -57,3 +57,86 @@ fn one_test_file_runs_alone() {
     );
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
+
+/// `mocks:`, `vars:` and `expect:`: a failed expectation fails the test with
+/// what and where; a mock for an action the flow does not call, or jumping
+/// to a state it does not have, is refused.
+#[test]
+fn expectations_and_mocks_are_checked() {
+    let dir = crate::runtime::temp_dir("expect");
+    std::fs::write(
+        dir.join("flow.yaml"),
+        "states:\n  start:\n    call: { action: vip_check }\n    say: \"Hello {{ tier }}\"\n    next: menu\n  menu:\n    say: Menu\n    on:\n      - { text: bye, goto: done }\n  gold: { say: Gold lane, end: true }\n  done: { end: true }\n",
+    )
+    .unwrap();
+    let case = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    case(
+        "a_wrong.yaml",
+        "flow: flow.yaml\nvars: { tier: silver }\nmocks:\n  vip_check: { set: { tier: gold } }\nsteps:\n  - text: hi\n    expect: { state: gold, vars: { tier: silver, other: 1 } }\n  - text: bye\n    expect: { ended: false }\n",
+    );
+    case(
+        "b_typo.yaml",
+        "flow: flow.yaml\nmocks:\n  vip_check: {}\n  vip_chek: {}\nsteps:\n  - text: hi\n",
+    );
+    case(
+        "c_goto.yaml",
+        "flow: flow.yaml\nmocks:\n  vip_check: { goto: platinum }\nsteps:\n  - text: hi\n",
+    );
+    case(
+        "d_jump.yaml",
+        "flow: flow.yaml\nmocks:\n  vip_check: [{ goto: gold }, { fail: down }]\nsteps:\n  - text: hi\n    expect: { ended: true }\n  - text: hi\n    expect: { ended: true }\n",
+    );
+    // The flow's action left without a mock (nor a handler) is named.
+    case(
+        "e_unbound.yaml",
+        "flow: flow.yaml\nmocks:\n  vip_chek: {}\nsteps:\n  - text: hi\n",
+    );
+    let report = crate::block_on(run_dir(&dir, &flowbot::Registry::new(), Update::No)).unwrap();
+    let outcome = |name: &str| {
+        let c = report
+            .cases
+            .iter()
+            .find(|c| c.file.ends_with(name))
+            .unwrap();
+        format!("{:?}", c.outcome)
+    };
+    let a = outcome("a_wrong.yaml");
+    assert!(
+        a.contains("steps[0]: the state is `menu`, expected `gold`"),
+        "{a}"
+    );
+    assert!(
+        a.contains("steps[0]: `tier` is `\\\"gold\\\"`, expected `\\\"silver\\\"`"),
+        "{a}"
+    );
+    assert!(
+        a.contains("steps[0]: `other` is not set, expected `1`"),
+        "{a}"
+    );
+    assert!(
+        a.contains("steps[1]: no conversation is in progress, expected one"),
+        "{a}"
+    );
+    let b = outcome("b_typo.yaml");
+    assert!(
+        b.contains(
+            "mocks.vip_chek: the flow calls no action `vip_chek` (did you mean `vip_check`?)"
+        ),
+        "{b}"
+    );
+    let e = outcome("e_unbound.yaml");
+    assert!(e.contains("action `vip_check` is not registered"), "{e}");
+    let c = outcome("c_goto.yaml");
+    assert!(
+        c.contains("goto `platinum`: the flow has no such state"),
+        "{c}"
+    );
+    // The first call jumps (the conversation ends in `gold`), the second
+    // fails: the error path starts over, and the flow runs on.
+    let d = outcome("d_jump.yaml");
+    assert!(d.starts_with("New"), "{d}");
+    assert!(!report.passed());
+    let summary = report.summary();
+    assert!(summary.contains("FAILED  "), "{summary}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

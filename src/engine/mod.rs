@@ -73,6 +73,9 @@ const DEFAULT_ERROR_MESSAGE: &str = "Sorry, something went wrong. Please try aga
 /// ```
 pub struct Bot {
     flow: Arc<Flow>,
+    /// The variables every conversation starts with: the flow's `vars:`, and
+    /// over them those given to [`Bot::with_vars`].
+    vars: Arc<crate::flow::template::VarList>,
     actions: Vec<Arc<dyn Action>>,
     matchers: Vec<Arc<dyn Matcher>>,
     hooks: Vec<Arc<dyn Hook>>,
@@ -202,11 +205,47 @@ impl Bot {
             })
             .collect::<Result<_, _>>()?;
         Ok(Bot {
+            vars: flow.vars.clone(),
             flow: Arc::new(flow),
             actions,
             matchers,
             hooks: registry.hooks,
         })
+    }
+
+    /// The same bot, its conversations starting with these variables (over
+    /// the flow's `vars:` defaults of the same names): a customer's data known
+    /// before the first message, or a test's preset (`vars:` in a YAML
+    /// conversation test).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use flowbot::{Bot, Registry, TestConversation};
+    /// let yaml = "vars: { tier: basic }\nstates:\n  start: { say: \"Your plan: {{ tier }}\" }\n";
+    /// let bot = Bot::from_yaml("plan.yaml", yaml, Registry::new()).unwrap();
+    /// let mut chat = TestConversation::new(bot.with_vars([("tier", "gold")]));
+    /// assert_eq!(chat.send("hi").await[0].text, "Your plan: gold");
+    /// # });
+    /// ```
+    pub fn with_vars<K, V>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Bot
+    where
+        K: AsRef<str>,
+        V: Into<Value>,
+    {
+        let list = Arc::make_mut(&mut self.vars);
+        for (k, v) in vars {
+            let v = v.into();
+            match list.iter_mut().find(|(name, _)| &**name == k.as_ref()) {
+                Some(slot) => slot.1 = v,
+                None => list.push((k.as_ref().into(), v)),
+            }
+        }
+        self
+    }
+
+    /// The value a conversation starts with for a variable.
+    pub(crate) fn default_var(&self, name: &str) -> Option<&Value> {
+        self.vars.iter().find(|(k, _)| &**k == name).map(|(_, v)| v)
     }
 
     /// Loads a flow file and binds it.
@@ -539,7 +578,7 @@ impl Bot {
                 .or(contact_language);
             let scope = Value::from_object(crate::flow::template::Scope {
                 vars: Vec::new(),
-                defaults: self.flow.vars.clone(),
+                defaults: self.vars.clone(),
                 builtins: vec![("now", Value::from(now))],
             });
             let mut errors = Vec::new();
@@ -1069,12 +1108,11 @@ impl Run<'_> {
         if let Some(s) = &self.scope {
             return s.clone();
         }
-        let flow = &*self.bot.flow;
         let lang = self.language().map(str::to_owned);
         let contact: &Contact = &self.msg.contact;
         let scope = Value::from_object(Scope {
             vars: self.session.vars.clone(),
-            defaults: flow.vars.clone(),
+            defaults: self.bot.vars.clone(),
             builtins: vec![
                 ("contact", Value::from_serialize(contact)),
                 ("channel", Value::from(self.msg.channel.as_str())),
@@ -1156,7 +1194,7 @@ impl Run<'_> {
             matchers: &self.bot.matchers,
             vars: Vars {
                 session: &self.session.vars,
-                defaults: &flow.vars,
+                defaults: &self.bot.vars,
             },
             scope: &scope,
             errors: &mut self.errors,
@@ -1413,7 +1451,7 @@ impl Run<'_> {
             state,
             args,
             vars: &mut self.session.vars,
-            defaults: &flow.vars,
+            defaults: &self.bot.vars,
             message: Some(self.msg),
             contact: &self.msg.contact,
             out: &mut self.out,

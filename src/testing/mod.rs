@@ -23,7 +23,10 @@
 //! # });
 //! ```
 
+mod mock;
 pub mod suite;
+
+pub use mock::{Mock, MockCall, MockDoc};
 
 use serde::Serialize;
 use std::sync::Arc;
@@ -317,9 +320,12 @@ impl TestConversation {
         Some(&stored.state)
     }
 
-    /// A variable of the session.
+    /// A variable as the conversation sees it: set in the session, else the
+    /// bot's default (the flow's `vars:`, [`Bot::with_vars`]).
     pub fn var(&self, name: &str) -> Option<&minijinja::Value> {
-        self.session()?.var(name)
+        self.session()
+            .and_then(|s| s.var(name))
+            .or_else(|| self.bot.default_var(name))
     }
 
     /// The session.

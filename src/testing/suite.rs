@@ -56,6 +56,13 @@ pub struct ConversationFile {
     /// When the conversation starts (RFC 3339, `2026-12-25T10:00:00Z`;
     /// default 2026-01-01T00:00:00Z): business hours and dates read it.
     pub at: Option<String>,
+    /// Variables the conversation starts with (over the flow's `vars:`).
+    #[serde(default)]
+    pub vars: indexmap::IndexMap<String, serde_json::Value>,
+    /// Stand-ins for the flow's actions, by name: `{ set: {..} }`, `{ goto:
+    /// state }`, `{ fail: why }`, or a list of them, one per call.
+    #[serde(default)]
+    pub mocks: indexmap::IndexMap<String, super::MockDoc>,
     /// What the customer does.
     pub steps: Vec<StepDoc>,
 }
@@ -80,6 +87,21 @@ pub struct StepDoc {
     /// Another version of the flow, relative to the test file, swapped in as a
     /// hot reload would (tests `migrate:` and `restart_message`).
     pub reload: Option<String>,
+    /// What must hold after the step (or, alone, at that point).
+    pub expect: Option<ExpectDoc>,
+}
+
+/// `expect:` of a step.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectDoc {
+    /// The state the conversation is in.
+    pub state: Option<String>,
+    /// `true`: no conversation is in progress (it ended, or was never started).
+    pub ended: Option<bool>,
+    /// Variables and their values (`~`: not set).
+    #[serde(default)]
+    pub vars: indexmap::IndexMap<String, serde_json::Value>,
 }
 
 const KEYS: &[&str] = &[
@@ -101,6 +123,12 @@ const KEYS: &[&str] = &[
     "vars",
     "mode",
     "reload",
+    "mocks",
+    "set",
+    "goto",
+    "fail",
+    "expect",
+    "ended",
     "first_name",
     "last_name",
     "id",
@@ -124,6 +152,8 @@ pub enum Outcome {
     },
     /// The test could not run (bad file, flow that does not load).
     Broken(String),
+    /// Expectations (`expect:`) did not hold: one line each.
+    Failed(Vec<String>),
 }
 
 impl Outcome {
@@ -170,6 +200,9 @@ impl SuiteReport {
                     writeln!(s, "CHANGED {name}{}\n{diff}", pending_note(pending))
                 }
                 Outcome::Broken(e) => writeln!(s, "BROKEN  {name}\n{e}"),
+                Outcome::Failed(lines) => {
+                    writeln!(s, "FAILED  {name}\n  {}", lines.join("\n  "))
+                }
             };
         }
         let failed = self.cases.iter().filter(|c| !c.outcome.passed()).count();
@@ -254,12 +287,16 @@ pub async fn run_dir(
     let mut steps: HashMap<PathBuf, BTreeSet<Step>> = HashMap::new();
     for file in test_files(dir)? {
         let outcome = match run_file(&file, registry, &mut bots).await {
-            Ok((flow, conv)) => {
+            Ok((flow, conv, failed)) => {
                 steps
                     .entry(flow)
                     .or_default()
                     .extend(conv.steps().iter().copied());
-                compare(&file, &conv.transcript().to_yaml(), update)
+                if failed.is_empty() {
+                    compare(&file, &conv.transcript().to_yaml(), update)
+                } else {
+                    Outcome::Failed(failed)
+                }
             }
             Err(e) => Outcome::Broken(e),
         };
@@ -276,19 +313,29 @@ pub async fn run_dir(
     Ok(report)
 }
 
-/// Runs one test file and returns the flow's path and the finished conversation.
+/// Runs one test file and returns the flow's path, the finished
+/// conversation and the expectations that did not hold.
 pub async fn run_file(
     file: &Path,
     registry: &Registry,
     bots: &mut HashMap<PathBuf, Result<Arc<Bot>, String>>,
-) -> Result<(PathBuf, TestConversation), String> {
+) -> Result<(PathBuf, TestConversation, Vec<String>), String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let doc: ConversationFile =
         crate::flow::parse_yaml(file, text, KEYS).map_err(|d: Diagnostics| d.to_string())?;
     let flow_path = clean(&file.parent().unwrap_or(Path::new("")).join(&doc.flow));
-    let bot = load_bot(bots, &flow_path, registry)?;
+    let bot = if doc.vars.is_empty() && doc.mocks.is_empty() {
+        load_bot(bots, &flow_path, registry)?
+    } else {
+        let bot = mocked_bot(file, &flow_path, &doc, registry)?;
+        // Coverage reads the flow from here when no test runs it unmocked.
+        bots.entry(flow_path.clone())
+            .or_insert_with(|| Ok(bot.clone()));
+        bot
+    };
     let mut conv = TestConversation::new(bot);
+    let mut failed = Vec::new();
     if let Some(c) = &doc.channel {
         conv = conv.channel(
             c.parse::<Channel>()
@@ -319,9 +366,9 @@ pub async fn run_file(
         .filter(|k| k.is_some())
         .count()
             + usize::from(s.start.is_some());
-        if keys != 1 {
+        if keys > 1 || (keys == 0 && s.expect.is_none()) {
             return Err(format!(
-                "{}: a step has exactly one of text, button, list, media, event, wait, start, reload",
+                "{}: a step has exactly one of text, button, list, media, event, wait, start, reload (and may have an expect)",
                 at()
             ));
         }
@@ -356,8 +403,91 @@ pub async fn run_file(
                 load_bot(bots, &path, registry).map_err(|e| format!("{}: reload: {e}", at()))?;
             conv.reload(bot, r);
         }
+        if let Some(e) = &s.expect {
+            failed.extend(
+                unmet(&conv, e)
+                    .into_iter()
+                    .map(|m| format!("steps[{i}]: {m}")),
+            );
+        }
     }
-    Ok((flow_path, conv))
+    Ok((flow_path, conv, failed))
+}
+
+/// The bot of a test with `vars:` or `mocks:`: the registry's handlers, the
+/// mocks over them, the variables over the flow's.
+fn mocked_bot(
+    file: &Path,
+    flow_path: &Path,
+    doc: &ConversationFile,
+    registry: &Registry,
+) -> Result<Arc<Bot>, String> {
+    let mut registry = registry.clone();
+    for (name, calls) in &doc.mocks {
+        registry = registry.action(name.clone(), super::Mock::from_calls(calls.0.clone()));
+    }
+    let flow = Flow::load(flow_path, &registry.names()).map_err(|e| e.0.to_string())?;
+    for (name, calls) in &doc.mocks {
+        if !flow.actions.iter().any(|a| &**a == name) {
+            let hint = crate::flow::did_you_mean(name, flow.actions.iter().map(|a| &**a))
+                .map(|a| format!(" (did you mean `{a}`?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "{}: mocks.{name}: the flow calls no action `{name}`{hint}",
+                file.display()
+            ));
+        }
+        for target in calls.0.iter().filter_map(|c| c.goto.as_deref()) {
+            if flow.state_id(target).is_none() {
+                return Err(format!(
+                    "{}: mocks.{name}: goto `{target}`: the flow has no such state",
+                    file.display()
+                ));
+            }
+        }
+    }
+    let bot = Bot::new(flow, registry).map_err(|e| e.to_string())?;
+    let vars = doc
+        .vars
+        .iter()
+        .map(|(k, v)| (k, minijinja::Value::from_serialize(v)));
+    Ok(Arc::new(bot.with_vars(vars)))
+}
+
+/// What of `expect` does not hold now, one sentence each.
+fn unmet(conv: &TestConversation, expect: &ExpectDoc) -> Vec<String> {
+    let mut out = Vec::new();
+    let now = conv.state();
+    if let Some(want) = &expect.state {
+        match now {
+            Some(s) if s == want => {}
+            Some(s) => out.push(format!("the state is `{s}`, expected `{want}`")),
+            None => out.push(format!(
+                "no conversation is in progress, expected the state `{want}`"
+            )),
+        }
+    }
+    match (expect.ended, now) {
+        (Some(true), Some(s)) => {
+            out.push(format!("the conversation is in `{s}`, expected it ended"))
+        }
+        (Some(false), None) => out.push("no conversation is in progress, expected one".into()),
+        _ => {}
+    }
+    for (name, want) in &expect.vars {
+        let got = conv
+            .var(name)
+            .map(|v| serde_json::to_value(v).unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null);
+        if &got != want {
+            let got = match got {
+                serde_json::Value::Null => "not set".to_owned(),
+                v => format!("`{v}`"),
+            };
+            out.push(format!("`{name}` is {got}, expected `{want}`"));
+        }
+    }
+    out
 }
 
 /// The bot of a flow file, loaded once per run.
