@@ -456,3 +456,20 @@ states:
     );
     has(&ds, "starts conversations in `survey`", "schedules[0]", 2);
 }
+
+#[test]
+fn digression_helpers_are_checked() {
+    let ds = problems(
+        "intents:\n  - { keyword: hours, say: x, goto: start, resume: true }\n  - { regex: 'is (?P<agee>.+)', correct: agee, say: ok }\n  - { any: [{ text: a, cancel: true }], say: x }\nstates:\n  start:\n    ask: { text: Age?, save: age }\n",
+    );
+    has(&ds, "cannot also `goto`", "intents[0].resume", 2);
+    has(&ds, "no question saves `agee`", "intents[1].correct", 3);
+    let d = ds.iter().find(|d| d.message.contains("agee")).unwrap();
+    assert_eq!(d.hint.as_deref(), Some("did you mean `age`?"));
+    has(
+        &ds,
+        "`cancel` belongs to the outer rule",
+        "intents[2].any[0].cancel",
+        4,
+    );
+}

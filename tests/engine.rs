@@ -721,3 +721,67 @@ fn a_cron_schedule_fires_for_matching_conversations_each_time() {
         );
     });
 }
+
+/// Digressions: `resume` answers and asks the pending question again (a menu
+/// sends its messages again; a new conversation starts); `correct` checks
+/// and saves a corrected answer; `cancel` forgets answers and the
+/// conversation stays where it is.
+#[test]
+fn digressions_resume_correct_and_cancel() {
+    let yaml = r#"
+intents:
+  - { keyword: hours, say: "9 to 5.", resume: true }
+  - { regex: '^my age is (?P<age>.+)$', correct: age, say: "Age now {{ age }}." }
+  - { text: forget, cancel: [age], say: Forgotten., resume: true }
+  - { text: reset, cancel: true, say: Reset., resume: true }
+states:
+  start:
+    ask: { text: "Age?", save: age, validate: { kind: number, min: 1, max: 120 }, invalid: "A number, please.", retries: 1, exhausted: { say: Bye., goto: menu } }
+    next: ask_name
+  ask_name:
+    ask: { text: "Name?", save: name }
+    next: menu
+  menu:
+    say:
+      - text: Menu
+        quick_replies: [{ id: a, title: A }]
+    on:
+      - { button: a, say: A }
+"#;
+    block_on(async {
+        // A new conversation: the digression is answered, then it starts.
+        let mut c = conv(yaml);
+        assert_eq!(texts(c.send("your hours?").await), ["9 to 5.", "Age?"]);
+        // The retry count is kept: one invalid answer, a digression, then
+        // one more invalid answer runs them out.
+        assert_eq!(texts(c.send("old").await), ["A number, please."]);
+        assert_eq!(texts(c.send("hours").await), ["9 to 5.", "Age?"]);
+        assert_eq!(c.state(), Some("start"));
+        assert_eq!(texts(c.send("older").await), ["Bye.", "Menu"]);
+
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        c.send("41").await;
+        assert_eq!(c.state(), Some("ask_name"));
+        // A correction, checked as the question checks it.
+        assert_eq!(
+            texts(c.send("my age is 42").await),
+            ["Age now 42.", "Name?"]
+        );
+        assert_eq!(c.var("age").unwrap().to_string(), "42");
+        assert_eq!(
+            texts(c.send("my age is old").await),
+            ["A number, please.", "Name?"]
+        );
+        assert_eq!(c.var("age").unwrap().to_string(), "42");
+        c.send("Ada").await;
+        // On a menu, a digression sends the menu again.
+        assert_eq!(texts(c.send("hours").await), ["9 to 5.", "Menu"]);
+        assert_eq!(texts(c.send("forget").await), ["Forgotten.", "Menu"]);
+        assert!(c.var("age").is_none());
+        assert_eq!(c.var("name").unwrap().as_str(), Some("Ada"));
+        assert_eq!(texts(c.send("reset").await), ["Reset.", "Menu"]);
+        assert!(c.var("name").is_none());
+        assert_eq!(c.state(), Some("menu"));
+    });
+}

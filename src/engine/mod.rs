@@ -1151,11 +1151,13 @@ impl Run<'_> {
         match decision {
             Some(Decision::Intent(i, caps)) => {
                 self.trace.push(Step::Intent(i));
-                self.fire(&flow.intents[i as usize], caps).await;
+                let pending = had_session.then_some(here);
+                self.fire(&flow.intents[i as usize], caps, pending).await;
             }
             Some(Decision::Rule(i, caps)) => {
                 self.trace.push(Step::Rule(here, i));
-                self.fire(&flow.state(here).on[i as usize], caps).await;
+                self.fire(&flow.state(here).on[i as usize], caps, Some(here))
+                    .await;
             }
             Some(Decision::Valid(v, caps)) => {
                 self.trace.push(Step::Valid(here));
@@ -1234,15 +1236,78 @@ impl Run<'_> {
         Some(Decision::Fallback)
     }
 
-    async fn fire(&mut self, rule: &RuleNode, caps: Vec<(String, Value)>) {
+    /// Fires a rule. `pending`: the state the conversation waits in (none
+    /// for a new conversation).
+    async fn fire(
+        &mut self,
+        rule: &RuleNode,
+        caps: Vec<(String, Value)>,
+        pending: Option<StateId>,
+    ) {
+        let mut corrected = None;
         for (k, v) in caps {
-            self.set(&k, v);
+            match &rule.correct {
+                // The corrected value is checked before it is kept.
+                Some((var, _)) if **var == *k => corrected = Some(v),
+                _ => self.set(&k, v),
+            }
+        }
+        if let Some((var, asker)) = &rule.correct {
+            let flow = self.bot.flow.clone();
+            let ask = flow
+                .state(*asker)
+                .ask
+                .as_ref()
+                .expect("correct names an ask's variable");
+            let raw = corrected
+                .as_ref()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| self.msg.text.clone());
+            match answer::check(&ask.check, &raw) {
+                Some((v, more)) => {
+                    for (k, v) in more {
+                        self.set(&k, v);
+                    }
+                    self.set(var, v);
+                }
+                None => {
+                    // Not valid: said as the question that asks it says it,
+                    // and nothing is changed.
+                    if !ask.invalid.is_empty() {
+                        self.send(&ask.invalid);
+                    }
+                    self.resume(pending).await;
+                    return;
+                }
+            }
+        }
+        for var in &rule.cancel {
+            self.unset(var);
         }
         self.apply_sets(&rule.set);
         self.send(&rule.say);
         if let Some(g) = rule.goto {
             self.enter(g).await;
+        } else if rule.resume || rule.correct.is_some() {
+            self.resume(pending).await;
         }
+    }
+
+    /// Back to what the conversation was waiting for after a digression: the
+    /// pending question asked again (its retry count kept), or a waiting
+    /// state's messages; a new conversation starts.
+    async fn resume(&mut self, pending: Option<StateId>) {
+        match pending {
+            Some(here) if self.bot.flow.state(here).ask.is_some() => self.prompt(here),
+            Some(here) => self.repeat(here),
+            None => self.enter(self.bot.flow.start).await,
+        }
+    }
+
+    /// Forgets a variable.
+    fn unset(&mut self, name: &str) {
+        self.session.vars.retain(|(k, _)| &**k != name);
+        self.scope = None;
     }
 
     async fn invalid(&mut self, here: StateId) {

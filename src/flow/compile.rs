@@ -101,6 +101,17 @@ pub(crate) fn compile(
         region: None,
         default_language: settings_doc.default_language.as_deref().map(Into::into),
         used_templates: Vec::new(),
+        askers: order
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, _, st))| {
+                let save = st.ask.as_ref()?.save.as_deref()?;
+                Some((save.into(), i as StateId))
+            })
+            .fold(indexmap::IndexMap::new(), |mut m, (k, v)| {
+                m.entry(k).or_insert(v);
+                m
+            }),
     };
 
     // Calendars first: templates may call them.
@@ -346,6 +357,8 @@ struct Compiler<'a> {
     default_language: Option<Box<str>>,
     /// The templates named, once each.
     used_templates: Vec<Box<str>>,
+    /// Each variable an `ask` saves, and the first state that asks it.
+    askers: indexmap::IndexMap<Box<str>, StateId>,
 }
 
 impl Compiler<'_> {
@@ -989,7 +1002,7 @@ impl Compiler<'_> {
         let (Some(cond), Some(goto)) = (cond, goto.map_or(Some(None), |g| g.map(Some))) else {
             return None;
         };
-        if rule.goto.is_none() && rule.say.is_none() {
+        if rule.goto.is_none() && rule.say.is_none() && rule.correct.is_none() {
             r.error(
                 path,
                 "a rule needs `goto`, `say`, or both",
@@ -998,12 +1011,47 @@ impl Compiler<'_> {
             return None;
         }
         let set = self.sets(r, &join_key(path, "set"), &rule.set);
+        let resume = rule.resume.unwrap_or(false);
+        if resume && rule.goto.is_some() {
+            r.key_error(
+                &join_key(path, "resume"),
+                "a rule that resumes stays where the conversation is: it cannot also `goto`",
+                Some("remove `goto` (the pending question is asked again), or `resume`".into()),
+            );
+        }
+        let correct = match &rule.correct {
+            None => None,
+            Some(var) => match self.askers.get(var.as_str()) {
+                Some(&asker) => Some((Arc::from(var.as_str()), asker)),
+                None => {
+                    let hint = did_you_mean(var, self.askers.keys().map(|k| &**k))
+                        .map(|v| format!("did you mean `{v}`?"))
+                        .or_else(|| Some("`correct` names the `save:` of an `ask`".into()));
+                    r.error(
+                        &join_key(path, "correct"),
+                        format!("no question saves `{var}`, so it cannot be corrected"),
+                        hint,
+                    );
+                    None
+                }
+            },
+        };
+        let cancel = match &rule.cancel {
+            None | Some(model::Cancel::All(false)) => Vec::new(),
+            Some(model::Cancel::All(true)) => self.askers.keys().map(|k| Arc::from(&**k)).collect(),
+            Some(model::Cancel::Only(names)) => {
+                names.iter().map(|n| Arc::from(n.as_str())).collect()
+            }
+        };
         let label = label(rule);
         Some(RuleNode {
             cond,
             say,
             goto,
             set,
+            resume,
+            correct,
+            cancel,
             label: label.into(),
         })
     }
@@ -1022,6 +1070,9 @@ impl Compiler<'_> {
                 ("say", rule.say.is_some()),
                 ("goto", rule.goto.is_some()),
                 ("set", !rule.set.is_empty()),
+                ("resume", rule.resume.is_some()),
+                ("correct", rule.correct.is_some()),
+                ("cancel", rule.cancel.is_some()),
             ] {
                 if set {
                     r.key_error(

@@ -185,6 +185,13 @@ pub struct RuleNode {
     pub goto: Option<StateId>,
     /// Variables set when it fires.
     pub set: Vec<(Arc<str>, Tpl)>,
+    /// A digression: the pending question is asked again afterwards.
+    pub resume: bool,
+    /// `correct:`: the variable corrected, and the state whose question
+    /// checks it.
+    pub correct: Option<(Arc<str>, StateId)>,
+    /// `cancel:`: the variables forgotten.
+    pub cancel: Vec<Arc<str>>,
     /// A short description (`button: orders`) for graphs and coverage.
     pub label: Box<str>,
 }

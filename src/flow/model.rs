@@ -258,6 +258,61 @@ pub struct Rule {
     /// Variables set when the rule fires.
     #[serde(default)]
     pub set: IndexMap<String, String>,
+    /// A digression: after `say`, the pending question is asked again (its
+    /// retry count kept) instead of going anywhere.
+    pub resume: Option<bool>,
+    /// A correction of an earlier answer ("no, my number is ..."): the
+    /// variable, taken from the capture of that name (else the whole
+    /// message), is checked as the question that saves it checks it, saved,
+    /// and the pending question asked again.
+    pub correct: Option<String>,
+    /// Forget answers: `true` for every variable a question saves, or a
+    /// list of names.
+    pub cancel: Option<Cancel>,
+}
+
+/// `cancel:` of a rule: `true` (every answer) or the variables to forget.
+#[derive(Debug, Clone)]
+pub enum Cancel {
+    /// `true`: every variable an `ask` saves; `false`: none.
+    All(bool),
+    /// These variables.
+    Only(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Cancel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cancel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true (every answer) or a list of variable names")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Cancel, E> {
+                Ok(Cancel::All(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Cancel, A::Error> {
+                Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(s))
+                    .map(Cancel::Only)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Cancel {
+    fn schema_name() -> Cow<'static, str> {
+        "Cancel".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Forget answers: `true` for every variable a question saves, or a list of names.",
+            "anyOf": [
+                { "type": "boolean" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
 }
 
 /// `fallback:` / `exhausted:` (a string is `{ say: .. }`).

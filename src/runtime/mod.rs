@@ -668,6 +668,7 @@ async fn launch(
                 inbox: inbox.clone(),
                 config: config.polling.clone(),
                 stop: stop.clone(),
+                started: crate::time::now(),
             })
             .instrument(span.clone()),
         ));

@@ -33,6 +33,10 @@ pub(crate) struct Poller {
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) config: PollingConfig,
     pub(crate) stop: Stop,
+    /// When the bot started: on a first start, messages from before are
+    /// history, and those since (while the poller itself was starting) are
+    /// answered.
+    pub(crate) started: Millis,
 }
 
 /// Polls until shutdown.
@@ -40,12 +44,12 @@ pub(crate) async fn run(shared: Poller) {
     let shared = &shared;
     let cfg = shared.config.clone();
     let since = match shared.store.cursor("poll:since").await {
-        Ok(Some(s)) => s.parse().unwrap_or_else(|_| crate::time::now()),
+        Ok(Some(s)) => s.parse().unwrap_or(shared.started),
         found => {
             if let Err(e) = found {
                 tracing::error!(error = %e, "cannot read when polling started; starting from now");
             }
-            let now = crate::time::now();
+            let now = shared.started;
             if let Err(e) = shared
                 .store
                 .set_cursor("poll:since", &now.to_string())
