@@ -80,7 +80,7 @@ pub use minijinja::Value;
 
 pub use cli::main;
 pub use config::{Config, ConfigError};
-pub use engine::{Bot, BotError, Offered, OptionKind, Session, Step, Stored, Turn};
+pub use engine::{Bot, BotError, Frame, Offered, OptionKind, Session, Step, Stored, Turn};
 pub use flow::{Diagnostic, Diagnostics, Flow, FlowLimits, HandlerNames, LoadError, Severity};
 pub use handler::{
     Action, ActionContext, ActionError, ActionOutcome, Captures, Hook, Matcher, Registry,

@@ -140,3 +140,33 @@ fn expectations_and_mocks_are_checked() {
     assert!(summary.contains("FAILED  "), "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Coverage counts a subflow's states, by their `NAME/state` names.
+#[test]
+fn coverage_counts_subflow_states() {
+    let dir = crate::runtime::temp_dir("subcoverage");
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/moving.yaml");
+    std::fs::write(
+        dir.join("partial.yaml"),
+        format!(
+            "flow: {}\nsteps:\n  - text: hi\n  - text: Kordon 3\n",
+            flow.display()
+        ),
+    )
+    .unwrap();
+    let report = crate::block_on(run_dir(&dir, &flowbot::Registry::new(), Update::Always)).unwrap();
+    let missing = report.uncovered.values().next().unwrap();
+    assert!(
+        missing.iter().any(|m| m == "state `address/check`"),
+        "{missing:?}"
+    );
+    assert!(
+        missing.iter().any(|m| m == "state `address/done`"),
+        "{missing:?}"
+    );
+    assert!(
+        !missing.iter().any(|m| m == "state `address/ask_street`"),
+        "{missing:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

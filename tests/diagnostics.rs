@@ -473,3 +473,61 @@ fn digression_helpers_are_checked() {
         4,
     );
 }
+
+/// A subflow's contract is checked in every caller, naming both ends.
+#[test]
+fn subflow_contracts_are_checked_in_every_caller() {
+    let dir = crate::runtime::temp_dir("contracts");
+    std::fs::write(
+        dir.join("child.yaml"),
+        "inputs:\n  who: string\n  lang: { type: string, default: en }\noutputs:\n  city: string\n  zip: number\nstates:\n  ask:\n    ask: { text: \"City, {{ who }}?\", save: city }\n    next: done\n  done:\n    return: { city: \"{{ city }}\" }\n",
+    )
+    .unwrap();
+    let main = "states:\n  start:\n    call: { flow: child.yaml, with: { who: Ada }, returns: [city, street] }\n    next: second\n  second:\n    call: { flow: child.yaml, with: { whom: Bob }, returns: [town] }\n    next: third\n  third:\n    call: { flow: child.yaml, with: { who: Cy } }\n  end: { end: true }\n";
+    let ds = match Flow::from_yaml(dir.join("main.yaml"), main, &HandlerNames::default()) {
+        Ok(f) => f.warnings.0,
+        Err(e) => e.0 .0,
+    };
+    let child = dir.join("child.yaml").display().to_string();
+    // Removed or renamed outputs, in each caller, with where outputs are declared.
+    has(&ds, &format!("subflow `child` has no output `street`: renamed or removed? (its outputs are declared at {child}:4)"), "states.start.call.returns[1]", 3);
+    has(
+        &ds,
+        "subflow `child` has no output `town`",
+        "states.second.call.returns[0]",
+        6,
+    );
+    // An input it does not have, one it needs and is not given.
+    has(
+        &ds,
+        &format!("subflow `child` has no input `whom` (its inputs are declared at {child}:1)"),
+        "states.second.call.with.whom",
+        6,
+    );
+    let d = ds
+        .iter()
+        .find(|d| d.message.contains("no input `whom`"))
+        .unwrap();
+    assert_eq!(d.hint.as_deref(), Some("did you mean `who`?"));
+    has(
+        &ds,
+        &format!("subflow `child` needs the input `who` (declared at {child}:2)"),
+        "states.second.call",
+        6,
+    );
+    // A call without `next`.
+    has(
+        &ds,
+        "a state that calls a subflow needs `next`",
+        "states.third.call",
+        9,
+    );
+    // The child's own side: a declared output it does not return.
+    has(
+        &ds,
+        "the output `zip` is not returned",
+        "states.done.return",
+        12,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -785,3 +785,66 @@ states:
         assert_eq!(c.state(), Some("menu"));
     });
 }
+
+/// Subflows: typed inputs, the caller's variables kept apart and restored,
+/// outputs kept as asked, an intent leaving a subflow, the depth bound, and
+/// the call stack through the stored form.
+#[test]
+fn subflows_call_and_return() {
+    let dir = crate::runtime::temp_dir("subflows");
+    std::fs::write(
+        dir.join("count.yaml"),
+        "inputs:\n  n: number\n  deep: { type: boolean, default: false }\noutputs:\n  doubled: number\n  note: string\nvars: { note: from the child }\nstates:\n  start:\n    say: \"n is {{ n + 1 }}, secret is {{ secret | default('hidden') }}\"\n    next: check\n  check:\n    on:\n      - { text: ok, goto: done }\n      - { text: deeper, goto: again }\n  again:\n    call: { flow: count.yaml, with: { n: \"{{ n }}\" } }\n    next: check\n  done:\n    return: { doubled: \"{{ n * 2 }}\", note: \"{{ note }}\" }\n",
+    )
+    .unwrap();
+    let main = "intents:\n  - { text: menu, goto: start }\nvars: { secret: s3 }\nstates:\n  start:\n    say: Menu\n    on:\n      - { text: go, goto: go }\n  go:\n    set: { mine: kept }\n    call: { flow: count.yaml, with: { n: \" 20 \" }, returns: [doubled] }\n    next: after\n  after:\n    say: \"doubled {{ doubled }} ({{ doubled + 1 }}), mine {{ mine }}, note {{ note | default('none') }}\"\n    end: true\n";
+    std::fs::write(dir.join("main.yaml"), main).unwrap();
+    block_on(async {
+        let bot = flowbot::Bot::load(dir.join("main.yaml"), Registry::new()).unwrap();
+        let bot = std::sync::Arc::new(bot);
+        let mut c = TestConversation::new(bot.clone());
+        c.send("hi").await;
+        // The input is a number; the caller's variables are not the subflow's
+        // (the flow's defaults still are).
+        assert_eq!(texts(c.send("go").await), ["n is 21, secret is s3"]);
+        assert_eq!(c.state(), Some("count/check"));
+        assert!(c.var("mine").is_none());
+        assert_eq!(c.session().unwrap().stack.len(), 1);
+        // The stack survives the stored form (JSON, as the stores keep it).
+        let json = serde_json::to_string(c.session().unwrap()).unwrap();
+        let back: flowbot::Session = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, c.session().unwrap());
+        // Only the outputs the caller asked for come back, typed.
+        assert_eq!(
+            texts(c.send("ok").await),
+            ["doubled 40 (41), mine kept, note none"]
+        );
+
+        // An intent leaves the subflow: the caller's variables are back.
+        let mut c = TestConversation::new(bot.clone());
+        c.send("hi").await;
+        c.send("go").await;
+        assert_eq!(texts(c.send("menu").await), ["Menu"]);
+        assert_eq!(c.state(), Some("start"));
+        assert!(c.session().unwrap().stack.is_empty());
+        assert_eq!(c.var("mine").unwrap().as_str(), Some("kept"));
+
+        // Recursion is bounded: the ninth call fails and the error path runs.
+        let mut c = TestConversation::new(bot.clone());
+        c.send("hi").await;
+        c.send("go").await;
+        for depth in 2..=8 {
+            c.send("deeper").await;
+            assert_eq!(c.session().unwrap().stack.len(), depth);
+        }
+        c.send("deeper").await;
+        let last = c.transcript().0.last().unwrap();
+        assert!(
+            last.errors
+                .iter()
+                .any(|e| e.contains("nested more than 8 deep")),
+            "{last:?}"
+        );
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -669,7 +669,15 @@ fn summary(state: &State) -> String {
         }
     }
     if let Some(call) = &state.call {
-        lines.push(format!("calls `{}`", call.action));
+        if let Some(action) = &call.action {
+            lines.push(format!("calls `{action}`"));
+        }
+        if let Some(flow) = &call.flow {
+            lines.push(format!("runs the subflow `{flow}`"));
+        }
+    }
+    if state.ret.is_some() {
+        lines.push("returns to its caller".into());
     }
     if let Some(next) = &state.next {
         lines.push(format!("then `{next}`"));

@@ -39,10 +39,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use session::{Offered, OptionKind, Session};
+pub use session::{Frame, Offered, OptionKind, Session};
 
 use crate::flow::template::Scope;
-use crate::flow::{Arg, CallNode, Flow, FlowLimits, LoadError, MsgNode, RuleNode, StateId};
+use crate::flow::{
+    Arg, CallNode, Flow, FlowLimits, LoadError, MsgNode, ReturnNode, RuleNode, StateId, SubflowCall,
+};
 use crate::handler::{
     set_var, Action, ActionContext, ActionOutcome, Hook, Matcher, Registry, TurnRecord, Vars,
 };
@@ -53,6 +55,9 @@ use render::{Rendered, Renderer};
 
 /// How many states one turn may enter before it is stopped as a loop.
 pub(crate) const MAX_HOPS: u32 = 50;
+
+/// How deep subflows may call each other.
+pub(crate) const MAX_DEPTH: usize = 8;
 
 const DEFAULT_ERROR_MESSAGE: &str = "Sorry, something went wrong. Please try again.";
 
@@ -1440,6 +1445,7 @@ impl Run<'_> {
                     None => return,
                 }
             }
+            self.unwind_to(flow.state(id).unit);
             self.session.state = id;
             self.session.idle_fired = false;
             self.session.retries = 0;
@@ -1476,6 +1482,45 @@ impl Run<'_> {
             }
             self.apply_sets(&st.set);
             self.send(&st.say);
+            if let Some(sub) = &st.subflow {
+                match self.call_subflow(&st.name, sub) {
+                    Ok(()) => {
+                        id = sub.entry;
+                        continue;
+                    }
+                    Err(e) => match self.fail(id, e) {
+                        Some(t) => {
+                            id = t;
+                            continue;
+                        }
+                        None => return,
+                    },
+                }
+            }
+            if let Some(ret) = &st.ret {
+                match self.return_from(ret) {
+                    Ok(Some(caller)) => match flow.state(caller).next {
+                        Some(n) => {
+                            id = n;
+                            continue;
+                        }
+                        None => return,
+                    },
+                    // Run on its own, a subflow ends where it returns.
+                    Ok(None) => {
+                        self.effects.push(Effect::End);
+                        self.ended = true;
+                        return;
+                    }
+                    Err(e) => match self.fail(id, e) {
+                        Some(t) => {
+                            id = t;
+                            continue;
+                        }
+                        None => return,
+                    },
+                }
+            }
             if st.ask.is_some() {
                 self.prompt(id);
                 return;
@@ -1493,6 +1538,108 @@ impl Run<'_> {
             match st.next {
                 Some(n) => id = n,
                 None => return,
+            }
+        }
+    }
+
+    /// Starts a subflow: the caller's variables are kept in a frame, the
+    /// subflow runs with its own (its `vars:` and its inputs).
+    fn call_subflow(&mut self, caller: &Arc<str>, sub: &SubflowCall) -> Result<(), String> {
+        if self.session.stack.len() >= MAX_DEPTH {
+            return Err(format!(
+                "subflows nested more than {MAX_DEPTH} deep (calling `{}`)",
+                sub.name
+            ));
+        }
+        let mut inputs = Vec::with_capacity(sub.inputs.len());
+        for (name, kind, tpl) in &sub.inputs {
+            let Some(tpl) = tpl else { continue };
+            let scope = self.scope();
+            let raw = self
+                .renderer()
+                .value(tpl, &scope)
+                .ok_or_else(|| format!("the input `{name}` of subflow `{}` failed", sub.name))?;
+            let v = typed(*kind, Value::from(raw))
+                .map_err(|why| format!("the input `{name}` of subflow `{}` {why}", sub.name))?;
+            inputs.push((name.clone(), v));
+        }
+        let caller_vars = std::mem::replace(&mut self.session.vars, sub.defaults.to_vec());
+        self.session.stack.push(Frame {
+            call: caller.clone(),
+            vars: caller_vars,
+        });
+        for (name, v) in inputs {
+            self.set(&name, v);
+        }
+        self.scope = None;
+        // The subflow's entry is entered next: it is where the conversation is.
+        self.session.state = sub.entry;
+        Ok(())
+    }
+
+    /// Ends a subflow: its outputs are computed, the caller's variables
+    /// restored with the outputs it keeps. The caller's state, or none for a
+    /// subflow that runs on its own.
+    fn return_from(&mut self, ret: &ReturnNode) -> Result<Option<StateId>, String> {
+        let flow = self.bot.flow.clone();
+        let mut values = Vec::with_capacity(ret.outputs.len());
+        for (name, kind, tpl) in &ret.outputs {
+            let v = match tpl {
+                Some(t) => {
+                    let scope = self.scope();
+                    let raw = self
+                        .renderer()
+                        .value(t, &scope)
+                        .ok_or_else(|| format!("the output `{name}` failed"))?;
+                    Value::from(raw)
+                }
+                None => match self.session.var(name) {
+                    Some(v) => v.clone(),
+                    None => continue,
+                },
+            };
+            let v = typed(*kind, v).map_err(|why| format!("the output `{name}` {why}"))?;
+            values.push((name.clone(), v));
+        }
+        let Some(frame) = self.session.stack.pop() else {
+            return Ok(None);
+        };
+        self.session.vars = frame.vars;
+        self.scope = None;
+        let caller = flow.state_id(&frame.call).ok_or_else(|| {
+            format!(
+                "the state `{}` that called this subflow is gone",
+                frame.call
+            )
+        })?;
+        if let Some(sub) = &flow.state(caller).subflow {
+            for (name, v) in values {
+                if sub.returns.contains(&name) {
+                    self.set(&name, v);
+                }
+            }
+        }
+        self.session.state = caller;
+        Ok(Some(caller))
+    }
+
+    /// A jump out of a subflow (a global intent, an error path, a release):
+    /// the frames it leaves are dropped and the caller's variables restored.
+    fn unwind_to(&mut self, unit: u32) {
+        let flow = self.bot.flow.clone();
+        while !self.session.stack.is_empty()
+            && (self.session.state as usize) < flow.states.len()
+            && flow.state(self.session.state).unit != unit
+        {
+            let frame = self.session.stack.pop().expect("not empty");
+            self.session.vars = frame.vars;
+            self.scope = None;
+            match flow.state_id(&frame.call) {
+                Some(c) => self.session.state = c,
+                None => {
+                    self.session.stack.clear();
+                    return;
+                }
             }
         }
     }
@@ -1599,5 +1746,34 @@ fn needs_scope(m: &MsgNode) -> bool {
                 })
         }
         MsgNode::Media { url, caption, .. } => matches!(url, Tpl::Dynamic { .. }) || o(caption),
+    }
+}
+
+/// A subflow's input or output as its type says (a number from its text, a
+/// boolean from `true`/`false`), or why it is not one.
+fn typed(kind: crate::flow::ParamKind, v: Value) -> Result<Value, String> {
+    use crate::flow::ParamKind;
+    let text = v.as_str().map(str::trim);
+    match kind {
+        ParamKind::Any => Ok(v),
+        ParamKind::String => Ok(match text {
+            Some(_) => v,
+            None => Value::from(v.to_string()),
+        }),
+        ParamKind::Number => match text {
+            None if v.is_number() => Ok(v),
+            Some(t) => t
+                .parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| t.parse::<f64>().map(Value::from))
+                .map_err(|_| format!("is `{}`, not a number", crate::text::shorten(t, 40))),
+            None => Err(format!("is `{v}`, not a number")),
+        },
+        ParamKind::Boolean => match text.map(str::to_ascii_lowercase).as_deref() {
+            None if v.kind() == minijinja::value::ValueKind::Bool => Ok(v),
+            Some("true") => Ok(Value::from(true)),
+            Some("false") => Ok(Value::from(false)),
+            _ => Err(format!("is `{v}`, not true or false")),
+        },
     }
 }

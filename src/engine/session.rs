@@ -84,6 +84,21 @@ pub struct Session {
     /// for a schedule still to fire: its next message starts afresh with them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// The subflows running, innermost last: where each returns to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<Frame>,
+}
+
+/// A subflow's call: the calling state and the caller's variables, kept
+/// while the subflow runs with its own. By name, so that it survives a
+/// changed flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The state that called (its `next` follows the return).
+    pub call: std::sync::Arc<str>,
+    /// The caller's variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vars: VarList,
 }
 
 impl Session {
@@ -117,6 +132,7 @@ impl Session {
             queued: None,
             schedules: Vec::new(),
             kept: false,
+            stack: Vec::new(),
         }
     }
 
@@ -141,5 +157,17 @@ impl Session {
                 .map(|o| o.id.len() + o.title.len())
                 .sum::<usize>()
             + self.language.as_ref().map_or(0, |l| l.len())
+            + self
+                .stack
+                .iter()
+                .map(|f| {
+                    std::mem::size_of::<Frame>()
+                        + f.call.len()
+                        + f.vars
+                            .iter()
+                            .map(|(k, v)| k.len() + 16 + v.as_str().map_or(0, str::len))
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
     }
 }

@@ -30,14 +30,36 @@ pub(crate) fn compile(
     let main = files.first()?;
     let mut index: HashMap<Box<str>, StateId> = HashMap::new();
     let mut order: Vec<(usize, &str, &model::State)> = Vec::new();
+    let units = unit_names(files, diags);
 
-    // Pass 1: every state gets an id, so that rules may point forward.
+    // Pass 1: every state gets an id, so that rules may point forward. A
+    // subflow's states are named `NAME/state`.
     for (fi, f) in files.iter().enumerate() {
         let mut r = Reporter {
             source: &f.source,
             out: diags,
         };
-        if fi > 0 {
+        let unit_main = units[f.unit].1 == fi;
+        if f.unit > 0 {
+            for (key, set) in [
+                ("intents", !f.doc.intents.is_empty()),
+                ("settings", f.doc.settings.is_some()),
+                ("on_error", f.doc.on_error.is_some()),
+                ("release", f.doc.release.is_some()),
+                ("migrate", !f.doc.migrate.is_empty()),
+                ("calendars", !f.doc.calendars.is_empty()),
+                ("schedules", !f.doc.schedules.is_empty()),
+            ] {
+                if set {
+                    r.key_error(
+                        key,
+                        format!("a subflow has no `{key}` of its own: the calling flow's apply"),
+                        Some(format!("move it to `{}`", main.source.path.display())),
+                    );
+                }
+            }
+        }
+        if !unit_main {
             for (key, set) in [
                 ("start", f.doc.start.is_some()),
                 ("settings", f.doc.settings.is_some()),
@@ -63,8 +85,10 @@ pub(crate) fn compile(
                 );
             }
         }
+        let prefix = &units[f.unit].0;
         for (name, st) in &f.doc.states {
-            if index.contains_key(name.as_str()) {
+            let full = format!("{prefix}{name}");
+            if index.contains_key(full.as_str()) {
                 r.key_error(
                     &join_key("states", name),
                     format!("state `{name}` is defined twice"),
@@ -72,7 +96,7 @@ pub(crate) fn compile(
                 );
                 continue;
             }
-            index.insert(name.as_str().into(), order.len() as StateId);
+            index.insert(full.into(), order.len() as StateId);
             order.push((fi, name.as_str(), st));
         }
     }
@@ -101,9 +125,13 @@ pub(crate) fn compile(
         region: None,
         default_language: settings_doc.default_language.as_deref().map(Into::into),
         used_templates: Vec::new(),
+        prefix: String::new(),
+        calls: Vec::new(),
+        units: Vec::new(),
         askers: order
             .iter()
             .enumerate()
+            .filter(|(_, (fi, _, _))| files[*fi].unit == 0)
             .filter_map(|(i, (_, _, st))| {
                 let save = st.ask.as_ref()?.save.as_deref()?;
                 Some((save.into(), i as StateId))
@@ -180,7 +208,8 @@ pub(crate) fn compile(
 
     let mut vars = Vec::new();
     let mut intents = Vec::new();
-    for f in files {
+    // A subflow's variables are its own (given at each call).
+    for f in files.iter().filter(|f| f.unit == 0) {
         let mut r = Reporter {
             source: &f.source,
             out: diags,
@@ -195,14 +224,74 @@ pub(crate) fn compile(
         }
     }
 
+    // Each subflow's entry, variables and contract, for its callers.
+    for (u, (prefix, fi)) in units.iter().enumerate() {
+        let f = &files[*fi];
+        let mut r = Reporter {
+            source: &f.source,
+            out: diags,
+        };
+        c.prefix = prefix.clone();
+        let entry = match &f.doc.start {
+            Some(s) => c.state_ref(&mut r, "start", s),
+            None => index
+                .get(format!("{prefix}start").as_str())
+                .copied()
+                .or_else(|| {
+                    order
+                        .iter()
+                        .position(|(o, _, _)| files[*o].unit == u)
+                        .map(|i| i as StateId)
+                }),
+        };
+        let mut vars = Vec::new();
+        for g in files.iter().filter(|g| g.unit == u) {
+            for (k, v) in &g.doc.vars {
+                vars.push((Arc::from(k.as_str()), minijinja::Value::from_serialize(v)));
+            }
+        }
+        let inputs = params(&mut r, "inputs", &f.doc.inputs);
+        let outputs = params(&mut r, "outputs", &f.doc.outputs);
+        c.units.push(Unit {
+            name: prefix.trim_end_matches('/').into(),
+            file: *fi,
+            entry,
+            vars,
+            inputs,
+            outputs,
+        });
+    }
+    c.prefix.clear();
+
     let mut states = Vec::with_capacity(order.len());
     for (fi, name, st) in &order {
         let mut r = Reporter {
             source: &files[*fi].source,
             out: diags,
         };
-        states.push(c.state(&mut r, *fi, name, st));
+        let f = &files[*fi];
+        c.prefix.clone_from(&units[f.unit].0);
+        c.calls.clone_from(&f.calls);
+        let full = format!("{}{name}", c.prefix);
+        let mut node = c.state(&mut r, *fi, name, st);
+        node.name = full.as_str().into();
+        node.unit = f.unit as u32;
+        if let Some(call) = st.call.as_ref().filter(|x| x.flow.is_some()) {
+            node.subflow = c.subflow(&mut r, files, name, call);
+            if node.subflow.is_some() && st.next.is_none() {
+                r.error(
+                    &join_key(&join_key("states", name), "call"),
+                    "a state that calls a subflow needs `next`: where the conversation goes when it returns",
+                    Some("add `next: STATE` to this state".into()),
+                );
+            }
+        }
+        if let Some(ret) = &st.ret {
+            node.ret = c.ret(&mut r, f.unit, name, ret, st);
+        }
+        states.push(node);
     }
+    c.prefix.clear();
 
     let flow = Flow {
         name: main.doc.name.clone().unwrap_or_else(|| {
@@ -359,6 +448,108 @@ struct Compiler<'a> {
     used_templates: Vec<Box<str>>,
     /// Each variable an `ask` saves, and the first state that asks it.
     askers: indexmap::IndexMap<Box<str>, StateId>,
+    /// The unit being compiled: its state names' prefix (`NAME/`).
+    prefix: String,
+    /// The subflows the file being compiled calls (as written, unit).
+    calls: Vec<(String, usize)>,
+    /// Every unit, for its callers.
+    units: Vec<Unit>,
+}
+
+/// A flow as its callers see it.
+#[derive(Clone)]
+struct Unit {
+    /// Its name (the prefix of its states).
+    name: Box<str>,
+    /// Its main file.
+    file: usize,
+    /// Its first state.
+    entry: Option<StateId>,
+    /// Its `vars:`.
+    vars: crate::flow::template::VarList,
+    /// Its inputs: name, type, default.
+    inputs: Vec<(String, ParamKind, Option<serde_json::Value>)>,
+    /// Its outputs: name, type.
+    outputs: Vec<(String, ParamKind, Option<serde_json::Value>)>,
+}
+
+/// Each unit's state prefix (`""` for the main flow, `NAME/` for a
+/// subflow) and main file. Two subflows of one name are an error.
+fn unit_names(files: &[Loaded], diags: &mut Diagnostics) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for (fi, f) in files.iter().enumerate() {
+        if f.unit < out.len() {
+            continue;
+        }
+        if f.unit == 0 {
+            out.push((String::new(), fi));
+            continue;
+        }
+        let name = f.doc.name.clone().unwrap_or_else(|| {
+            f.source
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "subflow".into())
+        });
+        if out.iter().any(|(p, _)| p.trim_end_matches('/') == name) {
+            Reporter {
+                source: &f.source,
+                out: diags,
+            }
+            .error(
+                "name",
+                format!("two subflows are named `{name}`"),
+                Some("give this one its own `name:` (its states are named after it)".into()),
+            );
+        }
+        out.push((format!("{name}/"), fi));
+    }
+    out
+}
+
+/// A subflow's `inputs:` or `outputs:`, checked.
+fn params(
+    r: &mut Reporter<'_>,
+    key: &str,
+    doc: &IndexMap<String, model::ParamDoc>,
+) -> Vec<(String, ParamKind, Option<serde_json::Value>)> {
+    let mut out = Vec::new();
+    for (name, p) in doc {
+        let path = join_key(key, name);
+        if !is_identifier(name) {
+            r.key_error(
+                &path,
+                format!("`{name}` is not a variable name"),
+                Some("use letters, digits and _".into()),
+            );
+        }
+        let kind = match p.kind.as_deref() {
+            None | Some("any") => ParamKind::Any,
+            Some("string") => ParamKind::String,
+            Some("number") => ParamKind::Number,
+            Some("boolean") => ParamKind::Boolean,
+            Some(other) => {
+                let hint = did_you_mean(other, ["string", "number", "boolean", "any"])
+                    .map(|k| format!("did you mean `{k}`?"));
+                r.error(
+                    &path,
+                    format!("unknown type `{other}`"),
+                    hint.or_else(|| Some("use string, number, boolean or any".into())),
+                );
+                ParamKind::Any
+            }
+        };
+        if key == "outputs" && p.default.is_some() {
+            r.error(
+                &join_key(&path, "default"),
+                "an output has no default: `return:` gives it",
+                None,
+            );
+        }
+        out.push((name.clone(), kind, p.default.clone()));
+    }
+    out
 }
 
 impl Compiler<'_> {
@@ -632,14 +823,31 @@ impl Compiler<'_> {
         })
     }
 
+    /// A state named in the unit being compiled (a subflow's states see
+    /// only each other).
     fn state_ref(&self, r: &mut Reporter<'_>, path: &str, name: &str) -> Option<StateId> {
-        if let Some(&id) = self.index.get(name) {
+        let full = format!("{}{name}", self.prefix);
+        if let Some(&id) = self.index.get(full.as_str()) {
             return Some(id);
         }
-        let hint = did_you_mean(name, self.index.keys().map(|k| &**k))
+        let local = |k: &&str| {
+            if self.prefix.is_empty() {
+                !k.contains('/')
+            } else {
+                k.starts_with(self.prefix.as_str())
+            }
+        };
+        let names = || {
+            self.index
+                .keys()
+                .map(|k| &**k)
+                .filter(local)
+                .map(|k| &k[self.prefix.len()..])
+        };
+        let hint = did_you_mean(name, names())
             .map(|s| format!("did you mean `{s}`?"))
             .unwrap_or_else(|| {
-                let mut all: Vec<&str> = self.index.keys().map(|k| &**k).collect();
+                let mut all: Vec<&str> = names().collect();
                 all.sort_unstable();
                 format!("known states: {}", all.join(", "))
             });
@@ -804,6 +1012,200 @@ impl Compiler<'_> {
             template,
             on_error,
             file,
+            unit: 0,
+            subflow: None,
+            ret: None,
+        }
+    }
+
+    /// `call: { flow, with, returns }`, checked against the subflow's
+    /// contract: every problem is reported at the call, naming where the
+    /// subflow declares what it takes and gives.
+    fn subflow(
+        &mut self,
+        r: &mut Reporter<'_>,
+        files: &[Loaded],
+        state: &str,
+        c: &model::Call,
+    ) -> Option<SubflowCall> {
+        let path = join_key(&join_key("states", state), "call");
+        let written = c.flow.as_deref()?;
+        // A file that could not be read or called is reported already.
+        let &(_, u) = self.calls.iter().find(|(w, _)| w == written)?;
+        let unit = self.units.get(u)?.clone();
+        let child = &files[unit.file];
+        let at = |key: &str| {
+            let pos = child.source.key_pos(key);
+            format!(
+                "{}:{}",
+                child.source.path.display(),
+                pos.map_or(1, |p| p.line)
+            )
+        };
+        let mut ok = true;
+        for key in c.with.keys() {
+            if !unit.inputs.iter().any(|(n, _, _)| n == key) {
+                let known: Vec<&str> = unit.inputs.iter().map(|(n, _, _)| n.as_str()).collect();
+                let hint = did_you_mean(key, known.iter().copied())
+                    .map(|k| format!("did you mean `{k}`?"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "its inputs: {}",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        )
+                    });
+                r.key_error(
+                    &join_key(&join_key(&path, "with"), key),
+                    format!(
+                        "subflow `{}` has no input `{key}` (its inputs are declared at {})",
+                        unit.name,
+                        at("inputs")
+                    ),
+                    Some(hint),
+                );
+                ok = false;
+            }
+        }
+        for (name, _, default) in &unit.inputs {
+            if default.is_none() && !c.with.contains_key(name) {
+                r.error(
+                    &path,
+                    format!(
+                        "subflow `{}` needs the input `{name}` (declared at {})",
+                        unit.name,
+                        at(&join_key("inputs", name))
+                    ),
+                    Some(format!(
+                        "add `with: {{ {name}: ... }}`, or give the input a `default:`"
+                    )),
+                );
+                ok = false;
+            }
+        }
+        for (i, name) in c.returns.iter().enumerate() {
+            if !unit.outputs.iter().any(|(n, _, _)| n == name) {
+                let known: Vec<&str> = unit.outputs.iter().map(|(n, _, _)| n.as_str()).collect();
+                let hint = did_you_mean(name, known.iter().copied())
+                    .map(|k| format!("did you mean `{k}`?"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "its outputs: {}",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        )
+                    });
+                r.error(
+                    &join_index(&join_key(&path, "returns"), i),
+                    format!(
+                        "subflow `{}` has no output `{name}`: renamed or removed? (its outputs are declared at {})",
+                        unit.name,
+                        at("outputs")
+                    ),
+                    Some(hint),
+                );
+                ok = false;
+            }
+        }
+        let mut defaults = unit.vars.clone();
+        let mut inputs = Vec::new();
+        for (name, kind, default) in &unit.inputs {
+            match c.with.get(name) {
+                Some(t) => {
+                    let tpl = self.template(r, &join_key(&join_key(&path, "with"), name), t);
+                    ok &= tpl.is_some();
+                    inputs.push((Arc::from(name.as_str()), *kind, tpl));
+                }
+                None => {
+                    if let Some(d) = default {
+                        defaults.push((
+                            Arc::from(name.as_str()),
+                            minijinja::Value::from_serialize(d),
+                        ));
+                    }
+                }
+            }
+        }
+        let entry = unit.entry?;
+        ok.then(|| SubflowCall {
+            unit: u as u32,
+            name: unit.name.as_ref().into(),
+            entry,
+            defaults: Arc::new(defaults),
+            inputs,
+            returns: c.returns.iter().map(|n| Arc::from(n.as_str())).collect(),
+        })
+    }
+
+    /// `return:`, checked against the unit's declared outputs.
+    fn ret(
+        &mut self,
+        r: &mut Reporter<'_>,
+        unit: usize,
+        state: &str,
+        ret: &model::ReturnDoc,
+        st: &model::State,
+    ) -> Option<ReturnNode> {
+        let path = join_key(&join_key("states", state), "return");
+        for (key, set) in [
+            ("next", st.next.is_some()),
+            ("ask", st.ask.is_some()),
+            ("end", st.end),
+            ("handoff", st.handoff),
+        ] {
+            if set {
+                r.key_error(
+                    &join_key(&join_key("states", state), key),
+                    format!("a state that returns cannot also have `{key}`: the caller's `next` follows"),
+                    None,
+                );
+            }
+        }
+        let outputs = self
+            .units
+            .get(unit)
+            .map(|u| u.outputs.clone())
+            .unwrap_or_default();
+        match ret {
+            model::ReturnDoc::Vars(false) => None,
+            model::ReturnDoc::Vars(true) => Some(ReturnNode {
+                outputs: outputs
+                    .iter()
+                    .map(|(n, k, _)| (Arc::from(n.as_str()), *k, None))
+                    .collect(),
+            }),
+            model::ReturnDoc::Values(values) => {
+                let mut out = Vec::new();
+                for (name, kind, _) in &outputs {
+                    match values.get(name) {
+                        Some(t) => {
+                            let tpl = self.template(r, &join_key(&path, name), t);
+                            out.push((Arc::from(name.as_str()), *kind, tpl));
+                        }
+                        None => r.error(
+                            &path,
+                            format!("the output `{name}` is not returned"),
+                            Some(format!("add `{name}: \"{{{{ ... }}}}\"` to `return:`, or remove it from `outputs:`")),
+                        ),
+                    }
+                }
+                for key in values.keys() {
+                    if !outputs.iter().any(|(n, _, _)| n == key) {
+                        r.key_error(
+                            &join_key(&path, key),
+                            format!("`{key}` is not a declared output"),
+                            Some("declare it under `outputs:` first".into()),
+                        );
+                    }
+                }
+                Some(ReturnNode { outputs: out })
+            }
         }
     }
 
@@ -822,18 +1224,61 @@ impl Compiler<'_> {
     }
 
     fn call(&mut self, r: &mut Reporter<'_>, path: &str, c: &model::Call) -> Option<CallNode> {
-        if !self.names.actions.iter().any(|a| a == &c.action) {
-            let hint = did_you_mean(&c.action, self.names.actions.iter().map(String::as_str))
+        let name = match (&c.action, &c.flow) {
+            (Some(a), None) => a,
+            (None, Some(_)) => {
+                for (key, set) in [("args", !c.args.is_empty())] {
+                    if set {
+                        r.key_error(
+                            &join_key(path, key),
+                            format!("`{key}` is for actions; a subflow takes `with`"),
+                            None,
+                        );
+                    }
+                }
+                return None;
+            }
+            (Some(_), Some(_)) => {
+                r.error(
+                    path,
+                    "`call` runs an action or a subflow, not both",
+                    Some("split it into two states".into()),
+                );
+                return None;
+            }
+            (None, None) => {
+                r.error(
+                    path,
+                    "`call` needs `action` (a Rust action) or `flow` (a subflow)",
+                    None,
+                );
+                return None;
+            }
+        };
+        for (key, set) in [
+            ("with", !c.with.is_empty()),
+            ("returns", !c.returns.is_empty()),
+        ] {
+            if set {
+                r.key_error(
+                    &join_key(path, key),
+                    format!("`{key}` is for subflows; an action takes `args`"),
+                    None,
+                );
+            }
+        }
+        if !self.names.actions.iter().any(|a| a == name) {
+            let hint = did_you_mean(name, self.names.actions.iter().map(String::as_str))
                 .map(|s| format!("did you mean `{s}`?"))
                 .unwrap_or_else(|| "register it with `Registry::action` in your binary".into());
             r.error(
                 &join_key(path, "action"),
-                format!("action `{}` is not registered", c.action),
+                format!("action `{name}` is not registered"),
                 Some(hint),
             );
             return None;
         }
-        let action = intern(&mut self.actions, &c.action);
+        let action = intern(&mut self.actions, name);
         let mut args = Vec::new();
         for (k, v) in &c.args {
             let arg = match v {

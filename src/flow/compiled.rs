@@ -165,12 +165,59 @@ pub struct StateNode {
     pub template: Option<TemplateNode>,
     /// The file it was defined in (index into [`Flow::files`]).
     pub file: usize,
+    /// The flow it belongs to: 0 the main one, else a subflow.
+    pub unit: u32,
+    /// `call: { flow }`: the subflow run on entry.
+    pub subflow: Option<SubflowCall>,
+    /// `return:`: the subflow ends here.
+    pub ret: Option<ReturnNode>,
+}
+
+/// The type of a subflow's input or output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Any value.
+    Any,
+    /// A string.
+    String,
+    /// A number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+}
+
+/// A call of a subflow.
+#[derive(Debug)]
+pub struct SubflowCall {
+    /// Its unit.
+    pub unit: u32,
+    /// Its name (states are named `NAME/state`).
+    pub name: Arc<str>,
+    /// Its first state.
+    pub entry: StateId,
+    /// Its variables' defaults (`vars:`), then each input: the caller's
+    /// template, else the input's default.
+    pub defaults: Arc<crate::flow::template::VarList>,
+    /// Each input: its name, type, and the caller's template (none: its
+    /// default, already in `defaults`).
+    pub inputs: Vec<(Arc<str>, ParamKind, Option<Tpl>)>,
+    /// The outputs the caller keeps.
+    pub returns: Vec<Arc<str>>,
+}
+
+/// `return:` of a subflow's state.
+#[derive(Debug)]
+pub struct ReturnNode {
+    /// Each output: its name, type, and its template (none: the variable of
+    /// its name).
+    pub outputs: Vec<(Arc<str>, ParamKind, Option<Tpl>)>,
 }
 
 impl StateNode {
     /// Whether the conversation waits here for the customer (rather than going on).
     pub fn waits(&self) -> bool {
-        self.ask.is_some() || (self.next.is_none() && !self.end && !self.handoff)
+        self.ask.is_some()
+            || (self.next.is_none() && !self.end && !self.handoff && self.ret.is_none())
     }
 }
 

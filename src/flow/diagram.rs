@@ -1,8 +1,8 @@
 //! The flow as a diagram: Mermaid (`flowbot graph`) or Graphviz DOT (`--dot`).
 //!
 //! Nodes are states (ends drawn round, handoffs as parallelograms); edges are rule
-//! `goto`s labelled with their condition, `next`, fallbacks, `ask` outcomes and
-//! error paths. Global intents hang off one "any state" node, since they apply
+//! `goto`s labelled with their condition, `next`, fallbacks, `ask` outcomes,
+//! subflow calls and error paths. Global intents hang off one "any state" node, since they apply
 //! everywhere.
 
 use std::fmt::Write;
@@ -37,9 +37,18 @@ fn edges(flow: &Flow) -> Vec<Edge> {
                 });
             }
         }
+        if let Some(sub) = &s.subflow {
+            out.push(Edge {
+                from,
+                to: sub.entry,
+                label: format!("calls {}", sub.name),
+            });
+        }
         if let Some(to) = s.next {
             let label = if s.ask.is_some() {
                 "valid answer"
+            } else if s.subflow.is_some() {
+                "after it returns"
             } else {
                 "next"
             };

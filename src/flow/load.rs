@@ -20,6 +20,12 @@ use super::source::{self, join_index, join_key, Pos, Reporter, Source};
 pub(crate) struct Loaded {
     pub(crate) source: Source,
     pub(crate) doc: FlowDoc,
+    /// Which flow it belongs to: 0 the main one, else a subflow (`call: {
+    /// flow }`), numbered in the order they are met; a unit's first file
+    /// is its main file, the rest its includes.
+    pub(crate) unit: usize,
+    /// The subflows its states call: the path as written, and its unit.
+    pub(crate) calls: Vec<(String, usize)>,
 }
 
 /// Reads `path` and every file it includes. Problems go to `diags`; a file that
@@ -48,6 +54,8 @@ pub(crate) fn load_files_over(
     diags: &mut Diagnostics,
 ) -> Vec<Loaded> {
     let mut ctx = Ctx {
+        units: Vec::new(),
+        unit: 0,
         open,
         out: Vec::new(),
         seen: HashSet::new(),
@@ -64,11 +72,17 @@ pub(crate) fn load_files_over(
         limits,
         diags,
     };
+    ctx.units
+        .push(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
     ctx.load(path, text, None);
     ctx.out
 }
 
 struct Ctx<'a> {
+    /// Each unit's main file (canonical), by unit.
+    units: Vec<PathBuf>,
+    /// The unit being read.
+    unit: usize,
     /// The text of a file that is not to be read from disk.
     open: &'a dyn Fn(&Path) -> Option<String>,
     out: Vec<Loaded>,
@@ -159,10 +173,23 @@ impl Ctx<'_> {
                 return;
             }
         };
-        let Some(loaded) = parse(path, text, self.limits, self.diags) else {
+        let Some(mut loaded) = parse(path, text, self.limits, self.diags) else {
             return;
         };
+        loaded.unit = self.unit;
         let includes = loaded.doc.include.clone();
+        let called: Vec<(String, String)> = loaded
+            .doc
+            .states
+            .iter()
+            .filter_map(|(name, st)| {
+                let flow = st.call.as_ref()?.flow.clone()?;
+                Some((
+                    join_key(&join_key(&join_key("states", name), "call"), "flow"),
+                    flow,
+                ))
+            })
+            .collect();
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         self.out.push(loaded);
         let idx = self.out.len() - 1;
@@ -181,6 +208,43 @@ impl Ctx<'_> {
             }
             let text = (self.open)(&target);
             self.load(&target, text, Some((idx, &at)));
+        }
+        // Subflows: each file is one unit, read once however many call it.
+        for (at, flow) in called {
+            let target = base.join(&flow);
+            if let Some(why) = self.outside_home(Path::new(&flow), &target) {
+                let message = format!("cannot call `{}`: {why}", crate::text::shorten(&flow, 200));
+                self.report(
+                    &target,
+                    Some((idx, &at)),
+                    message,
+                    Some("keep subflows in the flow's folder or below it".into()),
+                );
+                continue;
+            }
+            let key = target.canonicalize().unwrap_or_else(|_| target.clone());
+            let unit = match self.units.iter().position(|u| *u == key) {
+                Some(u) => u,
+                None if self.seen.contains(&key) => {
+                    self.report(
+                        &target,
+                        Some((idx, &at)),
+                        format!("`{flow}` is included, so it cannot be called as a subflow"),
+                        Some("a file is either included (its states join this flow) or called (it runs as a subroutine)".into()),
+                    );
+                    continue;
+                }
+                None => {
+                    let unit = self.units.len();
+                    self.units.push(key);
+                    let outer = std::mem::replace(&mut self.unit, unit);
+                    let text = (self.open)(&target);
+                    self.load(&target, text, Some((idx, &at)));
+                    self.unit = outer;
+                    unit
+                }
+            };
+            self.out[idx].calls.push((flow, unit));
         }
     }
 }
@@ -208,7 +272,12 @@ fn parse(
         }
     };
     let doc = parse_doc::<FlowDoc>(&source, &known_keys(), diags)?;
-    Some(Loaded { source, doc })
+    Some(Loaded {
+        source,
+        doc,
+        unit: 0,
+        calls: Vec::new(),
+    })
 }
 
 /// Deserializes any YAML document of the project (flows, conversation tests),

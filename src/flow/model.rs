@@ -61,6 +61,136 @@ pub struct FlowDoc {
     /// computed from a variable (two days after `delivery_date`).
     #[serde(default)]
     pub schedules: Vec<ScheduleDoc>,
+    /// A subflow's inputs: the variables a caller gives it (`call: { flow,
+    /// with }`), by name, with their type.
+    #[serde(default)]
+    pub inputs: IndexMap<String, ParamDoc>,
+    /// A subflow's outputs: the variables it gives back (`return:`), by
+    /// name, with their type.
+    #[serde(default)]
+    pub outputs: IndexMap<String, ParamDoc>,
+}
+
+/// One input or output of a subflow: its type (`string`, `number`,
+/// `boolean`, `any`), or a map with `type`, `default` and `description`.
+#[derive(Debug, Clone, Default)]
+pub struct ParamDoc {
+    /// `string`, `number`, `boolean` or `any` (default).
+    pub kind: Option<String>,
+    /// An input's value when the caller gives none (the input is then
+    /// optional).
+    pub default: Option<Value>,
+    /// What it is.
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamFields {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    default: Option<Value>,
+    description: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ParamDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ParamDoc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a type (string, number, boolean, any) or a map with type, default and description")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ParamDoc, E> {
+                Ok(ParamDoc {
+                    kind: Some(v.to_owned()),
+                    ..ParamDoc::default()
+                })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<ParamDoc, E> {
+                Ok(ParamDoc::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<ParamDoc, A::Error> {
+                let f = ParamFields::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(ParamDoc {
+                    kind: f.kind,
+                    default: f.default,
+                    description: f.description,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ParamDoc {
+    fn schema_name() -> Cow<'static, str> {
+        "ParamDoc".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let kind = json_schema!({ "enum": ["string", "number", "boolean", "any"] });
+        json_schema!({
+            "description": "A subflow's input or output: its type, or a map with type, default and description.",
+            "anyOf": [
+                kind,
+                { "type": "null" },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "type": kind,
+                        "default": { "description": "An input's value when the caller gives none (the input is then optional)." },
+                        "description": { "type": "string" }
+                    }
+                }
+            ]
+        })
+    }
+}
+
+/// `return:` of a subflow's state: `true` (the outputs, from the variables of
+/// their names) or a map of outputs to templates.
+#[derive(Debug, Clone)]
+pub enum ReturnDoc {
+    /// `true`: each output from the variable of its name.
+    Vars(bool),
+    /// Each output from a template.
+    Values(IndexMap<String, String>),
+}
+
+impl<'de> Deserialize<'de> for ReturnDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ReturnDoc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, or a map of outputs to templates")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ReturnDoc, E> {
+                Ok(ReturnDoc::Vars(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<ReturnDoc, A::Error> {
+                IndexMap::<String, String>::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(ReturnDoc::Values)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ReturnDoc {
+    fn schema_name() -> Cow<'static, str> {
+        "ReturnDoc".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "The end of a subflow: `true` (each output from the variable of its name) or a map of outputs to templates.",
+            "anyOf": [
+                { "type": "boolean" },
+                { "type": "object", "additionalProperties": { "type": "string" } }
+            ]
+        })
+    }
 }
 
 /// One entry of `schedules:`.
@@ -191,6 +321,9 @@ pub struct State {
     /// customer last wrote more than 24 hours ago (free-form messages are
     /// refused then).
     pub template: Option<TemplateDoc>,
+    /// In a subflow: it ends here and gives its outputs back to the caller.
+    #[serde(rename = "return")]
+    pub ret: Option<ReturnDoc>,
 }
 
 /// A WhatsApp template message: an approved template, by name.
@@ -433,15 +566,25 @@ impl<'de> Deserialize<'de> for Validate {
     }
 }
 
-/// `call:`: a registered Rust action and its arguments (strings are templates).
+/// `call:`: a registered Rust action and its arguments (strings are
+/// templates), or another flow run as a subroutine.
 #[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Call {
     /// The action's registered name.
-    pub action: String,
+    pub action: Option<String>,
     /// Arguments; string values are rendered as templates first.
     #[serde(default)]
     pub args: IndexMap<String, Value>,
+    /// A subflow's file, relative to this one: it runs, and the state's
+    /// `next` follows when it returns.
+    pub flow: Option<String>,
+    /// The subflow's inputs, as templates over this flow's variables.
+    #[serde(default)]
+    pub with: IndexMap<String, String>,
+    /// The subflow's outputs this flow keeps, as variables of the same names.
+    #[serde(default)]
+    pub returns: Vec<String>,
 }
 
 /// `say:`: one message or a list of messages.
@@ -667,6 +810,7 @@ pub(crate) fn known_keys() -> Vec<&'static str> {
     keys.extend(fields_of::<FallbackFields>());
     keys.extend(fields_of::<Ask>());
     keys.extend(fields_of::<ValidateFields>());
+    keys.extend(fields_of::<ParamFields>());
     keys.extend(fields_of::<Call>());
     keys.extend(fields_of::<Rich>());
     keys.extend(fields_of::<ChoiceDoc>());

@@ -282,6 +282,7 @@ pub(crate) fn edges(flow: &Flow, id: StateId) -> Vec<StateId> {
     out.extend(s.after.as_ref().and_then(|a| a.goto));
     out.extend(s.fallback.as_ref().and_then(|f| f.goto));
     out.extend(s.on_error.or(flow.on_error).filter(|_| s.call.is_some()));
+    out.extend(s.subflow.as_ref().map(|c| c.entry));
     if let Some(a) = &s.ask {
         out.extend(a.exhausted.as_ref().and_then(|f| f.goto));
     }
@@ -325,7 +326,8 @@ pub(crate) fn next_loop(flow: &Flow) -> Option<Vec<StateId>> {
     const DONE: u8 = 2;
     let through = |id: StateId| {
         let s = flow.state(id);
-        if s.ask.is_some() || s.end || s.handoff {
+        // After a subflow's call, `next` follows only once it returns.
+        if s.ask.is_some() || s.end || s.handoff || s.subflow.is_some() {
             None
         } else {
             s.next
