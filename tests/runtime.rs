@@ -1077,3 +1077,76 @@ async fn the_business_starts_conversations_through_the_api_and_the_cli() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FLOWBOT_SERVER__API_TOKEN"));
 }
+
+/// `flowbot migrate-check OLD NEW --store DB` against a running bot's SQLite
+/// file: per state removed or renamed, the live conversations there and
+/// where `migrate:` sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_check_counts_live_conversations_per_state() {
+    let mut h = Harness::start("migratecheck", ECHO, |_| {}).await;
+    h.post(&message("m1", "c1", "wait")).await;
+    h.post(&message("m2", "c2", "wait")).await;
+    h.post(&message("m3", "c3", "hello")).await;
+    wait_until("three replies", Duration::from_secs(5), || {
+        h.qpien.state().created().len() == 3
+    })
+    .await;
+    // `waiting` renamed with a migrate entry, `start` renamed without one.
+    let v2 = ECHO
+        .replace("goto: waiting", "goto: patience")
+        .replace("  waiting:", "  patience:")
+        .replace("  start: {}\n", "  begin: {}\n")
+        .replace("goto: start", "goto: begin")
+        .replace(
+            "intents:",
+            "start: begin\nmigrate: { waiting: patience }\nintents:",
+        );
+    let new = h.dir.join("v2.yaml");
+    std::fs::write(&new, v2).unwrap();
+    let db = h.dir.join("flowbot.db");
+    // While the bot runs and holds the database.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .arg("migrate-check")
+        .arg(h.dir.join("flow.yaml"))
+        .arg(&new)
+        .arg("--store")
+        .arg(&db)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "state `waiting` (2 live conversations) is gone: `migrate:` sends them to `patience`"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("state `start` (1 live conversation) is gone: `migrate:` does not place them: they start over, told by settings.restart_message"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 state(s) gone; 3 live conversation(s) in them, 1 of which start over"),
+        "{stdout}"
+    );
+    // Without a store: the plan alone.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .arg("migrate-check")
+        .arg(h.dir.join("flow.yaml"))
+        .arg(&new)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("state `waiting` is gone: `migrate:` sends them to `patience`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("give --store to count"), "{stdout}");
+    h.stop().await;
+}

@@ -70,13 +70,19 @@ fn every_example_flow_conforms_and_names_the_schema() {
                 let first = text.lines().next().unwrap_or("");
                 let schema = first
                     .strip_prefix("# yaml-language-server: $schema=")
-                    .unwrap_or_else(|| panic!("{} names its schema on its first line", path.display()));
+                    .unwrap_or_else(|| {
+                        panic!("{} names its schema on its first line", path.display())
+                    });
                 let target = if dir.ends_with("template") {
                     Path::new(env!("CARGO_MANIFEST_DIR")).join(COMMITTED)
                 } else {
                     path.parent().unwrap().join(schema)
                 };
-                assert!(target.is_file(), "{}: {schema} is not there", path.display());
+                assert!(
+                    target.is_file(),
+                    "{}: {schema} is not there",
+                    path.display()
+                );
             }
             seen += 1;
         }

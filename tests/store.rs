@@ -137,6 +137,45 @@ async fn contract(store: &dyn StateStore) {
     assert_eq!(store.session("c1").await.unwrap(), None);
     assert!(store.pending(10).await.unwrap().is_empty());
 
+    // Sessions are read a page at a time, in conversation order.
+    for (key, conversation, data) in [("m3", "c3", b"s3"), ("m4", "c2", b"s2")] {
+        let Accepted::New(item) = store.accept(inbound(key, conversation)).await.unwrap() else {
+            panic!("new")
+        };
+        store
+            .commit(TurnCommit {
+                inbox_seq: item.seq,
+                conversation: conversation.into(),
+                session: Some(StoredSession {
+                    data: data.to_vec(),
+                    due_at: None,
+                }),
+                outbox: vec![],
+                fence: None,
+            })
+            .await
+            .unwrap();
+    }
+    let names = |page: Vec<(String, StoredSession)>| -> Vec<(String, Vec<u8>)> {
+        page.into_iter().map(|(c, s)| (c, s.data)).collect()
+    };
+    assert_eq!(
+        names(store.sessions("", 10).await.unwrap()),
+        [
+            ("c2".to_string(), b"s2".to_vec()),
+            ("c3".to_string(), b"s3".to_vec())
+        ]
+    );
+    assert_eq!(
+        names(store.sessions("", 1).await.unwrap()),
+        [("c2".to_string(), b"s2".to_vec())]
+    );
+    assert_eq!(
+        names(store.sessions("c2", 10).await.unwrap()),
+        [("c3".to_string(), b"s3".to_vec())]
+    );
+    assert!(store.sessions("c3", 10).await.unwrap().is_empty());
+
     // Cursors.
     assert_eq!(store.cursor("poll").await.unwrap(), None);
     store.set_cursor("poll", "abc").await.unwrap();

@@ -23,6 +23,7 @@ mod chat;
 mod doctor;
 mod graph;
 mod lsp;
+mod migrate;
 mod new;
 mod replay;
 mod run;
@@ -164,6 +165,23 @@ pub enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// What changing the flow from OLD to NEW does to the conversations in
+    /// progress: per state removed or renamed, where `migrate:` sends its
+    /// conversations (or that they start over), and with `--store` how many
+    /// live conversations sit there.
+    MigrateCheck {
+        /// The flow as it runs now.
+        old: PathBuf,
+        /// The flow about to replace it.
+        new: PathBuf,
+        /// The bot's store: a SQLite file (read without disturbing a running
+        /// bot) or a PostgreSQL URL.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// The PostgreSQL schema of the store.
+        #[arg(long, default_value = "flowbot")]
+        schema: String,
+    },
     /// Start a bot project: a flow, a Rust action, a conversation test with
     /// its snapshot, a configuration and a README, in a new folder NAME.
     New {
@@ -264,6 +282,12 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 out.as_deref(),
             ),
             Command::Test { dir, coverage, .. } => test::run(&dir, coverage, &registry).await,
+            Command::MigrateCheck {
+                old,
+                new,
+                store,
+                schema,
+            } => migrate::run(&old, &new, store.as_deref(), &schema, registry).await,
             Command::New { name, flowbot_path } => new::run(&name, flowbot_path.as_deref()).await,
             Command::Lsp => {
                 let names = registry.names();

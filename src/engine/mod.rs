@@ -530,7 +530,9 @@ impl Bot {
     }
 
     /// Whether a stored session is still alive at `now` (not expired).
-    fn is_live(&self, s: &Session, now: Millis) -> bool {
+    /// Whether a saved session is still a conversation in progress at `now`
+    /// (not ended and kept for a schedule, not expired).
+    pub(crate) fn is_live(&self, s: &Session, now: Millis) -> bool {
         !s.kept
             && (s.handoff
                 || self

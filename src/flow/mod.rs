@@ -28,6 +28,7 @@ mod compiled;
 mod diagnostic;
 mod diagram;
 mod load;
+pub mod migration;
 pub mod model;
 mod normalize;
 pub mod schedule;

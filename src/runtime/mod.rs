@@ -48,6 +48,7 @@ mod timers;
 pub use metrics::Metrics;
 use metrics::{BotLabel, MetricSet, Watched};
 pub use payload::OutboxAction;
+pub(crate) use reload::{count_live, live_state};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -656,6 +657,7 @@ async fn launch(
                 every: config.runtime.reload_interval,
                 stop: stop.clone(),
                 templates,
+                store: store.clone(),
             })
             .instrument(span.clone()),
         ));

@@ -12,9 +12,11 @@ use std::time::{Duration, SystemTime};
 
 use super::metrics::Metrics;
 use super::Stop;
-use crate::engine::Bot;
+use crate::engine::{Bot, Stored};
 use crate::flow::FlowLimits;
 use crate::handler::Registry;
+use crate::store::{StateStore, StoreError};
+use tracing::Instrument;
 
 /// The bot in service; a reload swaps it.
 pub(crate) struct BotSlot {
@@ -70,6 +72,66 @@ pub(crate) struct Reload {
     pub(crate) stop: Stop,
     /// The account's approved WhatsApp templates, when known.
     pub(crate) templates: Option<Vec<crate::flow::TemplateInfo>>,
+    /// The store, to count the conversations a reload moves.
+    pub(crate) store: Arc<dyn StateStore>,
+}
+
+/// The live conversations of each state of `bot`'s flow: the store's
+/// sessions, read a page at a time, those ended (kept for a schedule) or
+/// expired left out.
+pub(crate) async fn count_live(
+    store: &dyn StateStore,
+    bot: &Bot,
+    now: crate::time::Millis,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    const PAGE: usize = 1000;
+    let mut out = std::collections::BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let page = store.sessions(&after, PAGE).await?;
+        for (_, s) in &page {
+            if let Some(state) = live_state(&s.data, bot, now) {
+                *out.entry(state).or_insert(0) += 1;
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => after.clone_from(last),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The state of a saved session, if it is a conversation in progress.
+pub(crate) fn live_state(data: &[u8], bot: &Bot, now: crate::time::Millis) -> Option<String> {
+    let stored: Stored = super::payload::decode(data).ok()?;
+    bot.is_live(&stored.session, now)
+        .then(|| stored.state.to_string())
+}
+
+/// Logs what a reload does to the conversations of the states it removed.
+async fn log_migration(store: Arc<dyn StateStore>, old: Arc<Bot>, new: Arc<Bot>) {
+    let moves = crate::flow::migration::migration(old.flow(), new.flow());
+    if moves.is_empty() {
+        return;
+    }
+    let live = match count_live(&*store, &old, crate::time::now()).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the conversations of the states the new flow removed");
+            None
+        }
+    };
+    for (m, line) in moves.iter().zip(crate::flow::migration::describe(
+        &moves,
+        live.as_ref(),
+        new.flow(),
+    )) {
+        if m.to.is_some() {
+            tracing::info!(state = %m.state, "flow reloaded: {line}");
+        } else {
+            tracing::warn!(state = %m.state, "flow reloaded: {line}");
+        }
+    }
 }
 
 /// Watches the flow's files until shutdown.
@@ -95,9 +157,11 @@ pub(crate) async fn run(r: Reload) {
                 }
                 files = bot.flow().files.clone();
                 seen = stamps(&files);
+                let old = r.slot.get();
                 r.slot.set(bot);
                 r.metrics.reloads.count("ok");
                 tracing::info!(flow = %r.flow.display(), version, "flow reloaded");
+                tokio::spawn(log_migration(r.store.clone(), old, r.slot.get()).in_current_span());
             }
             Err(e) => {
                 r.metrics.reloads.count("rejected");

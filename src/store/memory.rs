@@ -83,6 +83,23 @@ impl StateStore for MemoryStore {
         Ok(self.inner().sessions.get(conversation).cloned())
     }
 
+    async fn sessions(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredSession)>, StoreError> {
+        let s = self.inner();
+        let mut page: Vec<(String, StoredSession)> = s
+            .sessions
+            .iter()
+            .filter(|(c, _)| c.as_str() > after)
+            .map(|(c, v)| (c.clone(), v.clone()))
+            .collect();
+        page.sort_by(|a, b| a.0.cmp(&b.0));
+        page.truncate(limit);
+        Ok(page)
+    }
+
     async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError> {
         let mut s = self.inner();
         let mut ids = Vec::with_capacity(commit.outbox.len());

@@ -25,7 +25,7 @@ mod sqlite;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
-pub use sqlite::{Durability, SqliteOptions, SqliteStore};
+pub use sqlite::{read_sessions as read_sqlite_sessions, Durability, SqliteOptions, SqliteStore};
 
 use std::time::Duration;
 
@@ -173,6 +173,14 @@ pub trait StateStore: Send + Sync + 'static {
     async fn pending(&self, limit: usize) -> Result<Vec<InboxItem>, StoreError>;
     /// A conversation's session.
     async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError>;
+    /// Sessions in conversation order, after the conversation `after` (`""`:
+    /// from the first), at most `limit`: a page of a scan over all of them
+    /// (what a change of the flow does to live conversations).
+    async fn sessions(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredSession)>, StoreError>;
     /// Writes a turn: inbox item done, session saved, outbox appended. Atomic.
     /// Returns the new outbox items' ids, in order.
     async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError>;

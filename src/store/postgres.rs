@@ -405,6 +405,39 @@ impl StateStore for PostgresStore {
         }))
     }
 
+    async fn sessions(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredSession)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT conversation, data, due_at FROM sessions WHERE conversation > $1
+                         ORDER BY conversation LIMIT $2",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&after, &(limit as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    StoredSession {
+                        data: r.get(1),
+                        due_at: r.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
     async fn commit(&self, c: TurnCommit) -> Result<Vec<u64>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;

@@ -63,6 +63,7 @@ enum Op {
     Accept(NewInbound),
     Pending(usize),
     Session(String),
+    Sessions(String, usize),
     Commit(TurnCommit),
     Outbox(u64, usize),
     Delivered(u64),
@@ -81,6 +82,7 @@ enum Reply {
     Accepted(Accepted),
     Inbox(Vec<InboxItem>),
     Session(Option<StoredSession>),
+    Sessions(Vec<(String, StoredSession)>),
     Outbox(Vec<OutboxItem>),
     Due(Vec<(String, Millis)>),
     Cursor(Option<String>),
@@ -192,6 +194,28 @@ impl Op {
 
 fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{}: {e}", path.display()))
+}
+
+/// Reads every session of the database at `path` without opening it as a
+/// store (no lock, no schema change: a running bot may hold it), calling
+/// `f` with each one's data.
+pub fn read_sessions(path: &Path, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err(path))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(err(path))?;
+    let mut stmt = conn
+        .prepare("SELECT data FROM sessions")
+        .map_err(err(path))?;
+    let mut rows = stmt.query([]).map_err(err(path))?;
+    while let Some(row) = rows.next().map_err(err(path))? {
+        let data: Vec<u8> = row.get(0).map_err(err(path))?;
+        f(&data);
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -386,6 +410,22 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                 })
                 .optional()?,
         ),
+        Op::Sessions(after, limit) => Reply::Sessions(
+            tx.prepare_cached(
+                "SELECT conversation, data, due_at FROM sessions WHERE conversation > ?1
+                 ORDER BY conversation LIMIT ?2",
+            )?
+            .query_map(params![after, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    StoredSession {
+                        data: r.get(1)?,
+                        due_at: r.get(2)?,
+                    },
+                ))
+            })?
+            .collect::<Result<_, _>>()?,
+        ),
         Op::Commit(c) => {
             tx.prepare_cached("UPDATE inbox SET done = 1, payload = x'' WHERE seq = ?1")?
                 .execute(params![c.inbox_seq as i64])?;
@@ -536,6 +576,17 @@ impl StateStore for SqliteStore {
     async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {
         match self.run(Op::Session(conversation.to_owned())).await? {
             Reply::Session(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn sessions(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredSession)>, StoreError> {
+        match self.run(Op::Sessions(after.to_owned(), limit)).await? {
+            Reply::Sessions(v) => Ok(v),
             _ => Err(unexpected()),
         }
     }
