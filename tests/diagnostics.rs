@@ -531,3 +531,55 @@ fn subflow_contracts_are_checked_in_every_caller() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `flowbot check --explore` finds what only running the flow shows: a
+/// silent turn, a state no path reaches, a text missing a language, a
+/// message over WhatsApp's limits once rendered, and (asked for) states
+/// with no way out.
+#[test]
+fn the_explorer_finds_planted_problems() {
+    let flow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/explore/planted.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["check", "--explore", "--require-exit"])
+        .arg(&flow)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let at = |line: usize| format!("planted.yaml:{line}:");
+    let has = |fragment: &str, line: usize| {
+        assert!(
+            stderr
+                .split("\n\n")
+                .any(|d| d.contains(fragment) && d.contains(&at(line))),
+            "no `{fragment}` at line {line} in:\n{stderr}"
+        );
+    };
+    has("error: a turn sends nothing: text \"hello\" → button quiet (the conversation is then in `quiet`)", 15);
+    has("warning: no path of at most 20 turns reaches `secret`", 27);
+    has(
+        "error: this text has no tr version (the flow speaks en, tr)",
+        19,
+    );
+    has(
+        "error: a message breaks WhatsApp's limits once rendered: a body of",
+        21,
+    );
+    has(
+        "error: from `quiet`, no path of at most 20 turns reaches a handoff or an end",
+        15,
+    );
+    // Validation alone passes: these are found by running the flow.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["check"])
+        .arg(&flow)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

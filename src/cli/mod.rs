@@ -20,6 +20,7 @@
 
 mod admin;
 mod chat;
+mod check;
 mod doctor;
 mod graph;
 mod lsp;
@@ -67,6 +68,28 @@ pub enum Command {
         /// --templates FILE` writes it).
         #[arg(long)]
         templates: Option<PathBuf>,
+    },
+    /// Check flows like `validate`; with `--explore`, also walk every branch
+    /// a customer can take (actions mocked) and report turns that send
+    /// nothing, states no path reaches, texts missing a language and
+    /// messages over WhatsApp's limits.
+    Check {
+        /// Flow files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Walk the flow's branches through the engine.
+        #[arg(long)]
+        explore: bool,
+        /// The most turns of an explored path.
+        #[arg(long, default_value_t = 20)]
+        depth: u32,
+        /// Also report waiting states from which no path of at most `--depth`
+        /// turns reaches a handoff or an end.
+        #[arg(long)]
+        require_exit: bool,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run a flow on JSON lines from stdin, print replies as JSON lines.
     Replay {
@@ -227,6 +250,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
     let rt = if !matches!(
         cli.command,
         Command::Validate { .. }
+            | Command::Check { .. }
             | Command::Replay { .. }
             | Command::Chat { .. }
             | Command::Graph { .. }
@@ -257,6 +281,19 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 strict,
                 templates,
             } => validate::run(&files, strict, templates.as_deref(), &registry),
+            Command::Check {
+                files,
+                explore,
+                depth,
+                require_exit,
+                strict,
+            } => {
+                let options = crate::testing::explore::ExploreOptions {
+                    depth,
+                    require_exit,
+                };
+                check::run(&files, explore, options, strict, &registry).await
+            }
             Command::Replay { flow, capture } => {
                 replay::run(&flow, capture.as_deref(), registry).await
             }

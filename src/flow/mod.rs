@@ -34,8 +34,8 @@ mod normalize;
 pub mod schedule;
 mod source;
 pub(crate) use load::Loaded;
-pub(crate) use source::join_key;
 pub(crate) use source::read as read_file;
+pub(crate) use source::{join_index, join_key, Source};
 pub mod template;
 mod validate;
 

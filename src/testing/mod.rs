@@ -23,6 +23,7 @@
 //! # });
 //! ```
 
+pub mod explore;
 mod mock;
 pub mod suite;
 
