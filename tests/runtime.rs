@@ -170,6 +170,35 @@ pub(crate) fn message(id: &str, conversation: &str, text: &str) -> Value {
         "channelType": "LiveChat", "content": text}})
 }
 
+/// What the reload task has logged so far, in this test process (its log
+/// lines are captured from the first call on).
+pub(crate) fn reload_logs() -> String {
+    use std::sync::{Mutex, OnceLock};
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    struct Sink(&'static Mutex<Vec<u8>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = LOGS.get_or_init(|| {
+        let buffer: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "flowbot::runtime::reload=info",
+            ))
+            .with_ansi(false)
+            .with_writer(move || Sink(buffer))
+            .try_init();
+        buffer
+    });
+    String::from_utf8_lossy(&logs.lock().unwrap()).into_owned()
+}
+
 pub(crate) async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + timeout;
     while !f() {
@@ -489,6 +518,7 @@ async fn readyz_says_why_when_qpien_refuses_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_flow_migrates_live_conversations() {
+    reload_logs();
     let mut h = Harness::start("reload", ECHO, |_| {}).await;
     h.post(&message("m1", "c1", "wait")).await;
     h.post(&message("m2", "c2", "hello")).await;
@@ -527,6 +557,13 @@ async fn a_reloaded_flow_migrates_live_conversations() {
         Duration::from_secs(5),
         || h.replies("c1").len() == 2 && h.replies("c2").len() == 4,
     )
+    .await;
+    // The reload said what it does to the conversations in the states it removed.
+    wait_until("the reload's migration log", Duration::from_secs(5), || {
+        let logs = reload_logs();
+        logs.contains("flow reloaded: state `waiting` (1 live conversation) is gone: `migrate:` sends them to `patience`")
+            && logs.contains("flow reloaded: state `start` (1 live conversation) is gone: `migrate:` does not place them")
+    })
     .await;
     h.stop().await;
     assert_eq!(h.replies("c1"), ["Take your time.", "Still there (v2)?"]);
