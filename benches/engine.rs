@@ -4,15 +4,25 @@
 //!
 //! Run: `cargo bench --bench engine`. Also prints the resident memory per idle
 //! conversation (100,000 sessions parked in the ask state).
+//!
+//! `FLOWBOT_BENCH_QUICK=N cargo bench --bench engine` prints one JSON line
+//! instead (N conversations, the median of 5 samples after a warm-up, as
+//! criterion measures), for
+//! `scripts/peer.sh`, which sets it beside the peer's.
 
 #![allow(missing_docs)]
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use flowbot::{Bot, Session, Stored};
 use flowbot::{Event, Incoming};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+
+/// The allocator the `flowbot` binary runs with (see BENCHMARKS.md, end to end).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -122,5 +132,50 @@ fn engine(c: &mut Criterion) {
     println!("memory: {per:.0} bytes resident per idle conversation (session estimate {approx} bytes), {n} conversations");
 }
 
+/// One JSON line: the median turns/s of 5 samples of `n` conversations, as
+/// criterion measures (after a second of warm-up, each sample at least
+/// 0.3 s of whole passes over the script).
+fn quick(n: usize) {
+    let bot = bot();
+    let script = script();
+    let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let mut sessions: Vec<Option<Stored>> = vec![None; n];
+    let pass = |sessions: &mut Vec<Option<Stored>>| {
+        let sent = run(&bot, &ids, sessions, &script);
+        assert_eq!(sent, 13 * n, "the scenario's 13 replies per conversation");
+    };
+    let warm = std::time::Instant::now();
+    while warm.elapsed() < std::time::Duration::from_secs(1) {
+        pass(&mut sessions);
+    }
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            let mut passes = 0;
+            while passes == 0 || t0.elapsed() < std::time::Duration::from_millis(300) {
+                pass(&mut sessions);
+                passes += 1;
+            }
+            (passes * n * script.len()) as f64 / t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "{{\"engine\":\"flowbot\",\"conversations\":{n},\"turns\":{},\"turns_per_sec\":{:.0}}}",
+        n * script.len(),
+        rates[2]
+    );
+}
+
 criterion_group!(benches, engine);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("FLOWBOT_BENCH_QUICK")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return quick(n);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1628,6 +1628,9 @@ impl Run<'_> {
     /// A jump out of a subflow (a global intent, an error path, a release):
     /// the frames it leaves are dropped and the caller's variables restored.
     fn unwind_to(&mut self, unit: u32) {
+        if self.session.stack.is_empty() {
+            return;
+        }
         let flow = self.bot.flow.clone();
         while !self.session.stack.is_empty()
             && (self.session.state as usize) < flow.states.len()
