@@ -1,0 +1,283 @@
+//! The ceiling: how close `flowbot run` comes to what this machine can do for
+//! a webhook at all. The same closed-loop load generator (the support script,
+//! signed deliveries, `--concurrency` at a time) runs, in one run, against:
+//!
+//! 1. a bare axum handler that only checks the signature and answers 200;
+//! 2. the bot: `flowbot::start` with the support flow, the durable SQLite store
+//!    and its replies sent to a stand-in Qpien (counted until the last is out).
+//!
+//! Each server is this same executable started again in a role (`--serve-bare`,
+//! `--serve-bot URL`), pinned with `taskset -c 1`, while the generator and the
+//! stand-in run here; run it pinned to the other core:
+//!
+//! `taskset -c 0 cargo bench --bench ceiling` (options: `-- --conversations N
+//! --concurrency C --normal`). Without `taskset` on the machine, the servers run
+//! unpinned and it says so.
+
+#![allow(missing_docs)]
+
+mod support;
+use support::arg;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing;
+use axum::Router;
+use flowbot::internals::qpien::webhook::{sign, verify};
+use flowbot::internals::qpien::{RateLimitConfig, Secret};
+use flowbot::Config;
+use serde_json::json;
+use std::io::BufRead;
+
+#[path = "../examples/support_bot.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod support_bot;
+
+const SECRET: &str = "bench-secret";
+
+fn script(conversation: &str) -> Vec<Vec<u8>> {
+    let t = |s: &str| json!({"content": s});
+    let b = |s: &str| json!({"content": s, "flowBotQuickReplyResponseId": s});
+    let l = |s: &str| json!({"content": s, "listMessage": {"selectedRowId": s}});
+    [
+        t("hello"),
+        b("orders"),
+        t("12"),
+        t("123456"),
+        l("track"),
+        t("hi again"),
+        b("orders"),
+        t("222222"),
+        l("return"),
+        t("too big"),
+        b("yes"),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, extra)| {
+        let mut d = json!({"_id": format!("{conversation}-{i}"), "conversation": conversation,
+            "senderType": "user", "channelType": "WhatsApp"});
+        d.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::to_vec(&json!({"event": "NEW_INCOMING_MESSAGE", "data": d})).unwrap()
+    })
+    .collect()
+}
+
+/// Serves the bare handler: the signature checked, 200.
+async fn serve_bare() {
+    let app = Router::new().route(
+        "/webhook",
+        routing::post(|headers: HeaderMap, body: Bytes| async move {
+            let sig = headers
+                .get("X-Qpien-Signature")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if verify(SECRET.as_bytes(), &body, sig) {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    axum::serve(listener, app).await.unwrap();
+}
+
+/// Serves the bot, its replies going to the stand-in at `qpien`.
+async fn serve_bot(qpien: String, normal: bool) {
+    let dir = std::env::temp_dir().join(format!("flowbot-ceiling-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config {
+        flow: concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml").into(),
+        ..Config::default()
+    };
+    config.qpien.endpoint = qpien;
+    config.qpien.client_id = Secret::new("id");
+    config.qpien.client_secret = Secret::new("secret");
+    config.qpien.whatsapp_operation = flowbot::internals::qpien::WhatsappOperation::CreateMessage;
+    config.qpien.rate_limit = RateLimitConfig {
+        requests: 10_000_000,
+        per: Duration::from_secs(1),
+        default_reset: Duration::from_secs(1),
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.webhook_secret = Secret::new(SECRET);
+    config.store.path = dir.join("flowbot.db");
+    config.runtime.reload = false;
+    config.runtime.queue_capacity = 1_000_000;
+    if normal {
+        config.store.durability = flowbot::internals::store::Durability::Normal;
+    }
+    let running = flowbot::start(config, support_bot::registry())
+        .await
+        .unwrap();
+    println!("{}", running.addr());
+    // Until the generator closes our stdin.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)
+    })
+    .await;
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn stand_in(created: Arc<AtomicUsize>) -> String {
+    let app = Router::new().route(
+        "/graphql",
+        routing::post(move |body: Bytes| {
+            let created = created.clone();
+            async move {
+                if String::from_utf8_lossy(&body).contains("generateOAuthToken") {
+                    return r#"{"data":{"generateOAuthToken":{"accessToken":"t","expiresIn":3600}}}"#;
+                }
+                created.fetch_add(1, Ordering::Relaxed);
+                r#"{"data":{"createMessage":{"_id":"m"}}}"#
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/graphql", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Starts this executable in a role, pinned to core 1 when `taskset` is
+/// there; returns it and the address it printed.
+fn spawn(role: &[String]) -> (std::process::Child, String, bool) {
+    let exe = std::env::current_exe().unwrap();
+    let pinned = std::process::Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_ok();
+    let mut cmd = if pinned {
+        let mut c = std::process::Command::new("taskset");
+        c.arg("-c").arg("1").arg(&exe);
+        c
+    } else {
+        std::process::Command::new(&exe)
+    };
+    let mut child = cmd
+        .args(role)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addr = String::new();
+    out.read_line(&mut addr).unwrap();
+    (child, addr.trim().to_owned(), pinned)
+}
+
+/// Runs the support script on `conversations`, `concurrency` at a time;
+/// the time until every delivery was acknowledged.
+async fn load(url: &str, conversations: usize, concurrency: usize, tag: &str) -> Duration {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..conversations)
+        .map(|c| {
+            let (http, url, slots) = (http.clone(), url.to_owned(), slots.clone());
+            let conversation = format!("{tag}{c}");
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await.unwrap();
+                for body in script(&conversation) {
+                    let sig = sign(SECRET.as_bytes(), &body);
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("X-Qpien-Signature", sig)
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if args.iter().any(|a| a == "--serve-bare") {
+        return rt.block_on(serve_bare());
+    }
+    if let Some(i) = args.iter().position(|a| a == "--serve-bot") {
+        let normal = args.iter().any(|a| a == "--normal");
+        return rt.block_on(serve_bot(args[i + 1].clone(), normal));
+    }
+    let conversations = arg("--conversations", 2000usize);
+    let concurrency = arg("--concurrency", 64usize);
+    let normal = args.iter().any(|a| a == "--normal");
+    rt.block_on(async move {
+        let turns = conversations * 11;
+        // 1. The bare handler.
+        let (mut bare, addr, pinned) = spawn(&["--serve-bare".into()]);
+        let url = format!("http://{addr}/webhook");
+        load(&url, 50, concurrency, "w").await;
+        let took = load(&url, conversations, concurrency, "c").await;
+        let ceiling = turns as f64 / took.as_secs_f64();
+        bare.kill().ok();
+        bare.wait().ok();
+        // 2. The bot, replies out to the stand-in.
+        let created = Arc::new(AtomicUsize::new(0));
+        let qpien = stand_in(created.clone()).await;
+        let mut role = vec!["--serve-bot".to_string(), qpien];
+        if normal {
+            role.push("--normal".into());
+        }
+        let (mut bot, addr, _) = spawn(&role);
+        let url = format!("http://{addr}/webhook");
+        load(&url, 50, concurrency, "w").await;
+        while created.load(Ordering::Relaxed) < 50 * 11 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let base = created.load(Ordering::Relaxed);
+        let started = Instant::now();
+        load(&url, conversations, concurrency, "c").await;
+        // The support script folds to 11 createMessage calls per conversation.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while created.load(Ordering::Relaxed) < base + conversations * 11 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(
+            created.load(Ordering::Relaxed) >= base + conversations * 11,
+            "every reply reached the stand-in"
+        );
+        let bot_rate = turns as f64 / started.elapsed().as_secs_f64();
+        // Its stdin closed, the bot shuts down.
+        drop(bot.stdin.take());
+        let _ = tokio::task::spawn_blocking(move || bot.wait()).await;
+        println!(
+            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}",
+            if pinned { "pinned to core 1 (taskset -c 1)" } else { "not pinned (no taskset)" },
+            if normal { "normal" } else { "full" }
+        );
+        println!("bare axum handler (signature, 200): {ceiling:.0} turns/s");
+        println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s");
+        println!("flowbot's share of the ceiling: {:.0}%", 100.0 * bot_rate / ceiling);
+    });
+}
