@@ -17,7 +17,7 @@
 #![allow(missing_docs)]
 
 mod support;
-use support::arg;
+use support::{arg, stand_in};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -34,7 +34,6 @@ use axum::Router;
 use flowbot::internals::qpien::webhook::{sign, verify};
 use flowbot::internals::qpien::{RateLimitConfig, Secret};
 use flowbot::Config;
-use serde_json::json;
 use std::io::BufRead;
 
 #[path = "../examples/support_bot.rs"]
@@ -43,34 +42,12 @@ mod support_bot;
 
 const SECRET: &str = "bench-secret";
 
+/// The support script as signed-to-be bodies.
 fn script(conversation: &str) -> Vec<Vec<u8>> {
-    let t = |s: &str| json!({"content": s});
-    let b = |s: &str| json!({"content": s, "flowBotQuickReplyResponseId": s});
-    let l = |s: &str| json!({"content": s, "listMessage": {"selectedRowId": s}});
-    [
-        t("hello"),
-        b("orders"),
-        t("12"),
-        t("123456"),
-        l("track"),
-        t("hi again"),
-        b("orders"),
-        t("222222"),
-        l("return"),
-        t("too big"),
-        b("yes"),
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, extra)| {
-        let mut d = json!({"_id": format!("{conversation}-{i}"), "conversation": conversation,
-            "senderType": "user", "channelType": "WhatsApp"});
-        d.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        serde_json::to_vec(&json!({"event": "NEW_INCOMING_MESSAGE", "data": d})).unwrap()
-    })
-    .collect()
+    support::script(conversation, 0)
+        .iter()
+        .map(|d| serde_json::to_vec(d).unwrap())
+        .collect()
 }
 
 /// Serves the bare handler: the signature checked, 200.
@@ -131,26 +108,6 @@ async fn serve_bot(qpien: String, normal: bool) {
     .await;
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-async fn stand_in(created: Arc<AtomicUsize>) -> String {
-    let app = Router::new().route(
-        "/graphql",
-        routing::post(move |body: Bytes| {
-            let created = created.clone();
-            async move {
-                if String::from_utf8_lossy(&body).contains("generateOAuthToken") {
-                    return r#"{"data":{"generateOAuthToken":{"accessToken":"t","expiresIn":3600}}}"#;
-                }
-                created.fetch_add(1, Ordering::Relaxed);
-                r#"{"data":{"createMessage":{"_id":"m"}}}"#
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/graphql", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
 }
 
 /// Starts this executable in a role, pinned to core 1 when `taskset` is

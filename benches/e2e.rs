@@ -14,7 +14,7 @@
 #![allow(missing_docs)]
 
 mod support;
-use support::{arg, percentile};
+use support::{arg, percentile, script, stand_in};
 
 /// As the `flowbot` binary does (src/main.rs).
 #[cfg(feature = "mimalloc")]
@@ -25,71 +25,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::routing;
-use axum::Router;
 use flowbot::internals::qpien::webhook::sign;
 use flowbot::internals::qpien::{RateLimitConfig, Secret};
 use flowbot::Config;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
 
 const SECRET: &str = "bench-secret";
-
-async fn stand_in(created: Arc<AtomicUsize>) -> String {
-    let app = Router::new().route(
-        "/graphql",
-        routing::post(move |body: Bytes| {
-            let created = created.clone();
-            async move {
-                let text = String::from_utf8_lossy(&body);
-                if text.contains("generateOAuthToken") {
-                    return r#"{"data":{"generateOAuthToken":{"accessToken":"t","expiresIn":3600}}}"#;
-                }
-                created.fetch_add(1, Ordering::Relaxed);
-                r#"{"data":{"createMessage":{"_id":"m"}}}"#
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/graphql", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
-fn script(conversation: &str, n: usize) -> Vec<Value> {
-    let data = |i: usize, extra: Value| {
-        let mut d = json!({"_id": format!("{conversation}-{n}-{i}"), "conversation": conversation,
-            "senderType": "user", "channelType": "WhatsApp"});
-        d.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        json!({"event": "NEW_INCOMING_MESSAGE", "data": d})
-    };
-    let t = |s: &str| json!({"content": s});
-    let b = |s: &str| json!({"content": s, "flowBotQuickReplyResponseId": s});
-    let l = |s: &str| json!({"content": s, "listMessage": {"selectedRowId": s}});
-    [
-        t("hello"),
-        b("orders"),
-        t("12"),
-        t("123456"),
-        l("track"),
-        t("hi again"),
-        b("orders"),
-        t("222222"),
-        l("return"),
-        t("too big"),
-        b("yes"),
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, e)| data(i, e))
-    .collect()
-}
 
 async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> Duration {
     let body = serde_json::to_vec(payload).unwrap();

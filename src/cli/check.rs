@@ -17,20 +17,11 @@ pub(super) async fn run(
     if !explore_flows {
         return super::validate::run(files, strict, None, registry);
     }
-    let (mut errors, mut warnings) = (0, 0);
+    let mut tally = super::validate::Tally::default();
     for f in files {
-        let diags = explore(f, registry, options).await;
-        for d in &diags.0 {
-            eprintln!("{d}");
-        }
-        let e = diags.errors().count();
-        errors += e;
-        warnings += diags.0.len() - e;
-        if diags.0.is_empty() {
-            println!("{}: explored, ok", f.display());
-        }
+        tally.add(f, &explore(f, registry, options).await, "explored, ok");
     }
-    println!("{errors} error(s), {warnings} warning(s)");
+    let (errors, warnings) = tally.finish();
     if errors > 0 || (strict && warnings > 0) {
         1
     } else {

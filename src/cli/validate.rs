@@ -57,28 +57,48 @@ pub(super) fn run(
             }
         }
     }
-    let (mut errors, mut warnings) = (0, 0);
+    let mut tally = Tally::default();
     for f in files {
         let diags = match Flow::load(f, &names) {
             Ok(flow) => flow.warnings,
             Err(e) => e.0,
         };
-        for d in &diags.0 {
-            eprintln!("{d}");
-        }
-        let e = diags.errors().count();
-        errors += e;
-        warnings += diags.0.len() - e;
-        if diags.0.is_empty() {
-            println!("{}: ok", f.display());
-        }
+        tally.add(f, &diags, "ok");
     }
-    println!("{errors} error(s), {warnings} warning(s)");
+    let (errors, warnings) = tally.finish();
     if errors > 0 {
         2
     } else if strict && warnings > 0 {
         1
     } else {
         0
+    }
+}
+
+/// The problems of several files, printed as they come, then counted.
+#[derive(Default)]
+pub(super) struct Tally {
+    errors: usize,
+    warnings: usize,
+}
+
+impl Tally {
+    /// Prints a file's problems (or `FILE: clean`) and counts them.
+    pub(super) fn add(&mut self, file: &Path, diags: &crate::flow::Diagnostics, clean: &str) {
+        for d in &diags.0 {
+            eprintln!("{d}");
+        }
+        let e = diags.errors().count();
+        self.errors += e;
+        self.warnings += diags.0.len() - e;
+        if diags.0.is_empty() {
+            println!("{}: {clean}", file.display());
+        }
+    }
+
+    /// Prints the summary line; the errors and warnings.
+    pub(super) fn finish(self) -> (usize, usize) {
+        println!("{} error(s), {} warning(s)", self.errors, self.warnings);
+        (self.errors, self.warnings)
     }
 }
