@@ -17,7 +17,7 @@
 #![allow(missing_docs)]
 
 mod support;
-use support::{arg, stand_in};
+use support::{arg, bot_config, stand_in, SECRET};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -32,15 +32,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing;
 use axum::Router;
 use flowbot::internals::qpien::webhook::{sign, verify};
-use flowbot::internals::qpien::{RateLimitConfig, Secret};
-use flowbot::Config;
 use std::io::BufRead;
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
-
-const SECRET: &str = "bench-secret";
 
 /// The support script as signed-to-be bodies.
 fn script(conversation: &str) -> Vec<Vec<u8>> {
@@ -75,27 +71,7 @@ async fn serve_bare() {
 async fn serve_bot(qpien: String, normal: bool) {
     let dir = std::env::temp_dir().join(format!("flowbot-ceiling-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut config = Config {
-        flow: concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml").into(),
-        ..Config::default()
-    };
-    config.qpien.endpoint = qpien;
-    config.qpien.client_id = Secret::new("id");
-    config.qpien.client_secret = Secret::new("secret");
-    config.qpien.whatsapp_operation = flowbot::internals::qpien::WhatsappOperation::CreateMessage;
-    config.qpien.rate_limit = RateLimitConfig {
-        requests: 10_000_000,
-        per: Duration::from_secs(1),
-        default_reset: Duration::from_secs(1),
-    };
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.webhook_secret = Secret::new(SECRET);
-    config.store.path = dir.join("flowbot.db");
-    config.runtime.reload = false;
-    config.runtime.queue_capacity = 1_000_000;
-    if normal {
-        config.store.durability = flowbot::internals::store::Durability::Normal;
-    }
+    let config = bot_config(qpien, &dir, normal);
     let running = flowbot::start(config, support_bot::registry())
         .await
         .unwrap();

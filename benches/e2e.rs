@@ -14,7 +14,7 @@
 #![allow(missing_docs)]
 
 mod support;
-use support::{arg, percentile, script, stand_in};
+use support::{arg, bot_config, open_loop, post, script, stand_in, summary};
 
 /// As the `flowbot` binary does (src/main.rs).
 #[cfg(feature = "mimalloc")]
@@ -25,32 +25,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowbot::internals::qpien::webhook::sign;
-use flowbot::internals::qpien::{RateLimitConfig, Secret};
-use flowbot::Config;
-use serde_json::Value;
+use flowbot::internals::qpien::Secret;
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
-
-const SECRET: &str = "bench-secret";
-
-async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> Duration {
-    let body = serde_json::to_vec(payload).unwrap();
-    let sig = sign(SECRET.as_bytes(), &body);
-    let started = Instant::now();
-    let r = http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("X-Qpien-Signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    started.elapsed()
-}
 
 async fn wait_for(created: &AtomicUsize, n: usize) {
     while created.load(Ordering::Relaxed) < n {
@@ -72,27 +51,8 @@ fn main() {
         let qpien = stand_in(created.clone()).await;
         let dir = std::env::temp_dir().join(format!("flowbot-e2e-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut config = Config {
-            flow: concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml").into(),
-            ..Config::default()
-        };
-        config.qpien.endpoint = qpien;
-        config.qpien.client_id = Secret::new("id");
-        config.qpien.client_secret = Secret::new("secret");
-        config.qpien.whatsapp_operation = flowbot::internals::qpien::WhatsappOperation::CreateMessage;
-        config.qpien.rate_limit = RateLimitConfig {
-            requests: 10_000_000,
-            per: Duration::from_secs(1),
-            default_reset: Duration::from_secs(1),
-        };
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.server.webhook_secret = Secret::new(SECRET);
-        config.store.path = dir.join("flowbot.db");
-        config.runtime.reload = false;
-        config.runtime.queue_capacity = 1_000_000;
-        if std::env::args().any(|a| a == "--normal") {
-            config.store.durability = flowbot::internals::store::Durability::Normal;
-        }
+        let normal = std::env::args().any(|a| a == "--normal");
+        let mut config = bot_config(qpien, &dir, normal);
         if std::env::args().any(|a| a == "--postgres") {
             // The PostgreSQL store, in a fresh schema of FLOWBOT_TEST_POSTGRES_URL's database.
             let url = std::env::var("FLOWBOT_TEST_POSTGRES_URL")
@@ -154,46 +114,12 @@ fn main() {
 
         // 2. Acknowledgement latency at a fixed rate, open loop.
         let seconds = 5;
-        let total = rate * seconds;
-        let per_conv = 11;
-        let scripts: Vec<Vec<Value>> = (0..total.div_ceil(per_conv))
-            .map(|c| script(&format!("r{c}"), 2))
-            .collect();
-        let base = created.load(Ordering::Relaxed);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let interval = Duration::from_secs_f64(1.0 / rate as f64);
-        let started = Instant::now();
-        // Turn k of every conversation goes out before turn k+1 of any, so each
-        // conversation's messages stay in order and far apart.
-        let mut sent = 0;
-        'outer: for k in 0..per_conv {
-            for s in &scripts {
-                if sent == total {
-                    break 'outer;
-                }
-                let due = started + interval * sent as u32;
-                tokio::time::sleep_until(due.into()).await;
-                let (http, url, m, tx) = (http.clone(), url.clone(), s[k].clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _ = tx.send(post(&http, &url, &m).await);
-                });
-                sent += 1;
-            }
-        }
-        drop(tx);
-        let mut lat = Vec::with_capacity(total);
-        while let Some(d) = rx.recv().await {
-            lat.push(d);
-        }
-        lat.sort();
+        let lat = open_loop(&http, &url, rate, seconds, "r").await;
         println!(
-            "ack latency at {rate} turns/s for {seconds}s ({} requests): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "ack latency at {rate} turns/s for {seconds}s ({} requests): {}",
             lat.len(),
-            percentile(&lat, 0.5).as_secs_f64() * 1e3,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3,
-            lat.last().unwrap().as_secs_f64() * 1e3,
+            summary(&lat)
         );
-        let _ = base;
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     });

@@ -1,10 +1,16 @@
-//! What the benches share: command-line options and percentiles.
+//! What the benches share: command-line options, percentiles, the support
+//! script as signed deliveries, the bot's configuration and a stand-in Qpien.
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use flowbot::internals::qpien::webhook::sign;
+use flowbot::internals::qpien::{RateLimitConfig, Secret};
+use flowbot::Config;
 
 use axum::body::Bytes;
 use axum::routing;
@@ -82,4 +88,108 @@ pub(crate) fn script(conversation: &str, n: usize) -> Vec<Value> {
     .enumerate()
     .map(|(i, e)| data(i, e))
     .collect()
+}
+
+/// The webhook secret every bench's bot is configured with.
+pub(crate) const SECRET: &str = "bench-secret";
+
+/// The bot the end-to-end benches run: the support flow, its store under
+/// `dir`, replies to `qpien` (the stand-in, unlimited: the bot's own budget
+/// is opened as wide), listening on a free port; `normal` for `durability =
+/// normal`.
+pub(crate) fn bot_config(qpien: String, dir: &Path, normal: bool) -> Config {
+    let mut config = Config {
+        flow: concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml").into(),
+        ..Config::default()
+    };
+    config.qpien.endpoint = qpien;
+    config.qpien.client_id = Secret::new("id");
+    config.qpien.client_secret = Secret::new("secret");
+    config.qpien.whatsapp_operation = flowbot::internals::qpien::WhatsappOperation::CreateMessage;
+    config.qpien.rate_limit = RateLimitConfig {
+        requests: 10_000_000,
+        per: Duration::from_secs(1),
+        default_reset: Duration::from_secs(1),
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.webhook_secret = Secret::new(SECRET);
+    config.store.path = dir.join("flowbot.db");
+    config.runtime.reload = false;
+    config.runtime.queue_capacity = 1_000_000;
+    if normal {
+        config.store.durability = flowbot::internals::store::Durability::Normal;
+    }
+    config
+}
+
+/// Posts one signed delivery; the time until it was acknowledged (200).
+pub(crate) async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> Duration {
+    let body = serde_json::to_vec(payload).unwrap();
+    let sig = sign(SECRET.as_bytes(), &body);
+    let started = Instant::now();
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("X-Qpien-Signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    started.elapsed()
+}
+
+/// Acknowledgement latencies of deliveries posted at a fixed `rate` a second
+/// for `seconds` (open loop: each leaves at its time whatever the others
+/// do), the support script's turns of conversations tagged `tag`; sorted.
+pub(crate) async fn open_loop(
+    http: &reqwest::Client,
+    url: &str,
+    rate: usize,
+    seconds: usize,
+    tag: &str,
+) -> Vec<Duration> {
+    let total = rate * seconds;
+    let per_conv = 11;
+    let scripts: Vec<Vec<Value>> = (0..total.div_ceil(per_conv))
+        .map(|c| script(&format!("{tag}{c}"), 2))
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    // Turn k of every conversation goes out before turn k+1 of any, so each
+    // conversation's messages stay in order and far apart.
+    let mut sent = 0;
+    'outer: for k in 0..per_conv {
+        for s in &scripts {
+            if sent == total {
+                break 'outer;
+            }
+            let due = started + interval * sent as u32;
+            tokio::time::sleep_until(due.into()).await;
+            let (http, url, m, tx) = (http.clone(), url.to_owned(), s[k].clone(), tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(post(&http, &url, &m).await);
+            });
+            sent += 1;
+        }
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity(total);
+    while let Some(d) = rx.recv().await {
+        lat.push(d);
+    }
+    lat.sort();
+    lat
+}
+
+/// `p50 a ms, p99 b ms, max c ms` of sorted durations.
+pub(crate) fn summary(sorted: &[Duration]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99)),
+        ms(sorted.last().copied().unwrap_or_default())
+    )
 }
