@@ -6,40 +6,11 @@
 
 #![allow(missing_docs)]
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use flowbot::internals::flow::{Flow, HandlerNames};
 use flowbot::{Registry, TestConversation};
-
-/// A 1,000-state flow: asks with validation, buttons, templates, an intent
-/// per ten states, split over an included file.
-fn big_flow() -> (String, String) {
-    let mut main = String::from(
-        "version: 1\ninclude: [more.yaml]\nsettings: { error_message: \"Sorry.\" }\nintents:\n",
-    );
-    for i in (0..1_000).step_by(10) {
-        main.push_str(&format!("  - {{ text: \"topic {i}\", goto: s{i} }}\n"));
-    }
-    main.push_str(
-        "states:\n  start: { say: \"Hi {{ contact.first_name | default('there') }}\", next: s0 }\n",
-    );
-    let mut more = String::from("states:\n");
-    for i in 0..1_000 {
-        let next = if i + 1 < 1_000 {
-            format!("s{}", i + 1)
-        } else {
-            "start".into()
-        };
-        let state = format!(
-            "  s{i}:\n    ask:\n      text: \"Question {i} for {{{{ name | default('you') }}}}?\"\n      save: a{i}\n      validate: {{ kind: number, min: 1, max: 20 }}\n      invalid: \"A number from 1 to 20, please.\"\n      quick_replies: [{{ id: y{i}, title: \"Yes\" }}, {{ id: n{i}, title: \"No\" }}]\n    on:\n      - {{ button: y{i}, goto: {next} }}\n      - {{ when: \"a{i} | int > 10\", say: \"Big\", goto: {next} }}\n    next: {next}\n"
-        );
-        if i < 500 {
-            main.push_str(&state);
-        } else {
-            more.push_str(&state);
-        }
-    }
-    (main, more)
-}
 
 fn next_chain(n: usize) -> String {
     let mut s = String::from("version: 1\nstates:\n");
@@ -57,15 +28,12 @@ fn bench(c: &mut Criterion) {
     let names = HandlerNames::default();
     let dir = std::env::temp_dir().join(format!("flowbot-bench-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (main, more) = big_flow();
-    std::fs::write(dir.join("main.yaml"), &main).unwrap();
-    std::fs::write(dir.join("more.yaml"), &more).unwrap();
-    let path = dir.join("main.yaml");
+    let path = support::big_flow(&dir);
     Flow::load(&path, &names).expect("the 1,000-state flow loads");
 
     let mut g = c.benchmark_group("load");
     g.sample_size(10);
-    g.bench_function("1000_states_with_include", |b| {
+    g.bench_function("1000_states_with_includes", |b| {
         b.iter(|| Flow::load(&path, &names).unwrap())
     });
     let chain = next_chain(10_000);

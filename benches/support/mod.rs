@@ -193,3 +193,39 @@ pub(crate) fn summary(sorted: &[Duration]) -> String {
         ms(sorted.last().copied().unwrap_or_default())
     )
 }
+
+/// Writes a 1,000-state flow under `dir`: asks with validation, buttons,
+/// templates, `when:` rules, an intent per ten states; `main.yaml` holds the
+/// start, the intents and 200 states, and includes four files of 200 more.
+/// Returns the main file's path.
+pub(crate) fn big_flow(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let parts: Vec<String> = (1..=4).map(|k| format!("part{k}.yaml")).collect();
+    let mut files = vec![format!(
+        "version: 1\ninclude: [{}]\nsettings: {{ error_message: \"Sorry.\" }}\nintents:\n",
+        parts.join(", ")
+    )];
+    for i in (0..1_000).step_by(10) {
+        files[0].push_str(&format!("  - {{ text: \"topic {i}\", goto: s{i} }}\n"));
+    }
+    files[0].push_str(
+        "states:\n  start: { say: \"Hi {{ contact.first_name | default('there') }}\", next: s0 }\n",
+    );
+    files.extend((0..4).map(|_| String::from("states:\n")));
+    for i in 0..1_000 {
+        let next = if i + 1 < 1_000 {
+            format!("s{}", i + 1)
+        } else {
+            "start".into()
+        };
+        let state = format!(
+            "  s{i}:\n    ask:\n      text: \"Question {i} for {{{{ name | default('you') }}}}?\"\n      save: a{i}\n      validate: {{ kind: number, min: 1, max: 20 }}\n      invalid: \"A number from 1 to 20, please.\"\n      quick_replies: [{{ id: y{i}, title: \"Yes\" }}, {{ id: n{i}, title: \"No\" }}]\n    on:\n      - {{ button: y{i}, goto: {next} }}\n      - {{ when: \"a{i} | int > 10\", say: \"Big\", goto: {next} }}\n    next: {next}\n"
+        );
+        files[i / 200].push_str(&state);
+    }
+    std::fs::write(dir.join("main.yaml"), &files[0]).unwrap();
+    for (name, text) in parts.iter().zip(&files[1..]) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir.join("main.yaml")
+}

@@ -39,10 +39,11 @@ struct Node {
     value: Option<Pos>,
 }
 
-/// How a node is reached from its parent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// How a node is reached from its parent: a key (by its number in
+/// [`Index::keys`]) or an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Seg {
-    Key(Box<str>),
+    Key(u32),
     Index(u32),
 }
 
@@ -51,9 +52,18 @@ enum Seg {
 struct Index {
     nodes: Vec<Node>,
     children: HashMap<(u32, Seg), u32>,
+    /// Each distinct key once, numbered: a lookup finds a key's number from
+    /// a slice of the path without allocating, and a path segment that is
+    /// no key at all is rejected before the tree is consulted.
+    keys: HashMap<Box<str>, u32>,
 }
 
 impl Index {
+    fn key(&mut self, key: Box<str>) -> Seg {
+        let next = self.keys.len() as u32;
+        Seg::Key(*self.keys.entry(key).or_insert(next))
+    }
+
     fn child(&self, parent: u32, seg: Seg) -> Option<u32> {
         self.children.get(&(parent, seg)).copied()
     }
@@ -86,15 +96,21 @@ impl Index {
             let i: u32 = r[..close].parse().ok()?;
             return Some((self.child(at, Seg::Index(i))?, &r[close + 1..]));
         }
-        let mut ends: Vec<usize> = rest
+        // The longest key first: keys may contain dots.
+        let ends = rest
             .char_indices()
             .filter(|(_, c)| matches!(c, '.' | '['))
             .map(|(i, _)| i)
-            .collect();
-        ends.push(rest.len());
-        ends.into_iter()
-            .rev()
-            .find_map(|e| Some((self.child(at, Seg::Key(rest[..e].into()))?, &rest[e..])))
+            .chain(std::iter::once(rest.len()));
+        let mut found = None;
+        for e in ends {
+            if let Some(&k) = self.keys.get(&rest[..e]) {
+                if let Some(child) = self.child(at, Seg::Key(k)) {
+                    found = Some((child, &rest[e..]));
+                }
+            }
+        }
+        found
     }
 }
 
@@ -441,7 +457,7 @@ fn build_index(text: &str, limits: &FlowLimits) -> (Index, Option<LimitExceeded>
             }
             Some(Frame::Map { node, key }) => {
                 let (k, kp) = key.take().unwrap_or_else(|| ("?".into(), pos));
-                (Some(*node), Some(Seg::Key(k)), Some(kp))
+                (Some(*node), Some(ix.key(k)), Some(kp))
             }
         };
         ix.nodes.push(Node {

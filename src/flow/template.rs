@@ -61,6 +61,14 @@ pub struct Templates {
     max_output: usize,
     /// The names of the flow's calendars, for `open('name')`.
     calendars: Vec<Box<str>>,
+    /// Filters, tests and functions already found to exist (`filter:int`):
+    /// each is probed once per flow, not once per template.
+    known: std::collections::HashSet<String>,
+    /// Each distinct template compiled once: its text to its name. A
+    /// compiled template costs minijinja about 9 KiB (its instruction
+    /// buffers are preallocated), so a text repeated across states is
+    /// shared.
+    names: std::collections::HashMap<String, Box<str>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -156,6 +164,8 @@ impl Templates {
             next: 0,
             max_output: limits.template_output_chars,
             calendars: Vec::new(),
+            known: std::collections::HashSet::new(),
+            names: std::collections::HashMap::new(),
         }
     }
 
@@ -243,17 +253,25 @@ impl Templates {
                 return Err(format!("no calendar `{name}` ({known})"));
             }
         }
+        if let Some(name) = self.names.get(&template) {
+            return Ok(Tpl::Dynamic {
+                name: name.clone(),
+                source: source.into(),
+            });
+        }
         let name = format!("t{}", self.next);
         self.next += 1;
         self.env
-            .add_template_owned(name.clone(), template)
+            .add_template_owned(name.clone(), template.clone())
             .map_err(|e| describe(&e))?;
         if let Err(e) = self.check_names(&name) {
             self.env.remove_template(&name);
             return Err(e);
         }
+        let name: Box<str> = name.into();
+        self.names.insert(template, name.clone());
         Ok(Tpl::Dynamic {
-            name: name.into(),
+            name,
             source: source.into(),
         })
     }
@@ -261,12 +279,12 @@ impl Templates {
     /// Refuses a template that uses a filter, test or function minijinja does
     /// not have: without this it would fail only when rendered, in front of a
     /// customer. Each name the compiled code applies is tried once on `none`.
-    fn check_names(&self, name: &str) -> Result<(), String> {
+    fn check_names(&mut self, name: &str) -> Result<(), String> {
         use minijinja::machinery::{get_compiled_template, Instruction};
         let tmpl = self.env.get_template(name).map_err(|e| describe(&e))?;
         let code = &get_compiled_template(&tmpl).instructions;
         let mut defined: Vec<&str> = Vec::new();
-        let mut used: Vec<(&str, &str)> = Vec::new();
+        let mut used: Vec<(&'static str, &str)> = Vec::new();
         for i in 0..code.len() as u32 {
             // `x * 1000000` builds a huge string or list in one step, which no
             // fuel counts: a constant factor is capped at load.
@@ -287,10 +305,19 @@ impl Templates {
                 _ => {}
             }
         }
+        let used: Vec<(&'static str, String)> = used
+            .into_iter()
+            .filter(|(kind, n)| {
+                *kind != "function" || !(defined.contains(n) || IMPLICIT.contains(n))
+            })
+            .map(|(kind, n)| (kind, n.to_owned()))
+            .collect();
         for (kind, n) in used {
-            if kind == "function" && (defined.contains(&n) || IMPLICIT.contains(&n)) {
+            let key = format!("{kind}:{n}");
+            if self.known.contains(&key) {
                 continue;
             }
+            let n = n.as_str();
             let probe = match kind {
                 "filter" => format!("{{{{ none | {n} }}}}"),
                 "test" => format!("{{{{ none is {n} }}}}"),
@@ -314,6 +341,7 @@ impl Templates {
                 }
                 return Err(m);
             }
+            self.known.insert(key);
         }
         Ok(())
     }
@@ -433,6 +461,26 @@ impl Object for Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_text_is_compiled_once_and_names_are_still_checked() {
+        let mut t = Templates::default();
+        let a = t.text("Hi {{ name | default('you') }}").unwrap();
+        let b = t.text("Hi {{ name | default('you') }}").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(t.next, 1, "one compiled template for both");
+        // A filter already found to exist is not probed again; an unknown
+        // one is refused in every template that uses it.
+        t.text("{{ other | default('x') }}").unwrap();
+        for _ in 0..2 {
+            let e = t.text("{{ n | nope }}").unwrap_err();
+            assert!(e.contains("unknown filter `nope`"), "{e}");
+        }
+        let out = t
+            .render(&b, &scope(&[("name", Value::from("Ana"))]))
+            .unwrap();
+        assert_eq!(out, "Hi Ana");
+    }
 
     fn scope(vars: &[(&str, Value)]) -> Value {
         Value::from_object(Scope {
