@@ -139,11 +139,31 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     header_f64(headers, name).map(|v| v.ceil() as u64)
 }
 
+/// The HTTP client Qpien clients send through (connection pool, TLS
+/// configuration: about 30 KiB); a process running several bots makes one
+/// and gives it to each (timeouts are set per request).
+pub(crate) fn http_client() -> Result<reqwest::Client, QpienError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("flowbot/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| QpienError::Config(format!("HTTP client: {e}")))
+}
+
 impl QpienClient {
     /// A client for `config`. Fails on a configuration that cannot work (no
     /// endpoint, a bad documents folder, a zero rate limit); the API key is
     /// checked on the first call.
     pub fn new(config: QpienConfig) -> Result<Self, QpienError> {
+        Self::with_http(config, http_client()?)
+    }
+
+    /// A client for `config` that sends through `http` (see
+    /// [`http_client`]): the bots of one process share one connection pool
+    /// and TLS configuration, each request carrying its own bot's timeout.
+    pub(crate) fn with_http(
+        config: QpienConfig,
+        http: reqwest::Client,
+    ) -> Result<Self, QpienError> {
         if reqwest::Url::parse(&config.endpoint).is_err() {
             return Err(QpienError::Config(format!(
                 "endpoint `{}` is not a URL",
@@ -154,11 +174,6 @@ impl QpienClient {
             Some(dir) => Documents::with_overrides(dir, config.dialect)?,
             None => Documents::embedded(config.dialect),
         };
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .user_agent(concat!("flowbot/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| QpienError::Config(format!("HTTP client: {e}")))?;
         Ok(QpienClient {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(&config.rate_limit)?,
@@ -408,6 +423,7 @@ impl QpienClient {
         let mut request = inner
             .http
             .post(&inner.config.endpoint)
+            .timeout(inner.config.request_timeout)
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string());
         if let Some(token) = token {

@@ -421,10 +421,12 @@ async fn read_templates(client: &QpienClient) -> Option<Vec<crate::flow::Templat
 pub async fn start(config: Config, registry: Registry) -> Result<Running, RuntimeError> {
     let specs = Spec::all(&config);
     let mut opened = Vec::with_capacity(specs.len());
+    // One HTTP client (pool, TLS configuration) for every bot's Qpien client.
+    let http = crate::qpien::client::http_client()?;
     for spec in specs {
         let bot = check_one(&config, &spec, &registry)?;
         let store = open_store(&spec.store).await?;
-        let client = QpienClient::new(spec.qpien.clone())?;
+        let client = QpienClient::with_http(spec.qpien.clone(), http.clone())?;
         // Shared through the database: Qpien's budgets (100 calls a minute).
         // A budget over 1,000 calls a second (a test stand-in's) is not:
         // counting every call in the database would cost more than it

@@ -427,6 +427,38 @@ async fn a_lost_answer_is_retried_without_duplicating_the_message() {
     assert!(client.stats().retries >= 3);
 }
 
+/// Each request carries its bot's timeout (the HTTP client itself is shared
+/// by the bots of a process and has none).
+#[tokio::test]
+async fn a_request_gives_up_after_the_configured_timeout() {
+    let sim = start_sim(|_| {}).await;
+    text_conversations(&sim, ["c1".to_string()]);
+    let client = QpienClient::new(QpienConfig {
+        request_timeout: Duration::from_millis(300),
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..config(&sim).retry
+        },
+        ..config(&sim)
+    })
+    .unwrap();
+    client.check_token().await.unwrap();
+    // The create is recorded; its answer is held back for 30 s.
+    sim.state().hold_next_creates(1);
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send_all(&text_turn("c1", "in-9", 1)),
+    )
+    .await
+    .expect("the client gave up before the held answer came");
+    match sent {
+        Err((_, QpienError::Timeout { timeout, .. })) => {
+            assert_eq!(timeout, Duration::from_millis(300))
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
 /// No request goes over the server's limit when the client's budget matches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_is_sent_over_the_limit() {

@@ -1,0 +1,215 @@
+//! Many bots in one process (`[[bots]]`): what an idle bot costs in
+//! resident memory, how long the process takes to serve them all, and turns/s
+//! when all of them receive load at once.
+//!
+//! Run: `cargo bench --bench bots` (options: `-- --bots N --conversations C
+//! --concurrency K --normal`; `--normal` for `durability = "normal"`).
+//!
+//! The server is this executable started again as a bot author's binary
+//! would be (`flowbot::main` with the support flow's action registered, `run
+//! --config FILE`), its `flowbot.toml` naming N bots, each with the support
+//! flow, its own webhook path, SQLite file, Qpien client, queues and timers;
+//! replies go to a stand-in Qpien (one per process, unlimited).
+//! 1. **Start-up**: from the process's start to every bot ready in the root
+//!    `/readyz` (each has its store open and a token).
+//! 2. **Memory per idle bot**: the process's resident memory (`VmRSS`) with
+//!    N bots, minus that with one, over N - 1, both measured a second after
+//!    all were ready.
+//! 3. **Turns/s, all at once**: C conversations run the support script
+//!    (11 turns), conversation c on bot c mod N, K at a time; counted until
+//!    the last reply reached the stand-in.
+
+#![allow(missing_docs)]
+
+mod support;
+use support::{arg, post, script, stand_in, SECRET};
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[path = "../examples/support_bot.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod support_bot;
+
+/// Writes the configuration of `bots` bots under `dir`; returns its path.
+fn config(dir: &Path, bots: usize, qpien: &str, port: u16, normal: bool) -> std::path::PathBuf {
+    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml");
+    let mut toml = format!(
+        "[qpien]\nendpoint = {qpien:?}\nwhatsapp_operation = \"create_message\"\n\
+         [qpien.rate_limit]\nrequests = 10000000\nper = \"1s\"\n\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [store]\npath = {:?}\ndurability = \"{}\"\n\
+         [runtime]\nreload = false\nqueue_capacity = 1000000\n\
+         [log]\nlevel = \"warn\"\n",
+        dir.join("flowbot.db"),
+        if normal { "normal" } else { "full" }
+    );
+    for b in 0..bots {
+        toml.push_str(&format!("[[bots]]\nname = \"b{b}\"\nflow = {flow:?}\n"));
+    }
+    let path = dir.join("flowbot.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Starts the server with `bots` bots; returns it, its address and the time
+/// until every bot was ready.
+async fn serve(dir: &Path, bots: usize, qpien: &str, normal: bool) -> (Child, String, Duration) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = config(dir, bots, qpien, port, normal);
+    let started = Instant::now();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("FLOWBOT_QPIEN__CLIENT_ID", "id")
+        .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret")
+        .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("http://{addr}/readyz");
+    let deadline = started + Duration::from_secs(60);
+    let took = loop {
+        if let Ok(r) = http.get(&url).send().await {
+            if let Ok(body) =
+                serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap_or_default())
+            {
+                let all = body["bots"]
+                    .as_object()
+                    .is_some_and(|b| b.len() == bots && b.values().all(|v| v["ready"] == true));
+                if all {
+                    break started.elapsed();
+                }
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "{bots} bots ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    (child, addr, took)
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn stop(mut child: Child) {
+    // SIGTERM, so the bots stop as in production; then wait.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "run") {
+        // The server: a bot author's binary.
+        std::process::exit(match flowbot::main(support_bot::registry()) {
+            c if c == std::process::ExitCode::SUCCESS => 0,
+            _ => 1,
+        });
+    }
+    let bots = arg("--bots", 100usize).max(2);
+    let conversations = arg("--conversations", 2000usize);
+    let concurrency = arg("--concurrency", 64usize);
+    let normal = args.iter().any(|a| a == "--normal");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("flowbot-bots-{}", std::process::id()));
+    rt.block_on(async {
+        let created = Arc::new(AtomicUsize::new(0));
+        let qpien = stand_in(created.clone()).await;
+
+        // One bot, for the process's own share.
+        let (one, _, one_start) = serve(&dir.join("one"), 1, &qpien, normal).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss_one = rss_kib(one.id());
+        stop(one);
+
+        // N bots.
+        let (many, addr, many_start) = serve(&dir.join("many"), bots, &qpien, normal).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss_many = rss_kib(many.id());
+        let per_bot = (rss_many.saturating_sub(rss_one)) as f64 / (bots - 1) as f64;
+
+        // All at once: conversation c on bot c mod N.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()
+            .unwrap();
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let base = created.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..conversations)
+            .map(|c| {
+                let (http, slots) = (http.clone(), slots.clone());
+                let url = format!("http://{addr}/bots/b{}/webhook", c % bots);
+                tokio::spawn(async move {
+                    let _slot = slots.acquire_owned().await.unwrap();
+                    for m in script(&format!("c{c}"), 0) {
+                        post(&http, &url, &m).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // The support script folds to 11 createMessage calls per conversation.
+        let want = base + conversations * 11;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while created.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(created.load(Ordering::Relaxed) >= want, "every reply reached the stand-in");
+        let rate = (conversations * 11) as f64 / started.elapsed().as_secs_f64();
+        let rss_loaded = rss_kib(many.id());
+        stop(many);
+
+        println!(
+            "{bots} bots (the support flow each, SQLite with durability {}, its own Qpien client), unpinned",
+            if normal { "normal" } else { "full" }
+        );
+        println!(
+            "ready: 1 bot in {:.0} ms, {bots} bots in {:.0} ms",
+            one_start.as_secs_f64() * 1e3,
+            many_start.as_secs_f64() * 1e3
+        );
+        println!(
+            "resident: 1 bot {rss_one} KiB, {bots} idle bots {rss_many} KiB: {per_bot:.0} KiB per idle bot"
+        );
+        println!(
+            "all at once: {} turns ({conversations} conversations over {bots} bots, {concurrency} at a time): {rate:.0} turns/s; resident after: {rss_loaded} KiB",
+            conversations * 11
+        );
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
