@@ -17,7 +17,7 @@
 #![allow(missing_docs)]
 
 mod support;
-use support::{arg, bot_config, stand_in, SECRET};
+use support::{arg, bot_config, post, stand_in, SECRET};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -31,20 +31,12 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing;
 use axum::Router;
-use flowbot::internals::qpien::webhook::{sign, verify};
+use flowbot::internals::qpien::webhook::verify;
 use std::io::BufRead;
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
-
-/// The support script as signed-to-be bodies.
-fn script(conversation: &str) -> Vec<Vec<u8>> {
-    support::script(conversation, 0)
-        .iter()
-        .map(|d| serde_json::to_vec(d).unwrap())
-        .collect()
-}
 
 /// Serves the bare handler: the signature checked, 200.
 async fn serve_bare() {
@@ -128,17 +120,8 @@ async fn load(url: &str, conversations: usize, concurrency: usize, tag: &str) ->
             let conversation = format!("{tag}{c}");
             tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await.unwrap();
-                for body in script(&conversation) {
-                    let sig = sign(SECRET.as_bytes(), &body);
-                    let r = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("X-Qpien-Signature", sig)
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(r.status().as_u16(), 200);
+                for m in support::script(&conversation, 0) {
+                    post(&http, &url, &m).await;
                 }
             })
         })
