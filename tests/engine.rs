@@ -346,6 +346,29 @@ fn languages_fall_back_to_primary_subtag_then_default() {
     });
 }
 
+#[test]
+fn built_ins_and_variables_read_the_same_in_plain_placeholders_and_full_templates() {
+    block_on(async {
+        // `{{ name }}` is filled in without minijinja, `{{ name | f }}` by it:
+        // both see the same scope, including what the turn changed.
+        let yaml = r#"
+settings: { default_language: en }
+states:
+  start:
+    say: "{{ language }}/{{ language | upper }} {{ message }}/{{ message | lower }} {{ channel }} [{{ missing }}] {{ now }}"
+    next: switch
+  switch:
+    set: { language: tr, name: "{{ message }}!" }
+    say: "{{ language }}/{{ language | upper }} {{ name }}/{{ name | length }}"
+    end: true
+"#;
+        assert_eq!(
+            texts(conv(yaml).send("Hey").await),
+            ["en/EN Hey/hey whatsapp [] 1767225600000", "tr/TR Hey!/4"]
+        );
+    });
+}
+
 #[derive(Default)]
 struct Recorder(Arc<Mutex<Vec<String>>>);
 

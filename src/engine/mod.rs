@@ -350,42 +350,54 @@ impl Bot {
         };
         let mut outcome = match (event, session) {
             // A handoff past `settings.handoff_timeout` ends, whatever comes.
+            // Everything but a message's turn is boxed: a future is moved
+            // whole, at its largest variant's size, on every turn.
             (_, Some(s)) if self.handoff_expired(&s, now) => {
-                tracing::info!(conversation, "handoff timed out: the bot takes over");
-                let mut released = self.release(conversation, s, channel, now, false).await;
-                if let Event::Message(_) = event {
-                    let session = released.session.take();
-                    let next = self.turn(conversation, session, event, now).await;
-                    released = released.then(next);
-                }
-                released
+                Box::pin(async move {
+                    tracing::info!(conversation, "handoff timed out: the bot takes over");
+                    let mut released = self.release(conversation, s, channel, now, false).await;
+                    if let Event::Message(_) = event {
+                        let session = released.session.take();
+                        let next = self.turn(conversation, session, event, now).await;
+                        released = released.then(next);
+                    }
+                    released
+                })
+                .await
             }
             (Event::AgentLeft | Event::Release | Event::HandoffFailed, Some(s)) => {
                 let failed = matches!(event, Event::HandoffFailed);
-                self.release(conversation, s, channel, now, failed).await
+                Box::pin(self.release(conversation, s, channel, now, failed)).await
             }
             (Event::Start(start), session) => {
-                self.start(conversation, session, start, channel, now).await
+                Box::pin(self.start(conversation, session, start, channel, now)).await
             }
             (Event::Idle { .. }, Some(s))
                 if s.schedules.iter().any(|m| !m.fired && m.due <= now) =>
             {
-                self.fire_schedule(conversation, s, channel, now).await
+                Box::pin(self.fire_schedule(conversation, s, channel, now)).await
             }
             // A conversation that expired with a start queued: the start runs.
             (Event::Idle { .. }, Some(s)) if s.queued.is_some() && !self.is_live(&s, now) => {
                 let start = s.queued.clone().expect("queued");
-                self.start(conversation, None, &start, channel, now).await
+                Box::pin(async move { self.start(conversation, None, &start, channel, now).await })
+                    .await
             }
-            (Event::Idle { .. }, Some(s)) => self.idle(conversation, s, channel, now).await,
+            (Event::Idle { .. }, Some(s)) => {
+                Box::pin(self.idle(conversation, s, channel, now)).await
+            }
             (Event::Idle { .. }, None) => Outcome::quiet(None),
-            (_, _) if restart => self.restart(conversation, event, now).await,
+            (_, _) if restart => Box::pin(self.restart(conversation, event, now)).await,
             (_, session) => self.turn(conversation, session, event, now).await,
         };
         // The conversation ended with a start queued: it runs now.
         if outcome.session.is_none() && !matches!(event, Event::Start(_)) {
             if let Some(start) = queued {
-                let next = self.start(conversation, None, &start, channel, now).await;
+                let next =
+                    Box::pin(
+                        async move { self.start(conversation, None, &start, channel, now).await },
+                    )
+                    .await;
                 outcome = outcome.then(next);
             }
         }
@@ -586,7 +598,7 @@ impl Bot {
             let scope = Value::from_object(crate::flow::template::Scope {
                 vars: Vec::new(),
                 defaults: self.vars.clone(),
-                builtins: vec![("now", Value::from(now))],
+                builtins: Arc::new([("now", Value::from(now))]),
             });
             let mut errors = Vec::new();
             let message = render::Renderer {
@@ -917,6 +929,18 @@ impl Bot {
         event: &Event,
         now: Millis,
     ) -> Outcome {
+        // Only the run itself is held across the await (see `on_message`).
+        let (s, msg, had_session) = match self.prepare(session, event, now) {
+            Prepared::Run(s, msg, had_session) => (s, msg, had_session),
+            Prepared::Quiet(session) => return Outcome::quiet(session),
+        };
+        let mut run = Run::new(self, conversation, s, msg, now);
+        run.on_message(had_session).await;
+        run.finish()
+    }
+
+    /// The session a message's turn runs on (see [`Prepared`]).
+    fn prepare<'e>(&self, session: Option<Session>, event: &'e Event, now: Millis) -> Prepared<'e> {
         let flow = &*self.flow;
         // A session that ended or expired counts as none; one kept for a
         // schedule gives the new one its variables and schedules.
@@ -938,14 +962,14 @@ impl Bot {
                 let mut s = session.unwrap_or_else(fresh);
                 s.handoff = true;
                 s.last_active = now;
-                return Outcome::quiet(Some(s));
+                return Prepared::Quiet(Some(s));
             }
             // Sessions in handoff are released by `step`; without one there is
             // nothing to give back.
             Event::AgentLeft | Event::Release | Event::HandoffFailed => {
-                return Outcome::quiet(session)
+                return Prepared::Quiet(session)
             }
-            Event::Idle { .. } | Event::Start(_) => return Outcome::quiet(session),
+            Event::Idle { .. } | Event::Start(_) => return Prepared::Quiet(session),
         };
         let had_session = session.is_some();
         let mut s = session.unwrap_or_else(fresh);
@@ -953,15 +977,13 @@ impl Bot {
         s.customer_at = now;
         s.idle_fired = false;
         if s.handoff {
-            return Outcome::quiet(Some(s));
+            return Prepared::Quiet(Some(s));
         }
         // The contact's language applies until the conversation picks one itself.
         if s.language.is_none() {
             s.language = msg.contact.language.as_deref().map(Into::into);
         }
-        let mut run = Run::new(self, conversation, s, msg, now);
-        run.on_message(had_session).await;
-        run.finish()
+        Prepared::Run(s, msg, had_session)
     }
 }
 
@@ -993,6 +1015,14 @@ impl Turn {
     pub fn state(&self) -> Option<&str> {
         self.stored.as_ref().map(|s| &*s.state)
     }
+}
+
+/// What a turn starts from: a message to run on a session (and whether the
+/// conversation was going on), or nothing to do but keep the session (another
+/// event, or a conversation a person has).
+enum Prepared<'e> {
+    Run(Session, &'e Incoming, bool),
+    Quiet(Option<Session>),
 }
 
 /// What the engine's inner functions produce; [`Bot::step`] makes it a [`Turn`].
@@ -1063,6 +1093,8 @@ struct Run<'a> {
     in_error: bool,
     /// The template scope, built on first use and dropped when variables change.
     scope: Option<Value>,
+    /// The scope's built-ins, made once a turn (again if the language changes).
+    builtins: Option<Arc<[(&'static str, Value)]>>,
     /// The turn's time (`now` in templates; calendars read it).
     now: Millis,
 }
@@ -1089,6 +1121,7 @@ impl Run<'_> {
             ended: false,
             in_error: false,
             scope: None,
+            builtins: None,
         }
     }
 
@@ -1115,19 +1148,27 @@ impl Run<'_> {
         if let Some(s) = &self.scope {
             return s.clone();
         }
-        let lang = self.language().map(str::to_owned);
-        let contact: &Contact = &self.msg.contact;
+        let builtins = match &self.builtins {
+            Some(b) => b.clone(),
+            None => {
+                let lang = self.language().map(str::to_owned);
+                let contact: &Contact = &self.msg.contact;
+                let b: Arc<[(&'static str, Value)]> = Arc::new([
+                    ("contact", Value::from_serialize(contact)),
+                    ("channel", Value::from(self.msg.channel.as_str())),
+                    ("language", lang.map(Value::from).unwrap_or_default()),
+                    ("message", Value::from(self.msg.text.as_str())),
+                    ("conversation", Value::from(self.conversation)),
+                    ("now", Value::from(self.now)),
+                ]);
+                self.builtins = Some(b.clone());
+                b
+            }
+        };
         let scope = Value::from_object(Scope {
             vars: self.session.vars.clone(),
             defaults: self.bot.vars.clone(),
-            builtins: vec![
-                ("contact", Value::from_serialize(contact)),
-                ("channel", Value::from(self.msg.channel.as_str())),
-                ("language", lang.map(Value::from).unwrap_or_default()),
-                ("message", Value::from(self.msg.text.as_str())),
-                ("conversation", Value::from(self.conversation)),
-                ("now", Value::from(self.now)),
-            ],
+            builtins,
         });
         self.scope = Some(scope.clone());
         scope
@@ -1145,13 +1186,26 @@ impl Run<'_> {
         if name == "language" {
             if let Some(l) = value.as_str().filter(|l| !l.is_empty()) {
                 self.session.language = Some(l.into());
+                self.builtins = None;
             }
         }
         set_var(&mut self.session.vars, name, value);
         self.scope = None;
     }
 
+    /// Handles the turn's message. The decision and everything that follows
+    /// it up to the state to enter is synchronous; only entering states
+    /// (which may call actions) awaits, once, so that the turn's future
+    /// stays small (it is moved as a whole on every turn).
     async fn on_message(&mut self, had_session: bool) {
+        if let Some(id) = self.react(had_session) {
+            self.enter(id).await;
+        }
+    }
+
+    /// What the message does before states are entered; returns the state
+    /// to enter, if any.
+    fn react(&mut self, had_session: bool) -> Option<StateId> {
         let decision = self.decide(had_session);
         let flow = self.bot.flow.clone();
         let here = self.session.state;
@@ -1159,12 +1213,11 @@ impl Run<'_> {
             Some(Decision::Intent(i, caps)) => {
                 self.trace.push(Step::Intent(i));
                 let pending = had_session.then_some(here);
-                self.fire(&flow.intents[i as usize], caps, pending).await;
+                self.fire(&flow.intents[i as usize], caps, pending)
             }
             Some(Decision::Rule(i, caps)) => {
                 self.trace.push(Step::Rule(here, i));
                 self.fire(&flow.state(here).on[i as usize], caps, Some(here))
-                    .await;
             }
             Some(Decision::Valid(v, caps)) => {
                 self.trace.push(Step::Valid(here));
@@ -1174,15 +1227,15 @@ impl Run<'_> {
                     self.set(&k, v);
                 }
                 self.set(&ask.save.clone(), v);
-                match st.next {
-                    Some(n) => self.enter(n).await,
-                    None => self.session.retries = 0,
+                if st.next.is_none() {
+                    self.session.retries = 0;
                 }
+                st.next
             }
-            Some(Decision::Invalid) => self.invalid(here).await,
-            Some(Decision::Fallback) => self.fallback(here).await,
+            Some(Decision::Invalid) => self.invalid(here),
+            Some(Decision::Fallback) => self.fallback(here),
             // No session and no intent: start, without matching start's rules.
-            None => self.enter(flow.start).await,
+            None => Some(flow.start),
         }
     }
 
@@ -1244,13 +1297,13 @@ impl Run<'_> {
     }
 
     /// Fires a rule. `pending`: the state the conversation waits in (none
-    /// for a new conversation).
-    async fn fire(
+    /// for a new conversation). Returns the state to enter, if any.
+    fn fire(
         &mut self,
         rule: &RuleNode,
         caps: Vec<(String, Value)>,
         pending: Option<StateId>,
-    ) {
+    ) -> Option<StateId> {
         let mut corrected = None;
         for (k, v) in caps {
             match &rule.correct {
@@ -1283,8 +1336,7 @@ impl Run<'_> {
                     if !ask.invalid.is_empty() {
                         self.send(&ask.invalid);
                     }
-                    self.resume(pending).await;
-                    return;
+                    return self.resume(pending);
                 }
             }
         }
@@ -1294,21 +1346,24 @@ impl Run<'_> {
         self.apply_sets(&rule.set);
         self.send(&rule.say);
         if let Some(g) = rule.goto {
-            self.enter(g).await;
+            Some(g)
         } else if rule.resume || rule.correct.is_some() {
-            self.resume(pending).await;
+            self.resume(pending)
+        } else {
+            None
         }
     }
 
     /// Back to what the conversation was waiting for after a digression: the
     /// pending question asked again (its retry count kept), or a waiting
-    /// state's messages; a new conversation starts.
-    async fn resume(&mut self, pending: Option<StateId>) {
+    /// state's messages; a new conversation starts (the state returned).
+    fn resume(&mut self, pending: Option<StateId>) -> Option<StateId> {
         match pending {
             Some(here) if self.bot.flow.state(here).ask.is_some() => self.prompt(here),
             Some(here) => self.repeat(here),
-            None => self.enter(self.bot.flow.start).await,
+            None => return Some(self.bot.flow.start),
         }
+        None
     }
 
     /// Forgets a variable.
@@ -1317,7 +1372,8 @@ impl Run<'_> {
         self.scope = None;
     }
 
-    async fn invalid(&mut self, here: StateId) {
+    /// An invalid answer; returns the state to enter, if any.
+    fn invalid(&mut self, here: StateId) -> Option<StateId> {
         let flow = self.bot.flow.clone();
         let ask = flow
             .state(here)
@@ -1332,19 +1388,20 @@ impl Run<'_> {
             } else {
                 self.send(&ask.invalid);
             }
-            return;
+            return None;
         }
         self.trace.push(Step::Exhausted(here));
         self.session.retries = 0;
         let ex = ask.exhausted.as_ref().expect("checked above");
         self.send(&ex.say);
-        match ex.goto {
-            Some(g) => self.enter(g).await,
-            None => self.prompt(here),
+        if ex.goto.is_none() {
+            self.prompt(here);
         }
+        ex.goto
     }
 
-    async fn fallback(&mut self, here: StateId) {
+    /// A message nothing took; returns the state to enter, if any.
+    fn fallback(&mut self, here: StateId) -> Option<StateId> {
         let flow = self.bot.flow.clone();
         let st = flow.state(here);
         let (fb, step) = match (&st.fallback, &flow.settings.fallback) {
@@ -1353,16 +1410,15 @@ impl Run<'_> {
             _ => {
                 self.trace.push(Step::Repeat(here));
                 self.repeat(here);
-                return;
+                return None;
             }
         };
         self.trace.push(step);
         self.send(&fb.say);
-        if let Some(g) = fb.goto {
-            self.enter(g).await;
-        } else if fb.repeat {
+        if fb.goto.is_none() && fb.repeat {
             self.repeat(here);
         }
+        fb.goto
     }
 
     /// Sends a state's messages again (not its action or variables).
@@ -1724,7 +1780,7 @@ fn has_when(rules: &[RuleNode]) -> bool {
 /// Whether rendering a message may read variables (any template in it).
 fn needs_scope(m: &MsgNode) -> bool {
     use crate::flow::{LText, Tpl};
-    let t = |x: &LText| x.0.iter().any(|(_, t)| matches!(t, Tpl::Dynamic { .. }));
+    let t = |x: &LText| x.0.iter().any(|(_, t)| t.reads_scope());
     let o = |x: &Option<LText>| x.as_ref().is_some_and(t);
     match m {
         MsgNode::Text {
@@ -1736,11 +1792,9 @@ fn needs_scope(m: &MsgNode) -> bool {
                 || quick_replies
                     .iter()
                     .any(|q| t(&q.title) || o(&q.description))
-                || buttons
-                    .iter()
-                    .any(|b| t(&b.title) || matches!(b.value, Tpl::Dynamic { .. }))
+                || buttons.iter().any(|b| t(&b.title) || b.value.reads_scope())
         }
-        MsgNode::Template(t) => t.params.iter().any(|p| matches!(p, Tpl::Dynamic { .. })),
+        MsgNode::Template(t) => t.params.iter().any(Tpl::reads_scope),
         MsgNode::List(l) => {
             o(&l.header)
                 || t(&l.body)
@@ -1750,7 +1804,7 @@ fn needs_scope(m: &MsgNode) -> bool {
                     o(st) || rows.iter().any(|q| t(&q.title) || o(&q.description))
                 })
         }
-        MsgNode::Media { url, caption, .. } => matches!(url, Tpl::Dynamic { .. }) || o(caption),
+        MsgNode::Media { url, caption, .. } => url.reads_scope() || o(caption),
     }
 }
 

@@ -28,12 +28,16 @@ pub fn normalize(s: &str) -> String {
                 out.push(' ');
                 space = false;
             }
-            out.extend(c.to_lowercase());
+            if c.is_ascii() {
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.extend(c.to_lowercase());
+            }
         }
     };
     if s.is_ascii() {
-        for c in s.chars() {
-            push(c, &mut out);
+        for b in s.bytes() {
+            push(char::from(b), &mut out);
         }
     } else {
         for c in s.nfd().filter(|c| !is_combining_mark(*c)) {

@@ -25,6 +25,14 @@ use super::bounds::FlowLimits;
 pub enum Tpl {
     /// Contains no template syntax: used as is.
     Static(Box<str>),
+    /// Text with plain `{{ name }}` placeholders only: filled in without
+    /// minijinja, exactly as minijinja would (see [`Part`]).
+    Interp {
+        /// The text split at its placeholders.
+        parts: Box<[Part]>,
+        /// The source, for error messages.
+        source: Box<str>,
+    },
     /// A template, by its name in [`Templates`].
     Dynamic {
         /// Its name in the store.
@@ -39,9 +47,100 @@ impl Tpl {
     pub fn source(&self) -> &str {
         match self {
             Tpl::Static(s) => s,
-            Tpl::Dynamic { source, .. } => source,
+            Tpl::Interp { source, .. } | Tpl::Dynamic { source, .. } => source,
         }
     }
+
+    /// Whether rendering it reads the scope.
+    pub fn reads_scope(&self) -> bool {
+        !matches!(self, Tpl::Static(_))
+    }
+}
+
+/// A piece of an interpolated text ([`Tpl::Interp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Text used as is.
+    Text(Box<str>),
+    /// A variable's value, as `{{ name }}` renders it.
+    Var(Box<str>),
+}
+
+/// Names that mean something other than a variable in `{{ name }}`: the
+/// language's literals and keywords, and the names minijinja defines.
+const NOT_VARIABLES: &[&str] = &[
+    "true",
+    "false",
+    "none",
+    "True",
+    "False",
+    "None",
+    "not",
+    "and",
+    "or",
+    "in",
+    "is",
+    "if",
+    "else",
+    "elif",
+    "endif",
+    "for",
+    "endfor",
+    "block",
+    "extends",
+    "include",
+    "import",
+    "from",
+    "with",
+    "set",
+    "macro",
+    "call",
+    "filter",
+    "recursive",
+    "loop",
+    "self",
+    "super",
+    "caller",
+    "varargs",
+    "kwargs",
+    "open",
+    "next_open",
+];
+
+/// Splits a text whose only template syntax is `{{ name }}` placeholders
+/// (a plain identifier, spaces allowed around it) into [`Part`]s; `None`
+/// for anything else (filters, attributes, blocks, comments, whitespace
+/// control), which minijinja compiles. Such a text needs no compiled
+/// template: it costs no memory in minijinja's store and renders without a
+/// virtual machine, which is most of the templates of most flows.
+fn interpolation(source: &str, is_global: impl Fn(&str) -> bool) -> Option<Box<[Part]>> {
+    if source.contains("{%") || source.contains("{#") {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut rest = source;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            parts.push(Part::Text(rest[..open].into()));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}")?;
+        let name = after[..close].trim();
+        let ident = name
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+        if name.is_empty() || !ident || NOT_VARIABLES.contains(&name) || is_global(name) {
+            return None;
+        }
+        // `{{-` and `-}}` trim whitespace: not an identifier, so refused above.
+        parts.push(Part::Var(name.into()));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.into()));
+    }
+    Some(parts.into_boxed_slice())
 }
 
 /// A template that failed to render; the caller logs it and carries on.
@@ -223,6 +322,13 @@ impl Templates {
         if !has_syntax(source) {
             return Ok(Tpl::Static(source.into()));
         }
+        let env = &self.env;
+        if let Some(parts) = interpolation(source, |n| env.globals().any(|(g, _)| g == n)) {
+            return Ok(Tpl::Interp {
+                parts,
+                source: source.into(),
+            });
+        }
         self.add(source, source.to_owned())
     }
 
@@ -351,6 +457,33 @@ impl Templates {
     pub fn render<'t>(&self, tpl: &'t Tpl, scope: &Value) -> Result<Cow<'t, str>, RenderError> {
         match tpl {
             Tpl::Static(s) => Ok(Cow::Borrowed(s)),
+            Tpl::Interp { parts, source } => {
+                let mut out = String::new();
+                for p in parts {
+                    match p {
+                        Part::Text(t) => out.push_str(t),
+                        Part::Var(name) => {
+                            // As minijinja's lenient lookup: a missing name is
+                            // empty, a string as is, anything else displayed.
+                            let v = scope.get_attr(name).unwrap_or_default();
+                            match v.as_str() {
+                                Some(s) => out.push_str(s),
+                                None => {
+                                    use std::fmt::Write;
+                                    let _ = write!(out, "{v}");
+                                }
+                            }
+                        }
+                    }
+                    if out.len() > self.max_output {
+                        return Err(RenderError {
+                            source_text: source.to_string(),
+                            message: format!("the output is longer than {} bytes", self.max_output),
+                        });
+                    }
+                }
+                Ok(Cow::Owned(out))
+            }
             Tpl::Dynamic { name, source } => {
                 let fail = |message: String| RenderError {
                     source_text: source.to_string(),
@@ -425,7 +558,7 @@ pub struct Scope {
     /// The flow's defaults.
     pub defaults: Arc<VarList>,
     /// Built-ins: `contact`, `channel`, `language`, `message`, `state`.
-    pub builtins: Vec<(&'static str, Value)>,
+    pub builtins: Arc<[(&'static str, Value)]>,
 }
 
 impl Object for Scope {
@@ -480,6 +613,63 @@ mod tests {
             .render(&b, &scope(&[("name", Value::from("Ana"))]))
             .unwrap();
         assert_eq!(out, "Hi Ana");
+    }
+
+    #[test]
+    fn plain_placeholders_render_without_minijinja_exactly_as_it_would() {
+        let mut t = Templates::default();
+        let s = scope(&[
+            ("name", Value::from("Ada")),
+            ("n", Value::from(42)),
+            ("f", Value::from(1.5)),
+            ("yes", Value::from(true)),
+            ("nothing", Value::from(())),
+            ("list", Value::from(vec![1, 2])),
+            ("_x1", Value::from("<b>&")),
+        ]);
+        let texts = [
+            "Hi {{ name }}!",
+            "{{name}}{{n}}",
+            "{{ n }} / {{ f }} / {{ yes }} / {{ nothing }} / {{ list }}",
+            "{{ missing }}|{{\tname\n}}|",
+            "a }} b {{ _x1 }} c",
+            "trailing newline {{ name }}\n",
+        ];
+        for text in texts {
+            let tpl = t.text(text).unwrap();
+            assert!(
+                matches!(tpl, Tpl::Interp { .. }),
+                "{text} is an interpolation"
+            );
+            let fast = t.render(&tpl, &s).unwrap();
+            let slow = t.env.render_str(text, s.clone()).unwrap();
+            assert_eq!(fast, slow, "{text}");
+        }
+        // Anything more is minijinja's.
+        for text in [
+            "{{ name | upper }}",
+            "{{ contact.name }}",
+            "{{- name }}",
+            "{{ none }}",
+            "{{ range }}",
+            "{{ name }}{% if n %}!{% endif %}",
+            "{{ name }}{# note #}",
+            "{{ 1name }}",
+            "{{ name ",
+        ] {
+            assert!(
+                !matches!(t.text(text), Ok(Tpl::Interp { .. })),
+                "{text} is not a plain interpolation"
+            );
+        }
+        // The output limit holds for them too.
+        let mut small = Templates::new(&FlowLimits {
+            template_output_chars: 5,
+            ..FlowLimits::default()
+        });
+        let tpl = small.text("{{ name }}{{ name }}").unwrap();
+        let e = small.render(&tpl, &s).unwrap_err();
+        assert!(e.message.contains("longer than 5 bytes"), "{e}");
     }
 
     fn scope(vars: &[(&str, Value)]) -> Value {
