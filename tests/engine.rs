@@ -347,6 +347,32 @@ fn languages_fall_back_to_primary_subtag_then_default() {
 }
 
 #[test]
+fn a_typed_title_counts_as_the_tap_in_the_conversations_language_and_when_templated() {
+    block_on(async {
+        let yaml = r#"
+settings: { default_language: en }
+vars: { thing: Orders }
+states:
+  start:
+    say:
+      - text: { en: Pick, tr: Seçin }
+        quick_replies:
+          - { id: orders, title: "My {{ thing }}" }
+          - { id: cancel, title: { en: Cancel it, tr: İptal et } }
+    on:
+      - { button: orders, say: Orders!, goto: start }
+      - { button: cancel, say: Cancelled., goto: start }
+"#;
+        let mut c = conv(yaml).language("tr");
+        c.send("hi").await;
+        assert_eq!(texts(c.send("  iptal ET! ").await)[0], "Cancelled.");
+        assert_eq!(texts(c.send("my orders").await)[0], "Orders!");
+        // Another language's title is text like any other.
+        assert_eq!(texts(c.send("Cancel it").await)[0], "Seçin");
+    });
+}
+
+#[test]
 fn built_ins_and_variables_read_the_same_in_plain_placeholders_and_full_templates() {
     block_on(async {
         // `{{ name }}` is filled in without minijinja, `{{ name | f }}` by it:

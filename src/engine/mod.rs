@@ -348,47 +348,18 @@ impl Bot {
                 }
             }),
         };
-        let mut outcome = match (event, session) {
-            // A handoff past `settings.handoff_timeout` ends, whatever comes.
-            // Everything but a message's turn is boxed: a future is moved
-            // whole, at its largest variant's size, on every turn.
-            (_, Some(s)) if self.handoff_expired(&s, now) => {
-                Box::pin(async move {
-                    tracing::info!(conversation, "handoff timed out: the bot takes over");
-                    let mut released = self.release(conversation, s, channel, now, false).await;
-                    if let Event::Message(_) = event {
-                        let session = released.session.take();
-                        let next = self.turn(conversation, session, event, now).await;
-                        released = released.then(next);
-                    }
-                    released
-                })
-                .await
-            }
-            (Event::AgentLeft | Event::Release | Event::HandoffFailed, Some(s)) => {
-                let failed = matches!(event, Event::HandoffFailed);
-                Box::pin(self.release(conversation, s, channel, now, failed)).await
-            }
-            (Event::Start(start), session) => {
-                Box::pin(self.start(conversation, session, start, channel, now)).await
-            }
-            (Event::Idle { .. }, Some(s))
-                if s.schedules.iter().any(|m| !m.fired && m.due <= now) =>
-            {
-                Box::pin(self.fire_schedule(conversation, s, channel, now)).await
-            }
-            // A conversation that expired with a start queued: the start runs.
-            (Event::Idle { .. }, Some(s)) if s.queued.is_some() && !self.is_live(&s, now) => {
-                let start = s.queued.clone().expect("queued");
-                Box::pin(async move { self.start(conversation, None, &start, channel, now).await })
-                    .await
-            }
-            (Event::Idle { .. }, Some(s)) => {
-                Box::pin(self.idle(conversation, s, channel, now)).await
-            }
-            (Event::Idle { .. }, None) => Outcome::quiet(None),
-            (_, _) if restart => Box::pin(self.restart(conversation, event, now)).await,
-            (_, session) => self.turn(conversation, session, event, now).await,
+        // A message's turn, the common case, runs in this future; every
+        // other event in a boxed one (a future is moved whole, at its largest
+        // variant's size, on every turn).
+        let common = matches!(event, Event::Message(_))
+            && !restart
+            && !session
+                .as_ref()
+                .is_some_and(|s| self.handoff_expired(s, now));
+        let mut outcome = if common {
+            self.turn(conversation, session, event, now).await
+        } else {
+            Box::pin(self.other(conversation, session, event, channel, now, restart)).await
         };
         // The conversation ended with a start queued: it runs now.
         if outcome.session.is_none() && !matches!(event, Event::Start(_)) {
@@ -462,6 +433,53 @@ impl Bot {
             errors: outcome.errors,
             window_closes,
             withheld: outcome.withheld,
+        }
+    }
+
+    /// Every step but a message's turn on a conversation the bot has (see
+    /// [`Bot::step`]).
+    async fn other(
+        &self,
+        conversation: &str,
+        session: Option<Session>,
+        event: &Event,
+        channel: Channel,
+        now: Millis,
+        restart: bool,
+    ) -> Outcome {
+        match (event, session) {
+            // A handoff past `settings.handoff_timeout` ends, whatever comes.
+            (_, Some(s)) if self.handoff_expired(&s, now) => {
+                tracing::info!(conversation, "handoff timed out: the bot takes over");
+                let mut released = self.release(conversation, s, channel, now, false).await;
+                if let Event::Message(_) = event {
+                    let session = released.session.take();
+                    let next = self.turn(conversation, session, event, now).await;
+                    released = released.then(next);
+                }
+                released
+            }
+            (Event::AgentLeft | Event::Release | Event::HandoffFailed, Some(s)) => {
+                let failed = matches!(event, Event::HandoffFailed);
+                self.release(conversation, s, channel, now, failed).await
+            }
+            (Event::Start(start), session) => {
+                self.start(conversation, session, start, channel, now).await
+            }
+            (Event::Idle { .. }, Some(s))
+                if s.schedules.iter().any(|m| !m.fired && m.due <= now) =>
+            {
+                self.fire_schedule(conversation, s, channel, now).await
+            }
+            // A conversation that expired with a start queued: the start runs.
+            (Event::Idle { .. }, Some(s)) if s.queued.is_some() && !self.is_live(&s, now) => {
+                let start = s.queued.clone().expect("queued");
+                self.start(conversation, None, &start, channel, now).await
+            }
+            (Event::Idle { .. }, Some(s)) => self.idle(conversation, s, channel, now).await,
+            (Event::Idle { .. }, None) => Outcome::quiet(None),
+            (_, _) if restart => self.restart(conversation, event, now).await,
+            (_, session) => self.turn(conversation, session, event, now).await,
         }
     }
 

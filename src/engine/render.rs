@@ -98,12 +98,34 @@ impl Renderer<'_> {
         self.tpl(tpl, scope)
     }
 
-    fn choices(&mut self, cs: &[ChoiceNode], scope: &Value) -> Vec<Choice> {
+    /// Renders choices; each is also added to `offered` as `kind`, with its
+    /// title normalized (when the flow loaded, for a plain title).
+    fn choices(
+        &mut self,
+        cs: &[ChoiceNode],
+        scope: &Value,
+        kind: OptionKind,
+        offered: &mut Vec<Offered>,
+    ) -> Vec<Choice> {
+        let default = self.flow.settings.default_language.as_deref();
         cs.iter()
-            .map(|c| Choice {
-                id: c.id.to_string(),
-                title: self.text(&c.title, scope),
-                description: c.description.as_ref().map(|d| self.text(d, scope)),
+            .map(|c| {
+                let at = c.title.pick_index(self.language, default);
+                let title = self.tpl(&c.title.0[at].1, scope);
+                let normalized = match c.normalized.get(at) {
+                    Some(Some(n)) => n.clone(),
+                    _ => normalize(&title).into(),
+                };
+                offered.push(Offered {
+                    kind,
+                    id: c.id.clone(),
+                    title: normalized,
+                });
+                Choice {
+                    id: c.id.to_string(),
+                    title,
+                    description: c.description.as_ref().map(|d| self.text(d, scope)),
+                }
             })
             .collect()
     }
@@ -129,10 +151,11 @@ impl Renderer<'_> {
         let caps = self.channel.capabilities();
         let settings = &self.flow.settings;
         let mut text = self.text(text, scope);
-        let qr = self.choices(quick_replies, scope);
+        let mut offered = Vec::new();
+        let qr = self.choices(quick_replies, scope, OptionKind::Button, &mut offered);
         let mut out = Rendered {
             message: Outgoing::default(),
-            offered: offered(&qr, OptionKind::Button),
+            offered,
             numbered: false,
         };
         if !qr.is_empty() && qr.len() > caps.max_quick_replies {
@@ -182,20 +205,16 @@ impl Renderer<'_> {
         let body = self.text(&l.body, scope);
         let footer = l.footer.as_ref().map(|f| self.text(f, scope));
         let button = self.text(&l.button, scope);
+        let mut offered = Vec::new();
         let sections: Vec<ListSection> = l
             .sections
             .iter()
             .map(|(t, rows)| ListSection {
                 title: t.as_ref().map(|t| self.text(t, scope)),
-                rows: self.choices(rows, scope),
+                rows: self.choices(rows, scope, OptionKind::Row, &mut offered),
             })
             .collect();
-        let all: Vec<Choice> = sections
-            .iter()
-            .flat_map(|s| s.rows.iter().cloned())
-            .collect();
-        let offered = offered(&all, OptionKind::Row);
-        if all.len() <= caps.max_list_rows || !self.flow.settings.numbered_fallback {
+        if offered.len() <= caps.max_list_rows || !self.flow.settings.numbered_fallback {
             return Rendered {
                 message: Outgoing {
                     list: Some(ListMessage {
@@ -325,14 +344,4 @@ fn numbered_lines(text: &mut String, options: &[Choice]) {
     for (i, c) in options.iter().enumerate() {
         let _ = write!(text, "\n{}. {}", i + 1, c.title);
     }
-}
-
-fn offered(cs: &[Choice], kind: OptionKind) -> Vec<Offered> {
-    cs.iter()
-        .map(|c| Offered {
-            kind,
-            id: c.id.as_str().into(),
-            title: normalize(&c.title).into(),
-        })
-        .collect()
 }

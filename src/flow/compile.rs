@@ -1698,9 +1698,18 @@ impl Compiler<'_> {
             .enumerate()
             .filter_map(|(i, c)| {
                 let p = join_index(path, i);
+                let title = self.ltext(r, &join_key(&p, "title"), &c.title)?;
                 Some(ChoiceNode {
                     id: c.id.as_str().into(),
-                    title: self.ltext(r, &join_key(&p, "title"), &c.title)?,
+                    normalized: title
+                        .0
+                        .iter()
+                        .map(|(_, t)| match t {
+                            Tpl::Static(s) => Some(super::normalize(s).into()),
+                            _ => None,
+                        })
+                        .collect(),
+                    title,
                     description: match &c.description {
                         Some(d) => Some(self.ltext(r, &join_key(&p, "description"), d)?),
                         None => None,

@@ -357,18 +357,18 @@ impl LText {
     /// The variant for a language: exact, then the primary subtag (`pt` for
     /// `pt-BR`), then the default language, then the first written.
     pub fn pick(&self, lang: Option<&str>, default: Option<&str>) -> &Tpl {
+        &self.0[self.pick_index(lang, default)].1
+    }
+
+    /// Which variant [`LText::pick`] picks.
+    pub fn pick_index(&self, lang: Option<&str>, default: Option<&str>) -> usize {
         if self.0.len() == 1 {
-            return &self.0[0].1;
+            return 0;
         }
-        let find = |l: &str| {
-            self.0
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(l))
-                .map(|(_, t)| t)
-        };
+        let find = |l: &str| self.0.iter().position(|(k, _)| k.eq_ignore_ascii_case(l));
         lang.and_then(|l| find(l).or_else(|| l.split(['-', '_']).next().and_then(find)))
             .or_else(|| default.and_then(find))
-            .unwrap_or(&self.0[0].1)
+            .unwrap_or(0)
     }
 }
 
@@ -406,6 +406,9 @@ pub struct ChoiceNode {
     pub id: Box<str>,
     /// Its title.
     pub title: LText,
+    /// Each variant of the title normalized (as a typed answer is compared
+    /// with it) where it is plain text, done when the flow loads.
+    pub normalized: Box<[Option<Box<str>>]>,
     /// A row's description.
     pub description: Option<LText>,
 }
