@@ -15,7 +15,9 @@
 //! after reading at most as many events as the limits allow. It is built once at
 //! load time; nothing here runs per turn.
 
-use std::collections::HashMap;
+/// The index's maps hash small keys of a trusted document: a fast hash,
+/// seeded per map.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -59,9 +61,14 @@ struct Index {
 }
 
 impl Index {
-    fn key(&mut self, key: Box<str>) -> Seg {
+    /// A key's number; a key is copied only the first time it is seen.
+    fn key(&mut self, key: &str) -> Seg {
+        if let Some(&k) = self.keys.get(key) {
+            return Seg::Key(k);
+        }
         let next = self.keys.len() as u32;
-        Seg::Key(*self.keys.entry(key).or_insert(next))
+        self.keys.insert(key.into(), next);
+        Seg::Key(next)
     }
 
     fn child(&self, parent: u32, seg: Seg) -> Option<u32> {
@@ -302,17 +309,27 @@ impl Reporter<'_> {
 }
 
 /// Joins a path and a map key: `states` + `start` = `states.start`.
+///
+/// Paths are built for every node a flow compiles (for its diagnostics), so
+/// these two write the string directly rather than through `format!`.
 pub(crate) fn join_key(parent: &str, key: &str) -> String {
     if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
+        return key.to_owned();
     }
+    let mut p = String::with_capacity(parent.len() + 1 + key.len());
+    p.push_str(parent);
+    p.push('.');
+    p.push_str(key);
+    p
 }
 
 /// Joins a path and a sequence index: `on` + 1 = `on[1]`.
 pub(crate) fn join_index(parent: &str, index: usize) -> String {
-    format!("{parent}[{index}]")
+    use std::fmt::Write;
+    let mut p = String::with_capacity(parent.len() + 8);
+    p.push_str(parent);
+    let _ = write!(p, "[{index}]");
+    p
 }
 
 /// The width of the token starting at 1-based `column`: a quoted string up to its
@@ -342,14 +359,8 @@ fn token_width(line: &str, column: usize) -> usize {
 /// An open collection while indexing: its node, and the pending key (maps) or
 /// the next index (sequences).
 enum Frame {
-    Map {
-        node: u32,
-        key: Option<(Box<str>, Pos)>,
-    },
-    Seq {
-        node: u32,
-        index: u32,
-    },
+    Map { node: u32, key: Option<(Seg, Pos)> },
+    Seq { node: u32, index: u32 },
 }
 
 fn pos_of(m: Marker) -> Pos {
@@ -420,7 +431,7 @@ fn build_index(text: &str, limits: &FlowLimits) -> (Index, Option<LimitExceeded>
                 }
             }
             // Complex keys (collections as keys) are named `?`.
-            *key = Some((scalar.unwrap_or("?").into(), pos));
+            *key = Some((ix.key(scalar.unwrap_or("?")), pos));
             if let Some(is_map) = opens {
                 // A collection used as a key: index its insides under no path.
                 stack.push(if is_map {
@@ -456,8 +467,11 @@ fn build_index(text: &str, limits: &FlowLimits) -> (Index, Option<LimitExceeded>
                 (Some(*node), Some(s), None)
             }
             Some(Frame::Map { node, key }) => {
-                let (k, kp) = key.take().unwrap_or_else(|| ("?".into(), pos));
-                (Some(*node), Some(ix.key(k)), Some(kp))
+                let (k, kp) = match key.take() {
+                    Some(k) => k,
+                    None => (ix.key("?"), pos),
+                };
+                (Some(*node), Some(k), Some(kp))
             }
         };
         ix.nodes.push(Node {
