@@ -364,11 +364,7 @@ impl Bot {
         // The conversation ended with a start queued: it runs now.
         if outcome.session.is_none() && !matches!(event, Event::Start(_)) {
             if let Some(start) = queued {
-                let next =
-                    Box::pin(
-                        async move { self.start(conversation, None, &start, channel, now).await },
-                    )
-                    .await;
+                let next = Box::pin(self.start(conversation, None, &start, channel, now)).await;
                 outcome = outcome.then(next);
             }
         }

@@ -291,22 +291,16 @@ pub(crate) fn parse_doc<T: DeserializeOwned>(
     let mut unknown: Vec<String> = Vec::new();
     // The path to an error is tracked only when there is one: tracking it
     // copies every key of the document, so a document that parses is read
-    // once without it, and one that fails is read again with it.
+    // once without it, and one that fails is read again with it (up to the
+    // same error, so the unknown keys found the first time stand).
     let first = {
         let de = serde_yaml::Deserializer::from_str(&source.text);
         let mut track = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
         T::deserialize(serde_ignored::Deserializer::new(de, &mut track))
     };
-    let result = match first {
-        Ok(doc) => Ok(doc),
-        Err(_) => {
-            unknown.clear();
-            let de = serde_yaml::Deserializer::from_str(&source.text);
-            let mut track = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
-            let de = serde_ignored::Deserializer::new(de, &mut track);
-            serde_path_to_error::deserialize::<_, T>(de)
-        }
-    };
+    let result = first.or_else(|_| {
+        serde_path_to_error::deserialize::<_, T>(serde_yaml::Deserializer::from_str(&source.text))
+    });
     let mut r = Reporter { source, out: diags };
     for p in &unknown {
         let name = p.rsplit('.').next().unwrap_or(p);
