@@ -4,15 +4,20 @@
 //!
 //! - The simulator plays Qpien's API, with server errors and slow answers.
 //! - This program plays Qpien's webhooks: each customer message goes to an
-//!   instance chosen at random, some twice (to different instances); a
-//!   delivery that fails goes again to another instance, as Qpien retries.
+//!   instance chosen at random (or to each in turn), and the next is sent the
+//!   moment it is acknowledged, as a customer typing fast produces; a fifth
+//!   go twice, to another instance, half at once and half after the first
+//!   was acknowledged; a delivery that fails goes again to another instance,
+//!   as Qpien retries.
 //! - One instance is killed with SIGKILL a third of the way through and
-//!   started again; another is stopped with SIGTERM two thirds through.
+//!   started again a second later; with three instances, another is stopped
+//!   with SIGTERM two thirds through.
 //!
 //! At the end every conversation's replies must be exactly what the engine
 //! gives for the script (same `frontMsgId`s, same texts, same order: each
-//! message answered once, in order), with no 429 and nothing left in any
-//! inbox or outbox. The last line says so, or what went wrong.
+//! message answered once, in the order the customer sent them, whichever
+//! instance took each), with no 429 and nothing left in any inbox or outbox.
+//! The last line says so, or what went wrong.
 //!
 //! Run: `scripts/chaos.sh [--conversations N]` (it builds the binary and
 //! provides the database), or
@@ -56,6 +61,27 @@ pub struct Options {
     pub seed: u64,
     /// The flow folder (`flows/support.yaml` is run).
     pub flows: PathBuf,
+    /// Instances (2 or more; the third is the one stopped with SIGTERM).
+    pub instances: usize,
+    /// Each message of a conversation to the next instance in turn, rather
+    /// than to one at random.
+    pub alternate: bool,
+}
+
+impl Options {
+    /// The full run's shape (`scripts/chaos.sh`), for `conversations`.
+    pub fn new(conversations: usize, bin: PathBuf, postgres: String) -> Options {
+        Options {
+            conversations,
+            concurrency: 50,
+            bin,
+            postgres,
+            seed: 7,
+            flows: PathBuf::from("flows"),
+            instances: 3,
+            alternate: false,
+        }
+    }
 }
 
 /// What a run found.
@@ -264,19 +290,22 @@ fn signal(child: &Child, sig: &str) {
         .status();
 }
 
-/// Posts one delivery to a random live instance until one takes it (200).
+/// Posts one delivery until a live instance takes it (200): the instance
+/// `pick` names among the live ones (modulo their number), or the next ones
+/// when it does not answer.
 async fn deliver(
     http: &reqwest::Client,
     urls: &tokio::sync::RwLock<Vec<Option<String>>>,
     body: &[u8],
-    rng: &mut fastrand::Rng,
+    mut pick: usize,
 ) {
     let signature = sign(SECRET.as_bytes(), body);
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         let live: Vec<String> = urls.read().await.iter().flatten().cloned().collect();
         if !live.is_empty() {
-            let url = &live[rng.usize(..live.len())];
+            let url = &live[pick % live.len()];
+            pick += 1;
             let sent = http
                 .post(format!("{url}/webhook"))
                 .header("content-type", "application/json")
@@ -311,10 +340,12 @@ fn created_for(sim: &RunningSim, conversation: &str) -> Vec<(String, String)> {
 /// Runs the chaos scenario (see the module docs).
 pub async fn run(opts: Options) -> Report {
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("flowbot-chaos-{}", std::process::id()));
+    // Runs in one process (tests) each get their own folder and schema.
+    let run = format!("{}_{:08x}", std::process::id(), fastrand::u32(..));
+    let dir = std::env::temp_dir().join(format!("flowbot-chaos-{run}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a work folder");
-    let schema = format!("chaos_{}", std::process::id());
+    let schema = format!("chaos_{run}");
     {
         let (client, conn) = tokio_postgres::connect(&opts.postgres, tokio_postgres::NoTls)
             .await
@@ -342,7 +373,7 @@ pub async fn run(opts: Options) -> Report {
     sc.client_secret = "qpien-sim-secret".into();
     let sim = sim::start(sc).await.expect("the simulator");
 
-    let mut instances: Vec<Instance> = (0..3)
+    let mut instances: Vec<Instance> = (0..opts.instances.max(2))
         .map(|n| spawn(&opts, &dir, &sim, &schema, n))
         .collect();
     let urls = Arc::new(tokio::sync::RwLock::new(
@@ -355,6 +386,8 @@ pub async fn run(opts: Options) -> Report {
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let slowest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let total = opts.conversations;
+    // Every conversation gets the same replies (ids aside).
+    let replies_each = expected(&opts.flows, "k0").await.len();
 
     // The customers.
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
@@ -369,6 +402,7 @@ pub async fn run(opts: Options) -> Report {
             slowest.clone(),
         );
         let mut rng = fastrand::Rng::with_seed(opts.seed.wrapping_add(c as u64));
+        let alternate = opts.alternate;
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.expect("the semaphore");
             let conversation = format!("k{c}");
@@ -378,28 +412,43 @@ pub async fn run(opts: Options) -> Report {
                     .filter(|m| m["input"]["conversationId"] == conversation.as_str())
                     .count()
             };
+            let first = rng.usize(..1 << 20);
             for (i, say) in SCRIPT.iter().enumerate() {
-                let before = count(&sim_state);
                 let body = serde_json::to_vec(&webhook(
                     &conversation,
                     &format!("{conversation}-m{i}"),
                     *say,
                 ))
                 .expect("json");
-                let sent = Instant::now();
-                deliver(&http, &urls, &body, &mut rng).await;
-                if rng.f64() < 0.1 {
-                    // Qpien delivers some twice, maybe to another instance.
-                    deliver(&http, &urls, &body, &mut rng).await;
+                let pick = if alternate {
+                    first + i
+                } else {
+                    rng.usize(..1 << 20)
+                };
+                // Qpien delivers a fifth twice, to another instance: half at
+                // once, half after the first was acknowledged.
+                let twice = rng.f64();
+                if twice < 0.1 {
+                    tokio::join!(
+                        deliver(&http, &urls, &body, pick),
+                        deliver(&http, &urls, &body, pick + 1)
+                    );
+                } else {
+                    deliver(&http, &urls, &body, pick).await;
+                    if twice < 0.2 {
+                        deliver(&http, &urls, &body, pick + 1).await;
+                    }
                 }
-                // The customer reads the answer before writing again.
-                let end = Instant::now() + Duration::from_secs(60);
-                while count(&sim_state) == before && Instant::now() < end {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let waited = sent.elapsed().as_micros() as u64;
-                slowest.fetch_max(waited, std::sync::atomic::Ordering::SeqCst);
+                // No waiting for the answer: the next message goes the
+                // moment this one is acknowledged.
             }
+            let sent = Instant::now();
+            let end = sent + Duration::from_secs(60);
+            while count(&sim_state) < replies_each && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let waited = sent.elapsed().as_micros() as u64;
+            slowest.fetch_max(waited, std::sync::atomic::Ordering::SeqCst);
             done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
     }
@@ -418,7 +467,7 @@ pub async fn run(opts: Options) -> Report {
             instances[0] = spawn(&opts, &dir, &sim, &schema, 0);
             urls.write().await[0] = Some(instances[0].url.clone());
             phase = 1;
-        } else if phase == 1 && d * 3 >= total * 2 {
+        } else if phase == 1 && d * 3 >= total * 2 && instances.len() > 2 {
             urls.write().await[1] = None;
             if let Some(child) = instances[1].child.as_mut() {
                 signal(child, "-TERM");
@@ -493,6 +542,14 @@ pub async fn run(opts: Options) -> Report {
     let _ = client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await;
+    if report.ok() {
+        // The instances' logs are kept only when something went wrong.
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        report
+            .problems
+            .insert(0, format!("logs in {}", dir.display()));
+    }
     report
 }
 
@@ -505,21 +562,23 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let opts = Options {
-        conversations: arg(&args, "--conversations").unwrap_or(500),
-        concurrency: arg(&args, "--concurrency").unwrap_or(50),
-        bin: arg(&args, "--bin").unwrap_or_else(|| PathBuf::from("target/release/flowbot")),
-        postgres: arg(&args, "--postgres")
+    let mut opts = Options::new(
+        arg(&args, "--conversations").unwrap_or(500),
+        arg(&args, "--bin").unwrap_or_else(|| PathBuf::from("target/release/flowbot")),
+        arg(&args, "--postgres")
             .or_else(|| std::env::var("FLOWBOT_TEST_POSTGRES_URL").ok())
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
-        seed: arg(&args, "--seed").unwrap_or(7),
-        flows: arg(&args, "--flows").unwrap_or_else(|| PathBuf::from("flows")),
-    };
+    );
+    opts.concurrency = arg(&args, "--concurrency").unwrap_or(opts.concurrency);
+    opts.seed = arg(&args, "--seed").unwrap_or(opts.seed);
+    opts.flows = arg(&args, "--flows").unwrap_or(opts.flows);
+    opts.instances = arg(&args, "--instances").unwrap_or(opts.instances);
+    opts.alternate = args.iter().any(|a| a == "--alternate");
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let report = rt.block_on(run(opts));
     println!(
-        "{} conversations, {} messages in {:.1} s; the longest wait for an answer {:.1} s \
-         (a conversation taken over after the SIGKILL waits for its claim to expire)",
+        "{} conversations, {} messages in {:.1} s; the longest wait for the last answer \
+         {:.1} s (a conversation taken over after the SIGKILL waits for its claim to expire)",
         report.conversations,
         report.messages,
         report.elapsed.as_secs_f64(),

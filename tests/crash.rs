@@ -237,3 +237,98 @@ async fn json_logs_and_a_clean_stop_on_sigterm() {
         "{log}"
     );
 }
+
+/// Qpien's budget survives a restart: under more replies than the budget
+/// allows, against a Qpien counting a fixed window, the process is killed
+/// with SIGKILL and started again a second later, inside the same window.
+/// The restarted process knows what the one before spent (the store keeps
+/// the window) and starts cold besides: 0 x 429, every message answered
+/// once, in order.
+async fn a_restart_under_load(store: &str, env: &[(&str, &str)]) {
+    const BUDGET: u32 = 20;
+    let qpien = start_sim(|c| {
+        c.auto_create_conversations = true;
+        c.rate_limit = Some((BUDGET, Duration::from_secs(3)));
+    })
+    .await;
+    let dir = crate::runtime::temp_dir("restart-budget");
+    std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
+    std::fs::write(
+        dir.join("flowbot.toml"),
+        format!(
+            "flow = \"flow.yaml\"\n[server]\nlisten = \"127.0.0.1:0\"\n{store}\n\
+             [qpien]\nwhatsapp_operation = \"create_message\"\n\
+             [qpien.rate_limit]\nrequests = {BUDGET}\nper = \"3s\"\n\
+             [qpien.retry]\nmin_delay = \"5ms\"\nmax_delay = \"20ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "warn"));
+    let http = reqwest::Client::new();
+    let conversations: Vec<String> = (0..12).map(|c| format!("rb{c}")).collect();
+    let per = 4;
+    let mut bot = spawn_with(&dir, &qpien, &env);
+    for i in 0..per {
+        for c in &conversations {
+            assert!(
+                post(
+                    &http,
+                    &bot.url,
+                    &message(&format!("{c}-{i}"), c, &format!("m{i}"))
+                )
+                .await
+            );
+        }
+    }
+    // Mid-window: part of the budget spent, replies still waiting.
+    wait_until("the first replies", Duration::from_secs(10), || {
+        qpien.state().created().len() >= BUDGET as usize / 2
+    })
+    .await;
+    bot.child.kill().unwrap();
+    bot.child.wait().unwrap();
+    let before = qpien.state().created().len();
+    assert!(
+        before < conversations.len() * per,
+        "replies were still waiting"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut bot = spawn_with(&dir, &qpien, &env);
+    wait_until("every reply", Duration::from_secs(30), || {
+        qpien.state().created().len() >= conversations.len() * per
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bot.child.kill().unwrap();
+    bot.child.wait().unwrap();
+    assert_eq!(
+        qpien.state().stats().rate_limited,
+        0,
+        "a 429 after the restart"
+    );
+    for c in &conversations {
+        let want: Vec<String> = (0..per).map(|i| format!("#{} m{i}", i + 1)).collect();
+        assert_eq!(crate::runtime::replies(&qpien, c), want, "conversation {c}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_load_does_not_spend_the_budget_twice_on_sqlite() {
+    a_restart_under_load("[store]\npath = \"flowbot.db\"", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_load_does_not_spend_the_budget_twice_on_postgres() {
+    let Some(url) = crate::store::postgres_url(
+        "a_restart_under_load_does_not_spend_the_budget_twice_on_postgres",
+    ) else {
+        return;
+    };
+    let schema = format!("restart_budget_{}", std::process::id());
+    a_restart_under_load(
+        &format!("[store]\nbackend = \"postgres\"\nschema = \"{schema}\""),
+        &[("FLOWBOT_STORE__URL", &url)],
+    )
+    .await;
+}

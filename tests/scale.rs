@@ -262,15 +262,32 @@ async fn chaos_three_instances_a_kill_and_a_stop() {
     let Some(url) = postgres_url("chaos_three_instances_a_kill_and_a_stop") else {
         return;
     };
-    let report = chaos::run(chaos::Options {
-        conversations: 100,
-        concurrency: 25,
-        bin: env!("CARGO_BIN_EXE_flowbot").into(),
-        postgres: url,
-        seed: 11,
-        flows: "flows".into(),
-    })
-    .await;
+    let mut opts = chaos::Options::new(100, env!("CARGO_BIN_EXE_flowbot").into(), url);
+    opts.concurrency = 25;
+    opts.seed = 11;
+    let report = chaos::run(opts).await;
+    assert!(report.ok(), "{}", report.line());
+}
+
+/// Arrival order across instances: two instances, each message of a
+/// conversation sent to the other instance than the one before, the moment
+/// the one before was acknowledged (so the holder of the conversation is
+/// often sent a message while the one before, accepted by the other
+/// instance, is still on its way to it), with deliveries twice and one
+/// instance killed with SIGKILL mid-run: every conversation answered once,
+/// in the order its customer wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_taking_turns_run_a_conversation_in_arrival_order() {
+    let Some(url) = postgres_url("two_instances_taking_turns_run_a_conversation_in_arrival_order")
+    else {
+        return;
+    };
+    let mut opts = chaos::Options::new(40, env!("CARGO_BIN_EXE_flowbot").into(), url);
+    opts.instances = 2;
+    opts.alternate = true;
+    opts.concurrency = 20;
+    opts.seed = 5;
+    let report = chaos::run(opts).await;
     assert!(report.ok(), "{}", report.line());
 }
 

@@ -228,6 +228,43 @@ async fn sqlite_keeps_everything_across_a_reopen() {
     assert!(store.session("c1").await.unwrap().is_some());
 }
 
+/// Qpien's budget is kept in the file: a process that opens it again knows
+/// what the one before spent (calls counted from their end, or for their hold
+/// when they never ended), and a new file says it knows nothing.
+#[tokio::test]
+async fn sqlite_keeps_the_request_budget_across_a_reopen() {
+    use flowbot::internals::qpien::limit::Grant;
+    let path = temp_db("budget");
+    let minute = Duration::from_secs(60);
+    {
+        let store = SqliteStore::open(&path, opts(5, 64)).unwrap();
+        assert_eq!(store.keeps_budget(), Some(false), "a new file knew nothing");
+        for _ in 0..2 {
+            let grant = store.take_budget("k", 3, minute, minute).await.unwrap();
+            let Some(Grant::Granted(id)) = grant else {
+                panic!("{grant:?}")
+            };
+            store.budget_done(id).await.unwrap();
+        }
+        // Under way when the process dies: it counts for its hold.
+        let third = store.take_budget("k", 3, minute, minute).await.unwrap();
+        assert!(matches!(third, Some(Grant::Granted(_))), "{third:?}");
+    }
+    let store = SqliteStore::open(&path, opts(5, 64)).unwrap();
+    assert_eq!(store.keeps_budget(), Some(true));
+    match store.take_budget("k", 3, minute, minute).await.unwrap() {
+        Some(Grant::Wait(wait)) => assert!(wait > Duration::from_secs(50), "{wait:?}"),
+        other => panic!("the window was spent before the reopen: {other:?}"),
+    }
+    assert!(
+        matches!(
+            store.take_budget("other", 3, minute, minute).await.unwrap(),
+            Some(Grant::Granted(_))
+        ),
+        "another key's budget is its own"
+    );
+}
+
 /// Many concurrent writers: each sees its own result, every key is taken once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_group_commit_answers_each_caller() {

@@ -53,6 +53,10 @@ impl Setup {
     }
 
     async fn with(name: &str, flow: &str) -> Setup {
+        Setup::with_config(name, flow, |_| {}).await
+    }
+
+    async fn with_config(name: &str, flow: &str, edit: impl FnOnce(&mut Config)) -> Setup {
         let sim = sim::start(SimConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..SimConfig::default()
@@ -81,6 +85,7 @@ impl Setup {
         c.server.admin_token = Secret::new(ADMIN);
         c.store.path = dir.join("flowbot.db");
         c.runtime.timer_interval = Duration::from_millis(50);
+        edit(&mut c);
         let bot = flowbot::start(c, Registry::new()).await.unwrap();
         let url = format!("http://{}/webhook", bot.addr());
         sim.state().configure(|s| s.webhook_url = Some(url));
@@ -298,5 +303,79 @@ async fn a_scheduled_survey_fires_once_at_its_time() {
     s.advance(72).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.sent().len(), 3, "once: {:?}", s.sent());
+    s.bot.shutdown().await;
+}
+
+const STARTED: &str = r#"
+version: 1
+settings: { default_language: en }
+states:
+  start:
+    say: "Hi! How can we help?"
+  offer:
+    say: "Hi! How can we help?"
+    template: { name: order_followup, params: ["Dee"] }
+"#;
+
+/// Only the customer opens the window: a conversation the business starts,
+/// where the customer never wrote, gets the template (or nothing) at every
+/// start, however recent the bot's own session of it is; once the customer
+/// writes, free-form is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_on_a_conversation_where_the_customer_never_wrote_stay_outside_the_window() {
+    const TOKEN: &str = "api-token-for-window-tests";
+    let s = Setup::with_config("window-starts", STARTED, |c| {
+        c.server.api_token = Secret::new(TOKEN);
+    })
+    .await;
+    let start = |state: &str, key: &str| {
+        let req = s
+            .http
+            .post(format!("http://{}/api/start", s.bot.addr()))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"conversation": s.conv, "state": state, "key": key}).to_string(),
+            );
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // No template in `start`: withheld, three times, minutes apart.
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(start("start", key).await, 202);
+        let want = format!("flowbot_window_withheld_total {}", i + 1);
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !s.metrics().await.contains(&want) {
+            assert!(tokio::time::Instant::now() < end, "{want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s.clock.advance(Duration::from_secs(90));
+    }
+    assert_eq!(s.sent(), Vec::<String>::new(), "nothing free-form");
+    // With a template: the template, every time.
+    assert_eq!(start("offer", "d").await, 202);
+    s.expect("the template", &["template:order_followup(Dee)"])
+        .await;
+    s.clock.advance(Duration::from_secs(60));
+    assert_eq!(start("offer", "e").await, 202);
+    s.expect(
+        "the template again",
+        &[
+            "template:order_followup(Dee)",
+            "template:order_followup(Dee)",
+        ],
+    )
+    .await;
+    assert_eq!(s.sim.state().stats().window_refusals, 0, "never tried");
+    // The customer writes: the window opens, free-form is back.
+    s.say("hello");
+    s.expect(
+        "a free-form answer",
+        &[
+            "template:order_followup(Dee)",
+            "template:order_followup(Dee)",
+            "Hi! How can we help?",
+        ],
+    )
+    .await;
     s.bot.shutdown().await;
 }

@@ -337,16 +337,13 @@ impl Bot {
         };
         let from = session.as_ref().map(|s| s.state);
         let queued = session.as_ref().and_then(|s| s.queued.clone());
-        // When the customer last wrote, for WhatsApp's window.
+        // When the customer last wrote, for WhatsApp's window. Only a
+        // customer's message opens it (as WhatsApp counts it): a conversation
+        // the business started, where the customer never wrote, has it
+        // closed, however recent its session.
         let customer_at = match event {
             Event::Message(_) => Some(now),
-            _ => session.as_ref().map(|s| {
-                if s.customer_at > 0 {
-                    s.customer_at
-                } else {
-                    s.last_active
-                }
-            }),
+            _ => session.as_ref().map(|s| s.customer_at).filter(|&at| at > 0),
         };
         // A message's turn, the common case, runs in this future; every
         // other event in a boxed one (a future is moved whole, at its largest

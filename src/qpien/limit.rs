@@ -15,6 +15,12 @@
 //! server says, which counts other clients of the same key too: after a
 //! response with `X-RateLimit-Remaining: n`, at most `n` more requests leave
 //! before its reset, and a 429 stops every request until the reset.
+//! A limiter starts *cold*: it does not know what was spent in the server's
+//! window before it existed (a restarted process, another client of the same
+//! key), so until the first answer from the server (whose `X-RateLimit-*`
+//! headers say where its window stands) one request at a time leaves. A
+//! budget kept in the store across restarts ([`SharedBudget::knows_window`])
+//! starts it warm.
 //! `X-RateLimit-Reset` is read as seconds to wait (as Qpien documents), or as
 //! a Unix time in seconds or milliseconds (as common middleware sends it);
 //! whatever it says, no pause lasts longer than two windows. Waiters pass
@@ -33,7 +39,7 @@ use tokio::time::Instant;
 use super::config::RateLimitConfig;
 use super::error::QpienError;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Requests under way (each holds a [`Permit`]).
     in_flight: usize,
@@ -43,6 +49,9 @@ struct State {
     paused_until: Option<Instant>,
     /// What the server last said: requests left until its window resets.
     server: Option<(u64, Instant)>,
+    /// Nothing is known of the window yet (no answer from the server, no
+    /// budget kept from before): one request at a time.
+    cold: bool,
 }
 
 /// The shared request budget. Cheap to share behind an `Arc`.
@@ -55,6 +64,8 @@ pub struct RateLimiter {
     state: StdMutex<State>,
     /// The budget shared with other instances, if any.
     shared: StdMutex<Option<std::sync::Arc<dyn SharedBudget>>>,
+    /// A request ended (a cold limiter waits for it).
+    ended: tokio::sync::Notify,
 }
 
 /// A request budget several instances draw from (Qpien's 100 calls a minute
@@ -65,6 +76,11 @@ pub struct RateLimiter {
 pub trait SharedBudget: Send + Sync + std::fmt::Debug + 'static {
     /// Takes one call from a budget of `requests` per `per`.
     async fn take(&self, requests: u32, per: Duration) -> Result<Grant, String>;
+    /// Whether it knows what was spent before this process started (then
+    /// the limiter starts warm).
+    fn knows_window(&self) -> bool {
+        true
+    }
     /// The call granted as `id` has ended (or will never be made).
     async fn done(&self, id: i64);
 }
@@ -94,6 +110,7 @@ impl Drop for Permit<'_> {
             st.in_flight = st.in_flight.saturating_sub(1);
             st.sent.push_back(Instant::now());
         }
+        self.limiter.ended.notify_one();
         if let Some((budget, id)) = self.shared.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { budget.done(id).await });
@@ -120,8 +137,15 @@ impl RateLimiter {
             window: config.per,
             default_reset: config.default_reset,
             gate: Mutex::new(()),
-            state: StdMutex::new(State::default()),
+            state: StdMutex::new(State {
+                in_flight: 0,
+                sent: VecDeque::new(),
+                paused_until: None,
+                server: None,
+                cold: true,
+            }),
             shared: StdMutex::new(None),
+            ended: tokio::sync::Notify::new(),
         })
     }
 
@@ -171,7 +195,16 @@ impl RateLimiter {
 
     /// Shares the budget with other instances through `budget`.
     pub fn share(&self, budget: std::sync::Arc<dyn SharedBudget>) {
+        if budget.knows_window() {
+            self.state().cold = false;
+        }
         *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(budget);
+    }
+
+    /// Whether nothing is known of the server's window yet (see the module
+    /// docs).
+    pub fn is_cold(&self) -> bool {
+        self.state().cold
     }
 
     async fn acquire_local(&self) {
@@ -199,7 +232,9 @@ impl RateLimiter {
                         .map_or(now + self.window, |t| *t + self.window)
                 });
                 match [paused, server, full].into_iter().flatten().max() {
-                    Some(t) => t,
+                    Some(t) => Some(t),
+                    // Cold, with a request under way: wait for its answer.
+                    None if st.cold && st.in_flight > 0 => None,
                     None => {
                         st.in_flight += 1;
                         if let Some((left, _)) = &mut st.server {
@@ -209,7 +244,12 @@ impl RateLimiter {
                     }
                 }
             };
-            tokio::time::sleep_until(wait).await;
+            match wait {
+                Some(t) => tokio::time::sleep_until(t).await,
+                // A permit's drop notifies (and a notification given before
+                // this wait begins is kept for it).
+                None => self.ended.notified().await,
+            }
         }
     }
 
@@ -228,15 +268,18 @@ impl RateLimiter {
         Duration::from_secs_f64(secs.clamp(0.0, self.longest_pause().as_secs_f64()))
     }
 
-    /// Takes in the server's `X-RateLimit-Remaining` and the time until its
-    /// window resets.
+    /// Takes in an answer of the server: its `X-RateLimit-Remaining` and the
+    /// time until its window resets, if it said them. Any answer warms a cold
+    /// limiter: a server that says nothing of its window has nothing more to
+    /// tell.
     pub fn observe(&self, remaining: Option<u64>, reset: Option<Duration>) {
+        let mut st = self.state();
+        st.cold = false;
         let (Some(remaining), Some(reset)) = (remaining, reset) else {
             return;
         };
         let reset = reset.min(self.longest_pause());
         let until = Instant::now() + reset;
-        let mut st = self.state();
         st.server = Some((remaining, until));
     }
 
@@ -382,6 +425,31 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(1));
         drop(l.acquire().await);
         assert!(t.elapsed() >= Duration::from_millis(1500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_limiter_sends_one_request_until_the_server_answers() {
+        let l = RateLimiter::new(&RateLimitConfig {
+            requests: 10,
+            per: Duration::from_secs(60),
+            default_reset: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert!(l.is_cold());
+        let first = l.acquire().await;
+        let second = tokio::time::timeout(Duration::from_secs(5), l.acquire()).await;
+        assert!(second.is_err(), "one at a time while nothing is known");
+        // The answer: the window is nearly spent (by a process before).
+        l.observe(Some(2), Some(Duration::from_secs(30)));
+        drop(first);
+        assert!(!l.is_cold());
+        let t = Instant::now();
+        let a = l.acquire().await;
+        let b = l.acquire().await;
+        assert_eq!(t.elapsed(), Duration::ZERO, "the two left go at once");
+        drop((a, b));
+        drop(l.acquire().await);
+        assert!(t.elapsed() >= Duration::from_secs(30), "then the reset");
     }
 
     #[tokio::test(start_paused = true)]

@@ -107,7 +107,21 @@ impl Runner {
         }
         let conversation = item.conversation.clone();
         match self.claims.acquire(&conversation).await? {
-            Some(false) => self.turns.queue(item),
+            Some(false) => {
+                // Held here. A message of it accepted by another instance
+                // before this one came may still be on its way (the wake-up
+                // is asynchronous): arrival order is the store's order, so
+                // the older pending messages are read and queued first. Any
+                // already run here is found committed when its turn comes
+                // (see `Dispatcher::turn`).
+                for mut older in self.claims.store.pending_of(&conversation).await? {
+                    if older.seq < item.seq {
+                        older.resumed = true;
+                        self.turns.queue(older);
+                    }
+                }
+                self.turns.queue(item);
+            }
             Some(true) => {
                 // Its leftovers first, before any turn of it can run here.
                 self.adopt(&conversation, Some(item.seq)).await?;
@@ -233,11 +247,12 @@ impl Runner {
     }
 }
 
-/// Qpien's request budget, shared through the store by every instance that
-/// uses the same API key (it is the key's, not a process's).
+/// Qpien's request budget, kept in the store: shared by every instance that
+/// uses the same API key (it is the key's, not a process's), and across
+/// restarts.
 use crate::qpien::limit::{Grant, SharedBudget};
 
-/// Qpien's budget, drawn by every instance from the shared store.
+/// Qpien's budget, drawn by every instance (and every run) from the store.
 pub(crate) struct StoreBudget {
     pub(crate) store: Arc<dyn StateStore>,
     /// The API key's budget name (a digest of the client id: no secret is
@@ -246,6 +261,8 @@ pub(crate) struct StoreBudget {
     /// How long a call may be under way (the client's request timeout, and
     /// some): a call whose instance died counts that long.
     pub(crate) hold: Duration,
+    /// Whether the store kept the budget before this process started.
+    pub(crate) knew: bool,
 }
 
 impl std::fmt::Debug for StoreBudget {
@@ -275,6 +292,10 @@ impl SharedBudget for StoreBudget {
             Ok(grant) => Ok(grant.unwrap_or(Grant::Granted(0))),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn knows_window(&self) -> bool {
+        self.knew
     }
 
     async fn done(&self, id: i64) {

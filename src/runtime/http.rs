@@ -283,13 +283,12 @@ async fn debug_conversation(
             "language": record.session.language,
             "channel": record.channel,
             // WhatsApp's 24-hour window (the playground shows it).
+            // 0: closed, the customer never wrote (a started conversation).
             "window_closes": record.channel.capabilities().reply_window_ms.map(|w| {
-                let at = if record.session.customer_at > 0 {
-                    record.session.customer_at
-                } else {
-                    record.session.last_active
-                };
-                at.saturating_add(w)
+                match record.session.customer_at {
+                    0 => 0,
+                    at => at.saturating_add(w),
+                }
             }),
             "now": shared.clock.now(),
         }),

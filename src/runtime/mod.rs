@@ -427,17 +427,19 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         let bot = check_one(&config, &spec, &registry)?;
         let store = open_store(&spec.store).await?;
         let client = QpienClient::with_http(spec.qpien.clone(), http.clone())?;
-        // Shared through the database: Qpien's budgets (100 calls a minute).
-        // A budget over 1,000 calls a second (a test stand-in's) is not:
-        // counting every call in the database would cost more than it
-        // protects.
+        // Kept in the store: Qpien's budgets (100 calls a minute), shared by
+        // the instances of a shared store, and known to a restarted process
+        // (it does not spend again what the one before spent). A budget over
+        // 1,000 calls a second (a test stand-in's) is not: counting every
+        // call in the database would cost more than it protects.
         let rate = f64::from(spec.qpien.rate_limit.requests)
             / spec.qpien.rate_limit.per.as_secs_f64().max(1e-3);
-        if store.shared() && rate <= 1_000.0 {
+        if let Some(knew) = store.keeps_budget().filter(|_| rate <= 1_000.0) {
             client.share_budget(Arc::new(claims::StoreBudget {
                 store: store.clone(),
                 key: claims::StoreBudget::key_for(spec.qpien.client_id.expose()),
                 hold: spec.qpien.request_timeout + Duration::from_secs(5),
+                knew,
             }));
         }
         let templates = if bot.flow().whatsapp_templates.is_empty() {

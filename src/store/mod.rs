@@ -262,6 +262,15 @@ pub trait StateStore: Send + Sync + 'static {
     async fn notify(&self, _conversation: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether this store keeps Qpien's request budget
+    /// ([`take_budget`](Self::take_budget)), so that a restarted process knows
+    /// what the one before spent: `None`, it keeps none (memory);
+    /// `Some(true)`, it kept it before this process opened it;
+    /// `Some(false)`, from now on only (a database just made, or older than
+    /// the budget).
+    fn keeps_budget(&self) -> Option<bool> {
+        self.shared().then_some(true)
+    }
     /// Takes one call from the request budget `key` shared by every process
     /// (`requests` per `per`, a sliding window counting each call from when
     /// it ended): granted (the call counts as under way until

@@ -56,8 +56,21 @@ fn migrations() -> Migrations<'static> {
         );",
         ),
         M::up("ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"),
+        // Qpien's request budget, kept across restarts (see `take_budget`).
+        M::up(
+            "CREATE TABLE budget_calls (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL,
+            at INTEGER NOT NULL
+        );
+        CREATE INDEX budget_calls_key ON budget_calls(key, at);",
+        ),
     ])
 }
+
+/// The migration that made `budget_calls`: a database older than it kept no
+/// budget.
+const BUDGET_MIGRATION: usize = 4;
 
 enum Op {
     Accept(NewInbound),
@@ -76,6 +89,13 @@ enum Op {
     DeadList(usize),
     DeadGet(u64),
     DeadRemove(u64),
+    TakeBudget {
+        key: String,
+        requests: u32,
+        per: Millis,
+        hold: Millis,
+    },
+    BudgetDone(i64),
 }
 
 enum Reply {
@@ -90,6 +110,7 @@ enum Reply {
     Dead(Vec<DeadLetter>),
     Flag(bool),
     Count(u32),
+    Grant(crate::qpien::limit::Grant),
     Done,
 }
 
@@ -140,6 +161,9 @@ pub struct SqliteStore {
     /// disk refuses a delivery (a large write) while a small probe may pass,
     /// so [`StateStore::ping`] reports it for [`RECENT_FAILURE`].
     failed_write: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// Whether the database kept Qpien's budget before this process opened
+    /// it (an older or new file did not).
+    knew_budget: bool,
     /// Held while the store is open: one process per database file.
     _lock: std::fs::File,
 }
@@ -188,6 +212,8 @@ impl Op {
                 | Op::SetCursor(..)
                 | Op::AddDead(_)
                 | Op::DeadRemove(_)
+                | Op::TakeBudget { .. }
+                | Op::BudgetDone(_)
         )
     }
 }
@@ -244,9 +270,14 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(err(&path))?;
-        migrations()
-            .to_latest(&mut conn)
-            .map_err(|e| StoreError(format!("{}: migration failed: {e}", path.display())))?;
+        let migrated = |e: rusqlite_migration::Error| {
+            StoreError(format!("{}: migration failed: {e}", path.display()))
+        };
+        let knew_budget = match migrations().current_version(&conn).map_err(migrated)? {
+            rusqlite_migration::SchemaVersion::Inside(v) => v.get() >= BUDGET_MIGRATION,
+            _ => false,
+        };
+        migrations().to_latest(&mut conn).map_err(migrated)?;
         if let Some(max) = max_bytes {
             let page: i64 = conn
                 .pragma_query_value(None, "page_size", |r| r.get(0))
@@ -271,6 +302,7 @@ impl SqliteStore {
             jobs,
             path,
             failed_write: std::sync::Mutex::new(None),
+            knew_budget,
             _lock: lock,
         })
     }
@@ -536,6 +568,38 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                 .execute(params![id as i64])?
                 > 0,
         ),
+        Op::TakeBudget {
+            key,
+            requests,
+            per,
+            hold,
+        } => {
+            // As PostgreSQL's: a sliding window of calls, each counted from
+            // when it ended (until then, or for `hold` if the process dies
+            // first, it stands in the future and counts in full). The
+            // process's clock is the only one: one process per file.
+            let now = crate::time::now();
+            tx.prepare_cached("DELETE FROM budget_calls WHERE key = ?1 AND at <= ?2")?
+                .execute(params![key, now - per])?;
+            let (used, oldest): (i64, Option<i64>) = tx
+                .prepare_cached("SELECT count(*), min(at) FROM budget_calls WHERE key = ?1")?
+                .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Reply::Grant(if used < i64::from(requests) {
+                tx.prepare_cached("INSERT INTO budget_calls (key, at) VALUES (?1, ?2)")?
+                    .execute(params![key, now + hold])?;
+                crate::qpien::limit::Grant::Granted(tx.last_insert_rowid())
+            } else {
+                let free_at = oldest.unwrap_or(now).min(now) + per + 1;
+                crate::qpien::limit::Grant::Wait(Duration::from_millis(
+                    (free_at - now).max(1) as u64,
+                ))
+            })
+        }
+        Op::BudgetDone(id) => {
+            tx.prepare_cached("UPDATE budget_calls SET at = min(at, ?2) WHERE id = ?1")?
+                .execute(params![id, crate::time::now()])?;
+            Reply::Done
+        }
     })
 }
 
@@ -680,5 +744,32 @@ impl StateStore for SqliteStore {
             Reply::Flag(f) => Ok(f),
             _ => Err(unexpected()),
         }
+    }
+
+    fn keeps_budget(&self) -> Option<bool> {
+        Some(self.knew_budget)
+    }
+
+    async fn take_budget(
+        &self,
+        key: &str,
+        requests: u32,
+        per: Duration,
+        hold: Duration,
+    ) -> Result<Option<crate::qpien::limit::Grant>, StoreError> {
+        let op = Op::TakeBudget {
+            key: key.to_owned(),
+            requests,
+            per: per.as_millis() as Millis,
+            hold: hold.as_millis() as Millis,
+        };
+        match self.run(op).await? {
+            Reply::Grant(g) => Ok(Some(g)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn budget_done(&self, id: i64) -> Result<(), StoreError> {
+        self.run(Op::BudgetDone(id)).await.map(drop)
     }
 }

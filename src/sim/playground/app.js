@@ -125,6 +125,7 @@ async function renderGraph(node) {
 // WhatsApp's 24-hour window, as the bot sees it (its clock: `now`).
 function windowText(s) {
   if (!s.state || s.window_closes == null) return "–";
+  if (s.window_closes === 0) return "closed: the customer has not written; templates only";
   const left = s.window_closes - s.now;
   const at = new Date(s.window_closes).toLocaleString();
   if (left <= 0) return `closed since ${at}: templates only`;
