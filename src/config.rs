@@ -332,6 +332,11 @@ pub struct RuntimeConfig {
     pub outbox_in_memory: usize,
     /// Undelivered replies held in memory for one conversation.
     pub outbox_in_memory_per_conversation: usize,
+    /// Most turns and replies one conversation may have waiting; a message
+    /// beyond is acknowledged and set aside as a dead letter (counted in
+    /// `flowbot_conversation_overflow_total`), so that one customer's flood
+    /// grows nothing without bound.
+    pub max_pending_per_conversation: usize,
     /// With a shared store (PostgreSQL): how long an instance's claim on a
     /// conversation lasts without renewal, so how soon the others take over
     /// the conversations of an instance that stopped.
@@ -350,6 +355,7 @@ impl Default for RuntimeConfig {
             max_turn_attempts: 3,
             outbox_in_memory: 1_000,
             outbox_in_memory_per_conversation: 100,
+            max_pending_per_conversation: 200,
             claim_ttl: Duration::from_secs(10),
         }
     }

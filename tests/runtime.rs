@@ -89,7 +89,22 @@ impl Harness {
         registry: Registry,
         tweak: impl FnOnce(&mut Config),
     ) -> Harness {
-        let qpien = start_sim(|c| c.auto_create_conversations = true).await;
+        Harness::build(name, flow, registry, |_| {}, tweak).await
+    }
+
+    /// A harness whose simulator is set up by `sim` too.
+    pub(crate) async fn build(
+        name: &str,
+        flow: &str,
+        registry: Registry,
+        sim: impl FnOnce(&mut flowbot::internals::sim::SimConfig),
+        tweak: impl FnOnce(&mut Config),
+    ) -> Harness {
+        let qpien = start_sim(|c| {
+            c.auto_create_conversations = true;
+            sim(c);
+        })
+        .await;
         let dir = temp_dir(name);
         std::fs::write(dir.join("flow.yaml"), flow).unwrap();
         let mut c = config(&qpien, &dir);
@@ -1186,4 +1201,79 @@ async fn migrate_check_counts_live_conversations_per_state() {
     );
     assert!(stdout.contains("give --store to count"), "{stdout}");
     h.stop().await;
+}
+
+/// One customer's flood delays only that customer: with Qpien answering each
+/// call in 200 ms and the default budget (100 calls a minute), one
+/// conversation sends 1,500 messages as fast as they are acknowledged; its
+/// backlog is capped (`runtime.max_pending_per_conversation`: the rest are
+/// dead letters, counted), and ten other customers who write meanwhile are
+/// answered within 2 s each: their replies are held and sent in their turn,
+/// not behind the flood's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_in_one_conversation_delays_no_other() {
+    let h = std::sync::Arc::new(
+        Harness::build(
+            "flood",
+            ECHO,
+            Registry::new(),
+            |s| {
+                s.faults.slow = 1.0;
+                s.faults.slow_delay = Duration::from_millis(200);
+            },
+            |c| c.qpien.rate_limit = RateLimitConfig::default(),
+        )
+        .await,
+    );
+    let mut posters = tokio::task::JoinSet::new();
+    for p in 0..6 {
+        let h = h.clone();
+        posters.spawn(async move {
+            for i in (p..1_500).step_by(6) {
+                let m = message(&format!("flood-{i}"), "flood", &format!("f{i}"));
+                assert_eq!(h.post(&m).await, 200);
+            }
+        });
+    }
+    while let Some(done) = posters.join_next().await {
+        done.unwrap();
+    }
+    let mut slowest = Duration::ZERO;
+    for c in 0..10 {
+        let conversation = format!("other-{c}");
+        let sent = tokio::time::Instant::now();
+        assert_eq!(
+            h.post(&message(&format!("o-{c}"), &conversation, "hello"))
+                .await,
+            200
+        );
+        wait_until("another customer's answer", Duration::from_secs(30), || {
+            !h.replies(&conversation).is_empty()
+        })
+        .await;
+        slowest = slowest.max(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slowest <= Duration::from_secs(2),
+        "an answer took {slowest:?}"
+    );
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let overflow: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flowbot_conversation_overflow_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no overflow count in {metrics}"));
+    assert!(
+        (1_200..=1_310).contains(&overflow),
+        "about 1,300 of 1,500 set aside: {overflow}"
+    );
 }

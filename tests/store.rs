@@ -106,6 +106,19 @@ async fn contract(store: &dyn StateStore) {
         vec![out[1].clone()]
     );
     assert_eq!(store.outbox(0, 1).await.unwrap(), vec![out[0].clone()]);
+    // One conversation's replies, from a point; the conversations with any.
+    assert_eq!(store.outbox_of("c1", 0, 10).await.unwrap(), out);
+    assert_eq!(
+        store.outbox_of("c1", out[0].id, 1).await.unwrap(),
+        vec![out[1].clone()]
+    );
+    assert!(store.outbox_of("c2", 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.outbox_conversations("", 10).await.unwrap(), ["c1"]);
+    assert!(store
+        .outbox_conversations("c1", 10)
+        .await
+        .unwrap()
+        .is_empty());
     // A processed key is still recognised.
     assert_eq!(
         store.accept(inbound("m1", "c1")).await.unwrap(),

@@ -38,6 +38,8 @@ pub(crate) struct Inbox {
     runner: Arc<Runner>,
     metrics: Arc<Metrics>,
     capacity: usize,
+    /// Most turns and replies one conversation may have waiting.
+    per_conversation: usize,
 }
 
 impl Inbox {
@@ -46,6 +48,7 @@ impl Inbox {
         runner: Arc<Runner>,
         metrics: Arc<Metrics>,
         capacity: usize,
+        per_conversation: usize,
     ) -> Inbox {
         Inbox {
             store,
@@ -53,12 +56,27 @@ impl Inbox {
             runner,
             metrics,
             capacity,
+            per_conversation,
         }
     }
 
+    /// How many turns and replies `conversation` has waiting here.
+    fn waiting(&self, conversation: &str) -> usize {
+        self.turns.queued(conversation) + self.runner.outbox.waiting(conversation)
+    }
+
     /// Records an event (once per key) and queues its turn. `Ok(false)`: a
-    /// duplicate, nothing to do.
+    /// duplicate, nothing to do. A customer's message to a conversation that
+    /// has its cap of turns and replies waiting is kept as a dead letter
+    /// instead (and counts as accepted): one customer's flood delays only
+    /// itself, and grows nothing.
     pub(crate) async fn accept(&self, ingested: Ingested) -> Result<bool, StoreError> {
+        if matches!(ingested.event, Event::Message(_)) {
+            let waiting = self.waiting(&ingested.conversation);
+            if waiting >= self.per_conversation {
+                return self.overflow(ingested, waiting).await;
+            }
+        }
         let accepted = self
             .store
             .accept(NewInbound {
@@ -83,6 +101,32 @@ impl Inbox {
                 Ok(false)
             }
         }
+    }
+
+    /// Keeps a message past its conversation's cap as a dead letter.
+    async fn overflow(&self, ingested: Ingested, waiting: usize) -> Result<bool, StoreError> {
+        let reason = format!(
+            "the conversation had {waiting} turns and replies waiting \
+             (runtime.max_pending_per_conversation = {})",
+            self.per_conversation
+        );
+        tracing::warn!(conversation = %ingested.conversation, %reason, "a message is set aside");
+        let letter = crate::store::DeadLetter {
+            id: 0,
+            received_at: crate::time::now(),
+            reason,
+            headers: serde_json::json!({
+                "kind": "overflow",
+                "conversation": ingested.conversation,
+                "key": ingested.key,
+            })
+            .to_string(),
+            body: payload::encode(&ingested.event),
+        };
+        self.store.add_dead_letter(letter).await?;
+        self.metrics.dead_letters.inc();
+        self.metrics.overflow.inc();
+        Ok(true)
     }
 
     /// Records and queues the inactivity timer of `conversation` due at `due`.

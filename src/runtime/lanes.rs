@@ -149,6 +149,11 @@ impl<W: Worker> Lanes<W> {
         self.lock().contains_key(key)
     }
 
+    /// How many items `key` has waiting (the one in progress not counted).
+    pub(crate) fn queued(&self, key: &str) -> usize {
+        self.lock().get(key).map_or(0, BTreeMap::len)
+    }
+
     /// Items queued or in progress.
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::SeqCst)

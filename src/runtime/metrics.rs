@@ -95,6 +95,9 @@ pub struct Metrics {
     /// Free-form messages not sent because WhatsApp's 24-hour window was
     /// closed (and no template took their place).
     pub withheld: Counter,
+    /// Messages set aside because their conversation had
+    /// `runtime.max_pending_per_conversation` turns and replies waiting.
+    pub overflow: Counter,
     /// Conversations given back to the bot, by what ended the handoff
     /// (`agent_left`, `checked`, `timeout`, `manual`).
     pub releases: Results,
@@ -130,6 +133,7 @@ pub(crate) struct MetricSet {
     dead_letters: Family<BotLabel, Counter>,
     handoff_failures: Family<BotLabel, Counter>,
     withheld: Family<BotLabel, Counter>,
+    overflow: Family<BotLabel, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -226,6 +230,7 @@ impl MetricSet {
             dead_letters: Family::default(),
             handoff_failures: Family::default(),
             withheld: Family::default(),
+            overflow: Family::default(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
         registry.register(
@@ -284,6 +289,11 @@ impl MetricSet {
             m.withheld.clone(),
         );
         registry.register(
+            "flowbot_conversation_overflow",
+            "Messages set aside as dead letters: their conversation had too many turns and replies waiting",
+            m.overflow.clone(),
+        );
+        registry.register(
             "flowbot_releases",
             "Handoffs ended, by what ended them",
             m.releases.clone(),
@@ -312,6 +322,7 @@ impl MetricSet {
             dead_letters: self.dead_letters.get_or_create(bot).clone(),
             handoff_failures: self.handoff_failures.get_or_create(bot).clone(),
             withheld: self.withheld.get_or_create(bot).clone(),
+            overflow: self.overflow.get_or_create(bot).clone(),
         }
     }
 

@@ -583,6 +583,7 @@ async fn launch(
         runner.clone(),
         metrics.clone(),
         config.runtime.queue_capacity,
+        config.runtime.max_pending_per_conversation.max(1),
     ));
     // What the sender learns (a refused handoff) becomes an event of its own.
     let feedback_task = {

@@ -12,11 +12,21 @@
 //!
 //! Only a bounded part of the outbox is held in memory ([`Outbox`]): at most
 //! `runtime.outbox_in_memory` replies in all and
-//! `runtime.outbox_in_memory_per_conversation` per conversation. Beyond, a new
-//! reply stays in the store only ("spilled"), and as the held ones are
-//! delivered the rest are read back from the store in commit order. So a long
-//! Qpien outage piles replies up on disk, not in memory, and a restart with a
-//! large outbox reads it a part at a time.
+//! `runtime.outbox_in_memory_per_conversation` per conversation. Beyond, a
+//! conversation's new replies stay in the store only ("spilled"), and as its
+//! held ones are delivered the rest are read back from the store in commit
+//! order. So a long Qpien outage piles replies up on disk, not in memory, and
+//! a restart with a large outbox reads it a part at a time.
+//!
+//! Spilling is per conversation, and fair: a conversation whose backlog fills
+//! its share spills alone, so the next conversation's reply is still held
+//! and sent at once; when memory as a whole is full, the conversations
+//! waiting in the store are read back in turn (the one that waited longest
+//! first, a share each), never one conversation's whole backlog before
+//! another's first reply. Sending is fair too: each conversation sends one
+//! reply at a time and the rate limiter serves them in arrival order, so a
+//! conversation with a thousand replies waiting has one in the limiter's
+//! queue, like any other.
 //!
 //! The client already retries transient failures (with backoff and the same
 //! `frontMsgId`); what still fails transiently, or fails on credentials or
@@ -25,7 +35,7 @@
 //! Qpien refuses for good (a bad input) is dropped with an error log, so that
 //! one bad message cannot block a conversation forever.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -66,6 +76,9 @@ pub(crate) struct Outbox {
     lanes: Arc<Lanes<Sender>>,
 }
 
+/// Conversations listed per read of the store at start.
+const LIST_PAGE: usize = 1_000;
+
 impl Outbox {
     pub(crate) fn new(lanes: Arc<Lanes<Sender>>) -> Arc<Outbox> {
         Arc::new(Outbox { lanes })
@@ -83,23 +96,28 @@ impl Outbox {
         }
     }
 
-    /// Whether `conversation` has replies held here.
+    /// Whether `conversation` has replies held here (or waiting in the
+    /// store to be read back).
     pub(crate) fn has(&self, conversation: &str) -> bool {
-        self.lanes.has(conversation)
-            || self
-                .held()
-                .lock()
-                .per_conversation
-                .contains_key(conversation)
+        self.lanes.has(conversation) || self.held().lock().convs.contains_key(conversation)
+    }
+
+    /// The replies of `conversation` not yet sent, as far as this process
+    /// knows: held, and left in the store since it started.
+    pub(crate) fn waiting(&self, conversation: &str) -> usize {
+        self.held()
+            .lock()
+            .convs
+            .get(conversation)
+            .map_or(0, |c| c.held + c.stored)
     }
 
     /// A conversation was just claimed (shared store): the replies an
-    /// instance that stopped left for it are held here like new ones (or
-    /// left in the store, to be read back, when memory holds its share).
+    /// instance that stopped left for it are read back from the store like
+    /// spilled ones, in order, before any new one of it is sent.
     pub(crate) async fn adopt(&self, conversation: &str) -> Result<(), StoreError> {
         let sender = self.lanes.worker();
-        let items = sender.store.outbox_of(conversation).await?;
-        if items.is_empty() {
+        if sender.store.outbox_of(conversation, 0, 1).await?.is_empty() {
             return Ok(());
         }
         // Its first reply may have reached Qpien before that instance stopped.
@@ -108,11 +126,7 @@ impl Outbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(conversation.to_owned());
-        for item in items {
-            if self.held().admit_old(&item) {
-                self.lanes.queue(item);
-            }
-        }
+        self.held().spill(conversation, 0);
         Ok(())
     }
 
@@ -132,38 +146,59 @@ impl Outbox {
         self.lanes.abort_all().await
     }
 
-    /// Starts from what the last run left: all of it is in the store.
+    /// Starts from what the last run left: all of it is in the store. Every
+    /// conversation with replies there waits to be read back; a reply
+    /// committed meanwhile waits behind its conversation's older ones.
     pub(crate) async fn resume(&self) -> Result<(), StoreError> {
-        self.held().spill_from(0);
-        let n = self.refill().await?;
-        if n > 0 {
-            tracing::info!(count = n, "resuming undelivered replies");
+        let held = self.held();
+        held.lock().resuming = true;
+        let listed = self.list_stored().await;
+        held.lock().resuming = false;
+        let listed = listed?;
+        if listed > 0 {
+            tracing::info!(conversations = listed, "resuming undelivered replies");
         }
-        Ok(())
+        self.refill().await.map(drop)
     }
 
-    /// Reads spilled replies back while memory has room; returns how many.
+    /// Marks every conversation with replies in the store as spilled;
+    /// returns how many.
+    async fn list_stored(&self) -> Result<usize, StoreError> {
+        let store = &self.lanes.worker().store;
+        let mut after = String::new();
+        let mut count = 0;
+        loop {
+            let page = store.outbox_conversations(&after, LIST_PAGE).await?;
+            for conversation in &page {
+                self.held().spill(conversation, 0);
+            }
+            count += page.len();
+            let full = page.len() == LIST_PAGE;
+            match page.into_iter().last() {
+                Some(last) if full => after = last,
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// Reads spilled replies back while memory has room, a conversation at
+    /// a time, in turn; returns how many.
     async fn refill(&self) -> Result<usize, StoreError> {
         let held = self.held();
+        let store = &self.lanes.worker().store;
         let mut total = 0;
-        while let Some((after, room)) = held.begin_read() {
-            let store = &self.lanes.worker().store;
-            let items = match store.outbox(after, room).await {
+        while let Some((conversation, after, room)) = held.begin_read() {
+            let items = match store.outbox_of(&conversation, after, room).await {
                 Ok(items) => items,
                 Err(e) => {
-                    held.abandon_read();
+                    held.abandon_read(&conversation);
                     return Err(e);
                 }
             };
-            let read = items.len();
-            let queue = held.end_read(after, room, items);
-            let progressed = !queue.is_empty();
+            let queue = held.end_read(&conversation, after, room, items);
             total += queue.len();
             for item in queue {
                 self.lanes.queue(item);
-            }
-            if read < room || !progressed {
-                break;
             }
         }
         Ok(total)
@@ -186,7 +221,7 @@ impl Outbox {
 }
 
 /// Which outbox items are held in memory, within the caps (see the module
-/// docs), and where to read the others back from.
+/// docs), and which conversations wait in the store to be read back.
 pub(crate) struct Held {
     state: Mutex<HeldState>,
     cap: usize,
@@ -196,18 +231,37 @@ pub(crate) struct Held {
 
 #[derive(Default)]
 struct HeldState {
+    /// The ids held in memory.
     ids: HashSet<u64>,
-    per_conversation: HashMap<String, usize>,
-    /// `Some(after)`: replies are being left in the store; the next read
-    /// starts after this id.
-    spill: Option<u64>,
-    /// While a read runs: ids finished meanwhile (the read may still see them),
-    /// and whether a reply was spilled meanwhile.
-    finished_during_read: Option<HashSet<u64>>,
+    /// Conversations with replies held, or waiting in the store.
+    convs: HashMap<String, ConvHeld>,
+    /// Conversations with replies in the store only, each once, the one that
+    /// has waited longest first (the one being read is not in it).
+    waiting: VecDeque<String>,
+    /// The conversation being read back now (one read at a time), the ids
+    /// finished meanwhile (the read may still see them), and whether one of
+    /// its replies was left in the store meanwhile.
+    reading: Option<String>,
+    finished_during_read: HashSet<u64>,
     spilled_during_read: bool,
+    /// At start, until every conversation in the store is listed: a new
+    /// reply waits behind its conversation's older ones there.
+    resuming: bool,
     /// The smallest id committed by this run: older ones are from before the
     /// start (ids grow with each commit).
     first_fresh: Option<u64>,
+}
+
+/// One conversation's part of the outbox.
+#[derive(Default)]
+struct ConvHeld {
+    /// Replies held in memory.
+    held: usize,
+    /// Replies left in the store since the start (to cap a conversation's
+    /// backlog; those from before the start are not counted).
+    stored: usize,
+    /// `Some(after)`: its replies after this id wait in the store.
+    spill: Option<u64>,
 }
 
 impl Held {
@@ -224,54 +278,61 @@ impl Held {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn has_room(&self, s: &HeldState, conversation: &str) -> bool {
-        s.ids.len() < self.cap
-            && s.per_conversation.get(conversation).copied().unwrap_or(0) < self.per_conversation
-    }
-
-    fn hold(s: &mut HeldState, item: &OutboxItem) {
-        s.ids.insert(item.id);
-        *s.per_conversation
-            .entry(item.conversation.clone())
-            .or_default() += 1;
-    }
-
-    /// Whether a just-committed item goes to memory (else it stays in the store).
+    /// Whether a just-committed item goes to memory (else it stays in the
+    /// store, read back in its conversation's turn).
     fn admit(&self, item: &OutboxItem) -> bool {
-        {
-            let mut s = self.lock();
-            s.first_fresh = Some(s.first_fresh.map_or(item.id, |f| f.min(item.id)));
-        }
-        self.admit_old(item)
-    }
-
-    /// Whether an item found in the store goes to memory (else it stays there
-    /// and is read back later).
-    fn admit_old(&self, item: &OutboxItem) -> bool {
         let mut s = self.lock();
+        s.first_fresh = Some(s.first_fresh.map_or(item.id, |f| f.min(item.id)));
         if s.ids.contains(&item.id) {
             return false;
         }
-        if s.spill.is_none() && self.has_room(&s, &item.conversation) {
-            Self::hold(&mut s, item);
+        let full = s.ids.len() >= self.cap;
+        let resuming = s.resuming;
+        let reading_it = s.reading.as_deref() == Some(item.conversation.as_str());
+        let conv = s.convs.entry(item.conversation.clone()).or_default();
+        if conv.spill.is_none() && !resuming && !full && conv.held < self.per_conversation {
+            conv.held += 1;
+            s.ids.insert(item.id);
             return true;
         }
-        if s.spill.is_none() {
-            tracing::info!(
-                "the outbox holds its share in memory; further replies wait in the store"
+        conv.stored += 1;
+        if conv.spill.is_none() {
+            // Everything before this reply is held or sent.
+            conv.spill = Some(if resuming {
+                0
+            } else {
+                item.id.saturating_sub(1)
+            });
+            tracing::debug!(
+                conversation = %item.conversation,
+                "a conversation's replies wait in the store"
             );
-        }
-        let after = item.id.saturating_sub(1);
-        s.spill = Some(s.spill.map_or(after, |a| a.min(after)));
-        if s.finished_during_read.is_some() {
+            s.waiting.push_back(item.conversation.clone());
+        } else if reading_it {
             s.spilled_during_read = true;
         }
         false
     }
 
-    fn spill_from(&self, after: u64) {
+    /// Marks `conversation`'s replies after `after` as waiting in the store.
+    fn spill(&self, conversation: &str, after: u64) {
         let mut s = self.lock();
-        s.spill = Some(s.spill.map_or(after, |a| a.min(after)));
+        let reading_it = s.reading.as_deref() == Some(conversation);
+        let conv = s.convs.entry(conversation.to_owned()).or_default();
+        match conv.spill {
+            Some(a) => {
+                conv.spill = Some(a.min(after));
+                if reading_it {
+                    s.spilled_during_read = true;
+                }
+            }
+            None => {
+                conv.spill = Some(after);
+                s.waiting.push_back(conversation.to_owned());
+            }
+        }
+        drop(s);
+        self.wake.notify_one();
     }
 
     /// Whether `id` is from before the start (a reconciliation candidate).
@@ -283,67 +344,102 @@ impl Held {
     fn finished(&self, item: &OutboxItem) {
         let mut s = self.lock();
         s.ids.remove(&item.id);
-        if let Some(n) = s.per_conversation.get_mut(&item.conversation) {
-            *n -= 1;
-            if *n == 0 {
-                s.per_conversation.remove(&item.conversation);
+        if let Some(c) = s.convs.get_mut(&item.conversation) {
+            c.held = c.held.saturating_sub(1);
+            if c.held == 0 && c.spill.is_none() {
+                s.convs.remove(&item.conversation);
             }
         }
-        if let Some(f) = s.finished_during_read.as_mut() {
-            f.insert(item.id);
+        if s.reading.is_some() {
+            s.finished_during_read.insert(item.id);
         }
-        let refill = s.spill.is_some();
+        let refill = !s.waiting.is_empty();
         drop(s);
         if refill {
             self.wake.notify_one();
         }
     }
 
-    /// Where a read of spilled items starts and how many fit, if one is due.
-    fn begin_read(&self) -> Option<(u64, usize)> {
+    /// The next conversation to read back, where its read starts and how
+    /// many fit: the one that waited longest among those with room.
+    fn begin_read(&self) -> Option<(String, u64, usize)> {
         let mut s = self.lock();
-        let after = s.spill?;
-        let room = self.cap.saturating_sub(s.ids.len());
-        if room == 0 || s.finished_during_read.is_some() {
+        if s.reading.is_some() {
             return None;
         }
-        s.finished_during_read = Some(HashSet::new());
-        s.spilled_during_read = false;
-        Some((after, room))
+        let room = self.cap.saturating_sub(s.ids.len());
+        if room == 0 {
+            return None;
+        }
+        for _ in 0..s.waiting.len() {
+            let conversation = s.waiting.pop_front()?;
+            let (held, after) = match s.convs.get(&conversation) {
+                Some(c) => (c.held, c.spill),
+                None => (0, None),
+            };
+            let Some(after) = after else { continue };
+            let share = self.per_conversation.saturating_sub(held);
+            if share == 0 {
+                // Its share is held: it keeps its place for later.
+                s.waiting.push_back(conversation);
+                continue;
+            }
+            s.reading = Some(conversation.clone());
+            s.finished_during_read.clear();
+            s.spilled_during_read = false;
+            return Some((conversation, after, room.min(share)));
+        }
+        None
     }
 
-    fn abandon_read(&self) {
-        self.lock().finished_during_read = None;
-    }
-
-    /// Takes what a read found: the items to queue (in order), holding them;
-    /// moves the read point; ends spilling once the store has nothing more.
-    fn end_read(&self, after: u64, room: usize, items: Vec<OutboxItem>) -> Vec<OutboxItem> {
+    fn abandon_read(&self, conversation: &str) {
         let mut s = self.lock();
-        let finished = s.finished_during_read.take().unwrap_or_default();
+        s.reading = None;
+        s.waiting.push_front(conversation.to_owned());
+    }
+
+    /// Takes what a read of `conversation` found: the items to queue (in
+    /// order), holding them; moves its read point, and ends its spill once
+    /// the store has nothing more of it (else it goes to the back of the
+    /// line, behind the conversations that waited longer).
+    fn end_read(
+        &self,
+        conversation: &str,
+        after: u64,
+        room: usize,
+        items: Vec<OutboxItem>,
+    ) -> Vec<OutboxItem> {
+        let mut s = self.lock();
+        s.reading = None;
+        let finished = std::mem::take(&mut s.finished_during_read);
+        let spilled_meanwhile = s.spilled_during_read;
         let complete = items.len() < room;
         let mut cursor = after;
-        let mut stopped = false;
         let mut queue = Vec::new();
         for item in items {
             if s.ids.contains(&item.id) || finished.contains(&item.id) {
                 cursor = item.id;
                 continue;
             }
-            if !self.has_room(&s, &item.conversation) {
-                stopped = true;
-                break;
-            }
-            Self::hold(&mut s, &item);
+            s.ids.insert(item.id);
             cursor = item.id;
             queue.push(item);
         }
-        // A reply spilled during the read may be older than the read point.
-        let current = s.spill.unwrap_or(after);
-        s.spill = Some(if current < after { current } else { cursor });
-        if complete && !stopped && !s.spilled_during_read && current >= after {
-            s.spill = None;
-            tracing::info!("the outbox is back in memory");
+        let conv = s.convs.entry(conversation.to_owned()).or_default();
+        conv.held += queue.len();
+        conv.stored = conv.stored.saturating_sub(queue.len());
+        // A spill marked meanwhile may start before the read point.
+        let current = conv.spill.unwrap_or(after);
+        let lowered = current < after;
+        if complete && !spilled_meanwhile && !lowered {
+            conv.spill = None;
+            conv.stored = 0;
+            if conv.held == 0 {
+                s.convs.remove(conversation);
+            }
+        } else {
+            conv.spill = Some(if lowered { current } else { cursor });
+            s.waiting.push_back(conversation.to_owned());
         }
         queue
     }
@@ -566,5 +662,49 @@ impl Sender {
             Some(OutboxAction::Handoff) => self.client.handoff(&item.conversation).await,
             Some(OutboxAction::Release) => self.client.release(&item.conversation).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: u64, conversation: &str) -> OutboxItem {
+        OutboxItem {
+            id,
+            conversation: conversation.into(),
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_backlog_spills_alone_and_conversations_are_read_back_in_turn() {
+        let held = Held::new(4, 2);
+        // `a` fills its share: its third reply waits in the store...
+        assert!(held.admit(&item(1, "a")));
+        assert!(held.admit(&item(2, "a")));
+        assert!(!held.admit(&item(3, "a")));
+        // ...and so do its later ones, behind it, while `b` is held.
+        assert!(!held.admit(&item(4, "a")));
+        assert!(held.admit(&item(5, "b")));
+        assert!(held.admit(&item(6, "b")));
+        // Memory is full: `c` waits too, behind `a`.
+        assert!(!held.admit(&item(7, "c")));
+        assert_eq!(held.begin_read(), None, "no room");
+        held.finished(&item(1, "a"));
+        held.finished(&item(5, "b"));
+        // `a` waited longest: its next one is read (one, its share's room).
+        let (conv, after, room) = held.begin_read().unwrap();
+        assert_eq!((conv.as_str(), after, room), ("a", 2, 1));
+        let queued = held.end_read("a", after, room, vec![item(3, "a")]);
+        assert_eq!(queued, vec![item(3, "a")]);
+        // Then `c`, although `a` still has one in the store.
+        let (conv, after, room) = held.begin_read().unwrap();
+        assert_eq!((conv.as_str(), after, room), ("c", 6, 1));
+        assert_eq!(held.end_read("c", after, room, vec![item(7, "c")]).len(), 1);
+        // `c`'s read was not complete (as many as asked): it is read again
+        // later, after `a`; nothing more fits now.
+        assert_eq!(held.begin_read(), None);
+        assert_eq!(held.lock().waiting, ["a", "c"]);
     }
 }

@@ -138,6 +138,37 @@ impl StateStore for MemoryStore {
             .collect())
     }
 
+    async fn outbox_of(
+        &self,
+        conversation: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(self
+            .inner()
+            .outbox
+            .range(after.saturating_add(1)..)
+            .filter(|(_, i)| i.conversation == conversation)
+            .take(limit)
+            .map(|(_, i)| i.clone())
+            .collect())
+    }
+
+    async fn outbox_conversations(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let inner = self.inner();
+        let all: std::collections::BTreeSet<&str> = inner
+            .outbox
+            .values()
+            .map(|i| i.conversation.as_str())
+            .filter(|c| *c > after)
+            .collect();
+        Ok(all.into_iter().take(limit).map(str::to_owned).collect())
+    }
+
     async fn delivered(&self, id: u64) -> Result<(), StoreError> {
         self.inner().outbox.remove(&id);
         Ok(())

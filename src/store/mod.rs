@@ -188,6 +188,24 @@ pub trait StateStore: Send + Sync + 'static {
     /// most `limit` (the runtime holds only a bounded part of the outbox in
     /// memory and reads the rest as it drains).
     async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// A conversation's undelivered outbox items with an id above `after`,
+    /// oldest first, at most `limit` (the runtime reads each conversation's
+    /// replies back on its own, so that one conversation's backlog delays no
+    /// other).
+    async fn outbox_of(
+        &self,
+        conversation: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// The conversations with undelivered outbox items (in a shared store,
+    /// the claimed ones), in conversation order after `after` (`""`: from the
+    /// first), at most `limit`.
+    async fn outbox_conversations(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
     /// Marks an outbox item delivered (or given up on).
     async fn delivered(&self, id: u64) -> Result<(), StoreError>;
     /// Conversations whose inactivity timer is due at `now`, with the due time.
@@ -254,10 +272,7 @@ pub trait StateStore: Send + Sync + 'static {
     async fn pending_of(&self, _conversation: &str) -> Result<Vec<InboxItem>, StoreError> {
         Ok(Vec::new())
     }
-    /// A conversation's undelivered outbox items, oldest first.
-    async fn outbox_of(&self, _conversation: &str) -> Result<Vec<OutboxItem>, StoreError> {
-        Ok(Vec::new())
-    }
+
     /// Wakes the process that holds `conversation`: it has new work.
     async fn notify(&self, _conversation: &str) -> Result<(), StoreError> {
         Ok(())

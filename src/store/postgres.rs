@@ -941,16 +941,50 @@ impl StateStore for PostgresStore {
         Ok(())
     }
 
-    async fn outbox_of(&self, conversation: &str) -> Result<Vec<OutboxItem>, StoreError> {
+    async fn outbox_of(
+        &self,
+        conversation: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                &client.prepare_cached("SELECT id, conversation, payload FROM outbox WHERE conversation = $1 ORDER BY id").await.map_err(pg)?,
-                &[&conversation],
+                &client
+                    .prepare_cached(
+                        "SELECT id, conversation, payload FROM outbox
+                         WHERE conversation = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&conversation, &id(after), &limit(max)],
             )
             .await
             .map_err(pg)?;
         Ok(rows.iter().map(outbox_item).collect())
+    }
+
+    async fn outbox_conversations(
+        &self,
+        after: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT DISTINCT o.conversation FROM outbox o
+                         JOIN claims c ON c.conversation = o.conversation AND c.owner = $3
+                         WHERE o.conversation > $1 ORDER BY o.conversation LIMIT $2",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&after, &limit(max), &self.owner],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn notify(&self, conversation: &str) -> Result<(), StoreError> {

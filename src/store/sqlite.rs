@@ -63,7 +63,8 @@ fn migrations() -> Migrations<'static> {
             key TEXT NOT NULL,
             at INTEGER NOT NULL
         );
-        CREATE INDEX budget_calls_key ON budget_calls(key, at);",
+        CREATE INDEX budget_calls_key ON budget_calls(key, at);
+        CREATE INDEX outbox_conversation ON outbox(conversation, id);",
         ),
     ])
 }
@@ -79,6 +80,8 @@ enum Op {
     Sessions(String, usize),
     Commit(TurnCommit),
     Outbox(u64, usize),
+    OutboxOf(String, u64, usize),
+    OutboxConversations(String, usize),
     Delivered(u64),
     DueTimers(Millis, usize),
     Cursor(String),
@@ -106,6 +109,7 @@ enum Reply {
     Outbox(Vec<OutboxItem>),
     Due(Vec<(String, Millis)>),
     Cursor(Option<String>),
+    Names(Vec<String>),
     Ids(Vec<u64>),
     Dead(Vec<DeadLetter>),
     Flag(bool),
@@ -497,6 +501,29 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             })?;
             Reply::Outbox(rows.collect::<Result<_, _>>()?)
         }
+        Op::OutboxOf(conversation, after, limit) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, conversation, payload FROM outbox WHERE conversation = ?1 AND id > ?2
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![conversation, after, limit as i64], |r| {
+                Ok(OutboxItem {
+                    id: r.get::<_, i64>(0)? as u64,
+                    conversation: r.get(1)?,
+                    payload: r.get(2)?,
+                })
+            })?;
+            Reply::Outbox(rows.collect::<Result<_, _>>()?)
+        }
+        Op::OutboxConversations(after, limit) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT DISTINCT conversation FROM outbox WHERE conversation > ?1
+                 ORDER BY conversation LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| r.get(0))?;
+            Reply::Names(rows.collect::<Result<_, _>>()?)
+        }
         Op::Delivered(id) => {
             tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
                 .execute(params![id as i64])?;
@@ -665,6 +692,35 @@ impl StateStore for SqliteStore {
     async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         match self.run(Op::Outbox(after, limit)).await? {
             Reply::Outbox(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn outbox_of(
+        &self,
+        conversation: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        match self
+            .run(Op::OutboxOf(conversation.to_owned(), after, limit))
+            .await?
+        {
+            Reply::Outbox(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn outbox_conversations(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        match self
+            .run(Op::OutboxConversations(after.to_owned(), limit))
+            .await?
+        {
+            Reply::Names(v) => Ok(v),
             _ => Err(unexpected()),
         }
     }
