@@ -325,15 +325,7 @@ async fn a_hostile_reload_is_refused_and_the_running_flow_kept() {
         h.replies("c1").len() == 2
     })
     .await;
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     h.stop().await;
     assert_eq!(h.replies("c1"), ["Echo: hello", "Echo: still here"]);
     assert!(
@@ -363,15 +355,7 @@ async fn empty_and_oversized_ids_become_dead_letters() {
         h.replies("c2").len() == 1
     })
     .await;
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     h.stop().await;
     assert!(
         metrics.contains("flowbot_dead_letters_total 5"),
@@ -417,15 +401,7 @@ async fn readiness_says_why_qpien_or_the_store_fails() {
         .unwrap()
         .to_lowercase()
         .contains("connection refused"));
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("flowbot_qpien_calls_total{result=\"failed\"} 1"),
         "{metrics}"
@@ -671,15 +647,7 @@ async fn a_turn_that_panics_every_time_is_set_aside_and_the_conversation_goes_on
         h.replies("c1").len() == 1
     })
     .await;
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     h.stop().await;
     assert_eq!(h.replies("c1"), ["Echo: hello"]);
     assert!(
@@ -918,15 +886,7 @@ async fn a_template_out_of_fuel_is_logged_counted_and_answered_politely() {
     .await;
     let r = h.http.get(h.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     h.stop().await;
     assert_eq!(
         h.replies("c1"),

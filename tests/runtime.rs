@@ -159,6 +159,12 @@ impl Harness {
         .await
     }
 
+    /// The bot's `/metrics` page.
+    pub(crate) async fn metrics(&self) -> String {
+        let page = self.http.get(self.url("/metrics")).send().await.unwrap();
+        page.text().await.unwrap()
+    }
+
     /// The texts created in `conversation`, in order.
     pub(crate) fn replies(&self, conversation: &str) -> Vec<String> {
         replies(&self.qpien, conversation)
@@ -289,15 +295,7 @@ async fn signed_deliveries_are_accepted_or_kept_as_dead_letters() {
         h.replies("c1") == ["Echo: hi"]
     })
     .await;
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("flowbot_dead_letters_total 4"),
         "{metrics}"
@@ -1258,15 +1256,7 @@ async fn a_flood_in_one_conversation_delays_no_other() {
         slowest <= Duration::from_secs(2),
         "an answer took {slowest:?}"
     );
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     let overflow: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("flowbot_conversation_overflow_total "))
