@@ -502,6 +502,12 @@ impl Config {
         if let Some(path) = config.store.url_file.clone() {
             config.store.url = read("store.url", &path)?;
         }
+        if let Some(problem) = webhook_path_problem(&config.server.webhook_path, None) {
+            return Err(ConfigError::Invalid(format!(
+                "server.webhook_path: `{}` {problem}",
+                crate::text::shorten(&config.server.webhook_path, 100)
+            )));
+        }
         config.bots = Config::bots(&figment, &config, file.is_some())?;
         for bot in &mut config.bots {
             let name = &bot.name;
@@ -633,11 +639,9 @@ impl Config {
                 )));
             }
             let path = bot.webhook_path();
-            if !path.starts_with('/')
-                || ["/healthz", "/readyz", "/metrics"].contains(&path.as_str())
-            {
+            if let Some(problem) = webhook_path_problem(&path, Some(&bot.name)) {
                 return Err(ConfigError::Invalid(format!(
-                    "{at}.webhook_path: `{path}` must start with `/` and not be a probe's path"
+                    "{at}.webhook_path: `{path}` {problem}"
                 )));
             }
             let ns = bot.store_namespace();
@@ -648,7 +652,9 @@ impl Config {
             }
             for other in &bots {
                 let other: &BotConfig = other;
-                let clash = if other.name == bot.name {
+                let clash = if other.name == bot.name
+                    || bot_env_prefix(&other.name) == bot_env_prefix(&bot.name)
+                {
                     Some("name")
                 } else if other.webhook_path() == path {
                     Some("webhook_path")
@@ -658,8 +664,16 @@ impl Config {
                     None
                 };
                 if let Some(key) = clash {
+                    let why = if key == "name" && other.name != bot.name {
+                        format!(
+                            " (both read {}*: `-` and `_` are the same in a variable's name)",
+                            bot_env_prefix(&bot.name)
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(ConfigError::Invalid(format!(
-                        "{at}.{key}: the same as bots[{}]'s; each bot needs its own",
+                        "{at}.{key}: the same as bots[{}]'s{why}; each bot needs its own",
                         other.name
                     )));
                 }
@@ -668,6 +682,50 @@ impl Config {
         }
         Ok(bots)
     }
+}
+
+/// The first path segments the server's own endpoints use.
+const RESERVED_SEGMENTS: &[&str] = &[
+    "healthz", "readyz", "metrics", "api", "admin", "debug", "bots",
+];
+
+/// What is wrong with a webhook path, if anything: it must be a plain path
+/// (`/` then segments of letters, digits, `-`, `.`, `_`, `~`; no route
+/// syntax, no empty or dot segments), at most 256 characters, and clear of
+/// the server's own endpoints. A bot (`own`) may take its default,
+/// `/bots/<name>/webhook`.
+pub(crate) fn webhook_path_problem(path: &str, own: Option<&str>) -> Option<String> {
+    if !path.starts_with('/') || path.len() < 2 {
+        return Some("must start with `/` and name a path (such as `/webhook`)".into());
+    }
+    if path.len() > 256 {
+        return Some("is longer than 256 characters".into());
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~/".contains(*c)))
+    {
+        return Some(format!(
+            "has `{}`: a webhook path is letters, digits, `-`, `.`, `_`, `~` and `/` (no route \
+             syntax such as `{{id}}` or `*`)",
+            c.escape_default()
+        ));
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        return Some("has an empty, `.` or `..` segment".into());
+    }
+    let default = own.map(|name| format!("/bots/{name}/webhook"));
+    if RESERVED_SEGMENTS.contains(&segments[0]) && default.as_deref() != Some(path) {
+        return Some(format!(
+            "is under `/{}`, which the server's own endpoints use",
+            segments[0]
+        ));
+    }
+    None
 }
 
 /// The prefix of a bot's own environment variables: `FLOWBOT_BOTS__SHOP_2__`

@@ -78,7 +78,7 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
             name: name.into(),
             flow: dir.join(format!("{name}.yaml")),
             qpien,
-            webhook_secret: Secret::new(format!("secret-of-{name}")),
+            webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
             ..BotConfig::default()
         }
     };
@@ -100,7 +100,7 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
         post(
             &http,
             &hook_quick,
-            "secret-of-slow",
+            "webhook-secret-of-slow",
             &message("x", "q0", "hi")
         )
         .await,
@@ -111,7 +111,7 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
         post(
             &http,
             &url("/webhook"),
-            "secret-of-quick",
+            "webhook-secret-of-quick",
             &message("x", "q0", "hi")
         )
         .await,
@@ -123,7 +123,7 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
         post(
             &http,
             &hook_slow,
-            "secret-of-slow",
+            "webhook-secret-of-slow",
             &message("s1", "s-stuck", "wait")
         )
         .await,
@@ -131,7 +131,10 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
     );
     for i in 0..3 {
         let m = message(&format!("s-{i}"), &format!("s-conv-{i}"), "ping");
-        assert_eq!(post(&http, &hook_slow, "secret-of-slow", &m).await, 200);
+        assert_eq!(
+            post(&http, &hook_slow, "webhook-secret-of-slow", &m).await,
+            200
+        );
     }
     // Its flow breaks; the reload is refused (and logged), the old flow kept.
     std::fs::write(dir.join("slow.yaml"), "version: 1\nstates: [not, a, map\n").unwrap();
@@ -143,7 +146,10 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
             &format!("q-conv-{i}"),
             &format!("hello {i}"),
         );
-        assert_eq!(post(&http, &hook_quick, "secret-of-quick", &m).await, 200);
+        assert_eq!(
+            post(&http, &hook_quick, "webhook-secret-of-quick", &m).await,
+            200
+        );
     }
     wait_until("quick's 20 replies", Duration::from_secs(10), || {
         (0..20).all(|i| replies(&sim_quick, &format!("q-conv-{i}")) == [format!("Echo: hello {i}")])
@@ -176,7 +182,10 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
         text = metrics().await;
     }
     let m = message("q-after", "q-conv-0", "again");
-    assert_eq!(post(&http, &hook_quick, "secret-of-quick", &m).await, 200);
+    assert_eq!(
+        post(&http, &hook_quick, "webhook-secret-of-quick", &m).await,
+        200
+    );
     wait_until(
         "quick's reply on its new flow",
         Duration::from_secs(10),

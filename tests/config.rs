@@ -85,11 +85,81 @@ fn a_valid_configuration_checks_out() {
             ("FLOWBOT_FLOW", "flows/order_form.yaml"),
             ("FLOWBOT_QPIEN__CLIENT_ID", "i"),
             ("FLOWBOT_QPIEN__CLIENT_SECRET", "s"),
-            ("FLOWBOT_SERVER__WEBHOOK_SECRET", "w"),
+            (
+                "FLOWBOT_SERVER__WEBHOOK_SECRET",
+                "webhook-secret-long-enough",
+            ),
         ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("flows/order_form.yaml"), "{out}");
+}
+
+/// A webhook secret too short to resist guessing is refused, by `run
+/// --check` as by `run`, and so is a webhook path the server cannot route
+/// (or that would shadow another endpoint), and a schema `run` would refuse.
+#[test]
+fn weak_secrets_bad_paths_and_schemas_are_refused_before_the_start() {
+    let base = [
+        ("FLOWBOT_FLOW", "flows/order_form.yaml"),
+        ("FLOWBOT_QPIEN__CLIENT_ID", "i"),
+        ("FLOWBOT_QPIEN__CLIENT_SECRET", "s"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut env = base.to_vec();
+        env.extend_from_slice(extra);
+        env
+    };
+    let (code, _, err) = flowbot(
+        &["run", "--check"],
+        &with(&[("FLOWBOT_SERVER__WEBHOOK_SECRET", "w")]),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("server.webhook_secret is shorter than 16"),
+        "{err}"
+    );
+    for path in [
+        "webhook",
+        "",
+        "/h/{",
+        "/{id}",
+        "/api/start",
+        "/admin/x",
+        "/healthz",
+        "/a//b",
+        "/a b",
+    ] {
+        let (code, _, err) = flowbot(
+            &["run", "--check"],
+            &with(&[
+                (
+                    "FLOWBOT_SERVER__WEBHOOK_SECRET",
+                    "webhook-secret-long-enough",
+                ),
+                ("FLOWBOT_SERVER__WEBHOOK_PATH", path),
+            ]),
+        );
+        assert_eq!(code, 2, "{path:?}: {err}");
+        assert!(err.contains("server.webhook_path"), "{path:?}: {err}");
+    }
+    let (code, _, err) = flowbot(
+        &["run", "--check"],
+        &with(&[
+            (
+                "FLOWBOT_SERVER__WEBHOOK_SECRET",
+                "webhook-secret-long-enough",
+            ),
+            ("FLOWBOT_STORE__BACKEND", "postgres"),
+            ("FLOWBOT_STORE__URL", "postgres://x@127.0.0.1:9/x"),
+            (
+                "FLOWBOT_STORE__SCHEMA",
+                "a_schema_name_of_more_than_sixty_three_characters_is_refused_by_it",
+            ),
+        ]),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("store.schema"), "{err}");
 }
 
 #[test]
@@ -111,7 +181,10 @@ fn the_check_refuses_what_run_would_refuse_without_showing_secrets() {
         &["run", "--check"],
         &[
             ("FLOWBOT_FLOW", "flows/order_form.yaml"),
-            ("FLOWBOT_SERVER__WEBHOOK_SECRET", "w"),
+            (
+                "FLOWBOT_SERVER__WEBHOOK_SECRET",
+                "webhook-secret-long-enough",
+            ),
         ],
     );
     assert_eq!(code, 2, "{err}");
@@ -168,10 +241,16 @@ fn several_bots_check_out_with_their_own_secrets() {
     let secrets = [
         ("FLOWBOT_BOTS__ACME__QPIEN__CLIENT_ID", "a"),
         ("FLOWBOT_BOTS__ACME__QPIEN__CLIENT_SECRET", "b"),
-        ("FLOWBOT_BOTS__ACME__WEBHOOK_SECRET", "c"),
+        (
+            "FLOWBOT_BOTS__ACME__WEBHOOK_SECRET",
+            "webhook-secret-of-acme",
+        ),
         ("FLOWBOT_BOTS__SHOP_2__QPIEN__CLIENT_ID", "d"),
         ("FLOWBOT_BOTS__SHOP_2__QPIEN__CLIENT_SECRET", "e"),
-        ("FLOWBOT_BOTS__SHOP_2__WEBHOOK_SECRET", "f"),
+        (
+            "FLOWBOT_BOTS__SHOP_2__WEBHOOK_SECRET",
+            "webhook-secret-of-shop-2",
+        ),
     ];
     let (code, out, err) = flowbot(&["run", "--config", &path, "--check"], &secrets);
     assert_eq!(code, 0, "{err}");
@@ -241,7 +320,10 @@ fn logs_to_a_file_or_a_pipe_have_no_colour_codes() {
         )
         .env("FLOWBOT_STORE__BACKEND", "memory")
         .env("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0")
-        .env("FLOWBOT_SERVER__WEBHOOK_SECRET", "w")
+        .env(
+            "FLOWBOT_SERVER__WEBHOOK_SECRET",
+            "webhook-secret-long-enough",
+        )
         .env("FLOWBOT_QPIEN__CLIENT_ID", "i")
         .env("FLOWBOT_QPIEN__CLIENT_SECRET", "s")
         .env("FLOWBOT_QPIEN__ENDPOINT", "http://127.0.0.1:9/graphql")
@@ -260,14 +342,20 @@ fn logs_to_a_file_or_a_pipe_have_no_colour_codes() {
     assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
 }
 
-/// `flowbot demo` runs from any folder: its flow is built in.
+/// `flowbot demo` runs from any folder: its flow is built in. What it writes
+/// (the flow, the store) is in a private folder of its own (0700, a random
+/// name, never a guessable path a link could be planted at), removed when it
+/// stops.
 #[test]
 fn the_demo_runs_from_any_folder() {
     use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
     let dir = crate::runtime::temp_dir("demo-anywhere");
+    let tmp = crate::runtime::temp_dir("demo-tmp");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
         .args(["demo", "--listen", "127.0.0.1:0"])
         .current_dir(&dir)
+        .env("TMPDIR", &tmp)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -282,11 +370,68 @@ fn the_demo_runs_from_any_folder() {
         }
         line.clear();
     }
-    let _ = child.kill();
+    // (name, mode, whether it is a folder holding the flow), while it runs.
+    let written: Vec<(String, u32, bool)> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(Result::unwrap)
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                meta.permissions().mode() & 0o777,
+                meta.is_dir() && e.path().join("support.yaml").is_file(),
+            )
+        })
+        .collect();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     assert!(
         out.contains("the support example (built in) answered by")
             && out.contains("open the playground"),
         "{out}"
     );
+    assert!(
+        !written.is_empty()
+            && written.iter().all(|(name, mode, _)| {
+                *mode == 0o700
+                    && name.starts_with("flowbot-demo-")
+                    && name.len() > "flowbot-demo-".len() + 4
+            })
+            && written.iter().any(|(_, _, flow)| *flow),
+        "only private folders, one with the flow: {written:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "removed at the stop"
+    );
+}
+
+/// Two bots whose names read the same environment variables (`a-b` and
+/// `a_b` both read `FLOWBOT_BOTS__A_B__*`: one secret would serve both) are
+/// refused, and so is a bot's webhook path the server cannot route.
+#[test]
+fn bots_that_would_share_variables_or_bad_paths_are_refused() {
+    let flow = format!("{}/flows/order_form.yaml", env!("CARGO_MANIFEST_DIR"));
+    let path = file(
+        "bots-prefix",
+        &format!(
+            "[[bots]]\nname = \"a-b\"\nflow = \"{flow}\"\n\n[[bots]]\nname = \"a_b\"\nflow = \"{flow}\"\n"
+        ),
+    );
+    let (code, _, err) = flowbot(&["run", "--config", &path, "--check"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bots[a_b].name") && err.contains("FLOWBOT_BOTS__A_B__"),
+        "{err}"
+    );
+    let path = file(
+        "bots-path",
+        &format!("[[bots]]\nname = \"acme\"\nflow = \"{flow}\"\nwebhook_path = \"/bots/other/webhook\"\n"),
+    );
+    let (code, _, err) = flowbot(&["run", "--config", &path, "--check"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bots[acme].webhook_path"), "{err}");
 }

@@ -897,3 +897,59 @@ async fn a_template_out_of_fuel_is_logged_counted_and_answered_politely() {
         "{metrics}"
     );
 }
+
+/// Conversation ids are one path segment whatever they hold: `flowbot release`
+/// encodes them (an id naming another endpoint reaches only the release), and
+/// the release endpoint applies the rule deliveries do (1 to 256 characters,
+/// not blank, no control characters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_ids_are_encoded_and_checked() {
+    use crate::runtime::{Harness, ECHO};
+    use flowbot::internals::qpien::Secret;
+    const ADMIN: &str = "admin-token-of-the-hostile-tests";
+    let h = Harness::start("hostile-release", ECHO, |c| {
+        c.server.admin_token = Secret::new(ADMIN);
+    })
+    .await;
+    for id in ["../dead-letters/1004/retry?x=", "a/b#c", "ünïcode %41"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+            .args(["release", id, "--url", &h.url("")])
+            .env("FLOWBOT_SERVER__ADMIN_TOKEN", ADMIN)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{id}: {out:?}");
+    }
+    let conn = rusqlite::Connection::open(h.dir.join("flowbot.db")).unwrap();
+    let mut released: Vec<String> = conn
+        .prepare("SELECT conversation FROM inbox WHERE key LIKE 'release:%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    released.sort();
+    assert_eq!(
+        released,
+        ["../dead-letters/1004/retry?x=", "a/b#c", "ünïcode %41"],
+        "each id reached the release as it is"
+    );
+    let long = "x".repeat(60_000);
+    for bad in [long.as_str(), "%20%20", "a%00b"] {
+        let r = h
+            .http
+            .post(h.url(&format!("/admin/conversations/{bad}/release")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{}", &bad[..bad.len().min(20)]);
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .args(["release", "   ", "--url", &h.url("")])
+        .env("FLOWBOT_SERVER__ADMIN_TOKEN", ADMIN)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::qpien::start_sim;
 use flowbot::internals::sim::RunningSim;
 
-pub(crate) const SECRET: &str = "webhook-secret";
+pub(crate) const SECRET: &str = "webhook-secret-of-the-tests";
 
 pub(crate) const ECHO: &str = r#"
 version: 1

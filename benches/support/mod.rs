@@ -91,7 +91,7 @@ pub(crate) fn script(conversation: &str, n: usize) -> Vec<Value> {
 }
 
 /// The webhook secret every bench's bot is configured with.
-pub(crate) const SECRET: &str = "bench-secret";
+pub(crate) const SECRET: &str = "bench-webhook-secret";
 
 /// The bot the end-to-end benches run: the support flow, its store under
 /// `dir`, replies to `qpien` (the stand-in, unlimited: the bot's own budget

@@ -178,11 +178,18 @@ pub(super) async fn release(target: &Target, conversation: &str) -> u8 {
             return 2;
         }
     };
+    if !crate::qpien::ingest::usable(conversation) {
+        eprintln!(
+            "error: the conversation must be {}",
+            crate::qpien::ingest::ID_RULE
+        );
+        return 2;
+    }
+    // Any character may be in an id: it is one path segment, encoded.
+    let segment =
+        percent_encoding::utf8_percent_encode(conversation, percent_encoding::NON_ALPHANUMERIC);
     match admin
-        .call(
-            true,
-            &format!("/admin/conversations/{conversation}/release"),
-        )
+        .call(true, &format!("/admin/conversations/{segment}/release"))
         .await
     {
         Ok(_) => {

@@ -2,7 +2,7 @@
 //! wired to a bot, with the web playground.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -136,7 +136,7 @@ pub struct Demo {
     pub sim: sim::RunningSim,
     /// The bot.
     pub bot: crate::runtime::Running,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Demo {
@@ -155,11 +155,9 @@ impl Demo {
         })
         .await
         .map_err(|e| e.to_string())?;
-        let dir = std::env::temp_dir().join(format!(
-            "flowbot-demo-{}-{}",
-            std::process::id(),
-            sim.addr().port()
-        ));
+        // A private folder (0700, a random name): never a guessable path
+        // another user could plant a link at.
+        let dir = private_dir()?;
         let mut config = Config {
             flow: flow.to_path_buf(),
             ..Config::default()
@@ -171,7 +169,7 @@ impl Demo {
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.webhook_secret = Secret::new(secret);
         config.server.debug = true;
-        config.store.path = dir.join("flowbot.db");
+        config.store.path = dir.path().join("flowbot.db");
         config.runtime.timer_interval = Duration::from_millis(500);
         // The playground's agent leaves without a webhook (as in Qpien): the
         // bot notices at the customer's next message.
@@ -191,7 +189,7 @@ impl Demo {
     pub async fn shutdown(self) {
         self.bot.shutdown().await;
         self.sim.shutdown().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        drop(self.dir);
     }
 }
 
@@ -204,19 +202,22 @@ const SUPPORT_FLOW: &str = include_str!("../../flows/support.yaml");
 pub(super) async fn run_demo(flow: Option<&Path>, listen: SocketAddr, registry: Registry) -> u8 {
     // Without --flow: the built-in support example, written where the demo
     // can read it (and removed after).
-    let built_in = flow.is_none().then(|| {
-        std::env::temp_dir().join(format!("flowbot-demo-{}-support.yaml", std::process::id()))
-    });
-    if let Some(path) = &built_in {
-        if let Err(e) = std::fs::write(path, SUPPORT_FLOW) {
-            eprintln!(
-                "error: cannot write the demo's flow to {}: {e}",
-                path.display()
-            );
-            return 2;
-        }
-    }
-    let Some(flow) = flow.or(built_in.as_deref()) else {
+    let built_in = match flow {
+        Some(_) => None,
+        None => match private_dir().and_then(|dir| {
+            let path = dir.path().join("support.yaml");
+            std::fs::write(&path, SUPPORT_FLOW)
+                .map(|()| (dir, path))
+                .map_err(|e| format!("cannot write the demo's flow: {e}"))
+        }) {
+            Ok(written) => Some(written),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+    };
+    let Some(flow) = flow.or(built_in.as_ref().map(|(_, path)| path.as_path())) else {
         return 2;
     };
     let name = match &built_in {
@@ -235,8 +236,22 @@ pub(super) async fn run_demo(flow: Option<&Path>, listen: SocketAddr, registry: 
     println!("(Ctrl-C to stop)");
     crate::runtime::shutdown_signal().await;
     demo.shutdown().await;
-    if let Some(path) = &built_in {
-        let _ = std::fs::remove_file(path);
-    }
+    // The built-in flow's folder goes with it.
+    drop(built_in);
     0
+}
+
+/// A new folder only this user can enter, with a random name, removed when
+/// dropped.
+fn private_dir() -> Result<tempfile::TempDir, String> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("flowbot-demo-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    builder
+        .tempdir()
+        .map_err(|e| format!("cannot make a private temporary folder: {e}"))
 }

@@ -185,8 +185,14 @@ impl Intake {
 /// Whether an id can key a message or a conversation (see
 /// [`super::webhook::MAX_ID_CHARS`]).
 pub(crate) fn usable(id: &str) -> bool {
-    !id.trim().is_empty() && id.chars().count() <= super::webhook::MAX_ID_CHARS
+    !id.trim().is_empty()
+        && id.chars().count() <= super::webhook::MAX_ID_CHARS
+        && !id.chars().any(char::is_control)
 }
+
+/// What [`usable`] asks of an id, for error messages.
+pub(crate) const ID_RULE: &str =
+    "an id of 1 to 256 characters, not blank, without control characters";
 
 /// The top-level keys of a JSON object (for logs: never the values, which may
 /// hold a customer's words).

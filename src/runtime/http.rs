@@ -539,7 +539,7 @@ async fn api_start(State(shared): State<Arc<App>>, headers: HeaderMap, body: Bod
     if !crate::qpien::ingest::usable(&request.conversation) {
         return json_reply(
             StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "conversation: an id of 1 to 256 characters"}),
+            serde_json::json!({"error": format!("conversation: {}", crate::qpien::ingest::ID_RULE)}),
         );
     }
     let bot = shared.bot.get();
@@ -599,6 +599,13 @@ async fn admin_release(
     _: Admin,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
+    // The rule every entry point applies to conversation ids.
+    if !crate::qpien::ingest::usable(&id) {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": format!("conversation: {}", crate::qpien::ingest::ID_RULE)}),
+        );
+    }
     let ingested = crate::qpien::Ingested {
         key: format!("release:{id}:{}", crate::time::now()),
         conversation: id.clone(),

@@ -297,7 +297,7 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
             message: e.to_string(),
         }
     })?;
-    if spec.server.webhook && spec.server.webhook_secret.is_empty() {
+    if spec.server.webhook && spec.server.webhook_secret.expose().len() < MIN_SECRET {
         let (key, env) = match &spec.name {
             Some(n) => (
                 format!("bots[{n}].webhook_secret"),
@@ -308,9 +308,23 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
                 "FLOWBOT_SERVER__WEBHOOK_SECRET".to_owned(),
             ),
         };
+        let what = if spec.server.webhook_secret.is_empty() {
+            "is required to verify webhooks".to_owned()
+        } else {
+            format!("is shorter than {MIN_SECRET} characters, too easy to guess")
+        };
         return Err(RuntimeError::Config(format!(
-            "{key} is required to verify webhooks: set {env} (or {key}_file), or turn the \
-             webhook off with server.webhook = false"
+            "{key} {what}: set {env} (or {key}_file) to the secret Qpien signs webhooks \
+             with, or turn the webhook off with server.webhook = false"
+        )));
+    }
+    if spec.store.backend == StoreBackend::Postgres
+        && !crate::store::is_schema_name(&spec.store.schema)
+    {
+        return Err(RuntimeError::Config(format!(
+            "{at}store.schema: `{}` must be 1 to 63 lowercase letters, digits or `_`, not \
+             starting with a digit (with [[bots]], `<store.schema>_<namespace>`)",
+            spec.store.schema
         )));
     }
     if !spec.server.webhook && !config.polling.enabled {
@@ -346,6 +360,9 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
     }
     Ok(bot)
 }
+
+/// The shortest webhook secret accepted: a shorter one is guessed quickly.
+const MIN_SECRET: usize = 16;
 
 async fn open_store(store: &StoreConfig) -> Result<Arc<dyn StateStore>, RuntimeError> {
     Ok(match store.backend {

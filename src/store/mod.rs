@@ -164,6 +164,18 @@ impl StoreError {
     }
 }
 
+/// Whether `s` can name a PostgreSQL schema without quoting (what
+/// `store.schema`, with a bot's namespace, must be).
+pub(crate) fn is_schema_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// A place for sessions, inbox and outbox. See the module docs for the contract.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {

@@ -149,21 +149,10 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-/// Whether `s` can name a schema without quoting.
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
 impl PostgresStore {
     /// Connects, creates the schema if needed and brings it up to date.
     pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
-        if !is_identifier(&options.schema) {
+        if !super::is_schema_name(&options.schema) {
             return Err(StoreError(format!(
                 "store.schema `{}`: use lowercase letters, digits and `_` (at most 63)",
                 options.schema
