@@ -62,6 +62,7 @@ extern crate self as flowbot;
 mod cli;
 mod config;
 mod engine;
+mod files;
 mod flow;
 mod handler;
 mod message;

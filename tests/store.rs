@@ -278,6 +278,22 @@ async fn sqlite_keeps_the_request_budget_across_a_reopen() {
     );
 }
 
+/// A new database and its journal are this user's only (0600): they hold
+/// customers' words.
+#[tokio::test]
+async fn a_new_sqlite_database_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = temp_db("private");
+    let store = SqliteStore::open(&path, opts(5, 64)).unwrap();
+    store.accept(inbound("m1", "c1")).await.unwrap();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    for file in [path.clone(), std::path::PathBuf::from(wal)] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
 /// Many concurrent writers: each sees its own result, every key is taken once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_group_commit_answers_each_caller() {

@@ -2,10 +2,13 @@
 //!
 //! With `server.capture_dir` set, each verified delivery is kept as one JSON
 //! file: `{"received_at": ms, "headers": {...}, "body": <the body, as JSON when
-//! it is, else as text>}`, the signature and credentials removed. Files are
-//! named by arrival (`<ms>-<seq>.json`), so reading them in name order replays
-//! them in order; the oldest go when the folder passes
-//! `server.capture_max_bytes`. `flowbot replay --capture DIR FLOW` runs a flow
+//! it is, else as text>}`, the signature and every credential-like header
+//! removed. Files are named by arrival (`capture-<ms>-<seq>.json`), so
+//! reading them in name order replays them in order; the oldest go when the
+//! folder passes `server.capture_max_bytes`. Only files of that name are
+//! ever trimmed: whatever else the folder holds is never touched. The folder
+//! is made private (0700) and each file is written 0600: deliveries hold
+//! customers' words. `flowbot replay --capture DIR FLOW` runs a flow
 //! over them offline and `flowbot test new --from-capture DIR` writes a
 //! conversation test from them.
 
@@ -41,7 +44,7 @@ pub(crate) struct Capture {
 impl Capture {
     /// A capture into `dir` (created if needed).
     pub(crate) fn new(dir: &Path, max_bytes: u64) -> std::io::Result<Arc<Capture>> {
-        std::fs::create_dir_all(dir)?;
+        crate::files::private_dir(dir)?;
         Ok(Arc::new(Capture {
             dir: dir.to_owned(),
             max_bytes: max_bytes.max(4096),
@@ -64,8 +67,10 @@ impl Capture {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let text = record.to_string();
-            let path = me.dir.join(format!("{received_at:013}-{seq:08}.json"));
-            if let Err(e) = std::fs::write(&path, &text) {
+            let path = me
+                .dir
+                .join(format!("{PREFIX}{received_at:013}-{seq:08}.json"));
+            if let Err(e) = crate::files::write_private(&path, text.as_bytes()) {
                 tracing::warn!(error = %e, path = %path.display(), "cannot capture a delivery");
                 return;
             }
@@ -79,7 +84,10 @@ impl Capture {
 
     /// Removes the oldest files until the folder is under its size.
     fn trim(&self) {
-        let mut files = files(&self.dir);
+        let mut files: Vec<(PathBuf, u64)> = files(&self.dir)
+            .into_iter()
+            .filter(|(path, _)| is_own(path))
+            .collect();
         let mut total: u64 = files.iter().map(|(_, len)| len).sum();
         files.reverse();
         while total > self.max_bytes {
@@ -93,13 +101,34 @@ impl Capture {
     }
 }
 
-/// The capture files of `dir` with their sizes, oldest first.
+/// How the files this process writes are named: `capture-<ms>-<seq>.json`.
+const PREFIX: &str = "capture-";
+
+/// Whether `path` is a file a capture wrote (`capture-`, 13 digits, `-`, 8
+/// digits, `.json`): the only files trimming may remove.
+fn is_own(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(stem) = name
+        .strip_prefix(PREFIX)
+        .and_then(|n| n.strip_suffix(".json"))
+    else {
+        return false;
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    matches!(stem.split_once('-'), Some((ms, seq)) if digits(ms, 13) && digits(seq, 8))
+}
+
+/// The capture files of `dir` (JSON files, such as one copied in by hand)
+/// with their sizes, in name order: a capture's own oldest first.
 fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
     let mut out: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
         .collect();
     out.sort();
@@ -169,6 +198,51 @@ mod tests {
             .collect();
         assert!(ns.windows(2).all(|w| w[0] < w[1]), "{ns:?}");
         assert_eq!(*ns.last().unwrap(), 39, "the newest are kept");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Trimming removes only what a capture wrote; files and the folder are
+    /// private.
+    #[tokio::test]
+    async fn trimming_touches_only_its_own_files_and_everything_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("flowbot-capture-own-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let theirs = [
+            "0-first.json",
+            "aaa-notes.json",
+            "zz-other.json",
+            "1767225600000-00000001.json",
+        ];
+        for name in theirs {
+            std::fs::write(
+                dir.join(name),
+                "x".repeat(if name.starts_with("zz") { 2 << 20 } else { 10 }),
+            )
+            .unwrap();
+        }
+        let capture = Capture::new(&dir, 8 * 1024).unwrap();
+        for i in 0..40 {
+            capture.keep(
+                "{}".into(),
+                format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(900)).as_bytes(),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        capture.trim();
+        for name in theirs {
+            assert!(dir.join(name).is_file(), "{name} was removed");
+        }
+        let own: Vec<(PathBuf, u64)> = files(&dir).into_iter().filter(|(p, _)| is_own(p)).collect();
+        assert!(!own.is_empty());
+        assert!(own.iter().map(|(_, l)| l).sum::<u64>() <= 8 * 1024);
+        for (path, _) in &own {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -325,6 +325,27 @@ async fn webhook(State(shared): State<Arc<App>>, headers: HeaderMap, body: Body)
     r
 }
 
+/// Whether a header's name (lower case, as `http` keeps it) looks like it
+/// carries a credential: `authorization`, `cookie`, `x-api-key`,
+/// `x-auth-token`, `x-hub-signature`, a session or a password...
+fn is_credential(name: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "auth",
+        "cookie",
+        "key",
+        "token",
+        "secret",
+        "signature",
+        "password",
+        "passwd",
+        "session",
+        "credential",
+        "jwt",
+        "bearer",
+    ];
+    WORDS.iter().any(|w| name.contains(w))
+}
+
 /// The headers worth keeping with a dead letter: all but the signature and
 /// credentials, as a JSON object.
 pub(crate) fn kept_headers(headers: &HeaderMap) -> String {
@@ -332,10 +353,7 @@ pub(crate) fn kept_headers(headers: &HeaderMap) -> String {
         .iter()
         .filter(|(name, _)| {
             let n = name.as_str();
-            !n.eq_ignore_ascii_case(SIGNATURE_HEADER)
-                && n != "authorization"
-                && n != "cookie"
-                && n != "proxy-authorization"
+            !n.eq_ignore_ascii_case(SIGNATURE_HEADER) && !is_credential(n)
         })
         .map(|(n, v)| {
             (
@@ -692,4 +710,39 @@ async fn admin_retry(
         StatusCode::OK,
         serde_json::json!({"id": id, "status": status}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_headers_drop_every_credential() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("x-request-id", "r-1"),
+            ("x-api-key", "k"),
+            ("authorization", "Bearer t"),
+            ("x-auth-token", "t"),
+            ("cookie", "s=1"),
+            ("x-hub-signature-256", "sha256=x"),
+            ("x-client-secret", "s"),
+            ("x-session-id", "s"),
+        ] {
+            h.insert(
+                header::HeaderName::from_static(name),
+                header::HeaderValue::from_static(value),
+            );
+        }
+        h.insert(SIGNATURE_HEADER, header::HeaderValue::from_static("sig"));
+        let kept: serde_json::Value = serde_json::from_str(&kept_headers(&h)).unwrap();
+        let names: Vec<&str> = kept
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(names, ["content-type", "x-request-id"]);
+    }
 }

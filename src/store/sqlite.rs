@@ -182,9 +182,9 @@ fn lock_for_one_process(path: &Path) -> Result<std::fs::File, StoreError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
+    crate::files::touch_private(&lock_path)
+        .map_err(|e| StoreError(format!("{}: {e}", lock_path.display())))?;
     let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
         .write(true)
         .open(&lock_path)
         .map_err(|e| StoreError(format!("{}: {e}", lock_path.display())))?;
@@ -260,10 +260,17 @@ impl SqliteStore {
         } = options;
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+            if !dir.exists() {
+                // A folder made for the store is private: it holds customers' words.
+                crate::files::private_dir(dir)
+                    .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+            }
         }
         let lock = lock_for_one_process(&path)?;
+        // A new database is private (0600); SQLite gives its journal files
+        // the same mode.
+        crate::files::touch_private(&path)
+            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         let mut conn = Connection::open(&path).map_err(err(&path))?;
         conn.busy_timeout(busy_timeout).map_err(err(&path))?;
         conn.pragma_update(None, "journal_mode", "WAL")
