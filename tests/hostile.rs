@@ -953,3 +953,133 @@ async fn release_ids_are_encoded_and_checked() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// A Qpien (or anything at its address) answering with more than
+/// `qpien.max_response_bytes` is read no further: the call fails with the
+/// reason, whether the size is announced or streamed; and `/readyz`, asked
+/// many times at once, calls Qpien once (its checks are reused for a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_qpien_are_bounded_and_readyz_does_no_work_per_request() {
+    use crate::runtime::{Harness, ECHO};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    // 8 MiB of JSON-ish bytes, streamed without a length, 64 KiB at a time.
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            let chunks = (0..128).map(|_| Ok::<_, std::convert::Infallible>(vec![b' '; 64 << 10]));
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let h = Harness::start("hostile-big-answers", ECHO, |c| {
+        c.qpien.endpoint = format!("http://{addr}/graphql");
+        c.qpien.max_response_bytes = 1 << 20;
+        c.qpien.retry.max_attempts = 1;
+    })
+    .await;
+    let before = calls.load(Ordering::SeqCst);
+    let answers = futures_util::future::join_all((0..6).map(|_| async {
+        let r = h.http.get(h.url("/readyz")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }))
+    .await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("larger than 1048576 bytes"), "{body}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst) - before,
+        1,
+        "one check for six asks"
+    );
+}
+
+/// Dead-letter listings are pages of summaries: concurrent listings of many
+/// large letters hold no bodies (a body is read by id), pages follow each
+/// other, and a bad query is refused; `flowbot dead-letters list | head`
+/// ends quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_listings_are_paged_summaries() {
+    use crate::runtime::{Harness, ECHO};
+    use flowbot::internals::qpien::Secret;
+    const ADMIN: &str = "admin-token-of-the-hostile-tests";
+    let h = Harness::start("hostile-letters", ECHO, |c| {
+        c.server.admin_token = Secret::new(ADMIN);
+    })
+    .await;
+    {
+        let conn = rusqlite::Connection::open(h.dir.join("flowbot.db")).unwrap();
+        let body = vec![b'x'; 100_000];
+        for i in 0..250 {
+            conn.execute(
+                "INSERT INTO dead_letters (received_at, reason, headers, body) VALUES (?1, 'test', '{}', ?2)",
+                rusqlite::params![i, body],
+            )
+            .unwrap();
+        }
+    }
+    let get = |query: &'static str| {
+        let req = h
+            .http
+            .get(h.url(&format!("/admin/dead-letters{query}")))
+            .bearer_auth(ADMIN);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, first) = get("").await;
+    assert_eq!(status, 200);
+    assert!(
+        first.len() < 20_000,
+        "summaries only: {} bytes",
+        first.len()
+    );
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let ids: Vec<u64> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 100, "100 by default");
+    assert_eq!(ids[0], 250, "newest first");
+    assert_eq!(first[0]["bytes"], 100_000);
+    assert!(first[0].get("body").is_none());
+    let (_, next) = get("?before=151&limit=1000").await;
+    let next: serde_json::Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(next.as_array().unwrap().len(), 150);
+    assert_eq!(next[0]["id"], 150);
+    assert_eq!(get("?limit=x").await.0, 400);
+    assert_eq!(get("?sort=body").await.0, 400);
+    // A reader that stops early (after more than a pipe holds): the CLI
+    // ends quietly.
+    {
+        let conn = rusqlite::Connection::open(h.dir.join("flowbot.db")).unwrap();
+        for i in 0..4_000 {
+            conn.execute(
+                "INSERT INTO dead_letters (received_at, reason, headers, body) VALUES (?1, 'a reason long enough to fill the pipe quickly', '{}', x'00')",
+                rusqlite::params![i],
+            )
+            .unwrap();
+        }
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} dead-letters list --url {} | head -1",
+            env!("CARGO_BIN_EXE_flowbot"),
+            h.url("")
+        ))
+        .env("FLOWBOT_SERVER__ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}

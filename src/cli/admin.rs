@@ -203,6 +203,38 @@ pub(super) async fn release(target: &Target, conversation: &str) -> u8 {
     }
 }
 
+/// Lists every dead letter, a page at a time (newest first).
+async fn list_letters(admin: &Admin) -> Result<(), String> {
+    let mut before: Option<u64> = None;
+    let mut any = false;
+    loop {
+        let path = match before {
+            Some(b) => format!("/admin/dead-letters?limit=500&before={b}"),
+            None => "/admin/dead-letters?limit=500".to_owned(),
+        };
+        let page = admin.call(false, &path).await?;
+        let items = page.as_array().cloned().unwrap_or_default();
+        for d in &items {
+            any = true;
+            super::out(format_args!(
+                "{:>6}  {}  {} bytes  {}",
+                d["id"],
+                crate::time::format(d["received_at"].as_i64().unwrap_or(0)),
+                d["bytes"],
+                d["reason"].as_str().unwrap_or("")
+            ));
+        }
+        match items.last().and_then(|d| d["id"].as_u64()) {
+            Some(last) if items.len() == 500 => before = Some(last),
+            _ => break,
+        }
+    }
+    if !any {
+        super::out(format_args!("no dead letters"));
+    }
+    Ok(())
+}
+
 /// `flowbot dead-letters ...`.
 pub(super) async fn dead_letters(target: &Target, what: &DeadLetters) -> u8 {
     let admin = match Admin::new(target) {
@@ -213,26 +245,7 @@ pub(super) async fn dead_letters(target: &Target, what: &DeadLetters) -> u8 {
         }
     };
     let result = match what {
-        DeadLetters::List => admin.call(false, "/admin/dead-letters").await.map(|list| {
-            let items = list.as_array().cloned().unwrap_or_default();
-            if items.is_empty() {
-                println!("no dead letters");
-            }
-            for d in items {
-                let keys: Vec<&str> = d["keys"]
-                    .as_array()
-                    .map(|k| k.iter().filter_map(|v| v.as_str()).collect())
-                    .unwrap_or_default();
-                println!(
-                    "{:>6}  {}  {} bytes  keys [{}]  {}",
-                    d["id"],
-                    crate::time::format(d["received_at"].as_i64().unwrap_or(0)),
-                    d["bytes"],
-                    keys.join(", "),
-                    d["reason"].as_str().unwrap_or("")
-                );
-            }
-        }),
+        DeadLetters::List => list_letters(&admin).await,
         DeadLetters::Show { id } => admin
             .call(false, &format!("/admin/dead-letters/{id}"))
             .await

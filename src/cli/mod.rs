@@ -236,8 +236,40 @@ pub enum Command {
     },
 }
 
+/// Writes one line to standard output. A reader that went away (`flowbot
+/// dead-letters list | head`) ends the program quietly, as command-line
+/// tools do.
+pub(super) fn out(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Any other print to a closed pipe (`println!` panics there) ends the
+/// program quietly too, with success, instead of a panic's message.
+fn quiet_on_closed_pipe() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        previous(info);
+    }));
+}
+
 /// Parses the command line and runs it with the given handlers.
 pub fn main(registry: Registry) -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         init_tracing();

@@ -142,6 +142,35 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// The HTTP client Qpien clients send through (connection pool, TLS
 /// configuration: about 30 KiB); a process running several bots makes one
 /// and gives it to each (timeouts are set per request).
+/// Why an answer was not read whole.
+#[derive(Debug)]
+pub(crate) enum Limited {
+    /// Larger than the limit (given).
+    TooLarge(usize),
+    /// The connection failed.
+    Failed(reqwest::Error),
+}
+
+/// Reads an answer's body, at most `limit` bytes: a larger one (by its
+/// `Content-Length`, or as it streams in) stops the read, so no server can
+/// make the reader hold more.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Limited> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Limited::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Limited::Failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Limited::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 pub(crate) fn http_client() -> Result<reqwest::Client, QpienError> {
     reqwest::Client::builder()
         .user_agent(concat!("flowbot/", env!("CARGO_PKG_VERSION")))
@@ -464,12 +493,20 @@ impl QpienClient {
                 reset,
             }));
         }
-        let bytes = response.bytes().await.map_err(|e| {
-            Failure::Error(QpienError::Transport {
-                operation: op.name(),
-                message: crate::text::error_chain(&e),
-            })
-        })?;
+        let bytes = read_limited(response, inner.config.max_response_bytes)
+            .await
+            .map_err(|e| {
+                Failure::Error(match e {
+                    Limited::TooLarge(limit) => QpienError::TooLarge {
+                        operation: op.name(),
+                        limit,
+                    },
+                    Limited::Failed(e) => QpienError::Transport {
+                        operation: op.name(),
+                        message: crate::text::error_chain(&e),
+                    },
+                })
+            })?;
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_server_error() {
             return Err(Failure::Error(QpienError::Http {

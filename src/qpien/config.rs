@@ -220,6 +220,9 @@ pub struct QpienConfig {
     /// How long one HTTP request may take.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The largest answer read from Qpien; a larger one is an error, read no
+    /// further (no server can make the bot hold more than this per call).
+    pub max_response_bytes: usize,
     /// A token is renewed this long before it expires.
     #[serde(with = "humantime_serde")]
     pub token_refresh_margin: Duration,
@@ -272,6 +275,7 @@ impl Default for QpienConfig {
             auth_scheme: None,
             documents_dir: None,
             request_timeout: Duration::from_secs(15),
+            max_response_bytes: 4 << 20,
             token_refresh_margin: Duration::from_secs(300),
             token_lifetime: Duration::from_secs(3600),
             rate_limit: RateLimitConfig::default(),

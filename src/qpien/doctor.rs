@@ -136,7 +136,14 @@ impl Probe<'_> {
         let r = req.send().await.map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+        let bytes = super::client::read_limited(r, self.config.max_response_bytes)
+            .await
+            .map_err(|e| match e {
+                super::client::Limited::TooLarge(n) => format!(
+                    "the answer is larger than {n} bytes (qpien.max_response_bytes); not read"
+                ),
+                super::client::Limited::Failed(e) => e.to_string(),
+            })?;
         Ok(Answer {
             status,
             headers,

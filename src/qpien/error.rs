@@ -84,6 +84,14 @@ pub enum QpienError {
         /// What did not fit, with its path in the answer.
         message: String,
     },
+    /// The answer was larger than `qpien.max_response_bytes`: not read.
+    #[error("Qpien's answer to {operation} is larger than {limit} bytes (qpien.max_response_bytes); not read")]
+    TooLarge {
+        /// The operation.
+        operation: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The client's configuration or a document file is wrong.
     #[error("Qpien client configuration: {0}")]
     Config(String),

@@ -70,7 +70,20 @@ pub(crate) struct App {
     pub(crate) name: Option<String>,
     /// The span its requests are logged in (`bot = name`).
     pub(crate) span: tracing::Span,
+    /// The last readiness checks (store, Qpien token) and when they ran:
+    /// `/readyz` asked often, or by anyone, runs them at most once a second.
+    pub(crate) checked: tokio::sync::Mutex<Option<(std::time::Instant, Checks)>>,
 }
+
+/// What the readiness checks found: the store's and Qpien's problems, if any.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Checks {
+    store: Option<String>,
+    qpien: Option<String>,
+}
+
+/// How long readiness checks are reused.
+const CHECKS_FOR: Duration = Duration::from_secs(1);
 
 /// The process's routes: the probes and the metrics at the root; the one bot
 /// of a single-bot process at the root too; each bot of several under
@@ -198,13 +211,37 @@ fn readiness_reply(ready: bool, body: &serde_json::Value) -> Response {
 
 /// Whether one bot is ready, and why not.
 async fn readiness(shared: &App) -> (bool, serde_json::Value) {
+    // One check at a time; callers meanwhile wait for its answer.
+    let checks = {
+        let mut last = shared.checked.lock().await;
+        match last.as_ref() {
+            Some((at, checks)) if at.elapsed() < CHECKS_FOR => checks.clone(),
+            _ => {
+                let checks = run_checks(shared).await;
+                *last = Some((std::time::Instant::now(), checks.clone()));
+                checks
+            }
+        }
+    };
+    let ready = checks.store.is_none() && checks.qpien.is_none() && !shared.stop.is_stopping();
+    let body = serde_json::json!({
+        "ready": ready,
+        "store": checks.store.as_deref().unwrap_or("ok"),
+        "flow": shared.bot.get().flow().name,
+        "qpien": checks.qpien.as_deref().unwrap_or("ok"),
+        "stopping": shared.stop.is_stopping(),
+    });
+    (ready, body)
+}
+
+/// Checks that the store can write and that a Qpien token can be had.
+async fn run_checks(shared: &App) -> Checks {
     let store = tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await;
     let store_msg = match store {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("cannot write: {e}")),
         Err(_) => Some("no answer within 2s".to_owned()),
     };
-    let store_ok = store_msg.is_none();
     let token = tokio::time::timeout(Duration::from_secs(5), shared.client.check_token()).await;
     let token_msg = match token {
         Ok(Ok(())) => None,
@@ -214,15 +251,10 @@ async fn readiness(shared: &App) -> (bool, serde_json::Value) {
             None => "no token within 5s".to_owned(),
         }),
     };
-    let ready = store_ok && token_msg.is_none() && !shared.stop.is_stopping();
-    let body = serde_json::json!({
-        "ready": ready,
-        "store": store_msg.as_deref().unwrap_or("ok"),
-        "flow": shared.bot.get().flow().name,
-        "qpien": token_msg.as_deref().unwrap_or("ok"),
-        "stopping": shared.stop.is_stopping(),
-    });
-    (ready, body)
+    Checks {
+        store: store_msg,
+        qpien: token_msg,
+    }
 }
 
 fn debug_json(status: StatusCode, v: serde_json::Value) -> Response {
@@ -638,26 +670,75 @@ async fn admin_release(
     }
 }
 
-fn letter_json(d: &DeadLetter, with_body: bool) -> serde_json::Value {
-    let mut v = serde_json::json!({
+fn letter_json(d: &DeadLetter) -> serde_json::Value {
+    serde_json::json!({
         "id": d.id,
         "received_at": d.received_at,
         "reason": d.reason,
         "bytes": d.body.len(),
         "keys": top_level_keys(&d.body),
-    });
-    if with_body {
-        v["headers"] = serde_json::from_str(&d.headers).unwrap_or_default();
-        v["body"] = serde_json::Value::from(String::from_utf8_lossy(&d.body).into_owned());
-    }
-    v
+        "headers": serde_json::from_str::<serde_json::Value>(&d.headers).unwrap_or_default(),
+        "body": String::from_utf8_lossy(&d.body),
+    })
 }
 
-async fn admin_dead_letters(State(shared): State<Arc<App>>, _: Admin) -> Response {
-    match shared.store.dead_letters(1000).await {
+/// A page of the dead-letter listing: `?before=ID&limit=N`.
+#[derive(Debug, Default)]
+struct Page {
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl Page {
+    /// Reads `before` and `limit` (whole numbers) from a query; another key
+    /// or value is an error.
+    fn parse(query: Option<&str>) -> Option<Page> {
+        let mut page = Page::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "before" => page.before = Some(value.parse().ok()?),
+                "limit" => page.limit = Some(value.parse().ok()?),
+                _ => return None,
+            }
+        }
+        Some(page)
+    }
+}
+
+/// The most dead letters one listing page holds (summaries only: a body is
+/// read by id).
+const MAX_PAGE: usize = 1_000;
+
+/// The dead letters, newest first, a page at a time (`before` the last id of
+/// the page before; 100 by default, at most 1,000): summaries, never bodies,
+/// so a listing's memory does not grow with what the letters hold.
+async fn admin_dead_letters(
+    State(shared): State<Arc<App>>,
+    _: Admin,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let Some(page) = Page::parse(query.as_deref()) else {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "the query is `before=ID&limit=N` (whole numbers)"}),
+        );
+    };
+    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    match shared.store.dead_letters(page.before, limit).await {
         Ok(list) => json_reply(
             StatusCode::OK,
-            serde_json::Value::Array(list.iter().map(|d| letter_json(d, false)).collect()),
+            serde_json::Value::Array(
+                list.iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "id": d.id,
+                            "received_at": d.received_at,
+                            "reason": d.reason,
+                            "bytes": d.bytes,
+                        })
+                    })
+                    .collect(),
+            ),
         ),
         Err(e) => store_failed(e),
     }
@@ -669,7 +750,7 @@ async fn admin_dead_letter(
     axum::extract::Path(id): axum::extract::Path<u64>,
 ) -> Response {
     match shared.store.dead_letter(id).await {
-        Ok(Some(d)) => json_reply(StatusCode::OK, letter_json(&d, true)),
+        Ok(Some(d)) => json_reply(StatusCode::OK, letter_json(&d)),
         Ok(None) => no_letter(id),
         Err(e) => store_failed(e),
     }

@@ -647,6 +647,7 @@ async fn launch(
         name: spec.name.clone(),
         span: span.clone(),
         clock: config.clock.clone(),
+        checked: Default::default(),
     });
     let mut tasks = vec![
         feedback_task,

@@ -216,14 +216,18 @@ impl StateStore for MemoryStore {
         Ok(s.next_dead)
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+    async fn dead_letters(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterSummary>, StoreError> {
         Ok(self
             .inner()
             .dead
-            .values()
+            .range(..before.unwrap_or(u64::MAX))
             .rev()
             .take(limit)
-            .cloned()
+            .map(|(_, d)| DeadLetterSummary::of(d))
             .collect())
     }
 

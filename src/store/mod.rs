@@ -129,6 +129,32 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
 }
 
+/// A dead letter as listed: what it is, not what it holds (its body is
+/// read by id only, so a listing's size does not grow with the bodies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterSummary {
+    /// Its number.
+    pub id: u64,
+    /// When it came.
+    pub received_at: Millis,
+    /// Why it could not be used.
+    pub reason: String,
+    /// The size of its body.
+    pub bytes: u64,
+}
+
+impl DeadLetterSummary {
+    /// The summary of `letter`.
+    pub fn of(letter: &DeadLetter) -> DeadLetterSummary {
+        DeadLetterSummary {
+            id: letter.id,
+            received_at: letter.received_at,
+            reason: letter.reason.clone(),
+            bytes: letter.body.len() as u64,
+        }
+    }
+}
+
 /// How many dead letters are kept: the oldest go beyond it.
 pub const MAX_DEAD_LETTERS: usize = 10_000;
 
@@ -239,8 +265,13 @@ pub trait StateStore: Send + Sync + 'static {
     /// Keeps a delivery that could not be used (its `id` is ignored); the
     /// oldest beyond [`MAX_DEAD_LETTERS`] are dropped. Returns its number.
     async fn add_dead_letter(&self, letter: DeadLetter) -> Result<u64, StoreError>;
-    /// Dead letters, newest first.
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Dead letters numbered below `before` (`None`: from the newest),
+    /// newest first, at most `limit`: a page of summaries.
+    async fn dead_letters(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterSummary>, StoreError>;
     /// One dead letter.
     async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
     /// Removes a dead letter; `false` if there was none.

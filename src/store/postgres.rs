@@ -23,8 +23,8 @@ use tokio_postgres::NoTls;
 use crate::qpien::limit::Grant;
 
 use super::{
-    Accepted, DeadLetter, InboxItem, Millis, NewInbound, OutboxItem, StateStore, StoreError,
-    StoredSession, TurnCommit, MAX_DEAD_LETTERS,
+    Accepted, DeadLetter, DeadLetterSummary, InboxItem, Millis, NewInbound, OutboxItem, StateStore,
+    StoreError, StoredSession, TurnCommit, MAX_DEAD_LETTERS,
 };
 
 /// Dedup keys of processed messages are kept this long.
@@ -657,22 +657,34 @@ impl StateStore for PostgresStore {
         Ok(new_id as u64)
     }
 
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+    async fn dead_letters(
+        &self,
+        before: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<DeadLetterSummary>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT id, received_at, reason, headers, body FROM dead_letters
-                 ORDER BY id DESC LIMIT $1",
+                        "SELECT id, received_at, reason, octet_length(body) FROM dead_letters
+                 WHERE id < $1 ORDER BY id DESC LIMIT $2",
                     )
                     .await
                     .map_err(pg)?,
-                &[&limit(max)],
+                &[&id(before.unwrap_or(i64::MAX as u64)), &limit(max)],
             )
             .await
             .map_err(pg)?;
-        Ok(rows.iter().map(dead_letter).collect())
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetterSummary {
+                id: r.get::<_, i64>(0) as u64,
+                received_at: r.get(1),
+                reason: r.get(2),
+                bytes: r.get::<_, i32>(3) as u64,
+            })
+            .collect())
     }
 
     async fn dead_letter(&self, letter: u64) -> Result<Option<DeadLetter>, StoreError> {

@@ -89,7 +89,7 @@ enum Op {
     Attempt(u64),
     Ping,
     AddDead(DeadLetter),
-    DeadList(usize),
+    DeadList(Option<u64>, usize),
     DeadGet(u64),
     DeadRemove(u64),
     TakeBudget {
@@ -112,6 +112,7 @@ enum Reply {
     Names(Vec<String>),
     Ids(Vec<u64>),
     Dead(Vec<DeadLetter>),
+    DeadSummaries(Vec<DeadLetterSummary>),
     Flag(bool),
     Count(u32),
     Grant(crate::qpien::limit::Grant),
@@ -587,11 +588,22 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                 .execute(params![id - MAX_DEAD_LETTERS as i64])?;
             Reply::Ids(vec![id as u64])
         }
-        Op::DeadList(limit) => Reply::Dead(read_dead(
-            tx,
-            "SELECT id, received_at, reason, headers, body FROM dead_letters ORDER BY id DESC LIMIT ?1",
-            limit as i64,
-        )?),
+        Op::DeadList(before, limit) => {
+            let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, received_at, reason, length(body) FROM dead_letters
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before, limit as i64], |r| {
+                Ok(DeadLetterSummary {
+                    id: r.get::<_, i64>(0)? as u64,
+                    received_at: r.get(1)?,
+                    reason: r.get(2)?,
+                    bytes: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Reply::DeadSummaries(rows.collect::<Result<_, _>>()?)
+        }
         Op::DeadGet(id) => Reply::Dead(read_dead(
             tx,
             "SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = ?1",
@@ -625,7 +637,7 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             } else {
                 let free_at = oldest.unwrap_or(now).min(now) + per + 1;
                 crate::qpien::limit::Grant::Wait(Duration::from_millis(
-                    (free_at - now).max(1) as u64,
+                    (free_at - now).max(1) as u64
                 ))
             })
         }
@@ -788,9 +800,13 @@ impl StateStore for SqliteStore {
         }
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        match self.run(Op::DeadList(limit)).await? {
-            Reply::Dead(v) => Ok(v),
+    async fn dead_letters(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterSummary>, StoreError> {
+        match self.run(Op::DeadList(before, limit)).await? {
+            Reply::DeadSummaries(v) => Ok(v),
             _ => Err(unexpected()),
         }
     }
