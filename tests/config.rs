@@ -435,3 +435,33 @@ fn bots_that_would_share_variables_or_bad_paths_are_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bots[acme].webhook_path"), "{err}");
 }
+
+/// Bots whose stores need more open files than the process may have are
+/// refused at the start, with the numbers and how to raise the limit, not
+/// with SQLite's "unable to open database file" halfway through.
+#[test]
+fn too_many_bots_for_the_open_file_limit_say_so() {
+    let flow = format!("{}/flows/order_form.yaml", env!("CARGO_MANIFEST_DIR"));
+    let dir = crate::runtime::temp_dir("bots-files");
+    let mut text =
+        String::from("[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"flowbot.db\"\n");
+    for i in 0..100 {
+        text.push_str(&format!("\n[[bots]]\nname = \"b{i}\"\nflow = \"{flow}\"\n"));
+    }
+    std::fs::write(dir.join("flowbot.toml"), text).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 300 && exec {} run --config flowbot.toml",
+            env!("CARGO_BIN_EXE_flowbot")
+        ))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("100 bot(s) need about 464 open files") && stderr.contains("limit is 300"),
+        "{stderr}"
+    );
+}

@@ -82,3 +82,39 @@ fn a_name_that_cannot_be_a_package_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Names that would not compile (Rust's keywords, `std`, `core`, `test`,
+/// flowbot's own library) are refused, and so is a folder that is a link.
+#[test]
+fn new_refuses_reserved_names_and_linked_folders() {
+    let dir = crate::runtime::temp_dir("new-refused");
+    let new = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_flowbot"))
+            .args(["new", name])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    for name in ["self", "std", "core", "test", "flowbot", "async"] {
+        let out = new(name);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("Rust or flowbot uses it"),
+            "{name}: {stderr}"
+        );
+        assert!(!dir.join(name).exists(), "{name}: nothing written");
+    }
+    let elsewhere = crate::runtime::temp_dir("new-elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, dir.join("linked")).unwrap();
+    let out = new("linked");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("symbolic link"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through it"
+    );
+}

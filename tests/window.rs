@@ -351,6 +351,12 @@ async fn starts_on_a_conversation_where_the_customer_never_wrote_stay_outside_th
         s.clock.advance(Duration::from_secs(90));
     }
     assert_eq!(s.sent(), Vec::<String>::new(), "nothing free-form");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(r#"flowbot_turns_total{result="withheld"} 3"#)
+            && !metrics.contains(r#"result="error""#),
+        "withheld starts are not errors: {metrics}"
+    );
     // With a template: the template, every time.
     assert_eq!(start("offer", "d").await, 202);
     s.expect("the template", &["template:order_followup(Dee)"])

@@ -525,10 +525,13 @@ impl Dispatcher {
         let Some(ids) = self.commit(commit.clone()).await else {
             return;
         };
-        let result = if turn.errors.is_empty() {
-            "ok"
-        } else {
-            "error"
+        // A turn whose only problem is WhatsApp's window (a start where the
+        // customer never wrote, say) is no error of the bot's: it has its
+        // own result.
+        let result = match turn.errors.len() {
+            0 => "ok",
+            1 if turn.withheld > 0 => "withheld",
+            _ => "error",
         };
         self.metrics.turns.count(result);
         self.metrics

@@ -361,6 +361,34 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
     Ok(bot)
 }
 
+/// Refuses to start bots whose stores need more open files than the
+/// process may have (raised to the system's hard limit first): said up front,
+/// with the numbers, rather than as SQLite's "unable to open database file"
+/// halfway through.
+fn check_open_files(specs: &[Spec]) -> Result<(), RuntimeError> {
+    // SQLite: the database, its journal, its shared memory and its lock;
+    // PostgreSQL: a pool of up to 16 connections and one that listens.
+    let need: u64 = specs
+        .iter()
+        .map(|s| match s.store.backend {
+            StoreBackend::Sqlite => 4,
+            StoreBackend::Postgres => 17,
+            StoreBackend::Memory => 0,
+        })
+        .sum::<u64>()
+        + 64;
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    if need > limit {
+        return Err(RuntimeError::Config(format!(
+            "{} bot(s) need about {need} open files for their stores, and the open-file \
+             limit is {limit}: raise it (`ulimit -n {need}` in the shell, LimitNOFILE={need} \
+             in a systemd unit) or run fewer bots in this process",
+            specs.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The shortest webhook secret accepted: a shorter one is guessed quickly.
 const MIN_SECRET: usize = 16;
 
@@ -437,6 +465,7 @@ async fn read_templates(client: &QpienClient) -> Option<Vec<crate::flow::Templat
 /// Qpien's 429s, a flow that does not reload) touches no other.
 pub async fn start(config: Config, registry: Registry) -> Result<Running, RuntimeError> {
     let specs = Spec::all(&config);
+    check_open_files(&specs)?;
     let mut opened = Vec::with_capacity(specs.len());
     // One HTTP client (pool, TLS configuration) for every bot's Qpien client.
     let http = crate::qpien::client::http_client()?;

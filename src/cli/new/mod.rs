@@ -40,6 +40,13 @@ pub(crate) enum NewError {
     /// The name cannot be a package's.
     #[error("`{0}` cannot name a bot: use lowercase letters, digits, `-` and `_`, starting with a letter (like `support-bot`)")]
     Name(String),
+    /// The name is valid but taken by Rust or by flowbot itself: the project
+    /// would not compile.
+    #[error("`{0}` cannot name a bot: Rust or flowbot uses it (a keyword, or a crate every project sees); choose another, like `{0}-bot`")]
+    Reserved(String),
+    /// The folder is a symbolic link: what is written would land elsewhere.
+    #[error("{0} is a symbolic link: flowbot new writes only into a folder of its own")]
+    Link(PathBuf),
     /// The folder is there and holds something.
     #[error("{0} already exists and is not empty: choose another name or remove it")]
     Exists(PathBuf),
@@ -62,6 +69,72 @@ fn valid_name(name: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.len() <= 64
+}
+
+/// Names a project cannot take although they are well formed: Rust's
+/// keywords (the crate's name is an identifier in its code), the crates
+/// every project sees, and flowbot's own library.
+fn reserved(name: &str) -> bool {
+    const TAKEN: &[&str] = &[
+        "self",
+        "super",
+        "crate",
+        "std",
+        "core",
+        "alloc",
+        "test",
+        "proc_macro",
+        "flowbot",
+        "as",
+        "async",
+        "await",
+        "break",
+        "const",
+        "continue",
+        "dyn",
+        "else",
+        "enum",
+        "extern",
+        "false",
+        "fn",
+        "for",
+        "gen",
+        "if",
+        "impl",
+        "in",
+        "let",
+        "loop",
+        "match",
+        "mod",
+        "move",
+        "mut",
+        "pub",
+        "ref",
+        "return",
+        "static",
+        "struct",
+        "trait",
+        "true",
+        "try",
+        "type",
+        "unsafe",
+        "use",
+        "where",
+        "while",
+        "abstract",
+        "become",
+        "box",
+        "do",
+        "final",
+        "macro",
+        "override",
+        "priv",
+        "typeof",
+        "unsized",
+        "virtual",
+        "yield",
+    ];
+    TAKEN.contains(&name.replace('-', "_").as_str())
 }
 
 /// The checkout of flowbot this binary was built from, while it is there
@@ -114,6 +187,12 @@ pub(crate) async fn create(
     } else {
         parent.join(name)
     };
+    if reserved(name) {
+        return Err(NewError::Reserved(name.to_owned()));
+    }
+    if std::fs::symlink_metadata(&root).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(NewError::Link(root));
+    }
     if std::fs::read_dir(&root).is_ok_and(|mut d| d.next().is_some()) {
         return Err(NewError::Exists(root));
     }
