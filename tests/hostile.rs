@@ -904,13 +904,7 @@ async fn a_template_out_of_fuel_is_logged_counted_and_answered_politely() {
 /// not blank, no control characters).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_ids_are_encoded_and_checked() {
-    use crate::runtime::{Harness, ECHO};
-    use flowbot::internals::qpien::Secret;
-    const ADMIN: &str = "admin-token-of-the-hostile-tests";
-    let h = Harness::start("hostile-release", ECHO, |c| {
-        c.server.admin_token = Secret::new(ADMIN);
-    })
-    .await;
+    let h = admin_harness("hostile-release").await;
     for id in ["../dead-letters/1004/retry?x=", "a/b#c", "ünïcode %41"] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
             .args(["release", id, "--url", &h.url("")])
@@ -1005,13 +999,7 @@ async fn answers_from_qpien_are_bounded_and_readyz_does_no_work_per_request() {
 /// ends quietly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_listings_are_paged_summaries() {
-    use crate::runtime::{Harness, ECHO};
-    use flowbot::internals::qpien::Secret;
-    const ADMIN: &str = "admin-token-of-the-hostile-tests";
-    let h = Harness::start("hostile-letters", ECHO, |c| {
-        c.server.admin_token = Secret::new(ADMIN);
-    })
-    .await;
+    let h = admin_harness("hostile-letters").await;
     {
         let conn = rusqlite::Connection::open(h.dir.join("flowbot.db")).unwrap();
         let body = vec![b'x'; 100_000];
@@ -1082,4 +1070,16 @@ async fn dead_letter_listings_are_paged_summaries() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+/// The token of the admin endpoints in these tests.
+const ADMIN: &str = "admin-token-of-the-hostile-tests";
+
+/// A running bot with its admin endpoints on (token [`ADMIN`]).
+async fn admin_harness(name: &str) -> crate::runtime::Harness {
+    use flowbot::internals::qpien::Secret;
+    crate::runtime::Harness::start(name, crate::runtime::ECHO, |c| {
+        c.server.admin_token = Secret::new(ADMIN);
+    })
+    .await
 }

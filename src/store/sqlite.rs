@@ -500,13 +500,7 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT id, conversation, payload FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![after, limit as i64], |r| {
-                Ok(OutboxItem {
-                    id: r.get::<_, i64>(0)? as u64,
-                    conversation: r.get(1)?,
-                    payload: r.get(2)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![after, limit as i64], outbox_row)?;
             Reply::Outbox(rows.collect::<Result<_, _>>()?)
         }
         Op::OutboxOf(conversation, after, limit) => {
@@ -515,13 +509,7 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                  ORDER BY id LIMIT ?3",
             )?;
             let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![conversation, after, limit as i64], |r| {
-                Ok(OutboxItem {
-                    id: r.get::<_, i64>(0)? as u64,
-                    conversation: r.get(1)?,
-                    payload: r.get(2)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![conversation, after, limit as i64], outbox_row)?;
             Reply::Outbox(rows.collect::<Result<_, _>>()?)
         }
         Op::OutboxConversations(after, limit) => {
@@ -646,6 +634,15 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                 .execute(params![id, crate::time::now()])?;
             Reply::Done
         }
+    })
+}
+
+/// An outbox row (`id, conversation, payload`).
+fn outbox_row(r: &rusqlite::Row<'_>) -> Result<OutboxItem, rusqlite::Error> {
+    Ok(OutboxItem {
+        id: r.get::<_, i64>(0)? as u64,
+        conversation: r.get(1)?,
+        payload: r.get(2)?,
     })
 }
 
