@@ -262,3 +262,67 @@ fn an_editor_session() {
     assert!(status.success(), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hostile input to the server: a message over the size it reads (skipped
+/// unread), a body that is not JSON, a frame without a length, and a saved
+/// "file" that is a device: each answered with a JSON-RPC error or ignored,
+/// and the server goes on answering.
+#[test]
+fn bad_messages_are_answered_and_the_server_goes_on() {
+    let mut c = Client::start();
+    c.request(
+        "initialize",
+        json!({ "processId": null, "rootUri": null, "capabilities": {} }),
+    );
+    c.notify("initialized", json!({}));
+    // 20 MiB announced and sent: over the 16 MiB read, skipped.
+    let big = vec![b' '; 20 << 20];
+    write!(c.stdin, "Content-Length: {}\r\n\r\n", big.len()).unwrap();
+    c.stdin.write_all(&big).unwrap();
+    let error = c.wait(|m| m.get("error").is_some());
+    assert_eq!(error["id"], Value::Null, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("skipped"),
+        "{error}"
+    );
+    // Not JSON.
+    write!(c.stdin, "Content-Length: 9\r\n\r\nnot json!").unwrap();
+    let error = c.wait(|m| m.get("error").is_some());
+    assert_eq!(error["error"]["code"], -32700, "{error}");
+    // No length: the frame is refused, the next one read.
+    write!(c.stdin, "X-Other: 1\r\n\r\n").unwrap();
+    let error = c.wait(|m| m.get("error").is_some());
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Length"),
+        "{error}"
+    );
+    // A save of a device and of a FIFO: nothing is read from them.
+    let dir = crate::runtime::temp_dir("lsp-fifo");
+    let fifo = dir.join("flow.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for uri in [
+        "file:///dev/zero".to_owned(),
+        format!("file://{}", fifo.display()),
+    ] {
+        c.notify(
+            "textDocument/didSave",
+            json!({ "textDocument": { "uri": uri } }),
+        );
+    }
+    // Still answering.
+    let hover = c.request(
+        "textDocument/hover",
+        json!({ "textDocument": { "uri": "file:///nowhere.yaml" }, "position": { "line": 0, "character": 0 } }),
+    );
+    assert!(hover.is_null() || hover.is_object(), "{hover}");
+}

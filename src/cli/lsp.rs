@@ -43,7 +43,7 @@ use crate::flow::{analyze, join_key, HandlerNames, Loaded, Severity};
 /// Runs the server on stdin/stdout until the editor says `exit`; the exit
 /// code.
 pub(super) fn run(names: HandlerNames) -> u8 {
-    let (connection, io) = Connection::stdio();
+    let (connection, io) = super::lsp_io::stdio();
     let code = match serve(&connection, names) {
         Ok(()) => 0,
         Err(e) => {
@@ -51,11 +51,12 @@ pub(super) fn run(names: HandlerNames) -> u8 {
             1
         }
     };
+    // The writer ends once the connection is gone, its last answers out.
     drop(connection);
     match io.join() {
         Ok(()) => code,
-        Err(e) => {
-            eprintln!("error: flowbot lsp: {e}");
+        Err(_) => {
+            eprintln!("error: flowbot lsp: the output thread failed");
             1
         }
     }
@@ -364,7 +365,24 @@ impl Server {
     fn text_of(&self, file: &Path) -> Option<String> {
         match self.open.get(file) {
             Some(d) => Some(d.text.clone()),
-            None => std::fs::read_to_string(file).ok(),
+            // Only a regular file, and only so much of it: never a device
+            // (`/dev/zero`) or a FIFO, which would never end.
+            None => {
+                let meta = std::fs::metadata(file).ok()?;
+                if !meta.is_file() || meta.len() > super::lsp_io::MAX_MESSAGE as u64 {
+                    return None;
+                }
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(
+                        std::fs::File::open(file).ok()?,
+                        super::lsp_io::MAX_MESSAGE as u64,
+                    ),
+                    &mut text,
+                )
+                .ok()?;
+                Some(text)
+            }
         }
     }
 

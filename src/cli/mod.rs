@@ -24,6 +24,7 @@ mod check;
 mod doctor;
 mod graph;
 mod lsp;
+mod lsp_io;
 mod migrate;
 mod new;
 mod replay;
