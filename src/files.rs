@@ -1,5 +1,5 @@
 //! Files flowbot writes that hold customers' words or credentials (the
-//! database, captured deliveries): created private to the user that runs the
+//! database, captured deliveries, the demo's folder): created private to the user that runs the
 //! bot, folders 0700 and files 0600, whatever the umask says.
 
 use std::io::Write;
@@ -40,4 +40,18 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// database SQLite then opens: its journal files take the same mode).
 pub(crate) fn touch_private(path: &Path) -> std::io::Result<()> {
     options().truncate(false).open(path).map(drop)
+}
+
+/// A new folder under the system's temporary folder, only this user can
+/// enter (0700), named `prefix` and random characters (never a guessable
+/// path another user could plant a link at), removed when dropped.
+pub(crate) fn private_temp_dir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    builder.tempdir()
 }

@@ -157,7 +157,8 @@ impl Demo {
         .map_err(|e| e.to_string())?;
         // A private folder (0700, a random name): never a guessable path
         // another user could plant a link at.
-        let dir = private_dir()?;
+        let dir = crate::files::private_temp_dir("flowbot-demo-")
+            .map_err(|e| format!("cannot make a private temporary folder: {e}"))?;
         let mut config = Config {
             flow: flow.to_path_buf(),
             ..Config::default()
@@ -204,12 +205,14 @@ pub(super) async fn run_demo(flow: Option<&Path>, listen: SocketAddr, registry: 
     // can read it (and removed after).
     let built_in = match flow {
         Some(_) => None,
-        None => match private_dir().and_then(|dir| {
-            let path = dir.path().join("support.yaml");
-            std::fs::write(&path, SUPPORT_FLOW)
-                .map(|()| (dir, path))
-                .map_err(|e| format!("cannot write the demo's flow: {e}"))
-        }) {
+        None => match crate::files::private_temp_dir("flowbot-demo-")
+            .map_err(|e| format!("cannot make a private temporary folder: {e}"))
+            .and_then(|dir| {
+                let path = dir.path().join("support.yaml");
+                std::fs::write(&path, SUPPORT_FLOW)
+                    .map(|()| (dir, path))
+                    .map_err(|e| format!("cannot write the demo's flow: {e}"))
+            }) {
             Ok(written) => Some(written),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -239,19 +242,4 @@ pub(super) async fn run_demo(flow: Option<&Path>, listen: SocketAddr, registry: 
     // The built-in flow's folder goes with it.
     drop(built_in);
     0
-}
-
-/// A new folder only this user can enter, with a random name, removed when
-/// dropped.
-fn private_dir() -> Result<tempfile::TempDir, String> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("flowbot-demo-");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o700));
-    }
-    builder
-        .tempdir()
-        .map_err(|e| format!("cannot make a private temporary folder: {e}"))
 }

@@ -111,18 +111,13 @@ impl Inbox {
             self.per_conversation
         );
         tracing::warn!(conversation = %ingested.conversation, %reason, "a message is set aside");
-        let letter = crate::store::DeadLetter {
-            id: 0,
-            received_at: crate::time::now(),
+        let letter = event_letter(
+            "overflow",
+            &ingested.conversation,
+            &ingested.key,
             reason,
-            headers: serde_json::json!({
-                "kind": "overflow",
-                "conversation": ingested.conversation,
-                "key": ingested.key,
-            })
-            .to_string(),
-            body: payload::encode(&ingested.event),
-        };
+            payload::encode(&ingested.event),
+        );
         self.store.add_dead_letter(letter).await?;
         self.metrics.dead_letters.inc();
         self.metrics.overflow.inc();
@@ -160,6 +155,26 @@ impl Inbox {
         pending.sort_by_key(|i| (i.attempts == 0, i.attempts, i.seq));
         self.turns.resume(pending, "unfinished turns");
         Ok(())
+    }
+}
+
+/// A dead letter for an event the runtime set aside (not a webhook's body):
+/// its headers say what kind, for which conversation and key; its body is
+/// the event as the inbox encodes it.
+fn event_letter(
+    kind: &str,
+    conversation: &str,
+    key: &str,
+    reason: String,
+    event: Vec<u8>,
+) -> crate::store::DeadLetter {
+    crate::store::DeadLetter {
+        id: 0,
+        received_at: crate::time::now(),
+        reason,
+        headers: serde_json::json!({"kind": kind, "conversation": conversation, "key": key})
+            .to_string(),
+        body: event,
     }
 }
 
@@ -351,18 +366,13 @@ impl Dispatcher {
     async fn set_aside(&self, item: &InboxItem, attempts: u32, why: &str) {
         let reason = format!("set aside after {attempts} attempts: {why}");
         tracing::error!(%reason, "a message is set aside; the conversation goes on");
-        let letter = crate::store::DeadLetter {
-            id: 0,
-            received_at: crate::time::now(),
+        let letter = event_letter(
+            "turn",
+            &item.conversation,
+            &item.key,
             reason,
-            headers: serde_json::json!({
-                "kind": "turn",
-                "conversation": item.conversation,
-                "key": item.key,
-            })
-            .to_string(),
-            body: item.payload.clone(),
-        };
+            item.payload.clone(),
+        );
         if self
             .persist("keep a dead letter", || {
                 self.store.add_dead_letter(letter.clone())
