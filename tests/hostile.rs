@@ -244,11 +244,30 @@ fn unknown_filters_tests_and_functions_are_load_errors() {
         assert!(e.contains(what), "{template}: {e}");
         assert!(e.contains("hostile.yaml:3:"), "{template}: {e}");
     }
-    // A constant repetition that would build a huge text at once.
+    // A constant repetition that would build a huge text at once, refused
+    // before minijinja folds it (which would build it while loading).
     let e =
-        from_yaml("version: 1\nstates:\n  start: { say: \"{{ name * 1000000 }}\", end: true }\n")
+        from_yaml("version: 1\nstates:\n  start: { say: \"{{ 'x' * 1000000 }}\", end: true }\n")
             .unwrap_err();
     assert!(e.contains("repeats more than 10000 times"), "{e}");
+    // Forty states each folding a different 100 MB literal: the first is refused.
+    let mut yaml = String::from("version: 1\nstates:\n");
+    for i in 0..40 {
+        yaml.push_str(&format!(
+            "  s{i}: {{ say: \"{{% set y = 'A{i}' * 50000000 %}}len {{{{ y | length }}}}\", next: s{} }}\n",
+            i + 1
+        ));
+    }
+    yaml.push_str("  s40: { say: bye, end: true }\n");
+    let e = from_yaml(&yaml.replace("s0:", "start:")).unwrap_err();
+    assert!(e.contains("repeats more than 10000 times"), "{e}");
+    assert!(e.contains("hostile.yaml:3:"), "{e}");
+    // Small factors whose product is large.
+    let e = from_yaml(
+        "version: 1\nstates:\n  start: { say: \"{{ ('ab' * 9000) * 9000 }}\", end: true }\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("would build 162000000 bytes"), "{e}");
     // What minijinja has, and what a template defines, is fine.
     from_yaml(
         "version: 1\nstates:\n  start:\n    say: \"{% macro b(x) %}*{{ x }}*{% endmacro %}{{ b(name | upper) }}{% for i in range(2) %}{{ loop.index }}{% endfor %}{{ name is defined }}\"\n    end: true\n",

@@ -16,6 +16,11 @@
 //! (`contact`, `channel`, `language`, `message`, `now`), without copying them
 //! into a map. The flow's calendars are functions: `open('support')`,
 //! `next_open('support')` (see [`super::calendar`]).
+//!
+//! Before minijinja compiles a template, `guard` parses it and sizes what its
+//! constant expressions fold to, and rewrites `*`, `+` and `~` into calls that
+//! check the size of what they would build: no load and no render builds a text
+//! larger than the output limit in one step.
 
 use minijinja::value::{Enumerator, Object, Value};
 use minijinja::{Environment, UndefinedBehavior};
@@ -23,6 +28,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::bounds::FlowLimits;
+
+mod guard;
 
 /// A compiled text: plain, or a template in the flow's store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +179,8 @@ pub struct Templates {
     /// buffers are preallocated), so a text repeated across states is
     /// shared.
     names: std::collections::HashMap<String, Box<str>>,
+    /// Bytes of constant text the templates fold to so far (see `guard`).
+    folded: usize,
 }
 
 impl std::fmt::Debug for Templates {
@@ -195,9 +204,6 @@ fn has_syntax(s: &str) -> bool {
 /// Names a template may call without defining them: the loop's and the
 /// block machinery's own.
 const IMPLICIT: &[&str] = &["loop", "super", "caller", "self", "varargs", "kwargs"];
-
-/// The largest constant a template may multiply by.
-const MAX_REPEAT: i64 = 10_000;
 
 /// Built-in filter names, offered as "did you mean".
 const FILTERS: &[&str] = &[
@@ -262,6 +268,7 @@ impl Templates {
         env.set_keep_trailing_newline(true);
         env.set_fuel(Some(limits.template_fuel));
         env.set_recursion_limit(32);
+        guard::register(&mut env, limits.template_output_chars);
         Templates {
             env,
             next: 0,
@@ -269,6 +276,7 @@ impl Templates {
             calendars: Vec::new(),
             known: std::collections::HashSet::new(),
             names: std::collections::HashMap::new(),
+            folded: 0,
         }
     }
 
@@ -333,16 +341,24 @@ impl Templates {
                 source: source.into(),
             });
         }
-        self.add(source, source.to_owned())
+        // Parsed and sized before minijinja compiles it (see `guard`).
+        let ast = minijinja::machinery::parse(
+            source,
+            "<template>",
+            Default::default(),
+            Default::default(),
+        )
+        .map_err(|e| describe(&e))?;
+        let guarded = guard::Guard::check(source, &ast, self.max_output, &mut self.folded)?;
+        self.add(source, guarded)
     }
 
     /// Compiles a `when:` expression.
     pub fn expression(&mut self, source: &str) -> Result<Tpl, String> {
         // Parse as an expression first: its errors name the expression, not our wrapper.
-        self.env
-            .compile_expression(source)
-            .map_err(|e| describe(&e))?;
-        self.add(source, format!("{{% if ({source}) %}}1{{% endif %}}"))
+        let ast = minijinja::machinery::parse_expr(source).map_err(|e| describe(&e))?;
+        let guarded = guard::Guard::check_expr(source, &ast, self.max_output, &mut self.folded)?;
+        self.add(source, format!("{{% if ({guarded}) %}}1{{% endif %}}"))
     }
 
     fn add(&mut self, source: &str, template: String) -> Result<Tpl, String> {
@@ -396,17 +412,6 @@ impl Templates {
         let mut defined: Vec<&str> = Vec::new();
         let mut used: Vec<(&'static str, &str)> = Vec::new();
         for i in 0..code.len() as u32 {
-            // `x * 1000000` builds a huge string or list in one step, which no
-            // fuel counts: a constant factor is capped at load.
-            if let (Some(Instruction::Mul), Some(Instruction::LoadConst(v))) =
-                (code.get(i), i.checked_sub(1).and_then(|p| code.get(p)))
-            {
-                if v.as_i64().is_some_and(|n| n > MAX_REPEAT) {
-                    return Err(format!(
-                        "`* {v}` repeats more than {MAX_REPEAT} times; templates may not build text that large"
-                    ));
-                }
-            }
             match code.get(i) {
                 Some(Instruction::ApplyFilter(n, ..)) => used.push(("filter", n)),
                 Some(Instruction::PerformTest(n, ..)) => used.push(("test", n)),
@@ -418,7 +423,8 @@ impl Templates {
         let used: Vec<(&'static str, String)> = used
             .into_iter()
             .filter(|(kind, n)| {
-                *kind != "function" || !(defined.contains(n) || IMPLICIT.contains(n))
+                *kind != "function"
+                    || !(defined.contains(n) || IMPLICIT.contains(n) || *n == guard::MUL)
             })
             .map(|(kind, n)| (kind, n.to_owned()))
             .collect();
