@@ -187,6 +187,9 @@ pub struct ServerConfig {
     /// How long a whole request may take, headers to answer (then 408).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Most conversations `POST /api/start` starts for one customer (one
+    /// conversation) in an hour; more are answered 429. 0: no limit.
+    pub start_limit: u32,
 }
 
 impl Default for ServerConfig {
@@ -209,6 +212,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            start_limit: 20,
         }
     }
 }

@@ -95,6 +95,35 @@ fn a_valid_configuration_checks_out() {
     assert!(out.contains("flows/order_form.yaml"), "{out}");
 }
 
+/// `run` says what `validate` says of a schedule that can outgrow the budget.
+#[test]
+fn run_warns_of_a_schedule_that_fires_faster_than_the_budget_sends() {
+    let dir = crate::runtime::temp_dir("config-schedule-budget");
+    let flow = dir.join("flow.yaml");
+    std::fs::write(
+        &flow,
+        "version: 1\nsettings: { default_language: en }\nschedules:\n  - { name: ping, state: ping, cron: \"* * * * *\" }\nstates:\n  start: { say: hi }\n  ping: { say: ping, template: { name: ping } }\n",
+    )
+    .unwrap();
+    let (code, _, err) = flowbot(
+        &["run", "--check"],
+        &[
+            ("FLOWBOT_FLOW", &flow.display().to_string()),
+            ("FLOWBOT_QPIEN__CLIENT_ID", "i"),
+            ("FLOWBOT_QPIEN__CLIENT_SECRET", "s"),
+            (
+                "FLOWBOT_SERVER__WEBHOOK_SECRET",
+                "webhook-secret-long-enough",
+            ),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("can fire every 1m") && err.contains("about 100 conversations"),
+        "{err}"
+    );
+}
+
 /// A webhook secret too short to resist guessing is refused, by `run
 /// --check` as by `run`, and so is a webhook path the server cannot route
 /// (or that would shadow another endpoint), and a schema `run` would refuse.

@@ -455,6 +455,18 @@ states:
         "schedules:\n  - { name: s, state: survey, cron: \"0 9 * * MON\" }\nstates:\n  start: { say: hi }\n  survey: { say: \"How did we do?\" }\n",
     );
     has(&ds, "starts conversations in `survey`", "schedules[0]", 2);
+    // A schedule that fires faster than the budget sends: a warning saying
+    // how many conversations one firing reaches; a weekly one is fine.
+    let ds = problems(
+        "schedules:\n  - { name: s, state: survey, cron: \"*/5 9-17 * * *\" }\n  - { name: w, state: survey, cron: \"0 9 * * MON\" }\nstates:\n  start: { say: hi }\n  survey: { say: \"How did we do?\", template: { name: survey } }\n",
+    );
+    has(
+        &ds,
+        "can fire every 5m: at Qpien's 100 calls a minute, one firing reaches about 500 conversations",
+        "schedules[0].cron",
+        2,
+    );
+    assert!(!ds.iter().any(|d| d.path == "schedules[1].cron"), "{ds:?}");
 }
 
 #[test]

@@ -488,7 +488,9 @@ async fn open_connections(
 
 /// A real `flowbot run` started with the common default of 1,024 open files
 /// (systemd's soft limit): 2,000 idle or slow connections would use them all
-/// without the connection handling of `runtime/serve.rs`.
+/// without the connection handling of `runtime/serve.rs`, and with a long
+/// header timeout they would keep the probes waiting, were the oldest idle
+/// ones not closed to make room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_or_slow_connections_stop_neither_probes_nor_webhooks() {
     use crate::qpien::start_sim;
@@ -514,6 +516,11 @@ async fn two_thousand_idle_or_slow_connections_stop_neither_probes_nor_webhooks(
         .env("FLOWBOT_QPIEN__CLIENT_ID", "id-1")
         .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret-1")
         .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
+        // Long enough that waiting for slow clients to time out would fail
+        // this test: only shedding them makes room.
+        .env("FLOWBOT_SERVER__HEADER_TIMEOUT", "60s")
+        // A cap the 2,000 connections pass, wherever the hard file limit is.
+        .env("FLOWBOT_SERVER__MAX_CONNECTIONS", "500")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
@@ -538,10 +545,11 @@ async fn two_thousand_idle_or_slow_connections_stop_neither_probes_nor_webhooks(
     )
     .await;
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let health = client.get(format!("{url}/healthz")).send().await;
+    let ready = client.get(format!("{url}/readyz")).send().await;
     let body = serde_json::to_vec(&message("m1", "c1", "hello")).unwrap();
     let webhook = client
         .post(format!("{url}/webhook"))
@@ -561,6 +569,10 @@ async fn two_thousand_idle_or_slow_connections_stop_neither_probes_nor_webhooks(
     assert!(
         matches!(&health, Ok(r) if r.status().as_u16() == 200),
         "{health:?}"
+    );
+    assert!(
+        ready.is_ok(),
+        "/readyz answers (whatever it says): {ready:?}"
     );
     assert!(answered, "{webhook:?}");
 }
@@ -1101,4 +1113,52 @@ async fn admin_harness(name: &str) -> crate::runtime::Harness {
         c.server.admin_token = Secret::new(ADMIN);
     })
     .await
+}
+
+/// A script that starts one customer's conversation in a loop gets 429 past
+/// `server.start_limit` an hour (with when to try again); other customers,
+/// and duplicates of a keyed start, are not held back; an hour later the
+/// customer can be started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_for_one_customer_are_limited_an_hour() {
+    use flowbot::internals::qpien::Secret;
+    const TOKEN: &str = "api-token-of-the-start-limit";
+    let clock = flowbot::ManualClock::new(flowbot::internals::time::now());
+    let h = crate::runtime::Harness::start("start-limit", crate::runtime::ECHO, |c| {
+        c.server.api_token = Secret::new(TOKEN);
+        c.server.start_limit = 3;
+        c.clock = flowbot::internals::time::ClockHandle::new(clock.clone());
+    })
+    .await;
+    let start = |conversation: &str, key: Option<&str>| {
+        let mut body = serde_json::json!({"conversation": conversation, "state": "start"});
+        if let Some(k) = key {
+            body["key"] = k.into();
+        }
+        let req = h
+            .http
+            .post(h.url("/api/start"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move {
+            let r = req.send().await.unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            (r.status().as_u16(), retry, r.text().await.unwrap())
+        }
+    };
+    assert_eq!(start("c-loop", Some("k1")).await.0, 202);
+    assert_eq!(start("c-loop", Some("k1")).await.0, 200, "a duplicate");
+    assert_eq!(start("c-loop", None).await.0, 202);
+    assert_eq!(start("c-loop", None).await.0, 202);
+    let (status, retry, body) = start("c-loop", None).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("server.start_limit"), "{body}");
+    assert!(retry.is_some_and(|s| s > 3500 && s <= 3600), "{retry:?}");
+    assert_eq!(start("c-other", None).await.0, 202, "another customer");
+    clock.advance(std::time::Duration::from_secs(3601));
+    assert_eq!(start("c-loop", None).await.0, 202, "a new hour");
 }

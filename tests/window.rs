@@ -306,6 +306,57 @@ async fn a_scheduled_survey_fires_once_at_its_time() {
     s.bot.shutdown().await;
 }
 
+const EVERY_MINUTE: &str = r#"
+version: 1
+settings: { default_language: en }
+schedules:
+  - { name: ping, state: ping, cron: "* * * * *", mode: interrupt }
+states:
+  start:
+    say: "Hi!"
+  ping:
+    say: "Ping"
+"#;
+
+/// A schedule that fires faster than its messages go out: a firing that
+/// finds the conversation's messages of the one before still queued sends
+/// nothing, so the queue never holds more than one firing's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_firing_while_the_last_one_is_still_queued_sends_nothing() {
+    let s = Setup::with("window-every-minute", EVERY_MINUTE).await;
+    s.say("hi");
+    s.expect("the greeting", &["Hi!"]).await;
+    // Qpien answers slowly: the first ping is still on its way when the
+    // next firings come.
+    s.sim.state().configure(|c| {
+        c.faults.slow = 1.0;
+        c.faults.slow_delay = Duration::from_secs(3);
+    });
+    let before = s.sim.state().stats().requests;
+    s.clock.advance(Duration::from_secs(61));
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.sim.state().stats().requests == before {
+        assert!(tokio::time::Instant::now() < end, "the first ping goes out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 1..=2 {
+        s.clock.advance(Duration::from_secs(60));
+        let want = format!("flowbot_schedule_coalesced_total {n}");
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !s.metrics().await.contains(&want) {
+            assert!(tokio::time::Instant::now() < end, "{want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    s.sim.state().configure(|c| c.faults.slow = 0.0);
+    s.expect("one ping for three firings", &["Hi!", "Ping"])
+        .await;
+    // Once it is out, the next firing sends again.
+    s.clock.advance(Duration::from_secs(60));
+    s.expect("the next ping", &["Hi!", "Ping", "Ping"]).await;
+    s.bot.shutdown().await;
+}
+
 const STARTED: &str = r#"
 version: 1
 settings: { default_language: en }

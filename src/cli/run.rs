@@ -29,6 +29,7 @@ pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Regis
             return 2;
         }
     };
+    init_logging(&config);
     if check {
         return match crate::runtime::check(&config, &registry) {
             Ok(_) if config.bots.is_empty() => {
@@ -48,11 +49,11 @@ pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Regis
             }
         };
     }
-    init_logging(&config);
     match crate::runtime::start(config, registry).await {
         Ok(running) => {
+            let stop = crate::runtime::shutdown_signal();
             println!("flowbot listening on http://{}", running.addr());
-            let drained = running.until(crate::runtime::shutdown_signal()).await;
+            let drained = running.until(stop).await;
             if drained.turns_left + drained.replies_left > 0 {
                 eprintln!(
                     "stopped with {} turns and {} replies left in the store (they resume at the next start)",

@@ -148,6 +148,8 @@ pub struct Turn {
     pub withheld: usize,
     /// The step ended a handoff: the bot has the conversation again.
     pub released: bool,
+    /// The schedule that fired in this step, if one did.
+    pub schedule: Option<Box<str>>,
 }
 
 /// One step of a turn, for coverage and debugging.
@@ -426,6 +428,7 @@ impl Bot {
             errors: outcome.errors,
             window_closes,
             withheld: outcome.withheld,
+            schedule: outcome.schedule,
         }
     }
 
@@ -549,6 +552,7 @@ impl Bot {
             errors: Vec::new(),
             window_closes: None,
             withheld: 0,
+            schedule: None,
         }
     }
 
@@ -775,6 +779,7 @@ impl Bot {
                 s.schedules = marks;
             }
         }
+        outcome.schedule = Some(name);
         outcome
     }
 
@@ -1010,6 +1015,7 @@ impl Turn {
         self.errors.extend(next.errors);
         self.released |= next.released;
         self.withheld += next.withheld;
+        self.schedule = self.schedule.or(next.schedule);
         self.window_closes = match (self.window_closes, next.window_closes) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -1049,6 +1055,8 @@ struct Outcome {
     /// The session of a conversation that ended in this outcome (kept if a
     /// schedule is still to fire for it).
     last: Option<Session>,
+    /// The schedule that fired.
+    schedule: Option<Box<str>>,
 }
 
 impl Outcome {
@@ -1063,6 +1071,7 @@ impl Outcome {
             released: false,
             withheld: 0,
             last: None,
+            schedule: None,
         }
     }
 
@@ -1076,6 +1085,7 @@ impl Outcome {
         self.errors.extend(next.errors);
         self.released |= next.released;
         self.withheld += next.withheld;
+        self.schedule = self.schedule.take().or(next.schedule);
         self
     }
 }
@@ -1147,6 +1157,7 @@ impl Run<'_> {
             released: false,
             withheld: 0,
             last,
+            schedule: None,
             session,
             messages: self.out,
             effects: self.effects,

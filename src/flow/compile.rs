@@ -670,10 +670,19 @@ impl Compiler<'_> {
                     );
                 }
                 match super::schedule::cron(expr) {
-                    Ok(cron) => zone.clone().map(|zone| Kind::Cron {
-                        cron: Box::new(cron),
-                        zone,
-                    }),
+                    Ok(cron) => {
+                        if let Some(warning) = super::schedule::outgrows_budget(&cron) {
+                            r.warning(
+                                &p("cron"),
+                                warning,
+                                Some("fire less often, or narrow it with `when:`".into()),
+                            );
+                        }
+                        zone.clone().map(|zone| Kind::Cron {
+                            cron: Box::new(cron),
+                            zone,
+                        })
+                    }
                     Err(e) => {
                         r.error(
                             &p("cron"),

@@ -81,6 +81,40 @@ pub(crate) fn cron(expr: &str) -> Result<jiff_cron::Schedule, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Qpien's calls a minute for one API key, the budget a schedule's firings
+/// share with everything else the bot sends.
+const CALLS_PER_MINUTE: i64 = 100;
+
+/// Below this many conversations reached per firing, a cron schedule is
+/// worth a warning: its firings may come faster than the budget sends them.
+const WARN_BELOW: i64 = 10_000;
+
+/// Whether a cron schedule can fire faster than the budget sends to the
+/// conversations it reaches: a warning saying how many one firing reaches
+/// before the next, or `None`. The shortest gap among its next firings (from a
+/// fixed time, so the answer is the same on every machine) is what counts.
+pub(crate) fn outgrows_budget(cron: &jiff_cron::Schedule) -> Option<String> {
+    let from = Timestamp::from_second(1_767_571_200)
+        .ok()?
+        .to_zoned(TimeZone::UTC);
+    let times: Vec<i64> = cron
+        .after(from)
+        .take(200)
+        .map(|z| z.timestamp().as_second())
+        .collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).min()?;
+    let reach = gap * CALLS_PER_MINUTE / 60;
+    (reach < WARN_BELOW).then(|| {
+        let every = humantime::format_duration(std::time::Duration::from_secs(gap as u64));
+        format!(
+            "this schedule can fire every {every}: at Qpien's {CALLS_PER_MINUTE} calls a minute, one firing \
+             reaches about {reach} conversations before the next; where a firing's messages are still \
+             queued when the next comes, the next sends nothing (counted in \
+             `flowbot_schedule_coalesced_total`)"
+        )
+    })
+}
+
 /// A variable's value as a time: a date (`2026-03-01`, midnight in `zone`),
 /// an RFC 3339 time, or milliseconds (a number, or its text: `{{ now }}`).
 fn base(value: &minijinja::Value, zone: &TimeZone) -> Option<Millis> {

@@ -486,7 +486,17 @@ impl Dispatcher {
                 }
             }
         };
-        let (turn, released_by) = turn;
+        let (mut turn, released_by) = turn;
+        // A schedule that fires faster than the budget sends: a firing that
+        // finds the conversation's messages still queued sends nothing new,
+        // so the queue holds one firing's messages, not a backlog.
+        if let Some(schedule) = &turn.schedule {
+            if self.outbox.has(conversation) && !turn.messages.is_empty() {
+                tracing::info!(%schedule, "a schedule fired with its conversation's messages still queued: nothing new is sent");
+                self.metrics.schedule_coalesced.inc();
+                turn.messages.clear();
+            }
+        }
         let channel = turn
             .stored
             .as_ref()

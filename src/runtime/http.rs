@@ -73,6 +73,8 @@ pub(crate) struct App {
     /// The last readiness checks (store, Qpien token) and when they ran:
     /// `/readyz` asked often, or by anyone, runs them at most once a second.
     pub(crate) checked: tokio::sync::Mutex<Option<(std::time::Instant, Checks)>>,
+    /// Starts per conversation an hour (`server.start_limit`).
+    pub(crate) starts: super::starts::StartLimit,
 }
 
 /// What the readiness checks found: the store's and Qpien's problems, if any.
@@ -631,16 +633,39 @@ async fn api_start(State(shared): State<Arc<App>>, headers: HeaderMap, body: Bod
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         return r;
     }
+    if let Err(wait) = shared
+        .starts
+        .take(&request.conversation, shared.clock.now())
+    {
+        let secs = (wait + 999) / 1000;
+        let mut r = json_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({"error": format!(
+                "conversation {} was started {} times in the last hour (server.start_limit); try again in {secs} s",
+                request.conversation, shared.server.start_limit
+            )}),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     match shared.inbox.accept(ingested).await {
         Ok(true) => json_reply(
             StatusCode::ACCEPTED,
             serde_json::json!({"conversation": request.conversation, "status": "start queued"}),
         ),
-        Ok(false) => json_reply(
-            StatusCode::OK,
-            serde_json::json!({"conversation": request.conversation, "status": "duplicate"}),
-        ),
-        Err(e) => store_failed(e),
+        Ok(false) => {
+            shared.starts.give_back(&request.conversation);
+            json_reply(
+                StatusCode::OK,
+                serde_json::json!({"conversation": request.conversation, "status": "duplicate"}),
+            )
+        }
+        Err(e) => {
+            shared.starts.give_back(&request.conversation);
+            store_failed(e)
+        }
     }
 }
 

@@ -98,6 +98,9 @@ pub struct Metrics {
     /// Messages set aside because their conversation had
     /// `runtime.max_pending_per_conversation` turns and replies waiting.
     pub overflow: Counter,
+    /// Schedule firings that sent nothing because the conversation's
+    /// messages of the one before were still queued.
+    pub schedule_coalesced: Counter,
     /// Conversations given back to the bot, by what ended the handoff
     /// (`agent_left`, `checked`, `timeout`, `manual`).
     pub releases: Results,
@@ -134,6 +137,7 @@ pub(crate) struct MetricSet {
     handoff_failures: Family<BotLabel, Counter>,
     withheld: Family<BotLabel, Counter>,
     overflow: Family<BotLabel, Counter>,
+    schedule_coalesced: Family<BotLabel, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -231,6 +235,7 @@ impl MetricSet {
             handoff_failures: Family::default(),
             withheld: Family::default(),
             overflow: Family::default(),
+            schedule_coalesced: Family::default(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
         registry.register(
@@ -294,6 +299,11 @@ impl MetricSet {
             m.overflow.clone(),
         );
         registry.register(
+            "flowbot_schedule_coalesced",
+            "Schedule firings that sent nothing: the conversation's messages of the firing before were still queued",
+            m.schedule_coalesced.clone(),
+        );
+        registry.register(
             "flowbot_releases",
             "Handoffs ended, by what ended them",
             m.releases.clone(),
@@ -323,6 +333,7 @@ impl MetricSet {
             handoff_failures: self.handoff_failures.get_or_create(bot).clone(),
             withheld: self.withheld.get_or_create(bot).clone(),
             overflow: self.overflow.get_or_create(bot).clone(),
+            schedule_coalesced: self.schedule_coalesced.get_or_create(bot).clone(),
         }
     }
 

@@ -43,6 +43,7 @@ mod payload;
 mod poll;
 mod reload;
 mod serve;
+mod starts;
 mod timers;
 
 pub use metrics::Metrics;
@@ -297,6 +298,13 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
             message: e.to_string(),
         }
     })?;
+    // What the flow's schedules risk (their firings outgrowing the budget,
+    // WhatsApp's window) is said where the bot runs, not only by `validate`.
+    for w in bot.flow().warnings.warnings() {
+        if w.path.starts_with("schedules") {
+            tracing::warn!(bot = spec.name.as_deref(), "{w}");
+        }
+    }
     if spec.server.webhook && spec.server.webhook_secret.expose().len() < MIN_SECRET {
         let (key, env) = match &spec.name {
             Some(n) => (
@@ -677,6 +685,7 @@ async fn launch(
         span: span.clone(),
         clock: config.clock.clone(),
         checked: Default::default(),
+        starts: starts::StartLimit::new(spec.server.start_limit),
     });
     let mut tasks = vec![
         feedback_task,
@@ -737,24 +746,33 @@ async fn launch(
     ))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The signals are taken over when this is
+/// called, not when it is first awaited: call it before saying the process
+/// is up, so that a signal sent right after is not the default (an exit that
+/// skips the clean stop).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async fn wait(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+        async move {
+            tokio::select! {
+                _ = wait(interrupt) => {},
+                _ = wait(terminate) => {},
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
