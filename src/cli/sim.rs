@@ -123,9 +123,10 @@ pub(super) async fn run_sim(args: &SimArgs) -> u8 {
             return 2;
         }
     };
+    let stop = crate::runtime::shutdown_signal();
     println!("Qpien simulator: GraphQL at {}", sim.graphql_url());
     println!("playground: {}", sim.url());
-    crate::runtime::shutdown_signal().await;
+    stop.await;
     sim.shutdown().await;
     0
 }
@@ -234,10 +235,11 @@ pub(super) async fn run_demo(flow: Option<&Path>, listen: SocketAddr, registry: 
             return 2;
         }
     };
+    let stop = crate::runtime::shutdown_signal();
     println!("flowbot demo: {name} answered by {}", demo.bot.addr());
     println!("open the playground: {}", demo.sim.url());
     println!("(Ctrl-C to stop)");
-    crate::runtime::shutdown_signal().await;
+    stop.await;
     demo.shutdown().await;
     // The built-in flow's folder goes with it.
     drop(built_in);

@@ -11,8 +11,18 @@
 //! never exceeds what the process may open: at start the soft limit on open
 //! files is raised to the hard one (as Go's runtime does), and the cap is kept
 //! below it, with room for the store and Qpien's connections.
+//!
+//! Near the cap, slow clients give way, as HTTP servers' overload managers
+//! do: once three quarters of the connections are taken, new ones get a short
+//! header timeout ([`PRESSED_HEADER_TIMEOUT`]); at the cap, a new connection
+//! is accepted and the oldest connection with no request in progress (one
+//! that has not sent a whole header yet, or a kept-alive one between
+//! requests) is closed to make room. So a thousand half-open connections
+//! cannot keep `/healthz`, `/readyz` or a complete webhook waiting.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +30,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use super::Stop;
@@ -49,6 +59,81 @@ pub(crate) fn connection_cap(config: &ServerConfig) -> usize {
     cap.max(1)
 }
 
+/// The header timeout of connections accepted under pressure.
+const PRESSED_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One open connection: how many of its requests are in progress, and the
+/// signal that closes it.
+#[derive(Debug, Default)]
+struct Conn {
+    busy: AtomicUsize,
+    shed: Notify,
+}
+
+/// The open connections, oldest first.
+#[derive(Debug, Default)]
+struct Conns {
+    table: Mutex<BTreeMap<u64, Arc<Conn>>>,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the oldest connection with no request in progress; says
+    /// whether there was one.
+    fn shed_oldest_idle(&self) -> bool {
+        let mut table = self.lock();
+        let Some(id) = table
+            .iter()
+            .find(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        if let Some(c) = table.remove(&id) {
+            c.shed.notify_one();
+        }
+        true
+    }
+}
+
+/// A connection's service: the router, counting the requests in progress.
+#[derive(Clone)]
+struct Tracked {
+    inner: TowerToHyperService<Router>,
+    conn: Arc<Conn>,
+}
+
+/// Counts a request in progress until its response is made.
+struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.conn.busy.fetch_add(1, Ordering::SeqCst);
+        let busy = Busy(self.conn.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(busy);
+            r
+        })
+    }
+}
+
 /// Serves `app` on `listener` until `stop`, then lets open requests finish.
 pub(crate) async fn serve(listener: TcpListener, app: Router, config: &ServerConfig, stop: Stop) {
     let app = app
@@ -57,21 +142,24 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, config: &ServerCon
             axum::http::StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ));
-    let slots = Arc::new(Semaphore::new(connection_cap(config)));
+    let cap = connection_cap(config);
+    let slots = Arc::new(Semaphore::new(cap));
+    let conns = Arc::new(Conns::default());
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .max_buf_size(64 * 1024)
-        .keep_alive(true);
+    let builder = |header_timeout: Duration| {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(64 * 1024)
+            .keep_alive(true);
+        http
+    };
+    let http = builder(config.header_timeout);
+    let pressed = builder(config.header_timeout.min(PRESSED_HEADER_TIMEOUT));
+    let mut next_id = 0u64;
     loop {
-        let permit = tokio::select! {
-            _ = stop.wait() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+        // A connection is accepted first (the cap leaves room for one more
+        // handle), then given a slot: a free one, or one a slow client gives up.
         let stream = tokio::select! {
             _ = stop.wait() => break,
             accepted = listener.accept() => match accepted {
@@ -85,12 +173,41 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, config: &ServerCon
                 }
             },
         };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if conns.shed_oldest_idle() {
+                    tracing::debug!("at the connection cap: the oldest idle connection is closed");
+                }
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
+        let conn = Arc::new(Conn::default());
+        next_id += 1;
+        conns.lock().insert(next_id, conn.clone());
+        let under_pressure = slots.available_permits() < cap / 4;
+        let service = Tracked {
+            inner: TowerToHyperService::new(app.clone()),
+            conn: conn.clone(),
+        };
+        let builder = if under_pressure { &pressed } else { &http };
+        let served = builder.serve_connection(TokioIo::new(stream), service);
+        let served = graceful.watch(served);
+        let (id, conns) = (next_id, conns.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            tokio::select! {
+                _ = served => {}
+                // Dropping the connection closes it.
+                _ = conn.shed.notified() => {}
+            }
+            conns.lock().remove(&id);
             drop(permit);
         });
     }
