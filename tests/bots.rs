@@ -242,7 +242,16 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
         "slow's Qpien did answer 429"
     );
 
-    // Each bot kept its conversations in its own namespace.
-    assert!(dir.join("flowbot.slow.db").is_file() && dir.join("flowbot.quick.db").is_file());
+    // One file holds both bots' conversations, each under its own key.
     running.shutdown().await;
+    assert!(!dir.join("flowbot.slow.db").exists() && !dir.join("flowbot.quick.db").exists());
+    let count = |bot: &str| {
+        let mut n = 0;
+        flowbot::internals::store::read_sqlite_sessions(&dir.join("flowbot.db"), bot, &mut |_| {
+            n += 1
+        })
+        .unwrap();
+        n
+    };
+    assert_eq!((count("slow"), count("quick"), count("")), (4, 20, 0));
 }

@@ -472,9 +472,10 @@ fn bots_that_would_share_variables_or_bad_paths_are_refused() {
 fn too_many_bots_for_the_open_file_limit_say_so() {
     let flow = format!("{}/flows/order_form.yaml", env!("CARGO_MANIFEST_DIR"));
     let dir = crate::runtime::temp_dir("bots-files");
+    // (SQLite bots share one file; PostgreSQL's still have a pool each.)
     let mut text =
-        String::from("[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"flowbot.db\"\n");
-    for i in 0..100 {
+        String::from("[server]\nlisten = \"127.0.0.1:0\"\n[store]\nbackend = \"postgres\"\n");
+    for i in 0..20 {
         text.push_str(&format!("\n[[bots]]\nname = \"b{i}\"\nflow = \"{flow}\"\n"));
     }
     std::fs::write(dir.join("flowbot.toml"), text).unwrap();
@@ -484,13 +485,14 @@ fn too_many_bots_for_the_open_file_limit_say_so() {
             "ulimit -n 300 && exec {} run --config flowbot.toml",
             env!("CARGO_BIN_EXE_flowbot")
         ))
+        .env("FLOWBOT_STORE__URL", "postgres://127.0.0.1:1/none")
         .current_dir(&dir)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("100 bot(s) need about 464 open files") && stderr.contains("limit is 300"),
+        stderr.contains("20 bot(s) need about 404 open files") && stderr.contains("limit is 300"),
         "{stderr}"
     );
 }

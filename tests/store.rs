@@ -241,6 +241,126 @@ async fn sqlite_keeps_everything_across_a_reopen() {
     assert!(store.session("c1").await.unwrap().is_some());
 }
 
+/// One file holds several bots: each bot's handle keeps the whole contract
+/// while another bot's rows sit beside its own, and sees none of them.
+#[tokio::test]
+async fn bots_sharing_a_sqlite_file_see_only_their_own_rows() {
+    let path = temp_db("bots");
+    let file = SqliteStore::open(&path, opts(5, 64)).unwrap();
+    let a = file.bot("acme").await.unwrap();
+    let Accepted::New(kept) = a.accept(inbound("m1", "c1")).await.unwrap() else {
+        panic!("new")
+    };
+    let Accepted::New(first) = a.accept(inbound("m0", "c1")).await.unwrap() else {
+        panic!("new")
+    };
+    let ids = a
+        .commit(TurnCommit {
+            inbox_seq: first.seq,
+            conversation: "c1".into(),
+            session: Some(StoredSession {
+                data: b"acme's".to_vec(),
+                due_at: Some(1),
+            }),
+            outbox: vec![b"to acme's customer".to_vec()],
+            fence: None,
+        })
+        .await
+        .unwrap();
+    a.add_dead_letter(DeadLetter {
+        id: 0,
+        received_at: 1,
+        reason: "acme's".into(),
+        headers: "{}".into(),
+        body: b"x".to_vec(),
+    })
+    .await
+    .unwrap();
+    a.set_cursor("poll", "acme's").await.unwrap();
+    // Another bot on the file: the whole contract, with the same keys and
+    // conversation ids as acme's.
+    let b = file.bot("globex").await.unwrap();
+    contract(&b).await;
+    // Nothing of globex's reaches acme, and acme's ids are not globex's to remove.
+    b.delivered(ids[0]).await.unwrap();
+    assert_eq!(a.outbox(0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        a.outbox(0, 10).await.unwrap()[0].payload,
+        b"to acme's customer"
+    );
+    assert_eq!(a.pending(10).await.unwrap().len(), 1);
+    assert_eq!(a.pending(10).await.unwrap()[0].seq, kept.seq);
+    assert_eq!(a.session("c1").await.unwrap().unwrap().data, b"acme's");
+    assert_eq!(a.due_timers(10, 10).await.unwrap(), [("c1".to_owned(), 1)]);
+    assert_eq!(a.dead_letters(None, 10).await.unwrap().len(), 1);
+    assert_eq!(a.cursor("poll").await.unwrap().as_deref(), Some("acme's"));
+    // The same name is the same bot, across a reopen too.
+    drop((a, b, file));
+    let file = SqliteStore::open(&path, opts(5, 64)).unwrap();
+    let a = file.bot("acme").await.unwrap();
+    assert_eq!(a.session("c1").await.unwrap().unwrap().data, b"acme's");
+    assert_eq!(
+        file.session("c1").await.unwrap(),
+        None,
+        "the single bot's rows are its own"
+    );
+}
+
+/// A file made before one file held every bot (schema version 4): its rows
+/// become the single bot's, nothing is lost, and named bots start empty.
+#[tokio::test]
+async fn a_file_of_one_bot_from_before_is_the_single_bots_after_the_upgrade() {
+    let path = temp_db("upgrade");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+                conversation TEXT NOT NULL, payload BLOB NOT NULL, received_at INTEGER NOT NULL,
+                done INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX inbox_pending ON inbox(seq) WHERE done = 0;
+             CREATE TABLE sessions (conversation TEXT PRIMARY KEY, data BLOB NOT NULL, due_at INTEGER) WITHOUT ROWID;
+             CREATE INDEX sessions_due ON sessions(due_at) WHERE due_at IS NOT NULL;
+             CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT NOT NULL, payload BLOB NOT NULL);
+             CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+             CREATE TABLE dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at INTEGER NOT NULL,
+                reason TEXT NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL);
+             CREATE TABLE budget_calls (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, at INTEGER NOT NULL);
+             CREATE INDEX budget_calls_key ON budget_calls(key, at);
+             CREATE INDEX outbox_conversation ON outbox(conversation, id);
+             INSERT INTO inbox (key, conversation, payload, received_at) VALUES ('m1', 'c1', x'01', 1);
+             INSERT INTO sessions VALUES ('c1', x'02', 5);
+             INSERT INTO outbox (conversation, payload) VALUES ('c1', x'03');
+             INSERT INTO cursors VALUES ('poll', 'here');
+             INSERT INTO dead_letters (received_at, reason, headers, body) VALUES (1, 'old', '{}', x'04');
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    }
+    let file = SqliteStore::open(&path, opts(5, 64)).unwrap();
+    assert_eq!(file.pending(10).await.unwrap()[0].key, "m1");
+    assert_eq!(file.session("c1").await.unwrap().unwrap().data, [2]);
+    assert_eq!(file.outbox(0, 10).await.unwrap()[0].payload, [3]);
+    assert_eq!(file.cursor("poll").await.unwrap().as_deref(), Some("here"));
+    assert_eq!(file.dead_letters(None, 10).await.unwrap()[0].reason, "old");
+    assert_eq!(
+        file.due_timers(10, 10).await.unwrap(),
+        [("c1".to_owned(), 5)]
+    );
+    assert_eq!(
+        file.accept(inbound("m1", "c1")).await.unwrap(),
+        Accepted::Duplicate
+    );
+    // New rows number after the old ones.
+    let Accepted::New(next) = file.accept(inbound("m2", "c1")).await.unwrap() else {
+        panic!("new")
+    };
+    assert!(next.seq > 1);
+    let other = file.bot("acme").await.unwrap();
+    assert!(other.pending(10).await.unwrap().is_empty());
+    assert!(other.session("c1").await.unwrap().is_none());
+}
+
 /// Qpien's budget is kept in the file: a process that opens it again knows
 /// what the one before spent (calls counted from their end, or for their hold
 /// when they never ended), and a new file says it knows nothing.

@@ -16,6 +16,7 @@ pub(super) async fn run(
     new: &Path,
     store: Option<&str>,
     schema: &str,
+    bot: &str,
     registry: Registry,
 ) -> u8 {
     let Ok(old_bot) = super::load_bot(old, registry.clone()) else {
@@ -27,7 +28,7 @@ pub(super) async fn run(
     let moves = migration(old_bot.flow(), new_bot.flow());
     let live = match store {
         None => None,
-        Some(url) => match count(url, schema, &old_bot).await {
+        Some(url) => match count(url, schema, bot, &old_bot).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("error: cannot read the conversations in {url}: {e}");
@@ -73,6 +74,7 @@ pub(super) async fn run(
 async fn count(
     url: &str,
     schema: &str,
+    bot: &str,
     old: &crate::engine::Bot,
 ) -> Result<BTreeMap<String, u64>, String> {
     let now = crate::time::now();
@@ -99,7 +101,7 @@ async fn count(
         return Err("no such SQLite database".into());
     }
     let mut out = BTreeMap::new();
-    crate::store::read_sqlite_sessions(path, &mut |data| {
+    crate::store::read_sqlite_sessions(path, bot, &mut |data| {
         if let Some(state) = crate::runtime::live_state(data, old, now) {
             *out.entry(state).or_insert(0) += 1;
         }

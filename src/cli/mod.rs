@@ -205,6 +205,10 @@ pub enum Command {
         /// The PostgreSQL schema of the store.
         #[arg(long, default_value = "flowbot")]
         schema: String,
+        /// Which bot's conversations, in a store that holds several (the
+        /// names of `[[bots]]`; none: the one bot of a single-bot process).
+        #[arg(long, value_name = "NAME", default_value = "")]
+        bot: String,
     },
     /// Start a bot project: a flow, a Rust action, a conversation test with
     /// its snapshot, a configuration and a README, in a new folder NAME.
@@ -357,7 +361,8 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 new,
                 store,
                 schema,
-            } => migrate::run(&old, &new, store.as_deref(), &schema, registry).await,
+                bot,
+            } => migrate::run(&old, &new, store.as_deref(), &schema, &bot, registry).await,
             Command::New { name, flowbot_path } => new::run(&name, flowbot_path.as_deref()).await,
             Command::Lsp => {
                 let names = registry.names();

@@ -208,6 +208,8 @@ impl Running {
 /// webhook and its store namespace applied.
 struct Spec {
     name: Option<String>,
+    /// Its key in a store that holds several bots (`""`: the single bot).
+    key: String,
     flow: PathBuf,
     qpien: QpienConfig,
     server: ServerConfig,
@@ -219,6 +221,7 @@ impl Spec {
         if config.bots.is_empty() {
             return vec![Spec {
                 name: None,
+                key: String::new(),
                 flow: config.flow.clone(),
                 qpien: config.qpien.clone(),
                 server: config.server.clone(),
@@ -234,12 +237,14 @@ impl Spec {
                 if !b.webhook_secret.is_empty() {
                     server.webhook_secret = b.webhook_secret.clone();
                 }
+                // SQLite: one file for every bot, each row keyed by the
+                // bot's namespace; PostgreSQL: a schema per bot.
                 let mut store = config.store.clone();
                 let ns = b.store_namespace();
-                store.path = namespaced(&store.path, &ns);
                 store.schema = format!("{}_{ns}", store.schema);
                 Spec {
                     name: Some(b.name.clone()),
+                    key: ns,
                     flow: b.flow.clone(),
                     qpien: b.qpien.clone(),
                     server,
@@ -376,14 +381,17 @@ fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, R
 fn check_open_files(specs: &[Spec]) -> Result<(), RuntimeError> {
     // SQLite: the database, its journal, its shared memory and its lock;
     // PostgreSQL: a pool of up to 16 connections and one that listens.
-    let need: u64 = specs
+    let files: std::collections::HashSet<&Path> = specs
         .iter()
-        .map(|s| match s.store.backend {
-            StoreBackend::Sqlite => 4,
-            StoreBackend::Postgres => 17,
-            StoreBackend::Memory => 0,
-        })
-        .sum::<u64>()
+        .filter(|s| s.store.backend == StoreBackend::Sqlite)
+        .map(|s| s.store.path.as_path())
+        .collect();
+    let need: u64 = files.len() as u64 * 4
+        + specs
+            .iter()
+            .filter(|s| s.store.backend == StoreBackend::Postgres)
+            .count() as u64
+            * 17
         + 64;
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     if need > limit {
@@ -399,6 +407,50 @@ fn check_open_files(specs: &[Spec]) -> Result<(), RuntimeError> {
 
 /// The shortest webhook secret accepted: a shorter one is guessed quickly.
 const MIN_SECRET: usize = 16;
+
+/// The stores of a process's bots: a SQLite file is opened once, and each
+/// bot gets its handle on it.
+#[derive(Default)]
+struct Stores {
+    sqlite: std::collections::HashMap<PathBuf, SqliteStore>,
+}
+
+impl Stores {
+    async fn open(&mut self, spec: &Spec) -> Result<Arc<dyn StateStore>, RuntimeError> {
+        let store = &spec.store;
+        if store.backend != StoreBackend::Sqlite {
+            return open_store(store).await;
+        }
+        let file = match self.sqlite.get(&store.path) {
+            Some(f) => f.clone(),
+            None => {
+                let f = SqliteStore::open(
+                    &store.path,
+                    SqliteOptions {
+                        busy_timeout: store.busy_timeout,
+                        max_batch: store.max_batch,
+                        durability: store.durability,
+                        max_bytes: store.max_bytes,
+                    },
+                )?;
+                self.sqlite.insert(store.path.clone(), f.clone());
+                f
+            }
+        };
+        if spec.name.is_some() {
+            let earlier = namespaced(&store.path, &spec.key);
+            if earlier.is_file() {
+                tracing::warn!(
+                    file = %earlier.display(),
+                    "this file holds this bot's conversations from an earlier version, which kept a file per bot: \
+                     stop the process and run `flowbot bots import-store` to move them into {}",
+                    store.path.display()
+                );
+            }
+        }
+        Ok(Arc::new(file.bot(&spec.key).await?))
+    }
+}
 
 async fn open_store(store: &StoreConfig) -> Result<Arc<dyn StateStore>, RuntimeError> {
     Ok(match store.backend {
@@ -477,9 +529,10 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     let mut opened = Vec::with_capacity(specs.len());
     // One HTTP client (pool, TLS configuration) for every bot's Qpien client.
     let http = crate::qpien::client::http_client()?;
+    let mut stores = Stores::default();
     for spec in specs {
         let bot = check_one(&config, &spec, &registry)?;
-        let store = open_store(&spec.store).await?;
+        let store = stores.open(&spec).await?;
         let client = QpienClient::with_http(spec.qpien.clone(), http.clone())?;
         // Kept in the store: Qpien's budgets (100 calls a minute), shared by
         // the instances of a shared store, and known to a restarted process

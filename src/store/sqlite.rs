@@ -8,7 +8,7 @@
 //! request rolls back its savepoint alone.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -66,6 +66,65 @@ fn migrations() -> Migrations<'static> {
         CREATE INDEX budget_calls_key ON budget_calls(key, at);
         CREATE INDEX outbox_conversation ON outbox(conversation, id);",
         ),
+        // One file for every bot of the process: each row keyed by its bot
+        // (0, named '', is the one bot of a single-bot process, and holds
+        // what the file held before).
+        M::up(
+            "CREATE TABLE bots (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+        INSERT INTO bots (id, name) VALUES (0, '');
+        CREATE TABLE inbox_by_bot (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            bot INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            conversation TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            received_at INTEGER NOT NULL,
+            done INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (bot, key)
+        );
+        INSERT INTO inbox_by_bot (seq, bot, key, conversation, payload, received_at, done, attempts)
+            SELECT seq, 0, key, conversation, payload, received_at, done, attempts FROM inbox;
+        DROP TABLE inbox;
+        ALTER TABLE inbox_by_bot RENAME TO inbox;
+        CREATE INDEX inbox_pending ON inbox(bot, seq) WHERE done = 0;
+        CREATE INDEX inbox_done ON inbox(received_at) WHERE done = 1;
+        CREATE TABLE sessions_by_bot (
+            bot INTEGER NOT NULL,
+            conversation TEXT NOT NULL,
+            data BLOB NOT NULL,
+            due_at INTEGER,
+            PRIMARY KEY (bot, conversation)
+        ) WITHOUT ROWID;
+        INSERT INTO sessions_by_bot (bot, conversation, data, due_at)
+            SELECT 0, conversation, data, due_at FROM sessions;
+        DROP TABLE sessions;
+        ALTER TABLE sessions_by_bot RENAME TO sessions;
+        CREATE INDEX sessions_due ON sessions(bot, due_at) WHERE due_at IS NOT NULL;
+        CREATE TABLE outbox_by_bot (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            bot INTEGER NOT NULL,
+            conversation TEXT NOT NULL,
+            payload BLOB NOT NULL
+        );
+        INSERT INTO outbox_by_bot (id, bot, conversation, payload)
+            SELECT id, 0, conversation, payload FROM outbox;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_by_bot RENAME TO outbox;
+        CREATE INDEX outbox_bot ON outbox(bot, id);
+        CREATE INDEX outbox_conversation ON outbox(bot, conversation, id);
+        CREATE TABLE cursors_by_bot (
+            bot INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (bot, name)
+        ) WITHOUT ROWID;
+        INSERT INTO cursors_by_bot (bot, name, value) SELECT 0, name, value FROM cursors;
+        DROP TABLE cursors;
+        ALTER TABLE cursors_by_bot RENAME TO cursors;
+        ALTER TABLE dead_letters ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX dead_letters_bot ON dead_letters(bot, id);",
+        ),
     ])
 }
 
@@ -99,6 +158,8 @@ enum Op {
         hold: Millis,
     },
     BudgetDone(i64),
+    /// The id of a bot by its name, made if new.
+    Bot(String),
 }
 
 enum Reply {
@@ -119,7 +180,8 @@ enum Reply {
     Done,
 }
 
-type Job = (Op, oneshot::Sender<Result<Reply, StoreError>>);
+/// An operation, for a bot, and where its answer goes.
+type Job = (i64, Op, oneshot::Sender<Result<Reply, StoreError>>);
 
 /// When a commit counts as done (SQLite's `synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -157,9 +219,19 @@ impl Default for SqliteOptions {
     }
 }
 
-/// A SQLite database file holding sessions, inbox and outbox.
-#[derive(Debug)]
+/// A SQLite database file holding sessions, inbox and outbox: of one bot,
+/// seen through this handle; [`SqliteStore::bot`] gives another bot's handle
+/// on the same file (one writer thread, commits batched across bots).
+#[derive(Debug, Clone)]
 pub struct SqliteStore {
+    file: Arc<File>,
+    /// The bot's id in the file (0: the one bot of a single-bot process).
+    bot: i64,
+}
+
+/// The open file, shared by every bot's handle.
+#[derive(Debug)]
+struct File {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
     /// The last write that failed, and when, until a write succeeds: a full
@@ -227,10 +299,11 @@ fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{}: {e}", path.display()))
 }
 
-/// Reads every session of the database at `path` without opening it as a
-/// store (no lock, no schema change: a running bot may hold it), calling
-/// `f` with each one's data.
-pub fn read_sessions(path: &Path, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
+/// Reads every session of the bot named `bot` (`""`: the one bot of a
+/// single-bot process) in the database at `path` without opening it as a
+/// store (no lock, no schema change: a running bot may hold it), calling `f`
+/// with each one's data.
+pub fn read_sessions(path: &Path, bot: &str, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
     let conn = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -238,10 +311,28 @@ pub fn read_sessions(path: &Path, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreE
     .map_err(err(path))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(err(path))?;
-    let mut stmt = conn
-        .prepare("SELECT data FROM sessions")
+    // A file from before one file held every bot's rows holds one bot's.
+    let by_bot: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'bots'",
+            [],
+            |r| r.get(0),
+        )
         .map_err(err(path))?;
-    let mut rows = stmt.query([]).map_err(err(path))?;
+    let (sql, args) = if by_bot {
+        (
+            "SELECT data FROM sessions WHERE bot = (SELECT id FROM bots WHERE name = ?1)",
+            vec![bot],
+        )
+    } else if bot.is_empty() {
+        ("SELECT data FROM sessions", vec![])
+    } else {
+        return Ok(());
+    };
+    let mut stmt = conn.prepare(sql).map_err(err(path))?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args))
+        .map_err(err(path))?;
     while let Some(row) = rows.next().map_err(err(path))? {
         let data: Vec<u8> = row.get(0).map_err(err(path))?;
         f(&data);
@@ -311,30 +402,50 @@ impl SqliteStore {
             .spawn(move || writer(conn, rx, max_batch.max(1), thread_path))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
         Ok(SqliteStore {
-            jobs,
-            path,
-            failed_write: std::sync::Mutex::new(None),
-            knew_budget,
-            _lock: lock,
+            file: Arc::new(File {
+                jobs,
+                path,
+                failed_write: std::sync::Mutex::new(None),
+                knew_budget,
+                _lock: lock,
+            }),
+            bot: 0,
         })
+    }
+
+    /// The handle of the bot named `name` on the same file (made the first
+    /// time; `""` is the one bot of a single-bot process).
+    pub async fn bot(&self, name: &str) -> Result<SqliteStore, StoreError> {
+        match self.run(Op::Bot(name.to_owned())).await? {
+            Reply::Ids(ids) => Ok(SqliteStore {
+                file: self.file.clone(),
+                bot: ids.first().map_or(0, |id| *id as i64),
+            }),
+            _ => Err(unexpected()),
+        }
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     async fn run(&self, op: Op) -> Result<Reply, StoreError> {
         let writes = op.writes();
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send((op, tx))
+        self.file
+            .jobs
+            .send((self.bot, op, tx))
             .map_err(|_| StoreError("the store thread has stopped".into()))?;
         let result = rx
             .await
             .map_err(|_| StoreError("the store thread has stopped".into()))?;
         if writes {
-            let mut failed = self.failed_write.lock().unwrap_or_else(|e| e.into_inner());
+            let mut failed = self
+                .file
+                .failed_write
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match &result {
                 Ok(_) if failed.is_some() => *failed = None,
                 Ok(_) => {}
@@ -359,10 +470,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path:
         let outcome = (|| -> Result<(), rusqlite::Error> {
             let mut tx =
                 conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (op, _) in batch.iter_mut() {
+            for (bot, op, _) in batch.iter_mut() {
                 let op = std::mem::replace(op, Op::Ping);
                 let sp = tx.savepoint()?;
-                match apply(&sp, op) {
+                match apply(&sp, *bot, op) {
                     Ok(reply) => {
                         sp.commit()?;
                         results.push(Ok(reply));
@@ -384,13 +495,13 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path:
         })();
         match outcome {
             Ok(()) => {
-                for ((_, reply), result) in batch.drain(..).zip(results) {
+                for ((_, _, reply), result) in batch.drain(..).zip(results) {
                     let _ = reply.send(result);
                 }
             }
             Err(e) => {
                 let e = err(&path)(e);
-                for (_, reply) in batch.drain(..) {
+                for (_, _, reply) in batch.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
@@ -398,15 +509,16 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path:
     }
 }
 
-fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
+fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
     Ok(match op {
         Op::Accept(item) => {
             let inserted = tx
                 .prepare_cached(
-                    "INSERT INTO inbox (key, conversation, payload, received_at)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT(key) DO NOTHING",
+                    "INSERT INTO inbox (bot, key, conversation, payload, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(bot, key) DO NOTHING",
                 )?
                 .execute(params![
+                    bot,
                     item.key,
                     item.conversation,
                     item.payload,
@@ -429,9 +541,9 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
         Op::Pending(limit) => {
             let mut stmt = tx.prepare_cached(
                 "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
-                 WHERE done = 0 ORDER BY seq LIMIT ?1",
+                 WHERE bot = ?1 AND done = 0 ORDER BY seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![limit as i64], |r| {
+            let rows = stmt.query_map(params![bot, limit as i64], |r| {
                 Ok(InboxItem {
                     seq: r.get::<_, i64>(0)? as u64,
                     key: r.get(1)?,
@@ -445,8 +557,10 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             Reply::Inbox(rows.collect::<Result<_, _>>()?)
         }
         Op::Session(conversation) => Reply::Session(
-            tx.prepare_cached("SELECT data, due_at FROM sessions WHERE conversation = ?1")?
-                .query_row(params![conversation], |r| {
+            tx.prepare_cached(
+                "SELECT data, due_at FROM sessions WHERE bot = ?1 AND conversation = ?2",
+            )?
+            .query_row(params![bot, conversation], |r| {
                     Ok(StoredSession {
                         data: r.get(0)?,
                         due_at: r.get(1)?,
@@ -456,10 +570,10 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
         ),
         Op::Sessions(after, limit) => Reply::Sessions(
             tx.prepare_cached(
-                "SELECT conversation, data, due_at FROM sessions WHERE conversation > ?1
-                 ORDER BY conversation LIMIT ?2",
+                "SELECT conversation, data, due_at FROM sessions WHERE bot = ?1 AND conversation > ?2
+                 ORDER BY conversation LIMIT ?3",
             )?
-            .query_map(params![after, limit as i64], |r| {
+            .query_map(params![bot, after, limit as i64], |r| {
                 Ok((
                     r.get(0)?,
                     StoredSession {
@@ -471,88 +585,95 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
             .collect::<Result<_, _>>()?,
         ),
         Op::Commit(c) => {
-            tx.prepare_cached("UPDATE inbox SET done = 1, payload = x'' WHERE seq = ?1")?
-                .execute(params![c.inbox_seq as i64])?;
+            tx.prepare_cached(
+                "UPDATE inbox SET done = 1, payload = x'' WHERE seq = ?1 AND bot = ?2",
+            )?
+            .execute(params![c.inbox_seq as i64, bot])?;
             match &c.session {
                 Some(s) => {
                     tx.prepare_cached(
-                        "INSERT INTO sessions (conversation, data, due_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT(conversation) DO UPDATE SET data = ?2, due_at = ?3",
+                        "INSERT INTO sessions (bot, conversation, data, due_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(bot, conversation) DO UPDATE SET data = ?3, due_at = ?4",
                     )?
-                    .execute(params![c.conversation, s.data, s.due_at])?;
+                    .execute(params![bot, c.conversation, s.data, s.due_at])?;
                 }
                 None => {
-                    tx.prepare_cached("DELETE FROM sessions WHERE conversation = ?1")?
-                        .execute(params![c.conversation])?;
+                    tx.prepare_cached("DELETE FROM sessions WHERE bot = ?1 AND conversation = ?2")?
+                        .execute(params![bot, c.conversation])?;
                 }
             }
-            let mut insert =
-                tx.prepare_cached("INSERT INTO outbox (conversation, payload) VALUES (?1, ?2)")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (bot, conversation, payload) VALUES (?1, ?2, ?3)",
+            )?;
             let mut ids = Vec::with_capacity(c.outbox.len());
             for payload in &c.outbox {
-                insert.execute(params![c.conversation, payload])?;
+                insert.execute(params![bot, c.conversation, payload])?;
                 ids.push(tx.last_insert_rowid() as u64);
             }
             Reply::Ids(ids)
         }
         Op::Outbox(after, limit) => {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, conversation, payload FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, conversation, payload FROM outbox WHERE bot = ?1 AND id > ?2
+                 ORDER BY id LIMIT ?3",
             )?;
             let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![after, limit as i64], outbox_row)?;
+            let rows = stmt.query_map(params![bot, after, limit as i64], outbox_row)?;
             Reply::Outbox(rows.collect::<Result<_, _>>()?)
         }
         Op::OutboxOf(conversation, after, limit) => {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, conversation, payload FROM outbox WHERE conversation = ?1 AND id > ?2
-                 ORDER BY id LIMIT ?3",
+                "SELECT id, conversation, payload FROM outbox
+                 WHERE bot = ?1 AND conversation = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
             )?;
             let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![conversation, after, limit as i64], outbox_row)?;
+            let rows =
+                stmt.query_map(params![bot, conversation, after, limit as i64], outbox_row)?;
             Reply::Outbox(rows.collect::<Result<_, _>>()?)
         }
         Op::OutboxConversations(after, limit) => {
             let mut stmt = tx.prepare_cached(
-                "SELECT DISTINCT conversation FROM outbox WHERE conversation > ?1
-                 ORDER BY conversation LIMIT ?2",
+                "SELECT DISTINCT conversation FROM outbox WHERE bot = ?1 AND conversation > ?2
+                 ORDER BY conversation LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| r.get(0))?;
+            let rows = stmt.query_map(params![bot, after, limit as i64], |r| r.get(0))?;
             Reply::Names(rows.collect::<Result<_, _>>()?)
         }
         Op::Delivered(id) => {
-            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                .execute(params![id as i64])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND bot = ?2")?
+                .execute(params![id as i64, bot])?;
             Reply::Done
         }
         Op::DueTimers(now, limit) => {
             let mut stmt = tx.prepare_cached(
                 "SELECT conversation, due_at FROM sessions
-                 WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+                 WHERE bot = ?1 AND due_at IS NOT NULL AND due_at <= ?2 ORDER BY due_at LIMIT ?3",
             )?;
-            let rows =
-                stmt.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map(params![bot, now, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             Reply::Due(rows.collect::<Result<_, _>>()?)
         }
         Op::Cursor(name) => Reply::Cursor(
-            tx.prepare_cached("SELECT value FROM cursors WHERE name = ?1")?
-                .query_row(params![name], |r| r.get(0))
+            tx.prepare_cached("SELECT value FROM cursors WHERE bot = ?1 AND name = ?2")?
+                .query_row(params![bot, name], |r| r.get(0))
                 .optional()?,
         ),
         Op::SetCursor(name, value) => {
             tx.prepare_cached(
-                "INSERT INTO cursors (name, value) VALUES (?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET value = ?2",
+                "INSERT INTO cursors (bot, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(bot, name) DO UPDATE SET value = ?3",
             )?
-            .execute(params![name, value])?;
+            .execute(params![bot, name, value])?;
             Reply::Done
         }
         Op::Attempt(seq) => {
             let n: u32 = tx
                 .prepare_cached(
-                    "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ?1 AND done = 0 RETURNING attempts",
+                    "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ?1 AND bot = ?2 AND done = 0
+                     RETURNING attempts",
                 )?
-                .query_row(params![seq as i64], |r| r.get(0))
+                .query_row(params![seq as i64, bot], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
             Reply::Count(n)
@@ -560,29 +681,34 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
         Op::Ping => {
             // A write, so that a full disk (or `max_bytes`) shows here.
             tx.prepare_cached(
-                "INSERT INTO cursors (name, value) VALUES ('store:ping', ?1)
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                "INSERT INTO cursors (bot, name, value) VALUES (?1, 'store:ping', ?2)
+                 ON CONFLICT(bot, name) DO UPDATE SET value = excluded.value",
             )?
-            .execute(params![crate::time::now().to_string()])?;
+            .execute(params![bot, crate::time::now().to_string()])?;
             Reply::Done
         }
         Op::AddDead(d) => {
             tx.prepare_cached(
-                "INSERT INTO dead_letters (received_at, reason, headers, body) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO dead_letters (bot, received_at, reason, headers, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![d.received_at, d.reason, d.headers, d.body])?;
+            .execute(params![bot, d.received_at, d.reason, d.headers, d.body])?;
             let id = tx.last_insert_rowid();
-            tx.prepare_cached("DELETE FROM dead_letters WHERE id <= ?1")?
-                .execute(params![id - MAX_DEAD_LETTERS as i64])?;
+            // Each bot keeps its newest `MAX_DEAD_LETTERS`.
+            tx.prepare_cached(
+                "DELETE FROM dead_letters WHERE bot = ?1 AND id <= (
+                    SELECT id FROM dead_letters WHERE bot = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![bot, MAX_DEAD_LETTERS as i64])?;
             Reply::Ids(vec![id as u64])
         }
         Op::DeadList(before, limit) => {
             let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
             let mut stmt = tx.prepare_cached(
                 "SELECT id, received_at, reason, length(body) FROM dead_letters
-                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                 WHERE bot = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![before, limit as i64], |r| {
+            let rows = stmt.query_map(params![bot, before, limit as i64], |r| {
                 Ok(DeadLetterSummary {
                     id: r.get::<_, i64>(0)? as u64,
                     received_at: r.get(1)?,
@@ -594,12 +720,14 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
         }
         Op::DeadGet(id) => Reply::Dead(read_dead(
             tx,
-            "SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = ?1",
+            "SELECT id, received_at, reason, headers, body FROM dead_letters
+             WHERE id = ?1 AND bot = ?2",
             id as i64,
+            bot,
         )?),
         Op::DeadRemove(id) => Reply::Flag(
-            tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
-                .execute(params![id as i64])?
+            tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1 AND bot = ?2")?
+                .execute(params![id as i64, bot])?
                 > 0,
         ),
         Op::TakeBudget {
@@ -629,6 +757,14 @@ fn apply(tx: &Connection, op: Op) -> Result<Reply, rusqlite::Error> {
                 ))
             })
         }
+        Op::Bot(name) => {
+            tx.prepare_cached("INSERT INTO bots (name) VALUES (?1) ON CONFLICT(name) DO NOTHING")?
+                .execute(params![name])?;
+            let id: i64 = tx
+                .prepare_cached("SELECT id FROM bots WHERE name = ?1")?
+                .query_row(params![name], |r| r.get(0))?;
+            Reply::Ids(vec![id as u64])
+        }
         Op::BudgetDone(id) => {
             tx.prepare_cached("UPDATE budget_calls SET at = min(at, ?2) WHERE id = ?1")?
                 .execute(params![id, crate::time::now()])?;
@@ -646,9 +782,14 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> Result<OutboxItem, rusqlite::Error> {
     })
 }
 
-fn read_dead(tx: &Connection, sql: &str, arg: i64) -> Result<Vec<DeadLetter>, rusqlite::Error> {
+fn read_dead(
+    tx: &Connection,
+    sql: &str,
+    arg: i64,
+    bot: i64,
+) -> Result<Vec<DeadLetter>, rusqlite::Error> {
     let mut stmt = tx.prepare_cached(sql)?;
-    let rows = stmt.query_map(params![arg], |r| {
+    let rows = stmt.query_map(params![arg, bot], |r| {
         Ok(DeadLetter {
             id: r.get::<_, i64>(0)? as u64,
             received_at: r.get(1)?,
@@ -778,6 +919,7 @@ impl StateStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let recent = self
+            .file
             .failed_write
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -823,7 +965,7 @@ impl StateStore for SqliteStore {
     }
 
     fn keeps_budget(&self) -> Option<bool> {
-        Some(self.knew_budget)
+        Some(self.file.knew_budget)
     }
 
     async fn take_budget(
