@@ -258,6 +258,21 @@ pub struct StoreConfig {
     /// At the limit writes fail as on a full disk: webhooks answer 503 (Qpien
     /// delivers again later) and `/readyz` says the store cannot write.
     pub max_bytes: Option<u64>,
+    /// PostgreSQL: the most connections the process opens, whatever the
+    /// number of bots (they share one pool; one more listens).
+    pub max_connections: usize,
+}
+
+impl StoreConfig {
+    /// How its SQLite file is opened.
+    pub fn sqlite_options(&self) -> crate::store::SqliteOptions {
+        crate::store::SqliteOptions {
+            busy_timeout: self.busy_timeout,
+            max_batch: self.max_batch,
+            durability: self.durability,
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -272,6 +287,7 @@ impl Default for StoreConfig {
             max_batch: 256,
             durability: crate::store::Durability::Full,
             max_bytes: None,
+            max_connections: 16,
         }
     }
 }

@@ -465,16 +465,18 @@ fn bots_that_would_share_variables_or_bad_paths_are_refused() {
     assert!(err.contains("bots[acme].webhook_path"), "{err}");
 }
 
-/// Bots whose stores need more open files than the process may have are
-/// refused at the start, with the numbers and how to raise the limit, not
-/// with SQLite's "unable to open database file" halfway through.
+/// A store that needs more open files than the process may have is refused
+/// at the start, with the numbers and how to raise the limit, not with
+/// "unable to open database file" halfway through; the bots share it, so
+/// their number does not count.
 #[test]
 fn too_many_bots_for_the_open_file_limit_say_so() {
     let flow = format!("{}/flows/order_form.yaml", env!("CARGO_MANIFEST_DIR"));
     let dir = crate::runtime::temp_dir("bots-files");
-    // (SQLite bots share one file; PostgreSQL's still have a pool each.)
-    let mut text =
-        String::from("[server]\nlisten = \"127.0.0.1:0\"\n[store]\nbackend = \"postgres\"\n");
+    // Bots share one store: what needs the files is its pool.
+    let mut text = String::from(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nbackend = \"postgres\"\nmax_connections = 400\n",
+    );
     for i in 0..20 {
         text.push_str(&format!("\n[[bots]]\nname = \"b{i}\"\nflow = \"{flow}\"\n"));
     }
@@ -492,7 +494,99 @@ fn too_many_bots_for_the_open_file_limit_say_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("20 bot(s) need about 404 open files") && stderr.contains("limit is 300"),
+        stderr.contains("the store of 20 bot(s) needs about 465 open files")
+            && stderr.contains("limit is 300"),
         "{stderr}"
     );
+}
+
+/// A deployment of several bots from when each had its own SQLite file:
+/// `flowbot bots import-store` moves each file's conversations, waiting
+/// messages and replies into the one file, under that bot, once.
+#[tokio::test]
+async fn bots_import_store_moves_each_bots_file_into_the_one_file() {
+    use flowbot::internals::store::*;
+    let flow = format!("{}/flows/order_form.yaml", env!("CARGO_MANIFEST_DIR"));
+    let dir = crate::runtime::temp_dir("bots-import");
+    std::fs::write(
+        dir.join("flowbot.toml"),
+        format!(
+            "[store]\npath = \"{}\"\n[[bots]]\nname = \"acme\"\nflow = \"{flow}\"\n[[bots]]\nname = \"globex-2\"\nflow = \"{flow}\"\n",
+            dir.join("flowbot.db").display()
+        ),
+    )
+    .unwrap();
+    // acme's file as the earlier version left it: a conversation, a reply
+    // not yet sent and a message not yet run; globex-2 never had one.
+    {
+        let old = SqliteStore::open(dir.join("flowbot.acme.db"), SqliteOptions::default()).unwrap();
+        let inbound = |key: &str| NewInbound {
+            key: key.into(),
+            conversation: "c1".into(),
+            payload: b"{}".to_vec(),
+            received_at: flowbot::internals::time::now(),
+        };
+        let Accepted::New(first) = old.accept(inbound("m1")).await.unwrap() else {
+            panic!("new")
+        };
+        old.commit(TurnCommit {
+            inbox_seq: first.seq,
+            conversation: "c1".into(),
+            session: Some(StoredSession {
+                data: b"acme's session".to_vec(),
+                due_at: None,
+            }),
+            outbox: vec![b"a reply".to_vec()],
+            fence: None,
+        })
+        .await
+        .unwrap();
+        old.accept(inbound("m2")).await.unwrap();
+    }
+    let config = dir.join("flowbot.toml").display().to_string();
+    let (code, out, err) = flowbot(&["bots", "import-store", "--config", &config], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("acme: 1 conversations, 2 inbox rows, 1 replies to send")
+            && out.contains("1 bot(s) imported"),
+        "{out}"
+    );
+    assert!(
+        !dir.join("flowbot.acme.db").exists() && dir.join("flowbot.acme.db.imported").is_file()
+    );
+    let file = SqliteStore::open(dir.join("flowbot.db"), SqliteOptions::default()).unwrap();
+    let acme = file.bot("acme").await.unwrap();
+    assert_eq!(
+        acme.session("c1").await.unwrap().unwrap().data,
+        b"acme's session"
+    );
+    assert_eq!(acme.outbox(0, 10).await.unwrap()[0].payload, b"a reply");
+    let pending = acme.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].key, "m2");
+    // The keys of messages already run came too: a redelivery is a duplicate.
+    assert_eq!(
+        acme.accept(NewInbound {
+            key: "m1".into(),
+            conversation: "c1".into(),
+            payload: b"{}".to_vec(),
+            received_at: 2,
+        })
+        .await
+        .unwrap(),
+        Accepted::Duplicate
+    );
+    assert!(file
+        .bot("globex_2")
+        .await
+        .unwrap()
+        .session("c1")
+        .await
+        .unwrap()
+        .is_none());
+    drop((acme, file));
+    // Once: a second run finds nothing to move.
+    let (code, out, _) = flowbot(&["bots", "import-store", "--config", &config], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 bot(s) imported"), "{out}");
 }

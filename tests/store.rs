@@ -241,13 +241,13 @@ async fn sqlite_keeps_everything_across_a_reopen() {
     assert!(store.session("c1").await.unwrap().is_some());
 }
 
-/// One file holds several bots: each bot's handle keeps the whole contract
-/// while another bot's rows sit beside its own, and sees none of them.
-#[tokio::test]
-async fn bots_sharing_a_sqlite_file_see_only_their_own_rows() {
-    let path = temp_db("bots");
-    let file = SqliteStore::open(&path, opts(5, 64)).unwrap();
-    let a = file.bot("acme").await.unwrap();
+/// Two bots of one store: `b` keeps the whole contract while `a`'s rows sit
+/// beside its own, with the same keys and conversation ids, and neither sees
+/// the other's.
+async fn two_bots(a: &dyn StateStore, b: &dyn StateStore) {
+    if a.shared() {
+        a.claim("c1", Duration::from_secs(60)).await.unwrap();
+    }
     let Accepted::New(kept) = a.accept(inbound("m1", "c1")).await.unwrap() else {
         panic!("new")
     };
@@ -277,25 +277,32 @@ async fn bots_sharing_a_sqlite_file_see_only_their_own_rows() {
     .await
     .unwrap();
     a.set_cursor("poll", "acme's").await.unwrap();
-    // Another bot on the file: the whole contract, with the same keys and
-    // conversation ids as acme's.
-    let b = file.bot("globex").await.unwrap();
-    contract(&b).await;
-    // Nothing of globex's reaches acme, and acme's ids are not globex's to remove.
+    contract(b).await;
+    // Nothing of b's reaches a, and a's ids are not b's to remove.
     b.delivered(ids[0]).await.unwrap();
-    assert_eq!(a.outbox(0, 10).await.unwrap().len(), 1);
-    assert_eq!(
-        a.outbox(0, 10).await.unwrap()[0].payload,
-        b"to acme's customer"
-    );
-    assert_eq!(a.pending(10).await.unwrap().len(), 1);
-    assert_eq!(a.pending(10).await.unwrap()[0].seq, kept.seq);
+    let outbox = a.outbox(0, 10).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].payload, b"to acme's customer");
+    let pending = a.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].seq, kept.seq);
     assert_eq!(a.session("c1").await.unwrap().unwrap().data, b"acme's");
     assert_eq!(a.due_timers(10, 10).await.unwrap(), [("c1".to_owned(), 1)]);
     assert_eq!(a.dead_letters(None, 10).await.unwrap().len(), 1);
     assert_eq!(a.cursor("poll").await.unwrap().as_deref(), Some("acme's"));
-    // The same name is the same bot, across a reopen too.
-    drop((a, b, file));
+}
+
+/// One file holds several bots, each under its name, across a reopen too.
+#[tokio::test]
+async fn bots_sharing_a_sqlite_file_see_only_their_own_rows() {
+    let path = temp_db("bots");
+    let file = SqliteStore::open(&path, opts(5, 64)).unwrap();
+    two_bots(
+        &file.bot("acme").await.unwrap(),
+        &file.bot("globex").await.unwrap(),
+    )
+    .await;
+    drop(file);
     let file = SqliteStore::open(&path, opts(5, 64)).unwrap();
     let a = file.bot("acme").await.unwrap();
     assert_eq!(a.session("c1").await.unwrap().unwrap().data, b"acme's");
@@ -304,6 +311,50 @@ async fn bots_sharing_a_sqlite_file_see_only_their_own_rows() {
         None,
         "the single bot's rows are its own"
     );
+}
+
+/// One schema and one pool hold every bot: each sees its own rows and its
+/// own notifications, and a hundred bots at once stay within the pool.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_sharing_a_postgres_schema_see_only_their_own_rows_within_one_pool() {
+    let Some(url) = postgres_url("bots_sharing_a_postgres_schema") else {
+        return;
+    };
+    let db = postgres_store(&url, "bots").await;
+    let (a, b) = (
+        db.bot("acme").await.unwrap(),
+        db.bot("globex").await.unwrap(),
+    );
+    two_bots(&a, &b).await;
+    let mut to_a = a.listen().await.unwrap().unwrap();
+    let mut to_b = b.listen().await.unwrap().unwrap();
+    // (The listening connection may need a moment before it hears.)
+    async fn heard(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.notify("c9").await.unwrap();
+    assert_eq!(heard(&mut to_b).await.as_deref(), Some("c9"));
+    a.notify("c8").await.unwrap();
+    assert_eq!(
+        heard(&mut to_a).await.as_deref(),
+        Some("c8"),
+        "and not b's c9"
+    );
+    let names: Vec<String> = (0..100).map(|i| format!("bot{i}")).collect();
+    let many: Vec<PostgresStore> =
+        futures_util::future::try_join_all(names.iter().map(|n| db.bot(n)))
+            .await
+            .unwrap();
+    futures_util::future::try_join_all(many.iter().map(|s| s.ping()))
+        .await
+        .unwrap();
+    let (open, max) = db.connections();
+    assert!(open <= max && max == 16, "{open} of {max}");
 }
 
 /// A file made before one file held every bot (schema version 4): its rows
@@ -682,4 +733,64 @@ async fn postgres_one_instance_leads_the_polling() {
     }
     // A memory or SQLite store is one process: it always leads.
     assert!(MemoryStore::new().lead("poll").await.unwrap());
+}
+
+/// A bot's schema from when each bot had one (`<schema>_<bot>`, before the
+/// bot column): `import_schema` moves its rows into the one schema, under
+/// that bot, and renames it, once.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_bots_postgres_schema_from_before_moves_into_the_one_schema() {
+    let Some(url) = postgres_url("a_bots_postgres_schema_from_before") else {
+        return;
+    };
+    let db = postgres_store(&url, "import").await;
+    let old = format!("test_{}_import_acme", std::process::id());
+    let admin = postgres_admin(&url).await;
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {old} CASCADE; DROP SCHEMA IF EXISTS {old}_imported CASCADE;
+             CREATE SCHEMA {old};
+             CREATE TABLE {old}.inbox (seq BIGSERIAL PRIMARY KEY, key TEXT NOT NULL UNIQUE,
+                conversation TEXT NOT NULL, payload BYTEA NOT NULL, received_at BIGINT NOT NULL,
+                done BOOLEAN NOT NULL DEFAULT false, attempts INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE {old}.sessions (conversation TEXT PRIMARY KEY, data BYTEA NOT NULL, due_at BIGINT);
+             CREATE TABLE {old}.outbox (id BIGSERIAL PRIMARY KEY, conversation TEXT NOT NULL, payload BYTEA NOT NULL);
+             CREATE TABLE {old}.cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE {old}.dead_letters (id BIGSERIAL PRIMARY KEY, received_at BIGINT NOT NULL,
+                reason TEXT NOT NULL, headers TEXT NOT NULL, body BYTEA NOT NULL);
+             CREATE TABLE {old}.budget_calls (key TEXT NOT NULL, at BIGINT NOT NULL, id BIGSERIAL PRIMARY KEY);
+             INSERT INTO {old}.inbox (key, conversation, payload, received_at) VALUES ('m1', 'c1', '\\x01', 1);
+             INSERT INTO {old}.inbox (key, conversation, payload, received_at, done) VALUES ('m0', 'c1', '', 1, true);
+             INSERT INTO {old}.sessions VALUES ('c1', '\\x02', 5);
+             INSERT INTO {old}.outbox (conversation, payload) VALUES ('c1', '\\x03');
+             INSERT INTO {old}.cursors VALUES ('poll', 'here');"
+        ))
+        .await
+        .unwrap();
+    let n = db.import_schema("acme", &old).await.unwrap().unwrap();
+    assert_eq!(
+        (n.inbox, n.sessions, n.outbox, n.dead_letters),
+        (2, 1, 1, 0)
+    );
+    let acme = db.bot("acme").await.unwrap();
+    assert_eq!(acme.session("c1").await.unwrap().unwrap().data, [2]);
+    assert_eq!(acme.outbox_of("c1", 0, 10).await.unwrap()[0].payload, [3]);
+    assert_eq!(acme.pending_of("c1").await.unwrap()[0].key, "m1");
+    assert_eq!(acme.cursor("poll").await.unwrap().as_deref(), Some("here"));
+    assert_eq!(
+        acme.accept(inbound("m0", "c1")).await.unwrap(),
+        Accepted::Duplicate,
+        "the keys of messages run came too"
+    );
+    assert!(
+        db.session("c1").await.unwrap().is_none(),
+        "the single bot's rows are its own"
+    );
+    // Once: the schema was renamed.
+    assert_eq!(db.import_schema("acme", &old).await.unwrap(), None);
+    admin
+        .batch_execute(&format!("DROP SCHEMA {old}_imported CASCADE"))
+        .await
+        .unwrap();
 }

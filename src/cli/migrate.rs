@@ -88,6 +88,7 @@ async fn count(
             })
             .await
             .map_err(|e| e.to_string())?;
+            let store = store.bot(bot).await.map_err(|e| e.to_string())?;
             return crate::runtime::count_live(&store, old, now)
                 .await
                 .map_err(|e| e.to_string());

@@ -19,6 +19,7 @@
 //! that does not load or a usage error.
 
 mod admin;
+mod bots;
 mod chat;
 mod check;
 mod doctor;
@@ -129,6 +130,12 @@ pub enum Command {
         /// Check the configuration and the flow, then exit.
         #[arg(long)]
         check: bool,
+    },
+    /// The bots of a process that runs several (`[[bots]]`).
+    Bots {
+        /// What to do.
+        #[command(subcommand)]
+        action: bots::Action,
     },
     /// Try a flow in the browser: the Qpien simulator, the bot wired to it by
     /// webhook, and the web playground.
@@ -377,6 +384,7 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 0
             }
             Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
+            Command::Bots { action } => bots::run(action).await,
             Command::Doctor {
                 config,
                 write_documents,

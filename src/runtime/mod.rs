@@ -64,7 +64,7 @@ use crate::config::{Config, ServerConfig, StoreBackend, StoreConfig};
 use crate::engine::Bot;
 use crate::handler::Registry;
 use crate::qpien::{QpienClient, QpienConfig};
-use crate::store::{MemoryStore, SqliteOptions, SqliteStore, StateStore};
+use crate::store::{MemoryStore, SqliteStore, StateStore};
 use dispatch::{Dispatcher, Inbox};
 use lanes::Lanes;
 use outbox::{Outbox, Sender};
@@ -237,11 +237,10 @@ impl Spec {
                 if !b.webhook_secret.is_empty() {
                     server.webhook_secret = b.webhook_secret.clone();
                 }
-                // SQLite: one file for every bot, each row keyed by the
-                // bot's namespace; PostgreSQL: a schema per bot.
-                let mut store = config.store.clone();
+                // One store for every bot (SQLite's file, PostgreSQL's
+                // schema and pool), each row keyed by the bot's namespace.
+                let store = config.store.clone();
                 let ns = b.store_namespace();
-                store.schema = format!("{}_{ns}", store.schema);
                 Spec {
                     name: Some(b.name.clone()),
                     key: ns,
@@ -270,8 +269,10 @@ impl Spec {
     }
 }
 
-/// `flowbot.db` with namespace `acme`: `flowbot.acme.db`.
-fn namespaced(path: &Path, ns: &str) -> PathBuf {
+/// The file flowbot kept for one bot before one file held them all:
+/// `flowbot.db` with namespace `acme`: `flowbot.acme.db` (`flowbot bots
+/// import-store` moves it).
+pub(crate) fn per_bot_file(path: &Path, ns: &str) -> PathBuf {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -389,16 +390,16 @@ fn check_open_files(specs: &[Spec]) -> Result<(), RuntimeError> {
     let need: u64 = files.len() as u64 * 4
         + specs
             .iter()
-            .filter(|s| s.store.backend == StoreBackend::Postgres)
-            .count() as u64
-            * 17
+            .find(|s| s.store.backend == StoreBackend::Postgres)
+            .map_or(0, |s| s.store.max_connections as u64 + 1)
         + 64;
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     if need > limit {
         return Err(RuntimeError::Config(format!(
-            "{} bot(s) need about {need} open files for their stores, and the open-file \
+            "the store of {} bot(s) needs about {need} open files (SQLite: 4 a file; \
+             PostgreSQL: store.max_connections and one that listens), and the open-file \
              limit is {limit}: raise it (`ulimit -n {need}` in the shell, LimitNOFILE={need} \
-             in a systemd unit) or run fewer bots in this process",
+             in a systemd unit) or lower store.max_connections",
             specs.len()
         )));
     }
@@ -413,32 +414,39 @@ const MIN_SECRET: usize = 16;
 #[derive(Default)]
 struct Stores {
     sqlite: std::collections::HashMap<PathBuf, SqliteStore>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<crate::store::PostgresStore>,
 }
 
 impl Stores {
     async fn open(&mut self, spec: &Spec) -> Result<Arc<dyn StateStore>, RuntimeError> {
         let store = &spec.store;
+        #[cfg(feature = "postgres")]
+        if store.backend == StoreBackend::Postgres {
+            // One schema and one pool, whatever the number of bots.
+            let db = match &self.postgres {
+                Some(db) => db.clone(),
+                None => {
+                    let db = postgres_store(store).await?;
+                    self.postgres = Some(db.clone());
+                    db
+                }
+            };
+            return Ok(Arc::new(db.bot(&spec.key).await?));
+        }
         if store.backend != StoreBackend::Sqlite {
             return open_store(store).await;
         }
         let file = match self.sqlite.get(&store.path) {
             Some(f) => f.clone(),
             None => {
-                let f = SqliteStore::open(
-                    &store.path,
-                    SqliteOptions {
-                        busy_timeout: store.busy_timeout,
-                        max_batch: store.max_batch,
-                        durability: store.durability,
-                        max_bytes: store.max_bytes,
-                    },
-                )?;
+                let f = SqliteStore::open(&store.path, store.sqlite_options())?;
                 self.sqlite.insert(store.path.clone(), f.clone());
                 f
             }
         };
         if spec.name.is_some() {
-            let earlier = namespaced(&store.path, &spec.key);
+            let earlier = per_bot_file(&store.path, &spec.key);
             if earlier.is_file() {
                 tracing::warn!(
                     file = %earlier.display(),
@@ -452,27 +460,27 @@ impl Stores {
     }
 }
 
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_store(
+    store: &StoreConfig,
+) -> Result<crate::store::PostgresStore, RuntimeError> {
+    Ok(
+        crate::store::PostgresStore::open(crate::store::PostgresOptions {
+            url: store.url.expose().to_owned(),
+            schema: store.schema.clone(),
+            max_connections: store.max_connections,
+            ..Default::default()
+        })
+        .await?,
+    )
+}
+
 async fn open_store(store: &StoreConfig) -> Result<Arc<dyn StateStore>, RuntimeError> {
     Ok(match store.backend {
-        StoreBackend::Sqlite => Arc::new(SqliteStore::open(
-            &store.path,
-            SqliteOptions {
-                busy_timeout: store.busy_timeout,
-                max_batch: store.max_batch,
-                durability: store.durability,
-                max_bytes: store.max_bytes,
-            },
-        )?),
+        StoreBackend::Sqlite => Arc::new(SqliteStore::open(&store.path, store.sqlite_options())?),
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
         #[cfg(feature = "postgres")]
-        StoreBackend::Postgres => Arc::new(
-            crate::store::PostgresStore::open(crate::store::PostgresOptions {
-                url: store.url.expose().to_owned(),
-                schema: store.schema.clone(),
-                ..Default::default()
-            })
-            .await?,
-        ),
+        StoreBackend::Postgres => Arc::new(postgres_store(store).await?),
         #[cfg(not(feature = "postgres"))]
         StoreBackend::Postgres => {
             return Err(RuntimeError::Config(

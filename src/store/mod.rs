@@ -27,6 +27,20 @@ pub use memory::MemoryStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{read_sessions as read_sqlite_sessions, Durability, SqliteOptions, SqliteStore};
 
+/// What an import of one bot's earlier store (a file or a schema of its own,
+/// before one store held every bot) copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Messages and starts not yet run (and the keys of those that ran).
+    pub inbox: usize,
+    /// Conversations.
+    pub sessions: usize,
+    /// Replies not yet sent.
+    pub outbox: usize,
+    /// Dead letters.
+    pub dead_letters: usize,
+}
+
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -13,8 +13,12 @@
 //! call that cannot reach the database fails (the runtime then answers 503 and
 //! retries), it never waits for ever.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -78,6 +82,35 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_conversation ON outbox (conversation, id);",
     // Budget calls counted from when they end: a call is a row of its own.
     "ALTER TABLE budget_calls ADD COLUMN id BIGSERIAL PRIMARY KEY;",
+    // One schema for every bot of a process: each row keyed by its bot (0,
+    // named '', is the one bot of a single-bot process, and holds what the
+    // schema held before).
+    "CREATE TABLE bots (id SERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    INSERT INTO bots (id, name) VALUES (0, '');
+    ALTER TABLE inbox ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox DROP CONSTRAINT inbox_key_key;
+    ALTER TABLE inbox ADD CONSTRAINT inbox_bot_key UNIQUE (bot, key);
+    DROP INDEX inbox_pending;
+    CREATE INDEX inbox_pending ON inbox (bot, seq) WHERE NOT done;
+    DROP INDEX inbox_pending_conversation;
+    CREATE INDEX inbox_pending_conversation ON inbox (bot, conversation, seq) WHERE NOT done;
+    ALTER TABLE sessions ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions DROP CONSTRAINT sessions_pkey;
+    ALTER TABLE sessions ADD PRIMARY KEY (bot, conversation);
+    DROP INDEX sessions_due;
+    CREATE INDEX sessions_due ON sessions (bot, due_at) WHERE due_at IS NOT NULL;
+    ALTER TABLE outbox ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX outbox_conversation;
+    CREATE INDEX outbox_conversation ON outbox (bot, conversation, id);
+    CREATE INDEX outbox_bot ON outbox (bot, id);
+    ALTER TABLE cursors ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cursors DROP CONSTRAINT cursors_pkey;
+    ALTER TABLE cursors ADD PRIMARY KEY (bot, name);
+    ALTER TABLE dead_letters ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX dead_letters_bot ON dead_letters (bot, id);
+    ALTER TABLE claims ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE claims DROP CONSTRAINT claims_pkey;
+    ALTER TABLE claims ADD PRIMARY KEY (bot, conversation);",
 ];
 
 /// The database's clock in milliseconds: claims expire by one clock for all
@@ -111,22 +144,36 @@ impl Default for PostgresOptions {
     }
 }
 
-/// The PostgreSQL store (see the module docs).
+/// The PostgreSQL store (see the module docs): one bot's rows, seen through
+/// this handle; [`PostgresStore::bot`] gives another bot's handle on the same
+/// schema and pool.
+#[derive(Clone)]
 pub struct PostgresStore {
+    db: Arc<Db>,
+    /// The bot's id in the schema (0: the one bot of a single-bot process).
+    bot: i32,
+}
+
+/// The schema and its pool, shared by every bot's handle.
+struct Db {
     pool: Pool,
     schema: String,
     owner: String,
     /// For the connection that listens (`LISTEN` holds one of its own).
     config: tokio_postgres::Config,
-    /// The work this process leads, each with the connection that holds its
-    /// advisory lock (the lock lasts as long as the connection).
-    leads: tokio::sync::Mutex<std::collections::HashMap<String, deadpool_postgres::Object>>,
+    /// The connection that holds the advisory locks of the work this process
+    /// leads (a lock lasts as long as its connection), and their keys.
+    leads: tokio::sync::Mutex<(Option<deadpool_postgres::Object>, HashSet<String>)>,
+    /// Where each bot's notifications go, and whether the one listening
+    /// connection runs.
+    listeners: std::sync::Mutex<(HashMap<i32, UnboundedSender<String>>, bool)>,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("schema", &self.schema)
+            .field("schema", &self.db.schema)
+            .field("bot", &self.bot)
             .finish()
     }
 }
@@ -178,11 +225,15 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError(format!("postgres: {e}")))?;
         let store = PostgresStore {
-            pool,
-            schema: options.schema,
-            owner: options.owner,
-            config,
-            leads: Default::default(),
+            db: Arc::new(Db {
+                pool,
+                schema: options.schema,
+                owner: options.owner,
+                config,
+                leads: Default::default(),
+                listeners: Default::default(),
+            }),
+            bot: 0,
         };
         store.migrate().await?;
         let client = store.client().await?;
@@ -200,7 +251,108 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(pool_error)
+        self.db.pool.get().await.map_err(pool_error)
+    }
+
+    /// The handle of the bot named `name` on the same schema and pool (made
+    /// the first time; `""` is the one bot of a single-bot process).
+    pub async fn bot(&self, name: &str) -> Result<PostgresStore, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO bots (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )
+            .await
+            .map_err(pg)?;
+        let id: i32 = client
+            .query_one("SELECT id FROM bots WHERE name = $1", &[&name])
+            .await
+            .map_err(pg)?
+            .get(0);
+        Ok(PostgresStore {
+            db: self.db.clone(),
+            bot: id,
+        })
+    }
+
+    /// Moves the rows of the schema `from`, which held one bot's (as
+    /// flowbot kept a schema per bot before one schema held them all), into
+    /// this schema as the rows of the bot named `bot`, in one transaction,
+    /// then renames `from` to `<from>_imported`. `None`: there is no such
+    /// schema (nothing to move, or moved already). A message already here (by
+    /// its key) is not copied twice.
+    pub async fn import_schema(
+        &self,
+        bot: &str,
+        from: &str,
+    ) -> Result<Option<super::Imported>, StoreError> {
+        if !super::is_schema_name(from) {
+            return Err(StoreError(format!("`{from}` is not a schema name")));
+        }
+        let into = self.bot(bot).await?;
+        let mut client = self.client().await?;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'sessions'",
+                &[&from],
+            )
+            .await
+            .map_err(pg)?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let tx = client.transaction().await.map_err(pg)?;
+        let to = &self.db.schema;
+        let copy = |sql: String| {
+            let tx = &tx;
+            async move { tx.execute(&sql, &[&into.bot]).await.map_err(pg) }
+        };
+        let imported = super::Imported {
+            inbox: copy(format!(
+                "INSERT INTO {to}.inbox (bot, key, conversation, payload, received_at, done, attempts)
+                 SELECT $1, key, conversation, payload, received_at, done, attempts FROM {from}.inbox
+                 ORDER BY seq ON CONFLICT (bot, key) DO NOTHING"
+            ))
+            .await? as usize,
+            sessions: copy(format!(
+                "INSERT INTO {to}.sessions (bot, conversation, data, due_at)
+                 SELECT $1, conversation, data, due_at FROM {from}.sessions
+                 ON CONFLICT (bot, conversation) DO NOTHING"
+            ))
+            .await? as usize,
+            outbox: copy(format!(
+                "INSERT INTO {to}.outbox (bot, conversation, payload)
+                 SELECT $1, conversation, payload FROM {from}.outbox ORDER BY id"
+            ))
+            .await? as usize,
+            dead_letters: copy(format!(
+                "INSERT INTO {to}.dead_letters (bot, received_at, reason, headers, body)
+                 SELECT $1, received_at, reason, headers, body FROM {from}.dead_letters ORDER BY id"
+            ))
+            .await? as usize,
+        };
+        copy(format!(
+            "INSERT INTO {to}.cursors (bot, name, value)
+             SELECT $1, name, value FROM {from}.cursors WHERE name <> 'store:ping'
+             ON CONFLICT (bot, name) DO NOTHING"
+        ))
+        .await?;
+        tx.batch_execute(&format!(
+            "INSERT INTO {to}.budget_calls (key, at) SELECT key, at FROM {from}.budget_calls;
+             ALTER SCHEMA {from} RENAME TO {from}_imported;"
+        ))
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(imported))
+    }
+
+    /// The pool's connections: open, and the most it opens.
+    pub fn connections(&self) -> (usize, usize) {
+        let status = self.db.pool.status();
+        (status.size, status.max_size)
     }
 
     /// Runs the migrations not yet applied, one transaction each, under an
@@ -220,7 +372,7 @@ impl PostgresStore {
             .map_err(pg)?;
         let result = async {
             client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.db.schema))
                 .await
                 .map_err(pg)?;
             client
@@ -263,7 +415,7 @@ impl PostgresStore {
                 .await
                 .map_err(pg)?;
                 tx.commit().await.map_err(pg)?;
-                tracing::info!(version, schema = %self.schema, "database migrated");
+                tracing::info!(version, schema = %self.db.schema, "database migrated");
             }
             Ok::<(), StoreError>(())
         }
@@ -328,8 +480,8 @@ impl StateStore for PostgresStore {
             .query_opt(
                 &client
                     .prepare_cached(
-                        "INSERT INTO inbox (key, conversation, payload, received_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING seq",
+                        "INSERT INTO inbox (bot, key, conversation, payload, received_at)
+                 VALUES ($5, $1, $2, $3, $4) ON CONFLICT (bot, key) DO NOTHING RETURNING seq",
                     )
                     .await
                     .map_err(pg)?,
@@ -338,6 +490,7 @@ impl StateStore for PostgresStore {
                     &item.conversation,
                     &item.payload,
                     &item.received_at,
+                    &self.bot,
                 ],
             )
             .await
@@ -363,13 +516,13 @@ impl StateStore for PostgresStore {
                 &client
                     .prepare_cached(
                         "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
-                 WHERE NOT done
-                   AND conversation IN (SELECT conversation FROM claims WHERE owner = $2)
+                 WHERE bot = $3 AND NOT done
+                   AND conversation IN (SELECT conversation FROM claims WHERE bot = $3 AND owner = $2)
                  ORDER BY seq LIMIT $1",
                     )
                     .await
                     .map_err(pg)?,
-                &[&limit(max), &self.owner],
+                &[&limit(max), &self.db.owner, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -381,10 +534,12 @@ impl StateStore for PostgresStore {
         let row = client
             .query_opt(
                 &client
-                    .prepare_cached("SELECT data, due_at FROM sessions WHERE conversation = $1")
+                    .prepare_cached(
+                        "SELECT data, due_at FROM sessions WHERE bot = $2 AND conversation = $1",
+                    )
                     .await
                     .map_err(pg)?,
-                &[&conversation],
+                &[&conversation, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -404,12 +559,12 @@ impl StateStore for PostgresStore {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT conversation, data, due_at FROM sessions WHERE conversation > $1
-                         ORDER BY conversation LIMIT $2",
+                        "SELECT conversation, data, due_at FROM sessions
+                         WHERE bot = $3 AND conversation > $1 ORDER BY conversation LIMIT $2",
                     )
                     .await
                     .map_err(pg)?,
-                &[&after, &(limit as i64)],
+                &[&after, &(limit as i64), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -435,8 +590,8 @@ impl StateStore for PostgresStore {
             // unchanged: locked until the commit, so it cannot move meanwhile.
             let current = tx
                 .query_opt(
-                    &tx.prepare_cached("SELECT token FROM claims WHERE conversation = $1 AND owner = $2 FOR UPDATE").await.map_err(pg)?,
-                    &[&c.conversation, &self.owner],
+                    &tx.prepare_cached("SELECT token FROM claims WHERE bot = $3 AND conversation = $1 AND owner = $2 FOR UPDATE").await.map_err(pg)?,
+                    &[&c.conversation, &self.db.owner, &self.bot],
                 )
                 .await
                 .map_err(pg)?
@@ -448,11 +603,12 @@ impl StateStore for PostgresStore {
         let marked = tx
             .execute(
                 &tx.prepare_cached(
-                    "UPDATE inbox SET done = true, payload = ''::bytea WHERE seq = $1 AND NOT done",
+                    "UPDATE inbox SET done = true, payload = ''::bytea
+                     WHERE seq = $1 AND bot = $2 AND NOT done",
                 )
                 .await
                 .map_err(pg)?,
-                &[&id(c.inbox_seq)],
+                &[&id(c.inbox_seq), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -464,22 +620,22 @@ impl StateStore for PostgresStore {
             Some(s) => {
                 tx.execute(
                     &tx.prepare_cached(
-                        "INSERT INTO sessions (conversation, data, due_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (conversation) DO UPDATE SET data = $2, due_at = $3",
+                        "INSERT INTO sessions (bot, conversation, data, due_at) VALUES ($4, $1, $2, $3)
+                     ON CONFLICT (bot, conversation) DO UPDATE SET data = $2, due_at = $3",
                     )
                     .await
                     .map_err(pg)?,
-                    &[&c.conversation, &s.data, &s.due_at],
+                    &[&c.conversation, &s.data, &s.due_at, &self.bot],
                 )
                 .await
                 .map_err(pg)?;
             }
             None => {
                 tx.execute(
-                    &tx.prepare_cached("DELETE FROM sessions WHERE conversation = $1")
+                    &tx.prepare_cached("DELETE FROM sessions WHERE bot = $2 AND conversation = $1")
                         .await
                         .map_err(pg)?,
-                    &[&c.conversation],
+                    &[&c.conversation, &self.bot],
                 )
                 .await
                 .map_err(pg)?;
@@ -488,12 +644,14 @@ impl StateStore for PostgresStore {
         let mut ids = Vec::with_capacity(c.outbox.len());
         if !c.outbox.is_empty() {
             let insert = tx
-                .prepare("INSERT INTO outbox (conversation, payload) VALUES ($1, $2) RETURNING id")
+                .prepare_cached(
+                    "INSERT INTO outbox (bot, conversation, payload) VALUES ($3, $1, $2) RETURNING id",
+                )
                 .await
                 .map_err(pg)?;
             for payload in &c.outbox {
                 let row = tx
-                    .query_one(&insert, &[&c.conversation, payload])
+                    .query_one(&insert, &[&c.conversation, payload, &self.bot])
                     .await
                     .map_err(pg)?;
                 ids.push(row.get::<_, i64>(0) as u64);
@@ -508,9 +666,10 @@ impl StateStore for PostgresStore {
         let rows = client
             .query(
                 &client.prepare_cached("SELECT id, conversation, payload FROM outbox
-                 WHERE id > $1 AND conversation IN (SELECT conversation FROM claims WHERE owner = $3)
+                 WHERE bot = $4 AND id > $1
+                   AND conversation IN (SELECT conversation FROM claims WHERE bot = $4 AND owner = $3)
                  ORDER BY id LIMIT $2").await.map_err(pg)?,
-                &[&id(after), &limit(max), &self.owner],
+                &[&id(after), &limit(max), &self.db.owner, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -522,10 +681,10 @@ impl StateStore for PostgresStore {
         client
             .execute(
                 &client
-                    .prepare_cached("DELETE FROM outbox WHERE id = $1")
+                    .prepare_cached("DELETE FROM outbox WHERE id = $1 AND bot = $2")
                     .await
                     .map_err(pg)?,
-                &[&id(outbox_id)],
+                &[&id(outbox_id), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -543,11 +702,11 @@ impl StateStore for PostgresStore {
                 &client
                     .prepare_cached(
                         "SELECT conversation, due_at FROM sessions
-                 WHERE due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
+                 WHERE bot = $3 AND due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
                     )
                     .await
                     .map_err(pg)?,
-                &[&now, &limit(max)],
+                &[&now, &limit(max), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -559,10 +718,10 @@ impl StateStore for PostgresStore {
         let row = client
             .query_opt(
                 &client
-                    .prepare_cached("SELECT value FROM cursors WHERE name = $1")
+                    .prepare_cached("SELECT value FROM cursors WHERE bot = $2 AND name = $1")
                     .await
                     .map_err(pg)?,
-                &[&name],
+                &[&name, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -575,12 +734,12 @@ impl StateStore for PostgresStore {
             .execute(
                 &client
                     .prepare_cached(
-                        "INSERT INTO cursors (name, value) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET value = $2",
+                        "INSERT INTO cursors (bot, name, value) VALUES ($3, $1, $2)
+                 ON CONFLICT (bot, name) DO UPDATE SET value = $2",
                     )
                     .await
                     .map_err(pg)?,
-                &[&name, &value],
+                &[&name, &value, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -593,12 +752,12 @@ impl StateStore for PostgresStore {
             .query_opt(
                 &client
                     .prepare_cached(
-                        "UPDATE inbox SET attempts = attempts + 1 WHERE seq = $1 AND NOT done
+                        "UPDATE inbox SET attempts = attempts + 1 WHERE seq = $1 AND bot = $2 AND NOT done
                  RETURNING attempts",
                     )
                     .await
                     .map_err(pg)?,
-                &[&id(seq)],
+                &[&id(seq), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -612,12 +771,12 @@ impl StateStore for PostgresStore {
             .execute(
                 &client
                     .prepare_cached(
-                        "INSERT INTO cursors (name, value) VALUES ('store:ping', $1)
-                 ON CONFLICT (name) DO UPDATE SET value = $1",
+                        "INSERT INTO cursors (bot, name, value) VALUES ($2, 'store:ping', $1)
+                 ON CONFLICT (bot, name) DO UPDATE SET value = $1",
                     )
                     .await
                     .map_err(pg)?,
-                &[&crate::time::now().to_string()],
+                &[&crate::time::now().to_string(), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -630,8 +789,8 @@ impl StateStore for PostgresStore {
         let new_id: i64 = tx
             .query_one(
                 &tx.prepare_cached(
-                    "INSERT INTO dead_letters (received_at, reason, headers, body)
-                 VALUES ($1, $2, $3, $4) RETURNING id",
+                    "INSERT INTO dead_letters (bot, received_at, reason, headers, body)
+                 VALUES ($5, $1, $2, $3, $4) RETURNING id",
                 )
                 .await
                 .map_err(pg)?,
@@ -640,16 +799,21 @@ impl StateStore for PostgresStore {
                     &letter.reason,
                     &letter.headers,
                     &letter.body,
+                    &self.bot,
                 ],
             )
             .await
             .map_err(pg)?
             .get(0);
         tx.execute(
-            &tx.prepare_cached("DELETE FROM dead_letters WHERE id <= $1")
-                .await
-                .map_err(pg)?,
-            &[&(new_id - MAX_DEAD_LETTERS as i64)],
+            // Each bot keeps its newest `MAX_DEAD_LETTERS`.
+            &tx.prepare_cached(
+                "DELETE FROM dead_letters WHERE bot = $1 AND id <= (
+                    SELECT id FROM dead_letters WHERE bot = $1 ORDER BY id DESC OFFSET $2 LIMIT 1)",
+            )
+            .await
+            .map_err(pg)?,
+            &[&self.bot, &(MAX_DEAD_LETTERS as i64)],
         )
         .await
         .map_err(pg)?;
@@ -668,11 +832,15 @@ impl StateStore for PostgresStore {
                 &client
                     .prepare_cached(
                         "SELECT id, received_at, reason, octet_length(body) FROM dead_letters
-                 WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                 WHERE bot = $3 AND id < $1 ORDER BY id DESC LIMIT $2",
                     )
                     .await
                     .map_err(pg)?,
-                &[&id(before.unwrap_or(i64::MAX as u64)), &limit(max)],
+                &[
+                    &id(before.unwrap_or(i64::MAX as u64)),
+                    &limit(max),
+                    &self.bot,
+                ],
             )
             .await
             .map_err(pg)?;
@@ -691,8 +859,8 @@ impl StateStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &client.prepare_cached("SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = $1").await.map_err(pg)?,
-                &[&id(letter)],
+                &client.prepare_cached("SELECT id, received_at, reason, headers, body FROM dead_letters WHERE id = $1 AND bot = $2").await.map_err(pg)?,
+                &[&id(letter), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -704,10 +872,10 @@ impl StateStore for PostgresStore {
         let n = client
             .execute(
                 &client
-                    .prepare_cached("DELETE FROM dead_letters WHERE id = $1")
+                    .prepare_cached("DELETE FROM dead_letters WHERE id = $1 AND bot = $2")
                     .await
                     .map_err(pg)?,
-                &[&id(letter)],
+                &[&id(letter), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -724,9 +892,9 @@ impl StateStore for PostgresStore {
         let row = client
             .query_opt(
                 &format!(
-                    "INSERT INTO claims AS c (conversation, owner, token, expires_at)
-                     VALUES ($1, $2, nextval('claim_tokens'), {NOW_MS} + $3)
-                     ON CONFLICT (conversation) DO UPDATE SET
+                    "INSERT INTO claims AS c (bot, conversation, owner, token, expires_at)
+                     VALUES ($4, $1, $2, nextval('claim_tokens'), {NOW_MS} + $3)
+                     ON CONFLICT (bot, conversation) DO UPDATE SET
                          owner = excluded.owner,
                          token = CASE WHEN c.owner = excluded.owner THEN c.token ELSE excluded.token END,
                          expires_at = excluded.expires_at
@@ -734,7 +902,7 @@ impl StateStore for PostgresStore {
                      RETURNING token",
                     NOW_MS = NOW_MS
                 ),
-                &[&conversation, &self.owner, &ttl],
+                &[&conversation, &self.db.owner, &ttl, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -755,10 +923,10 @@ impl StateStore for PostgresStore {
             .query(
                 &format!(
                     "UPDATE claims SET expires_at = {NOW_MS} + $3
-                     WHERE owner = $1 AND conversation = ANY($2) RETURNING conversation",
+                     WHERE bot = $4 AND owner = $1 AND conversation = ANY($2) RETURNING conversation",
                     NOW_MS = NOW_MS
                 ),
-                &[&self.owner, &conversations, &ttl],
+                &[&self.db.owner, &conversations, &ttl, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -775,10 +943,12 @@ impl StateStore for PostgresStore {
         client
             .execute(
                 &client
-                    .prepare_cached("DELETE FROM claims WHERE conversation = $1 AND owner = $2")
+                    .prepare_cached(
+                        "DELETE FROM claims WHERE bot = $3 AND conversation = $1 AND owner = $2",
+                    )
                     .await
                     .map_err(pg)?,
-                &[&conversation, &self.owner],
+                &[&conversation, &self.db.owner, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -791,15 +961,15 @@ impl StateStore for PostgresStore {
             .query(
                 &format!(
                     "SELECT w.conversation FROM (
-                         SELECT DISTINCT conversation FROM inbox WHERE NOT done
-                         UNION SELECT DISTINCT conversation FROM outbox
+                         SELECT DISTINCT conversation FROM inbox WHERE bot = $2 AND NOT done
+                         UNION SELECT DISTINCT conversation FROM outbox WHERE bot = $2
                      ) w
-                     LEFT JOIN claims c ON c.conversation = w.conversation
+                     LEFT JOIN claims c ON c.bot = $2 AND c.conversation = w.conversation
                      WHERE c.conversation IS NULL OR c.expires_at < {NOW_MS}
                      LIMIT $1",
                     NOW_MS = NOW_MS
                 ),
-                &[&limit(max)],
+                &[&limit(max), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -813,11 +983,11 @@ impl StateStore for PostgresStore {
                 &client
                     .prepare_cached(
                         "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
-                 WHERE NOT done AND conversation = $1 ORDER BY seq",
+                 WHERE bot = $2 AND NOT done AND conversation = $1 ORDER BY seq",
                     )
                     .await
                     .map_err(pg)?,
-                &[&conversation],
+                &[&conversation, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -896,31 +1066,38 @@ impl StateStore for PostgresStore {
     }
 
     async fn lead(&self, work: &str) -> Result<bool, StoreError> {
-        // A session's advisory lock, on a connection kept for it: held while
-        // the connection lives, released by the server when it dies (this
-        // process stopped, or the network failed), so another takes over.
-        let key = format!("{}:{work}", self.schema);
-        let mut leads = self.leads.lock().await;
-        if let Some(conn) = leads.get(&key) {
-            match conn.simple_query("SELECT 1").await {
-                Ok(_) => return Ok(true),
-                Err(e) => {
-                    tracing::warn!(%work, error = %crate::text::error_chain(&e), "lost the lead");
-                    // Dropped, not recycled: the pool makes a new one.
-                    let conn = leads.remove(&key).expect("present");
-                    drop(deadpool_postgres::Object::take(conn));
+        // A session's advisory lock, on the one connection kept for the
+        // process's leads: held while the connection lives, released by the
+        // server when it dies (this process stopped, or the network failed),
+        // so another takes over.
+        let key = format!("{}:{}:{work}", self.db.schema, self.bot);
+        let mut leads = self.db.leads.lock().await;
+        let (conn, held) = &mut *leads;
+        if let Some(c) = conn.as_ref() {
+            if let Err(e) = c.simple_query("SELECT 1").await {
+                tracing::warn!(error = %crate::text::error_chain(&e), "lost the leads");
+                // Dropped, not recycled: the pool makes a new one.
+                if let Some(c) = conn.take() {
+                    drop(deadpool_postgres::Object::take(c));
                 }
+                held.clear();
             }
         }
-        let conn = self.client().await?;
-        let led: bool = conn
+        if held.contains(&key) {
+            return Ok(true);
+        }
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(self.client().await?),
+        };
+        let led: bool = c
             .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])
             .await
             .map_err(pg)?
             .get(0);
         if led {
             tracing::info!(%work, "leading");
-            leads.insert(key, conn);
+            held.insert(key);
         }
         Ok(led)
     }
@@ -954,11 +1131,11 @@ impl StateStore for PostgresStore {
                 &client
                     .prepare_cached(
                         "SELECT id, conversation, payload FROM outbox
-                         WHERE conversation = $1 AND id > $2 ORDER BY id LIMIT $3",
+                         WHERE bot = $4 AND conversation = $1 AND id > $2 ORDER BY id LIMIT $3",
                     )
                     .await
                     .map_err(pg)?,
-                &[&conversation, &id(after), &limit(max)],
+                &[&conversation, &id(after), &limit(max), &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -976,12 +1153,12 @@ impl StateStore for PostgresStore {
                 &client
                     .prepare_cached(
                         "SELECT DISTINCT o.conversation FROM outbox o
-                         JOIN claims c ON c.conversation = o.conversation AND c.owner = $3
-                         WHERE o.conversation > $1 ORDER BY o.conversation LIMIT $2",
+                         JOIN claims c ON c.bot = $4 AND c.conversation = o.conversation AND c.owner = $3
+                         WHERE o.bot = $4 AND o.conversation > $1 ORDER BY o.conversation LIMIT $2",
                     )
                     .await
                     .map_err(pg)?,
-                &[&after, &limit(max), &self.owner],
+                &[&after, &limit(max), &self.db.owner, &self.bot],
             )
             .await
             .map_err(pg)?;
@@ -996,32 +1173,56 @@ impl StateStore for PostgresStore {
                     .prepare_cached("SELECT pg_notify($1, $2)")
                     .await
                     .map_err(pg)?,
-                &[&self.channel(), &conversation],
+                &[&self.channel(), &format!("{}:{conversation}", self.bot)],
             )
             .await
             .map_err(pg)?;
         Ok(())
     }
 
-    async fn listen(
-        &self,
-    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, StoreError> {
+    async fn listen(&self) -> Result<Option<UnboundedReceiver<String>>, StoreError> {
+        // One connection listens for every bot of the schema; each
+        // notification (`<bot>:<conversation>`) goes to its bot's receiver.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let config = self.config.clone();
-        let channel = self.channel();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            while !tx.is_closed() {
-                match listen_once(&config, &channel, &tx).await {
-                    Ok(()) => delay = Duration::from_millis(100),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the PostgreSQL listener stopped; reconnecting");
+        let start = {
+            let mut listeners = self.db.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            listeners.0.insert(self.bot, tx);
+            !std::mem::replace(&mut listeners.1, true)
+        };
+        if start {
+            let db = Arc::downgrade(&self.db);
+            let config = self.db.config.clone();
+            let channel = self.channel();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(100);
+                while db.strong_count() > 0 {
+                    let route = |payload: String| {
+                        let Some(db) = db.upgrade() else { return false };
+                        let Some((bot, conversation)) = payload.split_once(':') else {
+                            return true;
+                        };
+                        let Ok(bot) = bot.parse::<i32>() else {
+                            return true;
+                        };
+                        let mut listeners = db.listeners.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(tx) = listeners.0.get(&bot) {
+                            if tx.send(conversation.to_owned()).is_err() {
+                                listeners.0.remove(&bot);
+                            }
+                        }
+                        true
+                    };
+                    match listen_once(&config, &channel, route).await {
+                        Ok(()) => delay = Duration::from_millis(100),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the PostgreSQL listener stopped; reconnecting");
+                        }
                     }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        });
+            });
+        }
         Ok(Some(rx))
     }
 }
@@ -1029,15 +1230,16 @@ impl StateStore for PostgresStore {
 impl PostgresStore {
     /// The `NOTIFY` channel of this schema.
     fn channel(&self) -> String {
-        format!("flowbot_{}", self.schema)
+        format!("flowbot_{}", self.db.schema)
     }
 }
 
-/// Listens on `channel` until the connection ends, forwarding each payload.
+/// Listens on `channel` until the connection ends (or `route` says to stop),
+/// handing each payload to `route`.
 async fn listen_once(
     config: &tokio_postgres::Config,
     channel: &str,
-    tx: &tokio::sync::mpsc::UnboundedSender<String>,
+    route: impl Fn(String) -> bool,
 ) -> Result<(), StoreError> {
     let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
     let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
@@ -1059,8 +1261,8 @@ async fn listen_once(
         .batch_execute(&format!("LISTEN {channel}"))
         .await
         .map_err(pg)?;
-    while let Some(conversation) = messages.recv().await {
-        if tx.send(conversation).is_err() {
+    while let Some(payload) = messages.recv().await {
+        if !route(payload) {
             break;
         }
     }

@@ -425,6 +425,24 @@ impl SqliteStore {
         }
     }
 
+    /// Moves the rows of a file that held one bot (`from`, as flowbot kept a
+    /// file per bot before one file held them all) into this file, as the
+    /// rows of the bot named `bot`: its waiting messages, sessions, replies
+    /// not yet sent, cursors, dead letters and budget. A message already
+    /// here (by its key) is not copied twice. `from` is left as it was:
+    /// the caller renames it once this returns. Neither file may be in use
+    /// by a running process.
+    pub async fn import(&self, bot: &str, from: &Path) -> Result<super::Imported, StoreError> {
+        // Brought up to date first (its rows become its bot 0's), which also
+        // says whether another process holds it.
+        drop(SqliteStore::open(from, SqliteOptions::default())?);
+        let into = self.bot(bot).await?;
+        let (path, from) = (self.path().to_path_buf(), from.to_path_buf());
+        tokio::task::spawn_blocking(move || import_rows(&path, into.bot, &from))
+            .await
+            .map_err(|e| StoreError(format!("the import stopped: {e}")))?
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.file.path
@@ -454,6 +472,52 @@ impl SqliteStore {
         }
         result
     }
+}
+
+fn import_rows(path: &Path, bot: i64, from: &Path) -> Result<super::Imported, StoreError> {
+    let mut conn = Connection::open(path).map_err(err(path))?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(err(path))?;
+    conn.execute("ATTACH DATABASE ?1 AS old", params![from.to_string_lossy()])
+        .map_err(err(from))?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err(path))?;
+    let copy = |sql: &str| tx.execute(sql, params![bot]).map_err(err(path));
+    let imported = super::Imported {
+        inbox: copy(
+            "INSERT INTO main.inbox (bot, key, conversation, payload, received_at, done, attempts)
+             SELECT ?1, key, conversation, payload, received_at, done, attempts FROM old.inbox
+             WHERE bot = 0 ORDER BY seq ON CONFLICT(bot, key) DO NOTHING",
+        )?,
+        sessions: copy(
+            "INSERT INTO main.sessions (bot, conversation, data, due_at)
+             SELECT ?1, conversation, data, due_at FROM old.sessions
+             WHERE bot = 0 ON CONFLICT(bot, conversation) DO NOTHING",
+        )?,
+        outbox: copy(
+            "INSERT INTO main.outbox (bot, conversation, payload)
+             SELECT ?1, conversation, payload FROM old.outbox WHERE bot = 0 ORDER BY id",
+        )?,
+        dead_letters: copy(
+            "INSERT INTO main.dead_letters (bot, received_at, reason, headers, body)
+             SELECT ?1, received_at, reason, headers, body FROM old.dead_letters
+             WHERE bot = 0 ORDER BY id",
+        )?,
+    };
+    copy(
+        "INSERT INTO main.cursors (bot, name, value)
+         SELECT ?1, name, value FROM old.cursors WHERE bot = 0 AND name <> 'store:ping'
+         ON CONFLICT(bot, name) DO NOTHING",
+    )?;
+    tx.execute(
+        "INSERT INTO main.budget_calls (key, at) SELECT key, at FROM old.budget_calls",
+        [],
+    )
+    .map_err(err(path))?;
+    tx.commit().map_err(err(path))?;
+    conn.execute("DETACH DATABASE old", []).map_err(err(path))?;
+    Ok(imported)
 }
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path: PathBuf) {
