@@ -8,7 +8,8 @@
 //! The server is this executable started again as a bot author's binary
 //! would be (`flowbot::main` with the support flow's action registered, `run
 //! --config FILE`), its `flowbot.toml` naming N bots, each with the support
-//! flow, its own webhook path, SQLite file, Qpien client, queues and timers;
+//! flow, its own webhook path, its rows in the one SQLite file, its Qpien
+//! client, queues and timers;
 //! replies go to a stand-in Qpien (one per process, unlimited).
 //! 1. **Start-up**: from the process's start to every bot ready in the root
 //!    `/readyz` (each has its store open and a token).

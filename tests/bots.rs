@@ -255,3 +255,104 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
     };
     assert_eq!((count("slow"), count("quick"), count("")), (4, 20, 0));
 }
+
+const NUDGING: &str = r#"
+version: 1
+states:
+  start:
+    say: "Hi from BOT."
+    after: { idle: 1m, say: "Still there? (BOT)" }
+"#;
+
+/// Several bots in one store share one task for their timers: each bot's
+/// nudge still comes, from that bot, to its own customers, after a restart
+/// too; one bot's many due timers do not keep another's from firing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timers_of_bots_sharing_a_store_fire_for_each_bot() {
+    let sim = start_sim(|c| c.auto_create_conversations = true).await;
+    let dir = temp_dir("bots-timers");
+    std::fs::write(dir.join("a.yaml"), NUDGING.replace("BOT", "a")).unwrap();
+    std::fs::write(dir.join("b.yaml"), NUDGING.replace("BOT", "b")).unwrap();
+    let clock = flowbot::ManualClock::new(flowbot::internals::time::now());
+    let base = config(&sim, &dir);
+    let bot = |name: &str| BotConfig {
+        name: name.into(),
+        flow: dir.join(format!("{name}.yaml")),
+        qpien: base.qpien.clone(),
+        webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
+        ..BotConfig::default()
+    };
+    let c = Config {
+        bots: vec![bot("a"), bot("b")],
+        clock: flowbot::internals::time::ClockHandle::new(clock.clone()),
+        ..base.clone()
+    };
+    let running = flowbot::start(c.clone(), Registry::new()).await.unwrap();
+    let http = reqwest::Client::new();
+    let hook = |name: &str| format!("http://{}/bots/{name}/webhook", running.addr());
+    let secret = |name: &str| format!("webhook-secret-of-{name}");
+    for i in 0..30 {
+        let conv = format!("a-{i}");
+        assert_eq!(
+            post(
+                &http,
+                &hook("a"),
+                &secret("a"),
+                &message(&conv, &conv, "hi")
+            )
+            .await,
+            200
+        );
+    }
+    assert_eq!(
+        post(
+            &http,
+            &hook("b"),
+            &secret("b"),
+            &message("b-0", "b-0", "hi")
+        )
+        .await,
+        200
+    );
+    wait_until("the greetings", Duration::from_secs(10), || {
+        replies(&sim, "b-0") == ["Hi from b."]
+            && (0..30).all(|i| replies(&sim, &format!("a-{i}")) == ["Hi from a."])
+    })
+    .await;
+    clock.advance(Duration::from_secs(61));
+    wait_until(
+        "every nudge, from its own bot",
+        Duration::from_secs(10),
+        || {
+            replies(&sim, "b-0") == ["Hi from b.", "Still there? (b)"]
+                && (0..30)
+                    .all(|i| replies(&sim, &format!("a-{i}")) == ["Hi from a.", "Still there? (a)"])
+        },
+    )
+    .await;
+    // A timer set before a restart fires after it.
+    assert_eq!(
+        post(
+            &http,
+            &hook("b"),
+            &secret("b"),
+            &message("b-1", "b-1", "hi")
+        )
+        .await,
+        200
+    );
+    wait_until("b-1's greeting", Duration::from_secs(10), || {
+        replies(&sim, "b-1") == ["Hi from b."]
+    })
+    .await;
+    running.shutdown().await;
+    let running = flowbot::start(c, Registry::new()).await.unwrap();
+    clock.advance(Duration::from_secs(61));
+    wait_until(
+        "b-1's nudge after the restart",
+        Duration::from_secs(10),
+        || replies(&sim, "b-1") == ["Hi from b.", "Still there? (b)"],
+    )
+    .await;
+    running.shutdown().await;
+}

@@ -302,6 +302,21 @@ async fn bots_sharing_a_sqlite_file_see_only_their_own_rows() {
         &file.bot("globex").await.unwrap(),
     )
     .await;
+    // One query finds every bot's due timers, each with its bot.
+    let due = file
+        .due_timers_of_every_bot(10, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(due.contains(&("acme".into(), "c1".into(), 1)), "{due:?}");
+    assert!(due.iter().all(|(bot, ..)| bot == "acme" || bot == "globex"));
+    assert_eq!(
+        MemoryStore::new()
+            .due_timers_of_every_bot(10, 100)
+            .await
+            .unwrap(),
+        None
+    );
     drop(file);
     let file = SqliteStore::open(&path, opts(5, 64)).unwrap();
     let a = file.bot("acme").await.unwrap();
@@ -327,6 +342,8 @@ async fn bots_sharing_a_postgres_schema_see_only_their_own_rows_within_one_pool(
         db.bot("globex").await.unwrap(),
     );
     two_bots(&a, &b).await;
+    let due = db.due_timers_of_every_bot(10, 100).await.unwrap().unwrap();
+    assert!(due.contains(&("acme".into(), "c1".into(), 1)), "{due:?}");
     let mut to_a = a.listen().await.unwrap().unwrap();
     let mut to_b = b.listen().await.unwrap().unwrap();
     // (The listening connection may need a moment before it hears.)

@@ -78,15 +78,11 @@ async fn import_store(config: Option<PathBuf>) -> u8 {
                 let mut lock = from.as_os_str().to_owned();
                 lock.push(".lock");
                 let _ = std::fs::remove_file(PathBuf::from(lock));
-                println!(
-                    "{}: {} conversations, {} inbox rows, {} replies to send and {} dead letters moved from {} (kept as {})",
-                    bot.name,
-                    n.sessions,
-                    n.inbox,
-                    n.outbox,
-                    n.dead_letters,
-                    from.display(),
-                    PathBuf::from(kept).display()
+                moved_line(
+                    &bot.name,
+                    &n,
+                    &from.display().to_string(),
+                    &PathBuf::from(kept).display().to_string(),
                 );
                 moved += 1;
             }
@@ -121,9 +117,11 @@ async fn import_schemas(config: &Config) -> u8 {
         match db.import_schema(&key, &from).await {
             Ok(None) => {}
             Ok(Some(n)) => {
-                println!(
-                    "{}: {} conversations, {} inbox rows, {} replies to send and {} dead letters moved from schema {from} (kept as {from}_imported)",
-                    bot.name, n.sessions, n.inbox, n.outbox, n.dead_letters
+                moved_line(
+                    &bot.name,
+                    &n,
+                    &format!("schema {from}"),
+                    &format!("{from}_imported"),
                 );
                 moved += 1;
             }
@@ -138,4 +136,12 @@ async fn import_schemas(config: &Config) -> u8 {
         config.store.schema
     );
     0
+}
+
+/// Says what was moved for one bot.
+fn moved_line(bot: &str, n: &crate::store::Imported, from: &str, kept: &str) {
+    println!(
+        "{bot}: {} conversations, {} inbox rows, {} replies to send and {} dead letters moved from {from} (kept as {kept})",
+        n.sessions, n.inbox, n.outbox, n.dead_letters
+    );
 }

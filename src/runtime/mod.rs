@@ -129,6 +129,8 @@ impl Stop {
 pub struct Running {
     addr: SocketAddr,
     bots: Vec<Unit>,
+    /// The process's own tasks (the timers of a store of several bots).
+    tasks: Vec<JoinHandle<()>>,
     deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -174,6 +176,12 @@ impl Running {
             turns_left: 0,
             replies_left: 0,
         };
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
         for unit in &self.bots {
             for t in &unit.tasks {
                 t.abort();
@@ -419,6 +427,18 @@ struct Stores {
 }
 
 impl Stores {
+    /// The one store every bot shares, when they share one.
+    fn shared(&self) -> Option<Arc<dyn StateStore>> {
+        #[cfg(feature = "postgres")]
+        if let Some(db) = &self.postgres {
+            return Some(Arc::new(db.clone()));
+        }
+        match self.sqlite.values().collect::<Vec<_>>()[..] {
+            [one] => Some(Arc::new(one.clone())),
+            _ => None,
+        }
+    }
+
     async fn open(&mut self, spec: &Spec) -> Result<Arc<dyn StateStore>, RuntimeError> {
         let store = &spec.store;
         #[cfg(feature = "postgres")]
@@ -605,14 +625,30 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     let stop = Stop(stop_rx);
     let mut apps = Vec::with_capacity(opened.len());
     let mut bots = Vec::with_capacity(opened.len());
+    // Several bots in one store: one task reads the timers of them all.
+    let shared = stores.shared().filter(|_| !config.bots.is_empty());
+    let mut inboxes = std::collections::HashMap::new();
     for o in opened {
         let span = o.spec.span();
+        let key = o.spec.key.clone();
         let metrics = Arc::new(set.bot(&BotLabel::new(o.spec.name.as_deref())));
-        let (app, unit) = launch(&config, o, metrics, &registry, stop.clone())
+        let own_timers = shared.is_none();
+        let (app, unit) = launch(&config, o, metrics, &registry, stop.clone(), own_timers)
             .instrument(span)
             .await?;
+        inboxes.insert(key, app.inbox.clone());
         apps.push(app);
         bots.push(unit);
+    }
+    let mut tasks = Vec::new();
+    if let Some(store) = shared {
+        tasks.push(tokio::spawn(timers::run_for_every_bot(
+            store,
+            inboxes,
+            config.runtime.timer_interval,
+            config.clock.clone(),
+            stop.clone(),
+        )));
     }
     let server = {
         let app = http::router(&apps, set, stop.clone());
@@ -627,6 +663,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     Ok(Running {
         addr,
         bots,
+        tasks,
         deadline: config.runtime.shutdown_deadline,
         stop: stop_tx,
         server,
@@ -641,6 +678,7 @@ async fn launch(
     metrics: Arc<Metrics>,
     registry: &Registry,
     stop: Stop,
+    own_timers: bool,
 ) -> Result<(Arc<http::App>, Unit), RuntimeError> {
     let Opened {
         spec,
@@ -757,7 +795,9 @@ async fn launch(
                 .instrument(span.clone()),
         ),
         tokio::spawn(runner.run(stop.clone()).instrument(span.clone())),
-        tokio::spawn(
+    ];
+    if own_timers {
+        tasks.push(tokio::spawn(
             timers::run(
                 store.clone(),
                 inbox.clone(),
@@ -766,8 +806,8 @@ async fn launch(
                 stop.clone(),
             )
             .instrument(span.clone()),
-        ),
-    ];
+        ));
+    }
     if config.runtime.reload {
         tasks.push(tokio::spawn(
             reload::run(reload::Reload {

@@ -2,7 +2,12 @@
 //! conversations, so they survive restarts; each due timer becomes an
 //! [`Event::Idle`](crate::Event::Idle) in the inbox, and the engine decides
 //! whether its nudge still applies.
+//!
+//! A store that holds several bots is read by one task for all of them
+//! ([`run_for_every_bot`]): one query an interval, whatever the number of
+//! bots, each due timer handed to its bot's inbox.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +30,32 @@ pub(crate) async fn run(
                     inbox.fire_timer(conversation, at).await;
                 }
             }
+            Err(e) => tracing::error!(error = %e, "cannot read due timers"),
+        }
+    }
+}
+
+/// Fires the due timers of every bot of `store` every `every` until
+/// shutdown; `inboxes` has each bot's inbox by its key in the store.
+pub(crate) async fn run_for_every_bot(
+    store: Arc<dyn StateStore>,
+    inboxes: HashMap<String, Arc<Inbox>>,
+    every: Duration,
+    clock: crate::time::ClockHandle,
+    stop: Stop,
+) {
+    while stop.pause(every).await {
+        match store.due_timers_of_every_bot(clock.now(), 500).await {
+            Ok(Some(due)) => {
+                for (bot, conversation, at) in due {
+                    // A bot of the store that this process does not run
+                    // (removed from the configuration) keeps its timers.
+                    if let Some(inbox) = inboxes.get(&bot) {
+                        inbox.fire_timer(conversation, at).await;
+                    }
+                }
+            }
+            Ok(None) => return,
             Err(e) => tracing::error!(error = %e, "cannot read due timers"),
         }
     }

@@ -266,6 +266,17 @@ pub trait StateStore: Send + Sync + 'static {
         now: Millis,
         limit: usize,
     ) -> Result<Vec<(String, Millis)>, StoreError>;
+    /// The due timers of every bot of the store (the bot's key, the
+    /// conversation, the due time), oldest first: one query for all bots
+    /// where the store holds several (`None`: it holds one, ask
+    /// [`StateStore::due_timers`]).
+    async fn due_timers_of_every_bot(
+        &self,
+        _now: Millis,
+        _limit: usize,
+    ) -> Result<Option<Vec<(String, String, Millis)>>, StoreError> {
+        Ok(None)
+    }
     /// A saved cursor (polling position), by name.
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Saves a cursor.

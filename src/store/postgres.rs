@@ -97,8 +97,6 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions DROP CONSTRAINT sessions_pkey;
     ALTER TABLE sessions ADD PRIMARY KEY (bot, conversation);
-    DROP INDEX sessions_due;
-    CREATE INDEX sessions_due ON sessions (bot, due_at) WHERE due_at IS NOT NULL;
     ALTER TABLE outbox ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
     DROP INDEX outbox_conversation;
     CREATE INDEX outbox_conversation ON outbox (bot, conversation, id);
@@ -711,6 +709,33 @@ impl StateStore for PostgresStore {
             .await
             .map_err(pg)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn due_timers_of_every_bot(
+        &self,
+        now: Millis,
+        max: usize,
+    ) -> Result<Option<Vec<(String, String, Millis)>>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT b.name, s.conversation, s.due_at FROM sessions s
+                         JOIN bots b ON b.id = s.bot
+                         WHERE s.due_at IS NOT NULL AND s.due_at <= $1 ORDER BY s.due_at LIMIT $2",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&now, &limit(max)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(Some(
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect(),
+        ))
     }
 
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -100,7 +100,7 @@ fn migrations() -> Migrations<'static> {
             SELECT 0, conversation, data, due_at FROM sessions;
         DROP TABLE sessions;
         ALTER TABLE sessions_by_bot RENAME TO sessions;
-        CREATE INDEX sessions_due ON sessions(bot, due_at) WHERE due_at IS NOT NULL;
+        CREATE INDEX sessions_due ON sessions(due_at) WHERE due_at IS NOT NULL;
         CREATE TABLE outbox_by_bot (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             bot INTEGER NOT NULL,
@@ -160,6 +160,8 @@ enum Op {
     BudgetDone(i64),
     /// The id of a bot by its name, made if new.
     Bot(String),
+    /// Due timers of every bot.
+    DueTimersAll(Millis, usize),
 }
 
 enum Reply {
@@ -169,6 +171,7 @@ enum Reply {
     Sessions(Vec<(String, StoredSession)>),
     Outbox(Vec<OutboxItem>),
     Due(Vec<(String, Millis)>),
+    DueAll(Vec<(String, String, Millis)>),
     Cursor(Option<String>),
     Names(Vec<String>),
     Ids(Vec<u64>),
@@ -718,6 +721,16 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
             })?;
             Reply::Due(rows.collect::<Result<_, _>>()?)
         }
+        Op::DueTimersAll(now, limit) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT b.name, s.conversation, s.due_at FROM sessions s JOIN bots b ON b.id = s.bot
+                 WHERE s.due_at IS NOT NULL AND s.due_at <= ?1 ORDER BY s.due_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            Reply::DueAll(rows.collect::<Result<_, _>>()?)
+        }
         Op::Cursor(name) => Reply::Cursor(
             tx.prepare_cached("SELECT value FROM cursors WHERE bot = ?1 AND name = ?2")?
                 .query_row(params![bot, name], |r| r.get(0))
@@ -957,6 +970,17 @@ impl StateStore for SqliteStore {
     ) -> Result<Vec<(String, Millis)>, StoreError> {
         match self.run(Op::DueTimers(now, limit)).await? {
             Reply::Due(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn due_timers_of_every_bot(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Option<Vec<(String, String, Millis)>>, StoreError> {
+        match self.run(Op::DueTimersAll(now, limit)).await? {
+            Reply::DueAll(v) => Ok(Some(v)),
             _ => Err(unexpected()),
         }
     }

@@ -55,22 +55,27 @@ pub(super) struct Guard<'s> {
 }
 
 impl<'s> Guard<'s> {
+    fn new(source: &'s str, max_output: usize, folded: &'s mut usize) -> Guard<'s> {
+        Guard {
+            source,
+            max_output,
+            folded,
+            edits: Vec::new(),
+            depth: 0,
+        }
+    }
+
     /// Checks `template` (already parsed from `source`) and returns the
-    /// source to compile: `source` with its non-constant multiplications
-    /// rewritten into calls of [`MUL`].
+    /// source to compile: `source` with its non-constant multiplications,
+    /// additions and concatenations rewritten into calls of [`MUL`], [`ADD`]
+    /// and [`CAT`].
     pub(super) fn check(
         source: &'s str,
         template: &Stmt<'_>,
         max_output: usize,
         folded: &'s mut usize,
     ) -> Result<String, String> {
-        let mut g = Guard {
-            source,
-            max_output,
-            folded,
-            edits: Vec::new(),
-            depth: 0,
-        };
+        let mut g = Guard::new(source, max_output, folded);
         g.stmt(template)?;
         Ok(g.rewrite())
     }
@@ -82,13 +87,7 @@ impl<'s> Guard<'s> {
         max_output: usize,
         folded: &'s mut usize,
     ) -> Result<String, String> {
-        let mut g = Guard {
-            source,
-            max_output,
-            folded,
-            edits: Vec::new(),
-            depth: 0,
-        };
+        let mut g = Guard::new(source, max_output, folded);
         g.expr(expr)?;
         Ok(g.rewrite())
     }
@@ -499,19 +498,9 @@ impl std::fmt::Write for Limited {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Scope, Templates};
+    use super::super::tests::scope;
+    use super::super::Templates;
     use minijinja::Value;
-    use std::sync::Arc;
-
-    fn scope(vars: &[(&str, Value)]) -> Value {
-        Value::from_object(Scope {
-            vars: vars
-                .iter()
-                .map(|(k, v)| (Arc::from(*k), v.clone()))
-                .collect(),
-            ..Default::default()
-        })
-    }
 
     #[test]
     fn constant_repetitions_over_the_limit_are_refused_before_anything_is_built() {

@@ -602,7 +602,7 @@ impl Object for Scope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -682,7 +682,7 @@ mod tests {
         assert!(e.message.contains("longer than 5 bytes"), "{e}");
     }
 
-    fn scope(vars: &[(&str, Value)]) -> Value {
+    pub(super) fn scope(vars: &[(&str, Value)]) -> Value {
         Value::from_object(Scope {
             vars: vars
                 .iter()
