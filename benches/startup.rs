@@ -88,10 +88,10 @@ async fn fill(flow: &Path, db: &Path, conversations: usize) {
          CREATE TEMP TABLE n(i INTEGER PRIMARY KEY);
          WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {copies})
            INSERT INTO n SELECT i FROM k;
-         INSERT INTO sessions (conversation, data, due_at)
-           SELECT conversation || '-' || i, data, due_at FROM sessions, n;
-         INSERT INTO inbox (key, conversation, payload, received_at, done, attempts)
-           SELECT key || '-' || i, conversation || '-' || i, payload, received_at, done, attempts
+         INSERT INTO sessions (bot, conversation, data, due_at)
+           SELECT bot, conversation || '-' || i, data, due_at FROM sessions, n;
+         INSERT INTO inbox (bot, key, conversation, payload, received_at, done, attempts)
+           SELECT bot, key || '-' || i, conversation || '-' || i, payload, received_at, done, attempts
            FROM inbox, n;
          COMMIT;"
     ))

@@ -362,6 +362,10 @@ pub struct RuntimeConfig {
     /// the conversations of an instance that stopped.
     #[serde(with = "humantime_serde")]
     pub claim_ttl: Duration,
+    /// With several bots: how many of the busiest (by turns) the root
+    /// `/metrics` shows one by one, beside the totals of all; every bot's own
+    /// series are at `/bots/<name>/metrics`.
+    pub metrics_top_bots: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -377,6 +381,7 @@ impl Default for RuntimeConfig {
             outbox_in_memory_per_conversation: 100,
             max_pending_per_conversation: 200,
             claim_ttl: Duration::from_secs(10),
+            metrics_top_bots: 20,
         }
     }
 }

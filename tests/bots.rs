@@ -282,11 +282,12 @@ async fn the_timers_of_bots_sharing_a_store_fire_for_each_bot() {
         webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
         ..BotConfig::default()
     };
-    let c = Config {
+    let mut c = Config {
         bots: vec![bot("a"), bot("b")],
         clock: flowbot::internals::time::ClockHandle::new(clock.clone()),
         ..base.clone()
     };
+    c.runtime.metrics_top_bots = 1;
     let running = flowbot::start(c.clone(), Registry::new()).await.unwrap();
     let http = reqwest::Client::new();
     let hook = |name: &str| format!("http://{}/bots/{name}/webhook", running.addr());
@@ -330,6 +331,25 @@ async fn the_timers_of_bots_sharing_a_store_fire_for_each_bot() {
         },
     )
     .await;
+    // The root page: totals of both, and the busiest bot's own series only;
+    // each bot's page: its own.
+    let page = |path: &str| {
+        let req = http.get(format!("http://{}{path}", running.addr())).send();
+        async move { req.await.unwrap().text().await.unwrap() }
+    };
+    let root = page("/metrics").await;
+    assert!(
+        root.contains("flowbot_turns_total{result=\"ok\"} 62\n")
+            && root.contains("flowbot_turns_total{bot=\"a\",result=\"ok\"} 60\n")
+            && !root.contains("bot=\"b\""),
+        "{root}"
+    );
+    let of_b = page("/bots/b/metrics").await;
+    assert!(
+        of_b.contains("flowbot_turns_total{bot=\"b\",result=\"ok\"} 2\n")
+            && !of_b.contains("bot=\"a\""),
+        "{of_b}"
+    );
     // A timer set before a restart fires after it.
     assert_eq!(
         post(

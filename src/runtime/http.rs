@@ -91,21 +91,37 @@ const CHECKS_FOR: Duration = Duration::from_secs(1);
 /// of a single-bot process at the root too; each bot of several under
 /// `/bots/<name>` (its `/readyz`, debug and admin endpoints), its webhook at
 /// its own path, and a root `/readyz` that lists them all.
-pub(crate) fn router(apps: &[Arc<App>], metrics: Arc<MetricSet>, stop: Stop) -> Router {
-    let mut root = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(render_metrics).with_state(metrics));
+pub(crate) fn router(
+    apps: &[Arc<App>],
+    metrics: Arc<MetricSet>,
+    top_bots: usize,
+    stop: Stop,
+) -> Router {
+    let mut root = Router::new().route("/healthz", get(healthz));
     match apps {
         [one] if one.name.is_none() => {
+            root = root.route(
+                "/metrics",
+                get(render_metrics).with_state((metrics, MetricsPage::All)),
+            );
             root = root.merge(bot_routes(one.clone()));
             if one.server.webhook {
                 root = root.merge(webhook_route(one.clone()));
             }
         }
         _ => {
+            root = root.route(
+                "/metrics",
+                get(render_metrics).with_state((metrics.clone(), MetricsPage::Root(top_bots))),
+            );
             for app in apps {
                 let name = app.name.clone().unwrap_or_default();
                 root = root.nest(&format!("/bots/{name}"), bot_routes(app.clone()));
+                root = root.route(
+                    &format!("/bots/{name}/metrics"),
+                    get(render_metrics)
+                        .with_state((metrics.clone(), MetricsPage::Bot(name.into()))),
+                );
                 if app.server.webhook {
                     root = root.merge(webhook_route(app.clone()));
                 }
@@ -329,14 +345,31 @@ async fn debug_conversation(
     )
 }
 
-async fn render_metrics(State(set): State<Arc<MetricSet>>) -> Response {
+/// Which `/metrics` page.
+#[derive(Debug, Clone)]
+enum MetricsPage {
+    /// Every series (the one bot of a single-bot process).
+    All,
+    /// Totals of all bots and the series of this many of the busiest.
+    Root(usize),
+    /// One bot's series.
+    Bot(Arc<str>),
+}
+
+async fn render_metrics(State((set, page)): State<(Arc<MetricSet>, MetricsPage)>) -> Response {
+    let text = set.render();
+    let text = match page {
+        MetricsPage::All => text,
+        MetricsPage::Root(top) => super::metrics_pages::root(&text, top),
+        MetricsPage::Bot(name) => super::metrics_pages::of_bot(&text, &name),
+    };
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        set.render(),
+        text,
     )
         .into_response()
 }

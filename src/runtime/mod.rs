@@ -38,6 +38,7 @@ mod dispatch;
 mod http;
 mod lanes;
 mod metrics;
+mod metrics_pages;
 mod outbox;
 mod payload;
 mod poll;
@@ -651,7 +652,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         )));
     }
     let server = {
-        let app = http::router(&apps, set, stop.clone());
+        let app = http::router(&apps, set, config.runtime.metrics_top_bots, stop.clone());
         let stop = stop.clone();
         let server = config.server.clone();
         tokio::spawn(async move { serve::serve(listener, app, &server, stop).await })
