@@ -559,6 +559,8 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     // One HTTP client (pool, TLS configuration) for every bot's Qpien client.
     let http = crate::qpien::client::http_client()?;
     let mut stores = Stores::default();
+    let mut shared_flows: std::collections::HashMap<(u64, String), Arc<crate::flow::Flow>> =
+        std::collections::HashMap::new();
     for spec in specs {
         let bot = check_one(&config, &spec, &registry)?;
         let store = stores.open(&spec).await?;
@@ -591,7 +593,15 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
                     message: e.to_string(),
                 })?
             }
-            None => bot,
+            // Bots whose flow is the same keep one compiled flow (checked
+            // against an account's templates, a flow is the bot's own).
+            None => match shared_flows.entry((bot.flow().version, bot.flow().name.clone())) {
+                std::collections::hash_map::Entry::Occupied(f) => bot.sharing(f.get()),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(bot.flow().clone());
+                    bot
+                }
+            },
         };
         let slot = Arc::new(BotSlot::new(bot));
         opened.push(Opened {
