@@ -3,7 +3,9 @@
 //! when all of them receive load at once.
 //!
 //! Run: `cargo bench --bench bots` (options: `-- --bots N --conversations C
-//! --concurrency K --normal`; `--normal` for `durability = "normal"`).
+//! --concurrency K --normal --store postgres`; `--normal` for `durability =
+//! "normal"`; `--store postgres` for PostgreSQL at `FLOWBOT_TEST_POSTGRES_URL`,
+//! in a schema of its own, counting the process's connections).
 //!
 //! The server is this executable started again as a bot author's binary
 //! would be (`flowbot::main` with the support flow's action registered, `run
@@ -40,7 +42,14 @@ use std::time::{Duration, Instant};
 mod support_bot;
 
 /// Writes the configuration of `bots` bots under `dir`; returns its path.
-fn config(dir: &Path, bots: usize, qpien: &str, port: u16, normal: bool) -> std::path::PathBuf {
+fn config(
+    dir: &Path,
+    bots: usize,
+    qpien: &str,
+    port: u16,
+    normal: bool,
+    schema: Option<&str>,
+) -> std::path::PathBuf {
     let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml");
     let mut toml = format!(
         "[qpien]\nendpoint = {qpien:?}\nwhatsapp_operation = \"create_message\"\n\
@@ -52,6 +61,12 @@ fn config(dir: &Path, bots: usize, qpien: &str, port: u16, normal: bool) -> std:
         dir.join("flowbot.db"),
         if normal { "normal" } else { "full" }
     );
+    if let Some(schema) = schema {
+        toml = toml.replace(
+            "[store]\n",
+            &format!("[store]\nbackend = \"postgres\"\nschema = \"{schema}\"\n"),
+        );
+    }
     for b in 0..bots {
         toml.push_str(&format!("[[bots]]\nname = \"b{b}\"\nflow = {flow:?}\n"));
     }
@@ -62,7 +77,13 @@ fn config(dir: &Path, bots: usize, qpien: &str, port: u16, normal: bool) -> std:
 
 /// Starts the server with `bots` bots; returns it, its address and the time
 /// until every bot was ready.
-async fn serve(dir: &Path, bots: usize, qpien: &str, normal: bool) -> (Child, String, Duration) {
+async fn serve(
+    dir: &Path,
+    bots: usize,
+    qpien: &str,
+    normal: bool,
+    postgres: Option<(&str, &str)>,
+) -> (Child, String, Duration) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -70,11 +91,12 @@ async fn serve(dir: &Path, bots: usize, qpien: &str, normal: bool) -> (Child, St
         .local_addr()
         .unwrap()
         .port();
-    let config = config(dir, bots, qpien, port, normal);
+    let config = config(dir, bots, qpien, port, normal, postgres.map(|p| p.1));
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["run", "--config"])
         .arg(&config)
+        .env("FLOWBOT_STORE__URL", postgres.map_or("", |p| p.0))
         .env("FLOWBOT_QPIEN__CLIENT_ID", "id")
         .env("FLOWBOT_QPIEN__CLIENT_SECRET", "secret")
         .env("FLOWBOT_SERVER__WEBHOOK_SECRET", SECRET)
@@ -140,6 +162,18 @@ fn main() {
     let conversations = arg("--conversations", 2000usize);
     let concurrency = arg("--concurrency", 64usize);
     let normal = args.iter().any(|a| a == "--normal");
+    let url = std::env::var("FLOWBOT_TEST_POSTGRES_URL").unwrap_or_default();
+    let postgres = args
+        .windows(2)
+        .any(|w| w[0] == "--store" && w[1] == "postgres")
+        .then(|| {
+            assert!(
+                !url.is_empty(),
+                "--store postgres reads FLOWBOT_TEST_POSTGRES_URL"
+            );
+            (url.as_str(), format!("bench_bots_{}", std::process::id()))
+        });
+    let pg = postgres.as_ref().map(|(u, s)| (*u, s.as_str()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,15 +184,20 @@ fn main() {
         let qpien = stand_in(created.clone()).await;
 
         // One bot, for the process's own share.
-        let (one, _, one_start) = serve(&dir.join("one"), 1, &qpien, normal).await;
+        let (one, _, one_start) = serve(&dir.join("one"), 1, &qpien, normal, pg).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss_one = rss_kib(one.id());
         stop(one);
 
         // N bots.
-        let (many, addr, many_start) = serve(&dir.join("many"), bots, &qpien, normal).await;
+        let (many, addr, many_start) = serve(&dir.join("many"), bots, &qpien, normal, pg).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss_many = rss_kib(many.id());
+        // PostgreSQL: the process's connections, idle and at their most under load.
+        let connections = match pg {
+            Some((url, _)) => Some(Connections::watch(url).await),
+            None => None,
+        };
         let per_bot = (rss_many.saturating_sub(rss_one)) as f64 / (bots - 1) as f64;
 
         // All at once: conversation c on bot c mod N.
@@ -193,12 +232,21 @@ fn main() {
         assert!(created.load(Ordering::Relaxed) >= want, "every reply reached the stand-in");
         let rate = (conversations * 11) as f64 / started.elapsed().as_secs_f64();
         let rss_loaded = rss_kib(many.id());
+        let connections = match connections {
+            Some(c) => Some(c.finish().await),
+            None => None,
+        };
         stop(many);
 
-        println!(
-            "{bots} bots (the support flow each, SQLite with durability {}, its own Qpien client), unpinned",
-            if normal { "normal" } else { "full" }
-        );
+        match pg {
+            None => println!(
+                "{bots} bots (the support flow each, SQLite with durability {}, its own Qpien client), unpinned",
+                if normal { "normal" } else { "full" }
+            ),
+            Some(_) => println!(
+                "{bots} bots (the support flow each, PostgreSQL, its own Qpien client), unpinned"
+            ),
+        }
         println!(
             "ready: 1 bot in {:.0} ms, {bots} bots in {:.0} ms",
             one_start.as_secs_f64() * 1e3,
@@ -211,6 +259,62 @@ fn main() {
             "all at once: {} turns ({conversations} conversations over {bots} bots, {concurrency} at a time): {rate:.0} turns/s; resident after: {rss_loaded} KiB",
             conversations * 11
         );
+        if let Some((idle, most)) = connections {
+            println!(
+                "connections to PostgreSQL: {idle} with {bots} idle bots, at most {most} under load (store.max_connections = 16, and one that listens)"
+            );
+        }
+        if let Some((url, schema)) = pg {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await;
+        }
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Counts the connections named `flowbot` (the server's) while the load runs.
+struct Connections {
+    idle: i64,
+    most: Arc<std::sync::atomic::AtomicI64>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Connections {
+    async fn watch(url: &str) -> Connections {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flowbot'";
+        let idle: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+        let most = Arc::new(std::sync::atomic::AtomicI64::new(idle));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (most, done) = (most.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(row) = client.query_one(count, &[]).await {
+                        most.fetch_max(row.get::<_, i64>(0), Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        Connections {
+            idle,
+            most,
+            done,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (i64, i64) {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (self.idle, self.most.load(Ordering::Relaxed))
+    }
 }
