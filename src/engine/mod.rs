@@ -183,6 +183,12 @@ pub enum Step {
 impl Bot {
     /// Binds a flow to the handlers it names.
     pub fn new(flow: Flow, registry: Registry) -> Result<Bot, BotError> {
+        Bot::bind(Arc::new(flow), registry)
+    }
+
+    /// Binds a compiled flow, perhaps another bot's too, to the handlers it
+    /// names.
+    pub(crate) fn bind(flow: Arc<Flow>, registry: Registry) -> Result<Bot, BotError> {
         let actions = flow
             .actions
             .iter()
@@ -213,7 +219,7 @@ impl Bot {
             .collect::<Result<_, _>>()?;
         Ok(Bot {
             vars: flow.vars.clone(),
-            flow: Arc::new(flow),
+            flow,
             actions,
             matchers,
             hooks: registry.hooks,

@@ -422,9 +422,14 @@ fn hours(ms: u64) -> String {
 
 /// FNV-1a over the sources: stable across builds and platforms.
 fn fingerprint(files: &[Loaded]) -> u64 {
+    fingerprint_of(files.iter().map(|f| &*f.source.text))
+}
+
+/// The fingerprint of sources given as their texts, in order.
+pub(crate) fn fingerprint_of<'a>(texts: impl IntoIterator<Item = &'a str>) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for f in files {
-        for b in f.source.text.bytes().chain([0xff]) {
+    for text in texts {
+        for b in text.bytes().chain([0xff]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x100000001b3);
         }

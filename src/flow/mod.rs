@@ -87,6 +87,22 @@ impl Flow {
         Flow::load_with(path, names, &FlowLimits::default())
     }
 
+    /// Whether the files this flow was compiled from still hold what they held
+    /// (read again and fingerprinted, not compiled), so that it can serve for
+    /// another bot loading the same file.
+    pub(crate) fn sources_unchanged(&self, limits: &FlowLimits) -> bool {
+        let mut texts = Vec::with_capacity(self.files.len());
+        for path in &self.files {
+            let small = std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.len() <= limits.flow_file_bytes);
+            match std::fs::read_to_string(path) {
+                Ok(text) if small => texts.push(text),
+                _ => return false,
+            }
+        }
+        compile::fingerprint_of(texts.iter().map(String::as_str)) == self.version
+    }
+
     /// Loads a flow file within `limits` (file size, nesting, template work).
     pub fn load_with(
         path: impl AsRef<Path>,
@@ -182,4 +198,32 @@ pub fn schema() -> serde_json::Value {
         .into_generator()
         .into_root_schema_for::<model::FlowDoc>();
     schema.to_value()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compiled_flow_knows_whether_its_files_changed() {
+        let dir = crate::files::private_temp_dir("flowbot-flow-sources-").unwrap();
+        let main = dir.path().join("main.yaml");
+        let part = dir.path().join("part.yaml");
+        std::fs::write(
+            &main,
+            "version: 1\ninclude: [part.yaml]\nstates:\n  start: { say: hi }\n",
+        )
+        .unwrap();
+        std::fs::write(&part, "states:\n  other: { say: there }\n").unwrap();
+        let flow = Flow::load(&main, &HandlerNames::default()).unwrap();
+        let limits = FlowLimits::default();
+        assert!(flow.sources_unchanged(&limits));
+        // An included file counts as much as the main one.
+        std::fs::write(&part, "states:\n  other: { say: changed }\n").unwrap();
+        assert!(!flow.sources_unchanged(&limits));
+        std::fs::write(&part, "states:\n  other: { say: there }\n").unwrap();
+        assert!(flow.sources_unchanged(&limits));
+        std::fs::remove_file(&main).unwrap();
+        assert!(!flow.sources_unchanged(&limits));
+    }
 }

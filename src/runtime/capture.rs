@@ -168,6 +168,26 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Captured>, String> {
 mod tests {
     use super::*;
 
+    /// Waits until the capture numbered `seq` is written (the writes run in
+    /// the background; the newest is never the one trimmed), however busy
+    /// the machine.
+    async fn written(dir: &Path, seq: u64) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let suffix = format!("-{seq:08}.json");
+        while !files(dir)
+            .iter()
+            .any(|(p, _)| is_own(p) && p.to_string_lossy().ends_with(&suffix))
+        {
+            assert!(
+                std::time::Instant::now() < end,
+                "capture {seq} was never written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The trim that follows its write.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
     #[tokio::test]
     async fn the_folder_keeps_under_its_size_and_reads_back_in_order() {
         let dir = std::env::temp_dir().join(format!("flowbot-capture-{}", std::process::id()));
@@ -181,8 +201,7 @@ mod tests {
             capture.keep("{}".into(), body.as_bytes());
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        // The writes run in the background.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        written(&dir, 39).await;
         capture.trim();
         let total: u64 = files(&dir).iter().map(|(_, len)| len).sum();
         assert!(total <= 8 * 1024, "{total}");
@@ -229,7 +248,7 @@ mod tests {
                 format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(900)).as_bytes(),
             );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        written(&dir, 39).await;
         capture.trim();
         for name in theirs {
             assert!(dir.join(name).is_file(), "{name} was removed");

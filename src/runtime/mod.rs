@@ -299,20 +299,41 @@ pub(crate) fn per_bot_file(path: &Path, ns: &str) -> PathBuf {
 /// `flowbot run --check` runs this. Returns the loaded bots, in the order of
 /// the configuration.
 pub fn check(config: &Config, registry: &Registry) -> Result<Vec<Bot>, RuntimeError> {
+    let mut compiled = Compiled::new();
     Spec::all(config)
         .iter()
-        .map(|spec| check_one(config, spec, registry))
+        .map(|spec| check_one(config, spec, registry, &mut compiled))
         .collect()
 }
 
-fn check_one(config: &Config, spec: &Spec, registry: &Registry) -> Result<Bot, RuntimeError> {
+/// Flows compiled at start, by file: a bot whose flow file another bot
+/// loaded, unchanged since, binds that compiled flow instead of compiling it
+/// again.
+type Compiled = std::collections::HashMap<PathBuf, Arc<crate::flow::Flow>>;
+
+fn check_one(
+    config: &Config,
+    spec: &Spec,
+    registry: &Registry,
+    compiled: &mut Compiled,
+) -> Result<Bot, RuntimeError> {
     let at = spec.at();
-    let bot = Bot::load_with(&spec.flow, registry.clone(), &config.limits).map_err(|e| {
-        RuntimeError::Flow {
-            path: spec.flow.display().to_string(),
-            message: e.to_string(),
+    let failed = |e: crate::engine::BotError| RuntimeError::Flow {
+        path: spec.flow.display().to_string(),
+        message: e.to_string(),
+    };
+    let bot = match compiled
+        .get(&spec.flow)
+        .filter(|f| f.sources_unchanged(&config.limits))
+    {
+        Some(flow) => Bot::bind(flow.clone(), registry.clone()).map_err(failed)?,
+        None => {
+            let bot =
+                Bot::load_with(&spec.flow, registry.clone(), &config.limits).map_err(failed)?;
+            compiled.insert(spec.flow.clone(), bot.flow().clone());
+            bot
         }
-    })?;
+    };
     // What the flow's schedules risk (their firings outgrowing the budget,
     // WhatsApp's window) is said where the bot runs, not only by `validate`.
     for w in bot.flow().warnings.warnings() {
@@ -559,10 +580,11 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     // One HTTP client (pool, TLS configuration) for every bot's Qpien client.
     let http = crate::qpien::client::http_client()?;
     let mut stores = Stores::default();
+    let mut compiled = Compiled::new();
     let mut shared_flows: std::collections::HashMap<(u64, String), Arc<crate::flow::Flow>> =
         std::collections::HashMap::new();
     for spec in specs {
-        let bot = check_one(&config, &spec, &registry)?;
+        let bot = check_one(&config, &spec, &registry, &mut compiled)?;
         let store = stores.open(&spec).await?;
         let client = QpienClient::with_http(spec.qpien.clone(), http.clone())?;
         // Kept in the store: Qpien's budgets (100 calls a minute), shared by
