@@ -57,46 +57,37 @@ async fn import_store(config: Option<PathBuf>) -> u8 {
             return 2;
         }
     };
-    let mut moved = 0;
+    let mut moved = Vec::new();
     for bot in &config.bots {
         let key = bot.store_namespace();
         let from = crate::runtime::per_bot_file(&config.store.path, &key);
         if !from.is_file() {
             continue;
         }
-        match store.import(&key, &from).await {
-            Ok(n) => {
-                let mut kept = from.as_os_str().to_owned();
-                kept.push(".imported");
-                if let Err(e) = std::fs::rename(&from, &kept) {
-                    eprintln!(
-                        "error: {}: imported, but cannot be renamed ({e}): move it away before the next start",
-                        from.display()
-                    );
-                    return 1;
-                }
-                let mut lock = from.as_os_str().to_owned();
-                lock.push(".lock");
-                let _ = std::fs::remove_file(PathBuf::from(lock));
-                moved_line(
-                    &bot.name,
-                    &n,
-                    &from.display().to_string(),
-                    &PathBuf::from(kept).display().to_string(),
-                );
-                moved += 1;
-            }
-            Err(e) => {
-                eprintln!("error: bots[{}]: {e}", bot.name);
-                return 1;
-            }
+        let n = match store.import(&key, &from).await {
+            Ok(n) => n,
+            Err(e) => return failed(&moved, &bot.name, e),
+        };
+        let mut kept = from.as_os_str().to_owned();
+        kept.push(".imported");
+        if let Err(e) = std::fs::rename(&from, &kept) {
+            eprintln!(
+                "error: {}: imported, but cannot be renamed ({e}): move it away before the next start",
+                from.display()
+            );
+            return 1;
         }
+        let mut lock = from.as_os_str().to_owned();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(PathBuf::from(lock));
+        moved.push(Moved {
+            bot: bot.name.clone(),
+            n,
+            from: from.display().to_string(),
+            kept: PathBuf::from(kept).display().to_string(),
+        });
     }
-    println!(
-        "{moved} bot(s) imported into {}",
-        config.store.path.display()
-    );
-    0
+    report(&moved, &config.store.path.display().to_string())
 }
 
 /// PostgreSQL: each bot's schema of before (`<store.schema>_<bot>`) moved
@@ -110,38 +101,47 @@ async fn import_schemas(config: &Config) -> u8 {
             return 2;
         }
     };
-    let mut moved = 0;
+    let mut moved = Vec::new();
     for bot in &config.bots {
         let key = bot.store_namespace();
         let from = format!("{}_{key}", config.store.schema);
         match db.import_schema(&key, &from).await {
             Ok(None) => {}
-            Ok(Some(n)) => {
-                moved_line(
-                    &bot.name,
-                    &n,
-                    &format!("schema {from}"),
-                    &format!("{from}_imported"),
-                );
-                moved += 1;
-            }
-            Err(e) => {
-                eprintln!("error: bots[{}]: {e}", bot.name);
-                return 1;
-            }
+            Ok(Some(n)) => moved.push(Moved {
+                bot: bot.name.clone(),
+                n,
+                kept: format!("{from}_imported"),
+                from: format!("schema {from}"),
+            }),
+            Err(e) => return failed(&moved, &bot.name, e),
         }
     }
-    println!(
-        "{moved} bot(s) imported into schema {}",
-        config.store.schema
-    );
+    report(&moved, &format!("schema {}", config.store.schema))
+}
+
+/// One bot's rows moved: from where, and where the old store is kept.
+struct Moved {
+    bot: String,
+    n: crate::store::Imported,
+    from: String,
+    kept: String,
+}
+
+/// Says what was moved, bot by bot.
+fn report(moved: &[Moved], into: &str) -> u8 {
+    for m in moved {
+        println!(
+            "{}: {} conversations, {} inbox rows, {} replies to send and {} dead letters moved from {} (kept as {})",
+            m.bot, m.n.sessions, m.n.inbox, m.n.outbox, m.n.dead_letters, m.from, m.kept
+        );
+    }
+    println!("{} bot(s) imported into {into}", moved.len());
     0
 }
 
-/// Says what was moved for one bot.
-fn moved_line(bot: &str, n: &crate::store::Imported, from: &str, kept: &str) {
-    println!(
-        "{bot}: {} conversations, {} inbox rows, {} replies to send and {} dead letters moved from {from} (kept as {kept})",
-        n.sessions, n.inbox, n.outbox, n.dead_letters
-    );
+/// Says what was moved before `bot` failed, and why it did.
+fn failed(moved: &[Moved], bot: &str, e: crate::store::StoreError) -> u8 {
+    report(moved, "the store");
+    eprintln!("error: bots[{bot}]: {e}");
+    1
 }
