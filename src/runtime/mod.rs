@@ -299,41 +299,27 @@ pub(crate) fn per_bot_file(path: &Path, ns: &str) -> PathBuf {
 /// `flowbot run --check` runs this. Returns the loaded bots, in the order of
 /// the configuration.
 pub fn check(config: &Config, registry: &Registry) -> Result<Vec<Bot>, RuntimeError> {
-    let mut compiled = Compiled::new();
+    let flows = reload::FlowCache::default();
     Spec::all(config)
         .iter()
-        .map(|spec| check_one(config, spec, registry, &mut compiled))
+        .map(|spec| check_one(config, spec, registry, &flows))
         .collect()
 }
-
-/// Flows compiled at start, by file: a bot whose flow file another bot
-/// loaded, unchanged since, binds that compiled flow instead of compiling it
-/// again.
-type Compiled = std::collections::HashMap<PathBuf, Arc<crate::flow::Flow>>;
 
 fn check_one(
     config: &Config,
     spec: &Spec,
     registry: &Registry,
-    compiled: &mut Compiled,
+    flows: &reload::FlowCache,
 ) -> Result<Bot, RuntimeError> {
     let at = spec.at();
     let failed = |e: crate::engine::BotError| RuntimeError::Flow {
         path: spec.flow.display().to_string(),
         message: e.to_string(),
     };
-    let bot = match compiled
-        .get(&spec.flow)
-        .filter(|f| f.sources_unchanged(&config.limits))
-    {
-        Some(flow) => Bot::bind(flow.clone(), registry.clone()).map_err(failed)?,
-        None => {
-            let bot =
-                Bot::load_with(&spec.flow, registry.clone(), &config.limits).map_err(failed)?;
-            compiled.insert(spec.flow.clone(), bot.flow().clone());
-            bot
-        }
-    };
+    let bot = flows
+        .load(&spec.flow, registry, &config.limits)
+        .map_err(failed)?;
     // What the flow's schedules risk (their firings outgrowing the budget,
     // WhatsApp's window) is said where the bot runs, not only by `validate`.
     for w in bot.flow().warnings.warnings() {
@@ -580,11 +566,11 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     // One HTTP client (pool, TLS configuration) for every bot's Qpien client.
     let http = crate::qpien::client::http_client()?;
     let mut stores = Stores::default();
-    let mut compiled = Compiled::new();
+    let flows = Arc::new(reload::FlowCache::default());
     let mut shared_flows: std::collections::HashMap<(u64, String), Arc<crate::flow::Flow>> =
         std::collections::HashMap::new();
     for spec in specs {
-        let bot = check_one(&config, &spec, &registry, &mut compiled)?;
+        let bot = check_one(&config, &spec, &registry, &flows)?;
         let store = stores.open(&spec).await?;
         let client = QpienClient::with_http(spec.qpien.clone(), http.clone())?;
         // Kept in the store: Qpien's budgets (100 calls a minute), shared by
@@ -666,9 +652,17 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         let key = o.spec.key.clone();
         let metrics = Arc::new(set.bot(&BotLabel::new(o.spec.name.as_deref())));
         let own_timers = shared.is_none();
-        let (app, unit) = launch(&config, o, metrics, &registry, stop.clone(), own_timers)
-            .instrument(span)
-            .await?;
+        let (app, unit) = launch(
+            &config,
+            o,
+            metrics,
+            &registry,
+            stop.clone(),
+            own_timers,
+            &flows,
+        )
+        .instrument(span)
+        .await?;
         inboxes.insert(key, app.inbox.clone());
         apps.push(app);
         bots.push(unit);
@@ -712,6 +706,7 @@ async fn launch(
     registry: &Registry,
     stop: Stop,
     own_timers: bool,
+    flows: &Arc<reload::FlowCache>,
 ) -> Result<(Arc<http::App>, Unit), RuntimeError> {
     let Opened {
         spec,
@@ -853,6 +848,7 @@ async fn launch(
                 stop: stop.clone(),
                 templates,
                 store: store.clone(),
+                flows: flows.clone(),
             })
             .instrument(span.clone()),
         ));

@@ -12,11 +12,37 @@ use std::time::{Duration, SystemTime};
 
 use super::metrics::Metrics;
 use super::Stop;
-use crate::engine::{Bot, Stored};
-use crate::flow::FlowLimits;
+use crate::engine::{Bot, BotError, Stored};
+use crate::flow::{Flow, FlowLimits};
 use crate::handler::Registry;
 use crate::store::{StateStore, StoreError};
 use tracing::Instrument;
+
+/// Flows compiled by this process, by file: a bot loading a file another
+/// bot compiled, unchanged since (its files read again and fingerprinted),
+/// binds that compiled flow instead of compiling it again, at start and at
+/// reload, so that bots sharing a file keep one compiled flow after a change
+/// too.
+#[derive(Default)]
+pub(crate) struct FlowCache(std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Flow>>>);
+
+impl FlowCache {
+    /// The bot of the flow at `path`, compiled here or by another bot.
+    pub(crate) fn load(
+        &self,
+        path: &std::path::Path,
+        registry: &Registry,
+        limits: &FlowLimits,
+    ) -> Result<Bot, BotError> {
+        let mut flows = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flow) = flows.get(path).filter(|f| f.sources_unchanged(limits)) {
+            return Bot::bind(flow.clone(), registry.clone());
+        }
+        let bot = Bot::load_with(path, registry.clone(), limits)?;
+        flows.insert(path.to_owned(), bot.flow().clone());
+        Ok(bot)
+    }
+}
 
 /// The bot in service; a reload swaps it.
 pub(crate) struct BotSlot {
@@ -74,6 +100,8 @@ pub(crate) struct Reload {
     pub(crate) templates: Option<Vec<crate::flow::TemplateInfo>>,
     /// The store, to count the conversations a reload moves.
     pub(crate) store: Arc<dyn StateStore>,
+    /// The process's compiled flows.
+    pub(crate) flows: Arc<FlowCache>,
 }
 
 /// The live conversations of each state of `bot`'s flow: the store's
@@ -144,12 +172,14 @@ pub(crate) async fn run(r: Reload) {
             continue;
         }
         seen = now;
-        match Bot::load_with_templates(
-            &r.flow,
-            r.registry.clone(),
-            &r.limits,
-            r.templates.as_deref(),
-        ) {
+        let loaded = match r.templates.as_deref() {
+            // Checked against the account's templates, a flow is the bot's own.
+            Some(templates) => {
+                Bot::load_with_templates(&r.flow, r.registry.clone(), &r.limits, Some(templates))
+            }
+            None => r.flows.load(&r.flow, &r.registry, &r.limits),
+        };
+        match loaded {
             Ok(bot) => {
                 let version = bot.flow().version;
                 if version == r.slot.get().flow().version {
@@ -168,5 +198,34 @@ pub(crate) async fn run(r: Reload) {
                 tracing::error!(flow = %r.flow.display(), "flow change refused, the running flow is kept:\n{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bots_loading_one_file_keep_one_compiled_flow_before_and_after_it_changes() {
+        let dir = crate::files::private_temp_dir("flowbot-flow-cache-").unwrap();
+        let path = dir.path().join("shop.yaml");
+        let flow = |say: &str| {
+            format!("version: 1\nstates:\n  start: {{ say: \"{say} {{{{ name | upper }}}}\" }}\n")
+        };
+        std::fs::write(&path, flow("Hi")).unwrap();
+        let (cache, registry, limits) =
+            (FlowCache::default(), Registry::new(), FlowLimits::default());
+        let a = cache.load(&path, &registry, &limits).unwrap();
+        let b = cache.load(&path, &registry, &limits).unwrap();
+        assert!(Arc::ptr_eq(a.flow(), b.flow()));
+        // Changed: the first bot to reload compiles it, the next binds it.
+        std::fs::write(&path, flow("Hello")).unwrap();
+        let a2 = cache.load(&path, &registry, &limits).unwrap();
+        let b2 = cache.load(&path, &registry, &limits).unwrap();
+        assert!(!Arc::ptr_eq(a.flow(), a2.flow()));
+        assert!(Arc::ptr_eq(a2.flow(), b2.flow()));
+        // A change that does not load is an error, not the old flow.
+        std::fs::write(&path, "version: 1\nstates: [").unwrap();
+        assert!(cache.load(&path, &registry, &limits).is_err());
     }
 }
