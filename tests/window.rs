@@ -402,7 +402,15 @@ async fn starts_on_a_conversation_where_the_customer_never_wrote_stay_outside_th
         s.clock.advance(Duration::from_secs(90));
     }
     assert_eq!(s.sent(), Vec::<String>::new(), "nothing free-form");
-    let metrics = s.metrics().await;
+    // A turn is counted once committed, just after what it withheld.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut metrics = s.metrics().await;
+    while !metrics.contains(r#"flowbot_turns_total{result="withheld"} 3"#)
+        && tokio::time::Instant::now() < end
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = s.metrics().await;
+    }
     assert!(
         metrics.contains(r#"flowbot_turns_total{result="withheld"} 3"#)
             && !metrics.contains(r#"result="error""#),
