@@ -300,16 +300,6 @@ impl Bot {
         Bot::new(flow, registry)
     }
 
-    /// This bot with `flow` in place of its own, when the two are the same
-    /// flow (same name and fingerprint: compiled from the same sources), so
-    /// that bots of one process running one flow keep it once.
-    pub(crate) fn sharing(mut self, flow: &Arc<Flow>) -> Bot {
-        if flow.version == self.flow.version && flow.name == self.flow.name {
-            self.flow = flow.clone();
-        }
-        self
-    }
-
     /// The flow.
     pub fn flow(&self) -> &Arc<Flow> {
         &self.flow
@@ -1872,23 +1862,5 @@ fn typed(kind: crate::flow::ParamKind, v: Value) -> Result<Value, String> {
             Some("false") => Ok(Value::from(false)),
             _ => Err(format!("is `{v}`, not true or false")),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bots_share_a_flow_only_when_it_is_the_same() {
-        let yaml = "version: 1\nstates:\n  start: { say: \"Hi {{ name | upper }}\" }\n";
-        let load = |name: &str, yaml: &str| Bot::from_yaml(name, yaml, Registry::new()).unwrap();
-        let first = load("shop.yaml", yaml);
-        let same = load("shop.yaml", yaml).sharing(first.flow());
-        assert!(Arc::ptr_eq(first.flow(), same.flow()), "one compiled flow");
-        let other = load("shop.yaml", &yaml.replace("Hi", "Hello")).sharing(first.flow());
-        assert!(!Arc::ptr_eq(first.flow(), other.flow()), "another text");
-        let renamed = load("acme.yaml", yaml).sharing(first.flow());
-        assert!(!Arc::ptr_eq(first.flow(), renamed.flow()), "another name");
     }
 }

@@ -567,8 +567,6 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     let http = crate::qpien::client::http_client()?;
     let mut stores = Stores::default();
     let flows = Arc::new(reload::FlowCache::default());
-    let mut shared_flows: std::collections::HashMap<(u64, String), Arc<crate::flow::Flow>> =
-        std::collections::HashMap::new();
     for spec in specs {
         let bot = check_one(&config, &spec, &registry, &flows)?;
         let store = stores.open(&spec).await?;
@@ -601,15 +599,9 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
                     message: e.to_string(),
                 })?
             }
-            // Bots whose flow is the same keep one compiled flow (checked
-            // against an account's templates, a flow is the bot's own).
-            None => match shared_flows.entry((bot.flow().version, bot.flow().name.clone())) {
-                std::collections::hash_map::Entry::Occupied(f) => bot.sharing(f.get()),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(bot.flow().clone());
-                    bot
-                }
-            },
+            // Bots of one flow file keep one compiled flow (`flows`); checked
+            // against an account's templates, a flow is the bot's own.
+            None => bot,
         };
         let slot = Arc::new(BotSlot::new(bot));
         opened.push(Opened {

@@ -22,7 +22,7 @@ use tracing::Instrument;
 /// bot compiled, unchanged since (its files read again and fingerprinted),
 /// binds that compiled flow instead of compiling it again, at start and at
 /// reload, so that bots sharing a file keep one compiled flow after a change
-/// too.
+/// too. (Only by file: a bot's reload watches the files its flow names.)
 #[derive(Default)]
 pub(crate) struct FlowCache(std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Flow>>>);
 
