@@ -153,7 +153,8 @@ pub(crate) fn root(text: &str, top: usize) -> String {
     out
 }
 
-/// One bot's page: its own series only (`None`: no series of that bot).
+/// One bot's page: its own series only (every family's header, and the
+/// samples labelled with `bot`).
 pub(crate) fn of_bot(text: &str, bot: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
