@@ -51,6 +51,11 @@ pub struct Config {
     #[serde(skip)]
     #[doc(hidden)]
     pub clock: crate::time::ClockHandle,
+    /// The top-level `[qpien]` as given (file and environment), which a
+    /// registered bot's own `qpien` keys go over.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub qpien_source: Option<serde_json::Value>,
 }
 
 /// One bot of a process that runs several (`[[bots]]` in `flowbot.toml`).
@@ -82,6 +87,11 @@ pub struct BotConfig {
     /// its name, `-` as `_`): the SQLite file `<store.path stem>.<ns>.db`, the
     /// PostgreSQL schema `<store.schema>_<ns>`.
     pub store_namespace: Option<String>,
+    /// The entry as written (no secrets: the file may not hold them), kept
+    /// as its registry row's specification.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub spec: Option<serde_json::Value>,
 }
 
 impl BotConfig {
@@ -134,6 +144,7 @@ impl Default for Config {
             limits: FlowLimits::default(),
             bots: Vec::new(),
             clock: Default::default(),
+            qpien_source: None,
         }
     }
 }
@@ -163,6 +174,11 @@ pub struct ServerConfig {
     pub admin_token: Secret,
     /// A file holding the admin token.
     pub admin_token_file: Option<PathBuf>,
+    /// A file holding the key that seals the credentials given through the
+    /// admin API (`flowbot bots add`): 64 hex digits. `FLOWBOT_SECRET_KEY`
+    /// takes precedence. Without either, the API accepts only references to
+    /// credentials (`*_file`, the bot's environment variables).
+    pub secret_key_file: Option<PathBuf>,
     /// The token of `POST /api/start` (the business starting conversations,
     /// used by `flowbot start`), sent as `Authorization: Bearer <token>`;
     /// from the environment or `api_token_file`. Unset: no such endpoint.
@@ -204,6 +220,7 @@ impl Default for ServerConfig {
             debug: false,
             admin_token: Secret::default(),
             admin_token_file: None,
+            secret_key_file: None,
             api_token: Secret::default(),
             api_token_file: None,
             capture_dir: None,
@@ -366,6 +383,15 @@ pub struct RuntimeConfig {
     /// `/metrics` shows one by one, beside the totals of all; every bot's own
     /// series are at `/bots/<name>/metrics`.
     pub metrics_top_bots: usize,
+    /// Run the bots of the store's registry (added, changed, paused and
+    /// removed with `flowbot bots ...` while the process runs) beside those
+    /// of `[[bots]]`. On whenever `[[bots]]` is given; set it to run a
+    /// process whose bots all come from the registry.
+    pub registry: bool,
+    /// How often the registry is read for changes made by other instances
+    /// (PostgreSQL also tells them at once, with `NOTIFY`).
+    #[serde(with = "humantime_serde")]
+    pub registry_interval: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -382,6 +408,8 @@ impl Default for RuntimeConfig {
             max_pending_per_conversation: 200,
             claim_ttl: Duration::from_secs(10),
             metrics_top_bots: 20,
+            registry: false,
+            registry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -533,6 +561,10 @@ impl Config {
                 crate::text::shorten(&config.server.webhook_path, 100)
             )));
         }
+        config.qpien_source = figment
+            .find_value("qpien")
+            .ok()
+            .and_then(|v| serde_json::to_value(v).ok());
         config.bots = Config::bots(&figment, &config, file.is_some())?;
         for bot in &mut config.bots {
             let name = &bot.name;
@@ -658,23 +690,9 @@ impl Config {
                         .join("; "),
                 )
             })?;
-            if bot.flow.as_os_str().is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "{at}.flow: each bot names its flow file"
-                )));
-            }
+            check_bot(&bot, &at)?;
             let path = bot.webhook_path();
-            if let Some(problem) = webhook_path_problem(&path, Some(&bot.name)) {
-                return Err(ConfigError::Invalid(format!(
-                    "{at}.webhook_path: `{path}` {problem}"
-                )));
-            }
             let ns = bot.store_namespace();
-            if !is_namespace(&ns) {
-                return Err(ConfigError::Invalid(format!(
-                    "{at}.store_namespace: `{ns}` must be 1 to 40 lowercase letters, digits or `_`"
-                )));
-            }
             for other in &bots {
                 let other: &BotConfig = other;
                 let clash = if other.name == bot.name
@@ -703,10 +721,110 @@ impl Config {
                     )));
                 }
             }
+            let mut bot = bot;
+            bot.spec = serde_json::to_value(item).ok();
             bots.push(bot);
         }
         Ok(bots)
     }
+
+    /// The bot a registry row describes: `spec` (its JSON, secrets opened)
+    /// over the top-level `[qpien]`, with the bot's own environment variables
+    /// (`FLOWBOT_BOTS__<NAME>__...`) and `*_file` keys over both; checked as
+    /// a `[[bots]]` entry is.
+    pub fn registered_bot(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+    ) -> Result<BotConfig, ConfigError> {
+        let at = format!("bots[{name}]");
+        if !is_bot_name(name) {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.name: `{name}` must be 1 to 40 lowercase letters, digits, `-` or `_`, \
+                 starting with a letter or digit"
+            )));
+        }
+        let Some(fields) = spec.as_object() else {
+            return Err(ConfigError::Invalid(format!(
+                "{at}: a bot is a JSON object (flow, qpien, webhook_path, ...)"
+            )));
+        };
+        let mut fields = fields.clone();
+        fields.insert("name".into(), serde_json::Value::from(name));
+        let mut f = Figment::new();
+        if let Some(q) = &self.qpien_source {
+            f = f.merge(figment::providers::Serialized::default("qpien", q));
+        }
+        f = f
+            .merge(figment::providers::Serialized::defaults(fields))
+            .merge(Env::prefixed(&bot_env_prefix(name)).split("__"));
+        let mut bot: BotConfig = f.extract().map_err(|e| {
+            ConfigError::Invalid(
+                e.into_iter()
+                    .map(|e| {
+                        format!(
+                            "{at}: {}",
+                            e.to_string().replace("key \"default.", "key \"")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        for (key, path, secret) in [
+            (
+                "qpien.client_id",
+                bot.qpien.client_id_file.clone(),
+                &mut bot.qpien.client_id,
+            ),
+            (
+                "qpien.client_secret",
+                bot.qpien.client_secret_file.clone(),
+                &mut bot.qpien.client_secret,
+            ),
+            (
+                "webhook_secret",
+                bot.webhook_secret_file.clone(),
+                &mut bot.webhook_secret,
+            ),
+        ] {
+            if let Some(path) = path {
+                *secret = std::fs::read_to_string(&path)
+                    .map(|s| Secret::new(s.trim()))
+                    .map_err(|e| ConfigError::SecretFile {
+                        key: format!("{at}.{key}"),
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
+        check_bot(&bot, &at)?;
+        bot.spec = Some(spec.clone());
+        Ok(bot)
+    }
+}
+
+/// What each bot must be, however it was given: a flow, a webhook path clear
+/// of the server's own, a usable store namespace.
+fn check_bot(bot: &BotConfig, at: &str) -> Result<(), ConfigError> {
+    if bot.flow.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.flow: each bot names its flow file"
+        )));
+    }
+    let path = bot.webhook_path();
+    if let Some(problem) = webhook_path_problem(&path, Some(&bot.name)) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.webhook_path: `{path}` {problem}"
+        )));
+    }
+    let ns = bot.store_namespace();
+    if !is_namespace(&ns) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.store_namespace: `{ns}` must be 1 to 40 lowercase letters, digits or `_`"
+        )));
+    }
+    Ok(())
 }
 
 /// The first path segments the server's own endpoints use.

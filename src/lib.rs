@@ -69,6 +69,7 @@ mod message;
 mod qpien;
 mod retry;
 mod runtime;
+mod sealed;
 #[cfg(feature = "sim")]
 mod sim;
 mod store;
@@ -136,6 +137,10 @@ pub mod internals {
     /// The retry policy.
     pub mod retry {
         pub use crate::retry::*;
+    }
+    /// Secrets at rest.
+    pub mod sealed {
+        pub use crate::sealed::*;
     }
     /// Stores.
     pub mod store {

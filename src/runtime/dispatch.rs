@@ -32,37 +32,78 @@ use crate::store::{
 use crate::time::Millis;
 
 /// Where events come in: webhook, poller and timers all hand theirs here.
+///
+/// An inbox outlives the workers that run its turns: a paused bot's inbox
+/// has none ([`Inbox::detach`]) and only records what comes in; when it is
+/// resumed, [`Inbox::attach`] hands the new workers everything recorded
+/// meanwhile.
 pub(crate) struct Inbox {
     store: Arc<dyn StateStore>,
-    turns: Arc<Lanes<Dispatcher>>,
-    runner: Arc<Runner>,
+    /// The workers, while the bot runs.
+    runner: std::sync::RwLock<Option<Arc<Runner>>>,
+    /// Held (shared) by each acceptance from before it stores to after it
+    /// routes, and (alone) by `attach` while it reads what is pending: an
+    /// event is routed by its acceptance or found by the attach, never lost
+    /// between them and never both.
+    gate: tokio::sync::RwLock<()>,
     metrics: Arc<Metrics>,
     capacity: usize,
     /// Most turns and replies one conversation may have waiting.
     per_conversation: usize,
+    /// When the last new event was accepted (0: none since the start).
+    last_event: std::sync::atomic::AtomicI64,
 }
 
 impl Inbox {
     pub(crate) fn new(
         store: Arc<dyn StateStore>,
-        runner: Arc<Runner>,
         metrics: Arc<Metrics>,
         capacity: usize,
         per_conversation: usize,
     ) -> Inbox {
         Inbox {
             store,
-            turns: runner.turns.clone(),
-            runner,
+            runner: Default::default(),
+            gate: Default::default(),
             metrics,
             capacity,
             per_conversation,
+            last_event: Default::default(),
         }
+    }
+
+    fn runner(&self) -> Option<Arc<Runner>> {
+        self.runner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Hands turns to `runner` from now on, and first everything left
+    /// unfinished (see [`Inbox::resume`]).
+    pub(crate) async fn attach(&self, runner: Arc<Runner>) -> Result<(), StoreError> {
+        let _alone = self.gate.write().await;
+        *self.runner.write().unwrap_or_else(|e| e.into_inner()) = Some(runner.clone());
+        self.resume(&runner.turns).await
+    }
+
+    /// Only records events from now on (a paused bot).
+    pub(crate) async fn detach(&self) {
+        let _alone = self.gate.write().await;
+        *self.runner.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// When the last new event was accepted (0: none since the start).
+    pub(crate) fn last_event(&self) -> Millis {
+        self.last_event.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many turns and replies `conversation` has waiting here.
     fn waiting(&self, conversation: &str) -> usize {
-        self.turns.queued(conversation) + self.runner.outbox.waiting(conversation)
+        match self.runner() {
+            Some(r) => r.turns.queued(conversation) + r.outbox.waiting(conversation),
+            None => 0,
+        }
     }
 
     /// Records an event (once per key) and queues its turn. `Ok(false)`: a
@@ -71,6 +112,7 @@ impl Inbox {
     /// instead (and counts as accepted): one customer's flood delays only
     /// itself, and grows nothing.
     pub(crate) async fn accept(&self, ingested: Ingested) -> Result<bool, StoreError> {
+        let _routing = self.gate.read().await;
         if matches!(ingested.event, Event::Message(_)) {
             let waiting = self.waiting(&ingested.conversation);
             if waiting >= self.per_conversation {
@@ -88,11 +130,16 @@ impl Inbox {
             .await?;
         match accepted {
             Accepted::New(item) => {
+                self.last_event
+                    .store(crate::time::now(), std::sync::atomic::Ordering::Relaxed);
                 // Stored: the delivery is accepted whatever comes next. If
                 // the instance that holds the conversation cannot be woken,
-                // its sweep finds the message (see `claims.rs`).
-                if let Err(e) = self.runner.route(item).await {
-                    tracing::warn!(error = %e, "an accepted message waits for the next sweep");
+                // its sweep finds the message (see `claims.rs`). A paused
+                // bot's waits for it to be resumed.
+                if let Some(runner) = self.runner() {
+                    if let Err(e) = runner.route(item).await {
+                        tracing::warn!(error = %e, "an accepted message waits for the next sweep");
+                    }
                 }
                 Ok(true)
             }
@@ -138,7 +185,8 @@ impl Inbox {
 
     /// Whether the queue is at capacity (new deliveries are refused with 503).
     pub(crate) fn is_full(&self) -> bool {
-        self.turns.len() >= self.capacity
+        self.runner()
+            .is_some_and(|r| r.turns.len() >= self.capacity)
     }
 
     /// Queues every item left unfinished by the last run.
@@ -148,12 +196,12 @@ impl Inbox {
     /// attempts first, and run one at a time (see [`Dispatcher::turn`]), so
     /// that a poison message cannot take another conversation's turn down with
     /// it and reaches its attempt limit alone.
-    pub(crate) async fn resume(&self) -> Result<(), StoreError> {
+    async fn resume(&self, turns: &Arc<Lanes<Dispatcher>>) -> Result<(), StoreError> {
         let mut pending = self.store.pending(usize::MAX >> 1).await?;
         // Within a conversation the suspect is the oldest item: the order
         // below keeps each conversation's items in arrival order.
         pending.sort_by_key(|i| (i.attempts == 0, i.attempts, i.seq));
-        self.turns.resume(pending, "unfinished turns");
+        turns.resume(pending, "unfinished turns");
         Ok(())
     }
 }

@@ -21,6 +21,7 @@ use axum::Router;
 use tracing::Instrument;
 
 use super::dispatch::Inbox;
+use super::host::Host;
 use super::metrics::{MetricSet, Metrics};
 use super::reload::BotSlot;
 use super::Stop;
@@ -88,54 +89,87 @@ pub(crate) struct Checks {
 const CHECKS_FOR: Duration = Duration::from_secs(1);
 
 /// The process's routes: the probes and the metrics at the root; the one bot
-/// of a single-bot process at the root too; each bot of several under
-/// `/bots/<name>` (its `/readyz`, debug and admin endpoints), its webhook at
-/// its own path, and a root `/readyz` that lists them all.
-pub(crate) fn router(
-    apps: &[Arc<App>],
-    metrics: Arc<MetricSet>,
-    top_bots: usize,
-    stop: Stop,
-) -> Router {
+/// of a single-bot process at the root too; with several (`many`), each bot
+/// under `/bots/<name>` (its `/readyz`, `/metrics`, debug and admin
+/// endpoints) and its webhook at its own path, both looked up in the
+/// directory at each request (so a bot added or removed is routed at once),
+/// a root `/readyz` that lists them all, and the registry's `/admin/bots`.
+pub(crate) fn router(host: &Arc<Host>, many: bool) -> Router {
     let mut root = Router::new().route("/healthz", get(healthz));
-    match apps {
-        [one] if one.name.is_none() => {
-            root = root.route(
-                "/metrics",
-                get(render_metrics).with_state((metrics, MetricsPage::All)),
-            );
-            root = root.merge(bot_routes(one.clone()));
-            if one.server.webhook {
-                root = root.merge(webhook_route(one.clone()));
-            }
+    let set = host.set.clone();
+    if !many {
+        let one = host
+            .directory
+            .all()
+            .into_iter()
+            .next()
+            .expect("one bot")
+            .app();
+        root = root.route(
+            "/metrics",
+            get(render_metrics).with_state((set, MetricsPage::All)),
+        );
+        root = root.merge(bot_routes(one.clone()));
+        if one.server.webhook {
+            root = root.merge(webhook_route(one.clone()));
         }
-        _ => {
-            root = root.route(
-                "/metrics",
-                get(render_metrics).with_state((metrics.clone(), MetricsPage::Root(top_bots))),
-            );
-            for app in apps {
-                let name = app.name.clone().unwrap_or_default();
-                root = root.nest(&format!("/bots/{name}"), bot_routes(app.clone()));
-                root = root.route(
-                    &format!("/bots/{name}/metrics"),
-                    get(render_metrics)
-                        .with_state((metrics.clone(), MetricsPage::Bot(name.into()))),
-                );
-                if app.server.webhook {
-                    root = root.merge(webhook_route(app.clone()));
-                }
-            }
-            root = root.route(
-                "/readyz",
-                get(readyz_all).with_state(Arc::new(Bots {
-                    apps: apps.to_vec(),
-                    stop,
-                })),
-            );
+        return root;
+    }
+    let top = host.config.runtime.metrics_top_bots;
+    root = root
+        .route(
+            "/metrics",
+            get(render_metrics).with_state((set, MetricsPage::Root(top))),
+        )
+        .route("/readyz", get(readyz_all).with_state(host.clone()));
+    if !host.config.server.admin_token.is_empty() {
+        root = root.merge(super::registry::routes(host.clone()));
+    }
+    let host = host.clone();
+    root.fallback(move |req: axum::extract::Request| {
+        let host = host.clone();
+        async move { to_bot(&host, req).await }
+    })
+}
+
+/// A request for one bot of several: its webhook, or one of its routes under
+/// `/bots/<name>`.
+async fn to_bot(host: &Host, req: axum::extract::Request) -> Response {
+    let path = req.uri().path();
+    if req.method() == axum::http::Method::POST {
+        if let Some(app) = host.directory.webhook(path) {
+            let (parts, body) = req.into_parts();
+            return webhook(State(app), parts.headers, body).await;
         }
     }
-    root
+    let Some((name, tail)) = path
+        .strip_prefix("/bots/")
+        .map(|rest| rest.split_once('/').unwrap_or((rest, "")))
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(live) = host.directory.get(name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if tail == "metrics" && req.method() == axum::http::Method::GET {
+        let page = MetricsPage::Bot(name.into());
+        return render_metrics(State((host.set.clone(), page))).await;
+    }
+    let local = match req.uri().query() {
+        Some(q) => format!("/{tail}?{q}"),
+        None => format!("/{tail}"),
+    };
+    let (mut parts, body) = req.into_parts();
+    let Ok(uri) = local.parse() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    parts.uri = uri;
+    let routes = bot_routes(live.app());
+    match tower::ServiceExt::oneshot(routes, axum::extract::Request::from_parts(parts, body)).await
+    {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
 }
 
 fn webhook_route(app: Arc<App>) -> Router {
@@ -166,12 +200,6 @@ fn bot_routes(shared: Arc<App>) -> Router {
     app.with_state(shared)
 }
 
-/// Every bot of a process that runs several, for the root `/readyz`.
-struct Bots {
-    apps: Vec<Arc<App>>,
-    stop: Stop,
-}
-
 fn reply(status: StatusCode, body: &'static str) -> Response {
     (
         status,
@@ -194,19 +222,21 @@ async fn readyz(State(shared): State<Arc<App>>) -> Response {
 /// serves and at least one bot is ready (a bot that cannot work must not take
 /// the others out of a load balancer); each bot's state in `bots`, and at
 /// `/bots/<name>/readyz`.
-async fn readyz_all(State(all): State<Arc<Bots>>) -> Response {
-    let states = futures_util::future::join_all(all.apps.iter().map(|a| readiness(a))).await;
+async fn readyz_all(State(host): State<Arc<Host>>) -> Response {
+    let lives = host.directory.all();
+    let apps: Vec<Arc<App>> = lives.iter().map(|l| l.app()).collect();
+    let states = futures_util::future::join_all(apps.iter().map(|a| readiness(a))).await;
     let any = states.iter().any(|(ready, _)| *ready);
-    let ready = any && !all.stop.is_stopping();
-    let bots: serde_json::Map<String, serde_json::Value> = all
-        .apps
-        .iter()
-        .zip(states)
-        .map(|(a, (_, body))| (a.name.clone().unwrap_or_default(), body))
-        .collect();
+    let stopping = host.stop.is_stopping();
+    let ready = any && !stopping;
+    let mut bots = serde_json::Map::new();
+    for ((live, app), (_, mut body)) in lives.iter().zip(&apps).zip(states) {
+        body["state"] = serde_json::Value::from(super::registry::state_of(live).await);
+        bots.insert(app.name.clone().unwrap_or_default(), body);
+    }
     let body = serde_json::json!({
         "ready": ready,
-        "stopping": all.stop.is_stopping(),
+        "stopping": stopping,
         "bots": bots,
     });
     readiness_reply(ready, &body)
@@ -527,7 +557,7 @@ fn is_admin(shared: &App, headers: &HeaderMap) -> bool {
 }
 
 /// Whether the request carries `Bearer <want>` (compared in constant time).
-fn bearer_is(headers: &HeaderMap, want: &str) -> bool {
+pub(crate) fn bearer_is(headers: &HeaderMap, want: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

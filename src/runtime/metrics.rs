@@ -58,6 +58,13 @@ pub struct Results {
 }
 
 impl Results {
+    /// How many of `result` were counted.
+    pub fn get(&self, result: &'static str) -> u64 {
+        self.family
+            .get_or_create(&(self.bot.clone(), ResultLabel { result }))
+            .get()
+    }
+
     /// Counts one `result`.
     pub fn count(&self, result: &'static str) {
         self.family
@@ -138,6 +145,8 @@ pub(crate) struct MetricSet {
     withheld: Family<BotLabel, Counter>,
     overflow: Family<BotLabel, Counter>,
     schedule_coalesced: Family<BotLabel, Counter>,
+    /// The bots whose clients and flows are read at each scrape.
+    watched: Arc<std::sync::RwLock<Vec<Watched>>>,
 }
 
 fn latency() -> Histogram {
@@ -145,11 +154,12 @@ fn latency() -> Histogram {
 }
 
 #[derive(Debug)]
-struct BotsCollector(Vec<Watched>);
+struct BotsCollector(Arc<std::sync::RwLock<Vec<Watched>>>);
 
 impl Collector for BotsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let stats: Vec<_> = self.0.iter().map(|w| (w, w.client.stats())).collect();
+        let watched = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let stats: Vec<_> = watched.iter().map(|w| (w, w.client.stats())).collect();
         {
             let mut family = encoder.encode_descriptor(
                 "flowbot_qpien_calls",
@@ -206,7 +216,7 @@ impl Collector for BotsCollector {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for w in &self.0 {
+        for w in &watched {
             ConstGauge::new(w.flow_version.load(Ordering::Relaxed))
                 .encode(family.encode_family(&w.bot)?)?;
         }
@@ -217,8 +227,9 @@ impl Collector for BotsCollector {
 impl MetricSet {
     /// Registers every family, with the bots' clients and flow versions read
     /// at each scrape.
-    pub(crate) fn new(bots: Vec<Watched>) -> MetricSet {
+    pub(crate) fn new() -> MetricSet {
         let mut registry = Registry::default();
+        let watched: Arc<std::sync::RwLock<Vec<Watched>>> = Default::default();
         let m = MetricSet {
             registry: Registry::default(),
             turns: Family::default(),
@@ -236,6 +247,7 @@ impl MetricSet {
             withheld: Family::default(),
             overflow: Family::default(),
             schedule_coalesced: Family::default(),
+            watched: watched.clone(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
         registry.register(
@@ -308,8 +320,23 @@ impl MetricSet {
             "Handoffs ended, by what ended them",
             m.releases.clone(),
         );
-        registry.register_collector(Box::new(BotsCollector(bots)));
+        registry.register_collector(Box::new(BotsCollector(watched.clone())));
         MetricSet { registry, ..m }
+    }
+
+    /// Reads `bot`'s client and flow at each scrape from now on.
+    pub(crate) fn watch(&self, bot: Watched) {
+        let mut w = self.watched.write().unwrap_or_else(|e| e.into_inner());
+        w.retain(|x| x.bot != bot.bot);
+        w.push(bot);
+    }
+
+    /// Forgets a bot taken out of the process: its series go.
+    pub(crate) fn unwatch(&self, bot: &BotLabel) {
+        self.watched
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| &x.bot != bot);
     }
 
     /// The handles of one bot.

@@ -35,6 +35,7 @@
 pub mod capture;
 mod claims;
 mod dispatch;
+mod host;
 mod http;
 mod lanes;
 mod metrics;
@@ -42,13 +43,14 @@ mod metrics_pages;
 mod outbox;
 mod payload;
 mod poll;
+mod registry;
 mod reload;
 mod serve;
 mod starts;
 mod timers;
 
+use metrics::MetricSet;
 pub use metrics::Metrics;
-use metrics::{BotLabel, MetricSet, Watched};
 pub use payload::OutboxAction;
 pub(crate) use reload::{count_live, live_state};
 
@@ -59,17 +61,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
-use crate::config::{Config, ServerConfig, StoreBackend, StoreConfig};
+use crate::config::{BotConfig, Config, ServerConfig, StoreBackend, StoreConfig};
 use crate::engine::Bot;
 use crate::handler::Registry;
 use crate::qpien::{QpienClient, QpienConfig};
 use crate::store::{MemoryStore, SqliteStore, StateStore};
-use dispatch::{Dispatcher, Inbox};
-use lanes::Lanes;
-use outbox::{Outbox, Sender};
-use reload::BotSlot;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -129,19 +126,13 @@ impl Stop {
 /// A running runtime: its address, and a way to stop it.
 pub struct Running {
     addr: SocketAddr,
-    bots: Vec<Unit>,
-    /// The process's own tasks (the timers of a store of several bots).
+    host: Arc<host::Host>,
+    /// The process's own tasks (the timers of a store of several bots, the
+    /// registry's watch).
     tasks: Vec<JoinHandle<()>>,
     deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
-}
-
-/// One bot's moving parts, as shutdown sees them.
-struct Unit {
-    turns: Arc<Lanes<Dispatcher>>,
-    outbox: Arc<Outbox>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 /// How a shutdown went.
@@ -173,33 +164,17 @@ impl Running {
             server.abort();
             let _ = server.await;
         }
-        let mut drained = Drained {
-            turns_left: 0,
-            replies_left: 0,
-        };
         for t in &self.tasks {
             t.abort();
         }
         for t in self.tasks {
             let _ = t.await;
         }
-        for unit in &self.bots {
-            for t in &unit.tasks {
-                t.abort();
-            }
-        }
-        for unit in self.bots {
-            for t in unit.tasks {
-                let _ = t.await;
-            }
-            let _ = tokio::time::timeout_at(deadline, unit.turns.drained()).await;
-            let _ = tokio::time::timeout_at(deadline, unit.outbox.drained()).await;
-            drained.turns_left += unit.turns.len();
-            drained.replies_left += unit.outbox.len();
-            // Past the deadline nothing goes on: what is left is in the store.
-            unit.turns.abort_all().await;
-            unit.outbox.abort_all().await;
-        }
+        let left = self.host.stop_all(deadline).await;
+        let drained = Drained {
+            turns_left: left.turns,
+            replies_left: left.replies,
+        };
         tracing::info!(?drained, "flowbot stopped");
         drained
     }
@@ -215,14 +190,14 @@ impl Running {
 /// One bot as the runtime runs it: the single-bot configuration is one of
 /// these without a name; each `[[bots]]` entry is one with its name, its
 /// webhook and its store namespace applied.
-struct Spec {
-    name: Option<String>,
+pub(crate) struct Spec {
+    pub(crate) name: Option<String>,
     /// Its key in a store that holds several bots (`""`: the single bot).
-    key: String,
-    flow: PathBuf,
-    qpien: QpienConfig,
-    server: ServerConfig,
-    store: StoreConfig,
+    pub(crate) key: String,
+    pub(crate) flow: PathBuf,
+    pub(crate) qpien: QpienConfig,
+    pub(crate) server: ServerConfig,
+    pub(crate) store: StoreConfig,
 }
 
 impl Spec {
@@ -240,26 +215,27 @@ impl Spec {
         config
             .bots
             .iter()
-            .map(|b| {
-                let mut server = config.server.clone();
-                server.webhook_path = b.webhook_path();
-                if !b.webhook_secret.is_empty() {
-                    server.webhook_secret = b.webhook_secret.clone();
-                }
-                // One store for every bot (SQLite's file, PostgreSQL's
-                // schema and pool), each row keyed by the bot's namespace.
-                let store = config.store.clone();
-                let ns = b.store_namespace();
-                Spec {
-                    name: Some(b.name.clone()),
-                    key: ns,
-                    flow: b.flow.clone(),
-                    qpien: b.qpien.clone(),
-                    server,
-                    store,
-                }
-            })
+            .map(|b| Spec::of_bot(config, b))
             .collect()
+    }
+
+    /// One bot of several.
+    fn of_bot(config: &Config, b: &BotConfig) -> Spec {
+        let mut server = config.server.clone();
+        server.webhook_path = b.webhook_path();
+        if !b.webhook_secret.is_empty() {
+            server.webhook_secret = b.webhook_secret.clone();
+        }
+        // One store for every bot (SQLite's file, PostgreSQL's schema and
+        // pool), each row keyed by the bot's namespace.
+        Spec {
+            name: Some(b.name.clone()),
+            key: b.store_namespace(),
+            flow: b.flow.clone(),
+            qpien: b.qpien.clone(),
+            server,
+            store: config.store.clone(),
+        }
     }
 
     /// What an error of this bot is prefixed with.
@@ -428,13 +404,41 @@ const MIN_SECRET: usize = 16;
 /// The stores of a process's bots: a SQLite file is opened once, and each
 /// bot gets its handle on it.
 #[derive(Default)]
-struct Stores {
+pub(crate) struct Stores {
     sqlite: std::collections::HashMap<PathBuf, SqliteStore>,
     #[cfg(feature = "postgres")]
     postgres: Option<crate::store::PostgresStore>,
+    /// The registry of a store in memory.
+    memory: Option<Arc<crate::store::MemoryRegistry>>,
 }
 
 impl Stores {
+    /// The registry of the store the bots share, opening it.
+    async fn registry(
+        &mut self,
+        store: &StoreConfig,
+    ) -> Result<Arc<dyn crate::store::BotRegistry>, RuntimeError> {
+        match store.backend {
+            #[cfg(feature = "postgres")]
+            StoreBackend::Postgres => {
+                let db = postgres_store(store).await?;
+                self.postgres = Some(db.clone());
+                Ok(Arc::new(db))
+            }
+            StoreBackend::Sqlite => {
+                let f = SqliteStore::open(&store.path, store.sqlite_options())?;
+                self.sqlite.insert(store.path.clone(), f.clone());
+                Ok(Arc::new(f))
+            }
+            _ => {
+                open_store(store).await?;
+                let r = Arc::new(crate::store::MemoryRegistry::default());
+                self.memory = Some(r.clone());
+                Ok(r)
+            }
+        }
+    }
+
     /// The one store every bot shares, when they share one.
     fn shared(&self) -> Option<Arc<dyn StateStore>> {
         #[cfg(feature = "postgres")]
@@ -447,7 +451,7 @@ impl Stores {
         }
     }
 
-    async fn open(&mut self, spec: &Spec) -> Result<Arc<dyn StateStore>, RuntimeError> {
+    pub(crate) async fn open(&mut self, spec: &Spec) -> Result<Arc<dyn StateStore>, RuntimeError> {
         let store = &spec.store;
         #[cfg(feature = "postgres")]
         if store.backend == StoreBackend::Postgres {
@@ -519,16 +523,6 @@ async fn open_store(store: &StoreConfig) -> Result<Arc<dyn StateStore>, RuntimeE
     })
 }
 
-/// One bot, opened: its store, its client, its flow in service.
-struct Opened {
-    spec: Spec,
-    store: Arc<dyn StateStore>,
-    client: QpienClient,
-    slot: Arc<BotSlot>,
-    /// The account's approved WhatsApp templates, when read.
-    templates: Option<Vec<crate::flow::TemplateInfo>>,
-}
-
 /// The account's approved WhatsApp templates, to check the flow's against;
 /// `None` (and a warning) when Qpien does not say within 5 s (start is not
 /// held up longer for a check).
@@ -555,73 +549,55 @@ async fn read_templates(client: &QpienClient) -> Option<Vec<crate::flow::Templat
 }
 
 /// Starts the runtime for `config` with the handlers of `registry`: checks it
-/// (see [`check`]), opens the stores, binds the server, resumes unfinished
-/// work. With `[[bots]]`, each bot gets its own store, Qpien client, queues,
-/// outbox, timers, reload and poller: what one bot does (a failing action,
-/// Qpien's 429s, a flow that does not reload) touches no other.
+/// (see [`check`]), opens the store, binds the server, resumes unfinished
+/// work. With several bots (`[[bots]]`, or `runtime.registry`), the bots are
+/// those of the store's registry, `[[bots]]` imported into it first, and each
+/// gets its own Qpien client, queues, outbox, reload and poller: what one bot
+/// does (a failing action, Qpien's 429s, a flow that does not reload) touches
+/// no other.
 pub async fn start(config: Config, registry: Registry) -> Result<Running, RuntimeError> {
+    let many = !config.bots.is_empty() || config.runtime.registry;
     let specs = Spec::all(&config);
     check_open_files(&specs)?;
-    let mut opened = Vec::with_capacity(specs.len());
-    // One HTTP client (pool, TLS configuration) for every bot's Qpien client.
     let http = crate::qpien::client::http_client()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Stop(stop_rx);
     let mut stores = Stores::default();
-    let flows = Arc::new(reload::FlowCache::default());
-    for spec in specs {
-        let bot = check_one(&config, &spec, &registry, &flows)?;
-        let store = stores.open(&spec).await?;
-        let client = QpienClient::with_http(spec.qpien.clone(), http.clone())?;
-        // Kept in the store: Qpien's budgets (100 calls a minute), shared by
-        // the instances of a shared store, and known to a restarted process
-        // (it does not spend again what the one before spent). A budget over
-        // 1,000 calls a second (a test stand-in's) is not: counting every
-        // call in the database would cost more than it protects.
-        let rate = f64::from(spec.qpien.rate_limit.requests)
-            / spec.qpien.rate_limit.per.as_secs_f64().max(1e-3);
-        if let Some(knew) = store.keeps_budget().filter(|_| rate <= 1_000.0) {
-            client.share_budget(Arc::new(claims::StoreBudget {
-                store: store.clone(),
-                key: claims::StoreBudget::key_for(spec.qpien.client_id.expose()),
-                hold: spec.qpien.request_timeout + Duration::from_secs(5),
-                knew,
-            }));
+    let book = match many {
+        true => Some(stores.registry(&config.store).await?),
+        false => None,
+    };
+    // The key credentials given through the admin API are sealed with.
+    let key = match many {
+        true => crate::sealed::SecretKey::load(config.server.secret_key_file.as_deref())
+            .map_err(|e| RuntimeError::Config(e.to_string()))?,
+        false => None,
+    };
+    // Several bots in one store: one task reads the timers of them all.
+    let shared = stores.shared().filter(|_| many);
+    let host = Arc::new(host::Host {
+        handlers: registry,
+        stores: tokio::sync::Mutex::new(stores),
+        flows: Arc::new(reload::FlowCache::default()),
+        http,
+        set: Arc::new(MetricSet::new()),
+        stop: stop.clone(),
+        directory: Default::default(),
+        shared_timers: shared.is_some(),
+        key,
+        book,
+        seen: Default::default(),
+        config,
+    });
+    let mut tasks = Vec::new();
+    match host.book.is_some() {
+        false => {
+            let spec = specs.into_iter().next().expect("one bot");
+            host.add(spec, host::Applied::single()).await?;
         }
-        let templates = if bot.flow().whatsapp_templates.is_empty() {
-            None
-        } else {
-            read_templates(&client).instrument(spec.span()).await
-        };
-        let bot = match &templates {
-            Some(list) => {
-                Bot::load_with_templates(&spec.flow, registry.clone(), &config.limits, Some(list))
-                    .map_err(|e| RuntimeError::Flow {
-                    path: spec.flow.display().to_string(),
-                    message: e.to_string(),
-                })?
-            }
-            // Bots of one flow file keep one compiled flow (`flows`); checked
-            // against an account's templates, a flow is the bot's own.
-            None => bot,
-        };
-        let slot = Arc::new(BotSlot::new(bot));
-        opened.push(Opened {
-            spec,
-            store,
-            client,
-            slot,
-            templates,
-        });
+        true => tasks.push(registry::open(&host, specs).await?),
     }
-    let set = Arc::new(MetricSet::new(
-        opened
-            .iter()
-            .map(|o| Watched {
-                bot: BotLabel::new(o.spec.name.as_deref()),
-                client: o.client.clone(),
-                flow_version: o.slot.version_gauge(),
-            })
-            .collect(),
-    ));
+    let config = &host.config;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| RuntimeError::Bind {
@@ -632,240 +608,27 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         addr: config.server.listen,
         message: e.to_string(),
     })?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop = Stop(stop_rx);
-    let mut apps = Vec::with_capacity(opened.len());
-    let mut bots = Vec::with_capacity(opened.len());
-    // Several bots in one store: one task reads the timers of them all.
-    let shared = stores.shared().filter(|_| !config.bots.is_empty());
-    let mut inboxes = std::collections::HashMap::new();
-    for o in opened {
-        let span = o.spec.span();
-        let key = o.spec.key.clone();
-        let metrics = Arc::new(set.bot(&BotLabel::new(o.spec.name.as_deref())));
-        let own_timers = shared.is_none();
-        let (app, unit) = launch(
-            &config,
-            o,
-            metrics,
-            &registry,
-            stop.clone(),
-            own_timers,
-            &flows,
-        )
-        .instrument(span)
-        .await?;
-        inboxes.insert(key, app.inbox.clone());
-        apps.push(app);
-        bots.push(unit);
-    }
-    let mut tasks = Vec::new();
     if let Some(store) = shared {
-        tasks.push(tokio::spawn(timers::run_for_every_bot(
-            store,
-            inboxes,
-            config.runtime.timer_interval,
-            config.clock.clone(),
-            stop.clone(),
-        )));
+        tasks.push(host.run_timers(store));
     }
     let server = {
-        let app = http::router(&apps, set, config.runtime.metrics_top_bots, stop.clone());
+        let app = http::router(&host, many);
         let stop = stop.clone();
         let server = config.server.clone();
         tokio::spawn(async move { serve::serve(listener, app, &server, stop).await })
     };
-    match config.bots.is_empty() {
-        true => tracing::info!(%addr, flow = %config.flow.display(), "flowbot running"),
-        false => tracing::info!(%addr, bots = config.bots.len(), "flowbot running"),
+    match many {
+        false => tracing::info!(%addr, flow = %config.flow.display(), "flowbot running"),
+        true => tracing::info!(%addr, bots = host.directory.len(), "flowbot running"),
     }
     Ok(Running {
         addr,
-        bots,
-        tasks,
         deadline: config.runtime.shutdown_deadline,
+        host,
+        tasks,
         stop: stop_tx,
         server,
     })
-}
-
-/// Wires one bot's tasks (in its span, so its logs carry `bot`), resumes its
-/// unfinished work, and hands back what its HTTP endpoints need.
-async fn launch(
-    config: &Config,
-    o: Opened,
-    metrics: Arc<Metrics>,
-    registry: &Registry,
-    stop: Stop,
-    own_timers: bool,
-    flows: &Arc<reload::FlowCache>,
-) -> Result<(Arc<http::App>, Unit), RuntimeError> {
-    let Opened {
-        spec,
-        store,
-        client,
-        slot,
-        templates,
-    } = o;
-    let span = tracing::Span::current();
-    let (feedback, mut learned) = tokio::sync::mpsc::unbounded_channel();
-    let outbox = Outbox::new(Lanes::new(
-        Sender {
-            client: client.clone(),
-            store: store.clone(),
-            metrics: metrics.clone(),
-            stop: stop.clone(),
-            feedback,
-            held: outbox::Held::new(
-                config.runtime.outbox_in_memory,
-                config.runtime.outbox_in_memory_per_conversation,
-            ),
-            reconciled: Default::default(),
-            adopted: Default::default(),
-            clock: config.clock.clone(),
-        },
-        metrics.outbox_depth.clone(),
-    ));
-    let claims = claims::Claims::new(store.clone(), config.runtime.claim_ttl);
-    let turns = Lanes::new(
-        Dispatcher {
-            claims: claims.clone(),
-            store: store.clone(),
-            bot: slot.clone(),
-            client: client.clone(),
-            outbox: outbox.clone(),
-            metrics: metrics.clone(),
-            stop: stop.clone(),
-            max_attempts: config.runtime.max_turn_attempts.max(1),
-            suspects: tokio::sync::Semaphore::new(1),
-            handoff: dispatch::Handoff::new(
-                config.handoff.check_interval,
-                &spec.qpien.released_statuses,
-            ),
-            clock: config.clock.clone(),
-        },
-        metrics.queue_depth.clone(),
-    );
-    let runner = Arc::new(claims::Runner {
-        claims,
-        turns: turns.clone(),
-        outbox: outbox.clone(),
-    });
-    let inbox = Arc::new(Inbox::new(
-        store.clone(),
-        runner.clone(),
-        metrics.clone(),
-        config.runtime.queue_capacity,
-        config.runtime.max_pending_per_conversation.max(1),
-    ));
-    // What the sender learns (a refused handoff) becomes an event of its own.
-    let feedback_task = {
-        let inbox = inbox.clone();
-        tokio::spawn(
-            async move {
-                while let Some(ingested) = learned.recv().await {
-                    if let Err(e) = inbox.accept(ingested).await {
-                        tracing::error!(error = %e, "cannot record a refused handoff");
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        )
-    };
-    // Unfinished work first: replies already committed go out before any
-    // resumed turn can queue newer ones behind them.
-    outbox.resume().await?;
-    inbox.resume().await?;
-
-    let capture = match &spec.server.capture_dir {
-        Some(dir) => {
-            let dir = match &spec.name {
-                Some(n) => dir.join(n),
-                None => dir.clone(),
-            };
-            Some(
-                capture::Capture::new(&dir, spec.server.capture_max_bytes).map_err(|e| {
-                    RuntimeError::Config(format!("server.capture_dir {}: {e}", dir.display()))
-                })?,
-            )
-        }
-        None => None,
-    };
-    let app = Arc::new(http::App {
-        capture,
-        server: spec.server.clone(),
-        inbox: inbox.clone(),
-        store: store.clone(),
-        client: client.clone(),
-        bot: slot.clone(),
-        metrics: metrics.clone(),
-        stop: stop.clone(),
-        name: spec.name.clone(),
-        span: span.clone(),
-        clock: config.clock.clone(),
-        checked: Default::default(),
-        starts: starts::StartLimit::new(spec.server.start_limit),
-    });
-    let mut tasks = vec![
-        feedback_task,
-        tokio::spawn(
-            outbox
-                .clone()
-                .run_refill(stop.clone())
-                .instrument(span.clone()),
-        ),
-        tokio::spawn(runner.run(stop.clone()).instrument(span.clone())),
-    ];
-    if own_timers {
-        tasks.push(tokio::spawn(
-            timers::run(
-                store.clone(),
-                inbox.clone(),
-                config.runtime.timer_interval,
-                config.clock.clone(),
-                stop.clone(),
-            )
-            .instrument(span.clone()),
-        ));
-    }
-    if config.runtime.reload {
-        tasks.push(tokio::spawn(
-            reload::run(reload::Reload {
-                slot: slot.clone(),
-                flow: spec.flow.clone(),
-                limits: config.limits.clone(),
-                registry: registry.clone(),
-                metrics: metrics.clone(),
-                every: config.runtime.reload_interval,
-                stop: stop.clone(),
-                templates,
-                store: store.clone(),
-                flows: flows.clone(),
-            })
-            .instrument(span.clone()),
-        ));
-    }
-    if config.polling.enabled {
-        tasks.push(tokio::spawn(
-            poll::run(poll::Poller {
-                client: client.clone(),
-                store: store.clone(),
-                inbox: inbox.clone(),
-                config: config.polling.clone(),
-                stop: stop.clone(),
-                started: crate::time::now(),
-            })
-            .instrument(span.clone()),
-        ));
-    }
-    Ok((
-        app,
-        Unit {
-            turns,
-            outbox,
-            tasks,
-        },
-    ))
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The signals are taken over when this is

@@ -7,7 +7,6 @@
 //! ([`run_for_every_bot`]): one query an interval, whatever the number of
 //! bots, each due timer handed to its bot's inbox.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ pub(crate) async fn run(
 /// shutdown; `inboxes` has each bot's inbox by its key in the store.
 pub(crate) async fn run_for_every_bot(
     store: Arc<dyn StateStore>,
-    inboxes: HashMap<String, Arc<Inbox>>,
+    bots: Arc<super::host::Directory>,
     every: Duration,
     clock: crate::time::ClockHandle,
     stop: Stop,
@@ -49,8 +48,8 @@ pub(crate) async fn run_for_every_bot(
             Ok(Some(due)) => {
                 for (bot, conversation, at) in due {
                     // A bot of the store that this process does not run
-                    // (removed from the configuration) keeps its timers.
-                    if let Some(inbox) = inboxes.get(&bot) {
+                    // (removed) keeps its timers.
+                    if let Some(inbox) = bots.inbox_of_key(&bot) {
                         inbox.fire_timer(conversation, at).await;
                     }
                 }

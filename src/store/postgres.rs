@@ -109,7 +109,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE claims ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE claims DROP CONSTRAINT claims_pkey;
     ALTER TABLE claims ADD PRIMARY KEY (bot, conversation);",
+    // The bot registry (see `registry.rs`).
+    "CREATE SEQUENCE registry_versions;
+    CREATE TABLE registry (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        source TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX registry_version ON registry (version);",
 ];
+
+/// The listener key of the registry's notifications (bots' ids are not
+/// negative).
+const REGISTRY: i32 = -1;
 
 /// The database's clock in milliseconds: claims expire by one clock for all
 /// instances, whatever theirs say.
@@ -468,6 +483,93 @@ fn id(v: u64) -> i64 {
 
 fn limit(v: usize) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl super::BotRegistry for PostgresStore {
+    async fn bots_since(&self, version: u64) -> Result<Vec<super::BotRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT name, spec, state, source, version, updated_at FROM registry
+                         WHERE version > $1 ORDER BY version",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&(version.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            match super::registry::record(
+                r.get(0),
+                r.get(1),
+                r.get::<_, &str>(2),
+                r.get::<_, &str>(3),
+                r.get(4),
+                r.get(5),
+            ) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(error = %e, "a registry row is skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_bot(
+        &self,
+        name: &str,
+        spec: &str,
+        state: super::BotState,
+        source: super::BotSource,
+    ) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // One writer at a time: versions commit in their order, so a reader
+        // that saw one has seen every smaller one.
+        tx.batch_execute("LOCK TABLE registry IN EXCLUSIVE MODE")
+            .await
+            .map_err(pg)?;
+        let version: i64 = tx
+            .query_one(
+                "INSERT INTO registry (name, spec, state, source, version, updated_at)
+                 VALUES ($1, $2, $3, $4, nextval('registry_versions'), $5)
+                 ON CONFLICT (name) DO UPDATE SET spec = $2, state = $3, source = $4,
+                     version = nextval('registry_versions'), updated_at = $5
+                 RETURNING version",
+                &[
+                    &name,
+                    &spec,
+                    &state.as_str(),
+                    &source.as_str(),
+                    &crate::time::now(),
+                ],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        // Delivered when the transaction commits.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.channel(), &format!("{REGISTRY}:{name}")],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(version as u64)
+    }
+
+    async fn registry_changes(&self) -> Result<Option<UnboundedReceiver<String>>, StoreError> {
+        PostgresStore {
+            db: self.db.clone(),
+            bot: REGISTRY,
+        }
+        .listen()
+        .await
+    }
 }
 
 #[async_trait]

@@ -125,6 +125,18 @@ fn migrations() -> Migrations<'static> {
         ALTER TABLE dead_letters ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
         CREATE INDEX dead_letters_bot ON dead_letters(bot, id);",
         ),
+        // The bot registry (see `registry.rs`).
+        M::up(
+            "CREATE TABLE registry (
+            name TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            state TEXT NOT NULL,
+            source TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX registry_version ON registry(version);",
+        ),
     ])
 }
 
@@ -162,6 +174,15 @@ enum Op {
     Bot(String),
     /// Due timers of every bot.
     DueTimersAll(Millis, usize),
+    /// The registry's rows changed after a version.
+    RegistrySince(u64),
+    /// A registry row written.
+    RegistryPut {
+        name: String,
+        spec: String,
+        state: BotState,
+        source: BotSource,
+    },
 }
 
 enum Reply {
@@ -180,6 +201,7 @@ enum Reply {
     Flag(bool),
     Count(u32),
     Grant(crate::qpien::limit::Grant),
+    Registry(Vec<BotRecord>),
     Done,
 }
 
@@ -294,6 +316,7 @@ impl Op {
                 | Op::DeadRemove(_)
                 | Op::TakeBudget { .. }
                 | Op::BudgetDone(_)
+                | Op::RegistryPut { .. }
         )
     }
 }
@@ -842,6 +865,57 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 .query_row(params![name], |r| r.get(0))?;
             Reply::Ids(vec![id as u64])
         }
+        Op::RegistrySince(after) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT name, spec, state, source, version, updated_at FROM registry
+                 WHERE version > ?1 ORDER BY version",
+            )?;
+            let rows = stmt
+                .query_map(params![after as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (name, spec, state, source, version, at) in rows {
+                match super::registry::record(name, spec, &state, &source, version, at) {
+                    Ok(r) => out.push(r),
+                    Err(e) => tracing::warn!(error = %e, "a registry row is skipped"),
+                }
+            }
+            Reply::Registry(out)
+        }
+        Op::RegistryPut {
+            name,
+            spec,
+            state,
+            source,
+        } => {
+            let version: i64 = tx
+                .prepare_cached("SELECT coalesce(max(version), 0) + 1 FROM registry")?
+                .query_row([], |r| r.get(0))?;
+            tx.prepare_cached(
+                "INSERT INTO registry (name, spec, state, source, version, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(name) DO UPDATE SET spec = ?2, state = ?3, source = ?4,
+                     version = ?5, updated_at = ?6",
+            )?
+            .execute(params![
+                name,
+                spec,
+                state.as_str(),
+                source.as_str(),
+                version,
+                crate::time::now()
+            ])?;
+            Reply::Ids(vec![version as u64])
+        }
         Op::BudgetDone(id) => {
             tx.prepare_cached("UPDATE budget_calls SET at = min(at, ?2) WHERE id = ?1")?
                 .execute(params![id, crate::time::now()])?;
@@ -880,6 +954,37 @@ fn read_dead(
 
 fn unexpected() -> StoreError {
     StoreError("internal: mismatched store reply".into())
+}
+
+#[async_trait]
+impl BotRegistry for SqliteStore {
+    async fn bots_since(&self, version: u64) -> Result<Vec<BotRecord>, StoreError> {
+        match self.run(Op::RegistrySince(version)).await? {
+            Reply::Registry(rows) => Ok(rows),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn put_bot(
+        &self,
+        name: &str,
+        spec: &str,
+        state: BotState,
+        source: BotSource,
+    ) -> Result<u64, StoreError> {
+        match self
+            .run(Op::RegistryPut {
+                name: name.to_owned(),
+                spec: spec.to_owned(),
+                state,
+                source,
+            })
+            .await?
+        {
+            Reply::Ids(ids) => Ok(ids.first().copied().unwrap_or(0)),
+            _ => Err(unexpected()),
+        }
+    }
 }
 
 #[async_trait]
