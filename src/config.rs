@@ -761,11 +761,9 @@ impl Config {
         let mut bot: BotConfig = f.extract().map_err(|e| {
             ConfigError::Invalid(
                 e.into_iter()
-                    .map(|e| {
-                        format!(
-                            "{at}: {}",
-                            e.to_string().replace("key \"default.", "key \"")
-                        )
+                    .map(|e| match e.path.is_empty() {
+                        true => format!("{at}: {}", e.kind),
+                        false => format!("{at}.{}: {}", e.path.join("."), e.kind),
                     })
                     .collect::<Vec<_>>()
                     .join("; "),

@@ -13,7 +13,7 @@ use crate::runtime::{message, wait_until, Harness, ECHO};
 use crate::store::postgres_url;
 
 /// A schema of its own for a test, dropped first.
-async fn fresh_schema(url: &str, name: &str) -> String {
+pub(crate) async fn fresh_schema(url: &str, name: &str) -> String {
     let schema = format!("test_{}_{name}", std::process::id());
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await

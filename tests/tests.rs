@@ -22,6 +22,7 @@
 //! - `sim`: the Qpien simulator: schema drift, the client against it, the bot end to end through it.
 //! - `window`: WhatsApp's 24-hour window end to end, with moved clocks.
 //! - `bots`: many bots in one process, each kept from holding up another.
+//! - `registry`: bots added, changed, paused and removed while the process runs, on every instance.
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -41,6 +42,7 @@ mod hostile;
 mod lsp;
 mod new;
 mod qpien;
+mod registry;
 mod replay;
 mod runtime;
 mod scale;

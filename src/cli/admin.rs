@@ -26,7 +26,7 @@ pub enum DeadLetters {
 }
 
 /// Where the running bot is and how to authenticate.
-struct Admin {
+pub(super) struct Admin {
     base: String,
     token: String,
     http: reqwest::Client,
@@ -47,6 +47,17 @@ pub struct Target {
     bot: Option<String>,
 }
 
+impl Target {
+    /// The process of `config`, at `url` if given.
+    pub(super) fn process(config: Option<PathBuf>, url: Option<String>) -> Target {
+        Target {
+            config,
+            url,
+            bot: None,
+        }
+    }
+}
+
 /// Which of the running bot's tokens a command uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
@@ -61,7 +72,16 @@ impl Admin {
         Admin::with(target, Token::Admin)
     }
 
+    /// The process itself (its root, not one of its bots): the registry.
+    pub(super) fn root(target: &Target) -> Result<Admin, String> {
+        Admin::at(target, Token::Admin, true)
+    }
+
     fn with(target: &Target, which: Token) -> Result<Admin, String> {
+        Admin::at(target, which, false)
+    }
+
+    fn at(target: &Target, which: Token, root: bool) -> Result<Admin, String> {
         let config = Config::load(target.config.as_deref()).map_err(|e| e.to_string())?;
         let url = target.url.as_deref();
         let (token, key, env) = match which {
@@ -93,9 +113,14 @@ impl Admin {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let base = match (&target.bot, config.bots.is_empty()) {
+        let many = !config.bots.is_empty() || config.runtime.registry;
+        let base = match (&target.bot, !many) {
+            _ if root => base,
             (None, true) => base,
-            (Some(bot), false) if config.bots.iter().any(|b| &b.name == bot) => {
+            // The registry's bots are the running process's to know.
+            (Some(bot), false)
+                if config.runtime.registry || config.bots.iter().any(|b| &b.name == bot) =>
+            {
                 format!("{base}/bots/{bot}")
             }
             (None, false) => {
@@ -134,12 +159,23 @@ impl Admin {
         path: &str,
         json: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, String> {
-        let url = format!("{}{path}", self.base);
-        let mut req = if post {
-            self.http.post(&url)
-        } else {
-            self.http.get(&url)
+        let method = match post {
+            true => reqwest::Method::POST,
+            false => reqwest::Method::GET,
         };
+        self.send(method, path, json).await
+    }
+
+    /// Calls `path` with `method` (and a JSON body): the JSON answer, or
+    /// what went wrong.
+    pub(super) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
         if let Some(json) = json {
             req = req
                 .header("content-type", "application/json")

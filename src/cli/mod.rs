@@ -131,7 +131,7 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// The bots of a process that runs several (`[[bots]]`).
+    /// The bots of a process that runs several (`[[bots]]`, the registry).
     Bots {
         /// What to do.
         #[command(subcommand)]
