@@ -32,7 +32,7 @@ pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Regis
     init_logging(&config);
     if check {
         return match crate::runtime::check(&config, &registry) {
-            Ok(_) if config.bots.is_empty() => {
+            Ok(_) if config.bots.is_empty() && !config.runtime.registry => {
                 println!("configuration and flow {} are valid", config.flow.display());
                 0
             }
@@ -40,7 +40,14 @@ pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Regis
                 for bot in &config.bots {
                     println!("{}: flow {} is valid", bot.name, bot.flow.display());
                 }
-                println!("configuration of {} bots is valid", config.bots.len());
+                println!(
+                    "configuration of {} bots is valid{}",
+                    config.bots.len(),
+                    match config.runtime.registry {
+                        true => " (and the registry's bots are checked as they start)",
+                        false => "",
+                    }
+                );
                 0
             }
             Err(e) => {

@@ -333,9 +333,10 @@ impl Host {
             applied: std::sync::Mutex::new(applied),
         });
         if run {
-            self.start_unit(&live).instrument(span).await?;
+            self.start_unit(&live).instrument(span.clone()).await?;
         }
         self.directory.insert(live.clone());
+        tracing::debug!(parent: &span, running = run, "bot added");
         Ok(live)
     }
 

@@ -202,6 +202,10 @@ pub(crate) struct Spec {
 
 impl Spec {
     fn all(config: &Config) -> Vec<Spec> {
+        if config.bots.is_empty() && config.runtime.registry {
+            // The registry's bots only: the top-level flow is no bot.
+            return Vec::new();
+        }
         if config.bots.is_empty() {
             return vec![Spec {
                 name: None,
