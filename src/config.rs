@@ -640,6 +640,8 @@ impl Config {
         }
         let top_qpien = figment.find_value("qpien").ok();
         let mut bots = Vec::with_capacity(items.len());
+        let mut taken: std::collections::HashMap<(&str, String), usize> =
+            std::collections::HashMap::with_capacity(items.len() * 3);
         for (i, (item, parsed)) in items.iter().zip(&config.bots).enumerate() {
             let name = parsed.name.clone();
             let at = format!(
@@ -693,34 +695,35 @@ impl Config {
             check_bot(&bot, &at)?;
             let path = bot.webhook_path();
             let ns = bot.store_namespace();
-            for other in &bots {
+            // Each taken name (as its variables read it), path and namespace,
+            // by the index of the bot that took it: linear in the bots.
+            let prefix = bot_env_prefix(&bot.name);
+            let clash = [
+                ("name", taken.get(&("name", prefix.clone()))),
+                ("webhook_path", taken.get(&("webhook_path", path.clone()))),
+                (
+                    "store_namespace",
+                    taken.get(&("store_namespace", ns.clone())),
+                ),
+            ]
+            .into_iter()
+            .find_map(|(key, i)| i.map(|i| (key, &bots[*i])));
+            if let Some((key, other)) = clash {
                 let other: &BotConfig = other;
-                let clash = if other.name == bot.name
-                    || bot_env_prefix(&other.name) == bot_env_prefix(&bot.name)
-                {
-                    Some("name")
-                } else if other.webhook_path() == path {
-                    Some("webhook_path")
-                } else if other.store_namespace() == ns {
-                    Some("store_namespace")
+                let why = if key == "name" && other.name != bot.name {
+                    format!(" (both read {prefix}*: `-` and `_` are the same in a variable's name)")
                 } else {
-                    None
+                    String::new()
                 };
-                if let Some(key) = clash {
-                    let why = if key == "name" && other.name != bot.name {
-                        format!(
-                            " (both read {}*: `-` and `_` are the same in a variable's name)",
-                            bot_env_prefix(&bot.name)
-                        )
-                    } else {
-                        String::new()
-                    };
-                    return Err(ConfigError::Invalid(format!(
-                        "{at}.{key}: the same as bots[{}]'s{why}; each bot needs its own",
-                        other.name
-                    )));
-                }
+                return Err(ConfigError::Invalid(format!(
+                    "{at}.{key}: the same as bots[{}]'s{why}; each bot needs its own",
+                    other.name
+                )));
             }
+            let i = bots.len();
+            taken.insert(("name", prefix), i);
+            taken.insert(("webhook_path", path), i);
+            taken.insert(("store_namespace", ns), i);
             let mut bot = bot;
             bot.spec = serde_json::to_value(item).ok();
             bots.push(bot);

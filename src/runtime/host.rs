@@ -291,9 +291,16 @@ pub(crate) struct Host {
     /// The highest registry version applied; held while one is applied, so
     /// changes apply one at a time.
     pub(crate) seen: tokio::sync::Mutex<u64>,
+    /// Where each `[[bots]]` entry is in `config.bots`, by name.
+    pub(crate) file_bots: HashMap<String, usize>,
 }
 
 impl Host {
+    /// The `[[bots]]` entry named `name`.
+    pub(crate) fn file_bot(&self, name: &str) -> Option<&crate::config::BotConfig> {
+        self.file_bots.get(name).map(|i| &self.config.bots[*i])
+    }
+
     /// Opens a bot's store, client and flow, and its endpoints; its workers
     /// run when `run` says so.
     pub(crate) async fn add(
@@ -305,7 +312,8 @@ impl Host {
         let run = applied.state == BotState::Active;
         let key = spec.key.clone();
         let name = spec.name.clone();
-        let store = self.stores.lock().await.open(&spec).await?;
+        let shared = self.stores.lock().await.file_of(&spec).await?;
+        let store = shared.bot(&key).await?;
         let metrics = Arc::new(self.set.bot(&BotLabel::new(name.as_deref())));
         let inbox = Arc::new(Inbox::new(
             store.clone(),

@@ -146,7 +146,7 @@ pub(crate) struct MetricSet {
     overflow: Family<BotLabel, Counter>,
     schedule_coalesced: Family<BotLabel, Counter>,
     /// The bots whose clients and flows are read at each scrape.
-    watched: Arc<std::sync::RwLock<Vec<Watched>>>,
+    watched: Arc<std::sync::RwLock<indexmap::IndexMap<BotLabel, Watched>>>,
 }
 
 fn latency() -> Histogram {
@@ -154,11 +154,17 @@ fn latency() -> Histogram {
 }
 
 #[derive(Debug)]
-struct BotsCollector(Arc<std::sync::RwLock<Vec<Watched>>>);
+struct BotsCollector(Arc<std::sync::RwLock<indexmap::IndexMap<BotLabel, Watched>>>);
 
 impl Collector for BotsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let watched = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let watched: Vec<Watched> = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let stats: Vec<_> = watched.iter().map(|w| (w, w.client.stats())).collect();
         {
             let mut family = encoder.encode_descriptor(
@@ -229,7 +235,8 @@ impl MetricSet {
     /// at each scrape.
     pub(crate) fn new() -> MetricSet {
         let mut registry = Registry::default();
-        let watched: Arc<std::sync::RwLock<Vec<Watched>>> = Default::default();
+        let watched: Arc<std::sync::RwLock<indexmap::IndexMap<BotLabel, Watched>>> =
+            Default::default();
         let m = MetricSet {
             registry: Registry::default(),
             turns: Family::default(),
@@ -326,9 +333,10 @@ impl MetricSet {
 
     /// Reads `bot`'s client and flow at each scrape from now on.
     pub(crate) fn watch(&self, bot: Watched) {
-        let mut w = self.watched.write().unwrap_or_else(|e| e.into_inner());
-        w.retain(|x| x.bot != bot.bot);
-        w.push(bot);
+        self.watched
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bot.bot.clone(), bot);
     }
 
     /// Forgets a bot taken out of the process: its series go.
@@ -336,7 +344,7 @@ impl MetricSet {
         self.watched
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|x| &x.bot != bot);
+            .shift_remove(bot);
     }
 
     /// The handles of one bot.

@@ -455,7 +455,10 @@ impl Stores {
         }
     }
 
-    pub(crate) async fn open(&mut self, spec: &Spec) -> Result<Arc<dyn StateStore>, RuntimeError> {
+    /// The store `spec`'s bot is kept in, opened the first time; its own
+    /// handle comes from [`Shared::bot`], without holding `self`, so that
+    /// bots added together are registered in one commit.
+    pub(crate) async fn file_of(&mut self, spec: &Spec) -> Result<Shared, RuntimeError> {
         let store = &spec.store;
         #[cfg(feature = "postgres")]
         if store.backend == StoreBackend::Postgres {
@@ -468,10 +471,10 @@ impl Stores {
                     db
                 }
             };
-            return Ok(Arc::new(db.bot(&spec.key).await?));
+            return Ok(Shared::Postgres(db));
         }
         if store.backend != StoreBackend::Sqlite {
-            return open_store(store).await;
+            return Ok(Shared::Own(open_store(store).await?));
         }
         let file = match self.sqlite.get(&store.path) {
             Some(f) => f.clone(),
@@ -492,7 +495,27 @@ impl Stores {
                 );
             }
         }
-        Ok(Arc::new(file.bot(&spec.key).await?))
+        Ok(Shared::Sqlite(file))
+    }
+}
+
+/// A store as [`Stores::file_of`] gives it: one bots share, or a bot's own.
+pub(crate) enum Shared {
+    Sqlite(SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::store::PostgresStore),
+    Own(Arc<dyn StateStore>),
+}
+
+impl Shared {
+    /// The handle of the bot kept under `key`.
+    pub(crate) async fn bot(self, key: &str) -> Result<Arc<dyn StateStore>, RuntimeError> {
+        Ok(match self {
+            Shared::Sqlite(f) => Arc::new(f.bot(key).await?),
+            #[cfg(feature = "postgres")]
+            Shared::Postgres(db) => Arc::new(db.bot(key).await?),
+            Shared::Own(s) => s,
+        })
     }
 }
 
@@ -591,6 +614,12 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         key,
         book,
         seen: Default::default(),
+        file_bots: config
+            .bots
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.clone(), i))
+            .collect(),
         config,
     });
     let mut tasks = Vec::new();

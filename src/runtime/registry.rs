@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 
 use super::host::{Applied, Host, Live};
 use super::{RuntimeError, Spec};
-use crate::store::{BotRecord, BotSource, BotState};
+use crate::store::{BotRecord, BotSource, BotState, NewBot};
+use futures_util::StreamExt;
 
 /// The keys of a bot's specification that hold credentials: given through
 /// the API they are sealed before they are stored.
@@ -33,6 +34,9 @@ const CREDENTIALS: [(&str, Option<&str>); 3] = [
     ("client_secret", Some("qpien")),
     ("webhook_secret", None),
 ];
+
+/// How many bots start at once (their store calls share commits).
+const STARTING_AT_ONCE: usize = 64;
 
 /// Largest specification the API takes (bytes of JSON).
 const MAX_SPEC_BYTES: usize = 64 * 1024;
@@ -47,13 +51,16 @@ pub(crate) async fn open(
 ) -> Result<JoinHandle<()>, RuntimeError> {
     let book = host.book.clone().expect("a registry");
     let rows = book.bots_since(0).await?;
+    let by_name: std::collections::HashMap<&str, &BotRecord> =
+        rows.iter().map(|r| (r.name.as_str(), r)).collect();
+    let mut writes = Vec::new();
     for bot in &host.config.bots {
         let spec = bot
             .spec
             .clone()
             .unwrap_or_else(|| json!({ "flow": bot.flow }))
             .to_string();
-        let row = rows.iter().rev().find(|r| r.name == bot.name);
+        let row = by_name.get(bot.name.as_str()).copied();
         // Paused stays paused across a restart; removed or new: active.
         let state = match row.map(|r| r.state) {
             Some(BotState::Paused) => BotState::Paused,
@@ -62,31 +69,55 @@ pub(crate) async fn open(
         let same =
             row.is_some_and(|r| r.spec == spec && r.source == BotSource::File && r.state == state);
         if !same {
-            book.put_bot(&bot.name, &spec, state, BotSource::File)
-                .await?;
+            writes.push(NewBot {
+                name: bot.name.clone(),
+                spec,
+                state,
+                source: BotSource::File,
+            });
         }
     }
+    let in_file: std::collections::HashSet<&str> =
+        host.config.bots.iter().map(|b| b.name.as_str()).collect();
     for row in &rows {
-        let in_file = host.config.bots.iter().any(|b| b.name == row.name);
-        if row.source == BotSource::File && row.state != BotState::Removed && !in_file {
+        if row.source == BotSource::File
+            && row.state != BotState::Removed
+            && !in_file.contains(row.name.as_str())
+        {
             tracing::warn!(
                 bot = %row.name,
                 "this bot is no longer in the configuration's [[bots]]: removed from the \
                  registry (its conversations stay in the store)"
             );
-            book.put_bot(&row.name, &row.spec, BotState::Removed, BotSource::File)
-                .await?;
+            writes.push(NewBot {
+                name: row.name.clone(),
+                spec: row.spec.clone(),
+                state: BotState::Removed,
+                source: BotSource::File,
+            });
         }
     }
+    // One commit for them all, however many bots the file names.
+    if !writes.is_empty() {
+        book.put_bots(&writes).await?;
+    }
     drop(specs);
-    // Every row, in order; the file's bots must start.
+    // Every bot at once (each has its own name, so its own row): their store
+    // handles and resumed work are read in shared commits. The file's bots
+    // must start.
     let mut seen = host.seen.lock().await;
-    for row in book.bots_since(0).await? {
-        *seen = (*seen).max(row.version);
-        let from_file =
-            row.source == BotSource::File && host.config.bots.iter().any(|b| b.name == row.name);
-        if let Err(e) = apply(host, &row).await {
-            if from_file {
+    let rows = book.bots_since(0).await?;
+    *seen = rows.iter().map(|r| r.version).max().unwrap_or(0);
+    let started = futures_util::stream::iter(
+        rows.iter()
+            .map(|row| async move { (row, apply(host, row).await) }),
+    )
+    .buffer_unordered(STARTING_AT_ONCE)
+    .collect::<Vec<_>>()
+    .await;
+    for (row, result) in started {
+        if let Err(e) = result {
+            if row.source == BotSource::File && in_file.contains(row.name.as_str()) {
                 return Err(e);
             }
             tracing::error!(bot = %row.name, error = %e, "a registered bot cannot start; the others do");
@@ -190,7 +221,7 @@ async fn apply(host: &Host, row: &BotRecord) -> Result<(), RuntimeError> {
 /// specification, its sealed secrets opened.
 fn resolve(host: &Host, row: &BotRecord) -> Result<Spec, RuntimeError> {
     if row.source == BotSource::File {
-        if let Some(b) = host.config.bots.iter().find(|b| b.name == row.name) {
+        if let Some(b) = host.file_bot(&row.name) {
             return Ok(Spec::of_bot(&host.config, b));
         }
     }

@@ -26,7 +26,7 @@ mod sqlite;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
-pub use registry::{BotRecord, BotRegistry, BotSource, BotState, MemoryRegistry};
+pub use registry::{BotRecord, BotRegistry, BotSource, BotState, MemoryRegistry, NewBot};
 pub use sqlite::{read_sessions as read_sqlite_sessions, Durability, SqliteOptions, SqliteStore};
 
 /// What an import of one bot's earlier store (a file or a schema of its own,

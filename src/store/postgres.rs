@@ -526,40 +526,17 @@ impl super::BotRegistry for PostgresStore {
         state: super::BotState,
         source: super::BotSource,
     ) -> Result<u64, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        // One writer at a time: versions commit in their order, so a reader
-        // that saw one has seen every smaller one.
-        tx.batch_execute("LOCK TABLE registry IN EXCLUSIVE MODE")
-            .await
-            .map_err(pg)?;
-        let version: i64 = tx
-            .query_one(
-                "INSERT INTO registry (name, spec, state, source, version, updated_at)
-                 VALUES ($1, $2, $3, $4, nextval('registry_versions'), $5)
-                 ON CONFLICT (name) DO UPDATE SET spec = $2, state = $3, source = $4,
-                     version = nextval('registry_versions'), updated_at = $5
-                 RETURNING version",
-                &[
-                    &name,
-                    &spec,
-                    &state.as_str(),
-                    &source.as_str(),
-                    &crate::time::now(),
-                ],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        // Delivered when the transaction commits.
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&self.channel(), &format!("{REGISTRY}:{name}")],
-        )
-        .await
-        .map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
-        Ok(version as u64)
+        let row = super::NewBot {
+            name: name.to_owned(),
+            spec: spec.to_owned(),
+            state,
+            source,
+        };
+        self.put_rows(&[row]).await
+    }
+
+    async fn put_bots(&self, rows: &[super::NewBot]) -> Result<(), StoreError> {
+        self.put_rows(rows).await.map(|_| ())
     }
 
     async fn registry_changes(&self) -> Result<Option<UnboundedReceiver<String>>, StoreError> {
@@ -1355,6 +1332,60 @@ impl StateStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Writes registry rows in one transaction, each told to every instance
+    /// listening: the last version given.
+    async fn put_rows(&self, rows: &[super::NewBot]) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // One writer at a time: versions commit in their order, so a reader
+        // that saw one has seen every smaller one.
+        tx.batch_execute("LOCK TABLE registry IN EXCLUSIVE MODE")
+            .await
+            .map_err(pg)?;
+        let put = tx
+            .prepare(
+                "INSERT INTO registry (name, spec, state, source, version, updated_at)
+                 VALUES ($1, $2, $3, $4, nextval('registry_versions'), $5)
+                 ON CONFLICT (name) DO UPDATE SET spec = $2, state = $3, source = $4,
+                     version = nextval('registry_versions'), updated_at = $5
+                 RETURNING version",
+            )
+            .await
+            .map_err(pg)?;
+        let now = crate::time::now();
+        let mut version = 0i64;
+        for r in rows {
+            version = tx
+                .query_one(
+                    &put,
+                    &[
+                        &r.name,
+                        &r.spec,
+                        &r.state.as_str(),
+                        &r.source.as_str(),
+                        &now,
+                    ],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+        }
+        // Delivered when the transaction commits: one notice says "read the
+        // registry" to each instance, whatever the number of rows.
+        let name = match rows {
+            [one] => one.name.as_str(),
+            _ => "",
+        };
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.channel(), &format!("{REGISTRY}:{name}")],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(version as u64)
+    }
+
     /// The `NOTIFY` channel of this schema.
     fn channel(&self) -> String {
         format!("flowbot_{}", self.db.schema)

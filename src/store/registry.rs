@@ -101,6 +101,19 @@ pub struct BotRecord {
     pub updated_at: Millis,
 }
 
+/// A row to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBot {
+    /// Its name.
+    pub name: String,
+    /// Its specification (JSON), secrets sealed.
+    pub spec: String,
+    /// Whether it runs.
+    pub state: BotState,
+    /// Where it was defined.
+    pub source: BotSource,
+}
+
 /// The registry's operations (implemented by the SQLite, PostgreSQL and
 /// in-memory stores, on the store as a whole rather than one bot's handle).
 #[async_trait]
@@ -118,6 +131,15 @@ pub trait BotRegistry: Send + Sync {
         state: BotState,
         source: BotSource,
     ) -> Result<u64, StoreError>;
+
+    /// Writes several rows at once (in one commit where the store can), each
+    /// with the next version, in order.
+    async fn put_bots(&self, rows: &[NewBot]) -> Result<(), StoreError> {
+        for r in rows {
+            self.put_bot(&r.name, &r.spec, r.state, r.source).await?;
+        }
+        Ok(())
+    }
 
     /// Told the name of each bot another instance changes (PostgreSQL's
     /// `NOTIFY`); `None`: the store has no other instances to hear from.

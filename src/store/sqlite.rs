@@ -176,13 +176,8 @@ enum Op {
     DueTimersAll(Millis, usize),
     /// The registry's rows changed after a version.
     RegistrySince(u64),
-    /// A registry row written.
-    RegistryPut {
-        name: String,
-        spec: String,
-        state: BotState,
-        source: BotSource,
-    },
+    /// Registry rows written, in order.
+    RegistryPut(Vec<NewBot>),
 }
 
 enum Reply {
@@ -316,7 +311,7 @@ impl Op {
                 | Op::DeadRemove(_)
                 | Op::TakeBudget { .. }
                 | Op::BudgetDone(_)
-                | Op::RegistryPut { .. }
+                | Op::RegistryPut(_)
         )
     }
 }
@@ -891,29 +886,28 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
             }
             Reply::Registry(out)
         }
-        Op::RegistryPut {
-            name,
-            spec,
-            state,
-            source,
-        } => {
-            let version: i64 = tx
-                .prepare_cached("SELECT coalesce(max(version), 0) + 1 FROM registry")?
+        Op::RegistryPut(rows) => {
+            let mut version: i64 = tx
+                .prepare_cached("SELECT coalesce(max(version), 0) FROM registry")?
                 .query_row([], |r| r.get(0))?;
-            tx.prepare_cached(
+            let mut stmt = tx.prepare_cached(
                 "INSERT INTO registry (name, spec, state, source, version, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(name) DO UPDATE SET spec = ?2, state = ?3, source = ?4,
                      version = ?5, updated_at = ?6",
-            )?
-            .execute(params![
-                name,
-                spec,
-                state.as_str(),
-                source.as_str(),
-                version,
-                crate::time::now()
-            ])?;
+            )?;
+            let now = crate::time::now();
+            for r in rows {
+                version += 1;
+                stmt.execute(params![
+                    r.name,
+                    r.spec,
+                    r.state.as_str(),
+                    r.source.as_str(),
+                    version,
+                    now
+                ])?;
+            }
             Reply::Ids(vec![version as u64])
         }
         Op::BudgetDone(id) => {
@@ -972,16 +966,21 @@ impl BotRegistry for SqliteStore {
         state: BotState,
         source: BotSource,
     ) -> Result<u64, StoreError> {
-        match self
-            .run(Op::RegistryPut {
-                name: name.to_owned(),
-                spec: spec.to_owned(),
-                state,
-                source,
-            })
-            .await?
-        {
+        let row = NewBot {
+            name: name.to_owned(),
+            spec: spec.to_owned(),
+            state,
+            source,
+        };
+        match self.run(Op::RegistryPut(vec![row])).await? {
             Reply::Ids(ids) => Ok(ids.first().copied().unwrap_or(0)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn put_bots(&self, rows: &[NewBot]) -> Result<(), StoreError> {
+        match self.run(Op::RegistryPut(rows.to_vec())).await? {
+            Reply::Ids(_) => Ok(()),
             _ => Err(unexpected()),
         }
     }
