@@ -388,6 +388,13 @@ pub struct RuntimeConfig {
     /// of `[[bots]]`. On whenever `[[bots]]` is given; set it to run a
     /// process whose bots all come from the registry.
     pub registry: bool,
+    /// With several bots: how many turns run at once in all (and as many
+    /// replies are sent at once).
+    pub workers: usize,
+    /// With several bots: how many of the process's workers one bot may
+    /// take at once, so that a bot flooded with traffic cannot delay the
+    /// others (its backlog waits in its own queue).
+    pub max_per_bot: usize,
     /// How often the registry is read for changes made by other instances
     /// (PostgreSQL also tells them at once, with `NOTIFY`).
     #[serde(with = "humantime_serde")]
@@ -409,6 +416,8 @@ impl Default for RuntimeConfig {
             claim_ttl: Duration::from_secs(10),
             metrics_top_bots: 20,
             registry: false,
+            workers: 512,
+            max_per_bot: 32,
             registry_interval: Duration::from_secs(1),
         }
     }

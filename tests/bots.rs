@@ -376,3 +376,109 @@ async fn the_timers_of_bots_sharing_a_store_fire_for_each_bot() {
     .await;
     running.shutdown().await;
 }
+
+/// An action that counts how many of it run at once, and returns only when
+/// the test adds a permit.
+fn counting_registry(
+    gate: Arc<Semaphore>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+) -> Registry {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Count(Arc<Semaphore>, Arc<AtomicUsize>, Arc<AtomicUsize>);
+    #[flowbot::async_trait]
+    impl flowbot::Action for Count {
+        async fn run(
+            &self,
+            _: &mut flowbot::ActionContext<'_>,
+        ) -> Result<flowbot::ActionOutcome, flowbot::ActionError> {
+            let now = self.1.fetch_add(1, Ordering::SeqCst) + 1;
+            self.2.fetch_max(now, Ordering::SeqCst);
+            self.0.acquire().await.unwrap().forget();
+            self.1.fetch_sub(1, Ordering::SeqCst);
+            Ok(flowbot::ActionOutcome::Continue)
+        }
+    }
+    Registry::new().action("block", Count(gate, running, most))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_bot_takes_no_more_than_its_share_of_the_workers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sim = start_sim(|c| c.auto_create_conversations = true).await;
+    let dir = temp_dir("bots-share");
+    std::fs::write(dir.join("flood.yaml"), BLOCKING).unwrap();
+    std::fs::write(dir.join("quiet.yaml"), ECHO).unwrap();
+    let base = config(&sim, &dir);
+    let bot = |name: &str| BotConfig {
+        name: name.into(),
+        flow: dir.join(format!("{name}.yaml")),
+        qpien: base.qpien.clone(),
+        webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
+        ..BotConfig::default()
+    };
+    let mut c = Config {
+        bots: vec![bot("flood"), bot("quiet")],
+        ..base.clone()
+    };
+    // Four workers, three for one bot at most: the flood's forty blocked
+    // turns hold three, and the quiet bot runs on the fourth.
+    c.runtime.workers = 4;
+    c.runtime.max_per_bot = 3;
+    let gate = Arc::new(Semaphore::new(0));
+    let (running_now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let running = flowbot::start(
+        c,
+        counting_registry(gate.clone(), running_now.clone(), most.clone()),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let hook = |name: &str| format!("http://{}/bots/{name}/webhook", running.addr());
+    for i in 0..40 {
+        let conv = format!("f{i}");
+        let status = post(
+            &http,
+            &hook("flood"),
+            "webhook-secret-of-flood",
+            &message(&conv, &conv, "wait"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    wait_until("the flood's turns, blocked", Duration::from_secs(5), || {
+        running_now.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    for i in 0..5 {
+        let conv = format!("q{i}");
+        let status = post(
+            &http,
+            &hook("quiet"),
+            "webhook-secret-of-quiet",
+            &message(&conv, &conv, "hi"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    wait_until(
+        "the quiet bot's answers, during the flood",
+        Duration::from_secs(5),
+        || (0..5).all(|i| replies(&sim, &format!("q{i}")) == ["Echo: hi"]),
+    )
+    .await;
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        3,
+        "the flood took more than its share"
+    );
+    gate.add_permits(40);
+    wait_until(
+        "every flooded conversation, answered",
+        Duration::from_secs(10),
+        || (0..40).all(|i| replies(&sim, &format!("f{i}")) == ["Done waiting."]),
+    )
+    .await;
+    assert_eq!(most.load(Ordering::SeqCst), 3);
+    running.shutdown().await;
+}

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use super::dispatch::{Dispatcher, Inbox};
 use super::http::App;
-use super::lanes::Lanes;
+use super::lanes::{Lanes, Share, Workers};
 use super::metrics::{BotLabel, MetricSet, Metrics, Watched};
 use super::outbox::{Outbox, Sender};
 use super::reload::{BotSlot, FlowCache};
@@ -291,6 +291,9 @@ pub(crate) struct Host {
     /// The highest registry version applied; held while one is applied, so
     /// changes apply one at a time.
     pub(crate) seen: tokio::sync::Mutex<u64>,
+    /// The process's workers for turns and for sends, with several bots
+    /// (see [`super::lanes::Share`]).
+    pub(crate) workers: Option<Workers>,
     /// Where each `[[bots]]` entry is in `config.bots`, by name.
     pub(crate) file_bots: HashMap<String, usize>,
 }
@@ -454,7 +457,12 @@ impl Host {
         let store = live.store.clone();
         let metrics = live.metrics.clone();
         let (feedback, mut learned) = tokio::sync::mpsc::unbounded_channel();
-        let outbox = Outbox::new(Lanes::new(
+        let share = |all: fn(&Workers) -> &Arc<tokio::sync::Semaphore>| {
+            self.workers
+                .as_ref()
+                .map(|w| Share::new(all(w).clone(), config.runtime.max_per_bot))
+        };
+        let outbox = Outbox::new(Lanes::shared(
             Sender {
                 client: face.client.clone(),
                 store: store.clone(),
@@ -470,9 +478,10 @@ impl Host {
                 clock: config.clock.clone(),
             },
             metrics.outbox_depth.clone(),
+            share(|w| &w.sends),
         ));
         let claims = claims::Claims::new(store.clone(), config.runtime.claim_ttl);
-        let turns = Lanes::new(
+        let turns = Lanes::shared(
             Dispatcher {
                 claims: claims.clone(),
                 store: store.clone(),
@@ -490,6 +499,7 @@ impl Host {
                 clock: config.clock.clone(),
             },
             metrics.queue_depth.clone(),
+            share(|w| &w.turns),
         );
         let runner = Arc::new(claims::Runner {
             claims,

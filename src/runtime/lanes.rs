@@ -32,6 +32,55 @@ pub(crate) trait Worker: Send + Sync + 'static {
 /// Each key's queued items, by order number.
 type Queues<T> = HashMap<Arc<str>, BTreeMap<u64, T>>;
 
+/// How many items may run at once when several bots share the process: in
+/// all (its workers) and for one bot. An item takes its bot's permit, then
+/// one of all: a bot flooded with traffic holds at most its cap of the
+/// process's workers, whatever its backlog, and the others' items wait only
+/// behind those (the semaphores are first come, first served).
+#[derive(Debug, Clone)]
+pub(crate) struct Share {
+    pub(crate) all: Arc<tokio::sync::Semaphore>,
+    pub(crate) bot: Arc<tokio::sync::Semaphore>,
+}
+
+/// The process's workers when several bots share it: for turns, and as
+/// many for sends.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    pub(crate) turns: Arc<tokio::sync::Semaphore>,
+    pub(crate) sends: Arc<tokio::sync::Semaphore>,
+}
+
+impl Workers {
+    pub(crate) fn new(n: usize) -> Workers {
+        Workers {
+            turns: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+            sends: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+        }
+    }
+}
+
+impl Share {
+    /// `bot`'s own cap, under the process's `all`.
+    pub(crate) fn new(all: Arc<tokio::sync::Semaphore>, per_bot: usize) -> Share {
+        Share {
+            all,
+            bot: Arc::new(tokio::sync::Semaphore::new(per_bot.max(1))),
+        }
+    }
+
+    async fn take(
+        &self,
+    ) -> Option<(
+        tokio::sync::SemaphorePermit<'_>,
+        tokio::sync::SemaphorePermit<'_>,
+    )> {
+        let bot = self.bot.acquire().await.ok()?;
+        let all = self.all.acquire().await.ok()?;
+        Some((bot, all))
+    }
+}
+
 /// Ordered queues per key, with their worker.
 pub(crate) struct Lanes<W: Worker> {
     queues: Mutex<Queues<W::Item>>,
@@ -42,11 +91,19 @@ pub(crate) struct Lanes<W: Worker> {
     changed: Notify,
     worker: W,
     depth: Gauge,
+    /// What items of several bots share (none: the process's one bot).
+    share: Option<Share>,
 }
 
 impl<W: Worker> Lanes<W> {
     /// Lanes run by `worker`; `depth` shows how many items are pending.
+    #[cfg(test)]
     pub(crate) fn new(worker: W, depth: Gauge) -> Arc<Self> {
+        Lanes::shared(worker, depth, None)
+    }
+
+    /// Lanes whose items run within `share` (see [`Share`]).
+    pub(crate) fn shared(worker: W, depth: Gauge, share: Option<Share>) -> Arc<Self> {
         Arc::new(Lanes {
             queues: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
@@ -54,6 +111,7 @@ impl<W: Worker> Lanes<W> {
             changed: Notify::new(),
             worker,
             depth,
+            share,
         })
     }
 
@@ -120,6 +178,10 @@ impl<W: Worker> Lanes<W> {
 
     async fn work(self: Arc<Self>, key: Arc<str>) {
         while let Some(item) = self.next(&key) {
+            let _permits = match &self.share {
+                Some(share) => share.take().await,
+                None => None,
+            };
             let go_on = self.worker.run(&key, item).await;
             self.len.fetch_sub(1, Ordering::SeqCst);
             self.depth.set(self.len() as i64);

@@ -614,6 +614,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         key,
         book,
         seen: Default::default(),
+        workers: many.then(|| lanes::Workers::new(config.runtime.workers)),
         file_bots: config
             .bots
             .iter()
