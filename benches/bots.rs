@@ -50,7 +50,27 @@ fn config(
     normal: bool,
     schema: Option<&str>,
 ) -> std::path::PathBuf {
-    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml");
+    // `FLOWS` flow files, each the support flow under a name and greeting
+    // of its own (so each is compiled on its own); bot b runs flow b mod
+    // FLOWS.
+    let support =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"))
+            .unwrap();
+    let flows = flows().min(bots).max(1);
+    let paths: Vec<std::path::PathBuf> = (0..flows)
+        .map(|f| {
+            let path = dir.join(format!("support-{f}.yaml"));
+            let text = support
+                .replacen("name: support", &format!("name: support_{f}"), 1)
+                .replacen(
+                    "Hi! How can we help?",
+                    &format!("Hi! How can we help? ({f})"),
+                    1,
+                );
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
     let mut toml = format!(
         "[qpien]\nendpoint = {qpien:?}\nwhatsapp_operation = \"create_message\"\n\
          [qpien.rate_limit]\nrequests = 10000000\nper = \"1s\"\n\
@@ -68,6 +88,7 @@ fn config(
         );
     }
     for b in 0..bots {
+        let flow = &paths[b % flows];
         toml.push_str(&format!("[[bots]]\nname = \"b{b}\"\nflow = {flow:?}\n"));
     }
     let path = dir.join("flowbot.toml");
@@ -149,6 +170,11 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// How many distinct flow files the bots run (`--flows`, default 100).
+fn flows() -> usize {
+    arg("--flows", 100usize)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == "run") {
@@ -184,9 +210,12 @@ fn main() {
         let qpien = stand_in(created.clone()).await;
 
         // One bot, for the process's own share.
-        let (one, _, one_start) = serve(&dir.join("one"), 1, &qpien, normal, pg).await;
+        let (one, one_addr, one_start) = serve(&dir.join("one"), 1, &qpien, normal, pg).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss_one = rss_kib(one.id());
+        // The same load on one bot, in the same run: what all bots together
+        // are compared with.
+        let rate_one = all_at_once(&one_addr, 1, conversations, concurrency, &created).await;
         stop(one);
 
         // N bots.
@@ -201,36 +230,7 @@ fn main() {
         let per_bot = (rss_many.saturating_sub(rss_one)) as f64 / (bots - 1) as f64;
 
         // All at once: conversation c on bot c mod N.
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(512)
-            .build()
-            .unwrap();
-        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
-        let base = created.load(Ordering::Relaxed);
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..conversations)
-            .map(|c| {
-                let (http, slots) = (http.clone(), slots.clone());
-                let url = format!("http://{addr}/bots/b{}/webhook", c % bots);
-                tokio::spawn(async move {
-                    let _slot = slots.acquire_owned().await.unwrap();
-                    for m in script(&format!("c{c}"), 0) {
-                        post(&http, &url, &m).await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        // The support script folds to 11 createMessage calls per conversation.
-        let want = base + conversations * 11;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while created.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        assert!(created.load(Ordering::Relaxed) >= want, "every reply reached the stand-in");
-        let rate = (conversations * 11) as f64 / started.elapsed().as_secs_f64();
+        let rate = all_at_once(&addr, bots, conversations, concurrency, &created).await;
         let rss_loaded = rss_kib(many.id());
         let connections = match connections {
             Some(c) => Some(c.finish().await),
@@ -258,6 +258,11 @@ fn main() {
         println!(
             "all at once: {} turns ({conversations} conversations over {bots} bots, {concurrency} at a time): {rate:.0} turns/s; resident after: {rss_loaded} KiB",
             conversations * 11
+        );
+        println!(
+            "one bot: {rate_one:.0} turns/s with the same load in the same run; all bots at {:.0}% of it; {} distinct flow files",
+            rate / rate_one * 100.0,
+            flows().min(bots)
         );
         if let Some((idle, most)) = connections {
             println!(
@@ -317,4 +322,50 @@ impl Connections {
         let _ = self.task.await;
         (self.idle, self.most.load(Ordering::Relaxed))
     }
+}
+
+/// Runs `conversations` support scripts against the process at `addr`,
+/// conversation c on bot c mod `bots`, `concurrency` at a time: turns/s
+/// until the last reply reached the stand-in.
+async fn all_at_once(
+    addr: &str,
+    bots: usize,
+    conversations: usize,
+    concurrency: usize,
+    created: &Arc<AtomicUsize>,
+) -> f64 {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let base = created.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..conversations)
+        .map(|c| {
+            let (http, slots) = (http.clone(), slots.clone());
+            let url = format!("http://{addr}/bots/b{}/webhook", c % bots);
+            let conversation = format!("{addr}-c{c}");
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await.unwrap();
+                for m in script(&conversation, 0) {
+                    post(&http, &url, &m).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The support script folds to 11 createMessage calls per conversation.
+    let want = base + conversations * 11;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while created.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        created.load(Ordering::Relaxed) >= want,
+        "every reply reached the stand-in"
+    );
+    (conversations * 11) as f64 / started.elapsed().as_secs_f64()
 }

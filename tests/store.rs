@@ -703,7 +703,7 @@ async fn postgres_claims_fence_and_wake() {
     assert_eq!(b.commit(commit(t2)).await.unwrap().len(), 1);
     assert_eq!(b.outbox(0, 10).await.unwrap().len(), 1);
     assert!(a.outbox(0, 10).await.unwrap().is_empty());
-    b.unclaim("c1").await.unwrap();
+    b.unclaim("c1", t2).await.unwrap();
     assert_eq!(a.orphans(10).await.unwrap(), ["c1"], "its outbox is left");
 }
 

@@ -36,8 +36,34 @@ use crate::store::{InboxItem, StateStore, StoreError};
 pub(crate) struct Claims {
     store: Arc<dyn StateStore>,
     ttl: Duration,
-    /// Conversation -> fencing token, for the conversations held.
-    held: Mutex<HashMap<String, u64>>,
+    /// The conversations held: their fencing token, and how many routings
+    /// are under way for them (see [`Pinned`]).
+    held: Mutex<HashMap<String, Held>>,
+    /// Claims being given up, each closed once its row is gone.
+    retiring: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    token: u64,
+    pins: usize,
+}
+
+/// A held conversation that is being routed: from the moment its claim is
+/// found (or made) to when its work is in the lanes. The sweep gives up only
+/// claims with no pin and no work in the lanes, so a message routed to a
+/// held conversation never has its claim given up under it.
+pub(crate) struct Pinned<'a> {
+    claims: &'a Claims,
+    conversation: &'a str,
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.claims.lock().get_mut(self.conversation) {
+            h.pins = h.pins.saturating_sub(1);
+        }
+    }
 }
 
 impl Claims {
@@ -46,10 +72,11 @@ impl Claims {
             store,
             ttl,
             held: Mutex::new(HashMap::new()),
+            retiring: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -64,7 +91,7 @@ impl Claims {
         if !self.shared() {
             return None;
         }
-        self.lock().get(conversation).copied()
+        self.lock().get(conversation).map(|h| h.token)
     }
 
     /// Forgets a conversation taken over by another instance.
@@ -72,19 +99,75 @@ impl Claims {
         self.lock().remove(conversation);
     }
 
-    /// Claims `conversation` unless held already. `Some(true)`: newly claimed
-    /// (its work left in the store must be read); `Some(false)`: held
-    /// already; `None`: another instance holds it.
-    async fn acquire(&self, conversation: &str) -> Result<Option<bool>, StoreError> {
-        if self.lock().contains_key(conversation) {
-            return Ok(Some(false));
+    /// Claims `conversation` unless held already, and pins it. `Some(true)`:
+    /// newly claimed (its work left in the store must be read);
+    /// `Some(false)`: held already; `None`: another instance holds it.
+    async fn acquire<'a>(
+        &'a self,
+        conversation: &'a str,
+    ) -> Result<Option<(bool, Pinned<'a>)>, StoreError> {
+        let pinned = || Pinned {
+            claims: self,
+            conversation,
+        };
+        if let Some(h) = self.lock().get_mut(conversation) {
+            h.pins += 1;
+            return Ok(Some((false, pinned())));
+        }
+        // A claim being given up is claimed again only once it is gone from
+        // the store (else the giving up would delete the new claim's row).
+        let giving_up = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(conversation)
+            .cloned();
+        if let Some(done) = giving_up {
+            let _ = done.acquire().await;
         }
         match self.store.claim(conversation, self.ttl).await? {
             Some(token) => {
-                let fresh = self.lock().insert(conversation.to_owned(), token).is_none();
-                Ok(Some(fresh))
+                let mut held = self.lock();
+                let h = held
+                    .entry(conversation.to_owned())
+                    .or_insert(Held { token, pins: 0 });
+                let fresh = h.pins == 0 && h.token == token;
+                h.pins += 1;
+                drop(held);
+                Ok(Some((fresh, pinned())))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Takes out of the held claims those `idle` says are idle and no
+    /// routing has pinned: what to give up, with their tokens. Each stays
+    /// "being given up" until [`Claims::given_up`].
+    fn retire(&self, idle: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
+        let mut held = self.lock();
+        let gone: Vec<(String, u64)> = held
+            .iter()
+            .filter(|(c, h)| h.pins == 0 && idle(c))
+            .map(|(c, h)| (c.clone(), h.token))
+            .collect();
+        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        for (c, _) in &gone {
+            held.remove(c);
+            retiring.insert(c.clone(), Arc::new(tokio::sync::Semaphore::new(0)));
+        }
+        gone
+    }
+
+    /// A claim retired is gone from the store: a routing waiting for it
+    /// claims again.
+    fn given_up(&self, conversation: &str) {
+        if let Some(done) = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(conversation)
+        {
+            done.close();
         }
     }
 }
@@ -107,7 +190,7 @@ impl Runner {
         }
         let conversation = item.conversation.clone();
         match self.claims.acquire(&conversation).await? {
-            Some(false) => {
+            Some((false, _pinned)) => {
                 // Held here. A message of it accepted by another instance
                 // before this one came may still be on its way (the wake-up
                 // is asynchronous): arrival order is the store's order, so
@@ -122,7 +205,7 @@ impl Runner {
                 }
                 self.turns.queue(item);
             }
-            Some(true) => {
+            Some((true, _pinned)) => {
                 // Its leftovers first, before any turn of it can run here.
                 self.adopt(&conversation, Some(item.seq)).await?;
                 self.turns.queue(item);
@@ -147,7 +230,12 @@ impl Runner {
         self.outbox.adopt(conversation).await?;
         let pending = self.claims.store.pending_of(conversation).await?;
         for mut item in pending {
-            item.resumed = Some(item.seq) != fresh;
+            // The fresh one is queued by its routing, once: queued here too,
+            // it could be taken from the lane before that and run twice.
+            if Some(item.seq) == fresh {
+                continue;
+            }
+            item.resumed = true;
             self.turns.queue(item);
         }
         Ok(())
@@ -156,11 +244,11 @@ impl Runner {
     /// Takes `conversation` if nobody holds it, and reads its work.
     async fn take(&self, conversation: &str) -> Result<(), StoreError> {
         match self.claims.acquire(conversation).await? {
-            Some(true) => {
+            Some((true, _pinned)) => {
                 tracing::info!(conversation, "conversation taken over");
                 self.adopt(conversation, None).await
             }
-            Some(false) => {
+            Some((false, _pinned)) => {
                 // Held here already: read what another instance accepted. The
                 // read may be older than a commit made here meanwhile: marked
                 // resumed, each item is checked to be still pending before
@@ -220,15 +308,26 @@ impl Runner {
     }
 
     async fn sweep(&self) -> Result<(), StoreError> {
-        let held: Vec<String> = self.claims.lock().keys().cloned().collect();
-        let (busy, idle): (Vec<String>, Vec<String>) = held.into_iter().partition(|c| self.busy(c));
+        // Idle (no work here, no routing under way): checked and taken out
+        // under one lock, then given up in the store; a message routed
+        // meanwhile claims again once that is done.
+        let idle = self.claims.retire(|c| !self.busy(c));
+        let mut failed = None;
+        for (conversation, token) in &idle {
+            if let Err(e) = self.claims.store.unclaim(conversation, *token).await {
+                failed.get_or_insert(e);
+            }
+            self.claims.given_up(conversation);
+        }
+        let busy: Vec<String> = self.claims.lock().keys().cloned().collect();
         for lost in self.claims.store.renew(&busy, self.claims.ttl).await? {
             tracing::warn!(conversation = %lost, "a claim was lost to another instance");
             self.claims.lost(&lost);
         }
-        for conversation in idle {
-            self.claims.store.unclaim(&conversation).await?;
-            self.claims.lost(&conversation);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for (conversation, _) in idle {
             // A message accepted elsewhere while the claim was held here.
             if !self
                 .claims

@@ -30,7 +30,15 @@ pub(crate) trait Worker: Send + Sync + 'static {
 }
 
 /// Each key's queued items, by order number.
-type Queues<T> = HashMap<Arc<str>, BTreeMap<u64, T>>;
+type Queues<T> = HashMap<Arc<str>, Lane<T>>;
+
+/// One key's queue, and the order number of the item it took last: that
+/// item queued again once taken (two routings of one message) is not run
+/// twice.
+struct Lane<T> {
+    items: BTreeMap<u64, T>,
+    taken: Option<u64>,
+}
 
 /// How many items may run at once when several bots share the process: in
 /// all (its workers) and for one bot. An item takes its bot's permit, then
@@ -149,13 +157,25 @@ impl<W: Worker> Lanes<W> {
         let (key, order) = W::key(&item);
         let mut queues = self.lock();
         if let Some(lane) = queues.get_mut(key) {
-            if let std::collections::btree_map::Entry::Vacant(e) = lane.entry(order) {
+            // The one just taken, queued again by a second routing. (An
+            // older one is still queued: one accepted elsewhere, found late,
+            // runs; one already run was routed as resumed and is checked.)
+            if lane.taken == Some(order) {
+                return;
+            }
+            if let std::collections::btree_map::Entry::Vacant(e) = lane.items.entry(order) {
                 e.insert(item);
                 self.len.fetch_add(1, Ordering::SeqCst);
             }
         } else {
             let key: Arc<str> = Arc::from(key);
-            queues.insert(key.clone(), BTreeMap::from([(order, item)]));
+            queues.insert(
+                key.clone(),
+                Lane {
+                    items: BTreeMap::from([(order, item)]),
+                    taken: None,
+                },
+            );
             self.len.fetch_add(1, Ordering::SeqCst);
             // Registered under the queues' lock: the task removes itself under
             // it too, so it cannot be gone before it is registered.
@@ -196,8 +216,11 @@ impl<W: Worker> Lanes<W> {
     fn next(&self, key: &str) -> Option<W::Item> {
         let mut queues = self.lock();
         let lane = queues.get_mut(key)?;
-        match lane.pop_first() {
-            Some((_, item)) => Some(item),
+        match lane.items.pop_first() {
+            Some((order, item)) => {
+                lane.taken = Some(order);
+                Some(item)
+            }
             None => {
                 queues.remove(key);
                 self.task_handles().remove(key);
@@ -213,7 +236,7 @@ impl<W: Worker> Lanes<W> {
 
     /// How many items `key` has waiting (the one in progress not counted).
     pub(crate) fn queued(&self, key: &str) -> usize {
-        self.lock().get(key).map_or(0, BTreeMap::len)
+        self.lock().get(key).map_or(0, |l| l.items.len())
     }
 
     /// Items queued or in progress.
@@ -265,5 +288,49 @@ mod tests {
         assert_eq!(a, [1, 2], "queued before the worker ran: in order");
         assert_eq!(log.len(), 3, "{log:?}");
         assert!(lanes.lock().is_empty(), "idle lanes are removed");
+    }
+
+    #[tokio::test]
+    async fn an_item_queued_again_while_it_runs_runs_once() {
+        let lanes = Lanes::new(Log(Mutex::new(Vec::new())), Gauge::default());
+        lanes.queue(("a".into(), 1));
+        lanes.queue(("a".into(), 2));
+        // Let the worker take 1 (it yields inside), then route 1 again.
+        tokio::task::yield_now().await;
+        lanes.queue(("a".into(), 1));
+        lanes.drained().await;
+        let log = lanes.worker().0.lock().unwrap().clone();
+        assert_eq!(log, [("a".into(), 1), ("a".into(), 2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bot_runs_no_more_items_at_once_than_its_share() {
+        use std::sync::atomic::AtomicUsize;
+        struct Slow(AtomicUsize, AtomicUsize);
+        #[async_trait]
+        impl Worker for Slow {
+            type Item = (String, u64);
+            fn key(item: &Self::Item) -> (&str, u64) {
+                (&item.0, item.1)
+            }
+            async fn run(&self, _key: &str, _item: Self::Item) -> bool {
+                let now = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+                self.1.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                self.0.fetch_sub(1, Ordering::SeqCst);
+                true
+            }
+        }
+        let all = Arc::new(tokio::sync::Semaphore::new(8));
+        let lanes = Lanes::shared(
+            Slow(AtomicUsize::new(0), AtomicUsize::new(0)),
+            Gauge::default(),
+            Some(Share::new(all, 3)),
+        );
+        for k in 0..20 {
+            lanes.queue((format!("c{k}"), 1));
+        }
+        lanes.drained().await;
+        assert_eq!(lanes.worker().1.load(Ordering::SeqCst), 3);
     }
 }

@@ -329,8 +329,9 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
-    /// Gives up a claim.
-    async fn unclaim(&self, _conversation: &str) -> Result<(), StoreError> {
+    /// Gives up a claim, if it is still the one of `token` (a claim made
+    /// again since, with a new token, stays).
+    async fn unclaim(&self, _conversation: &str, _token: u64) -> Result<(), StoreError> {
         Ok(())
     }
     /// Conversations with unfinished work (inbox or outbox) that no live

@@ -1042,17 +1042,18 @@ impl StateStore for PostgresStore {
             .collect())
     }
 
-    async fn unclaim(&self, conversation: &str) -> Result<(), StoreError> {
+    async fn unclaim(&self, conversation: &str, token: u64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
                 &client
                     .prepare_cached(
-                        "DELETE FROM claims WHERE bot = $3 AND conversation = $1 AND owner = $2",
+                        "DELETE FROM claims
+                         WHERE bot = $3 AND conversation = $1 AND owner = $2 AND token = $4",
                     )
                     .await
                     .map_err(pg)?,
-                &[&conversation, &self.db.owner, &self.bot],
+                &[&conversation, &self.db.owner, &self.bot, &(token as i64)],
             )
             .await
             .map_err(pg)?;
