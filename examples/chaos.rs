@@ -22,7 +22,9 @@
 //! Run: `scripts/chaos.sh [--conversations N]` (it builds the binary and
 //! provides the database), or
 //! `cargo run --release --example chaos -- --bin target/release/flowbot
-//! --postgres postgres://postgres@127.0.0.1:5432/postgres [--conversations N]`.
+//! --postgres postgres://postgres@127.0.0.1:5432/postgres [--conversations N] [--bots N]`
+//! (`--bots N`: each instance runs N bots, `[[bots]]` of one flow, and
+//! conversation c goes to bot c mod N).
 
 #![allow(missing_docs, unreachable_pub, dead_code)]
 
@@ -66,6 +68,9 @@ pub struct Options {
     /// Each message of a conversation to the next instance in turn, rather
     /// than to one at random.
     pub alternate: bool,
+    /// Bots in each instance (`[[bots]]`, one flow, one Qpien account);
+    /// conversation c goes to bot c mod `bots`. 0: a single-bot instance.
+    pub bots: usize,
 }
 
 impl Options {
@@ -80,6 +85,7 @@ impl Options {
             flows: PathBuf::from("flows"),
             instances: 3,
             alternate: false,
+            bots: 0,
         }
     }
 }
@@ -229,19 +235,30 @@ impl Drop for Instance {
 
 fn spawn(opts: &Options, dir: &Path, sim: &RunningSim, schema: &str, n: usize) -> Instance {
     let config = dir.join(format!("instance-{n}.toml"));
+    let flow = std::fs::canonicalize(opts.flows.join("support.yaml"))
+        .expect("flows/support.yaml")
+        .display()
+        .to_string();
+    let bots: String = (0..opts.bots)
+        .map(|b| format!("[[bots]]\nname = \"b{b}\"\nflow = {flow:?}\n"))
+        .collect();
+    // With many bots, a small pool: they share it (and runs side by side in
+    // the tests stay within the server's connections).
+    let (top_flow, pool) = match opts.bots {
+        0 => (format!("flow = {flow:?}\n"), ""),
+        _ => (String::new(), "max_connections = 6\n"),
+    };
     std::fs::write(
         &config,
         format!(
-            "flow = \"{flow}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\nbackend = \"postgres\"\nschema = \"{schema}\"\n\
+            "{top_flow}[server]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\nbackend = \"postgres\"\nschema = \"{schema}\"\n{pool}\
              [runtime]\nclaim_ttl = \"3s\"\nshutdown_deadline = \"3s\"\n\
              [qpien]\nwhatsapp_operation = \"create_message\"\n\
              [qpien.rate_limit]\nrequests = {share}\nper = \"1s\"\n\
-             [qpien.retry]\nmax_attempts = 4\nmin_delay = \"10ms\"\nmax_delay = \"100ms\"\n",
+             [qpien.retry]\nmax_attempts = 4\nmin_delay = \"10ms\"\nmax_delay = \"100ms\"\n\
+             {bots}",
             share = RATE,
-            flow = std::fs::canonicalize(opts.flows.join("support.yaml"))
-                .expect("flows/support.yaml")
-                .display()
         ),
     )
     .expect("write the configuration");
@@ -296,6 +313,7 @@ fn signal(child: &Child, sig: &str) {
 async fn deliver(
     http: &reqwest::Client,
     urls: &tokio::sync::RwLock<Vec<Option<String>>>,
+    path: &str,
     body: &[u8],
     mut pick: usize,
 ) {
@@ -307,7 +325,7 @@ async fn deliver(
             let url = &live[pick % live.len()];
             pick += 1;
             let sent = http
-                .post(format!("{url}/webhook"))
+                .post(format!("{url}{path}"))
                 .header("content-type", "application/json")
                 .header("X-Qpien-Signature", &signature)
                 .body(body.to_vec())
@@ -403,9 +421,14 @@ pub async fn run(opts: Options) -> Report {
         );
         let mut rng = fastrand::Rng::with_seed(opts.seed.wrapping_add(c as u64));
         let alternate = opts.alternate;
+        let bots = opts.bots;
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.expect("the semaphore");
             let conversation = format!("k{c}");
+            let path = match bots {
+                0 => "/webhook".to_owned(),
+                n => format!("/bots/b{}/webhook", c % n),
+            };
             let count = |s: &flowbot::internals::sim::SimState| {
                 s.created()
                     .iter()
@@ -430,13 +453,13 @@ pub async fn run(opts: Options) -> Report {
                 let twice = rng.f64();
                 if twice < 0.1 {
                     tokio::join!(
-                        deliver(&http, &urls, &body, pick),
-                        deliver(&http, &urls, &body, pick + 1)
+                        deliver(&http, &urls, &path, &body, pick),
+                        deliver(&http, &urls, &path, &body, pick + 1)
                     );
                 } else {
-                    deliver(&http, &urls, &body, pick).await;
+                    deliver(&http, &urls, &path, &body, pick).await;
                     if twice < 0.2 {
-                        deliver(&http, &urls, &body, pick + 1).await;
+                        deliver(&http, &urls, &path, &body, pick + 1).await;
                     }
                 }
                 // No waiting for the answer: the next message goes the
@@ -574,6 +597,7 @@ fn main() -> std::process::ExitCode {
     opts.flows = arg(&args, "--flows").unwrap_or(opts.flows);
     opts.instances = arg(&args, "--instances").unwrap_or(opts.instances);
     opts.alternate = args.iter().any(|a| a == "--alternate");
+    opts.bots = arg(&args, "--bots").unwrap_or(opts.bots);
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let report = rt.block_on(run(opts));
     println!(

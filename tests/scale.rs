@@ -269,6 +269,22 @@ async fn chaos_three_instances_a_kill_and_a_stop() {
     assert!(report.ok(), "{}", report.line());
 }
 
+/// The same with 50 bots in each of the three instances (conversation c on
+/// bot c mod 50): claims, fences, budgets and the registry keyed by bot hold
+/// through the kill and the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_fifty_bots_over_three_instances() {
+    let Some(url) = postgres_url("chaos_fifty_bots_over_three_instances") else {
+        return;
+    };
+    let mut opts = chaos::Options::new(100, env!("CARGO_BIN_EXE_flowbot").into(), url);
+    opts.concurrency = 25;
+    opts.seed = 13;
+    opts.bots = 50;
+    let report = chaos::run(opts).await;
+    assert!(report.ok(), "{}", report.line());
+}
+
 /// Arrival order across instances: two instances, each message of a
 /// conversation sent to the other instance than the one before, the moment
 /// the one before was acknowledged (so the holder of the conversation is
