@@ -5,7 +5,7 @@
 # restarted, another stopped with SIGTERM. Its last line is
 # "answered X/X exactly once, in order, 0 x 429", or what went wrong.
 #
-# Usage: scripts/chaos.sh [--conversations N] [--concurrency N] [--seed N]
+# Usage: scripts/chaos.sh [--conversations N] [--concurrency N] [--seed N] [--bots N]
 # The database: $FLOWBOT_TEST_POSTGRES_URL, else postgres://postgres@127.0.0.1:5432/postgres
 # (a schema of its own is made in it and dropped at the end).
 set -euo pipefail
