@@ -59,6 +59,22 @@ async fn post(http: &reqwest::Client, url: &str, secret: &str, body: &serde_json
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
+    isolation(None).await;
+}
+
+/// The same, the bots sharing a PostgreSQL schema and its pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
+    let Some(url) = crate::store::postgres_url("on_postgres_one_bot_blocked") else {
+        return;
+    };
+    let schema = crate::scale::fresh_schema(&url, "isolation").await;
+    isolation(Some((url, schema))).await;
+}
+
+/// `slow` blocked in an action, answered 429 and its flow broken while
+/// `quick` answers; on SQLite, or on PostgreSQL at `postgres` (URL, schema).
+async fn isolation(postgres: Option<(String, String)>) {
     // `slow`'s Qpien answers one call in two seconds and 429 to the rest;
     // `quick` has an account of its own.
     let sim_slow = start_sim(|c| {
@@ -67,7 +83,10 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
     })
     .await;
     let sim_quick = start_sim(|c| c.auto_create_conversations = true).await;
-    let dir = temp_dir("bots-isolation");
+    let dir = temp_dir(match postgres {
+        Some(_) => "bots-isolation-pg",
+        None => "bots-isolation",
+    });
     std::fs::write(dir.join("slow.yaml"), BLOCKING).unwrap();
     std::fs::write(dir.join("quick.yaml"), ECHO).unwrap();
     let base = config(&sim_quick, &dir);
@@ -82,10 +101,15 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
             ..BotConfig::default()
         }
     };
-    let c = Config {
+    let mut c = Config {
         bots: vec![bot("slow", &sim_slow), bot("quick", &sim_quick)],
         ..base.clone()
     };
+    if let Some((url, schema)) = &postgres {
+        c.store.backend = flowbot::internals::config::StoreBackend::Postgres;
+        c.store.url = Secret::new(url.clone());
+        c.store.schema = schema.clone();
+    }
     let gate = Arc::new(Semaphore::new(0));
     let running = flowbot::start(c, blocking_registry(gate.clone()))
         .await
@@ -242,8 +266,11 @@ async fn one_bot_blocked_rate_limited_and_broken_never_holds_up_another() {
         "slow's Qpien did answer 429"
     );
 
-    // One file holds both bots' conversations, each under its own key.
     running.shutdown().await;
+    if postgres.is_some() {
+        return;
+    }
+    // One file holds both bots' conversations, each under its own key.
     assert!(!dir.join("flowbot.slow.db").exists() && !dir.join("flowbot.quick.db").exists());
     let count = |bot: &str| {
         let mut n = 0;

@@ -218,23 +218,49 @@ async fn readyz(State(shared): State<Arc<App>>) -> Response {
     readiness_reply(ready, &body)
 }
 
+/// Past this many bots the root `/readyz` runs no bot's checks (each is a
+/// store write and a Qpien token): it checks the store once and reports what
+/// each bot's own `/bots/<name>/readyz` found last.
+const CHECKED_AT_ROOT: usize = 100;
+
 /// The root `/readyz` of a process that runs several bots: ready while it
 /// serves and at least one bot is ready (a bot that cannot work must not take
 /// the others out of a load balancer); each bot's state in `bots`, and at
-/// `/bots/<name>/readyz`.
+/// `/bots/<name>/readyz`. With more than [`CHECKED_AT_ROOT`] bots: ready
+/// while it serves and the store answers; each bot's last checks, `null`
+/// where none ran yet.
 async fn readyz_all(State(host): State<Arc<Host>>) -> Response {
     let lives = host.directory.all();
     let apps: Vec<Arc<App>> = lives.iter().map(|l| l.app()).collect();
-    let states = futures_util::future::join_all(apps.iter().map(|a| readiness(a))).await;
-    // A process of the registry's bots may have none yet: it serves.
-    let any = lives.is_empty() || states.iter().any(|(ready, _)| *ready);
     let stopping = host.stop.is_stopping();
-    let ready = any && !stopping;
     let mut bots = serde_json::Map::new();
-    for ((live, app), (_, mut body)) in lives.iter().zip(&apps).zip(states) {
-        body["state"] = serde_json::Value::from(super::registry::state_of(live).await);
-        bots.insert(app.name.clone().unwrap_or_default(), body);
-    }
+    let ready = if apps.len() <= CHECKED_AT_ROOT {
+        let states = futures_util::future::join_all(apps.iter().map(|a| readiness(a))).await;
+        // A process of the registry's bots may have none yet: it serves.
+        let any = lives.is_empty() || states.iter().any(|(ready, _)| *ready);
+        for ((live, app), (_, mut body)) in lives.iter().zip(&apps).zip(states) {
+            body["state"] = serde_json::Value::from(super::registry::state_of(live).await);
+            bots.insert(app.name.clone().unwrap_or_default(), body);
+        }
+        any && !stopping
+    } else {
+        let store = tokio::time::timeout(Duration::from_secs(2), apps[0].store.ping()).await;
+        let store_ok = matches!(store, Ok(Ok(())));
+        for (live, app) in lives.iter().zip(&apps) {
+            let last = app.checked.try_lock().ok().and_then(|c| c.clone());
+            let ready = last
+                .map(|(_, c)| c.store.is_none() && c.qpien.is_none())
+                .map_or(serde_json::Value::Null, serde_json::Value::from);
+            bots.insert(
+                app.name.clone().unwrap_or_default(),
+                serde_json::json!({
+                    "ready": ready,
+                    "state": super::registry::state_of(live).await,
+                }),
+            );
+        }
+        store_ok && !stopping
+    };
     let body = serde_json::json!({
         "ready": ready,
         "stopping": stopping,
