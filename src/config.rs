@@ -95,6 +95,38 @@ pub struct BotConfig {
 }
 
 impl BotConfig {
+    /// Reads the secrets its `*_file` keys name (`at` names it in errors).
+    fn read_secret_files(&mut self, at: &str) -> Result<(), ConfigError> {
+        for (key, path, secret) in [
+            (
+                "qpien.client_id",
+                self.qpien.client_id_file.clone(),
+                &mut self.qpien.client_id,
+            ),
+            (
+                "qpien.client_secret",
+                self.qpien.client_secret_file.clone(),
+                &mut self.qpien.client_secret,
+            ),
+            (
+                "webhook_secret",
+                self.webhook_secret_file.clone(),
+                &mut self.webhook_secret,
+            ),
+        ] {
+            if let Some(path) = path {
+                *secret = std::fs::read_to_string(&path)
+                    .map(|s| Secret::new(s.trim()))
+                    .map_err(|e| ConfigError::SecretFile {
+                        key: format!("{at}.{key}"),
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Its webhook path.
     pub fn webhook_path(&self) -> String {
         self.webhook_path
@@ -576,28 +608,7 @@ impl Config {
             .and_then(|v| serde_json::to_value(v).ok());
         config.bots = Config::bots(&figment, &config, file.is_some())?;
         for bot in &mut config.bots {
-            let name = &bot.name;
-            for (key, path, secret) in [
-                (
-                    "qpien.client_id",
-                    bot.qpien.client_id_file.clone(),
-                    &mut bot.qpien.client_id,
-                ),
-                (
-                    "qpien.client_secret",
-                    bot.qpien.client_secret_file.clone(),
-                    &mut bot.qpien.client_secret,
-                ),
-                (
-                    "webhook_secret",
-                    bot.webhook_secret_file.clone(),
-                    &mut bot.webhook_secret,
-                ),
-            ] {
-                if let Some(path) = path {
-                    *secret = read(&format!("bots[{name}].{key}"), &path)?;
-                }
-            }
+            bot.read_secret_files(&format!("bots[{}]", bot.name))?;
         }
         // Relative paths in the file are relative to the file.
         if let Some(dir) = file.and_then(Path::parent) {
@@ -781,33 +792,7 @@ impl Config {
                     .join("; "),
             )
         })?;
-        for (key, path, secret) in [
-            (
-                "qpien.client_id",
-                bot.qpien.client_id_file.clone(),
-                &mut bot.qpien.client_id,
-            ),
-            (
-                "qpien.client_secret",
-                bot.qpien.client_secret_file.clone(),
-                &mut bot.qpien.client_secret,
-            ),
-            (
-                "webhook_secret",
-                bot.webhook_secret_file.clone(),
-                &mut bot.webhook_secret,
-            ),
-        ] {
-            if let Some(path) = path {
-                *secret = std::fs::read_to_string(&path)
-                    .map(|s| Secret::new(s.trim()))
-                    .map_err(|e| ConfigError::SecretFile {
-                        key: format!("{at}.{key}"),
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-            }
-        }
+        bot.read_secret_files(&at)?;
         check_bot(&bot, &at)?;
         bot.spec = Some(spec.clone());
         Ok(bot)

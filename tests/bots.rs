@@ -44,7 +44,29 @@ fn blocking_registry(gate: Arc<Semaphore>) -> Registry {
     Registry::new().action("block", Block(gate))
 }
 
-async fn post(http: &reqwest::Client, url: &str, secret: &str, body: &serde_json::Value) -> u16 {
+/// Bot `name` of a test: its flow `<dir>/<name>.yaml`, its own webhook
+/// secret (`webhook-secret-of-<name>`), reaching Qpien as `qpien` says.
+pub(crate) fn bot_in(
+    dir: &std::path::Path,
+    name: &str,
+    qpien: &flowbot::internals::qpien::QpienConfig,
+) -> BotConfig {
+    BotConfig {
+        name: name.into(),
+        flow: dir.join(format!("{name}.yaml")),
+        qpien: qpien.clone(),
+        webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
+        ..BotConfig::default()
+    }
+}
+
+/// A signed delivery of `body` to `url`: the status.
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: &serde_json::Value,
+) -> u16 {
     let body = serde_json::to_vec(body).unwrap();
     http.post(url)
         .header("content-type", "application/json")
@@ -93,13 +115,7 @@ async fn isolation(postgres: Option<(String, String)>) {
     let bot = |name: &str, sim: &flowbot::internals::sim::RunningSim| {
         let mut qpien = base.qpien.clone();
         qpien.endpoint = sim.graphql_url();
-        BotConfig {
-            name: name.into(),
-            flow: dir.join(format!("{name}.yaml")),
-            qpien,
-            webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
-            ..BotConfig::default()
-        }
+        bot_in(&dir, name, &qpien)
     };
     let mut c = Config {
         bots: vec![bot("slow", &sim_slow), bot("quick", &sim_quick)],
@@ -302,13 +318,7 @@ async fn the_timers_of_bots_sharing_a_store_fire_for_each_bot() {
     std::fs::write(dir.join("b.yaml"), NUDGING.replace("BOT", "b")).unwrap();
     let clock = flowbot::ManualClock::new(flowbot::internals::time::now());
     let base = config(&sim, &dir);
-    let bot = |name: &str| BotConfig {
-        name: name.into(),
-        flow: dir.join(format!("{name}.yaml")),
-        qpien: base.qpien.clone(),
-        webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
-        ..BotConfig::default()
-    };
+    let bot = |name: &str| bot_in(&dir, name, &base.qpien);
     let mut c = Config {
         bots: vec![bot("a"), bot("b")],
         clock: flowbot::internals::time::ClockHandle::new(clock.clone()),
@@ -437,13 +447,7 @@ async fn a_flooded_bot_takes_no_more_than_its_share_of_the_workers() {
     std::fs::write(dir.join("flood.yaml"), BLOCKING).unwrap();
     std::fs::write(dir.join("quiet.yaml"), ECHO).unwrap();
     let base = config(&sim, &dir);
-    let bot = |name: &str| BotConfig {
-        name: name.into(),
-        flow: dir.join(format!("{name}.yaml")),
-        qpien: base.qpien.clone(),
-        webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
-        ..BotConfig::default()
-    };
+    let bot = |name: &str| bot_in(&dir, name, &base.qpien);
     let mut c = Config {
         bots: vec![bot("flood"), bot("quiet")],
         ..base.clone()

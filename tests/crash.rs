@@ -251,7 +251,12 @@ async fn a_restart_under_load(store: &str, env: &[(&str, &str)]) {
         c.rate_limit = Some((BUDGET, Duration::from_secs(3)));
     })
     .await;
-    let dir = crate::runtime::temp_dir("restart-budget");
+    // A folder per store: the two variants run side by side.
+    let dir = crate::runtime::temp_dir(if store.contains("postgres") {
+        "restart-budget-pg"
+    } else {
+        "restart-budget"
+    });
     std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
     std::fs::write(
         dir.join("flowbot.toml"),

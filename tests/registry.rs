@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flowbot::internals::config::{BotConfig, Config, StoreBackend};
-use flowbot::internals::qpien::webhook::sign;
 use flowbot::internals::qpien::Secret;
 use flowbot::internals::sim::RunningSim;
 use flowbot::{Registry, Running};
@@ -112,18 +111,13 @@ impl Api {
 
     /// A customer's message to `bot`'s webhook: the status.
     async fn deliver(&self, bot: &str, id: &str, conversation: &str, text: &str) -> u16 {
-        let body = serde_json::to_vec(&message(id, conversation, text)).unwrap();
-        let secret = format!("webhook-secret-of-{bot}");
-        self.http
-            .post(format!("{}/bots/{bot}/webhook", self.base))
-            .header("content-type", "application/json")
-            .header("x-qpien-signature", sign(secret.as_bytes(), &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        crate::bots::post(
+            &self.http,
+            &format!("{}/bots/{bot}/webhook", self.base),
+            &format!("webhook-secret-of-{bot}"),
+            &message(id, conversation, text),
+        )
+        .await
     }
 }
 
@@ -371,17 +365,12 @@ async fn the_bots_of_the_file_are_imported_and_the_file_wins() {
     let dir = temp_dir("registry-file");
     std::fs::write(dir.join("echo.yaml"), ECHO).unwrap();
     let base = registry_config(&sim, &dir, true);
+    let mut qpien = base.qpien.clone();
+    qpien.client_id = Secret::new(CLIENT_ID);
+    qpien.client_secret = Secret::new(CLIENT_SECRET);
     let file_bot = |name: &str| BotConfig {
-        name: name.into(),
         flow: dir.join("echo.yaml"),
-        qpien: {
-            let mut q = base.qpien.clone();
-            q.client_id = Secret::new(CLIENT_ID);
-            q.client_secret = Secret::new(CLIENT_SECRET);
-            q
-        },
-        webhook_secret: Secret::new(format!("webhook-secret-of-{name}")),
-        ..BotConfig::default()
+        ..crate::bots::bot_in(&dir, name, &qpien)
     };
     let c = Config {
         bots: vec![file_bot("north"), file_bot("south")],
