@@ -519,24 +519,8 @@ impl super::BotRegistry for PostgresStore {
         Ok(out)
     }
 
-    async fn put_bot(
-        &self,
-        name: &str,
-        spec: &str,
-        state: super::BotState,
-        source: super::BotSource,
-    ) -> Result<u64, StoreError> {
-        let row = super::NewBot {
-            name: name.to_owned(),
-            spec: spec.to_owned(),
-            state,
-            source,
-        };
-        self.put_rows(&[row]).await
-    }
-
-    async fn put_bots(&self, rows: &[super::NewBot]) -> Result<(), StoreError> {
-        self.put_rows(rows).await.map(|_| ())
+    async fn put_bots(&self, rows: &[super::NewBot]) -> Result<u64, StoreError> {
+        self.put_rows(rows).await
     }
 
     async fn registry_changes(&self) -> Result<Option<UnboundedReceiver<String>>, StoreError> {

@@ -122,23 +122,26 @@ pub trait BotRegistry: Send + Sync {
     /// included, in the order of their changes.
     async fn bots_since(&self, version: u64) -> Result<Vec<BotRecord>, StoreError>;
 
-    /// Writes a row (made or replaced) and gives it the next version, which
-    /// is returned; every instance listening is told.
+    /// Writes rows (each made or replaced) in one commit, each with the next
+    /// version, in order; every instance listening is told. The last
+    /// version given.
+    async fn put_bots(&self, rows: &[NewBot]) -> Result<u64, StoreError>;
+
+    /// Writes one row: its version.
     async fn put_bot(
         &self,
         name: &str,
         spec: &str,
         state: BotState,
         source: BotSource,
-    ) -> Result<u64, StoreError>;
-
-    /// Writes several rows at once (in one commit where the store can), each
-    /// with the next version, in order.
-    async fn put_bots(&self, rows: &[NewBot]) -> Result<(), StoreError> {
-        for r in rows {
-            self.put_bot(&r.name, &r.spec, r.state, r.source).await?;
-        }
-        Ok(())
+    ) -> Result<u64, StoreError> {
+        let row = NewBot {
+            name: name.to_owned(),
+            spec: spec.to_owned(),
+            state,
+            source,
+        };
+        self.put_bots(std::slice::from_ref(&row)).await
     }
 
     /// Told the name of each bot another instance changes (PostgreSQL's
@@ -190,28 +193,23 @@ impl BotRegistry for MemoryRegistry {
         Ok(out)
     }
 
-    async fn put_bot(
-        &self,
-        name: &str,
-        spec: &str,
-        state: BotState,
-        source: BotSource,
-    ) -> Result<u64, StoreError> {
+    async fn put_bots(&self, new: &[NewBot]) -> Result<u64, StoreError> {
         let mut rows = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        rows.0 += 1;
-        let version = rows.0;
-        let row = BotRecord {
-            name: name.to_owned(),
-            spec: spec.to_owned(),
-            state,
-            source,
-            version,
-            updated_at: crate::time::now(),
-        };
-        match rows.1.iter_mut().find(|r| r.name == name) {
-            Some(r) => *r = row,
-            None => rows.1.push(row),
+        for r in new {
+            rows.0 += 1;
+            let row = BotRecord {
+                name: r.name.clone(),
+                spec: r.spec.clone(),
+                state: r.state,
+                source: r.source,
+                version: rows.0,
+                updated_at: crate::time::now(),
+            };
+            match rows.1.iter_mut().find(|x| x.name == r.name) {
+                Some(x) => *x = row,
+                None => rows.1.push(row),
+            }
         }
-        Ok(version)
+        Ok(rows.0)
     }
 }

@@ -959,28 +959,9 @@ impl BotRegistry for SqliteStore {
         }
     }
 
-    async fn put_bot(
-        &self,
-        name: &str,
-        spec: &str,
-        state: BotState,
-        source: BotSource,
-    ) -> Result<u64, StoreError> {
-        let row = NewBot {
-            name: name.to_owned(),
-            spec: spec.to_owned(),
-            state,
-            source,
-        };
-        match self.run(Op::RegistryPut(vec![row])).await? {
-            Reply::Ids(ids) => Ok(ids.first().copied().unwrap_or(0)),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn put_bots(&self, rows: &[NewBot]) -> Result<(), StoreError> {
+    async fn put_bots(&self, rows: &[NewBot]) -> Result<u64, StoreError> {
         match self.run(Op::RegistryPut(rows.to_vec())).await? {
-            Reply::Ids(_) => Ok(()),
+            Reply::Ids(ids) => Ok(ids.first().copied().unwrap_or(0)),
             _ => Err(unexpected()),
         }
     }
