@@ -19,12 +19,16 @@
 //! claimed, and Qpien's budget is drawn by all of them from one window
 //! (`claims.rs`).
 //!
-//! One process may run several bots (`[[bots]]`): each gets all of the above
-//! for itself (store namespace, Qpien client and budget, queues, outbox,
-//! timers, reload, poller, in a `bot` span), and they share only the HTTP
-//! server and the metrics registry, so what one bot does cannot hold up
-//! another. The single-bot configuration is the same thing with one unnamed
-//! bot ([`Spec`]).
+//! One process may run several bots (`[[bots]]`, or the store's registry:
+//! `registry.rs`): they share the store (one SQLite file and writer, or one
+//! PostgreSQL schema and pool, every row keyed by bot), the HTTP server, the
+//! metrics registry, one timer task and the process's workers (with a cap per
+//! bot, `lanes::Share`); each has its own Qpien client and budget, queues,
+//! outbox, claims, reload and poller, in a `bot` span, so that what one bot
+//! does cannot hold up another. `host.rs` holds the bots while the process
+//! runs, and adds, changes, pauses and removes them without a restart. The
+//! single-bot configuration is the same thing with one unnamed bot
+//! ([`Spec`]).
 //!
 //! The runtime owns all I/O; the engine stays pure. Each task is handed only
 //! the handles it uses (as in mini-redis): the HTTP handlers an [`http::App`],
