@@ -75,6 +75,10 @@ pub enum Part {
     Text(Box<str>),
     /// A variable's value, as `{{ name }}` renders it.
     Var(Box<str>),
+    /// Any other `{{ expression }}`: the template (by its name in
+    /// [`Templates`]) that is that placeholder alone, shared by every text
+    /// with the same placeholder (the text around it is kept as is).
+    Expr(Box<str>),
 }
 
 /// Names that mean something other than a variable in `{{ name }}`: the
@@ -141,8 +145,23 @@ fn interpolation(source: &str, is_global: impl Fn(&str) -> bool) -> Option<Box<[
             .bytes()
             .enumerate()
             .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
-        if name.is_empty() || !ident || NOT_VARIABLES.contains(&name) || is_global(name) {
+        if name.is_empty() {
             return None;
+        }
+        if !ident || NOT_VARIABLES.contains(&name) || is_global(name) {
+            // An expression placeholder, compiled alone, unless it could
+            // change the text around it (`{{-`, `-}}` trim whitespace) or a
+            // brace in it makes where it ends uncertain.
+            let raw = &after[..close];
+            let trims = ["-", "+"]
+                .iter()
+                .any(|m| raw.starts_with(m) || raw.ends_with(m));
+            if trims || raw.contains(['{', '}']) {
+                return None;
+            }
+            parts.push(Part::Expr(name.into()));
+            rest = &after[close + 2..];
+            continue;
         }
         // `{{-` and `-}}` trim whitespace: not an identifier, so refused above.
         parts.push(Part::Var(name.into()));
@@ -335,11 +354,29 @@ impl Templates {
             return Ok(Tpl::Static(source.into()));
         }
         let env = &self.env;
-        if let Some(parts) = interpolation(source, |n| env.globals().any(|(g, _)| g == n)) {
-            return Ok(Tpl::Interp {
-                parts,
-                source: source.into(),
-            });
+        if let Some(mut parts) = interpolation(source, |n| env.globals().any(|(g, _)| g == n)) {
+            // Each expression placeholder compiled alone (and once for every
+            // text that has it: a compiled template costs minijinja about
+            // 9 KiB); if one does not compile, the whole text is compiled as
+            // one template below, so that its error is the text's.
+            let mut compiled = true;
+            for p in parts.iter_mut() {
+                if let Part::Expr(expr) = p {
+                    match self.placeholder(expr) {
+                        Ok(name) => *expr = name,
+                        Err(_) => {
+                            compiled = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            if compiled {
+                return Ok(Tpl::Interp {
+                    parts,
+                    source: source.into(),
+                });
+            }
         }
         // Parsed and sized before minijinja compiles it (see `guard`).
         let ast = minijinja::machinery::parse(
@@ -351,6 +388,23 @@ impl Templates {
         .map_err(|e| describe(&e))?;
         let guarded = guard::Guard::check(source, &ast, self.max_output, &mut self.folded)?;
         self.add(source, guarded)
+    }
+
+    /// Compiles `{{ expr }}` alone: its template's name.
+    fn placeholder(&mut self, expr: &str) -> Result<Box<str>, String> {
+        let source = format!("{{{{ {expr} }}}}");
+        let ast = minijinja::machinery::parse(
+            &source,
+            "<template>",
+            Default::default(),
+            Default::default(),
+        )
+        .map_err(|e| describe(&e))?;
+        let guarded = guard::Guard::check(&source, &ast, self.max_output, &mut self.folded)?;
+        match self.add(&source, guarded)? {
+            Tpl::Dynamic { name, .. } => Ok(name),
+            _ => Err("not a template".into()),
+        }
     }
 
     /// Compiles a `when:` expression.
@@ -472,6 +526,11 @@ impl Templates {
                 for p in parts {
                     match p {
                         Part::Text(t) => out.push_str(t),
+                        Part::Expr(name) => {
+                            let left = self.max_output.saturating_sub(out.len());
+                            let part = self.render_named(name, source, scope, left)?;
+                            out.push_str(&part);
+                        }
                         Part::Var(name) => {
                             // As minijinja's lenient lookup: a missing name is
                             // empty, a string as is, anything else displayed.
@@ -494,30 +553,40 @@ impl Templates {
                 }
                 Ok(Cow::Owned(out))
             }
-            Tpl::Dynamic { name, source } => {
-                let fail = |message: String| RenderError {
-                    source_text: source.to_string(),
-                    message,
-                };
-                let t = self
-                    .env
-                    .get_template(name)
-                    .map_err(|e| fail(describe(&e)))?;
-                let mut out = Bounded {
-                    buf: Vec::new(),
-                    max: self.max_output,
-                };
-                match t.render_captured_to(scope, &mut out) {
-                    Ok(_) => String::from_utf8(out.buf)
-                        .map(Cow::Owned)
-                        .map_err(|_| fail("the output is not UTF-8".into())),
-                    Err(_) if out.buf.len() > self.max_output => Err(fail(format!(
-                        "the output is longer than {} bytes",
-                        self.max_output
-                    ))),
-                    Err(e) => Err(fail(describe(&e))),
-                }
-            }
+            Tpl::Dynamic { name, source } => self
+                .render_named(name, source, scope, self.max_output)
+                .map(Cow::Owned),
+        }
+    }
+
+    /// Renders the compiled template `name` (of the text `source`), within
+    /// `max` bytes of output.
+    fn render_named(
+        &self,
+        name: &str,
+        source: &str,
+        scope: &Value,
+        max: usize,
+    ) -> Result<String, RenderError> {
+        let fail = |message: String| RenderError {
+            source_text: source.to_string(),
+            message,
+        };
+        let t = self
+            .env
+            .get_template(name)
+            .map_err(|e| fail(describe(&e)))?;
+        let mut out = Bounded {
+            buf: Vec::new(),
+            max,
+        };
+        match t.render_captured_to(scope, &mut out) {
+            Ok(_) => String::from_utf8(out.buf).map_err(|_| fail("the output is not UTF-8".into())),
+            Err(_) if out.buf.len() > max => Err(fail(format!(
+                "the output is longer than {} bytes",
+                self.max_output
+            ))),
+            Err(e) => Err(fail(describe(&e))),
         }
     }
 
@@ -655,23 +724,52 @@ pub(super) mod tests {
             let slow = t.env.render_str(text, s.clone()).unwrap();
             assert_eq!(fast, slow, "{text}");
         }
-        // Anything more is minijinja's.
-        for text in [
+        // Other placeholders are minijinja's, each compiled alone and shared
+        // by every text that has it: the same output as the whole text.
+        let before = t.next;
+        let texts = [
             "{{ name | upper }}",
-            "{{ contact.name }}",
+            "Question 1 for {{ name | default('you') }}?",
+            "Question 2 for {{ name | default('you') }}?",
+            "{{ n + 1 }} and {{ f * 2 }}: {{ list | join(', ') }} {{ nothing }}",
+            "{{ none }}|{{ range(3) | list }}|{{ missing | default('x') }}",
+            "{{ 'a' ~ name }} {{ yes and n > 40 }}",
+            "ends with a newline {{ n | string }}\n",
+        ];
+        for text in texts {
+            let tpl = t.text(text).unwrap();
+            assert!(matches!(tpl, Tpl::Interp { .. }), "{text} is split");
+            let fast = t.render(&tpl, &s).unwrap();
+            let slow = t.env.render_str(text, s.clone()).unwrap();
+            assert_eq!(fast, slow, "{text}");
+        }
+        assert_eq!(
+            t.next - before,
+            11,
+            "one template per distinct placeholder: the two questions share theirs"
+        );
+        // Anything that could change the text around it is one template.
+        for text in [
             "{{- name }}",
-            "{{ none }}",
-            "{{ range }}",
+            "{{ name +}}",
             "{{ name }}{% if n %}!{% endif %}",
             "{{ name }}{# note #}",
-            "{{ 1name }}",
+            "{{ {'a': 1}.a }}",
             "{{ name ",
         ] {
             assert!(
                 !matches!(t.text(text), Ok(Tpl::Interp { .. })),
-                "{text} is not a plain interpolation"
+                "{text} is not split"
             );
         }
+        // A placeholder that does not compile fails as the whole text does.
+        let e = t.text("Hi {{ 1name }}").unwrap_err();
+        let whole = t
+            .env
+            .template_from_str("Hi {{ 1name }}")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(!e.is_empty() && !whole.to_string().is_empty(), "{e}");
         // The output limit holds for them too.
         let mut small = Templates::new(&FlowLimits {
             template_output_chars: 5,
