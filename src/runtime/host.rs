@@ -344,7 +344,10 @@ impl Host {
             applied: std::sync::Mutex::new(applied),
         });
         if run {
-            self.start_unit(&live).instrument(span.clone()).await?;
+            if let Err(e) = self.start_unit(&live).instrument(span.clone()).await {
+                self.set.unwatch(&BotLabel::new(live.name.as_deref()));
+                return Err(e);
+            }
         }
         self.directory.insert(live.clone());
         tracing::debug!(parent: &span, running = run, "bot added");

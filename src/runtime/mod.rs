@@ -416,8 +416,6 @@ pub(crate) struct Stores {
     sqlite: std::collections::HashMap<PathBuf, SqliteStore>,
     #[cfg(feature = "postgres")]
     postgres: Option<crate::store::PostgresStore>,
-    /// The registry of a store in memory.
-    memory: Option<Arc<crate::store::MemoryRegistry>>,
 }
 
 impl Stores {
@@ -438,12 +436,9 @@ impl Stores {
                 self.sqlite.insert(store.path.clone(), f.clone());
                 Ok(Arc::new(f))
             }
-            _ => {
-                open_store(store).await?;
-                let r = Arc::new(crate::store::MemoryRegistry::default());
-                self.memory = Some(r.clone());
-                Ok(r)
-            }
+            StoreBackend::Memory => Ok(Arc::new(crate::store::MemoryRegistry::default())),
+            #[cfg(not(feature = "postgres"))]
+            StoreBackend::Postgres => Err(no_postgres()),
         }
     }
 
@@ -538,6 +533,14 @@ pub(crate) async fn postgres_store(
     )
 }
 
+/// What a build without the `postgres` feature says to `store.backend = "postgres"`.
+#[cfg(not(feature = "postgres"))]
+fn no_postgres() -> RuntimeError {
+    RuntimeError::Config(
+        "store.backend = \"postgres\" needs flowbot built with the `postgres` feature".into(),
+    )
+}
+
 async fn open_store(store: &StoreConfig) -> Result<Arc<dyn StateStore>, RuntimeError> {
     Ok(match store.backend {
         StoreBackend::Sqlite => Arc::new(SqliteStore::open(&store.path, store.sqlite_options())?),
@@ -545,12 +548,7 @@ async fn open_store(store: &StoreConfig) -> Result<Arc<dyn StateStore>, RuntimeE
         #[cfg(feature = "postgres")]
         StoreBackend::Postgres => Arc::new(postgres_store(store).await?),
         #[cfg(not(feature = "postgres"))]
-        StoreBackend::Postgres => {
-            return Err(RuntimeError::Config(
-                "store.backend = \"postgres\" needs flowbot built with the `postgres` feature"
-                    .into(),
-            ))
-        }
+        StoreBackend::Postgres => return Err(no_postgres()),
     })
 }
 
@@ -633,7 +631,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
             let spec = specs.into_iter().next().expect("one bot");
             host.add(spec, host::Applied::single()).await?;
         }
-        true => tasks.push(registry::open(&host, specs).await?),
+        true => tasks.push(registry::open(&host).await?),
     }
     let config = &host.config;
     let listener = tokio::net::TcpListener::bind(config.server.listen)

@@ -41,14 +41,11 @@ const STARTING_AT_ONCE: usize = 64;
 /// Largest specification the API takes (bytes of JSON).
 const MAX_SPEC_BYTES: usize = 64 * 1024;
 
-/// Imports `[[bots]]` (`specs`) into the registry, starts every bot it holds,
+/// Imports `[[bots]]` into the registry, starts every bot it holds,
 /// and watches it for changes. A `[[bots]]` entry that cannot start stops
 /// the start (as before the registry); a bot registered through the API
 /// that cannot is left out, with an error in the log, and the others start.
-pub(crate) async fn open(
-    host: &Arc<Host>,
-    specs: Vec<Spec>,
-) -> Result<JoinHandle<()>, RuntimeError> {
+pub(crate) async fn open(host: &Arc<Host>) -> Result<JoinHandle<()>, RuntimeError> {
     let book = host.book.clone().expect("a registry");
     let rows = book.bots_since(0).await?;
     let by_name: std::collections::HashMap<&str, &BotRecord> =
@@ -101,7 +98,6 @@ pub(crate) async fn open(
     if !writes.is_empty() {
         book.put_bots(&writes).await?;
     }
-    drop(specs);
     // Every bot at once (each has its own name, so its own row): their store
     // handles and resumed work are read in shared commits. The file's bots
     // must start.
