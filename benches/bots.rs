@@ -22,11 +22,17 @@
 //! 3. **Turns/s, all at once**: C conversations run the support script
 //!    (11 turns), conversation c on bot c mod N, K at a time; counted until
 //!    the last reply reached the stand-in.
+//! 4. **A flooded bot**: the reply latency of the other bots (a new
+//!    conversation's greeting, from the webhook's send to the reply reaching
+//!    the stand-in; P probes at 50/s over up to 10 bots), quiet, then while
+//!    bot 0 takes the support script as fast as 64 senders can send it (more
+//!    than 100 times the probes' rate): the others' p99 should stay within
+//!    2x of quiet (`--probes P`, 400 by default).
 
 #![allow(missing_docs)]
 
 mod support;
-use support::{arg, post, script, stand_in, SECRET};
+use support::{arg, percentile, post, script, stand_in_watching, Probes, SECRET};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -37,6 +43,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 #[path = "../examples/support_bot.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -211,7 +219,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("flowbot-bots-{}", std::process::id()));
     rt.block_on(async {
         let created = Arc::new(AtomicUsize::new(0));
-        let qpien = stand_in(created.clone()).await;
+        let probes = Arc::new(Probes::default());
+        let qpien = stand_in_watching(created.clone(), probes.clone()).await;
 
         // One bot, for the process's own share.
         let (one, one_addr, one_start) = serve(&dir.join("one"), 1, &qpien, normal, pg).await;
@@ -236,6 +245,7 @@ fn main() {
         // All at once: conversation c on bot c mod N.
         let rate = all_at_once(&addr, bots, conversations, concurrency, &created).await;
         let rss_loaded = rss_kib(many.id());
+        let flood = flooded(&addr, bots, &probes).await;
         let connections = match connections {
             Some(c) => Some(c.finish().await),
             None => None,
@@ -267,6 +277,15 @@ fn main() {
             "one bot: {rate_one:.0} turns/s with the same load in the same run; all bots at {:.0}% of it; {} distinct flow files",
             rate / rate_one * 100.0,
             flows().min(bots)
+        );
+        let (quiet, loud, flood_rate) = flood;
+        println!(
+            "a flooded bot: the others' reply p99 {:.1} ms quiet, {:.1} ms while bot b0 takes {flood_rate:.0} turns/s ({:.2}x; p50 {:.1} ms and {:.1} ms)",
+            percentile(&quiet, 0.99).as_secs_f64() * 1e3,
+            percentile(&loud, 0.99).as_secs_f64() * 1e3,
+            percentile(&loud, 0.99).as_secs_f64() / percentile(&quiet, 0.99).as_secs_f64(),
+            percentile(&quiet, 0.5).as_secs_f64() * 1e3,
+            percentile(&loud, 0.5).as_secs_f64() * 1e3,
         );
         if let Some((idle, most)) = connections {
             println!(
@@ -372,4 +391,93 @@ async fn all_at_once(
         "every reply reached the stand-in"
     );
     (conversations * 11) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The other bots' reply latencies, quiet and while bot 0 is flooded, and
+/// the flood's turns/s (see the module docs, 4.).
+async fn flooded(
+    addr: &str,
+    bots: usize,
+    probes: &Arc<Probes>,
+) -> (Vec<Duration>, Vec<Duration>, f64) {
+    let count = arg("--probes", 400usize);
+    let others = (bots - 1).min(10);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    // One probe: a new conversation's first message, timed to its reply.
+    let probe = |name: String, bot: usize| {
+        let (http, probes) = (http.clone(), probes.clone());
+        let url = format!("http://{addr}/bots/b{bot}/webhook");
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            probes.lock().unwrap().insert(name.clone(), tx);
+            let hello = json!({"event": "NEW_INCOMING_MESSAGE", "data": {"_id": name,
+                "conversation": name, "senderType": "user", "channelType": "WhatsApp",
+                "content": "hello"}});
+            let started = Instant::now();
+            post(&http, &url, &hello).await;
+            tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .expect("a probe's reply within 30 s")
+                .unwrap();
+            started.elapsed()
+        }
+    };
+    // 50 probes a second, each bot in turn; sorted latencies.
+    let run = |round: &'static str| {
+        let probe = &probe;
+        async move {
+            let mut tasks = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for i in 0..count {
+                tick.tick().await;
+                tasks.push(tokio::spawn(probe(
+                    format!("probe-{round}-{i}"),
+                    1 + i % others,
+                )));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.push(t.await.unwrap());
+            }
+            all.sort();
+            all
+        }
+    };
+    // Every bot's flow compiled and token fetched first.
+    for b in 1..=others {
+        probe(format!("probe-warm-{b}"), b).await;
+    }
+    let quiet = run("quiet").await;
+    // The flood: bot 0, 64 senders, until the probes are done.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..64)
+        .map(|s| {
+            let (http, done, sent) = (http.clone(), done.clone(), sent.clone());
+            let url = format!("http://{addr}/bots/b0/webhook");
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !done.load(Ordering::Relaxed) {
+                    for m in script(&format!("{addr}-flood-{s}-{n}"), n) {
+                        post(&http, &url, &m).await;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = (Instant::now(), sent.load(Ordering::Relaxed));
+    let loud = run("loud").await;
+    let rate =
+        (sent.load(Ordering::Relaxed) - started.1) as f64 / started.0.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    for t in flood {
+        t.await.unwrap();
+    }
+    (quiet, loud, rate)
 }

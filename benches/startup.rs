@@ -157,6 +157,41 @@ async fn ready(dir: &Path, flow: &Path, db: &Path, qpien: &str) -> Duration {
     took
 }
 
+/// What [`Flow::weight`] estimates beside what each flow keeps (counted),
+/// for the 1,000-state flow and the example flows: the flow cache of many
+/// bots (`runtime.flow_cache_bytes`) is bounded by the estimate, so the
+/// bench fails when they part by more than half.
+fn weights(big: &Path, names: &HandlerNames) {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files.insert(0, big.to_path_buf());
+    for file in files {
+        let before = ALLOC.allocated();
+        let Ok(flow) = Flow::load(&file, names) else {
+            continue; // a flow of the examples' own actions
+        };
+        let kept = ALLOC.allocated() - before;
+        let weight = flow.weight();
+        let ratio = weight as f64 / kept as f64;
+        println!(
+            "weight of {}: estimated {} KiB, kept {} KiB ({ratio:.2})",
+            file.file_name().unwrap().to_string_lossy(),
+            weight / 1024,
+            kept / 1024
+        );
+        assert!(
+            (0.5..=2.0).contains(&ratio),
+            "Flow::weight is off by more than half for {}",
+            file.display()
+        );
+    }
+}
+
 fn main() {
     let write: String = arg("--write-flow", String::new());
     if !write.is_empty() {
@@ -209,6 +244,7 @@ fn main() {
         ms(median(validates))
     );
     println!("memory kept by the loaded flow: {} KiB", kept_bytes / 1024);
+    weights(&flow, &names);
 
     // 3. Ready to serve.
     let rt = tokio::runtime::Builder::new_multi_thread()

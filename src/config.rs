@@ -431,6 +431,16 @@ pub struct RuntimeConfig {
     /// (PostgreSQL also tells them at once, with `NOTIFY`).
     #[serde(with = "humantime_serde")]
     pub registry_interval: Duration,
+    /// Most bytes of compiled flows kept, in all (an estimate: see
+    /// `Flow::weight`). A flow is compiled when its bot first needs it and
+    /// shared by every bot whose flow is the same; past this, the least
+    /// recently used are dropped (never one a turn is using) and compiled
+    /// again when next needed. A bot's flow texts stay in memory either way.
+    pub flow_cache_bytes: u64,
+    /// A Qpien token unused this long is dropped (fetched again when next
+    /// needed), so that idle bots hold no credentials in memory.
+    #[serde(with = "humantime_serde")]
+    pub token_idle: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -451,6 +461,8 @@ impl Default for RuntimeConfig {
             workers: 512,
             max_per_bot: 32,
             registry_interval: Duration::from_secs(1),
+            flow_cache_bytes: 256 << 20,
+            token_idle: Duration::from_secs(15 * 60),
         }
     }
 }

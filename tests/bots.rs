@@ -513,3 +513,158 @@ async fn a_flooded_bot_takes_no_more_than_its_share_of_the_workers() {
     assert_eq!(most.load(Ordering::SeqCst), 3);
     running.shutdown().await;
 }
+
+/// A metric of the root `/metrics` page (a process-wide series, or a
+/// bot's), 0 when absent.
+async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Flows compiled on first use, shared by content, kept to
+/// `runtime.flow_cache_bytes`; a bot whose flow does not compile starts
+/// all the same, says so in its `/readyz`, keeps its message and answers it
+/// once its file is fixed; tokens left idle are dropped and fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_are_compiled_on_first_use_shared_by_content_and_kept_to_their_bound() {
+    let sim = start_sim(|c| c.auto_create_conversations = true).await;
+    let dir = temp_dir("bots-lazy-flows");
+    let base = config(&sim, &dir);
+    // `a` and `b`: the same flow in two folders; `c`: another flow; `d`: a
+    // flow that parses but does not compile (a `goto` to no state).
+    for (file, text) in [
+        ("a/echo.yaml", ECHO.to_owned()),
+        ("b/echo.yaml", ECHO.to_owned()),
+        ("c/echo.yaml", ECHO.replace("Echo:", "C says:")),
+        ("d/echo.yaml", ECHO.replace("goto: start", "goto: nowhere")),
+    ] {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let one = flowbot::Flow::load(dir.join("a/echo.yaml"), &Default::default())
+        .unwrap()
+        .weight() as u64;
+    let bots = ["a", "b", "c", "d"]
+        .map(|name| BotConfig {
+            flow: dir.join(format!("{name}/echo.yaml")),
+            ..bot_in(&dir, name, &base.qpien)
+        })
+        .to_vec();
+    let mut c = Config { bots, ..base };
+    // Room for one compiled flow and a half.
+    c.runtime.flow_cache_bytes = one + one / 2;
+    c.runtime.token_idle = Duration::from_millis(300);
+    let running = flowbot::start(c, Registry::new()).await.unwrap();
+    let http = reqwest::Client::new();
+    let root = format!("http://{}", running.addr());
+    let say = |bot: &'static str, id: &str, conv: &str, text: &str| {
+        let (http, url) = (http.clone(), format!("{root}/bots/{bot}/webhook"));
+        let m = message(id, conv, text);
+        async move {
+            let secret = format!("webhook-secret-of-{bot}");
+            assert_eq!(post(&http, &url, &secret, &m).await, 200);
+        }
+    };
+    let compiled = || metric(&http, &root, "flowbot_flows_compiled_total");
+
+    // Started, and nothing compiled yet.
+    assert_eq!(
+        compiled().await,
+        0.0,
+        "no flow is compiled before a bot needs it"
+    );
+    say("a", "a1", "ca", "one").await;
+    wait_until("a's reply", Duration::from_secs(10), || {
+        replies(&sim, "ca") == ["Echo: one"]
+    })
+    .await;
+    say("b", "b1", "cb", "two").await;
+    wait_until("b's reply", Duration::from_secs(10), || {
+        replies(&sim, "cb") == ["Echo: two"]
+    })
+    .await;
+    assert_eq!(compiled().await, 1.0, "a and b share one compiled flow");
+    assert_eq!(metric(&http, &root, "flowbot_flow_cache_flows").await, 1.0);
+
+    // `c` needs room: the flow of a and b goes (no turn holds it).
+    say("c", "c1", "cc", "three").await;
+    wait_until("c's reply", Duration::from_secs(10), || {
+        replies(&sim, "cc") == ["C says: three"]
+    })
+    .await;
+    assert_eq!(compiled().await, 2.0);
+    assert_eq!(
+        metric(&http, &root, "flowbot_flows_evicted_total").await,
+        1.0
+    );
+    assert_eq!(metric(&http, &root, "flowbot_flow_cache_flows").await, 1.0);
+    let bytes = metric(&http, &root, "flowbot_flow_cache_bytes").await;
+    assert!(bytes > 0.0 && bytes <= (one + one / 2) as f64, "{bytes}");
+    // `a` again: compiled again, and answering as before, its token dropped
+    // meanwhile and fetched again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    say("a", "a2", "ca", "four").await;
+    wait_until("a's second reply", Duration::from_secs(10), || {
+        replies(&sim, "ca") == ["Echo: one", "Echo: four"]
+    })
+    .await;
+    assert_eq!(compiled().await, 3.0);
+    assert_eq!(
+        metric(
+            &http,
+            &root,
+            r#"flowbot_qpien_token_refreshes_total{bot="a"}"#
+        )
+        .await,
+        2.0,
+        "a's idle token was dropped and fetched again"
+    );
+
+    // `d` does not compile: it says so, the others stay ready.
+    let r = http
+        .get(format!("{root}/bots/d/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let error = body["flow"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("nowhere"), "{body}");
+    let r = http
+        .get(format!("{root}/bots/a/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        http.get(format!("{root}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Its message is kept, and answered once the file is fixed.
+    say("d", "d1", "cd", "five").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(replies(&sim, "cd").is_empty());
+    std::fs::write(dir.join("d/echo.yaml"), ECHO.replace("Echo:", "D says:")).unwrap();
+    wait_until("d's reply once fixed", Duration::from_secs(15), || {
+        replies(&sim, "cd") == ["D says: five"]
+    })
+    .await;
+    running.shutdown().await;
+}

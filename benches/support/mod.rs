@@ -37,16 +37,36 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// A stand-in Qpien: tokens, and `createMessage` answered and counted.
 pub(crate) async fn stand_in(created: Arc<AtomicUsize>) -> String {
+    stand_in_watching(created, Arc::default()).await
+}
+
+/// Who waits for the reply to a conversation (`probe-...`): told when it
+/// reaches the stand-in.
+pub(crate) type Probes =
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>;
+
+/// [`stand_in`], telling `probes` of a reply to a conversation whose id
+/// starts with `probe-`.
+pub(crate) async fn stand_in_watching(created: Arc<AtomicUsize>, probes: Arc<Probes>) -> String {
     let app = Router::new().route(
         "/graphql",
         routing::post(move |body: Bytes| {
-            let created = created.clone();
+            let (created, probes) = (created.clone(), probes.clone());
             async move {
                 let text = String::from_utf8_lossy(&body);
                 if text.contains("generateOAuthToken") {
                     return r#"{"data":{"generateOAuthToken":{"accessToken":"t","expiresIn":3600}}}"#;
                 }
                 created.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = text.find("probe-") {
+                    let id: String = text[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                        .collect();
+                    if let Some(waiter) = probes.lock().unwrap().remove(&id) {
+                        let _ = waiter.send(());
+                    }
+                }
                 r#"{"data":{"createMessage":{"_id":"m"}}}"#
             }
         }),

@@ -302,6 +302,7 @@ pub(crate) fn compile(
                 .unwrap_or_else(|| "flow".into())
         }),
         version: fingerprint(files),
+        source_bytes: files.iter().map(|f| f.source.text.len()).sum(),
         files: files.iter().map(|f| f.source.path.clone()).collect(),
         start: start.unwrap_or(0),
         states,

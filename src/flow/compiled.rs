@@ -26,6 +26,8 @@ pub struct Flow {
     pub version: u64,
     /// The files it was read from, the main one first.
     pub files: Vec<PathBuf>,
+    /// The bytes of text it was compiled from.
+    pub(crate) source_bytes: usize,
     /// The first state.
     pub(crate) start: StateId,
     /// All states.
@@ -57,6 +59,11 @@ pub struct Flow {
     pub schedules: Vec<super::schedule::Schedule>,
 }
 
+/// What one compiled template keeps (see [`Flow::weight`]).
+const TEMPLATE_BYTES: usize = 9 * 1024;
+/// What each byte of source text becomes (see [`Flow::weight`]).
+const SOURCE_FACTOR: usize = 3;
+
 impl Flow {
     /// A state's id by name.
     pub fn state_id(&self, name: &str) -> Option<StateId> {
@@ -71,6 +78,22 @@ impl Flow {
     /// How many global intents the flow has.
     pub fn intent_count(&self) -> usize {
         self.intents.len()
+    }
+
+    /// About how many bytes of memory the compiled flow keeps: each
+    /// compiled template (minijinja keeps about 9 KiB of instructions for
+    /// one), each state and rule, and a multiple of the text it was compiled
+    /// from (names, messages, patterns). An estimate, for bounding a cache
+    /// of compiled flows; `benches/startup.rs` checks it against what a
+    /// counting allocator finds.
+    pub fn weight(&self) -> usize {
+        use std::mem::size_of;
+        let rules: usize =
+            self.states.iter().map(|s| s.on.len()).sum::<usize>() + self.intents.len();
+        self.templates.count() * TEMPLATE_BYTES
+            + self.states.len() * size_of::<StateNode>()
+            + rules * size_of::<RuleNode>()
+            + self.source_bytes * SOURCE_FACTOR
     }
 
     /// A state by id.

@@ -65,7 +65,7 @@ pub struct HandlerNames {
 }
 
 /// One approved WhatsApp template, as the flow language needs to know it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TemplateInfo {
     /// Its name.
     pub name: String,
@@ -73,6 +73,29 @@ pub struct TemplateInfo {
     pub language: String,
     /// How many `{{n}}` placeholders it has.
     pub params: usize,
+}
+
+/// A flow's files as read, not compiled: what a bot keeps of its flow
+/// while no turn needs it compiled (a few kilobytes, where the compiled
+/// flow is many times that).
+#[derive(Debug)]
+pub(crate) struct FlowSources {
+    /// The main file, as named.
+    pub(crate) main: std::path::PathBuf,
+    /// Each file read (the main one first) and its text.
+    pub(crate) files: Vec<(std::path::PathBuf, Box<str>)>,
+    /// The fingerprint of the texts: the compiled flow's [`Flow::version`].
+    pub(crate) version: u64,
+}
+
+impl FlowSources {
+    /// Whether the texts are the same as `other`'s (the same flow, wherever
+    /// its files are).
+    pub(crate) fn same_texts(&self, other: &FlowSources) -> bool {
+        self.version == other.version
+            && self.files.len() == other.files.len()
+            && self.files.iter().zip(&other.files).all(|(a, b)| a.1 == b.1)
+    }
 }
 
 /// A flow that could not be loaded, with every problem found.
@@ -87,22 +110,6 @@ impl Flow {
         Flow::load_with(path, names, &FlowLimits::default())
     }
 
-    /// Whether the files this flow was compiled from still hold what they held
-    /// (read again and fingerprinted, not compiled), so that it can serve for
-    /// another bot loading the same file.
-    pub(crate) fn sources_unchanged(&self, limits: &FlowLimits) -> bool {
-        let mut texts = Vec::with_capacity(self.files.len());
-        for path in &self.files {
-            let small = std::fs::metadata(path)
-                .is_ok_and(|m| m.is_file() && m.len() <= limits.flow_file_bytes);
-            match std::fs::read_to_string(path) {
-                Ok(text) if small => texts.push(text),
-                _ => return false,
-            }
-        }
-        compile::fingerprint_of(texts.iter().map(String::as_str)) == self.version
-    }
-
     /// Loads a flow file within `limits` (file size, nesting, template work).
     pub fn load_with(
         path: impl AsRef<Path>,
@@ -111,6 +118,52 @@ impl Flow {
     ) -> Result<Flow, LoadError> {
         let mut diags = Diagnostics::default();
         let files = load::load_files(path.as_ref(), None, limits, &mut diags);
+        finish(compile::compile(&files, names, limits, &mut diags), diags)
+    }
+
+    /// Reads the flow at `path` and every file it includes or calls, without
+    /// compiling it: a file that cannot be read or parsed is an error here,
+    /// the rest is found by [`Flow::compile_sources`].
+    pub(crate) fn read_sources(path: &Path, limits: &FlowLimits) -> Result<FlowSources, LoadError> {
+        let mut diags = Diagnostics::default();
+        let files = load::load_files(path, None, limits, &mut diags);
+        diags.finish();
+        if diags.has_errors() || files.is_empty() {
+            return Err(LoadError(diags));
+        }
+        let version = compile::fingerprint_of(files.iter().map(|f| &*f.source.text));
+        Ok(FlowSources {
+            main: path.to_path_buf(),
+            files: files
+                .into_iter()
+                .map(|f| (f.source.path, f.source.text.into_boxed_str()))
+                .collect(),
+            version,
+        })
+    }
+
+    /// Compiles a flow from sources read before, without reading the disk:
+    /// the same flow [`Flow::load_with`] makes of those files.
+    pub(crate) fn compile_sources(
+        sources: &FlowSources,
+        names: &HandlerNames,
+        limits: &FlowLimits,
+    ) -> Result<Flow, LoadError> {
+        let mut diags = Diagnostics::default();
+        let text = |p: &Path| {
+            sources
+                .files
+                .iter()
+                .find(|(path, _)| path == p)
+                .map(|(_, t)| t.to_string())
+        };
+        let files = load::load_files_over(
+            &sources.main,
+            text(&sources.main),
+            &text,
+            limits,
+            &mut diags,
+        );
         finish(compile::compile(&files, names, limits, &mut diags), diags)
     }
 
@@ -205,25 +258,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_compiled_flow_knows_whether_its_files_changed() {
+    fn a_flow_compiled_from_its_sources_read_before_is_the_flow_its_files_make() {
         let dir = crate::files::private_temp_dir("flowbot-flow-sources-").unwrap();
         let main = dir.path().join("main.yaml");
         let part = dir.path().join("part.yaml");
+        let sub = dir.path().join("sub.yaml");
         std::fs::write(
             &main,
-            "version: 1\ninclude: [part.yaml]\nstates:\n  start: { say: hi }\n",
+            "version: 1\ninclude: [part.yaml]\nstates:\n  start: { say: hi, next: other }\n  \
+             phone: { call: { flow: sub.yaml }, next: start }\n",
         )
         .unwrap();
-        std::fs::write(&part, "states:\n  other: { say: there }\n").unwrap();
-        let flow = Flow::load(&main, &HandlerNames::default()).unwrap();
+        std::fs::write(&part, "states:\n  other: { say: there, next: phone }\n").unwrap();
+        std::fs::write(
+            &sub,
+            "version: 1\nstates:\n  ask: { say: number?, end: true }\n",
+        )
+        .unwrap();
         let limits = FlowLimits::default();
-        assert!(flow.sources_unchanged(&limits));
-        // An included file counts as much as the main one.
-        std::fs::write(&part, "states:\n  other: { say: changed }\n").unwrap();
-        assert!(!flow.sources_unchanged(&limits));
-        std::fs::write(&part, "states:\n  other: { say: there }\n").unwrap();
-        assert!(flow.sources_unchanged(&limits));
+        let names = HandlerNames::default();
+        let sources = Flow::read_sources(&main, &limits).unwrap();
+        assert_eq!(
+            sources.files.len(),
+            3,
+            "the include and the subflow are read too"
+        );
+        let loaded = Flow::load(&main, &names).unwrap();
+        assert_eq!(sources.version, loaded.version);
+        // The disk is not read again: the files may change or go.
+        for f in [&main, &part, &sub] {
+            std::fs::remove_file(f).unwrap();
+        }
+        let compiled = Flow::compile_sources(&sources, &names, &limits).unwrap();
+        assert_eq!(compiled.version, loaded.version);
+        assert_eq!(
+            compiled.state_names().collect::<Vec<_>>(),
+            loaded.state_names().collect::<Vec<_>>()
+        );
+        assert_eq!(compiled.to_mermaid(), loaded.to_mermaid());
+        // A file that does not parse is an error when read, with its place.
+        std::fs::write(&main, "version: 1\nstates: [").unwrap();
+        let e = Flow::read_sources(&main, &limits).unwrap_err().to_string();
+        assert!(e.contains("main.yaml:"), "{e}");
         std::fs::remove_file(&main).unwrap();
-        assert!(!flow.sources_unchanged(&limits));
+        assert!(Flow::read_sources(&main, &limits).is_err());
     }
 }

@@ -64,6 +64,8 @@ struct Inner {
 struct Token {
     value: Arc<str>,
     renew_at: Instant,
+    /// When a call last took it.
+    used: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -316,8 +318,10 @@ impl QpienClient {
     /// through the renewal, so concurrent callers wait for the one request.
     async fn token(&self) -> Result<Arc<str>, QpienError> {
         let mut slot = self.inner.token.lock().await;
-        if let Some(t) = slot.as_ref() {
-            if Instant::now() < t.renew_at {
+        if let Some(t) = slot.as_mut() {
+            let now = Instant::now();
+            if now < t.renew_at {
+                t.used = now;
                 return Ok(t.value.clone());
             }
         }
@@ -336,6 +340,21 @@ impl QpienClient {
                 Err(e)
             }
         }
+    }
+
+    /// Drops the token if no call took it for `idle`: it is fetched again
+    /// when next needed, and meanwhile an idle bot holds no credential of
+    /// Qpien's in memory. Says whether it dropped one. A token being renewed
+    /// or taken right now is left alone.
+    pub fn drop_idle_token(&self, idle: Duration) -> bool {
+        let Ok(mut slot) = self.inner.token.try_lock() else {
+            return false;
+        };
+        if slot.as_ref().is_some_and(|t| t.used.elapsed() >= idle) {
+            *slot = None;
+            return true;
+        }
+        false
     }
 
     /// Draws requests from a budget shared with other instances too.
@@ -385,6 +404,7 @@ impl QpienClient {
         let token = Token {
             value: Arc::from(answer.access_token),
             renew_at: Instant::now() + lifetime - margin,
+            used: Instant::now(),
         };
         self.inner
             .stats

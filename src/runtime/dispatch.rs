@@ -15,13 +15,13 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use super::claims::{Claims, Runner};
+use super::flows::BotSlot;
 use super::lanes::{Lanes, Worker};
 use super::metrics::Metrics;
 use super::outbox::Outbox;
 use super::payload::{self, OutboxAction};
-use super::reload::BotSlot;
 use super::Stop;
-use crate::engine::{Stored, Turn};
+use crate::engine::{Bot, Stored, Turn};
 use crate::message::{Channel, Effect, Event};
 use crate::qpien::types::ExternalConversation;
 use crate::qpien::{plan_replies, Ingested, Operation, QpienClient};
@@ -334,6 +334,7 @@ impl Dispatcher {
     /// bot first: the release's turn, and the conversation after it.
     async fn check_handoff(
         &self,
+        bot: &Bot,
         conversation: &str,
         stored: Option<Stored>,
         event: &Event,
@@ -359,11 +360,7 @@ impl Dispatcher {
         if !back {
             return (None, stored);
         }
-        let mut release = self
-            .bot
-            .get()
-            .step(conversation, stored, &Event::Release, now)
-            .await;
+        let mut release = bot.step(conversation, stored, &Event::Release, now).await;
         // `then` puts the message turn's stored form back.
         let stored = release.stored.take();
         (Some(release), stored)
@@ -373,15 +370,17 @@ impl Dispatcher {
     /// what released the conversation, if something did.
     async fn step(
         &self,
+        bot: &Bot,
         conversation: &str,
         stored: Option<Stored>,
         payload: &[u8],
     ) -> (Turn, Option<&'static str>) {
-        let bot = self.bot.get();
         let now = self.clock.now();
         match payload::decode::<Event>(payload) {
             Ok(event) => {
-                let (checked, stored) = self.check_handoff(conversation, stored, &event, now).await;
+                let (checked, stored) = self
+                    .check_handoff(bot, conversation, stored, &event, now)
+                    .await;
                 let turn = bot.step(conversation, stored, &event, now).await;
                 match checked {
                     Some(release) => (release.then(turn), Some("checked")),
@@ -505,6 +504,31 @@ impl Dispatcher {
                 _alone = self.suspects.acquire().await.ok();
             }
         }
+        // The flow, compiled now if no turn needed it lately. One that does
+        // not compile (a broken file read at start) is tried again, each try
+        // an attempt, so that a fix (the reload) runs the turn; past the
+        // attempts, the message is set aside like a turn that panics.
+        let bot = loop {
+            match self.bot.get().await {
+                Ok(bot) => break bot,
+                Err(e) => {
+                    tracing::error!(error = %e, "the bot's flow does not compile; its turn waits");
+                    let Some(n) = self.count_attempt(&item).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    if n > self.max_attempts {
+                        let why = format!("its bot's flow does not compile: {e}");
+                        return self.set_aside(&item, n, &why).await;
+                    }
+                    if !self.stop.pause(Duration::from_secs(1 << n.min(5))).await {
+                        return;
+                    }
+                }
+            }
+        };
         let loaded = self
             .persist("load a session", || self.store.session(conversation))
             .await;
@@ -517,7 +541,8 @@ impl Dispatcher {
                     None
                 }
             });
-            let run = std::panic::AssertUnwindSafe(self.step(conversation, stored, &item.payload));
+            let run =
+                std::panic::AssertUnwindSafe(self.step(&bot, conversation, stored, &item.payload));
             match futures_util::FutureExt::catch_unwind(run).await {
                 Ok(turn) => break turn,
                 Err(panic) => {

@@ -21,16 +21,14 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::dispatch::{Dispatcher, Inbox};
+use super::flows::{BotSlot, Flows};
 use super::http::App;
 use super::lanes::{Lanes, Share, Workers};
 use super::metrics::{BotLabel, MetricSet, Metrics, Watched};
 use super::outbox::{Outbox, Sender};
-use super::reload::{BotSlot, FlowCache};
 use super::{claims, outbox, poll, reload, starts, timers};
 use super::{RuntimeError, Spec, Stop, Stores};
 use crate::config::Config;
-use crate::engine::Bot;
-use crate::handler::Registry;
 use crate::qpien::QpienClient;
 use crate::store::{BotSource, BotState, StateStore};
 
@@ -77,7 +75,6 @@ pub(crate) struct Face {
     pub(crate) spec: Spec,
     pub(crate) client: QpienClient,
     pub(crate) slot: Arc<BotSlot>,
-    pub(crate) templates: Option<Vec<crate::flow::TemplateInfo>>,
     pub(crate) app: Arc<App>,
 }
 
@@ -273,9 +270,9 @@ impl Directory {
 /// needs, shared.
 pub(crate) struct Host {
     pub(crate) config: Config,
-    pub(crate) handlers: Registry,
     pub(crate) stores: tokio::sync::Mutex<Stores>,
-    pub(crate) flows: Arc<FlowCache>,
+    /// The process's compiled flows.
+    pub(crate) flows: Arc<Flows>,
     /// One HTTP client (pool, TLS configuration) for every bot's Qpien client.
     pub(crate) http: reqwest::Client,
     pub(crate) set: Arc<MetricSet>,
@@ -364,7 +361,11 @@ impl Host {
         metrics: Arc<Metrics>,
     ) -> Result<Face, RuntimeError> {
         let config = &self.config;
-        let bot = super::check_one(config, &spec, &self.handlers, &self.flows)?;
+        // Read now (a file that cannot be read stops the start); compiled
+        // when first needed, but for the one bot of a single-bot process,
+        // whose flow is checked as it always was (see `flows.rs`).
+        let sources = super::read_flow(&spec, &self.flows)?;
+        super::check_spec(config, &spec)?;
         let client = QpienClient::with_http(spec.qpien.clone(), self.http.clone())?;
         // Kept in the store: Qpien's budgets (100 calls a minute), shared by
         // the instances of a shared store, and known to a restarted process
@@ -381,27 +382,11 @@ impl Host {
                 knew,
             }));
         }
-        let templates = if bot.flow().whatsapp_templates.is_empty() {
-            None
-        } else {
-            super::read_templates(&client).await
-        };
-        let bot = match &templates {
-            Some(list) => Bot::load_with_templates(
-                &spec.flow,
-                self.handlers.clone(),
-                &config.limits,
-                Some(list),
-            )
-            .map_err(|e| RuntimeError::Flow {
-                path: spec.flow.display().to_string(),
-                message: e.to_string(),
-            })?,
-            // Bots of one flow file keep one compiled flow (`flows`); checked
-            // against an account's templates, a flow is the bot's own.
-            None => bot,
-        };
-        let slot = Arc::new(BotSlot::new(bot));
+        let slot = Arc::new(BotSlot::new(self.flows.clone(), sources, client.clone()));
+        if self.book.is_none() {
+            let bot = slot.get().await.map_err(|e| super::flow_error(&spec, e))?;
+            super::warn_schedules(&spec, &bot);
+        }
         let capture = match &spec.server.capture_dir {
             Some(dir) => {
                 let dir = match &spec.name {
@@ -440,7 +425,6 @@ impl Host {
             spec,
             client,
             slot,
-            templates,
             app,
         })
     }
@@ -553,15 +537,11 @@ impl Host {
             tasks.push(tokio::spawn(
                 reload::run(reload::Reload {
                     slot: face.slot.clone(),
-                    flow: face.spec.flow.clone(),
-                    limits: config.limits.clone(),
-                    registry: self.handlers.clone(),
+                    flows: self.flows.clone(),
                     metrics: metrics.clone(),
                     every: config.runtime.reload_interval,
                     stop: stop.clone(),
-                    templates: face.templates.clone(),
                     store: store.clone(),
-                    flows: self.flows.clone(),
                 })
                 .instrument(span.clone()),
             ));
@@ -667,6 +647,27 @@ impl Host {
             left.replies += l.replies;
         }
         left
+    }
+
+    /// Drops the Qpien tokens no call took for `runtime.token_idle`, every
+    /// bot's, checked a few times within that time.
+    pub(crate) fn drop_idle_tokens(self: &Arc<Self>) -> JoinHandle<()> {
+        let host = self.clone();
+        let idle = self.config.runtime.token_idle;
+        let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
+        tokio::spawn(async move {
+            while host.stop.pause(every).await {
+                let dropped = host
+                    .directory
+                    .all()
+                    .iter()
+                    .filter(|live| live.face().client.drop_idle_token(idle))
+                    .count();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "idle Qpien tokens dropped");
+                }
+            }
+        })
     }
 
     /// The timers of every bot, read by one task (a store they share).

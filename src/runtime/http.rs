@@ -21,9 +21,9 @@ use axum::Router;
 use tracing::Instrument;
 
 use super::dispatch::Inbox;
+use super::flows::BotSlot;
 use super::host::Host;
 use super::metrics::{MetricSet, Metrics};
-use super::reload::BotSlot;
 use super::Stop;
 use crate::config::ServerConfig;
 use crate::qpien::ingest::top_level_keys;
@@ -78,11 +78,19 @@ pub(crate) struct App {
     pub(crate) starts: super::starts::StartLimit,
 }
 
-/// What the readiness checks found: the store's and Qpien's problems, if any.
-#[derive(Debug, Clone, Default)]
+/// What the readiness checks found: the store's and Qpien's problems, if any, and the flow's.
+#[derive(Debug, Clone)]
 pub(crate) struct Checks {
     store: Option<String>,
     qpien: Option<String>,
+    /// The flow's name, or why it does not compile.
+    flow: Result<String, String>,
+}
+
+impl Checks {
+    fn ready(&self) -> bool {
+        self.store.is_none() && self.qpien.is_none() && self.flow.is_ok()
+    }
 }
 
 /// How long readiness checks are reused.
@@ -249,7 +257,7 @@ async fn readyz_all(State(host): State<Arc<Host>>) -> Response {
         for (live, app) in lives.iter().zip(&apps) {
             let last = app.checked.try_lock().ok().and_then(|c| c.clone());
             let ready = last
-                .map(|(_, c)| c.store.is_none() && c.qpien.is_none())
+                .map(|(_, c)| c.ready())
                 .map_or(serde_json::Value::Null, serde_json::Value::from);
             bots.insert(
                 app.name.clone().unwrap_or_default(),
@@ -298,19 +306,29 @@ async fn readiness(shared: &App) -> (bool, serde_json::Value) {
             }
         }
     };
-    let ready = checks.store.is_none() && checks.qpien.is_none() && !shared.stop.is_stopping();
+    let ready = checks.ready() && !shared.stop.is_stopping();
     let body = serde_json::json!({
         "ready": ready,
         "store": checks.store.as_deref().unwrap_or("ok"),
-        "flow": shared.bot.get().flow().name,
+        "flow": match &checks.flow {
+            Ok(name) => serde_json::Value::from(name.as_str()),
+            Err(e) => serde_json::json!({ "error": e }),
+        },
         "qpien": checks.qpien.as_deref().unwrap_or("ok"),
         "stopping": shared.stop.is_stopping(),
     });
     (ready, body)
 }
 
-/// Checks that the store can write and that a Qpien token can be had.
+/// Checks that the store can write, that a Qpien token can be had and that
+/// the flow compiles (it is compiled now if no turn needed it yet).
 async fn run_checks(shared: &App) -> Checks {
+    let flow = shared
+        .bot
+        .get()
+        .await
+        .map(|b| b.flow().name.clone())
+        .map_err(|e| e.to_string());
     let store = tokio::time::timeout(Duration::from_secs(2), shared.store.ping()).await;
     let store_msg = match store {
         Ok(Ok(())) => None,
@@ -329,6 +347,7 @@ async fn run_checks(shared: &App) -> Checks {
     Checks {
         store: store_msg,
         qpien: token_msg,
+        flow,
     }
 }
 
@@ -346,10 +365,21 @@ fn debug_json(status: StatusCode, v: serde_json::Value) -> Response {
 
 /// The flow as a Mermaid graph (nodes `s<index>`), for the playground.
 async fn debug_flow(State(shared): State<Arc<App>>) -> Response {
-    let bot = shared.bot.get();
+    let bot = match shared.bot.get().await {
+        Ok(b) => b,
+        Err(e) => return flow_unavailable(e),
+    };
     debug_json(
         StatusCode::OK,
         serde_json::json!({"name": bot.flow().name, "mermaid": bot.flow().to_mermaid()}),
+    )
+}
+
+/// The bot's flow does not compile (a broken file read at start).
+fn flow_unavailable(e: crate::engine::BotError) -> Response {
+    debug_json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": format!("the flow does not compile: {e}")}),
     )
 }
 
@@ -372,7 +402,10 @@ async fn debug_conversation(
     else {
         return debug_json(StatusCode::OK, serde_json::json!({"state": null}));
     };
-    let bot = shared.bot.get();
+    let bot = match shared.bot.get().await {
+        Ok(b) => b,
+        Err(e) => return flow_unavailable(e),
+    };
     let node = bot.flow().state_id(&record.state).map(|i| format!("s{i}"));
     let vars: serde_json::Map<String, serde_json::Value> = record
         .session
@@ -684,7 +717,15 @@ async fn api_start(State(shared): State<Arc<App>>, headers: HeaderMap, body: Bod
             serde_json::json!({"error": format!("conversation: {}", crate::qpien::ingest::ID_RULE)}),
         );
     }
-    let bot = shared.bot.get();
+    let bot = match shared.bot.get().await {
+        Ok(b) => b,
+        Err(e) => {
+            return json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": format!("the flow does not compile: {e}")}),
+            )
+        }
+    };
     if bot.flow().state_id(&request.state).is_none() {
         let hint = crate::flow::did_you_mean(&request.state, bot.flow().state_names())
             .map(|s| format!("; did you mean `{s}`?"))

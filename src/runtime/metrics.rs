@@ -230,10 +230,60 @@ impl Collector for BotsCollector {
     }
 }
 
+/// The process's compiled flows (`flows.rs`), read at each scrape.
+#[derive(Debug)]
+struct FlowsCollector(Arc<super::flows::Flows>);
+
+impl Collector for FlowsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let s = self.0.stats();
+        for (name, help, value) in [
+            (
+                "flowbot_flow_cache_flows",
+                "Compiled flows held by the process",
+                s.flows as i64,
+            ),
+            (
+                "flowbot_flow_cache_bytes",
+                "Estimated bytes of the compiled flows held (runtime.flow_cache_bytes bounds it)",
+                s.bytes as i64,
+            ),
+        ] {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        for (name, help, value) in [
+            (
+                "flowbot_flows_compiled",
+                "Flows compiled (first use, a reload, or again after the cache dropped them)",
+                s.compiled,
+            ),
+            (
+                "flowbot_flows_evicted",
+                "Compiled flows dropped to keep to runtime.flow_cache_bytes",
+                s.evicted,
+            ),
+        ] {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 impl MetricSet {
-    /// Registers every family, with the bots' clients and flow versions read
-    /// at each scrape.
-    pub(crate) fn new() -> MetricSet {
+    /// Registers every family, with the bots' clients and flow versions and
+    /// the process's compiled flows read at each scrape.
+    pub(crate) fn new(flows: Arc<super::flows::Flows>) -> MetricSet {
         let mut registry = Registry::default();
         let watched: Arc<std::sync::RwLock<indexmap::IndexMap<BotLabel, Watched>>> =
             Default::default();
@@ -328,6 +378,7 @@ impl MetricSet {
             m.releases.clone(),
         );
         registry.register_collector(Box::new(BotsCollector(watched.clone())));
+        registry.register_collector(Box::new(FlowsCollector(flows)));
         MetricSet { registry, ..m }
     }
 

@@ -39,6 +39,7 @@
 pub mod capture;
 mod claims;
 mod dispatch;
+mod flows;
 mod host;
 mod http;
 mod lanes;
@@ -282,35 +283,55 @@ pub(crate) fn per_bot_file(path: &Path, ns: &str) -> PathBuf {
 /// never shown), a way to receive messages, Qpien's endpoint and documents.
 /// `flowbot run --check` runs this. Returns the loaded bots, in the order of
 /// the configuration.
-pub fn check(config: &Config, registry: &Registry) -> Result<Vec<Bot>, RuntimeError> {
-    let flows = reload::FlowCache::default();
+pub fn check(config: &Config, registry: &Registry) -> Result<Vec<Arc<Bot>>, RuntimeError> {
+    let flows = flows::Flows::new(registry.clone(), config.limits.clone(), u64::MAX);
     Spec::all(config)
         .iter()
-        .map(|spec| check_one(config, spec, registry, &flows))
+        .map(|spec| check_one(config, spec, &flows))
         .collect()
 }
 
-fn check_one(
-    config: &Config,
+/// What [`check`] checks of one bot: its configuration, and its flow
+/// compiled (through `flows`, which keeps it).
+fn check_one(config: &Config, spec: &Spec, flows: &flows::Flows) -> Result<Arc<Bot>, RuntimeError> {
+    let sources = read_flow(spec, flows)?;
+    check_spec(config, spec)?;
+    let bot = flows
+        .bot_now(&sources, None)
+        .map_err(|e| flow_error(spec, e))?;
+    warn_schedules(spec, &bot);
+    Ok(bot)
+}
+
+/// A bot's flow, read (not compiled).
+fn read_flow(
     spec: &Spec,
-    registry: &Registry,
-    flows: &reload::FlowCache,
-) -> Result<Bot, RuntimeError> {
-    let at = spec.at();
-    let failed = |e: crate::engine::BotError| RuntimeError::Flow {
+    flows: &flows::Flows,
+) -> Result<Arc<crate::flow::FlowSources>, RuntimeError> {
+    flows.read(&spec.flow).map_err(|e| flow_error(spec, e))
+}
+
+fn flow_error(spec: &Spec, e: crate::engine::BotError) -> RuntimeError {
+    RuntimeError::Flow {
         path: spec.flow.display().to_string(),
         message: e.to_string(),
-    };
-    let bot = flows
-        .load(&spec.flow, registry, &config.limits)
-        .map_err(failed)?;
-    // What the flow's schedules risk (their firings outgrowing the budget,
-    // WhatsApp's window) is said where the bot runs, not only by `validate`.
+    }
+}
+
+/// What the flow's schedules risk (their firings outgrowing the budget,
+/// WhatsApp's window) is said where the bot runs, not only by `validate`.
+fn warn_schedules(spec: &Spec, bot: &Bot) {
     for w in bot.flow().warnings.warnings() {
         if w.path.starts_with("schedules") {
             tracing::warn!(bot = spec.name.as_deref(), "{w}");
         }
     }
+}
+
+/// The configuration of one bot, but its flow: secrets, a way to receive
+/// messages, Qpien's endpoint, the store.
+fn check_spec(config: &Config, spec: &Spec) -> Result<(), RuntimeError> {
+    let at = spec.at();
     if spec.server.webhook && spec.server.webhook_secret.expose().len() < MIN_SECRET {
         let (key, env) = match &spec.name {
             Some(n) => (
@@ -372,7 +393,7 @@ fn check_one(
                 .into(),
         ));
     }
-    Ok(bot)
+    Ok(())
 }
 
 /// Refuses to start bots whose stores need more open files than the
@@ -604,12 +625,16 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     };
     // Several bots in one store: one task reads the timers of them all.
     let shared = stores.shared().filter(|_| many);
+    let flows = Arc::new(flows::Flows::new(
+        registry.clone(),
+        config.limits.clone(),
+        config.runtime.flow_cache_bytes,
+    ));
     let host = Arc::new(host::Host {
-        handlers: registry,
         stores: tokio::sync::Mutex::new(stores),
-        flows: Arc::new(reload::FlowCache::default()),
+        flows: flows.clone(),
         http,
-        set: Arc::new(MetricSet::new()),
+        set: Arc::new(MetricSet::new(flows.clone())),
         stop: stop.clone(),
         directory: Default::default(),
         shared_timers: shared.is_some(),
@@ -647,6 +672,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     if let Some(store) = shared {
         tasks.push(host.run_timers(store));
     }
+    tasks.push(host.drop_idle_tokens());
     let server = {
         let app = http::router(&host, many);
         let stop = stop.clone();

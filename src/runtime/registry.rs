@@ -456,7 +456,10 @@ async fn view(host: &Host, row: &BotRecord, full: bool) -> Value {
             ),
             (
                 "flow_name".to_owned(),
-                Value::from(face.slot.get().flow().name.clone()),
+                match face.slot.get().await {
+                    Ok(bot) => Value::from(bot.flow().name.clone()),
+                    Err(_) => Value::Null,
+                },
             ),
         ]);
         v.as_object_mut().expect("an object").extend(m);
@@ -536,7 +539,7 @@ fn prepared(host: &Host, name: &str, spec: Value) -> Result<Value, Refusal> {
             format!("bots[{name}].{key}: the same as bots[{other}]'s; each bot needs its own"),
         ));
     }
-    super::check_one(&host.config, &spec, &host.handlers, &host.flows)
+    super::check_one(&host.config, &spec, &host.flows)
         .map_err(|e| bad(format!("bots[{name}]: {e}")))?;
     Ok(sealed)
 }

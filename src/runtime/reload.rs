@@ -5,103 +5,25 @@
 //! Conversations saved under the old version are placed by the engine (state
 //! name, `migrate:`) at their next turn.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::flows::{stamps_of, BotSlot, Flows};
 use super::metrics::Metrics;
 use super::Stop;
-use crate::engine::{Bot, BotError, Stored};
-use crate::flow::{Flow, FlowLimits};
-use crate::handler::Registry;
+use crate::engine::{Bot, Stored};
 use crate::store::{StateStore, StoreError};
 use tracing::Instrument;
-
-/// Flows compiled by this process, by file: a bot loading a file another
-/// bot compiled, unchanged since (its files read again and fingerprinted),
-/// binds that compiled flow instead of compiling it again, at start and at
-/// reload, so that bots sharing a file keep one compiled flow after a change
-/// too. (Only by file: a bot's reload watches the files its flow names.)
-#[derive(Default)]
-pub(crate) struct FlowCache(std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Flow>>>);
-
-impl FlowCache {
-    /// The bot of the flow at `path`, compiled here or by another bot.
-    pub(crate) fn load(
-        &self,
-        path: &std::path::Path,
-        registry: &Registry,
-        limits: &FlowLimits,
-    ) -> Result<Bot, BotError> {
-        let mut flows = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flow) = flows.get(path).filter(|f| f.sources_unchanged(limits)) {
-            return Bot::bind(flow.clone(), registry.clone());
-        }
-        let bot = Bot::load_with(path, registry.clone(), limits)?;
-        flows.insert(path.to_owned(), bot.flow().clone());
-        Ok(bot)
-    }
-}
-
-/// The bot in service; a reload swaps it.
-pub(crate) struct BotSlot {
-    bot: RwLock<Arc<Bot>>,
-    /// The flow version, for the metrics.
-    version: Arc<AtomicI64>,
-}
-
-impl BotSlot {
-    pub(crate) fn new(bot: Bot) -> BotSlot {
-        BotSlot {
-            version: Arc::new(AtomicI64::new(metric_version(&bot))),
-            bot: RwLock::new(Arc::new(bot)),
-        }
-    }
-
-    /// The bot as of now.
-    pub(crate) fn get(&self) -> Arc<Bot> {
-        self.bot.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, bot: Bot) {
-        self.version.store(metric_version(&bot), Ordering::Relaxed);
-        *self.bot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bot);
-    }
-
-    /// The flow version as a gauge shows it.
-    pub(crate) fn version_gauge(&self) -> Arc<AtomicI64> {
-        self.version.clone()
-    }
-}
-
-/// The flow's fingerprint as a gauge can carry it exactly (low 52 bits).
-fn metric_version(bot: &Bot) -> i64 {
-    (bot.flow().version & ((1 << 52) - 1)) as i64
-}
-
-fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
-    files
-        .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-        .collect()
-}
 
 /// What the reload task needs.
 pub(crate) struct Reload {
     pub(crate) slot: Arc<BotSlot>,
-    pub(crate) flow: PathBuf,
-    pub(crate) limits: FlowLimits,
-    pub(crate) registry: Registry,
+    pub(crate) flows: Arc<Flows>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) every: Duration,
     pub(crate) stop: Stop,
-    /// The account's approved WhatsApp templates, when known.
-    pub(crate) templates: Option<Vec<crate::flow::TemplateInfo>>,
     /// The store, to count the conversations a reload moves.
     pub(crate) store: Arc<dyn StateStore>,
-    /// The process's compiled flows.
-    pub(crate) flows: Arc<FlowCache>,
 }
 
 /// The live conversations of each state of `bot`'s flow: the store's
@@ -162,70 +84,41 @@ async fn log_migration(store: Arc<dyn StateStore>, old: Arc<Bot>, new: Arc<Bot>)
     }
 }
 
-/// Watches the flow's files until shutdown.
+/// Watches the flow's files until shutdown: a change is read and compiled
+/// (through the process's cache, so bots of the same files compile it
+/// once) before it is put in service.
 pub(crate) async fn run(r: Reload) {
-    let mut files = r.slot.get().flow().files.clone();
-    let mut seen = stamps(&files);
+    let mut seen: Vec<Option<SystemTime>> = stamps_of(&r.slot.sources());
     while r.stop.pause(r.every).await {
-        let now = stamps(&files);
+        let current = r.slot.sources();
+        let now = stamps_of(&current);
         if now == seen {
             continue;
         }
         seen = now;
-        let loaded = match r.templates.as_deref() {
-            // Checked against the account's templates, a flow is the bot's own.
-            Some(templates) => {
-                Bot::load_with_templates(&r.flow, r.registry.clone(), &r.limits, Some(templates))
-            }
-            None => r.flows.load(&r.flow, &r.registry, &r.limits),
+        let main = current.main.clone();
+        let compiled = match r.flows.read(&main) {
+            Ok(sources) if sources.version == current.version => continue,
+            Ok(sources) => r.slot.compiled(&sources).await.map(|bot| (sources, bot)),
+            Err(e) => Err(e),
         };
-        match loaded {
-            Ok(bot) => {
-                let version = bot.flow().version;
-                if version == r.slot.get().flow().version {
-                    continue;
-                }
-                files = bot.flow().files.clone();
-                seen = stamps(&files);
-                let old = r.slot.get();
-                r.slot.set(bot);
+        match compiled {
+            Ok((sources, bot)) => {
+                // The files it names now (an include added or removed).
+                seen = stamps_of(&sources);
+                let version = sources.version;
+                let old = r.slot.get().await.ok();
+                r.slot.set(sources);
                 r.metrics.reloads.count("ok");
-                tracing::info!(flow = %r.flow.display(), version, "flow reloaded");
-                tokio::spawn(log_migration(r.store.clone(), old, r.slot.get()).in_current_span());
+                tracing::info!(flow = %main.display(), version, "flow reloaded");
+                if let Some(old) = old {
+                    tokio::spawn(log_migration(r.store.clone(), old, bot).in_current_span());
+                }
             }
             Err(e) => {
                 r.metrics.reloads.count("rejected");
-                tracing::error!(flow = %r.flow.display(), "flow change refused, the running flow is kept:\n{e}");
+                tracing::error!(flow = %main.display(), "flow change refused, the running flow is kept:\n{e}");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bots_loading_one_file_keep_one_compiled_flow_before_and_after_it_changes() {
-        let dir = crate::files::private_temp_dir("flowbot-flow-cache-").unwrap();
-        let path = dir.path().join("shop.yaml");
-        let flow = |say: &str| {
-            format!("version: 1\nstates:\n  start: {{ say: \"{say} {{{{ name | upper }}}}\" }}\n")
-        };
-        std::fs::write(&path, flow("Hi")).unwrap();
-        let (cache, registry, limits) =
-            (FlowCache::default(), Registry::new(), FlowLimits::default());
-        let a = cache.load(&path, &registry, &limits).unwrap();
-        let b = cache.load(&path, &registry, &limits).unwrap();
-        assert!(Arc::ptr_eq(a.flow(), b.flow()));
-        // Changed: the first bot to reload compiles it, the next binds it.
-        std::fs::write(&path, flow("Hello")).unwrap();
-        let a2 = cache.load(&path, &registry, &limits).unwrap();
-        let b2 = cache.load(&path, &registry, &limits).unwrap();
-        assert!(!Arc::ptr_eq(a.flow(), a2.flow()));
-        assert!(Arc::ptr_eq(a2.flow(), b2.flow()));
-        // A change that does not load is an error, not the old flow.
-        std::fs::write(&path, "version: 1\nstates: [").unwrap();
-        assert!(cache.load(&path, &registry, &limits).is_err());
     }
 }

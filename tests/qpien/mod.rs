@@ -284,6 +284,24 @@ async fn the_token_is_renewed_ahead_of_its_expiry() {
 }
 
 #[tokio::test]
+async fn a_token_left_idle_is_dropped_and_fetched_again_when_needed() {
+    let sim = start_sim(|_| {}).await;
+    let client = client(&sim);
+    assert!(!client.drop_idle_token(Duration::ZERO), "none yet");
+    client.get_conversation_list(1, 10, None).await.unwrap();
+    // Used just now: kept while calls take it.
+    assert!(!client.drop_idle_token(Duration::from_secs(60)));
+    client.get_conversation_list(1, 10, None).await.unwrap();
+    assert_eq!(token_calls(&sim), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(client.drop_idle_token(Duration::from_millis(40)));
+    assert!(!client.drop_idle_token(Duration::ZERO), "dropped once");
+    client.get_conversation_list(1, 10, None).await.unwrap();
+    assert_eq!(token_calls(&sim), 2, "fetched again on the next call");
+    assert_eq!(client.stats().token_refreshes, 2);
+}
+
+#[tokio::test]
 async fn an_expired_token_is_renewed_once_and_the_call_retried() {
     let sim = start_sim(|c| c.token_real_lifetime = Some(Duration::from_millis(150))).await;
     text_conversations(&sim, ["c1".to_string()]);

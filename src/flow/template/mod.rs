@@ -293,6 +293,13 @@ impl std::fmt::Debug for Templates {
     }
 }
 
+impl Templates {
+    /// How many templates are compiled.
+    pub(crate) fn count(&self) -> usize {
+        self.next
+    }
+}
+
 impl Default for Templates {
     fn default() -> Self {
         Self::new(&FlowLimits::default())
