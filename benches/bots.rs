@@ -24,10 +24,11 @@
 //!    the last reply reached the stand-in.
 //! 4. **A flooded bot**: the reply latency of the other bots (a new
 //!    conversation's greeting, from the webhook's send to the reply reaching
-//!    the stand-in; P probes at 50/s over up to 10 bots), quiet, then while
-//!    bot 0 takes the support script as fast as 64 senders can send it (more
-//!    than 100 times the probes' rate): the others' p99 should stay within
-//!    2x of quiet (`--probes P`, 400 by default).
+//!    the stand-in; P probes at R a second over up to 10 bots), quiet, then
+//!    while bot 0 is sent the support script at 100 times the probes' rate
+//!    (open loop): the others' p99 should stay within 2x of quiet
+//!    (`--probes P --probe-rate R`, 400 and 50 by default: bot 0 is sent
+//!    5,000 messages a second).
 
 #![allow(missing_docs)]
 
@@ -280,7 +281,7 @@ fn main() {
         );
         let (quiet, loud, flood_rate) = flood;
         println!(
-            "a flooded bot: the others' reply p99 {:.1} ms quiet, {:.1} ms while bot b0 takes {flood_rate:.0} turns/s ({:.2}x; p50 {:.1} ms and {:.1} ms)",
+            "a flooded bot: the others' reply p99 {:.1} ms quiet, {:.1} ms while bot b0 is sent {flood_rate:.0} messages/s ({:.2}x; p50 {:.1} ms and {:.1} ms)",
             percentile(&quiet, 0.99).as_secs_f64() * 1e3,
             percentile(&loud, 0.99).as_secs_f64() * 1e3,
             percentile(&loud, 0.99).as_secs_f64() / percentile(&quiet, 0.99).as_secs_f64(),
@@ -401,6 +402,7 @@ async fn flooded(
     probes: &Arc<Probes>,
 ) -> (Vec<Duration>, Vec<Duration>, f64) {
     let count = arg("--probes", 400usize);
+    let per_second = arg("--probe-rate", 50usize).max(1);
     let others = (bots - 1).min(10);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
@@ -425,12 +427,12 @@ async fn flooded(
             started.elapsed()
         }
     };
-    // 50 probes a second, each bot in turn; sorted latencies.
+    // `per_second` probes a second, each bot in turn; sorted latencies.
     let run = |round: &'static str| {
         let probe = &probe;
         async move {
             let mut tasks = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second as f64));
             for i in 0..count {
                 tick.tick().await;
                 tasks.push(tokio::spawn(probe(
@@ -451,33 +453,16 @@ async fn flooded(
         probe(format!("probe-warm-{b}"), b).await;
     }
     let quiet = run("quiet").await;
-    // The flood: bot 0, 64 senders, until the probes are done.
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let flood: Vec<_> = (0..64)
-        .map(|s| {
-            let (http, done, sent) = (http.clone(), done.clone(), sent.clone());
-            let url = format!("http://{addr}/bots/b0/webhook");
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !done.load(Ordering::Relaxed) {
-                    for m in script(&format!("{addr}-flood-{s}-{n}"), n) {
-                        post(&http, &url, &m).await;
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect();
+    // The flood: bot 0 at 100 times the probes' rate (open loop), from
+    // half a second before the probes to after them.
+    let rate = 100 * per_second;
+    let seconds = count / per_second + 2;
+    let flood = {
+        let (http, url) = (http.clone(), format!("http://{addr}/bots/b0/webhook"));
+        tokio::spawn(async move { support::open_loop(&http, &url, rate, seconds, "flood-").await })
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = (Instant::now(), sent.load(Ordering::Relaxed));
     let loud = run("loud").await;
-    let rate =
-        (sent.load(Ordering::Relaxed) - started.1) as f64 / started.0.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    for t in flood {
-        t.await.unwrap();
-    }
-    (quiet, loud, rate)
+    flood.await.unwrap();
+    (quiet, loud, rate as f64)
 }

@@ -44,7 +44,7 @@ pub(super) async fn run(config_path: Option<&Path>, check: bool, registry: Regis
                     "configuration of {} bots is valid{}",
                     config.bots.len(),
                     match config.runtime.registry {
-                        true => " (and the registry's bots are checked as they start)",
+                        true => " (the registry's bots were checked when added)",
                         false => "",
                     }
                 );

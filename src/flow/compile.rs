@@ -128,6 +128,7 @@ pub(crate) fn compile(
         prefix: String::new(),
         calls: Vec::new(),
         units: Vec::new(),
+        regex_bytes: 0,
         askers: order
             .iter()
             .enumerate()
@@ -303,6 +304,7 @@ pub(crate) fn compile(
         }),
         version: fingerprint(files),
         source_bytes: files.iter().map(|f| f.source.text.len()).sum(),
+        regex_bytes: c.regex_bytes,
         files: files.iter().map(|f| f.source.path.clone()).collect(),
         start: start.unwrap_or(0),
         states,
@@ -460,6 +462,8 @@ struct Compiler<'a> {
     calls: Vec<(String, usize)>,
     /// Every unit, for its callers.
     units: Vec<Unit>,
+    /// What the compiled regexes keep, in bytes (for [`Flow::weight`]).
+    regex_bytes: usize,
 }
 
 /// A flow as its callers see it.
@@ -1406,7 +1410,14 @@ impl Compiler<'_> {
 
     fn regex(&mut self, r: &mut Reporter<'_>, path: &str, src: &str) -> Option<Regex> {
         match Regex::new(src) {
-            Ok(re) => Some(re),
+            Ok(re) => {
+                // A regex keeps from a few to a few hundred kilobytes (its
+                // automata; Unicode classes are large): measured on the
+                // same engine `regex` runs, once, at load.
+                self.regex_bytes += regex_automata::meta::Regex::new(src)
+                    .map_or(0, |m| m.memory_usage() + 6 * 1024);
+                Some(re)
+            }
             Err(e) => {
                 let detail = e.to_string();
                 let last = detail.lines().last().unwrap_or("").trim().to_owned();

@@ -28,6 +28,8 @@ pub struct Flow {
     pub files: Vec<PathBuf>,
     /// The bytes of text it was compiled from.
     pub(crate) source_bytes: usize,
+    /// What its regexes keep, in bytes.
+    pub(crate) regex_bytes: usize,
     /// The first state.
     pub(crate) start: StateId,
     /// All states.
@@ -62,7 +64,7 @@ pub struct Flow {
 /// What one compiled template keeps (see [`Flow::weight`]).
 const TEMPLATE_BYTES: usize = 9 * 1024;
 /// What each byte of source text becomes (see [`Flow::weight`]).
-const SOURCE_FACTOR: usize = 3;
+const SOURCE_FACTOR: usize = 6;
 
 impl Flow {
     /// A state's id by name.
@@ -82,8 +84,9 @@ impl Flow {
 
     /// About how many bytes of memory the compiled flow keeps: each
     /// compiled template (minijinja keeps about 9 KiB of instructions for
-    /// one), each state and rule, and a multiple of the text it was compiled
-    /// from (names, messages, patterns). An estimate, for bounding a cache
+    /// one), each regex (its automata, measured when compiled), each state
+    /// and rule, and a multiple of the text it was compiled from (names,
+    /// messages, patterns). An estimate, for bounding a cache
     /// of compiled flows; `benches/startup.rs` checks it against what a
     /// counting allocator finds.
     pub fn weight(&self) -> usize {
@@ -94,6 +97,7 @@ impl Flow {
             + self.states.len() * size_of::<StateNode>()
             + rules * size_of::<RuleNode>()
             + self.source_bytes * SOURCE_FACTOR
+            + self.regex_bytes
     }
 
     /// A state by id.

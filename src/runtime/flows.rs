@@ -58,6 +58,10 @@ pub(crate) struct Flows {
     compiled: AtomicU64,
     /// Flows dropped to stay within the bound.
     evicted: AtomicU64,
+    /// Compilations at once: as many as there are cores, so that many bots
+    /// asking at once (a start, a readiness probe of all) queue here rather
+    /// than start a blocking thread each.
+    compiling: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Flows {
@@ -114,6 +118,9 @@ impl Flows {
             cache: Default::default(),
             compiled: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            compiling: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -154,6 +161,11 @@ impl Flows {
         templates: Option<&Approved>,
     ) -> Result<Arc<Bot>, BotError> {
         let key = key_of(sources, templates);
+        if let Some(bot) = self.hit(key, sources, templates) {
+            return Ok(bot);
+        }
+        let _turn = self.compiling.acquire().await;
+        // Compiled by another task while this one waited: taken from there.
         if let Some(bot) = self.hit(key, sources, templates) {
             return Ok(bot);
         }
