@@ -3,7 +3,7 @@
 //! when all of them receive load at once.
 //!
 //! Run: `cargo bench --bench bots` (options: `-- --bots N --conversations C
-//! --concurrency K --normal --store postgres`; `--normal` for `durability =
+//! --concurrency K --normal --store postgres --flow-cache-bytes B`; `--normal` for `durability =
 //! "normal"`; `--store postgres` for PostgreSQL at `FLOWBOT_TEST_POSTGRES_URL`,
 //! in a schema of its own, counting the process's connections).
 //!
@@ -86,10 +86,11 @@ fn config(
          [qpien.rate_limit]\nrequests = 10000000\nper = \"1s\"\n\
          [server]\nlisten = \"127.0.0.1:{port}\"\n\
          [store]\npath = {:?}\ndurability = \"{}\"\n\
-         [runtime]\nreload = false\nqueue_capacity = 1000000\n\
+         [runtime]\nreload = false\nqueue_capacity = 1000000\nflow_cache_bytes = {}\n\
          [log]\nlevel = \"warn\"\n",
         dir.join("flowbot.db"),
-        if normal { "normal" } else { "full" }
+        if normal { "normal" } else { "full" },
+        arg("--flow-cache-bytes", 256u64 << 20),
     );
     if let Some(schema) = schema {
         toml = toml.replace(
