@@ -42,6 +42,53 @@ fn unknown_states_with_suggestions() {
 }
 
 #[test]
+fn branches_are_checked_where_they_are_written() {
+    let ds = problems(
+        "states:\n  start:\n    next:\n      - { goto: a }\n      - { when: \"x >\", goto: b }\n      - { when: \"x > 1\", goto: closd }\n  a: { say: a }\n  b: { say: b }\n  closed: { say: c }\n  empty: { next: [] }\n",
+    );
+    has(
+        &ds,
+        "a branch without `when` always holds: the branches after it are never taken",
+        "states.start.next[0]",
+        4,
+    );
+    has(&ds, "invalid expression", "states.start.next[1].when", 5);
+    has(&ds, "unknown state `closd`", "states.start.next[2].goto", 6);
+    has(
+        &ds,
+        "when no branch holds, the conversation stays here",
+        "states.start.next[2].when",
+        6,
+    );
+    has(&ds, "needs at least one branch", "states.empty.next", 10);
+    // Every branch's target is reachable; the last without `when` is fine.
+    let ds = problems(
+        "states:\n  start:\n    next:\n      - { when: \"x | int > 1\", goto: a }\n      - { goto: b }\n  a: { say: a }\n  b: { say: b }\n",
+    );
+    assert!(ds.is_empty(), "{ds:?}");
+}
+
+#[test]
+fn saved_picks_need_options_and_a_name() {
+    let ds = problems(
+        "states:\n  start:\n    say:\n      - { text: hi, save: reason }\n      - { text: hi, save: 2x, quick_replies: [{ id: a, title: A }] }\n      - { list: { body: b, button: c, sections: [{ rows: [{ id: a, title: A }] }] }, save: x }\n",
+    );
+    has(&ds, "this message has none", "states.start.say[0].save", 4);
+    has(
+        &ds,
+        "cannot be a variable's name",
+        "states.start.say[1].save",
+        5,
+    );
+    has(
+        &ds,
+        "a list keeps its pick with its own `save`",
+        "states.start.say[2].save",
+        6,
+    );
+}
+
+#[test]
 fn unreachable_states_are_warnings() {
     let ds = problems("states:\n  start: { say: hi }\n  lonely: { say: nobody comes }\n");
     has(&ds, "unreachable", "states.lonely", 3);
@@ -547,7 +594,7 @@ fn subflow_contracts_are_checked_in_every_caller() {
 /// `flowbot check --explore` finds what only running the flow shows: a
 /// silent turn, a state no path reaches, a text missing a language, a
 /// message over WhatsApp's limits once rendered, and (asked for) states
-/// with no way out.
+/// with no way out; behind every branch of a `next:`.
 #[test]
 fn the_explorer_finds_planted_problems() {
     let flow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/explore/planted.yaml");
@@ -582,6 +629,13 @@ fn the_explorer_finds_planted_problems() {
         "error: from `quiet`, no path of at most 20 turns reaches a handoff or an end",
         15,
     );
+    // A branch whose condition never holds on the walk is followed all the
+    // same: what lies behind it is checked, and it counts as reached.
+    has(
+        "error: a turn sends nothing: button vip (`gate` branch 0) (the conversation is then in `lounge`)",
+        36,
+    );
+    assert!(!stderr.contains("reaches `lounge`"), "{stderr}");
     // Validation alone passes: these are found by running the flow.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
         .args(["check"])
@@ -593,5 +647,51 @@ fn the_explorer_finds_planted_problems() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An action's declared jumps (`jumps:`) make their states reachable for
+/// `validate`, and `check --explore` follows each jump and the action's
+/// failure into the error path, finding what hides behind them.
+#[test]
+fn the_explorer_follows_declared_jumps_and_error_paths() {
+    use flowbot::internals::testing::explore::{explore, ExploreOptions};
+    let flow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/explore/jumps.yaml");
+    let names = HandlerNames {
+        actions: vec!["lookup".into()],
+        ..HandlerNames::default()
+    };
+    let loaded = Flow::load(&flow, &names).unwrap();
+    assert!(loaded.warnings.0.is_empty(), "{:?}", loaded.warnings.0);
+    let registry = flowbot::Registry::new().action("lookup", flowbot::Mock::new());
+    let ds = crate::block_on(explore(&flow, &registry, ExploreOptions::default())).0;
+    let text: Vec<String> = ds.iter().map(|d| d.to_string()).collect();
+    let text = text.join("\n");
+    has(
+        &ds,
+        "a turn sends nothing: text \"hello\" → text \"1\" (`lookup` jumps to `found`) (the conversation is then in `found`)",
+        "states.found",
+        15,
+    );
+    has(
+        &ds,
+        "a turn sends nothing: text \"hello\" → text \"1\" (`lookup` fails) (the conversation is then in `sorry`)",
+        "states.sorry",
+        20,
+    );
+    assert!(!text.contains("reaches `missing`"), "{text}");
+    // Undeclared, the same states are unreachable for `validate`.
+    let yaml = std::fs::read_to_string(&flow)
+        .unwrap()
+        .replace(", jumps: [found, missing]", "");
+    let ds = problems(&yaml);
+    has(&ds, "unreachable", "states.found", 16);
+    // A declared state that does not exist is an error where it is named.
+    let ds = problems(&yaml.replace("action: lookup }", "action: lookup, jumps: [fund] }"));
+    has(
+        &ds,
+        "unknown state `fund`",
+        "states.lookup.call.jumps[0]",
+        11,
     );
 }

@@ -173,6 +173,85 @@ states:
     });
 }
 
+/// `next:` as branches: the first whose `when:` holds, without a message
+/// from the customer; the last without `when:` takes the rest; with none
+/// holding, the conversation waits in the state.
+#[test]
+fn branches_go_on_by_condition_without_waiting_for_the_customer() {
+    block_on(async {
+        let yaml = r#"
+states:
+  start:
+    ask: { text: "Total?", save: total, validate: number }
+    next:
+      - { when: "total | int > 100", goto: big }
+      - { when: "total | int > 10", goto: medium }
+      - { goto: small }
+  big: { say: Big, next: again }
+  medium: { say: Medium, next: again }
+  small: { say: Small, next: again }
+  again:
+    next:
+      - { when: "total | int == 42", goto: answer }
+    on: [{ text: more, goto: start }]
+  answer: { say: "The answer.", end: true }
+"#;
+        let mut c = conv(yaml);
+        assert_eq!(texts(c.send("hi").await), ["Total?"]);
+        assert_eq!(texts(c.send("500").await), ["Big"]);
+        // No branch of `again` holds: it waits for the customer.
+        assert_eq!(c.state(), Some("again"));
+        c.send("more").await;
+        assert_eq!(texts(c.send("50").await), ["Medium"]);
+        c.send("more").await;
+        assert_eq!(texts(c.send("5").await), ["Small"]);
+        c.send("more").await;
+        assert_eq!(texts(c.send("42").await), ["Medium", "The answer."]);
+        assert_eq!(c.state(), None);
+    });
+}
+
+/// An action's jumps, when its `call:` declares them, are checked when it
+/// jumps: to a declared state it goes on; to another, the error path runs
+/// with the action's name.
+#[test]
+fn an_action_jumps_only_to_the_states_its_call_declares() {
+    block_on(async {
+        let yaml = r#"
+settings: { error_message: "Oops." }
+states:
+  start: { say: S, on: [{ regex: '^\w+$', goto: route }] }
+  route:
+    call: { action: route, args: { to: "{{ message }}" }, jumps: [a] }
+    next: start
+  a: { say: A, next: start }
+  b: { say: B, next: start }
+"#;
+        let r = Registry::new().action("route", |ctx: &mut ActionContext<'_>| {
+            Ok(ActionOutcome::Goto(
+                ctx.arg_str("to").unwrap_or("a").to_owned(),
+            ))
+        });
+        let mut c = conv_with(yaml, r);
+        c.send("hi").await;
+        assert_eq!(texts(c.send("a").await), ["A", "S"]);
+        assert_eq!(texts(c.send("b").await), ["Oops."]);
+        let last = c.transcript().0.last().unwrap();
+        assert_eq!(
+            last.errors,
+            ["action `route` jumped to `b`, which its `call:` does not declare (jumps: `a`)"]
+        );
+        // The error ended the conversation: a new one first.
+        c.send("hi").await;
+        assert_eq!(texts(c.send("nowhere").await), ["Oops."]);
+        let last = c.transcript().0.last().unwrap();
+        assert_eq!(
+            last.errors,
+            ["action `route` jumped to unknown state `nowhere`"]
+        );
+    });
+}
+
 #[test]
 fn next_chain_is_capped_with_a_clear_error() {
     block_on(async {
@@ -333,6 +412,58 @@ states:
         let mut c = conv(yaml).channel(Channel::Email);
         assert_eq!(c.send("hi").await[0].text, "Pick\n\n1. A\n2. B\n3. C\n4. D");
         assert_eq!(texts(c.send("4").await), ["got d"]);
+    });
+}
+
+/// `save:` on a message's quick replies or on a list keeps what was picked:
+/// the id, and the title as shown in the conversation's language, whether
+/// tapped, picked, typed or answered by number.
+#[test]
+fn picks_are_saved_however_they_are_made() {
+    block_on(async {
+        let yaml = r#"
+settings: { default_language: en }
+states:
+  start:
+    say:
+      - text: { en: Why?, tr: Neden? }
+        save: reason
+        quick_replies:
+          - { id: late, title: { en: It was late, tr: Geç kaldı } }
+          - { id: cold, title: { en: It was cold, tr: Soğuktu } }
+    on:
+      - { any: [{ button: late }, { button: cold }], say: "Noted: {{ reason }} ({{ reason_title }}).", goto: size }
+  size:
+    say:
+      - list:
+          body: Size?
+          button: Sizes
+          save: size
+          sections: [{ rows: [{ id: s, title: Small }, { id: l, title: Large }] }]
+    on:
+      - { any: [{ list: s }, { list: l }], say: "{{ size_title }} it is ({{ reason }}).", goto: done }
+  done: { end: true }
+"#;
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        let out = c.tap("cold").await.to_vec();
+        assert_eq!(out[0].text, "Noted: cold (It was cold).");
+        assert_eq!(out[1].list.as_ref().unwrap().body, "Size?");
+        assert_eq!(texts(c.pick("l").await), ["Large it is (cold)."]);
+        // Typed, in Turkish: the title as the customer saw it.
+        let mut c = conv(yaml).language("tr");
+        c.send("merhaba").await;
+        assert_eq!(
+            texts(c.send("geç kaldı").await)[0],
+            "Noted: late (Geç kaldı)."
+        );
+        assert_eq!(c.var("reason").unwrap().as_str(), Some("late"));
+        // By number, on e-mail.
+        let mut c = conv(yaml).channel(Channel::Email);
+        c.send("hi").await;
+        c.send("2").await;
+        assert_eq!(c.var("reason_title").unwrap().as_str(), Some("It was cold"));
+        assert_eq!(texts(c.send("1").await), ["Small it is (cold)."]);
     });
 }
 

@@ -697,8 +697,19 @@ fn summary(state: &State) -> String {
     if state.ret.is_some() {
         lines.push("returns to its caller".into());
     }
-    if let Some(next) = &state.next {
-        lines.push(format!("then `{next}`"));
+    match &state.next {
+        Some(crate::flow::model::Next::To(next)) => lines.push(format!("then `{next}`")),
+        Some(crate::flow::model::Next::Branches(list)) => {
+            let each: Vec<String> = list
+                .iter()
+                .map(|b| match &b.when {
+                    Some(w) => format!("`{}` if {w}", b.goto),
+                    None => format!("else `{}`", b.goto),
+                })
+                .collect();
+            lines.push(format!("then {}", each.join(", ")));
+        }
+        None => {}
     }
     let targets: Vec<String> = state
         .on

@@ -669,7 +669,12 @@ impl Bot {
     }
 
     /// The session a message's turn runs on (see [`Prepared`]).
-    pub(super) fn prepare<'e>(&self, session: Option<Session>, event: &'e Event, now: Millis) -> Prepared<'e> {
+    pub(super) fn prepare<'e>(
+        &self,
+        session: Option<Session>,
+        event: &'e Event,
+        now: Millis,
+    ) -> Prepared<'e> {
         let flow = &*self.flow;
         // A session that ended or expired counts as none; one kept for a
         // schedule gives the new one its variables and schedules.

@@ -9,7 +9,7 @@
 use minijinja::Value;
 use std::cell::OnceCell;
 
-use super::session::{OptionKind, Session};
+use super::session::{Offered, OptionKind, Session};
 use crate::flow::{contains_phrase, normalize, words, Cond, Flow};
 use crate::handler::{Matcher, Vars};
 use crate::message::Incoming;
@@ -20,6 +20,8 @@ pub(crate) struct Probe<'a> {
     pub(crate) msg: &'a Incoming,
     pub(crate) button: Option<&'a str>,
     pub(crate) list: Option<&'a str>,
+    /// The option offered that the message picked (tapped, typed, numbered).
+    pub(crate) picked: Option<&'a Offered>,
     norm: OnceCell<String>,
 }
 
@@ -30,6 +32,7 @@ impl<'a> Probe<'a> {
             msg,
             button: msg.button.as_deref(),
             list: msg.list.as_deref(),
+            picked: None,
             norm: OnceCell::new(),
         };
         let Some(s) = session else { return p };
@@ -50,6 +53,7 @@ impl<'a> Probe<'a> {
                 .and_then(|i| s.offered.get(i));
             by_number.or_else(|| s.offered.iter().find(|o| *o.title == *n))
         };
+        p.picked = picked;
         if let Some(o) = picked {
             let id: &str = &o.id;
             match o.kind {
@@ -171,11 +175,13 @@ mod tests {
                 kind: OptionKind::Button,
                 id: "orders".into(),
                 title: "my orders".into(),
+                save: None,
             },
             Offered {
                 kind: OptionKind::Button,
                 id: "agent".into(),
                 title: "talk to us".into(),
+                save: None,
             },
         ];
         s

@@ -91,6 +91,9 @@ pub struct Bot {
     actions: Vec<Arc<dyn Action>>,
     matchers: Vec<Arc<dyn Matcher>>,
     hooks: Vec<Arc<dyn Hook>>,
+    /// The explorer's choices: which branch a state takes, whatever its
+    /// conditions say (`check --explore` follows each one).
+    steer: Option<Arc<dyn Fn(StateId) -> Option<usize> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Bot {
@@ -185,6 +188,8 @@ pub enum Step {
     Error(StateId),
     /// A state's `after:` nudge fired.
     Idle(StateId),
+    /// Branch N of a state's `next` was taken.
+    Branch(StateId, u32),
 }
 
 impl Bot {
@@ -230,7 +235,23 @@ impl Bot {
             actions,
             matchers,
             hooks: registry.hooks,
+            steer: None,
         })
+    }
+
+    /// This bot with `steer` choosing the branch a state takes (by index;
+    /// `None`: as its conditions say), for the explorer.
+    pub(crate) fn steered(
+        mut self,
+        steer: impl Fn(StateId) -> Option<usize> + Send + Sync + 'static,
+    ) -> Bot {
+        self.steer = Some(Arc::new(steer));
+        self
+    }
+
+    /// The branch the explorer chose for state `id`, if it chose one.
+    pub(crate) fn forced_branch(&self, id: StateId) -> Option<usize> {
+        self.steer.as_ref().and_then(|s| s(id))
     }
 
     /// The same bot, its conversations starting with these variables (over

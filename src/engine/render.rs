@@ -120,6 +120,10 @@ impl Renderer<'_> {
                     kind,
                     id: c.id.clone(),
                     title: normalized,
+                    save: c
+                        .save
+                        .as_ref()
+                        .map(|v| (v.as_ref().into(), title.as_str().into())),
                 });
                 Choice {
                     id: c.id.to_string(),

@@ -149,6 +149,7 @@ impl Run<'_> {
     /// What the message does before states are entered; returns the state
     /// to enter, if any.
     pub(super) fn react(&mut self, had_session: bool) -> Option<StateId> {
+        self.save_pick(had_session);
         let decision = self.decide(had_session);
         let flow = self.bot.flow.clone();
         let here = self.session.state;
@@ -170,10 +171,11 @@ impl Run<'_> {
                     self.set(&k, v);
                 }
                 self.set(&ask.save.clone(), v);
-                if st.next.is_none() {
+                let next = self.next_of(here);
+                if next.is_none() {
                     self.session.retries = 0;
                 }
-                st.next
+                next
             }
             Some(Decision::Invalid) => self.invalid(here),
             Some(Decision::Fallback) => self.fallback(here),
@@ -457,14 +459,15 @@ impl Run<'_> {
             if let Some(call) = &st.call {
                 match self.call(st.name.as_ref(), call).await {
                     Ok(ActionOutcome::Continue) => {}
-                    Ok(ActionOutcome::Goto(name)) => match flow.state_id(&name) {
+                    Ok(ActionOutcome::Goto(name)) => match flow
+                        .state_id(&name)
+                        .filter(|t| call.jumps.is_empty() || call.jumps.contains(t))
+                    {
                         Some(t) => {
                             id = t;
                             continue;
                         }
-                        None => match self
-                            .fail(id, format!("action jumped to unknown state `{name}`"))
-                        {
+                        None => match self.fail(id, self.bad_jump(call, &name)) {
                             Some(t) => {
                                 id = t;
                                 continue;
@@ -500,7 +503,7 @@ impl Run<'_> {
             }
             if let Some(ret) = &st.ret {
                 match self.return_from(ret) {
-                    Ok(Some(caller)) => match flow.state(caller).next {
+                    Ok(Some(caller)) => match self.next_of(caller) {
                         Some(n) => {
                             id = n;
                             continue;
@@ -536,13 +539,91 @@ impl Run<'_> {
                 self.ended = true;
                 return;
             }
-            match st.next {
+            match self.next_of(id) {
                 Some(n) => id = n,
                 None => return,
             }
         }
     }
-    pub(super) async fn call(&mut self, state: &str, call: &CallNode) -> Result<ActionOutcome, String> {
+
+    /// A pick of an option whose message says `save: NAME` (tapped, typed
+    /// or answered by number) sets `NAME` to its id and `NAME_title` to its
+    /// title as shown, before any rule sees the message.
+    fn save_pick(&mut self, had_session: bool) {
+        if !had_session || self.session.offered.iter().all(|o| o.save.is_none()) {
+            return;
+        }
+        let picked = Probe::new(self.msg, Some(&self.session))
+            .picked
+            .and_then(|o| Some((o.id.clone(), o.save.clone()?)));
+        if let Some((id, (var, shown))) = picked {
+            self.set(&format!("{var}_title"), Value::from(&*shown));
+            self.set(&var, Value::from(&*id));
+        }
+    }
+
+    /// Why an action's jump to `name` is refused: no such state, or one its
+    /// `call:` does not declare.
+    fn bad_jump(&self, call: &CallNode, name: &str) -> String {
+        let flow = &self.bot.flow;
+        let action = &flow.actions[call.action as usize];
+        match flow.state_id(name) {
+            None => format!("action `{action}` jumped to unknown state `{name}`"),
+            Some(_) => {
+                let declared: Vec<String> = call
+                    .jumps
+                    .iter()
+                    .map(|j| format!("`{}`", flow.state(*j).name))
+                    .collect();
+                format!(
+                    "action `{action}` jumped to `{name}`, which its `call:` does not declare (jumps: {})",
+                    declared.join(", ")
+                )
+            }
+        }
+    }
+
+    /// Where state `id` goes on at once: its `next`, or the first of its
+    /// branches whose condition holds (a condition that fails to render is
+    /// taken as false, and said). None: it waits for the customer.
+    pub(super) fn next_of(&mut self, id: StateId) -> Option<StateId> {
+        let flow = self.bot.flow.clone();
+        let st = flow.state(id);
+        if st.branches.is_empty() {
+            return st.next;
+        }
+        if let Some(i) = self.bot.forced_branch(id) {
+            let b = st.branches.get(i)?;
+            self.trace.push(Step::Branch(id, i as u32));
+            return Some(b.goto);
+        }
+        for (i, b) in st.branches.iter().enumerate() {
+            let holds = match &b.when {
+                None => true,
+                Some(t) => {
+                    let scope = self.scope();
+                    match flow.templates.truthy(t, &scope) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a branch's `when` failed; taken as false");
+                            self.errors.push(e.to_string());
+                            false
+                        }
+                    }
+                }
+            };
+            if holds {
+                self.trace.push(Step::Branch(id, i as u32));
+                return Some(b.goto);
+            }
+        }
+        None
+    }
+    pub(super) async fn call(
+        &mut self,
+        state: &str,
+        call: &CallNode,
+    ) -> Result<ActionOutcome, String> {
         let action = self.bot.actions[call.action as usize].clone();
         let mut args = BTreeMap::new();
         for (k, a) in &call.args {

@@ -32,6 +32,10 @@ pub struct Offered {
     pub id: Box<str>,
     /// Its title, normalized for comparison.
     pub title: Box<str>,
+    /// The variable a pick of it is saved in, and its title as shown (only
+    /// for options whose message says `save:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save: Option<(Box<str>, Box<str>)>,
 }
 
 /// A conversation's state between turns.

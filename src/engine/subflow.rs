@@ -11,7 +11,11 @@ use super::*;
 impl Run<'_> {
     /// Starts a subflow: the caller's variables are kept in a frame, the
     /// subflow runs with its own (its `vars:` and its inputs).
-    pub(super) fn call_subflow(&mut self, caller: &Arc<str>, sub: &SubflowCall) -> Result<(), String> {
+    pub(super) fn call_subflow(
+        &mut self,
+        caller: &Arc<str>,
+        sub: &SubflowCall,
+    ) -> Result<(), String> {
         if self.session.stack.len() >= MAX_DEPTH {
             return Err(format!(
                 "subflows nested more than {MAX_DEPTH} deep (calling `{}`)",

@@ -14,8 +14,7 @@ use super::diagnostic::Diagnostics;
 use super::template::{Templates, Tpl, VarList};
 use crate::message::{ButtonKind, MediaKind};
 
-/// A state's index in `Flow::states`.
-pub type StateId = u32;
+use super::StateId;
 
 /// A loaded, validated and compiled flow.
 #[derive(Debug)]
@@ -174,6 +173,8 @@ pub struct StateNode {
     pub fallback: Option<FallbackNode>,
     /// The state that follows.
     pub next: Option<StateId>,
+    /// Or branches: the first whose condition holds.
+    pub branches: Vec<BranchNode>,
     /// Variables set on entry.
     pub set: Vec<(Arc<str>, Tpl)>,
     /// The action run on entry.
@@ -240,11 +241,32 @@ pub struct ReturnNode {
     pub outputs: Vec<(Arc<str>, ParamKind, Option<Tpl>)>,
 }
 
+/// One branch of a state's `next:`.
+#[derive(Debug)]
+pub struct BranchNode {
+    /// Its condition (none: it always holds).
+    pub when: Option<Tpl>,
+    /// Where it goes.
+    pub goto: StateId,
+}
+
 impl StateNode {
     /// Whether the conversation waits here for the customer (rather than going on).
     pub fn waits(&self) -> bool {
-        self.ask.is_some()
-            || (self.next.is_none() && !self.end && !self.handoff && self.ret.is_none())
+        self.ask.is_some() || (!self.goes_on() && !self.end && !self.handoff && self.ret.is_none())
+    }
+
+    /// Whether `next` always leads on: one state, or branches whose last
+    /// one always holds.
+    pub fn goes_on(&self) -> bool {
+        self.next.is_some() || self.branches.last().is_some_and(|b| b.when.is_none())
+    }
+
+    /// The states `next` may lead to: its state, or every branch's.
+    pub fn follows(&self) -> impl Iterator<Item = StateId> + '_ {
+        self.next
+            .into_iter()
+            .chain(self.branches.iter().map(|b| b.goto))
     }
 }
 
@@ -365,6 +387,8 @@ pub struct CallNode {
     pub action: u32,
     /// Arguments.
     pub args: Vec<(Box<str>, Arg)>,
+    /// The states it may jump to (`jumps:`); empty: any.
+    pub jumps: Vec<StateId>,
 }
 
 /// An action argument.
@@ -438,6 +462,8 @@ pub struct ChoiceNode {
     pub normalized: Box<[Option<Box<str>>]>,
     /// A row's description.
     pub description: Option<LText>,
+    /// The variable a pick of it is saved in (`save:` on its message or list).
+    pub save: Option<Arc<str>>,
 }
 
 /// A list message.

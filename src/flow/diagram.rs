@@ -7,7 +7,8 @@
 
 use std::fmt::Write;
 
-use super::compiled::{Flow, StateId};
+use super::compiled::Flow;
+use super::StateId;
 
 struct Edge {
     from: Option<StateId>,
@@ -56,6 +57,23 @@ fn edges(flow: &Flow) -> Vec<Edge> {
                 from,
                 to,
                 label: label.into(),
+            });
+        }
+        for to in s.call.iter().flat_map(|c| c.jumps.iter().copied()) {
+            out.push(Edge {
+                from,
+                to,
+                label: "the action jumps".into(),
+            });
+        }
+        for b in &s.branches {
+            out.push(Edge {
+                from,
+                to: b.goto,
+                label: match &b.when {
+                    Some(t) => format!("if {}", t.source()),
+                    None => "otherwise".into(),
+                },
             });
         }
         if let Some((to, idle)) = s.after.as_ref().and_then(|a| Some((a.goto?, a.idle_ms))) {

@@ -41,6 +41,10 @@ mod validate;
 
 use std::path::Path;
 
+/// A state's index in `Flow::states` (here, not in `compiled`, so that the
+/// parts of a compiled flow, schedules among them, need not import it).
+pub type StateId = u32;
+
 pub use bounds::FlowLimits;
 pub use compiled::*;
 pub use diagnostic::{did_you_mean, Diagnostic, Diagnostics, Severity};

@@ -298,8 +298,11 @@ pub struct State {
     pub on: Vec<Rule>,
     /// What to do when no rule matches.
     pub fallback: Option<Fallback>,
-    /// The state that follows at once (or after a valid answer to `ask`).
-    pub next: Option<String>,
+    /// The state that follows at once (or after a valid answer to `ask`),
+    /// or branches: `[{ when: "open('support')", goto: person }, { goto:
+    /// closed }]`, the first whose `when:` holds (one without `when:`
+    /// always does).
+    pub next: Option<Next>,
     /// Variables set on entry, from templates.
     #[serde(default)]
     pub set: IndexMap<String, String>,
@@ -494,6 +497,76 @@ impl<'de> Deserialize<'de> for Fallback {
     }
 }
 
+/// `next:`: one state, or branches tried in order.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// The state that follows.
+    To(String),
+    /// The first branch whose condition holds.
+    Branches(Vec<Branch>),
+}
+
+impl Next {
+    /// The states it may go to, each with the path of its name in the
+    /// document (relative to `next`).
+    pub fn targets(&self) -> Vec<(String, &str)> {
+        match self {
+            Next::To(s) => vec![(String::new(), s.as_str())],
+            Next::Branches(b) => b
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (format!("[{i}].goto"), b.goto.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// One branch of `next:`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Branch {
+    /// A condition, as in a rule's `when:` (`"open('support')"`, `"total |
+    /// int > 100"`); none: the branch always holds.
+    pub when: Option<String>,
+    /// The state it goes to.
+    pub goto: String,
+}
+
+impl<'de> Deserialize<'de> for Next {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Next;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a state's name, or a list of branches ({ when, goto })")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Next, E> {
+                Ok(Next::To(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Next, A::Error> {
+                Vec::<Branch>::deserialize(de::value::SeqAccessDeserializer::new(s))
+                    .map(Next::Branches)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Next {
+    fn schema_name() -> Cow<'static, str> {
+        "Next".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "The state that follows at once (or after a valid answer), or branches tried in order: the first whose `when:` holds (one without `when:` always does).",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": g.subschema_for::<Branch>() }
+            ]
+        })
+    }
+}
+
 /// `ask:`: a question, where the answer goes, and how it is checked.
 #[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -585,6 +658,12 @@ pub struct Call {
     /// The subflow's outputs this flow keeps, as variables of the same names.
     #[serde(default)]
     pub returns: Vec<String>,
+    /// The states the action may jump to (`ActionOutcome::Goto`): they count
+    /// as reached for `validate`, `check --explore` follows each, and a jump
+    /// to any other state is an error naming the action. None declared: it
+    /// may jump anywhere, unchecked.
+    #[serde(default)]
+    pub jumps: Vec<String>,
 }
 
 /// `say:`: one message or a list of messages.
@@ -659,6 +738,10 @@ pub struct Rich {
     pub media: Option<MediaDoc>,
     /// A WhatsApp template message.
     pub template: Option<TemplateDoc>,
+    /// With quick replies: the variable the picked one's id is saved in
+    /// (and its title, in the conversation's language, in `NAME_title`),
+    /// whether tapped, typed or answered by number.
+    pub save: Option<String>,
 }
 
 /// A quick-reply button or a list row.
@@ -687,6 +770,9 @@ pub struct ListDoc {
     pub button: Text,
     /// Sections of rows.
     pub sections: Vec<SectionDoc>,
+    /// The variable the picked row's id is saved in (and its title, in the
+    /// conversation's language, in `NAME_title`).
+    pub save: Option<String>,
 }
 
 /// One section of a list.

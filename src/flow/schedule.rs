@@ -13,8 +13,8 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::compiled::StateId;
 use super::template::Tpl;
+use super::StateId;
 use crate::message::StartMode;
 use crate::time::Millis;
 

@@ -11,9 +11,10 @@
 
 use std::collections::HashSet;
 
-use super::compiled::{Flow, MsgNode, StateId};
+use super::compiled::{Flow, MsgNode};
 use super::model::{ButtonDoc, ChoiceDoc, ListDoc, Text};
 use super::source::{join_index, join_key, Reporter};
+use super::StateId;
 
 /// WhatsApp's limits (see the module docs).
 pub mod limits {
@@ -278,7 +279,8 @@ pub(crate) fn edges(flow: &Flow, id: StateId) -> Vec<StateId> {
     let s = flow.state(id);
     let mut out: Vec<StateId> = Vec::new();
     out.extend(s.on.iter().filter_map(|r| r.goto));
-    out.extend(s.next);
+    out.extend(s.follows());
+    out.extend(s.call.iter().flat_map(|c| c.jumps.iter().copied()));
     out.extend(s.after.as_ref().and_then(|a| a.goto));
     out.extend(s.fallback.as_ref().and_then(|f| f.goto));
     out.extend(s.on_error.or(flow.on_error).filter(|_| s.call.is_some()));

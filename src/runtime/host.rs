@@ -20,13 +20,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::dispatch::{Dispatcher, Inbox};
+use super::dispatch::Dispatcher;
 use super::flows::{BotSlot, Flows};
 use super::http::App;
+use super::inbox::Inbox;
 use super::lanes::{Lanes, Share, Workers};
 use super::metrics::{BotLabel, MetricSet, Metrics, Watched};
 use super::outbox::{Outbox, Sender};
-use super::{claims, outbox, poll, reload, starts, timers};
+use super::{claims, outbox, poll, reload, route, starts, timers};
 use super::{RuntimeError, Spec, Stop, Stores};
 use crate::config::Config;
 use crate::qpien::QpienClient;
@@ -488,7 +489,7 @@ impl Host {
             metrics.queue_depth.clone(),
             share(|w| &w.turns),
         );
-        let runner = Arc::new(claims::Runner {
+        let runner = Arc::new(route::Runner {
             claims,
             turns: turns.clone(),
             outbox: outbox.clone(),

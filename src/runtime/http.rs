@@ -20,9 +20,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use tracing::Instrument;
 
-use super::dispatch::Inbox;
 use super::flows::BotSlot;
 use super::host::Host;
+use super::inbox::Inbox;
 use super::metrics::{MetricSet, Metrics};
 use super::Stop;
 use crate::config::ServerConfig;

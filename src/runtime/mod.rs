@@ -1,10 +1,10 @@
 //! `flowbot run`: the production process.
 //!
 //! ```text
-//! webhook (http.rs) ─┐                        ┌─> dispatch.rs: one turn at a time per
-//! poller (poll.rs) ──┼─> Inbox::accept ─> lanes   conversation (Bot::step), one atomic commit
-//! timers (timers.rs) ┘   (dedup, durable)         └─> outbox.rs: replies delivered in order per
-//!                                                     conversation through the Qpien client
+//! webhook (http.rs) ─┐   inbox.rs:                    ┌─> dispatch.rs: one turn at a time per
+//! poller (poll.rs) ──┼─> Inbox::accept ─> route.rs ─> lanes conversation (Bot::step), one atomic commit
+//! timers (timers.rs) ┘   (dedup, durable)  (claims)    └─> outbox.rs: replies delivered in order per
+//!                                                          conversation through the Qpien client
 //! ```
 //! Every accepted event is in the store before it is acknowledged; every reply
 //! is in the store before it is sent, and leaves it only once Qpien has it. On
@@ -17,7 +17,8 @@
 //! stops the process repeatedly is set aside (`dispatch.rs`). With a store
 //! several instances share (PostgreSQL), a conversation runs where it is
 //! claimed, and Qpien's budget is drawn by all of them from one window
-//! (`claims.rs`).
+//! (`claims.rs`, `route.rs`). Flows are compiled when a bot first needs
+//! one, shared by content, in a cache bounded in bytes (`flows.rs`).
 //!
 //! One process may run several bots (`[[bots]]`, or the store's registry:
 //! `registry.rs`): they share the store (one SQLite file and writer, or one
@@ -42,6 +43,7 @@ mod dispatch;
 mod flows;
 mod host;
 mod http;
+mod inbox;
 mod lanes;
 mod metrics;
 mod metrics_pages;
@@ -50,6 +52,7 @@ mod payload;
 mod poll;
 mod registry;
 mod reload;
+mod route;
 mod serve;
 mod starts;
 mod timers;

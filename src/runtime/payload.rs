@@ -38,3 +38,23 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
+
+/// A dead letter for an event the runtime set aside (not a webhook's body):
+/// its headers say what kind, for which conversation and key; its body is
+/// the event as the inbox encodes it.
+pub(crate) fn event_letter(
+    kind: &str,
+    conversation: &str,
+    key: &str,
+    reason: String,
+    event: Vec<u8>,
+) -> crate::store::DeadLetter {
+    crate::store::DeadLetter {
+        id: 0,
+        received_at: crate::time::now(),
+        reason,
+        headers: serde_json::json!({"kind": kind, "conversation": conversation, "key": key})
+            .to_string(),
+        body: event,
+    }
+}

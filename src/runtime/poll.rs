@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use super::dispatch::Inbox;
+use super::inbox::Inbox;
 use super::Stop;
 use crate::config::PollingConfig;
 use crate::qpien::types::ExternalMessage;

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dispatch::Inbox;
+use super::inbox::Inbox;
 use super::Stop;
 use crate::store::StateStore;
 

@@ -7,7 +7,9 @@
 //! id, text, keyword, regex (a sample the regex matches) and media, a valid
 //! and an invalid answer to a question (the longest free-text answer first,
 //! so that messages showing it are checked at their longest), an unmatched
-//! message for the fallbacks, and the idle nudge. Conversations are told
+//! message for the fallbacks, and the idle nudge; a turn that goes through a
+//! `next:` of branches is run again for each other branch, so every branch
+//! is followed whatever its condition says then. Conversations are told
 //! apart by state, retries and call stack, so the walk is linear in the
 //! flow's size; `depth` bounds the turns of a path. It reports, each at the
 //! state's file and line:
@@ -24,13 +26,71 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rand::{RngExt, SeedableRng};
+use tracing::instrument::WithSubscriber;
 
-use super::Mock;
 use crate::engine::{Bot, Stored};
 use crate::flow::limits;
-use crate::flow::{analyze, Check, CheckKind, Cond, Diagnostics, Flow, Severity};
+use crate::flow::{analyze, Check, CheckKind, Cond, Diagnostics, Flow, Severity, StateId};
 use crate::handler::Registry;
 use crate::message::{Channel, Effect, Event, Incoming, MediaKind, Outgoing};
+
+/// What the walk makes a state do for one run of a turn, whatever its
+/// conditions or its action would: each other branch of a `next:` the turn
+/// went through, each state an action declares it may jump to (`jumps:`) and
+/// its failure (the error path) are run too, so that every one is followed.
+type Steer = Arc<std::sync::Mutex<Option<Force>>>;
+
+#[derive(Debug, Clone, Copy)]
+enum Force {
+    /// State, branch.
+    Branch(StateId, usize),
+    /// State, what its action does: jump to its n-th declared state, or
+    /// fail (n = the number of them).
+    Call(StateId, usize),
+}
+
+/// One [`Steered`] registered under every action's name.
+struct Shared(Arc<Steered>);
+
+#[async_trait::async_trait]
+impl crate::handler::Action for Shared {
+    async fn run(
+        &self,
+        ctx: &mut crate::handler::ActionContext<'_>,
+    ) -> Result<crate::handler::ActionOutcome, crate::handler::ActionError> {
+        self.0.run(ctx).await
+    }
+}
+
+/// The explorer's stand-in for every action: it sets nothing and goes on,
+/// unless the walk makes it jump or fail ([`Force::Call`]).
+struct Steered {
+    steer: Steer,
+    /// Each calling state's id and declared jumps, by the state's name.
+    jumps: HashMap<String, (StateId, Vec<String>)>,
+}
+
+#[async_trait::async_trait]
+impl crate::handler::Action for Steered {
+    async fn run(
+        &self,
+        ctx: &mut crate::handler::ActionContext<'_>,
+    ) -> Result<crate::handler::ActionOutcome, crate::handler::ActionError> {
+        let forced = *self.steer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((id, jumps)) = self.jumps.get(ctx.state) else {
+            return Ok(crate::handler::ActionOutcome::Continue);
+        };
+        match forced {
+            Some(Force::Call(at, n)) if at == *id => match jumps.get(n) {
+                Some(to) => Ok(crate::handler::ActionOutcome::Goto(to.clone())),
+                None => Err(crate::handler::ActionError::new(
+                    "failed on purpose by the explorer",
+                )),
+            },
+            _ => Ok(crate::handler::ActionOutcome::Continue),
+        }
+    }
+}
 
 /// How far and what to look for.
 #[derive(Debug, Clone, Copy)]
@@ -83,12 +143,35 @@ pub async fn explore(path: &Path, registry: &Registry, options: ExploreOptions) 
         Ok(f) => f,
         Err(e) => return e.0,
     };
+    let steer: Steer = Default::default();
+    let steered = Arc::new(Steered {
+        steer: steer.clone(),
+        jumps: flow
+            .states
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| {
+                let c = s.call.as_ref()?;
+                let names = c.jumps.iter().map(|j| flow.state(*j).name.to_string());
+                Some((s.name.to_string(), (id as StateId, names.collect())))
+            })
+            .collect(),
+    });
     let mut mocked = registry.clone();
     for action in flow.actions.iter() {
-        mocked = mocked.action(action.to_string(), Mock::new());
+        mocked = mocked.action(action.to_string(), Shared(steered.clone()));
     }
+    let choice = steer.clone();
     let bot = match Bot::new(flow, mocked) {
-        Ok(b) => Arc::new(b),
+        Ok(b) => Arc::new(b.steered(move |id| {
+            choice
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .and_then(|f| match f {
+                    Force::Branch(at, i) if at == id => Some(i),
+                    _ => None,
+                })
+        })),
         Err(e) => {
             let mut d = Diagnostics::default();
             d.0.push(analysis.files[0].source.diagnostic_at(
@@ -107,7 +190,19 @@ pub async fn explore(path: &Path, registry: &Registry, options: ExploreOptions) 
     // Business hours: the walk runs by night and by day (a Thursday at 00:00
     // and a Wednesday at 11:00, UTC), so that both sides of `open()` are seen.
     for start in [super::EPOCH, super::EPOCH - 86_400_000 + 11 * 3_600_000] {
-        walk(&bot, &analysis.files, options, start, &mut seen, &mut out).await;
+        // The turns' own logs (an action failed on purpose, a `when` that
+        // fails) are not the walk's findings: those are its diagnostics.
+        walk(
+            &bot,
+            &steer,
+            &analysis.files,
+            options,
+            start,
+            &mut seen,
+            &mut out,
+        )
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await;
     }
     let flow = bot.flow().clone();
     for s in &flow.states {
@@ -190,6 +285,7 @@ fn report(
 
 async fn walk(
     bot: &Arc<Bot>,
+    steer: &Steer,
     files: &[crate::flow::Loaded],
     options: ExploreOptions,
     start: i64,
@@ -219,10 +315,53 @@ async fn walk(
             continue;
         }
         let probes = probes(&flow, &nodes[at], &mut rng);
+        let mut runs = Vec::new();
         for (label, event, now) in probes {
+            let stored = nodes[at].stored.clone();
+            let turn = bot.step("explore", stored.clone(), &event, now).await;
+            // Every other branch of each `next:` the turn went through, and
+            // each declared jump and the failure of each action it ran.
+            let mut forks = Vec::new();
+            for step in &turn.trace {
+                match *step {
+                    crate::engine::Step::Branch(id, taken) => {
+                        for other in 0..flow.state(id).branches.len() {
+                            if other != taken as usize {
+                                forks.push(Force::Branch(id, other));
+                            }
+                        }
+                    }
+                    crate::engine::Step::Enter(id) => {
+                        if let Some(call) = &flow.state(id).call {
+                            forks.extend((0..=call.jumps.len()).map(|n| Force::Call(id, n)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for force in forks {
+                *steer.lock().unwrap_or_else(|e| e.into_inner()) = Some(force);
+                let forked = bot.step("explore", stored.clone(), &event, now).await;
+                *steer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let why = match force {
+                    Force::Branch(id, n) => format!("`{}` branch {n}", flow.state(id).name),
+                    Force::Call(id, n) => {
+                        let st = flow.state(id);
+                        let call = st.call.as_ref();
+                        let action = &flow.actions[call.map_or(0, |c| c.action) as usize];
+                        match call.and_then(|c| c.jumps.get(n)) {
+                            Some(to) => format!("`{action}` jumps to `{}`", flow.state(*to).name),
+                            None => format!("`{action}` fails"),
+                        }
+                    }
+                };
+                runs.push((format!("{label} ({why})"), event.clone(), now, forked));
+            }
+            runs.push((label, event, now, turn));
+        }
+        for (label, event, now, turn) in runs {
             let node = &nodes[at];
             let here = node.stored.as_ref().map(|s| s.state.to_string());
-            let turn = bot.step("explore", node.stored.clone(), &event, now).await;
             for step in &turn.trace {
                 if let crate::engine::Step::Enter(id) = step {
                     entered.insert(flow.state(*id).name.to_string());

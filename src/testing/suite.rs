@@ -598,8 +598,8 @@ fn compare(file: &Path, new: &str, update: Update) -> Outcome {
     }
 }
 
-/// What no test reached: states never entered, rules never fired, fallbacks and
-/// `ask` branches never taken.
+/// What no test reached: states never entered, rules never fired, fallbacks,
+/// `ask` outcomes and `next` branches never taken.
 pub fn uncovered(flow: &Flow, seen: &BTreeSet<Step>) -> Vec<String> {
     let mut out = Vec::new();
     for (i, r) in flow.intents.iter().enumerate() {
@@ -620,6 +620,11 @@ pub fn uncovered(flow: &Flow, seen: &BTreeSet<Step>) -> Vec<String> {
         }
         if s.fallback.is_some() && !seen.contains(&Step::Fallback(id)) {
             out.push(format!("states.{}.fallback", s.name));
+        }
+        for i in 0..s.branches.len() {
+            if !seen.contains(&Step::Branch(id, i as u32)) {
+                out.push(format!("states.{}.next[{i}]", s.name));
+            }
         }
         if let Some(a) = &s.ask {
             if !seen.contains(&Step::Valid(id)) {
