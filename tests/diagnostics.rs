@@ -89,6 +89,17 @@ fn saved_picks_need_options_and_a_name() {
 }
 
 #[test]
+fn splits_are_checked_where_they_are_written() {
+    let ds = problems(
+        "states:\n  start: { split: { a: 1 } }\n  b: { split: { a: 0, c: 0 }, next: a }\n  a: { say: a, split: { a: 1, nowhere: 1 } }\n",
+    );
+    has(&ds, "at least two variants", "states.start.split", 2);
+    has(&ds, "add up to zero", "states.b.split", 3);
+    has(&ds, "not with `next`", "states.b.split", 3);
+    has(&ds, "unknown state `nowhere`", "states.a.split.nowhere", 4);
+}
+
+#[test]
 fn unreachable_states_are_warnings() {
     let ds = problems("states:\n  start: { say: hi }\n  lonely: { say: nobody comes }\n");
     has(&ds, "unreachable", "states.lonely", 3);

@@ -252,6 +252,52 @@ states:
     });
 }
 
+/// `split:` sends each conversation to one variant by weight, chosen from
+/// its id (so the same everywhere, in tests too), kept for the conversation
+/// and saved in `<state>_variant`.
+#[test]
+fn a_split_sends_each_conversation_to_one_variant_by_weight_and_keeps_it() {
+    block_on(async {
+        let yaml = r#"
+states:
+  start: { say: Hi, next: intro }
+  intro:
+    split: { short: 70, long: 30 }
+  short: { say: "Short ({{ intro_variant }})", on: [{ text: again, goto: intro }] }
+  long: { say: "Long ({{ intro_variant }})", on: [{ text: again, goto: intro }] }
+"#;
+        let bot = std::sync::Arc::new(
+            flowbot::Bot::from_yaml("split.yaml", yaml, Registry::new()).unwrap(),
+        );
+        let mut short = 0;
+        let hello = flowbot::Event::Message(Incoming::text("hello"));
+        for c in 0..1000 {
+            let id = format!("conversation-{c}");
+            let turn = bot.step(&id, None, &hello, 0).await;
+            let said = &turn.messages[1].text;
+            short += usize::from(said == "Short (short)");
+            // The same conversation, again: the same variant.
+            let again = bot
+                .step(
+                    &id,
+                    turn.stored.clone(),
+                    &flowbot::Event::Message(Incoming::text("again")),
+                    1,
+                )
+                .await;
+            assert_eq!(&again.messages[0].text, said, "{id}");
+        }
+        assert!(
+            (650..=750).contains(&short),
+            "{short} of 1000 got the 70% variant"
+        );
+        // Deterministic: the test conversation's id always gets the same.
+        let mut c = conv(yaml);
+        let first = texts(c.send("hi").await);
+        assert_eq!(texts(conv(yaml).send("hi").await), first);
+    });
+}
+
 #[test]
 fn next_chain_is_capped_with_a_clear_error() {
     block_on(async {

@@ -318,6 +318,44 @@ async fn signed_deliveries_are_accepted_or_kept_as_dead_letters() {
         .all(|(_, headers)| !headers.to_lowercase().contains("x-qpien-signature")));
 }
 
+/// A/B splits are counted by split and variant, once per conversation sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_are_counted_by_variant() {
+    let flow = r#"
+version: 1
+states:
+  start: { split: { a: 1, b: 1 } }
+  a: { say: "A", on: [{ text: again, goto: start }] }
+  b: { say: "B", on: [{ text: again, goto: start }] }
+"#;
+    let mut h = Harness::start("split", flow, |_| {}).await;
+    for c in 0..10 {
+        assert_eq!(
+            h.post(&message(&format!("m{c}"), &format!("c{c}"), "hi"))
+                .await,
+            200
+        );
+    }
+    wait_until("ten replies", Duration::from_secs(5), || {
+        (0..10).all(|c| h.replies(&format!("c{c}")).len() == 1)
+    })
+    .await;
+    let said: Vec<String> = (0..10)
+        .map(|c| h.replies(&format!("c{c}"))[0].clone())
+        .collect();
+    let a = said.iter().filter(|s| *s == "A").count();
+    let metrics = h.metrics().await;
+    for (variant, n) in [("a", a), ("b", 10 - a)] {
+        let series = format!(r#"flowbot_split_total{{split="start",variant="{variant}"}} {n}"#);
+        assert!(
+            n == 0 || metrics.contains(&series),
+            "{series} in:\n{metrics}"
+        );
+    }
+    assert!(a > 0 && a < 10, "both variants taken: {said:?}");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_delivered_five_times_is_answered_once() {
     let mut h = Harness::start("dedup", ECHO, |_| {}).await;

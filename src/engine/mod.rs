@@ -190,6 +190,8 @@ pub enum Step {
     Idle(StateId),
     /// Branch N of a state's `next` was taken.
     Branch(StateId, u32),
+    /// Variant N of a state's `split` was taken.
+    Split(StateId, u32),
 }
 
 impl Bot {

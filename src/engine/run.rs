@@ -562,6 +562,52 @@ impl Run<'_> {
         }
     }
 
+    /// The variant of state `id`'s split this conversation goes to: the
+    /// one it went to before (its `<state>_variant`), else one chosen by
+    /// weight from the conversation's id and the state's name (the same on
+    /// every machine and in every test).
+    fn split(&mut self, id: StateId) -> StateId {
+        let flow = self.bot.flow.clone();
+        let st = flow.state(id);
+        let var = format!("{}_variant", st.name);
+        let kept = self
+            .session
+            .vars
+            .iter()
+            .find(|(k, _)| **k == *var)
+            .and_then(|(_, v)| v.as_str().map(str::to_owned))
+            .and_then(|name| {
+                st.split
+                    .iter()
+                    .position(|(s, _)| *flow.state(*s).name == *name)
+            });
+        let at = self
+            .bot
+            .forced_branch(id)
+            .filter(|i| *i < st.split.len())
+            .or(kept)
+            .unwrap_or_else(|| {
+                let total: u64 = st.split.iter().map(|(_, w)| u64::from(*w)).sum();
+                let key = format!("{}\u{0}{}", self.conversation, st.name);
+                let mut roll = crate::flow::fingerprint_of_text(&key) % total.max(1);
+                st.split
+                    .iter()
+                    .position(|(_, w)| {
+                        let w = u64::from(*w);
+                        if roll < w {
+                            return true;
+                        }
+                        roll -= w;
+                        false
+                    })
+                    .unwrap_or(0)
+            });
+        let to = st.split[at].0;
+        self.trace.push(Step::Split(id, at as u32));
+        self.set(&var, Value::from(&*flow.state(to).name));
+        to
+    }
+
     /// Why an action's jump to `name` is refused: no such state, or one its
     /// `call:` does not declare.
     fn bad_jump(&self, call: &CallNode, name: &str) -> String {
@@ -589,6 +635,9 @@ impl Run<'_> {
     pub(super) fn next_of(&mut self, id: StateId) -> Option<StateId> {
         let flow = self.bot.flow.clone();
         let st = flow.state(id);
+        if !st.split.is_empty() {
+            return Some(self.split(id));
+        }
         if st.branches.is_empty() {
             return st.next;
         }

@@ -175,6 +175,8 @@ pub struct StateNode {
     pub next: Option<StateId>,
     /// Or branches: the first whose condition holds.
     pub branches: Vec<BranchNode>,
+    /// Or an A/B split: each variant's state and weight.
+    pub split: Vec<(StateId, u32)>,
     /// Variables set on entry.
     pub set: Vec<(Arc<str>, Tpl)>,
     /// The action run on entry.
@@ -259,14 +261,18 @@ impl StateNode {
     /// Whether `next` always leads on: one state, or branches whose last
     /// one always holds.
     pub fn goes_on(&self) -> bool {
-        self.next.is_some() || self.branches.last().is_some_and(|b| b.when.is_none())
+        self.next.is_some()
+            || self.branches.last().is_some_and(|b| b.when.is_none())
+            || !self.split.is_empty()
     }
 
-    /// The states `next` may lead to: its state, or every branch's.
+    /// The states `next` may lead to: its state, every branch's, every
+    /// variant's of a split.
     pub fn follows(&self) -> impl Iterator<Item = StateId> + '_ {
         self.next
             .into_iter()
             .chain(self.branches.iter().map(|b| b.goto))
+            .chain(self.split.iter().map(|(s, _)| *s))
     }
 }
 

@@ -66,6 +66,14 @@ fn edges(flow: &Flow) -> Vec<Edge> {
                 label: "the action jumps".into(),
             });
         }
+        let total: u32 = s.split.iter().map(|(_, w)| w).sum();
+        for (to, w) in &s.split {
+            out.push(Edge {
+                from,
+                to: *to,
+                label: format!("split {}%", u64::from(*w) * 100 / u64::from(total.max(1))),
+            });
+        }
         for b in &s.branches {
             out.push(Edge {
                 from,

@@ -79,6 +79,13 @@ pub struct TemplateInfo {
     pub params: usize,
 }
 
+/// A stable hash of a text (FNV-1a: the same on every machine and build),
+/// for choices that must be the same wherever they are made (a split's
+/// variant).
+pub(crate) fn fingerprint_of_text(text: &str) -> u64 {
+    compile::fingerprint_of([text])
+}
+
 /// A flow's files as read, not compiled: what a bot keeps of its flow
 /// while no turn needs it compiled (a few kilobytes, where the compiled
 /// flow is many times that).

@@ -318,6 +318,11 @@ pub struct State {
     pub intents: Option<bool>,
     /// Where a failed action of this state leads.
     pub on_error: Option<String>,
+    /// An A/B split: `{ short_intro: 70, long_intro: 30 }`, the state each
+    /// conversation goes on to, by weight, the same one every time for a
+    /// conversation (chosen from its id), kept in the variable
+    /// `<state>_variant`.
+    pub split: Option<IndexMap<String, u32>>,
     /// A nudge when the customer stays silent in this state.
     pub after: Option<After>,
     /// On WhatsApp, what is sent instead of this state's messages when the

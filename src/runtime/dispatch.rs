@@ -430,6 +430,16 @@ impl Dispatcher {
             _ => "error",
         };
         self.metrics.turns.count(result);
+        for step in &turn.trace {
+            if let crate::engine::Step::Split(id, n) = *step {
+                let st = bot.flow().state(id);
+                if let Some((to, _)) = st.split.get(n as usize) {
+                    self.metrics
+                        .splits
+                        .count(&st.name, &bot.flow().state(*to).name);
+                }
+            }
+        }
         self.metrics
             .turn_latency
             .observe(started.elapsed().as_secs_f64());

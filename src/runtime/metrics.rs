@@ -50,6 +50,39 @@ pub(crate) struct ResultLabel {
 
 type ByResult = Family<(BotLabel, ResultLabel), Counter>;
 
+/// A label set naming a split (its state) and the variant taken.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SplitLabel {
+    /// The state that splits.
+    pub(crate) split: String,
+    /// The variant's state.
+    pub(crate) variant: String,
+}
+
+type BySplit = Family<(BotLabel, SplitLabel), Counter>;
+
+/// A/B splits taken, for one bot.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    bot: BotLabel,
+    family: BySplit,
+}
+
+impl Splits {
+    /// Counts a conversation sent to `variant` by the split in `split`.
+    pub fn count(&self, split: &str, variant: &str) {
+        self.family
+            .get_or_create(&(
+                self.bot.clone(),
+                SplitLabel {
+                    split: split.to_owned(),
+                    variant: variant.to_owned(),
+                },
+            ))
+            .inc();
+    }
+}
+
 /// A counter by result, for one bot.
 #[derive(Debug, Clone)]
 pub struct Results {
@@ -108,6 +141,8 @@ pub struct Metrics {
     /// Schedule firings that sent nothing because the conversation's
     /// messages of the one before were still queued.
     pub schedule_coalesced: Counter,
+    /// A/B splits taken, by split and variant.
+    pub splits: Splits,
     /// Conversations given back to the bot, by what ended the handoff
     /// (`agent_left`, `checked`, `timeout`, `manual`).
     pub releases: Results,
@@ -145,6 +180,7 @@ pub(crate) struct MetricSet {
     withheld: Family<BotLabel, Counter>,
     overflow: Family<BotLabel, Counter>,
     schedule_coalesced: Family<BotLabel, Counter>,
+    splits: BySplit,
     /// The bots whose clients and flows are read at each scrape.
     watched: Arc<std::sync::RwLock<indexmap::IndexMap<BotLabel, Watched>>>,
 }
@@ -304,6 +340,7 @@ impl MetricSet {
             withheld: Family::default(),
             overflow: Family::default(),
             schedule_coalesced: Family::default(),
+            splits: Family::default(),
             watched: watched.clone(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
@@ -368,6 +405,11 @@ impl MetricSet {
             m.overflow.clone(),
         );
         registry.register(
+            "flowbot_split",
+            "Conversations sent to a variant by an A/B split (`split:`), by split and variant",
+            m.splits.clone(),
+        );
+        registry.register(
             "flowbot_schedule_coalesced",
             "Schedule firings that sent nothing: the conversation's messages of the firing before were still queued",
             m.schedule_coalesced.clone(),
@@ -420,6 +462,10 @@ impl MetricSet {
             withheld: self.withheld.get_or_create(bot).clone(),
             overflow: self.overflow.get_or_create(bot).clone(),
             schedule_coalesced: self.schedule_coalesced.get_or_create(bot).clone(),
+            splits: Splits {
+                bot: bot.clone(),
+                family: self.splits.clone(),
+            },
         }
     }
 

@@ -8,8 +8,9 @@
 //! and an invalid answer to a question (the longest free-text answer first,
 //! so that messages showing it are checked at their longest), an unmatched
 //! message for the fallbacks, and the idle nudge; a turn that goes through a
-//! `next:` of branches is run again for each other branch, so every branch
-//! is followed whatever its condition says then. Conversations are told
+//! `next:` of branches or a `split:` is run again for each other branch or
+//! variant, and a turn that runs an action again for each state its `jumps:`
+//! declares and for its failure, so every one is followed. Conversations are told
 //! apart by state, retries and call stack, so the walk is linear in the
 //! flow's size; `depth` bounds the turns of a path. It reports, each at the
 //! state's file and line:
@@ -324,6 +325,13 @@ async fn walk(
             let mut forks = Vec::new();
             for step in &turn.trace {
                 match *step {
+                    crate::engine::Step::Split(id, taken) => {
+                        for other in 0..flow.state(id).split.len() {
+                            if other != taken as usize {
+                                forks.push(Force::Branch(id, other));
+                            }
+                        }
+                    }
                     crate::engine::Step::Branch(id, taken) => {
                         for other in 0..flow.state(id).branches.len() {
                             if other != taken as usize {
@@ -344,7 +352,14 @@ async fn walk(
                 let forked = bot.step("explore", stored.clone(), &event, now).await;
                 *steer.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 let why = match force {
-                    Force::Branch(id, n) => format!("`{}` branch {n}", flow.state(id).name),
+                    Force::Branch(id, n) => match flow.state(id).split.get(n) {
+                        Some((to, _)) => format!(
+                            "`{}` split to `{}`",
+                            flow.state(id).name,
+                            flow.state(*to).name
+                        ),
+                        None => format!("`{}` branch {n}", flow.state(id).name),
+                    },
                     Force::Call(id, n) => {
                         let st = flow.state(id);
                         let call = st.call.as_ref();

@@ -626,6 +626,11 @@ pub fn uncovered(flow: &Flow, seen: &BTreeSet<Step>) -> Vec<String> {
                 out.push(format!("states.{}.next[{i}]", s.name));
             }
         }
+        for (i, (to, _)) in s.split.iter().enumerate() {
+            if !seen.contains(&Step::Split(id, i as u32)) {
+                out.push(format!("states.{}.split.{}", s.name, flow.state(*to).name));
+            }
+        }
         if let Some(a) = &s.ask {
             if !seen.contains(&Step::Valid(id)) {
                 out.push(format!("states.{}.ask: a valid answer", s.name));

@@ -28,6 +28,11 @@ impl Compiler<'_> {
             .fallback
             .as_ref()
             .map(|f| self.fallback(r, &p("fallback"), f));
+        let split = s
+            .split
+            .as_ref()
+            .map(|v| self.split(r, &p("split"), v, s))
+            .unwrap_or_default();
         let (next, branches) = match &s.next {
             None => (None, Vec::new()),
             Some(model::Next::To(n)) => (self.state_ref(r, &p("next"), n), Vec::new()),
@@ -63,6 +68,7 @@ impl Compiler<'_> {
         }
         StateNode {
             branches,
+            split,
             name: name.into(),
             say,
             ask,
@@ -183,6 +189,45 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+
+    /// `split:`: each variant a state and a weight; at least two, a total
+    /// above zero, and nothing else that decides where the state goes on.
+    pub(super) fn split(
+        &mut self,
+        r: &mut Reporter<'_>,
+        path: &str,
+        variants: &IndexMap<String, u32>,
+        s: &model::State,
+    ) -> Vec<(StateId, u32)> {
+        if variants.len() < 2 {
+            r.error(
+                path,
+                "a split needs at least two variants",
+                Some("`split: { a: 50, b: 50 }`: each state and its weight".into()),
+            );
+        }
+        if variants.values().all(|w| *w == 0) {
+            r.error(path, "a split's weights add up to zero", None);
+        }
+        for (key, set) in [
+            ("next", s.next.is_some()),
+            ("ask", s.ask.is_some()),
+            ("end", s.end),
+            ("handoff", s.handoff),
+        ] {
+            if set {
+                r.error(
+                    path,
+                    format!("a split decides where the state goes on: not with `{key}`"),
+                    Some("put the split in a state of its own".into()),
+                );
+            }
+        }
+        variants
+            .iter()
+            .filter_map(|(name, w)| Some((self.state_ref(r, &join_key(path, name), name)?, *w)))
+            .collect()
     }
 
     pub(super) fn sets(
