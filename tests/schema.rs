@@ -134,3 +134,106 @@ fn bad_flows_fail_the_schema() {
     let good = yaml("good.yaml", "states:\n  start: { say: Hi, end: true }\n");
     assert!(schemas.validate(&good, index).is_ok());
 }
+
+/// Every place that takes a visible text takes both forms the same way: a
+/// template, and a map of languages to templates. The schema is walked for
+/// every property whose type is a text, a message or a fallback; each
+/// takes both forms in the schema and in the loader, and the visible texts
+/// a bot author writes are all among them.
+#[test]
+fn every_text_position_takes_a_template_and_a_map_of_languages() {
+    use flowbot::internals::flow::model::{Fallback, Say, SayItem, Text};
+    const TEXTS: &[&str] = &["Text", "Say", "SayItem", "Fallback"];
+    let schema = schema();
+    let defs = schema["$defs"].as_object().unwrap();
+    // `Def.property` for each text position (through `anyOf` and arrays).
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    out.push(r.trim_start_matches("#/$defs/").to_owned());
+                }
+                for v in m.values() {
+                    refs(v, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut positions = Vec::new();
+    for (def, body) in defs.iter().chain([(&"Flow".to_owned(), &schema)]) {
+        let Some(props) = body["properties"].as_object() else {
+            continue;
+        };
+        for (name, prop) in props {
+            let mut found = Vec::new();
+            refs(prop, &mut found);
+            if found.iter().any(|r| TEXTS.contains(&r.as_str())) {
+                positions.push((format!("{def}.{name}"), prop.clone()));
+            }
+        }
+    }
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    let template = serde_json::json!("Hello {{ name | default('you') }}!");
+    let languages = serde_json::json!({"en": "Hello {{ name }}!", "tr": "Merhaba {{ name }}!"});
+    for (at, prop) in &positions {
+        let mut sub = prop.clone();
+        sub["$defs"] = schema["$defs"].clone();
+        let url = format!("urn:flowbot:position:{at}");
+        compiler.add_resource(&url, sub).unwrap();
+        let index = compiler.compile(&url, &mut schemas).unwrap();
+        for form in [&template, &languages] {
+            assert!(
+                schemas.validate(form, index).is_ok(),
+                "{at} does not take {form} in the schema"
+            );
+        }
+    }
+    let names: Vec<&str> = positions.iter().map(|(n, _)| n.as_str()).collect();
+    for visible in [
+        "State.say",
+        "Ask.text",
+        "Ask.invalid",
+        "Ask.exhausted",
+        "State.fallback",
+        "After.say",
+        "Rule.say",
+        "Settings.fallback",
+        "Settings.error_message",
+        "Settings.restart_message",
+        "Settings.release_message",
+        "Settings.handoff_failed_message",
+        "Settings.overflow_button",
+        "ChoiceDoc.title",
+        "ChoiceDoc.description",
+        "ListDoc.header",
+        "ListDoc.body",
+        "ListDoc.footer",
+        "ListDoc.button",
+        "SectionDoc.title",
+        "ButtonDoc.title",
+        "MediaDoc.caption",
+        "Rich.text",
+    ] {
+        assert!(
+            names.contains(&visible),
+            "{visible} is not a text position: {names:?}"
+        );
+    }
+    // The loader takes both forms for each of the text types.
+    let forms = [
+        "Hello {{ name }}!",
+        "{ en: \"Hello {{ name }}!\", tr: Merhaba }",
+    ];
+    for form in forms {
+        let doc = |kind: &str| format!("# {kind}\n{form}\n");
+        parse_yaml::<Text>("t.yaml", doc("text"), &[]).unwrap();
+        parse_yaml::<SayItem>("t.yaml", doc("message"), &[]).unwrap();
+        let say = parse_yaml::<Say>("t.yaml", doc("say"), &[]).unwrap();
+        assert_eq!(say.0.len(), 1);
+        let fallback = parse_yaml::<Fallback>("t.yaml", doc("fallback"), &[]).unwrap();
+        assert!(fallback.say.is_some() && fallback.goto.is_none());
+    }
+}

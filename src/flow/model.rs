@@ -490,12 +490,17 @@ impl<'de> Deserialize<'de> for Fallback {
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Fallback, A::Error> {
-                let f = FallbackFields::deserialize(de::value::MapAccessDeserializer::new(m))?;
-                Ok(Fallback {
-                    say: f.say,
-                    repeat: f.repeat,
-                    goto: f.goto,
-                })
+                match own_or_languages::<A, FallbackFields>(m, &["say", "repeat", "goto"])? {
+                    Ok(f) => Ok(Fallback {
+                        say: f.say,
+                        repeat: f.repeat,
+                        goto: f.goto,
+                    }),
+                    Err(text) => Ok(Fallback {
+                        say: Some(Say(vec![SayItem::Plain(text)])),
+                        ..Default::default()
+                    }),
+                }
             }
         }
         d.deserialize_any(V)
@@ -675,6 +680,89 @@ pub struct Call {
 #[derive(Debug, Default, Clone)]
 pub struct Say(pub Vec<SayItem>);
 
+/// The keys of a message map (`Rich`).
+const RICH_KEYS: &[&str] = &[
+    "text",
+    "quick_replies",
+    "buttons",
+    "list",
+    "media",
+    "template",
+    "save",
+];
+
+/// Whether a map's key reads as a language code (`en`, `tr`, `pt-BR`,
+/// `zh_Hant`) rather than a misspelt key of the map's other form.
+fn is_language(key: &str, keys: &[&str]) -> bool {
+    let (lang, region) = match key.split_once(['-', '_']) {
+        Some((l, r)) => (l, Some(r)),
+        None => (key, None),
+    };
+    (2..=3).contains(&lang.len())
+        && lang.bytes().all(|b| b.is_ascii_lowercase())
+        && region.is_none_or(|r| {
+            (2..=8).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+        && keys.iter().all(|k| strsim::levenshtein(key, k) > 1)
+}
+
+/// A map whose first key was read already: it is handed back first.
+struct Rewind<A> {
+    first: Option<String>,
+    rest: A,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Rewind<A> {
+    type Error = A::Error;
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        match self.first.take() {
+            Some(k) => seed
+                .deserialize(de::value::StringDeserializer::<A::Error>::new(k))
+                .map(Some),
+            None => self.rest.next_key_seed(seed),
+        }
+    }
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.rest.next_value_seed(seed)
+    }
+}
+
+/// A map in a place that takes a text in several languages as well as a
+/// map of its own (a message, a fallback), told apart by its first key:
+/// one of `keys` (or a misspelling of one), the map of its own; a language
+/// code, a text by language.
+fn own_or_languages<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    mut m: A,
+    keys: &[&str],
+) -> Result<Result<T, Text>, A::Error> {
+    let first = match m.next_key::<String>()? {
+        Some(k) if is_language(&k, keys) => k,
+        first => {
+            let rest = Rewind { first, rest: m };
+            return T::deserialize(de::value::MapAccessDeserializer::new(rest)).map(Ok);
+        }
+    };
+    let mut texts = IndexMap::new();
+    texts.insert(first.clone(), m.next_value::<String>()?);
+    while let Some(k) = m.next_key::<String>()? {
+        if !is_language(&k, keys) {
+            return Err(de::Error::custom(format!(
+                "`{k}` is not a language code, and `{first}` is not a key of this map: a map of \
+                 languages has only language codes (`{{ en: Hi, tr: Merhaba }}`)"
+            )));
+        }
+        let v = m.next_value::<String>()?;
+        texts.insert(k, v);
+    }
+    Ok(Err(Text::ByLanguage(texts)))
+}
+
 impl<'de> Deserialize<'de> for Say {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -690,8 +778,12 @@ impl<'de> Deserialize<'de> for Say {
                 Vec::<SayItem>::deserialize(de::value::SeqAccessDeserializer::new(s)).map(Say)
             }
             fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Say, A::Error> {
-                let item = Rich::deserialize(de::value::MapAccessDeserializer::new(m))?;
-                Ok(Say(vec![SayItem::Rich(Box::new(item))]))
+                Ok(Say(vec![
+                    match own_or_languages::<A, Rich>(m, RICH_KEYS)? {
+                        Ok(rich) => SayItem::Rich(Box::new(rich)),
+                        Err(text) => SayItem::Plain(text),
+                    },
+                ]))
             }
         }
         d.deserialize_any(V)
@@ -719,8 +811,10 @@ impl<'de> Deserialize<'de> for SayItem {
                 Ok(SayItem::Plain(Text::One(v.to_owned())))
             }
             fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<SayItem, A::Error> {
-                let item = Rich::deserialize(de::value::MapAccessDeserializer::new(m))?;
-                Ok(SayItem::Rich(Box::new(item)))
+                Ok(match own_or_languages::<A, Rich>(m, RICH_KEYS)? {
+                    Ok(rich) => SayItem::Rich(Box::new(rich)),
+                    Err(text) => SayItem::Plain(text),
+                })
             }
         }
         d.deserialize_any(V)
@@ -1001,8 +1095,8 @@ impl JsonSchema for SayItem {
     }
     fn json_schema(g: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "One message: a text, or a map with text, quick_replies, buttons, list, media or template.",
-            "anyOf": [ { "type": "string" }, g.subschema_for::<Rich>() ]
+            "description": "One message: a text (a template, or a map of languages to texts), or a map with text, quick_replies, buttons, list, media or template.",
+            "anyOf": [ g.subschema_for::<Text>(), g.subschema_for::<Rich>() ]
         })
     }
 }
@@ -1013,9 +1107,9 @@ impl JsonSchema for Say {
     }
     fn json_schema(g: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "One message or a list of messages.",
+            "description": "One message or a list of messages; a text may be a map of languages to texts.",
             "anyOf": [
-                { "type": "string" },
+                g.subschema_for::<Text>(),
                 g.subschema_for::<Rich>(),
                 { "type": "array", "items": g.subschema_for::<SayItem>() }
             ]
@@ -1029,9 +1123,9 @@ impl JsonSchema for Fallback {
     }
     fn json_schema(g: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A message, or what to say, whether to repeat the state's messages, and where to go.",
+            "description": "A message (a text, or a map of languages to texts), or what to say, whether to repeat the state's messages, and where to go.",
             "anyOf": [
-                { "type": "string" },
+                g.subschema_for::<Text>(),
                 {
                     "type": "object",
                     "additionalProperties": false,
