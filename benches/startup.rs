@@ -174,8 +174,8 @@ fn weights(big: &Path, names: &HandlerNames) {
         // Loaded once first: what the process sets up once for all flows
         // (the phone number metadata, say) is not the flow's.
         let names = HandlerNames {
-            // The support flow's action (examples/support_bot.rs).
-            actions: vec!["lookup_order".into()],
+            // The example flows' actions (examples/support_bot.rs).
+            actions: vec!["lookup_order".into(), "find_order".into()],
             ..names.clone()
         };
         drop(Flow::load(&file, &names).unwrap());

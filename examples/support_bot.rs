@@ -1,4 +1,5 @@
-//! The support bot: `flows/support.yaml` with its Rust action `lookup_order`.
+//! The support bot: `flows/support.yaml` with its Rust action `lookup_order`
+//! (and `flows/food.yaml`'s `find_order`).
 //!
 //! ```text
 //! cargo run --example support_bot -- chat flows/support.yaml
@@ -34,9 +35,28 @@ pub fn lookup_order(ctx: &mut ActionContext<'_>) -> Result<ActionOutcome, Action
     Ok(ActionOutcome::Continue)
 }
 
-/// The handlers the support flow needs.
+/// Finds a food order (`flows/food.yaml`): numbers ending in 0 are not
+/// found, and the action jumps to the state its `call:` declares for that
+/// (`jumps: [order_missing]`); the others are on their way, due in 25
+/// minutes (`eta`, a time the flow writes in the customer's language).
+pub fn find_order(ctx: &mut ActionContext<'_>) -> Result<ActionOutcome, ActionError> {
+    let number = ctx.arg_str("number").unwrap_or_default().trim().to_owned();
+    if number.ends_with('0') {
+        return Ok(ActionOutcome::Goto("order_missing".into()));
+    }
+    let now: i64 = ctx
+        .arg_str("now")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ActionError::new("find_order needs `now`"))?;
+    ctx.set("eta", now + 25 * 60_000);
+    Ok(ActionOutcome::Continue)
+}
+
+/// The handlers the example flows need.
 pub fn registry() -> Registry {
-    Registry::new().action("lookup_order", lookup_order)
+    Registry::new()
+        .action("lookup_order", lookup_order)
+        .action("find_order", find_order)
 }
 
 #[allow(dead_code)]

@@ -516,7 +516,7 @@ async fn a_flooded_bot_takes_no_more_than_its_share_of_the_workers() {
 
 /// A metric of the root `/metrics` page (a process-wide series, or a
 /// bot's), 0 when absent.
-async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
+pub(crate) async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
     let text = http
         .get(format!("{base}/metrics"))
         .send()

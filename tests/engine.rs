@@ -513,6 +513,63 @@ states:
     });
 }
 
+/// Dates and times in the conversation's language, from the locale's own
+/// data: `next_open()` and the `datetime` filter, in Turkish and English.
+#[test]
+fn dates_and_times_speak_the_conversations_language() {
+    block_on(async {
+        let yaml = r#"
+settings: { default_language: en }
+calendars:
+  support: { timezone: Europe/Istanbul, hours: { mon-fri: "09:00-18:00" } }
+vars: { delivery: "2026-12-24T15:30" }
+states:
+  start:
+    say:
+      - { en: "Back {{ next_open('support') }}.", tr: "{{ next_open('support') }} döneriz." }
+      - "{{ now | datetime('long', 'Europe/Istanbul') }}"
+      - "{{ delivery | datetime('date') }} / {{ delivery | datetime('short') }} / {{ delivery | datetime('time') }}"
+"#;
+        // Saturday 2026-12-05, 12:00 in Istanbul.
+        let saturday = 1_796_461_200_000;
+        let en = texts(conv(yaml).at(saturday).send("hi").await);
+        assert_eq!(
+            en,
+            [
+                "Back Monday 9:00 AM.",
+                "Saturday, December 5, 2026 at 12:00 PM",
+                "Thursday, December 24, 2026 / 12/24/26 / 3:30 PM"
+            ]
+        );
+        let tr = texts(conv(yaml).at(saturday).language("tr").send("merhaba").await);
+        assert_eq!(
+            tr,
+            [
+                "Pazartesi 09:00 döneriz.",
+                "5 Aralık 2026 Cumartesi 12:00",
+                "24 Aralık 2026 Perşembe / 24.12.2026 / 15:30"
+            ]
+        );
+    });
+}
+
+#[test]
+fn a_date_filter_with_a_bad_style_or_zone_is_an_error_with_its_fix() {
+    block_on(async {
+        let yaml = "states:\n  start: { say: \"{{ now | datetime('longest') }}|{{ now | datetime('long', 'Mars/Base') }}\" }\n";
+        let mut c = conv(yaml);
+        c.send("hi").await;
+        let errors = &c.transcript().0.last().unwrap().errors;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e
+                    .contains("no style `longest`; use long, medium, short, date, time, weekday")),
+            "{errors:?}"
+        );
+    });
+}
+
 #[test]
 fn languages_fall_back_to_primary_subtag_then_default() {
     block_on(async {

@@ -810,26 +810,7 @@ async fn a_long_qpien_outage_piles_replies_up_on_disk_not_in_memory() {
         .unwrap()
         .to_owned();
     let http = reqwest::Client::new();
-    let metric = |name: &'static str| {
-        let http = http.clone();
-        let url = url.clone();
-        async move {
-            let text = http
-                .get(format!("{url}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)
-                        .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
-                })
-                .unwrap_or(0.0)
-        }
-    };
+    let metric = |name: &'static str| crate::bots::metric(&http, &url, name);
     let mut rss_at_2k = 0;
     for i in 0..1_000 {
         let body = serde_json::to_vec(&message(

@@ -1,6 +1,7 @@
 //! Business hours: `calendars:` (a time zone, weekly hours, holidays and
 //! one-off closures), read in rules as `when: "open('support')"` and in texts
-//! as `{{ next_open('support') }}` ("Monday 09:00" in the calendar's zone).
+//! as `{{ next_open('support') }}` ("Monday 9:00 AM", "Pazartesi 09:00": the
+//! calendar's zone, the conversation's language).
 //!
 //! Time zones come from jiff's bundled IANA database, so a flow means the same
 //! on every machine. The engine stays pure: `open()` reads the turn's time

@@ -15,7 +15,8 @@
 //! up in the session's variables, then the flow's defaults, then the built-ins
 //! (`contact`, `channel`, `language`, `message`, `now`), without copying them
 //! into a map. The flow's calendars are functions: `open('support')`,
-//! `next_open('support')` (see [`super::calendar`]).
+//! `next_open('support')` (see [`super::calendar`]); dates and times are written
+//! in the conversation's language by the `datetime` filter (`dates`).
 //!
 //! Before minijinja compiles a template, `guard` parses it and sizes what its
 //! constant expressions fold to, and rewrites `*`, `+` and `~` into calls that
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use super::bounds::FlowLimits;
 
+mod dates;
 mod guard;
 
 /// A compiled text: plain, or a template in the flow's store.
@@ -317,6 +319,7 @@ const IMPLICIT: &[&str] = &["loop", "super", "caller", "self", "varargs", "kwarg
 /// Built-in filter names, offered as "did you mean".
 const FILTERS: &[&str] = &[
     "abs",
+    "datetime",
     "attr",
     "batch",
     "bool",
@@ -378,6 +381,7 @@ impl Templates {
         env.set_fuel(Some(limits.template_fuel));
         env.set_recursion_limit(32);
         guard::register(&mut env, limits.template_output_chars);
+        env.add_filter("datetime", dates::filter);
         Templates {
             env,
             next: 0,
@@ -391,8 +395,9 @@ impl Templates {
 
     /// Makes the flow's calendars callable: `open('name')` (whether it is
     /// open at the turn's time, the scope's `now`) and `next_open('name')`
-    /// (when it next opens, in its zone: `Monday 09:00`, or as a second
-    /// argument's strftime format says).
+    /// (when it next opens, in its zone: its weekday and time in the
+    /// conversation's language, `Monday 9:00 AM` or `Pazartesi 09:00`, or as
+    /// a second argument's strftime format says).
     pub(crate) fn set_calendars(&mut self, calendars: Vec<super::calendar::Calendar>) {
         use minijinja::{Error, ErrorKind, State};
         self.calendars = calendars.iter().map(|c| c.name.clone()).collect();
@@ -432,8 +437,16 @@ impl Templates {
                 let Some(at) = calendar.next_open(now) else {
                     return Ok(String::new());
                 };
-                jiff::fmt::strtime::format(format.as_deref().unwrap_or("%A %H:%M"), &at)
-                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+                match format.as_deref() {
+                    // The weekday and time in the conversation's language.
+                    None => Ok(dates::format(
+                        &at,
+                        dates::language(state).as_deref(),
+                        dates::Style::Weekday,
+                    )),
+                    Some(f) => jiff::fmt::strtime::format(f, &at)
+                        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string())),
+                }
             },
         );
     }
