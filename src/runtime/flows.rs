@@ -170,10 +170,13 @@ impl Flows {
             return Ok(bot);
         }
         let this = self.clone();
-        let (sources, templates) = (sources.clone(), templates.cloned());
-        tokio::task::spawn_blocking(move || this.compile(key, &sources, templates))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        let (owned, approved) = (sources.clone(), templates.cloned());
+        match tokio::task::spawn_blocking(move || this.compile(key, &owned, approved)).await {
+            Ok(compiled) => compiled,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: compiled here instead.
+            Err(_) => self.compile(key, sources, templates.cloned()),
+        }
     }
 
     /// [`Flows::bot`] on the calling thread: for a check, or a start.
