@@ -564,6 +564,7 @@ async fn flows_are_compiled_on_first_use_shared_by_content_and_kept_to_their_bou
     // Room for one compiled flow and a half.
     c.runtime.flow_cache_bytes = one + one / 2;
     c.runtime.token_idle = Duration::from_millis(300);
+    c.server.admin_token = Secret::new("admin-token-of-the-lazy-test");
     let running = flowbot::start(c, Registry::new()).await.unwrap();
     let http = reqwest::Client::new();
     let root = format!("http://{}", running.addr());
@@ -577,7 +578,17 @@ async fn flows_are_compiled_on_first_use_shared_by_content_and_kept_to_their_bou
     };
     let compiled = || metric(&http, &root, "flowbot_flows_compiled_total");
 
-    // Started, and nothing compiled yet.
+    // Started, and nothing compiled yet; listing the bots compiles nothing.
+    let list = http
+        .get(format!("{root}/admin/bots"))
+        .bearer_auth("admin-token-of-the-lazy-test")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(r#""flow_name":"echo""#), "{list}");
     assert_eq!(
         compiled().await,
         0.0,

@@ -99,6 +99,28 @@ fn splits_are_checked_where_they_are_written() {
     has(&ds, "unknown state `nowhere`", "states.a.split.nowhere", 4);
 }
 
+/// The installed `flowbot` has no actions: checking a project's flow with
+/// it says so, and which binary knows them.
+#[test]
+fn a_program_without_actions_points_at_the_projects_own_binary() {
+    let ds = match Flow::from_yaml(
+        "bot.yaml",
+        "states:\n  start: { call: { action: create_ticket }, say: ok }\n",
+        &HandlerNames::default(),
+    ) {
+        Ok(_) => panic!("an unknown action loads"),
+        Err(e) => e.0 .0,
+    };
+    has(
+        &ds,
+        "action `create_ticket` is not registered",
+        "states.start.call.action",
+        2,
+    );
+    let hint = ds[0].hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("cargo run -- validate"), "{hint}");
+}
+
 #[test]
 fn unreachable_states_are_warnings() {
     let ds = problems("states:\n  start: { say: hi }\n  lonely: { say: nobody comes }\n");

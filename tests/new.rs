@@ -118,3 +118,53 @@ fn new_refuses_reserved_names_and_linked_folders() {
         "nothing written through it"
     );
 }
+
+/// In a project's folder, `validate`, `check`, `graph` and `chat` take the
+/// flow `flowbot.toml` names when none is given, and say which; without a
+/// flowbot.toml they say how to name one.
+#[test]
+fn commands_in_a_project_take_the_flow_of_flowbot_toml() {
+    let dir = crate::runtime::temp_dir("project-flow");
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::write(
+        dir.join("flows/shop.yaml"),
+        "version: 1\nstates:\n  start: { say: Hi from the shop, next: done }\n  done: { end: true }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("flowbot.toml"), "flow = \"flows/shop.yaml\"\n").unwrap();
+    let flowbot = |args: &[&str], dir: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+            .args(args)
+            .current_dir(dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for command in ["validate", "check"] {
+        let (code, stdout, stderr) = flowbot(&[command, "--strict"], &dir);
+        assert_eq!(code, Some(0), "{command}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{command}: the flow of flowbot.toml: flows/shop.yaml"
+            )),
+            "{stderr}"
+        );
+        assert!(stdout.contains("flows/shop.yaml"), "{stdout}");
+    }
+    let (code, stdout, _) = flowbot(&["graph"], &dir);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("flowchart"), "{stdout}");
+    // Elsewhere: no flow, no flowbot.toml.
+    let empty = crate::runtime::temp_dir("project-flow-none");
+    let (code, _, stderr) = flowbot(&["validate"], &empty);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("no flow given, and no flowbot.toml in this folder"),
+        "{stderr}"
+    );
+}

@@ -59,8 +59,7 @@ pub struct Cli {
 pub enum Command {
     /// Check flow files and print every problem with its position.
     Validate {
-        /// Flow files.
-        #[arg(required = true)]
+        /// Flow files (none: the flows `flowbot.toml` in this folder names).
         files: Vec<PathBuf>,
         /// Fail (exit 1) on warnings too.
         #[arg(long)]
@@ -76,8 +75,7 @@ pub enum Command {
     /// nothing, states no path reaches, texts missing a language and
     /// messages over WhatsApp's limits.
     Check {
-        /// Flow files.
-        #[arg(required = true)]
+        /// Flow files (none: the flows `flowbot.toml` in this folder names).
         files: Vec<PathBuf>,
         /// Walk the flow's branches through the engine.
         #[arg(long)]
@@ -104,8 +102,8 @@ pub enum Command {
     },
     /// Talk to a flow in the terminal.
     Chat {
-        /// The flow file.
-        flow: PathBuf,
+        /// The flow file (none: the flow `flowbot.toml` in this folder names).
+        flow: Option<PathBuf>,
         /// The channel to simulate.
         #[arg(long, default_value = "whatsapp")]
         channel: String,
@@ -115,8 +113,8 @@ pub enum Command {
     },
     /// Print the flow as a Mermaid diagram (or DOT).
     Graph {
-        /// The flow file.
-        flow: PathBuf,
+        /// The flow file (none: the flow `flowbot.toml` in this folder names).
+        flow: Option<PathBuf>,
         /// Graphviz DOT instead of Mermaid.
         #[arg(long)]
         dot: bool,
@@ -324,7 +322,10 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 files,
                 strict,
                 templates,
-            } => validate::run(&files, strict, templates.as_deref(), &registry),
+            } => match project_flows("validate", files) {
+                Ok(files) => validate::run(&files, strict, templates.as_deref(), &registry),
+                Err(code) => code,
+            },
             Command::Check {
                 files,
                 explore,
@@ -336,7 +337,10 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                     depth,
                     require_exit,
                 };
-                check::run(&files, explore, options, strict, &registry).await
+                match project_flows("check", files) {
+                    Ok(files) => check::run(&files, explore, options, strict, &registry).await,
+                    Err(code) => code,
+                }
             }
             Command::Replay { flow, capture } => {
                 replay::run(&flow, capture.as_deref(), registry).await
@@ -345,8 +349,14 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 flow,
                 channel,
                 language,
-            } => chat::run(&flow, &channel, language, registry).await,
-            Command::Graph { flow, dot } => graph::run(&flow, dot, &registry),
+            } => match project_flow("chat", flow) {
+                Ok(flow) => chat::run(&flow, &channel, language, registry).await,
+                Err(code) => code,
+            },
+            Command::Graph { flow, dot } => match project_flow("graph", flow) {
+                Ok(flow) => graph::run(&flow, dot, &registry),
+                Err(code) => code,
+            },
             Command::Test {
                 new:
                     Some(test::TestCommand::New {
@@ -412,6 +422,51 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+/// The flows a command works on: those given, else those `flowbot.toml`
+/// in the current folder names (its `flow`, or each of its `[[bots]]`'),
+/// said on stderr so that nobody wonders which was checked. No file given
+/// and none there: exit code 2, with the way to name one.
+fn project_flows(command: &str, given: Vec<PathBuf>) -> Result<Vec<PathBuf>, u8> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let file = std::path::Path::new("flowbot.toml");
+    if !file.is_file() {
+        eprintln!(
+            "error: no flow given, and no flowbot.toml in this folder to take one from: \
+             `flowbot {command} FLOW.yaml`"
+        );
+        return Err(2);
+    }
+    let config = match crate::config::Config::load(Some(file)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: flowbot.toml: {e}");
+            return Err(2);
+        }
+    };
+    let mut flows: Vec<PathBuf> = Vec::new();
+    let named = match config.bots.is_empty() {
+        true => vec![config.flow.clone()],
+        false => config.bots.iter().map(|b| b.flow.clone()).collect(),
+    };
+    for f in named {
+        if !flows.contains(&f) {
+            flows.push(f);
+        }
+    }
+    let list: Vec<String> = flows.iter().map(|f| f.display().to_string()).collect();
+    eprintln!("{command}: the flow of flowbot.toml: {}", list.join(", "));
+    Ok(flows)
+}
+
+/// [`project_flows`] for a command that takes one flow (with several
+/// bots, the first's).
+fn project_flow(command: &str, given: Option<PathBuf>) -> Result<PathBuf, u8> {
+    let flows = project_flows(command, given.into_iter().collect())?;
+    Ok(flows.into_iter().next().expect("at least one flow"))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings).

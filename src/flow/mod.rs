@@ -91,6 +91,9 @@ pub(crate) fn fingerprint_of_text(text: &str) -> u64 {
 /// flow is many times that).
 #[derive(Debug)]
 pub(crate) struct FlowSources {
+    /// The flow's name (`name:`, else the main file's stem), as the
+    /// compiled flow will have it.
+    pub(crate) name: String,
     /// The main file, as named.
     pub(crate) main: std::path::PathBuf,
     /// Each file read (the main one first) and its text.
@@ -143,7 +146,13 @@ impl Flow {
             return Err(LoadError(diags));
         }
         let version = compile::fingerprint_of(files.iter().map(|f| &*f.source.text));
+        let name = files[0].doc.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "flow".into())
+        });
         Ok(FlowSources {
+            name,
             main: path.to_path_buf(),
             files: files
                 .into_iter()
@@ -296,6 +305,7 @@ mod tests {
         );
         let loaded = Flow::load(&main, &names).unwrap();
         assert_eq!(sources.version, loaded.version);
+        assert_eq!(sources.name, loaded.name);
         // The disk is not read again: the files may change or go.
         for f in [&main, &part, &sub] {
             std::fs::remove_file(f).unwrap();

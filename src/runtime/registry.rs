@@ -456,10 +456,8 @@ async fn view(host: &Host, row: &BotRecord, full: bool) -> Value {
             ),
             (
                 "flow_name".to_owned(),
-                match face.slot.get().await {
-                    Ok(bot) => Value::from(bot.flow().name.clone()),
-                    Err(_) => Value::Null,
-                },
+                // Read from its sources: listing bots compiles no flow.
+                Value::from(face.slot.sources().name.clone()),
             ),
         ]);
         v.as_object_mut().expect("an object").extend(m);

@@ -294,9 +294,16 @@ impl Compiler<'_> {
             }
         }
         if !self.names.actions.iter().any(|a| a == name) {
-            let hint = did_you_mean(name, self.names.actions.iter().map(String::as_str))
-                .map(|s| format!("did you mean `{s}`?"))
-                .unwrap_or_else(|| "register it with `Registry::action` in your binary".into());
+            let hint = match self.names.actions.is_empty() {
+                // The installed `flowbot` knows no project's actions.
+                true => "this program registers no actions: a project's actions are known to \
+                         its own binary, so check the flow with it (`cargo run -- validate \
+                         FLOW` in the project)"
+                    .into(),
+                false => did_you_mean(name, self.names.actions.iter().map(String::as_str))
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| "register it with `Registry::action` in your binary".into()),
+            };
             r.error(
                 &join_key(path, "action"),
                 format!("action `{name}` is not registered"),
