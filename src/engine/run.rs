@@ -633,7 +633,10 @@ impl Run<'_> {
     /// branches whose condition holds (a condition that fails to render is
     /// taken as false, and said). None: it waits for the customer.
     pub(super) fn next_of(&mut self, id: StateId) -> Option<StateId> {
-        let flow = self.bot.flow.clone();
+        // The bot outlives the run: its flow is borrowed, not cloned, on
+        // every state a turn passes through.
+        let bot: &Bot = self.bot;
+        let flow = &bot.flow;
         let st = flow.state(id);
         if !st.split.is_empty() {
             return Some(self.split(id));
@@ -641,7 +644,7 @@ impl Run<'_> {
         if st.branches.is_empty() {
             return st.next;
         }
-        if let Some(i) = self.bot.forced_branch(id) {
+        if let Some(i) = bot.forced_branch(id) {
             let b = st.branches.get(i)?;
             self.trace.push(Step::Branch(id, i as u32));
             return Some(b.goto);

@@ -131,11 +131,16 @@ impl Flows {
     /// Reads the flow at `path` (and its includes and subflows), or takes
     /// the texts another bot read of the same files, unchanged since.
     pub(crate) fn read(&self, path: &Path) -> Result<Arc<FlowSources>, BotError> {
-        if let Some((stamps, sources)) = self.cache().read.get(path) {
-            if let Some(sources) = sources.upgrade() {
-                if *stamps == stamps_of(&sources) {
-                    return Ok(sources);
-                }
+        // The files are looked at (their times) after the lock is let go:
+        // every turn's `hit` takes it.
+        let known = self
+            .cache()
+            .read
+            .get(path)
+            .and_then(|(stamps, sources)| Some((stamps.clone(), sources.upgrade()?)));
+        if let Some((stamps, sources)) = known {
+            if stamps == stamps_of(&sources) {
+                return Ok(sources);
             }
         }
         let sources = Arc::new(Flow::read_sources(path, &self.limits)?);
