@@ -11,7 +11,8 @@
 //! stand-in run here; run it pinned to the other core:
 //!
 //! `taskset -c 0 cargo bench --bench ceiling` (options: `-- --conversations N
-//! --concurrency C --normal`). Without `taskset` on the machine, the servers run
+//! --concurrency C --normal --no-insights`; the last without the conversation
+//! event log, to measure what it costs). Without `taskset` on the machine, the servers run
 //! unpinned and it says so.
 
 #![allow(missing_docs)]
@@ -60,10 +61,12 @@ async fn serve_bare() {
 }
 
 /// Serves the bot, its replies going to the stand-in at `qpien`.
-async fn serve_bot(qpien: String, normal: bool) {
+async fn serve_bot(qpien: String, normal: bool, no_log: bool) {
     let dir = std::env::temp_dir().join(format!("flowbot-ceiling-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = bot_config(qpien, &dir, normal);
+    let mut config = bot_config(qpien, &dir, normal);
+    // `--no-insights`: without the conversation event log, to see its cost.
+    config.insights.log = !no_log;
     let running = flowbot::start(config, support_bot::registry())
         .await
         .unwrap();
@@ -141,9 +144,10 @@ fn main() {
     if args.iter().any(|a| a == "--serve-bare") {
         return rt.block_on(serve_bare());
     }
+    let no_log = args.iter().any(|a| a == "--no-insights");
     if let Some(i) = args.iter().position(|a| a == "--serve-bot") {
         let normal = args.iter().any(|a| a == "--normal");
-        return rt.block_on(serve_bot(args[i + 1].clone(), normal));
+        return rt.block_on(serve_bot(args[i + 1].clone(), normal, no_log));
     }
     let conversations = arg("--conversations", 2000usize);
     let concurrency = arg("--concurrency", 64usize);
@@ -164,6 +168,9 @@ fn main() {
         let mut role = vec!["--serve-bot".to_string(), qpien];
         if normal {
             role.push("--normal".into());
+        }
+        if no_log {
+            role.push("--no-insights".into());
         }
         let (mut bot, addr, _) = spawn(&role);
         let url = format!("http://{addr}/webhook");
@@ -188,9 +195,10 @@ fn main() {
         drop(bot.stdin.take());
         let _ = tokio::task::spawn_blocking(move || bot.wait()).await;
         println!(
-            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}",
+            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}; event log {}",
             if pinned { "pinned to core 1 (taskset -c 1)" } else { "not pinned (no taskset)" },
-            if normal { "normal" } else { "full" }
+            if normal { "normal" } else { "full" },
+            if no_log { "off" } else { "on" }
         );
         println!("bare axum handler (signature, 200): {ceiling:.0} turns/s");
         println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s");

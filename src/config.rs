@@ -42,6 +42,15 @@ pub struct Config {
     pub log: LogConfig,
     /// How large a flow's files and how costly its templates may be.
     pub limits: FlowLimits,
+    /// What flows' `http:` steps may call, and where their secrets are.
+    pub http: crate::fetch::HttpConfig,
+    /// Understanding free text: `[nlu.llm]`, an LLM asked before each
+    /// flow's built-in classifier.
+    pub nlu: NluConfig,
+    /// The conversation event log that reports read (`[insights]`).
+    pub insights: InsightsConfig,
+    /// How long each kind of data is kept (`[retention]`).
+    pub retention: RetentionConfig,
     /// Several bots in this process (`[[bots]]`), each with its own flow,
     /// Qpien account, webhook and store namespace; empty: the one bot that
     /// `flow`, `qpien` and `server.webhook_*` describe.
@@ -56,6 +65,86 @@ pub struct Config {
     #[serde(skip)]
     #[doc(hidden)]
     pub qpien_source: Option<serde_json::Value>,
+}
+
+/// `[nlu]`: how free text is understood beyond each flow's examples.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NluConfig {
+    /// An OpenAI-compatible chat endpoint asked for intents first (the
+    /// `llm` feature); the built-in classifier answers when it cannot.
+    pub llm: Option<crate::nlu::llm::LlmConfig>,
+}
+
+/// `[insights]`: the conversation event log (see `flowbot report`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InsightsConfig {
+    /// Write each turn's events (what happened, never what was written).
+    pub log: bool,
+    /// Every conversation of this process is test traffic (a bot pointed at
+    /// `flowbot sim`): reports leave it out unless asked for. `flowbot demo`
+    /// sets it.
+    pub test_traffic: bool,
+}
+
+impl Default for InsightsConfig {
+    fn default() -> Self {
+        InsightsConfig {
+            log: true,
+            test_traffic: false,
+        }
+    }
+}
+
+/// `[retention]`: how long each kind of data is kept, then removed by a
+/// sweep in bounded batches (`flowbot retention --dry-run` says what would
+/// go). A message's text is not kept past its turn (the inbox keeps its key
+/// for 7 days against redeliveries), and a reply leaves the outbox once
+/// delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// A conversation untouched this long is removed with its variables
+    /// (one with a timer or schedule still to come stays until it is past).
+    #[serde(with = "humantime_serde")]
+    pub sessions: Duration,
+    /// Deliveries set aside (they hold what customers wrote).
+    #[serde(with = "humantime_serde")]
+    pub dead_letters: Duration,
+    /// The conversation event log (no text; the conversation as a keyed
+    /// hash; answers that are not `pii`): runs that started this long ago
+    /// are folded into hourly roll-ups, then their rows go.
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+    /// The hourly roll-ups (counts of runs per state, outcome and answer;
+    /// nothing personal), which reports read once the rows are gone.
+    #[serde(with = "humantime_serde")]
+    pub rollups: Duration,
+    /// Files of `server.capture_dir` (whole deliveries).
+    #[serde(with = "humantime_serde")]
+    pub captures: Duration,
+    /// How often the sweep runs (`0s`: never; `flowbot retention` still works).
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// The most rows one delete removes (the sweep repeats until none is
+    /// left), so that a busy store is never locked for long.
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        RetentionConfig {
+            sessions: Duration::from_secs(30 * DAY),
+            dead_letters: Duration::from_secs(30 * DAY),
+            events: Duration::from_secs(90 * DAY),
+            rollups: Duration::from_secs(730 * DAY),
+            captures: Duration::from_secs(7 * DAY),
+            every: Duration::from_secs(600),
+            batch: 1_000,
+        }
+    }
 }
 
 /// One bot of a process that runs several (`[[bots]]` in `flowbot.toml`).
@@ -174,6 +263,10 @@ impl Default for Config {
             handoff: HandoffConfig::default(),
             log: LogConfig::default(),
             limits: FlowLimits::default(),
+            http: Default::default(),
+            nlu: Default::default(),
+            insights: Default::default(),
+            retention: Default::default(),
             bots: Vec::new(),
             clock: Default::default(),
             qpien_source: None,
@@ -530,8 +623,8 @@ pub enum ConfigError {
 
 /// The sections the `FLOWBOT_...` environment may set (a bot's own
 /// variables, `FLOWBOT_BOTS__<NAME>__...`, are read for that bot).
-const SECTIONS: [&str; 9] = [
-    "flow", "qpien", "server", "store", "polling", "runtime", "handoff", "log", "limits",
+const SECTIONS: [&str; 10] = [
+    "flow", "qpien", "server", "store", "polling", "runtime", "handoff", "log", "limits", "http",
 ];
 
 /// Secrets: the key, its environment variable, and whether a file form exists.

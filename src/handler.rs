@@ -135,7 +135,61 @@ impl fmt::Debug for Vars<'_> {
     }
 }
 
-/// Everything an action can see and do.
+/// Everything an action can see and do: its arguments, the conversation's
+/// variables, the message and the customer; it sets variables and sends
+/// messages of its own (before the state's `say:`).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use flowbot::{ActionContext, ActionError, ActionOutcome, Choice, Outgoing};
+/// use flowbot::{Registry, TestConversation};
+///
+/// let yaml = r#"
+/// states:
+///   start:
+///     say: Your order number?
+///     on:
+///       - { match: any_text, goto: lookup }
+///   lookup:
+///     call: { action: lookup_order, args: { number: "{{ answer }}", tries: 2 } }
+///     say: "Order {{ number }} is {{ status }}."
+/// "#;
+/// fn lookup(ctx: &mut ActionContext<'_>) -> Result<ActionOutcome, ActionError> {
+///     assert_eq!(ctx.state(), "lookup");
+///     assert_eq!(ctx.conversation(), "test"); // TestConversation's id
+///     assert_eq!(ctx.arg("tries").and_then(|v| v.as_usize()), Some(2));
+///     let number = ctx.arg_str("number").ok_or("no number")?.to_owned();
+///     // The message that led here, and who wrote it.
+///     assert_eq!(ctx.message().map(|m| m.text.as_str()), Some("123"));
+///     let name = ctx.contact().first_name.clone().unwrap_or_default();
+///     if number.len() != 3 {
+///         return Ok(ActionOutcome::Goto("start".into()));
+///     }
+///     ctx.set("number", number.as_str());
+///     ctx.set("status", "shipped");
+///     assert_eq!(ctx.var("status").and_then(|v| v.as_str()), Some("shipped"));
+///     ctx.say(format!("Looking it up, {name}..."));
+///     ctx.send(Outgoing {
+///         text: "Track it?".into(),
+///         quick_replies: vec![Choice { id: "track".into(), title: "Track".into(), description: None }],
+///         ..Outgoing::default()
+///     });
+///     Ok(ActionOutcome::Continue)
+/// }
+/// let registry = Registry::new()
+///     .action("lookup_order", lookup)
+///     .matcher("any_text", |m: &flowbot::Incoming, _: &flowbot::Vars<'_>| {
+///         Some(vec![("answer".to_string(), m.text.clone().into())])
+///     });
+/// let mut chat = TestConversation::from_yaml(yaml, registry).unwrap().contact(flowbot::Contact {
+///     first_name: Some("Ada".into()),
+///     ..Default::default()
+/// });
+/// chat.send("hi").await;
+/// let said: Vec<String> = chat.send("123").await.iter().map(|m| m.text.clone()).collect();
+/// assert_eq!(said, ["Looking it up, Ada...", "Track it?", "Order 123 is shipped."]);
+/// # });
+/// ```
 pub struct ActionContext<'a> {
     pub(crate) conversation: &'a str,
     pub(crate) state: &'a str,
@@ -258,6 +312,22 @@ pub struct TurnRecord<'a> {
 }
 
 /// Called around every turn: logging, analytics, auditing.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use flowbot::{Hook, Registry, TurnRecord};
+/// #[derive(Default)]
+/// struct CountTurns(AtomicUsize);
+/// #[flowbot::async_trait]
+/// impl Hook for CountTurns {
+///     async fn after_turn(&self, turn: &TurnRecord<'_>) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         tracing::info!(from = ?turn.from, to = ?turn.to, sent = turn.messages.len(), "turn");
+///     }
+/// }
+/// let registry = Registry::new().hook(CountTurns::default());
+/// # let _ = registry;
+/// ```
 #[async_trait]
 pub trait Hook: Send + Sync + 'static {
     /// Before the engine runs the turn.
@@ -266,12 +336,43 @@ pub trait Hook: Send + Sync + 'static {
     async fn after_turn(&self, _turn: &TurnRecord<'_>) {}
 }
 
-/// Named handlers a flow may use, and the hooks to run.
+/// Named handlers a flow may use, and the hooks to run: what a bot's binary
+/// hands to [`crate::main`] (the whole CLI) or [`crate::start`].
+///
+/// ```no_run
+/// use flowbot::{ActionContext, ActionError, ActionOutcome, Incoming, Registry, Vars};
+///
+/// fn create_ticket(ctx: &mut ActionContext<'_>) -> Result<ActionOutcome, ActionError> {
+///     let phone = ctx.arg_str("phone").ok_or("no phone")?;
+///     ctx.set("ticket", format!("CB-{}", &phone[phone.len().saturating_sub(4)..]));
+///     Ok(ActionOutcome::Continue)
+/// }
+///
+/// fn main() -> std::process::ExitCode {
+///     let registry = Registry::new()
+///         // `call: { action: create_ticket, args: { phone: "{{ phone }}" } }`
+///         .action("create_ticket", create_ticket)
+///         // `on: [{ match: order_number, goto: lookup }]`
+///         .matcher("order_number", |m: &Incoming, _: &Vars<'_>| {
+///             let digits: String = m.text.chars().filter(char::is_ascii_digit).collect();
+///             (digits.len() == 6).then(|| vec![("number".to_string(), digits.into())])
+///         });
+///     // `cargo run -- demo`, `-- test`, `-- run`...: every command, with these.
+///     flowbot::main(registry)
+/// }
+/// ```
 #[derive(Clone, Default)]
 pub struct Registry {
     pub(crate) actions: BTreeMap<String, Arc<dyn Action>>,
     pub(crate) matchers: BTreeMap<String, Arc<dyn Matcher>>,
     pub(crate) hooks: Vec<Arc<dyn Hook>>,
+    /// What sends the flow's `http:` requests (none: the place the bot runs
+    /// chooses, see [`crate::fetch`]).
+    pub(crate) http: Option<Arc<dyn crate::fetch::HttpClient>>,
+    /// Asked for a message's intent before the built-in classifier.
+    pub(crate) classifier: Option<Arc<dyn crate::nlu::Classifier>>,
+    /// The installed `flowbot`'s registry (see [`Registry::generic`]).
+    pub(crate) generic: bool,
 }
 
 impl fmt::Debug for Registry {
@@ -280,6 +381,11 @@ impl fmt::Debug for Registry {
             .field("actions", &self.actions.keys().collect::<Vec<_>>())
             .field("matchers", &self.matchers.keys().collect::<Vec<_>>())
             .field("hooks", &self.hooks.len())
+            .field("http", &self.http.is_some())
+            .field(
+                "classifier",
+                &self.classifier.as_ref().map(|c| c.name().to_owned()),
+            )
             .finish()
     }
 }
@@ -308,12 +414,51 @@ impl Registry {
         self
     }
 
+    /// Sends the flow's `http:` requests with `client` (for example
+    /// [`HttpMocks`](crate::HttpMocks) in a test). Without one, `flowbot
+    /// run` calls the network within the allow lists and everything else
+    /// (tests, `replay`, `chat`) calls nothing unless given `--live-http`.
+    pub fn http(mut self, client: impl crate::fetch::HttpClient) -> Self {
+        self.http = Some(Arc::new(client));
+        self
+    }
+
+    /// Asks `classifier` for a message's intent (an LLM, a service of your
+    /// own) before the flow's built-in classifier, which answers whenever
+    /// it does not: see [`Classifier`](crate::Classifier).
+    pub fn classifier(mut self, classifier: impl crate::nlu::Classifier) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self
+    }
+
+    /// As [`Registry::classifier`], unless one is registered already.
+    pub(crate) fn classifier_or(mut self, classifier: Arc<dyn crate::nlu::Classifier>) -> Self {
+        self.classifier.get_or_insert(classifier);
+        self
+    }
+
+    /// As [`Registry::http`], unless a client is registered already.
+    pub(crate) fn http_or(mut self, client: Arc<dyn crate::fetch::HttpClient>) -> Self {
+        self.http.get_or_insert(client);
+        self
+    }
+
     /// The names registered, for loading flows.
     pub fn names(&self) -> HandlerNames {
         HandlerNames {
             actions: self.actions.keys().cloned().collect(),
             matchers: self.matchers.keys().cloned().collect(),
             templates: None,
+            generic: self.generic,
         }
+    }
+
+    /// Marks the registry of the installed `flowbot` binary: it knows its
+    /// examples' actions, never a project's, and an unknown action's error
+    /// says to check a project with the project's own binary.
+    #[doc(hidden)]
+    pub fn generic(mut self) -> Self {
+        self.generic = true;
+        self
     }
 }

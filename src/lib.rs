@@ -35,12 +35,15 @@
 //! - **Tests**: [`TestConversation`] from Rust (its [`Transcript`] is made for
 //!   `insta::assert_yaml_snapshot!`), and the YAML conversation tests with their
 //!   snapshots through [`run_conversation_tests`].
+//! - **HTTP calls** of a flow's `http:` steps: an [`HttpClient`] sends them
+//!   ([`LiveHttp`] in `flowbot run`, within [`AllowList`]s; [`Offline`]
+//!   elsewhere); a test answers them by name with [`HttpMocks`].
 //! - **Messages**: [`Incoming`], [`Outgoing`], [`Event`], [`Channel`] and the rich
 //!   message parts ([`Choice`], [`ListMessage`], [`InfoButton`], [`Media`]).
 //! - **The engine**, for embedding: [`Bot::step`] is the one entry point of a
 //!   turn; it takes and returns a conversation's [`Stored`] form.
 //! - **The production runtime**, for embedding: [`start`] with a [`Config`].
-//! - **Time**: [`Millis`], [`Clock`], [`ManualClock`].
+//! - **Time**: [`Millis`], [`Clock`], [`ManualClock`], [`ShiftedClock`].
 //!
 //! `use flowbot::prelude::*;` brings the handler traits, the registry, the
 //! messages and the test conversation.
@@ -62,10 +65,13 @@ extern crate self as flowbot;
 mod cli;
 mod config;
 mod engine;
+mod fetch;
 mod files;
 mod flow;
 mod handler;
+mod insights;
 mod message;
+mod nlu;
 mod qpien;
 mod retry;
 mod runtime;
@@ -83,6 +89,10 @@ pub use minijinja::Value;
 pub use cli::main;
 pub use config::{Config, ConfigError};
 pub use engine::{Bot, BotError, Frame, Offered, OptionKind, Session, Step, Stored, Turn};
+pub use fetch::{
+    AllowList, HttpClient, HttpConfig, HttpError, HttpMock, HttpMocks, HttpRequest, HttpResponse,
+    LiveHttp, Offline,
+};
 pub use flow::{Diagnostic, Diagnostics, Flow, FlowLimits, HandlerNames, LoadError, Severity};
 pub use handler::{
     Action, ActionContext, ActionError, ActionOutcome, Captures, Hook, Matcher, Registry,
@@ -92,16 +102,24 @@ pub use message::{
     ButtonKind, Capabilities, Channel, Choice, Contact, Effect, Event, Incoming, InfoButton,
     ListMessage, ListSection, Media, MediaKind, Outgoing, Start, StartMode, TemplateMessage,
 };
+#[cfg(feature = "llm")]
+pub use nlu::llm::LlmClassifier;
+pub use nlu::llm::LlmConfig;
+pub use nlu::{Classifier, ClassifyError, ClassifyInput, IntentInfo, Verdict};
 pub use runtime::{check, shutdown_signal, start, Drained, Running, RuntimeError};
-pub use testing::suite::{run_dir as run_conversation_tests, CaseReport, SuiteReport, Update};
+pub use testing::suite::{
+    run_dir as run_conversation_tests, run_one as run_conversation_test,
+    test_files as conversation_test_files, CaseReport, SuiteReport, Update,
+};
 pub use testing::{Customer, Exchange, Mock, MockCall, TestConversation, Transcript};
-pub use time::{Clock, ManualClock, Millis, SystemClock};
+pub use time::{Clock, ManualClock, Millis, ShiftedClock, SystemClock};
 
 /// What most bots need: `use flowbot::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        async_trait, Action, ActionContext, ActionError, ActionOutcome, Bot, Channel, Event, Hook,
-        Incoming, Matcher, Mock, Outgoing, Registry, TestConversation, Value,
+        async_trait, Action, ActionContext, ActionError, ActionOutcome, Bot, Channel, Classifier,
+        ClassifyError, ClassifyInput, Event, Hook, HttpMock, HttpMocks, Incoming, Matcher, Mock,
+        Outgoing, Registry, TestConversation, Value, Verdict,
     };
 }
 
@@ -118,6 +136,12 @@ pub mod internals {
         pub use crate::config::*;
     }
     /// The flow language's compiled form.
+    pub mod fetch {
+        pub use crate::fetch::*;
+    }
+    pub mod nlu {
+        pub use crate::nlu::*;
+    }
     pub mod flow {
         pub use crate::flow::*;
     }
@@ -133,6 +157,10 @@ pub mod internals {
     #[cfg(feature = "sim")]
     pub mod sim {
         pub use crate::sim::*;
+    }
+    /// The conversation event log and its reports.
+    pub mod insights {
+        pub use crate::insights::*;
     }
     /// The retry policy.
     pub mod retry {

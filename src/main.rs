@@ -14,5 +14,5 @@ mod support_bot;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    flowbot::main(support_bot::registry())
+    flowbot::main(support_bot::registry().generic())
 }

@@ -181,6 +181,12 @@ impl MediaKind {
 }
 
 /// Who the customer is, as far as the platform tells.
+///
+/// ```
+/// use flowbot::Contact;
+/// let ada = Contact { first_name: Some("Ada".into()), language: Some("tr".into()), ..Contact::default() };
+/// assert_eq!(ada.first_name.as_deref(), Some("Ada"));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
     /// The platform's contact id, if known.
@@ -229,6 +235,10 @@ pub struct Incoming {
     /// The customer.
     #[serde(default)]
     pub contact: Contact,
+    /// Test traffic (a delivery of `flowbot sim`): the conversation's runs
+    /// are marked so in the event log, and reports leave them out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 impl Incoming {
@@ -320,6 +330,10 @@ pub struct Start {
     /// (default: WhatsApp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<Channel>,
+    /// Test traffic (`flowbot start --test`): the run is marked so in the
+    /// event log, and reports leave it out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 /// What a [`Start`] does to a conversation already in progress.
@@ -508,6 +522,41 @@ pub struct Media {
 
 /// One message the bot sends. Exactly one of `text`, `list` or `media` carries the
 /// content; `quick_replies` and `buttons` go with `text`.
+///
+/// ```
+/// use flowbot::{ButtonKind, Choice, InfoButton, ListMessage, ListSection, Outgoing};
+/// let text = Outgoing::text("Hello!");
+/// assert!(text.is_free_form());
+/// let buttons = Outgoing {
+///     text: "Anything else?".into(),
+///     quick_replies: vec![Choice { id: "yes".into(), title: "Yes".into(), description: None }],
+///     buttons: vec![InfoButton {
+///         kind: ButtonKind::Url,
+///         title: "Our site".into(),
+///         value: "https://example.com".into(),
+///     }],
+///     ..Outgoing::default()
+/// };
+/// let list = Outgoing {
+///     list: Some(ListMessage {
+///         header: None,
+///         body: "Pick a topic".into(),
+///         footer: None,
+///         button: "Topics".into(),
+///         sections: vec![ListSection {
+///             title: Some("Orders".into()),
+///             rows: vec![Choice {
+///                 id: "track".into(),
+///                 title: "Track".into(),
+///                 description: Some("Where is it now?".into()),
+///             }],
+///         }],
+///     }),
+///     ..Outgoing::default()
+/// };
+/// assert_eq!(list.list.as_ref().unwrap().sections[0].rows[0].id, "track");
+/// # let _ = buttons;
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
     /// The text (empty for list and media messages).

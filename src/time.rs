@@ -15,6 +15,13 @@ pub type Millis = i64;
 pub trait Clock: Send + Sync {
     /// Milliseconds since the Unix epoch.
     fn now(&self) -> Millis;
+
+    /// Moves the clock forward by `by`, if it can be moved (the system's
+    /// cannot): whether it moved.
+    fn advance(&self, by: std::time::Duration) -> bool {
+        let _ = by;
+        false
+    }
 }
 
 /// The system clock.
@@ -66,6 +73,50 @@ impl Clock for ManualClock {
     fn now(&self) -> Millis {
         self.0.load(Ordering::SeqCst)
     }
+
+    fn advance(&self, by: std::time::Duration) -> bool {
+        ManualClock::advance(self, by);
+        true
+    }
+}
+
+/// The system's clock, moved forward on request: time goes on as usual from
+/// wherever it was moved to. `flowbot demo` runs on one, so that the
+/// playground can skip an hour or a day (nudges, WhatsApp's window and
+/// schedules then fire as they would).
+///
+/// ```
+/// use flowbot::{Clock, ShiftedClock};
+/// let c = ShiftedClock::default();
+/// let before = c.now();
+/// Clock::advance(&c, std::time::Duration::from_secs(3600));
+/// assert!(c.now() - before >= 3_600_000);
+/// assert!(c.shift() == 3_600_000);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ShiftedClock(Arc<AtomicI64>);
+
+impl ShiftedClock {
+    /// How far ahead of the system's clock this one is, in milliseconds.
+    pub fn shift(&self) -> Millis {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> Millis {
+        now().saturating_add(self.shift())
+    }
+
+    fn advance(&self, by: std::time::Duration) -> bool {
+        let by = Millis::try_from(by.as_millis()).unwrap_or(Millis::MAX);
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                Some(s.saturating_add(by))
+            });
+        true
+    }
 }
 
 /// The clock a component reads: the system's unless a test gives another.
@@ -82,6 +133,11 @@ impl ClockHandle {
     /// The time now.
     pub fn now(&self) -> Millis {
         self.0.now()
+    }
+
+    /// Moves the clock forward, if it can be moved: whether it moved.
+    pub fn advance(&self, by: std::time::Duration) -> bool {
+        self.0.advance(by)
     }
 }
 

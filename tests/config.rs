@@ -538,6 +538,8 @@ async fn bots_import_store_moves_each_bots_file_into_the_one_file() {
             }),
             outbox: vec![b"a reply".to_vec()],
             fence: None,
+            at: 0,
+            events: Vec::new(),
         })
         .await
         .unwrap();

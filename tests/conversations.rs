@@ -1,21 +1,9 @@
-//! The YAML conversation tests, compared with their insta snapshots in
-//! `tests/conversations/snapshots/` (review changes with `cargo insta review`).
+//! The YAML conversation tests as a suite: coverage, one file alone,
+//! expectations and mocks. Each test file against its snapshot is a test of
+//! its own in the `conversations` target (`tests/yaml.rs`).
 
 use flowbot::{run_conversation_tests as run_dir, Update};
 use std::path::Path;
-
-#[test]
-fn conversation_snapshots() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conversations");
-    let report = crate::block_on(run_dir(
-        &dir,
-        &crate::support_bot::registry(),
-        Update::from_env(),
-    ))
-    .unwrap();
-    assert!(report.cases.len() >= 8, "{}", report.summary());
-    assert!(report.passed(), "{}", report.summary());
-}
 
 #[test]
 fn coverage_lists_what_no_test_reached() {
@@ -91,6 +79,12 @@ fn expectations_and_mocks_are_checked() {
         "e_unbound.yaml",
         "flow: flow.yaml\nmocks:\n  vip_chek: {}\nsteps:\n  - text: hi\n",
     );
+    // An `expect:` naming a state the flow does not have: refused before
+    // anything runs, with a suggestion.
+    case(
+        "f_unknown_state.yaml",
+        "flow: flow.yaml\nmocks:\n  vip_check: {}\nsteps:\n  - text: hi\n  - text: bye\n    expect: { state: dne }\n  - text: hi\n    expect: { state: gols }\n",
+    );
     let report = crate::block_on(run_dir(&dir, &flowbot::Registry::new(), Update::No)).unwrap();
     let outcome = |name: &str| {
         let c = report
@@ -124,6 +118,12 @@ fn expectations_and_mocks_are_checked() {
         ),
         "{b}"
     );
+    let f = outcome("f_unknown_state.yaml");
+    assert!(
+        f.contains("steps[1].expect.state: the flow has no state `dne` (did you mean `done`?)"),
+        "{f}"
+    );
+    assert!(f.starts_with("Broken"), "nothing ran: {f}");
     let e = outcome("e_unbound.yaml");
     assert!(e.contains("action `vip_check` is not registered"), "{e}");
     let c = outcome("c_goto.yaml");

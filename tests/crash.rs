@@ -27,16 +27,24 @@ states:
     next: start
 "##;
 
-struct Bot {
-    child: Child,
-    url: String,
+pub(crate) struct Bot {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+}
+
+/// A test that fails leaves no process behind.
+impl Drop for Bot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn spawn(dir: &Path, qpien: &RunningSim) -> Bot {
     spawn_with(dir, qpien, &[("RUST_LOG", "warn")])
 }
 
-fn spawn_with(dir: &Path, qpien: &RunningSim, env: &[(&str, &str)]) -> Bot {
+pub(crate) fn spawn_with(dir: &Path, qpien: &RunningSim, env: &[(&str, &str)]) -> Bot {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowbot"))
         .args(["run", "--config"])
         .arg(dir.join("flowbot.toml"))
@@ -61,7 +69,7 @@ fn spawn_with(dir: &Path, qpien: &RunningSim, env: &[(&str, &str)]) -> Bot {
     Bot { child, url }
 }
 
-async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> bool {
+pub(crate) async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> bool {
     let body = serde_json::to_vec(payload).unwrap();
     let sent = http
         .post(format!("{url}/webhook"))

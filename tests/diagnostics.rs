@@ -704,13 +704,19 @@ fn the_explorer_follows_declared_jumps_and_error_paths() {
         &ds,
         "a turn sends nothing: text \"hello\" → text \"1\" (`lookup` jumps to `found`) (the conversation is then in `found`)",
         "states.found",
-        15,
+        18,
     );
     has(
         &ds,
         "a turn sends nothing: text \"hello\" → text \"1\" (`lookup` fails) (the conversation is then in `sorry`)",
         "states.sorry",
-        20,
+        23,
+    );
+    has(
+        &ds,
+        "a turn sends nothing: text \"hello\" → text \"track\" (request `track` fails) (the conversation is then in `untracked`)",
+        "states.untracked",
+        30,
     );
     assert!(!text.contains("reaches `missing`"), "{text}");
     // Undeclared, the same states are unreachable for `validate`.
@@ -718,13 +724,194 @@ fn the_explorer_follows_declared_jumps_and_error_paths() {
         .unwrap()
         .replace(", jumps: [found, missing]", "");
     let ds = problems(&yaml);
-    has(&ds, "unreachable", "states.found", 16);
+    has(&ds, "unreachable", "states.found", 19);
     // A declared state that does not exist is an error where it is named.
     let ds = problems(&yaml.replace("action: lookup }", "action: lookup, jumps: [fund] }"));
     has(
         &ds,
         "unknown state `fund`",
         "states.lookup.call.jumps[0]",
+        14,
+    );
+}
+
+/// `http:` steps are checked where they are written: method and body,
+/// URL and host, headers, pointers, timeout, retries, names, secrets
+/// outside a request, the allow list's entries.
+#[test]
+fn http_steps_are_checked_where_they_are_written() {
+    let ds = problems(concat!(
+        "settings: { http: { allow: [api.example.com, 'https://bad'] } }\n",
+        "states:\n",
+        "  start:\n",
+        "    http: { url: 'https://api.example.com/a', method: FETCH, save: { x: status, 2y: /a }, timeout: 40s }\n",
+        "    say: '{{ secret.TOKEN }}'\n",
+        "  b:\n",
+        "    http: { name: start, url: 'ftp://api.example.com/a', json: { a: 1 }, method: get, retries: 9 }\n",
+        "  c:\n",
+        "    http: { url: 'https://other.example.com/{{ id }}', headers: { 'Bad Header': x, Auth: '{{ secret[\"X\"] }}' }, on_error: nowhere }\n",
+        "  d:\n",
+        "    http: { url: '{{ base }}/x', status: 'no good' }\n",
+        "    set: { t: '{{ secret.T }}' }\n",
+    ));
+    has(&ds, "is not a host name", "settings.http.allow[1]", 1);
+    has(
+        &ds,
+        "`FETCH` is not a method",
+        "states.start.http.method",
+        4,
+    );
+    has(&ds, "is not a JSON pointer", "states.start.http.save.x", 4);
+    has(
+        &ds,
+        "`2y` is not a variable name",
+        "states.start.http.save.2y",
+        4,
+    );
+    has(&ds, "at most 30s", "states.start.http.timeout", 4);
+    has(
+        &ds,
+        "a secret can only be used in an `http:` step",
+        "states.start.say",
+        5,
+    );
+    has(
+        &ds,
+        "two `http:` steps are named `start`",
+        "states.b.http.name",
+        7,
+    );
+    has(&ds, "scheme `ftp`", "states.b.http.url", 7);
+    has(&ds, "a GET request has no body", "states.b.http.json", 7);
+    has(&ds, "at most 3", "states.b.http.retries", 7);
+    has(
+        &ds,
+        "host `other.example.com` is not in settings.http.allow",
+        "states.c.http.url",
+        9,
+    );
+    has(
+        &ds,
+        "`Bad Header` is not a header name",
+        "states.c.http.headers.Bad Header",
+        9,
+    );
+    has(
+        &ds,
+        "a secret is read as `secret.NAME`",
+        "states.c.http.headers.Auth",
+        9,
+    );
+    has(&ds, "unknown state `nowhere`", "states.c.http.on_error", 9);
+    has(
+        &ds,
+        "`no good` is not a variable name",
+        "states.d.http.status",
         11,
+    );
+    has(&ds, "a secret can only be used", "states.d.set.t", 12);
+    // A host only the process lists is a warning, not an error.
+    let w = ds
+        .iter()
+        .find(|d| d.message.contains("other.example.com"))
+        .unwrap();
+    assert_eq!(w.severity, Severity::Warning);
+    // A well-formed step has nothing to say.
+    let ds = problems(concat!(
+        "settings: { http: { allow: ['*.example.com'] } }\n",
+        "states:\n",
+        "  start:\n",
+        "    http: { url: 'https://api.example.com/o/{{ id }}', headers: { Authorization: 'Bearer {{ secret.TOKEN }}' }, json: { n: '{{ n }}' }, save: { all: '', s: /a~1b/0 }, timeout: 2s, on_error: sorry }\n",
+        "    say: ok\n",
+        "  sorry: { say: sorry }\n",
+    ));
+    assert!(ds.is_empty(), "{ds:?}");
+}
+
+/// `check --explore` runs each intent's examples through the flow's own
+/// classifier (a confusion is reported at the example's line) and walks
+/// the "did you mean" question, which alone shows an intent's title.
+#[test]
+fn the_explorer_reports_confused_examples_and_walks_the_not_sure_path() {
+    use flowbot::internals::testing::explore::{explore, ExploreOptions};
+    let flow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/explore/intents.yaml");
+    let registry = flowbot::Registry::new();
+    let ds = crate::block_on(explore(&flow, &registry, ExploreOptions::default())).0;
+    has(
+        &ds,
+        "the example \"where is my order\" of `cancel_order` is understood as `track_order`",
+        "nlu.intents.cancel_order.examples[3]",
+        9,
+    );
+    has(
+        &ds,
+        "the button title \"Track my order and tell me",
+        "states.start",
+        15,
+    );
+    assert_eq!(ds.len(), 2, "{ds:?}");
+    // Without the confusing example and with a shorter title: nothing.
+    let fixed = std::fs::read_to_string(&flow)
+        .unwrap()
+        .replace(",\n        \"where is my order\"]", "]")
+        .replace(
+            "Track my order and tell me where it is now",
+            "Track my order",
+        );
+    let dir = crate::runtime::temp_dir("explore-intents");
+    std::fs::write(dir.join("intents.yaml"), fixed).unwrap();
+    let ds = crate::block_on(explore(
+        &dir.join("intents.yaml"),
+        &registry,
+        ExploreOptions::default(),
+    ))
+    .0;
+    assert!(ds.is_empty(), "{ds:?}");
+}
+
+#[test]
+fn personal_data_and_outcomes_are_checked_where_they_are_written() {
+    let ds = problems(
+        r#"pii: [address, "not a name"]
+states:
+  start:
+    ask: { text: "Phone?", save: phone, validate: phone }
+    next: mail
+  mail:
+    ask: { text: "E-mail?", save: email, validate: email, pii: true }
+    next: done
+  done:
+    say: Bye.
+    end: true
+    outcome: order_placed
+  sorry:
+    say: Sorry.
+    outcome: failed
+  odd:
+    end: true
+    outcome: "open"
+"#,
+    );
+    has(
+        &ds,
+        "`phone` keeps a phone number, personal data, and is not marked `pii: true`",
+        "states.start.ask.save",
+        4,
+    );
+    assert!(
+        !ds.iter().any(|d| d.path.starts_with("states.mail")),
+        "{ds:?}"
+    );
+    has(&ds, "`not a name` is not a variable name", "pii[1]", 1);
+    has(&ds, "it needs `end: true`", "states.sorry.outcome", 15);
+    has(
+        &ds,
+        "`open` is not an outcome name",
+        "states.odd.outcome",
+        18,
+    );
+    assert!(
+        !ds.iter().any(|d| d.path == "states.done.outcome"),
+        "{ds:?}"
     );
 }

@@ -182,3 +182,45 @@ async fn templates_are_listed_written_and_checked_offline() {
         "{err}"
     );
 }
+
+/// The simulator answers at Qpien's own path (`/api/v1`) too; a wrong
+/// address is told apart from a wrong document: a 404, a web page, JSON
+/// that is no GraphQL answer, each said for what it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_endpoint_is_named_as_such() {
+    let sim = start_sim(|_| {}).await;
+    let (out, text) = doctor(&sim.api_url(), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(sim.api_url().ends_with("/api/v1"));
+    let base = sim.graphql_url().trim_end_matches("/graphql").to_owned();
+    let (out, text) = doctor(&format!("{base}/api/v2"), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("answered 404: there is no GraphQL endpoint at this address"),
+        "{text}"
+    );
+    assert!(!text.contains("built-in documents"), "{text}");
+    // A stand-in: a web page, and JSON of another kind.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .route(
+            "/page",
+            axum::routing::post(|| async {
+                axum::response::Html("<html><body>Welcome</body></html>")
+            }),
+        )
+        .route(
+            "/json",
+            axum::routing::post(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (out, text) = doctor(&format!("http://127.0.0.1:{port}/page"), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("answered a web page (text/html"), "{text}");
+    let (_, text) = doctor(&format!("http://127.0.0.1:{port}/json"), &[], &[]).await;
+    assert!(
+        text.contains("answered JSON that is not a GraphQL response"),
+        "{text}"
+    );
+}

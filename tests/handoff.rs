@@ -106,7 +106,8 @@ impl Setup {
 
     async fn expect(&self, what: &str, texts: &[&str]) {
         let want: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        // Generous: CI runs every test at once on two cores.
+        let end = tokio::time::Instant::now() + Duration::from_secs(15);
         while self.texts() != want {
             if tokio::time::Instant::now() > end {
                 panic!("{what}: expected {want:?}, got {:?}", self.texts());

@@ -326,3 +326,99 @@ fn bad_messages_are_answered_and_the_server_goes_on() {
     );
     assert!(hover.is_null() || hover.is_object(), "{hover}");
 }
+
+/// A subflow's states are its own: completion after `goto:` offers the
+/// main flow's states in the main file and the subflow's in the subflow's
+/// file, never the other's; hover names each rule's target once.
+#[test]
+fn completion_stays_within_its_own_flow_and_hover_says_each_target_once() {
+    let dir = crate::runtime::temp_dir("lsp-sub").canonicalize().unwrap();
+    let main = "states:\n  start:\n    say: Hi\n    on:\n      - { text: a, goto: phone_in }\n      - { text: b, goto: phone_in }\n      - { text: c, goto: done }\n  phone_in:\n    call: { flow: phone.yaml }\n    next: done\n  done: { end: true }\n";
+    let sub = "states:\n  start:\n    ask: { text: Your phone?, save: phone }\n    next: thanks\n  thanks:\n    say: Thanks\n    return: true\n";
+    std::fs::write(dir.join("main.yaml"), main).unwrap();
+    std::fs::write(dir.join("phone.yaml"), sub).unwrap();
+    let main_uri = format!("file://{}", dir.join("main.yaml").display());
+    let sub_uri = format!("file://{}", dir.join("phone.yaml").display());
+    let mut c = Client::start();
+    c.request(
+        "initialize",
+        json!({ "processId": null, "rootUri": null, "capabilities": {} }),
+    );
+    c.notify("initialized", json!({}));
+    c.notify(
+        "textDocument/didOpen",
+        json!({ "textDocument": { "uri": main_uri, "languageId": "yaml", "version": 1, "text": main } }),
+    );
+    let diags = c.diagnostics(&main_uri);
+    assert!(diags.is_empty(), "{diags:?}");
+    let complete = |c: &mut Client, uri: &str, text: &str, line: usize, key: &str| {
+        let l = text.lines().nth(line).unwrap();
+        let col = l.find(key).unwrap() + key.len();
+        labels(&c.request(
+            "textDocument/completion",
+            json!({ "textDocument": { "uri": uri }, "position": { "line": line, "character": col } }),
+        ))
+    };
+    let states = complete(&mut c, &main_uri, main, 4, "goto: ");
+    assert_eq!(states, ["done", "phone_in", "start"], "{states:?}");
+    c.notify(
+        "textDocument/didOpen",
+        json!({ "textDocument": { "uri": sub_uri, "languageId": "yaml", "version": 1, "text": sub } }),
+    );
+    let states = complete(&mut c, &sub_uri, sub, 3, "next: ");
+    assert_eq!(states, ["start", "thanks"], "{states:?}");
+    let hover = c.request(
+        "textDocument/hover",
+        json!({ "textDocument": { "uri": main_uri }, "position": { "line": 1, "character": 4 } }),
+    );
+    let text = hover["contents"]["value"].as_str().unwrap();
+    assert!(text.contains("rules go to `phone_in`, `done`"), "{text}");
+    c.request("shutdown", Value::Null);
+    c.notify("exit", Value::Null);
+    assert!(c.child.wait().unwrap().success());
+}
+
+/// docs/editor.md's snippet for Neovim 0.7 to 0.9, as written there, starts
+/// `flowbot lsp` for a project's flow in a headless Neovim, whose
+/// diagnostics then show the flow's problem. Needs `nvim` (`.ci/run`
+/// installs Debian's, 0.7.2).
+#[test]
+#[ignore = "needs nvim; .ci/run runs it"]
+fn neovim_starts_flowbot_lsp_with_the_documented_snippet() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/editor.md")).unwrap();
+    let from = docs.find("On **Neovim 0.7 to 0.9**").unwrap();
+    let start = docs[from..].find("```lua\n").unwrap() + from + 7;
+    let end = docs[start..].find("```").unwrap() + start;
+    let dir = crate::runtime::temp_dir("nvim").canonicalize().unwrap();
+    let project = dir.join("shop");
+    std::fs::create_dir_all(project.join("target/debug")).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_flowbot"),
+        project.join("target/debug/shop"),
+    )
+    .unwrap();
+    std::fs::write(project.join("flowbot.toml"), "flow = \"flow.yaml\"\n").unwrap();
+    std::fs::write(
+        project.join("flow.yaml"),
+        "states:\n  start: { say: Hi, next: ask_ordr }\n  ask_order: { end: true }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("init.lua"), &docs[start..end]).unwrap();
+    let probe = "lua vim.defer_fn(function() local n = 0; \
+        for _ in pairs(vim.lsp.get_active_clients()) do n = n + 1 end; \
+        local out = 'clients ' .. n .. '\\n'; \
+        for _, d in ipairs(vim.diagnostic.get(0)) do out = out .. d.message .. '\\n' end; \
+        io.stdout:write(out); vim.cmd('qa!') end, 4000)";
+    let out = Command::new("nvim")
+        .current_dir(&project)
+        .args(["--headless", "-u"])
+        .arg(dir.join("init.lua"))
+        .args(["+".to_owned() + probe, "flow.yaml".to_owned()])
+        .output()
+        .expect("nvim");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("clients 1"), "{text}");
+    assert!(text.contains("unknown state `ask_ordr`"), "{text}");
+}

@@ -36,6 +36,17 @@ fn new_writes_a_project_with_its_first_snapshot() {
     // The crate's name, not the package's, where Rust names it.
     assert!(read("src/main.rs").contains("help_desk::registry()"));
     assert!(read("tests/conversations.rs").contains("help_desk::registry()"));
+    // Each YAML test its own test (libtest-mimic), and a Rust snapshot test
+    // with insta, its first snapshot recorded.
+    assert!(
+        cargo.contains("harness = false") && cargo.contains("libtest-mimic"),
+        "{cargo}"
+    );
+    assert!(cargo.contains("insta = "), "{cargo}");
+    assert!(read("tests/bot.rs").contains("help_desk::registry()"));
+    let snap = read("tests/snapshots/bot__callback_from_rust.snap");
+    assert!(snap.starts_with("---\nsource: tests/bot.rs\n"), "{snap}");
+    assert!(snap.contains("Call me back"), "{snap}");
     assert!(read("flows/bot.yaml").contains("name: help-desk"));
     assert!(read("README.md").starts_with("# help-desk\n"));
     assert!(read(".gitignore").contains("/target"));
@@ -54,6 +65,39 @@ fn new_writes_a_project_with_its_first_snapshot() {
     assert!(!root
         .join("tests/conversations/snapshots/callback.snap.new")
         .exists());
+
+    // The installed binary inside the project: it takes the flow of
+    // flowbot.toml, and says that the project's actions are its own
+    // binary's to check.
+    for command in ["validate", "demo"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+            .args(
+                [command, "--listen", "127.0.0.1:0"]
+                    .into_iter()
+                    .take(match command {
+                        "demo" => 3,
+                        _ => 1,
+                    }),
+            )
+            .current_dir(&root)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{command}: the flow of flowbot.toml: flows/bot.yaml"
+            )),
+            "{command}: {stderr}"
+        );
+        assert!(
+            stderr.contains("action `create_ticket` is not registered")
+                && stderr.contains("does not know a project's actions")
+                && stderr.contains("`cargo run -- validate"),
+            "{command}: {stderr}"
+        );
+    }
 
     // A second time: the folder is taken.
     let again = Command::new(env!("CARGO_BIN_EXE_flowbot"))

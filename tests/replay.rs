@@ -3,6 +3,44 @@
 use flowbot::Bot;
 use std::process::{Command, Stdio};
 
+/// What the `flowbot` binary did, run in a folder with arguments,
+/// environment variables and standard input.
+pub(crate) struct Ran {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs the `flowbot` binary in `dir` with `args` and `env`, writing
+/// `stdin` to it (asynchronously: a stand-in served by the test's runtime
+/// keeps answering).
+pub(crate) async fn run_flowbot(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> Ran {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .current_dir(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 fn replay(input: &str) -> (String, String) {
     let bot = Bot::load(
         concat!(env!("CARGO_MANIFEST_DIR"), "/flows/support.yaml"),
@@ -196,4 +234,44 @@ fn validate_exit_codes() {
     );
     assert!(err.contains("unreachable"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `chat` runs on the real clock and says so; `--at` fixes it (and says
+/// so); a time it cannot read is a usage error.
+#[test]
+fn chat_runs_on_the_real_clock_unless_at_fixes_it() {
+    let dir = crate::runtime::temp_dir("chat-clock");
+    std::fs::write(
+        dir.join("clock.yaml"),
+        "states:\n  start:\n    say: \"Today is {{ now | datetime('date') }}.\"\n",
+    )
+    .unwrap();
+    let chat = |args: &[&str]| {
+        let args: Vec<&str> = ["chat", "clock.yaml"].iter().chain(args).copied().collect();
+        let ran = crate::block_on(run_flowbot(&dir, &args, &[], b"hi\n/quit\n"));
+        (ran.code, ran.stdout + &ran.stderr)
+    };
+    let (code, out) = chat(&["--at", "2026-12-24T10:00:00Z"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Clock: fixed at 2026-12-24T10:00:00Z (--at)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Today is Thursday, December 24, 2026."),
+        "{out}"
+    );
+    let (code, out) = chat(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Clock: real ("), "{out}");
+    // Today, by the machine's clock (not the tests' fixed 2026-01-01).
+    let today = flowbot::internals::time::format(flowbot::internals::time::now());
+    assert!(
+        out.contains(&format!("Clock: real ({}", &today[..10])),
+        "{out}"
+    );
+    assert!(!out.contains("January 1, 2026"), "{out}");
+    let (code, out) = chat(&["--at", "tomorrow"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--at: `tomorrow` is not a time"), "{out}");
 }

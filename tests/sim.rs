@@ -509,7 +509,70 @@ async fn the_demo_wires_everything_and_serves_the_playground() {
         .await
         .map(|t| serde_json::from_str(&t).unwrap())
         .unwrap();
-    assert!(flow["mermaid"].as_str().unwrap().starts_with("flowchart"));
+    let whole = flow["mermaid"].as_str().unwrap();
+    assert!(whole.starts_with("flowchart"));
+    // Around one state: it and its neighbours only.
+    let around: Value = reqwest::get(format!("{bot}/debug/flow/around/ask_order"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+        .unwrap();
+    let around = around["mermaid"].as_str().unwrap();
+    let nodes = |m: &str| {
+        m.lines()
+            .filter(|l| l.contains("[\"") || l.contains("((\""))
+            .count()
+    };
+    assert!(
+        nodes(around) >= 2 && nodes(around) < nodes(whole),
+        "{around}"
+    );
+    assert!(
+        around.contains("\"lookup\"") && !around.contains("\"confirm_return\""),
+        "{around}"
+    );
+    let missing = reqwest::get(format!("{bot}/debug/flow/around/nowhere"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
+    // The demo's clock moves forward on request: a day on, the window is shut.
+    let http = reqwest::Client::new();
+    let moved = http
+        .post(format!("{bot}/debug/clock"))
+        .body(r#"{"advance": "1day 1h"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status().as_u16(), 200);
+    let state: Value = reqwest::get(format!("{bot}/debug/conversations/{conv}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str::<Value>(&t).unwrap())
+        .unwrap();
+    assert!(
+        state["now"].as_i64().unwrap() > state["window_closes"].as_i64().unwrap(),
+        "{state}"
+    );
+    for (body, why) in [
+        (r#"{"advance": "soon"}"#, "is not a duration"),
+        (r#"{"advance": "400days"}"#, "at most a year"),
+        ("[]", "the body must be"),
+    ] {
+        let refused = http
+            .post(format!("{bot}/debug/clock"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 400, "{body}");
+        let text = refused.text().await.unwrap();
+        assert!(text.contains(why), "{body}: {text}");
+    }
     demo.shutdown().await;
 }
 

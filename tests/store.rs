@@ -82,6 +82,8 @@ async fn contract(store: &dyn StateStore) {
             }),
             outbox: vec![b"r1".to_vec(), b"r2".to_vec()],
             fence: None,
+            at: 0,
+            events: Vec::new(),
         })
         .await
         .unwrap();
@@ -144,6 +146,8 @@ async fn contract(store: &dyn StateStore) {
             session: None,
             outbox: vec![],
             fence: None,
+            at: 0,
+            events: Vec::new(),
         })
         .await
         .unwrap();
@@ -165,6 +169,8 @@ async fn contract(store: &dyn StateStore) {
                 }),
                 outbox: vec![],
                 fence: None,
+                at: 0,
+                events: Vec::new(),
             })
             .await
             .unwrap();
@@ -188,6 +194,310 @@ async fn contract(store: &dyn StateStore) {
         [("c3".to_string(), b"s3".to_vec())]
     );
     assert!(store.sessions("c3", 10).await.unwrap().is_empty());
+
+    // The event log: written with the turn, read by the runs' start, a page
+    // at a time.
+    let event = |run: i64, kind: &str| LogEvent {
+        at: run + 5,
+        conversation: "3f2a".into(),
+        run,
+        flow_version: "00000000deadbeef".into(),
+        state: "start".into(),
+        channel: "whatsapp".into(),
+        kind: kind.into(),
+        detail: "".into(),
+        value: (kind == "answered").then(|| "yes".to_string()),
+        test: kind == "outcome",
+    };
+    let Accepted::New(item) = store.accept(inbound("m5", "c5")).await.unwrap() else {
+        panic!("new")
+    };
+    store
+        .commit(TurnCommit {
+            inbox_seq: item.seq,
+            conversation: "c5".into(),
+            session: None,
+            outbox: vec![],
+            fence: None,
+            at: 0,
+            events: vec![
+                event(100, "started"),
+                event(200, "started"),
+                event(100, "answered"),
+                event(100, "outcome"),
+            ],
+        })
+        .await
+        .unwrap();
+    let of_first = store.events(100, 200, 0, 10).await.unwrap();
+    assert_eq!(
+        of_first.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+        [
+            event(100, "started"),
+            event(100, "answered"),
+            event(100, "outcome")
+        ]
+    );
+    assert!(of_first.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    let page = store.events(0, 1_000, 0, 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+    let rest = store.events(0, 1_000, page[1].0, 10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[1].1, event(100, "outcome"));
+    assert!(store.events(300, 400, 0, 10).await.unwrap().is_empty());
+
+    // Retention: what is older than a time goes, a batch at a time; a dry
+    // run counts. c2 and c3 were last changed at 0; c6 changed later stays,
+    // and so does c7, whose timer is still to come.
+    for (key, conversation, at, due_at) in [("m6", "c6", 5_000, None), ("m7", "c7", 0, Some(9_000))]
+    {
+        let Accepted::New(item) = store.accept(inbound(key, conversation)).await.unwrap() else {
+            panic!("new")
+        };
+        store
+            .commit(TurnCommit {
+                inbox_seq: item.seq,
+                conversation: conversation.into(),
+                session: Some(StoredSession {
+                    data: b"s".to_vec(),
+                    due_at,
+                }),
+                outbox: vec![],
+                fence: None,
+                at,
+                events: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .expire(Expiring::Sessions, 1_000, 10, true)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.sessions("", 10).await.unwrap().len(),
+        4,
+        "a dry run removes nothing"
+    );
+    assert_eq!(
+        store
+            .expire(Expiring::Sessions, 1_000, 1, false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .expire(Expiring::Sessions, 1_000, 1, false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .expire(Expiring::Sessions, 1_000, 1, false)
+            .await
+            .unwrap(),
+        0
+    );
+    let left: Vec<String> = store
+        .sessions("", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(left, ["c6", "c7"]);
+    for (at, reason) in [(50, "old"), (5_000, "new")] {
+        store
+            .add_dead_letter(DeadLetter {
+                id: 0,
+                received_at: at,
+                reason: reason.into(),
+                headers: "{}".into(),
+                body: b"x".to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .expire(Expiring::DeadLetters, 100, 10, true)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .expire(Expiring::DeadLetters, 100, 10, false)
+            .await
+            .unwrap(),
+        1
+    );
+    let letters = store.dead_letters(None, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "new");
+    assert!(store.remove_dead_letter(letters[0].id).await.unwrap());
+    assert_eq!(
+        store.expire(Expiring::Events, 210, 10, true).await.unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .expire(Expiring::Events, 150, 10, false)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .expire(Expiring::Events, 210, 10, false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.events(0, 1_000, 0, 10).await.unwrap().is_empty());
+
+    // Erasure: everything of one conversation in one go; its message keys
+    // stay, so a redelivery is still a duplicate.
+    if store.shared() {
+        store.claim("c8", Duration::from_secs(60)).await.unwrap();
+    }
+    let Accepted::New(run) = store.accept(inbound("m8", "c8")).await.unwrap() else {
+        panic!("new")
+    };
+    let Accepted::New(_waiting) = store.accept(inbound("m9", "c8")).await.unwrap() else {
+        panic!("new")
+    };
+    store
+        .commit(TurnCommit {
+            inbox_seq: run.seq,
+            conversation: "c8".into(),
+            session: Some(StoredSession {
+                data: b"c8's".to_vec(),
+                due_at: Some(99),
+            }),
+            outbox: vec![b"to c8".to_vec()],
+            fence: None,
+            at: 7,
+            events: vec![LogEvent {
+                conversation: "h8".into(),
+                ..event(300, "started")
+            }],
+        })
+        .await
+        .unwrap();
+    store
+        .add_dead_letter(DeadLetter {
+            id: 0,
+            received_at: 7,
+            reason: "unusable".into(),
+            headers: "{}".into(),
+            body: br#"{"conversation":"c8"}"#.to_vec(),
+        })
+        .await
+        .unwrap();
+    let held = store.export("c8", "h8").await.unwrap();
+    assert_eq!(held.session.as_deref(), Some(&b"c8's"[..]));
+    assert_eq!(held.inbox.len(), 1);
+    assert_eq!(held.outbox, [b"to c8".to_vec()]);
+    assert_eq!(held.dead_letters.len(), 1);
+    assert_eq!(held.events.len(), 1);
+    let counts = Held {
+        sessions: 1,
+        inbox: 1,
+        outbox: 1,
+        dead_letters: 1,
+        events: 1,
+    };
+    assert_eq!(store.erase("c8", "h8", true).await.unwrap(), counts);
+    assert_eq!(
+        store.export("c8", "h8").await.unwrap().events.len(),
+        1,
+        "a dry run"
+    );
+    assert_eq!(store.erase("c8", "h8", false).await.unwrap(), counts);
+    assert_eq!(store.export("c8", "h8").await.unwrap(), Export::default());
+    assert_eq!(
+        store.erase("c8", "h8", false).await.unwrap(),
+        Held::default()
+    );
+    assert_eq!(
+        store.accept(inbound("m8", "c8")).await.unwrap(),
+        Accepted::Duplicate
+    );
+    assert!(store
+        .due_timers(1_000, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|(c, _)| c != "c8"));
+
+    // Folding: a period's runs become hourly roll-ups, their rows go, in one
+    // transaction; roll-ups of the same key add up.
+    assert_eq!(store.oldest_run().await.unwrap(), None);
+    let Accepted::New(item) = store.accept(inbound("m10", "c10")).await.unwrap() else {
+        panic!("new")
+    };
+    store
+        .commit(TurnCommit {
+            inbox_seq: item.seq,
+            conversation: "c10".into(),
+            session: None,
+            outbox: vec![],
+            fence: None,
+            at: 0,
+            events: vec![event(500, "started"), event(7_200_000, "started")],
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.oldest_run().await.unwrap(), Some(500));
+    let rollup = Rollup {
+        hour: 0,
+        flow_version: "v".into(),
+        channel: "whatsapp".into(),
+        test: false,
+        kind: "started".into(),
+        key: String::new(),
+        value: String::new(),
+        count: 1,
+    };
+    assert_eq!(
+        store
+            .fold(0, 3_600_000, vec![rollup.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .fold(0, 3_600_000, vec![rollup.clone()])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.oldest_run().await.unwrap(), Some(7_200_000));
+    assert_eq!(
+        store.rollups(0, 3_600_000).await.unwrap(),
+        [Rollup {
+            count: 2,
+            ..rollup.clone()
+        }]
+    );
+    assert!(store
+        .rollups(3_600_000, 7_200_000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.expire(Expiring::Rollups, 1, 10, false).await.unwrap(),
+        1
+    );
+    assert!(store.rollups(0, 3_600_000).await.unwrap().is_empty());
+    assert_eq!(store.fold(0, 10_000_000, vec![]).await.unwrap(), 1);
 
     // Cursors.
     assert_eq!(store.cursor("poll").await.unwrap(), None);
@@ -225,6 +535,8 @@ async fn sqlite_keeps_everything_across_a_reopen() {
                 }),
                 outbox: vec![b"hello".to_vec()],
                 fence: None,
+                at: 0,
+                events: Vec::new(),
             })
             .await
             .unwrap();
@@ -264,6 +576,19 @@ async fn two_bots(a: &dyn StateStore, b: &dyn StateStore) {
             }),
             outbox: vec![b"to acme's customer".to_vec()],
             fence: None,
+            at: 0,
+            events: vec![LogEvent {
+                at: 150,
+                conversation: "acme".into(),
+                run: 150,
+                flow_version: "1".into(),
+                state: "start".into(),
+                channel: "livechat".into(),
+                kind: "started".into(),
+                detail: "".into(),
+                value: None,
+                test: false,
+            }],
         })
         .await
         .unwrap();
@@ -290,6 +615,13 @@ async fn two_bots(a: &dyn StateStore, b: &dyn StateStore) {
     assert_eq!(a.due_timers(10, 10).await.unwrap(), [("c1".to_owned(), 1)]);
     assert_eq!(a.dead_letters(None, 10).await.unwrap().len(), 1);
     assert_eq!(a.cursor("poll").await.unwrap().as_deref(), Some("acme's"));
+    let log = a.events(0, 1_000, 0, 10).await.unwrap();
+    assert_eq!(
+        log.len(),
+        1,
+        "b's retention left a's event log alone: {log:?}"
+    );
+    assert_eq!(log[0].1.conversation, "acme");
 }
 
 /// One file holds several bots, each under its name, across a reopen too.
@@ -697,6 +1029,8 @@ async fn postgres_claims_fence_and_wake() {
         session: None,
         outbox: vec![b"r".to_vec()],
         fence: Some(fence),
+        at: 0,
+        events: Vec::new(),
     };
     let refused = a.commit(commit(t1)).await.unwrap_err();
     assert!(refused.is_fenced(), "{refused}");

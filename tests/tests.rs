@@ -2,15 +2,18 @@
 //! of their area; a new area gets a module here.
 //!
 //! - `browser`: the playground in headless Chromium (ignored unless asked for; `.ci/run` runs it).
+//! - `classify`: the LLM classifier against a local stand-in: `flowbot run`, budget, breaker, cache.
 //! - `config`: configuration errors of `flowbot run`, through the real binary.
 //! - `conversations`: the YAML conversation tests in `tests/conversations/`.
 //! - `engine`: turn semantics and every match kind, through `TestConversation`.
+//! - `fetch`: `http:` steps end to end against a local stand-in, and the secret kept out of every file.
 //! - `diagnostics`: bad flows and the problems reported.
 //! - `doctor`: `flowbot doctor` against the simulator in several dialects.
 //! - `replay`: the `flowbot replay` JSON-lines contract and the CLI's exit codes.
 //! - `fuzz`: random YAML and random messages never panic.
 //! - `handoff`: every way a handoff ends (or fails), through the simulator.
 //! - `hostile`: the attack suite: hostile flows, templates, deliveries and connections.
+//! - `insights`: the conversation event log and its reports, end to end and by the numbers.
 //! - `lsp`: `flowbot lsp` over stdio, as an editor drives it.
 //! - `new`: `flowbot new` writes a working project.
 //! - `qpien`: the Qpien client against the simulator; schemas and documents.
@@ -30,15 +33,18 @@ mod support_bot;
 
 mod bots;
 mod browser;
+mod classify;
 mod config;
 mod conversations;
 mod crash;
 mod diagnostics;
 mod doctor;
 mod engine;
+mod fetch;
 mod fuzz;
 mod handoff;
 mod hostile;
+mod insights;
 mod lsp;
 mod new;
 mod qpien;

@@ -319,6 +319,9 @@ pub struct StartArgs {
     /// The channel of a conversation the bot has not seen yet.
     #[arg(long)]
     channel: Option<crate::message::Channel>,
+    /// Test traffic: the run is left out of reports.
+    #[arg(long)]
+    test: bool,
     /// An idempotency key: the same key is started once.
     #[arg(long)]
     key: Option<String>,
@@ -354,10 +357,213 @@ pub(super) async fn start(target: &Target, args: &StartArgs) -> u8 {
     if let Some(k) = &args.key {
         body["key"] = serde_json::json!(k);
     }
+    if args.test {
+        body["test"] = serde_json::json!(true);
+    }
     match admin.request(true, "/api/start", Some(&body)).await {
         Ok(answer) => {
             let status = answer["status"].as_str().unwrap_or("accepted");
             println!("{}: {status}", args.conversation);
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Which report (`flowbot report KIND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportKind {
+    /// Per state: the runs that reached it, and those abandoned there.
+    Funnel,
+    /// Per flow version: runs started, resolved, handed off, abandoned,
+    /// failed, open, and containment.
+    Outcomes,
+    /// Per variable: the values runs ended with, and how many.
+    Answers,
+}
+
+impl ReportKind {
+    fn path(self) -> &'static str {
+        match self {
+            ReportKind::Funnel => "funnel",
+            ReportKind::Outcomes => "outcomes",
+            ReportKind::Answers => "answers",
+        }
+    }
+}
+
+/// What a report counts (`flowbot report`'s filters).
+#[derive(Debug, clap::Args)]
+pub struct ReportFilter {
+    /// Runs that started from this day or time (`2026-12-01`, RFC 3339);
+    /// default: 7 days ago.
+    #[arg(long)]
+    from: Option<String>,
+    /// ... until this day (inclusive) or time; default: now.
+    #[arg(long)]
+    to: Option<String>,
+    /// One flow version (as reports show it, or its first characters).
+    #[arg(long)]
+    flow_version: Option<String>,
+    /// One channel (`whatsapp`, `instagram`, `email`, `livechat`).
+    #[arg(long)]
+    channel: Option<String>,
+    /// Count test traffic too (`flowbot demo`, the playground).
+    #[arg(long)]
+    include_test: bool,
+    /// How it is printed.
+    #[arg(long, value_enum, default_value = "table")]
+    format: crate::insights::report::Format,
+}
+
+/// `flowbot report KIND`: asks the running bot (`/admin/reports/KIND`) and
+/// prints its answer as a table, CSV or JSON.
+pub(super) async fn report(target: &Target, kind: ReportKind, filter: &ReportFilter) -> u8 {
+    let admin = match Admin::new(target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in [
+        ("from", &filter.from),
+        ("to", &filter.to),
+        ("flow_version", &filter.flow_version),
+        ("channel", &filter.channel),
+    ] {
+        if let Some(v) = value {
+            query.append_pair(key, v);
+        }
+    }
+    if filter.include_test {
+        query.append_pair("include_test", "true");
+    }
+    let path = format!("/admin/reports/{}?{}", kind.path(), query.finish());
+    match admin.call(false, &path).await {
+        Ok(rows) => {
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            print!(
+                "{}",
+                crate::insights::report::render(
+                    &rows,
+                    crate::insights::report::columns(kind.path()),
+                    filter.format
+                )
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `flowbot retention [--dry-run]`: the running bot applies `[retention]`
+/// now, or says what it would remove.
+pub(super) async fn retention(target: &Target, dry_run: bool) -> u8 {
+    let admin = match Admin::new(target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let path = match dry_run {
+        true => "/admin/retention?dry_run=true",
+        false => "/admin/retention",
+    };
+    match admin.call(!dry_run, path).await {
+        Ok(answer) => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for kind in ["sessions", "dead_letters", "events", "rollups", "captures"] {
+                super::out(format_args!(
+                    "{kind:<13} {verb} {}",
+                    answer["removed"][kind].as_u64().unwrap_or(0)
+                ));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// The path segment of a contact (any character, encoded).
+fn contact_path(who: &str) -> String {
+    let segment = percent_encoding::utf8_percent_encode(who, percent_encoding::NON_ALPHANUMERIC);
+    format!("/admin/contacts/{segment}")
+}
+
+/// `flowbot erase --contact WHO [--dry-run]`: the running bot erases
+/// everything it holds of a contact (or says what it would).
+pub(super) async fn erase(target: &Target, who: &str, dry_run: bool) -> u8 {
+    let admin = match Admin::new(target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let mut path = contact_path(who);
+    if dry_run {
+        path.push_str("?dry_run=true");
+    }
+    match admin.send(reqwest::Method::DELETE, &path, None).await {
+        Ok(answer) => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            super::out(format_args!(
+                "{who}: {} conversation(s)",
+                answer["conversations"].as_u64().unwrap_or(0)
+            ));
+            for kind in [
+                "sessions",
+                "inbox",
+                "outbox",
+                "dead_letters",
+                "events",
+                "captures",
+            ] {
+                super::out(format_args!(
+                    "{kind:<13} {verb} {}",
+                    answer["removed"][kind].as_u64().unwrap_or(0)
+                ));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `flowbot export --contact WHO`: everything the running bot holds of a
+/// contact, as JSON on stdout.
+pub(super) async fn export(target: &Target, who: &str) -> u8 {
+    let admin = match Admin::new(target) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match admin
+        .call(false, &format!("{}/export", contact_path(who)))
+        .await
+    {
+        Ok(held) => {
+            super::out(format_args!(
+                "{}",
+                serde_json::to_string_pretty(&held).unwrap_or_default()
+            ));
             0
         }
         Err(e) => {

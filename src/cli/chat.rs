@@ -81,8 +81,17 @@ pub(super) async fn run(
     path: &Path,
     channel: &str,
     language: Option<String>,
+    at: Option<&str>,
     registry: Registry,
 ) -> u8 {
+    let fixed = match at.map(|t| (t, crate::time::parse_time(t))) {
+        None => None,
+        Some((_, Some(t))) => Some(t),
+        Some((t, None)) => {
+            eprintln!("error: --at: `{t}` is not a time like 2026-12-24T10:00:00Z");
+            return 2;
+        }
+    };
     let channel: Channel = match channel.parse() {
         Ok(c) => c,
         Err(e) => {
@@ -98,10 +107,18 @@ pub(super) async fn run(
         "Chatting with `{}` on {channel}. Type /quit to leave, a number to pick an option.",
         bot.flow().name
     );
-    let mut conv = TestConversation::new(bot).channel(channel);
+    // The real clock, unless `--at` fixes it; `/wait` moves either.
+    let start = fixed.unwrap_or_else(crate::time::now);
+    let mut conv = TestConversation::new(bot).channel(channel).at(start);
     if let Some(l) = language {
         conv = conv.language(l);
     }
+    let shown = crate::time::format(start);
+    match fixed {
+        Some(_) => println!("Clock: fixed at {shown} (--at); /wait 31m moves it."),
+        None => println!("Clock: real ({shown}); /wait 31m moves it ahead, --at TIME fixes it."),
+    }
+    let mut ticked = std::time::Instant::now();
     let mut options: Vec<Pick> = Vec::new();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -114,6 +131,12 @@ pub(super) async fn run(
             continue;
         }
         let before = conv.transcript().0.len();
+        // On the real clock, the time that passed at the prompt passes in
+        // the conversation too (a nudge due meanwhile fires).
+        if fixed.is_none() {
+            conv.wait(ticked.elapsed()).await;
+            ticked = std::time::Instant::now();
+        }
         let (cmd, arg) = line
             .split_once(' ')
             .map_or((line.as_str(), ""), |(c, a)| (c, a.trim()));
@@ -171,6 +194,16 @@ pub(super) async fn run(
             },
         }
         for ex in &conv.transcript().0[before..] {
+            if let Some(i) = &ex.intent {
+                let by =
+                    i.by.as_deref()
+                        .map(|b| format!(" · {b}"))
+                        .unwrap_or_default();
+                match &i.intent {
+                    Some(name) => println!("     (intent: {name} {:.2}{by})", i.confidence),
+                    None => println!("     (not sure: best {:.2}{by})", i.confidence),
+                }
+            }
             show(&ex.bot, &ex.effects, &mut options);
             for e in &ex.errors {
                 println!("     !! {e}");

@@ -121,6 +121,9 @@ struct Outline {
     buttons: BTreeSet<String>,
     /// List row ids the file offers.
     rows: BTreeSet<String>,
+    /// The flow it belongs to: 0 the main one (with its includes), else a
+    /// subflow, whose states are its own.
+    unit: usize,
 }
 
 /// A state, where its key is, and what hover says of it.
@@ -407,10 +410,17 @@ impl Server {
             .collect();
         let key = key_before(&before)?;
         let outlines = self.flow_outlines(&path);
+        // A state is named within its own flow: the main flow's files, or
+        // one subflow's.
+        let unit = outlines
+            .iter()
+            .find(|(f, _)| **f == path)
+            .map_or(0, |(_, o)| o.unit);
         let (items, kind, detail): (Vec<String>, _, &str) = match key {
             "goto" | "next" | "on_error" | "release" | "start" | "state" => (
                 outlines
                     .iter()
+                    .filter(|(_, o)| o.unit == unit)
                     .flat_map(|(_, o)| o.states.iter().map(|s| s.name.clone()))
                     .collect::<BTreeSet<_>>()
                     .into_iter()
@@ -476,12 +486,20 @@ impl Server {
         let text = &self.open.get(&path)?.text;
         let line = text.lines().nth(pos.position.line as usize)?;
         let word = word_at(line, char_index(line, pos.position.character))?;
-        self.flow_outlines(&path).into_iter().find_map(|(file, o)| {
-            o.states
-                .iter()
-                .find(|s| s.name == word)
-                .map(|s| (file.clone(), s))
-        })
+        let outlines = self.flow_outlines(&path);
+        let unit = outlines
+            .iter()
+            .find(|(f, _)| **f == path)
+            .map_or(0, |(_, o)| o.unit);
+        outlines
+            .into_iter()
+            .filter(|(_, o)| o.unit == unit)
+            .find_map(|(file, o)| {
+                o.states
+                    .iter()
+                    .find(|s| s.name == word)
+                    .map(|s| (file.clone(), s))
+            })
     }
 
     fn definition(&self, p: &GotoDefinitionParams) -> Option<GotoDefinitionResponse> {
@@ -582,7 +600,10 @@ fn word_at(line: &str, at: usize) -> Option<String> {
 
 /// What a file defines: its states (where, and a summary), the ids it offers.
 fn outline(loaded: &Loaded) -> Outline {
-    let mut o = Outline::default();
+    let mut o = Outline {
+        unit: loaded.unit,
+        ..Outline::default()
+    };
     for (name, state) in &loaded.doc.states {
         let pos = loaded.source.key_pos(&join_key("states", name));
         let (line, column) = pos.map_or((0, 0), |p| {
@@ -694,6 +715,17 @@ fn summary(state: &State) -> String {
             lines.push(format!("runs the subflow `{flow}`"));
         }
     }
+    if let Some(h) = &state.http {
+        let method = h.method.as_deref().unwrap_or(match h.json {
+            Some(_) => "POST",
+            None => "GET",
+        });
+        lines.push(format!(
+            "requests `{} {}`",
+            method.to_ascii_uppercase(),
+            h.url
+        ));
+    }
     if state.ret.is_some() {
         lines.push("returns to its caller".into());
     }
@@ -711,11 +743,14 @@ fn summary(state: &State) -> String {
         }
         None => {}
     }
-    let targets: Vec<String> = state
-        .on
-        .iter()
-        .filter_map(|r| r.goto.as_ref().map(|g| format!("`{g}`")))
-        .collect();
+    // Each state once, in the order the rules name them.
+    let mut targets: Vec<String> = Vec::new();
+    for g in state.on.iter().filter_map(|r| r.goto.as_ref()) {
+        let g = format!("`{g}`");
+        if !targets.contains(&g) {
+            targets.push(g);
+        }
+    }
     if !targets.is_empty() {
         lines.push(format!("rules go to {}", targets.join(", ")));
     }

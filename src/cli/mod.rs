@@ -28,6 +28,7 @@ mod lsp;
 mod lsp_io;
 mod migrate;
 mod new;
+mod nlu;
 mod replay;
 mod run;
 #[cfg(feature = "sim")]
@@ -99,6 +100,15 @@ pub enum Command {
         /// `server.capture_dir`) instead of JSON lines from stdin.
         #[arg(long)]
         capture: Option<PathBuf>,
+        /// Let the flow's `http:` steps call the network (within the allow
+        /// lists; `[http]` of ./flowbot.toml adds to them). Without it, they
+        /// fail as unreachable.
+        #[arg(long)]
+        live_http: bool,
+        /// Ask `[nlu.llm]` of ./flowbot.toml for intents (without it, only
+        /// the flow's built-in classifier runs).
+        #[arg(long)]
+        live_llm: bool,
     },
     /// Talk to a flow in the terminal.
     Chat {
@@ -110,6 +120,18 @@ pub enum Command {
         /// The customer's language.
         #[arg(long)]
         language: Option<String>,
+        /// Let the flow's `http:` steps call the network (within the allow
+        /// lists; `[http]` of ./flowbot.toml adds to them).
+        #[arg(long)]
+        live_http: bool,
+        /// Ask `[nlu.llm]` of ./flowbot.toml for intents (without it, only
+        /// the flow's built-in classifier runs).
+        #[arg(long)]
+        live_llm: bool,
+        /// Run on a clock fixed at this time (like 2026-12-24T10:00:00Z),
+        /// moved only by `/wait`; without it, the real clock.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Print the flow as a Mermaid diagram (or DOT).
     Graph {
@@ -139,7 +161,8 @@ pub enum Command {
     /// webhook, and the web playground.
     #[cfg(feature = "sim")]
     Demo {
-        /// The flow to run (default: the support example, built in).
+        /// The flow to run (default: the flow `flowbot.toml` in this folder
+        /// names; without one, the support example, built in).
         #[arg(long)]
         flow: Option<PathBuf>,
         /// Where the playground listens.
@@ -194,6 +217,56 @@ pub enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// Erase everything the running bot holds of one contact: its
+    /// conversations (sessions, timers, messages not yet run, replies not yet
+    /// sent), the dead letters, event-log rows and captures that name them.
+    Erase {
+        /// The contact: a conversation's id, or a phone number or e-mail
+        /// address its conversations saved.
+        #[arg(long)]
+        contact: String,
+        /// Only say how much of each would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Which running bot.
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// Everything the running bot holds of one contact, as JSON (an access
+    /// request).
+    Export {
+        /// The contact: a conversation's id, or a phone number or e-mail
+        /// address its conversations saved.
+        #[arg(long)]
+        contact: String,
+        /// Which running bot.
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// Apply `[retention]` in the running bot now: remove the conversations,
+    /// dead letters, event-log rows and captures older than it says.
+    Retention {
+        /// Only say how many of each would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Which running bot.
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// How a running bot does, from its conversation event log: the funnel
+    /// (per state), outcomes (resolved, handed off, abandoned, failed) or
+    /// answers (the values variables took), per flow version.
+    Report {
+        /// Which report.
+        #[arg(value_enum)]
+        kind: admin::ReportKind,
+        /// What it counts, and how it is printed.
+        #[command(flatten)]
+        filter: admin::ReportFilter,
+        /// Which running bot.
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// What changing the flow from OLD to NEW does to the conversations in
     /// progress: per state removed or renamed, where `migrate:` sends its
     /// conversations (or that they start over), and with `--store` how many
@@ -230,6 +303,19 @@ pub enum Command {
     Lsp,
     /// Print the JSON Schema of flow files (for editors: see docs/editor.md).
     Schema,
+    /// Classify free text with a flow's intents: JSON lines `{"text": ...}`
+    /// on stdin, one classification per line on stdout.
+    Classify {
+        /// The flow file (none: the flow `flowbot.toml` in this folder names).
+        flow: Option<PathBuf>,
+    },
+    /// Understanding free text: `nlu eval FLOW DATA` scores the flow's
+    /// classifier on held-out phrasings.
+    Nlu {
+        #[command(subcommand)]
+        /// What to do.
+        command: nlu::NluCommand,
+    },
     /// Run YAML conversation tests against their snapshots (`test new`: write
     /// one from captured deliveries).
     #[command(args_conflicts_with_subcommands = true)]
@@ -243,6 +329,10 @@ pub enum Command {
         /// List the states and rules no test exercised.
         #[arg(long)]
         coverage: bool,
+        /// Let `http:` steps without a mock call the network (within the
+        /// allow lists; `[http]` of ./flowbot.toml adds to them).
+        #[arg(long)]
+        live_http: bool,
     },
 }
 
@@ -298,6 +388,8 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             | Command::Graph { .. }
             | Command::Test { .. }
             | Command::Schema
+            | Command::Classify { .. }
+            | Command::Nlu { .. }
             | Command::New { .. }
             | Command::Lsp
     ) {
@@ -342,16 +434,30 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                     Err(code) => code,
                 }
             }
-            Command::Replay { flow, capture } => {
-                replay::run(&flow, capture.as_deref(), registry).await
-            }
+            Command::Replay {
+                flow,
+                capture,
+                live_http,
+                live_llm,
+            } => match live(registry, live_http, live_llm) {
+                Ok(registry) => replay::run(&flow, capture.as_deref(), registry).await,
+                Err(code) => code,
+            },
             Command::Chat {
                 flow,
                 channel,
                 language,
-            } => match project_flow("chat", flow) {
-                Ok(flow) => chat::run(&flow, &channel, language, registry).await,
-                Err(code) => code,
+                live_http,
+                live_llm,
+                at,
+            } => match (
+                project_flow("chat", flow),
+                live(registry, live_http, live_llm),
+            ) {
+                (Ok(flow), Ok(registry)) => {
+                    chat::run(&flow, &channel, language, at.as_deref(), registry).await
+                }
+                (Err(code), _) | (_, Err(code)) => code,
             },
             Command::Graph { flow, dot } => match project_flow("graph", flow) {
                 Ok(flow) => graph::run(&flow, dot, &registry),
@@ -372,7 +478,15 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 conversation.as_deref(),
                 out.as_deref(),
             ),
-            Command::Test { dir, coverage, .. } => test::run(&dir, coverage, &registry).await,
+            Command::Test {
+                dir,
+                coverage,
+                live_http,
+                ..
+            } => match live(registry, live_http, false) {
+                Ok(registry) => test::run(&dir, coverage, &registry).await,
+                Err(code) => code,
+            },
             Command::MigrateCheck {
                 old,
                 new,
@@ -393,6 +507,13 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
                 let _ = writeln!(std::io::stdout(), "{:#}", crate::flow::schema());
                 0
             }
+            Command::Classify { flow } => match project_flow("classify", flow) {
+                Ok(flow) => nlu::classify(&flow, &registry),
+                Err(code) => code,
+            },
+            Command::Nlu {
+                command: nlu::NluCommand::Eval { flow, data },
+            } => nlu::eval(&flow, &data, &registry),
             Command::Run { config, check } => run::run(config.as_deref(), check, registry).await,
             Command::Bots { action } => bots::run(action).await,
             Command::Doctor {
@@ -413,8 +534,30 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             } => admin::release(&target, &conversation).await,
             Command::Start { what, target } => admin::start(&target, &what).await,
             Command::DeadLetters { what, target } => admin::dead_letters(&target, &what).await,
+            Command::Report {
+                kind,
+                filter,
+                target,
+            } => admin::report(&target, kind, &filter).await,
+            Command::Retention { dry_run, target } => admin::retention(&target, dry_run).await,
+            Command::Erase {
+                contact,
+                dry_run,
+                target,
+            } => admin::erase(&target, &contact, dry_run).await,
+            Command::Export { contact, target } => admin::export(&target, &contact).await,
             #[cfg(feature = "sim")]
             Command::Demo { flow, listen } => {
+                // In a project: its flow. Elsewhere: the built-in example.
+                let flow = match flow {
+                    None if std::path::Path::new("flowbot.toml").is_file() => {
+                        match project_flow("demo", None) {
+                            Ok(f) => Some(f),
+                            Err(code) => return code,
+                        }
+                    }
+                    given => given,
+                };
                 sim::run_demo(flow.as_deref(), listen, registry).await
             }
             #[cfg(feature = "sim")]
@@ -467,6 +610,49 @@ fn project_flows(command: &str, given: Vec<PathBuf>) -> Result<Vec<PathBuf>, u8>
 fn project_flow(command: &str, given: Option<PathBuf>) -> Result<PathBuf, u8> {
     let flows = project_flows(command, given.into_iter().collect())?;
     Ok(flows.into_iter().next().expect("at least one flow"))
+}
+
+/// The registry, with `--live-http` the network as its `http:` client:
+/// within the flows' allow lists and `[http]` of ./flowbot.toml (and
+/// `FLOWBOT_HTTP__...`), reading at most its `limits.http_body_bytes`; with
+/// `--live-llm`, `[nlu.llm]` as its classifier.
+fn live(registry: Registry, http: bool, llm: bool) -> Result<Registry, u8> {
+    if !http && !llm {
+        return Ok(registry);
+    }
+    let flag = if http { "--live-http" } else { "--live-llm" };
+    let file = std::path::Path::new("flowbot.toml");
+    let config = match crate::config::Config::load(file.is_file().then_some(file)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {flag}: {e}");
+            return Err(2);
+        }
+    };
+    let mut registry = registry;
+    if http {
+        match crate::fetch::LiveHttp::new(&config.http, config.limits.http_body_bytes) {
+            Ok(client) => registry = registry.http_or(std::sync::Arc::new(client)),
+            Err(e) => {
+                eprintln!("error: --live-http: {e}");
+                return Err(2);
+            }
+        }
+    }
+    if llm {
+        if config.nlu.llm.is_none() {
+            eprintln!("error: --live-llm: ./flowbot.toml has no `[nlu.llm]` (base_url, model)");
+            return Err(2);
+        }
+        match crate::runtime::with_llm(&config, registry) {
+            Ok(r) => registry = r,
+            Err(e) => {
+                eprintln!("error: --live-llm: {e}");
+                return Err(2);
+            }
+        }
+    }
+    Ok(registry)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings).

@@ -124,7 +124,11 @@ pub(super) async fn run_sim(args: &SimArgs) -> u8 {
         }
     };
     let stop = crate::runtime::shutdown_signal();
-    println!("Qpien simulator: GraphQL at {}", sim.graphql_url());
+    println!(
+        "Qpien simulator: GraphQL at {} (as Qpien's path; also {})",
+        sim.api_url(),
+        sim.graphql_url()
+    );
     println!("playground: {}", sim.url());
     stop.await;
     sim.shutdown().await;
@@ -142,7 +146,8 @@ pub struct Demo {
 
 impl Demo {
     /// Starts both: the simulator on `listen`, the bot on a free port with a
-    /// SQLite store in a temporary folder and its debug endpoints on.
+    /// SQLite store in a temporary folder, its debug endpoints on and a clock
+    /// the playground can move forward.
     pub async fn start(
         flow: &Path,
         listen: SocketAddr,
@@ -171,6 +176,11 @@ impl Demo {
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.webhook_secret = Secret::new(secret);
         config.server.debug = true;
+        // What the playground does is test traffic: reports leave it out.
+        config.insights.test_traffic = true;
+        // The playground moves time forward (`/debug/clock`): the system's
+        // clock, shifted on request.
+        config.clock = crate::time::ClockHandle::new(crate::time::ShiftedClock::default());
         config.store.path = dir.path().join("flowbot.db");
         config.runtime.timer_interval = Duration::from_millis(500);
         // The playground's agent leaves without a webhook (as in Qpien): the

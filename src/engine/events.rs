@@ -82,6 +82,9 @@ impl Bot {
         }
         // Schedules: brought up to date; a conversation that ended is kept
         // while one is still to fire for it.
+        // The variables of a conversation that ended and is not kept: the
+        // event log's last answers.
+        let mut ended_vars = Vec::new();
         if let Some(s) = &mut outcome.session {
             self.plan(s, now);
             if s.kept && !self.keeps(s) {
@@ -94,6 +97,8 @@ impl Bot {
                 last.handoff = false;
                 last.queued = None;
                 outcome.session = Some(last);
+            } else {
+                ended_vars = last.vars;
             }
         }
         if let Some(s) = &mut outcome.session {
@@ -142,6 +147,8 @@ impl Bot {
             window_closes,
             withheld: outcome.withheld,
             schedule: outcome.schedule,
+            intent: outcome.intent,
+            ended_vars,
         }
     }
 
@@ -266,6 +273,8 @@ impl Bot {
             window_closes: None,
             withheld: 0,
             schedule: None,
+            intent: None,
+            ended_vars: Vec::new(),
         }
     }
 
@@ -483,6 +492,7 @@ impl Bot {
             vars,
             mode: sched.mode,
             channel: None,
+            test: false,
         };
         let mut outcome = self
             .start(conversation, Some(session), &start, channel, now)
@@ -539,6 +549,7 @@ impl Bot {
         s.last_active = now;
         s.idle_fired = false;
         s.queued = None;
+        s.test |= start.test;
         let msg = Incoming {
             channel,
             ..Incoming::default()
@@ -709,6 +720,7 @@ impl Bot {
         let mut s = session.unwrap_or_else(fresh);
         s.last_active = now;
         s.customer_at = now;
+        s.test |= msg.test;
         s.idle_fired = false;
         if s.handoff {
             return Prepared::Quiet(Some(s));
@@ -744,6 +756,8 @@ pub(super) struct Outcome {
     pub(super) last: Option<Session>,
     /// The schedule that fired.
     pub(super) schedule: Option<Box<str>>,
+    /// How the message was classified, if its intent was asked for.
+    pub(super) intent: Option<Classified>,
 }
 
 impl Outcome {
@@ -759,6 +773,7 @@ impl Outcome {
             withheld: 0,
             last: None,
             schedule: None,
+            intent: None,
         }
     }
 
@@ -766,6 +781,7 @@ impl Outcome {
     pub(super) fn then(mut self, next: Outcome) -> Outcome {
         self.session = next.session;
         self.last = next.last;
+        self.intent = self.intent.take().or(next.intent);
         self.messages.extend(next.messages);
         self.effects.extend(next.effects);
         self.trace.extend(next.trace);

@@ -10,7 +10,7 @@ use minijinja::Value;
 use std::cell::OnceCell;
 
 use super::session::{Offered, OptionKind, Session};
-use crate::flow::{contains_phrase, normalize, words, Cond, Flow};
+use crate::flow::{contains_phrase, normalize, tolerant_match, words, Cond, Flow};
 use crate::handler::{Matcher, Vars};
 use crate::message::Incoming;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ impl<'a> Probe<'a> {
         p
     }
 
-    fn norm(&self) -> &str {
+    pub(crate) fn norm(&self) -> &str {
         self.norm.get_or_init(|| normalize(&self.msg.text))
     }
 }
@@ -82,6 +82,20 @@ pub(crate) struct MatchEnv<'a> {
     pub(crate) vars: Vars<'a>,
     pub(crate) scope: &'a Value,
     pub(crate) errors: &'a mut Vec<String>,
+    /// The intent the message was classified as (when sure, or picked from
+    /// a "did you mean"); none before classification.
+    pub(crate) intent: Option<u32>,
+}
+
+/// Whether a condition reads the message's intent (such rules are tried
+/// after every other, once the message is classified).
+pub(crate) fn has_intent(cond: &Cond) -> bool {
+    match cond {
+        Cond::Intent(_) => true,
+        Cond::Any(v) | Cond::All(v) => v.iter().any(has_intent),
+        Cond::Not(c) => has_intent(c),
+        _ => false,
+    }
 }
 
 /// Whether `cond` holds; captured variables are appended to `caps`.
@@ -127,6 +141,12 @@ pub(crate) fn eval(
                 false
             }
         },
+        Cond::Tolerant(t) => {
+            let n = p.norm();
+            let w: Vec<&str> = words(n).collect();
+            tolerant_match(&w, &t.phrases, t.whole, t.endings, t.typos)
+        }
+        Cond::Intent(i) => env.intent == Some(*i),
         Cond::Any(cs) => cs.iter().any(|c| eval(c, p, env, caps)),
         Cond::All(cs) => {
             let mark = caps.len();

@@ -27,11 +27,16 @@
 //!   target's messages. In an `ask` state, an answer no rule took is checked; a
 //!   valid one is saved and the flow goes to `next`. No match: the state's
 //!   `fallback`, else `settings.fallback`, else the state's messages again.
-//! - Entering a state runs, in order: `call`, `set`, `say`, the `ask` question,
-//!   then `handoff` or `end`, or follows `next` (at most 50 states a turn).
-//! - An action error, a jump to an unknown state or a `next` chain too long runs the
-//!   error path: the state's `on_error`, else the flow's, else
-//!   `settings.error_message` and a fresh start. It is logged and the bot goes on.
+//! - Entering a state runs, in order: `call`, `http`, `set`, `say`, the `ask`
+//!   question, then `handoff` or `end`, or follows `next` (at most 50 states a turn).
+//! - An action error, a failed request, a jump to an unknown state or a `next` chain
+//!   too long runs the error path: the `http:` step's `on_error`, the state's, else
+//!   the flow's, else `settings.error_message` and a fresh start. It is logged and the
+//!   bot goes on. An `http:` request goes through the bot's [`HttpClient`]
+//!   (`crate::fetch`), as an action does: the engine renders it and reads the
+//!   answer, it never opens a connection itself.
+//!
+//! [`HttpClient`]: crate::fetch::HttpClient
 
 mod answer;
 mod events;
@@ -50,7 +55,8 @@ pub use session::{Frame, Offered, OptionKind, Session};
 
 use crate::flow::template::Scope;
 use crate::flow::{
-    Arg, CallNode, Flow, FlowLimits, LoadError, MsgNode, ReturnNode, RuleNode, StateId, SubflowCall,
+    Arg, Body, CallNode, Flow, FlowLimits, HttpNode, LoadError, MsgNode, ReturnNode, RuleNode,
+    StateId, SubflowCall,
 };
 use crate::handler::{
     set_var, Action, ActionContext, ActionOutcome, Hook, Matcher, Registry, TurnRecord, Vars,
@@ -91,6 +97,10 @@ pub struct Bot {
     actions: Vec<Arc<dyn Action>>,
     matchers: Vec<Arc<dyn Matcher>>,
     hooks: Vec<Arc<dyn Hook>>,
+    /// What sends the flow's `http:` requests.
+    http: Arc<dyn crate::fetch::HttpClient>,
+    /// Asked for a message's intent before the built-in classifier.
+    pub(crate) classifier: Option<Arc<dyn crate::nlu::Classifier>>,
     /// The explorer's choices: which branch a state takes, whatever its
     /// conditions say (`check --explore` follows each one).
     steer: Option<Arc<dyn Fn(StateId) -> Option<usize> + Send + Sync>>,
@@ -160,7 +170,29 @@ pub struct Turn {
     pub released: bool,
     /// The schedule that fired in this step, if one did.
     pub schedule: Option<Box<str>>,
+    /// How the message was classified, when a rule asked for its intent.
+    pub intent: Option<Classified>,
+    /// The variables of a conversation that ended in this step (its session
+    /// is gone): the event log's last answers.
+    pub ended_vars: crate::flow::template::VarList,
 }
+
+/// A message's intent as the classifier saw it (recorded in transcripts).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Classified {
+    /// The intent, when sure (none: not sure).
+    pub intent: Option<String>,
+    /// The best intent's score (0 to 1), to two decimals; 1 for a pick
+    /// from a "did you mean".
+    pub confidence: f64,
+    /// The classifier that answered, when not the built-in one (a
+    /// registered [`Classifier`](crate::Classifier), or a test's `classify:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+// Confidences are rounded finite numbers, never NaN.
+impl Eq for Classified {}
 
 /// One step of a turn, for coverage and debugging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -192,6 +224,8 @@ pub enum Step {
     Branch(StateId, u32),
     /// Variant N of a state's `split` was taken.
     Split(StateId, u32),
+    /// No intent was sure in a state: the likely ones were offered.
+    NotSure(StateId),
 }
 
 impl Bot {
@@ -237,8 +271,26 @@ impl Bot {
             actions,
             matchers,
             hooks: registry.hooks,
+            http: registry
+                .http
+                .unwrap_or_else(|| Arc::new(crate::fetch::Offline)),
+            classifier: registry.classifier,
             steer: None,
         })
+    }
+
+    /// The same bot asking `classifier` for intents.
+    pub(crate) fn with_classifier(&self, classifier: Arc<dyn crate::nlu::Classifier>) -> Bot {
+        Bot {
+            flow: self.flow.clone(),
+            vars: self.vars.clone(),
+            actions: self.actions.clone(),
+            matchers: self.matchers.clone(),
+            hooks: self.hooks.clone(),
+            http: self.http.clone(),
+            classifier: Some(classifier),
+            steer: self.steer.clone(),
+        }
     }
 
     /// This bot with `steer` choosing the branch a state takes (by index;
@@ -349,6 +401,7 @@ impl Turn {
         self.released |= next.released;
         self.withheld += next.withheld;
         self.schedule = self.schedule.or(next.schedule);
+        self.intent = self.intent.or(next.intent);
         self.window_closes = match (self.window_closes, next.window_closes) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

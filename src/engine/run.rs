@@ -18,6 +18,22 @@ pub(super) enum Decision {
     Valid(Value, Vec<(String, Value)>),
     Invalid,
     Fallback,
+    /// No intent is sure: these are offered.
+    NotSure(Vec<u32>),
+    /// A rule reads the intent: the bot's classifier is to be asked first.
+    Classify,
+}
+
+/// What the bot's own [`Classifier`](crate::nlu::Classifier) said of the
+/// message.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Asked {
+    /// Not asked (yet).
+    No,
+    /// Its answer: the intent (none: not sure) and how sure.
+    Answered(Option<u32>, f32),
+    /// It gave none: the built-in classifier answers.
+    Failed,
 }
 
 /// The working state of one turn.
@@ -39,6 +55,15 @@ pub(super) struct Run<'a> {
     pub(super) builtins: Option<Arc<[(&'static str, Value)]>>,
     /// The turn's time (`now` in templates; calendars read it).
     pub(super) now: Millis,
+    /// `http:` requests made so far this turn.
+    pub(super) http_calls: u32,
+    /// The message's classification, when its intent was asked for: the
+    /// intent (none: not sure) and the best score.
+    pub(super) classified: Option<(Option<u32>, f32)>,
+    /// The bot's classifier's answer, once asked.
+    pub(super) asked: Asked,
+    /// Which classifier answered (none: the built-in one).
+    pub(super) classified_by: Option<Box<str>>,
 }
 
 impl Run<'_> {
@@ -64,6 +89,10 @@ impl Run<'_> {
             in_error: false,
             scope: None,
             builtins: None,
+            http_calls: 0,
+            classified: None,
+            asked: Asked::No,
+            classified_by: None,
         }
     }
 
@@ -74,7 +103,20 @@ impl Run<'_> {
         } else {
             (Some(self.session), None)
         };
+        let flow = &self.bot.flow;
+        let intent = self.classified.map(|(i, confidence)| Classified {
+            intent: i.and_then(|i| {
+                flow.nlu
+                    .as_ref()?
+                    .names
+                    .get(i as usize)
+                    .map(|n| n.to_string())
+            }),
+            confidence: (f64::from(confidence) * 100.0).round() / 100.0,
+            by: self.classified_by.map(String::from),
+        });
         Outcome {
+            intent,
             released: false,
             withheld: 0,
             last,
@@ -141,16 +183,69 @@ impl Run<'_> {
     /// (which may call actions) awaits, once, so that the turn's future
     /// stays small (it is moved as a whole on every turn).
     pub(super) async fn on_message(&mut self, had_session: bool) {
-        if let Some(id) = self.react(had_session) {
+        self.save_pick(had_session);
+        let mut decision = self.decide(had_session);
+        if matches!(decision, Some(Decision::Classify)) {
+            // Deciding changes nothing but its own notes: it runs again
+            // with the answer (its errors, already noted, are not repeated).
+            let errors = self.errors.len();
+            Box::pin(self.ask_classifier()).await;
+            self.errors.truncate(errors);
+            decision = self.decide(had_session);
+        }
+        if let Some(id) = self.react(decision, had_session) {
             self.enter(id).await;
         }
     }
 
+    /// Asks the bot's classifier for the message's intent; on no answer,
+    /// the built-in classifier gives it.
+    async fn ask_classifier(&mut self) {
+        let (Some(classifier), Some(nlu)) = (&self.bot.classifier, &self.bot.flow.nlu) else {
+            self.asked = Asked::Failed;
+            return;
+        };
+        let name = classifier.name().to_owned();
+        let input = crate::nlu::ClassifyInput {
+            text: &self.msg.text,
+            language: self.session.language.as_deref(),
+            intents: &nlu.intents,
+            threshold: nlu.model.threshold(),
+        };
+        self.asked = match classifier.classify(&input).await {
+            Ok(v) => {
+                let known = v
+                    .intent
+                    .as_deref()
+                    .and_then(|n| nlu.names.iter().position(|x| &**x == n));
+                if v.intent.is_some() && known.is_none() {
+                    self.errors.push(format!(
+                        "classifier `{name}` answered an intent the flow does not declare: {:?}",
+                        crate::text::shorten(v.intent.as_deref().unwrap_or(""), 60)
+                    ));
+                }
+                let confidence = if v.confidence.is_finite() {
+                    v.confidence.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                self.classified_by = Some(name.into());
+                Asked::Answered(known.map(|i| i as u32), confidence)
+            }
+            Err(e) => {
+                tracing::debug!(classifier = %name, error = %e, "the built-in classifier answers");
+                Asked::Failed
+            }
+        };
+    }
+
     /// What the message does before states are entered; returns the state
     /// to enter, if any.
-    pub(super) fn react(&mut self, had_session: bool) -> Option<StateId> {
-        self.save_pick(had_session);
-        let decision = self.decide(had_session);
+    pub(super) fn react(
+        &mut self,
+        decision: Option<Decision>,
+        had_session: bool,
+    ) -> Option<StateId> {
         let flow = self.bot.flow.clone();
         let here = self.session.state;
         match decision {
@@ -179,6 +274,12 @@ impl Run<'_> {
             }
             Some(Decision::Invalid) => self.invalid(here),
             Some(Decision::Fallback) => self.fallback(here),
+            Some(Decision::NotSure(offer)) => {
+                self.not_sure(here, &offer);
+                None
+            }
+            // Asked before the decision is acted on; never here.
+            Some(Decision::Classify) => self.fallback(here),
             // No session and no intent: start, without matching start's rules.
             None => Some(flow.start),
         }
@@ -205,40 +306,112 @@ impl Run<'_> {
             },
             scope: &scope,
             errors: &mut self.errors,
+            intent: None,
         };
         let mut caps = Vec::new();
-        if !had_session || st.intents {
-            for (i, r) in flow.intents.iter().enumerate() {
-                if eval(&r.cond, &probe, &mut env, &mut caps) {
-                    return Some(Decision::Intent(i as u32, caps));
+        let globals = !had_session || st.intents;
+        let rules = Rules {
+            global: if globals { &flow.intents } else { &[] },
+            state: if had_session { &st.on } else { &[] },
+        };
+        let mut deferred = false;
+        // Everything but intents first, global rules before the state's.
+        if let Some(d) = rules.first(false, &probe, &mut env, &mut caps, &mut deferred) {
+            return Some(d);
+        }
+        if had_session {
+            if let Some(ask) = &st.ask {
+                // A tapped suggestion saves its id; anything else is checked as typed.
+                let answer = probe
+                    .button
+                    .or(probe.list)
+                    .filter(|id| ask.quick_replies.iter().any(|q| &*q.id == *id));
+                if let Some(id) = answer {
+                    return Some(Decision::Valid(Value::from(id), Vec::new()));
                 }
-                caps.clear();
+                if let Some((v, caps)) = answer::check(&ask.check, &self.msg.text) {
+                    return Some(Decision::Valid(v, caps));
+                }
+            }
+        }
+        // Then the rules that read the intent, the message classified once.
+        let mut offer = Vec::new();
+        if deferred {
+            if let Some(nlu) = &flow.nlu {
+                let picked = probe
+                    .button
+                    .and_then(|b| b.strip_prefix("nlu:"))
+                    .and_then(|n| nlu.names.iter().position(|x| &**x == n));
+                let (intent, confidence, ranked) = match (picked, self.asked) {
+                    (Some(i), _) => (Some(i as u32), 1.0, Vec::new()),
+                    (None, Asked::No) if self.bot.classifier.is_some() => {
+                        return Some(Decision::Classify);
+                    }
+                    (None, Asked::Answered(intent, confidence)) => {
+                        // Not sure: the built-in ranking says what to offer.
+                        let ranked = match intent {
+                            Some(_) => Vec::new(),
+                            None => nlu.model.classify_normalized(probe.norm()).ranked,
+                        };
+                        (intent, confidence, ranked)
+                    }
+                    (None, _) => {
+                        let c = nlu.model.classify_normalized(probe.norm());
+                        (c.intent, c.confidence, c.ranked)
+                    }
+                };
+                self.classified = Some((intent, confidence));
+                env.intent = intent;
+                if let Some(d) = rules.first(true, &probe, &mut env, &mut caps, &mut deferred) {
+                    return Some(d);
+                }
+                // Not sure: the likely intents this state would act on.
+                if intent.is_none() && had_session {
+                    let mut here = Vec::new();
+                    for r in rules.state.iter().chain(rules.global) {
+                        r.cond.intents(&mut here);
+                    }
+                    // Likely: within a fifth of the threshold.
+                    let floor = nlu.model.threshold() * 0.8;
+                    offer = ranked
+                        .iter()
+                        .filter(|(i, s)| *s >= floor && here.contains(i))
+                        .map(|(i, _)| *i)
+                        .collect();
+                }
             }
         }
         if !had_session {
             return None;
         }
-        for (i, r) in st.on.iter().enumerate() {
-            if eval(&r.cond, &probe, &mut env, &mut caps) {
-                return Some(Decision::Rule(i as u32, caps));
-            }
-            caps.clear();
+        if st.ask.is_some() {
+            return Some(Decision::Invalid);
         }
-        if let Some(ask) = &st.ask {
-            // A tapped suggestion saves its id; anything else is checked as typed.
-            let answer = probe
-                .button
-                .or(probe.list)
-                .filter(|id| ask.quick_replies.iter().any(|q| &*q.id == *id));
-            if let Some(id) = answer {
-                return Some(Decision::Valid(Value::from(id), Vec::new()));
-            }
-            return Some(match answer::check(&ask.check, &self.msg.text) {
-                Some((v, caps)) => Decision::Valid(v, caps),
-                None => Decision::Invalid,
-            });
+        if let (Some(n), false) = (flow.not_sure_in(self.session.state), offer.is_empty()) {
+            offer.truncate(n.offer as usize);
+            return Some(Decision::NotSure(offer));
         }
         Some(Decision::Fallback)
+    }
+
+    /// "Did you mean": the state's (or the flow's) question, the likely
+    /// intents as buttons; the conversation stays where it is.
+    fn not_sure(&mut self, here: StateId, offer: &[u32]) {
+        let flow = self.bot.flow.clone();
+        let (Some(nlu), Some(n)) = (flow.nlu.as_ref(), flow.not_sure_in(here)) else {
+            return;
+        };
+        self.trace.push(Step::NotSure(here));
+        let msg = MsgNode::Text {
+            text: n.say.clone(),
+            quick_replies: offer
+                .iter()
+                .filter_map(|i| nlu.choices.get(*i as usize).cloned())
+                .collect(),
+            buttons: Vec::new(),
+        };
+        self.session.offered.clear();
+        self.send(std::slice::from_ref(&msg));
     }
 
     /// Fires a rule. `pending`: the state the conversation waits in (none
@@ -484,6 +657,17 @@ impl Run<'_> {
                     },
                 }
             }
+            if let Some(h) = &st.http {
+                if let Err(e) = self.http(h).await {
+                    match self.fail_via(id, h.on_error, e) {
+                        Some(t) => {
+                            id = t;
+                            continue;
+                        }
+                        None => return,
+                    }
+                }
+            }
             self.apply_sets(&st.set);
             self.send(&st.say);
             if let Some(sub) = &st.subflow {
@@ -709,14 +893,89 @@ impl Run<'_> {
         })
     }
 
+    /// Makes the request of an `http:` step and saves what it says; the
+    /// error, if it failed (its status saved all the same).
+    pub(super) async fn http(&mut self, h: &HttpNode) -> Result<(), String> {
+        let flow = self.bot.flow.clone();
+        self.http_calls += 1;
+        if self.http_calls > flow.settings.http_per_turn {
+            return Err(format!(
+                "http `{}`: more than {} requests in one turn (limits.http_calls_per_turn)",
+                h.name, flow.settings.http_per_turn
+            ));
+        }
+        let scope = crate::flow::template::with_secrets(self.scope());
+        let render = |t: &crate::flow::Tpl| {
+            flow.templates
+                .render(t, &scope)
+                .map(|s| s.into_owned())
+                .map_err(|e| format!("http `{}`: {e}", h.name))
+        };
+        let pairs = |list: &[(Box<str>, crate::flow::Tpl)]| {
+            list.iter()
+                .map(|(k, t)| Ok((k.to_string(), render(t)?)))
+                .collect::<Result<Vec<_>, String>>()
+        };
+        let request = crate::fetch::HttpRequest {
+            name: h.name.to_string(),
+            method: h.method.to_string(),
+            url: render(&h.url)?,
+            query: pairs(&h.query)?,
+            headers: pairs(&h.headers)?,
+            body: match &h.body {
+                Some(b) => {
+                    Some(body(b, &flow, &scope).map_err(|e| format!("http `{}`: {e}", h.name))?)
+                }
+                None => None,
+            },
+            timeout: std::time::Duration::from_millis(u64::from(h.timeout_ms)),
+            retries: h.retries,
+            allow: flow.settings.http_allow.clone(),
+        };
+        drop(scope);
+        let answer = self.bot.http.send(&request).await;
+        let status = match &answer {
+            Ok(r) => r.status,
+            Err(e) => e.status().unwrap_or(0),
+        };
+        if let Some(var) = &h.status {
+            self.set(var, Value::from(status));
+        }
+        match answer {
+            Ok(r) => {
+                for (var, pointer) in &h.save {
+                    let v = r
+                        .json
+                        .pointer(pointer)
+                        .map(Value::from_serialize)
+                        .unwrap_or(Value::from(()));
+                    self.set(var, v);
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!("http `{}` ({request}) failed: {e}", h.name)),
+        }
+    }
+
     /// Runs the error path; returns the state to go on with, if any.
     pub(super) fn fail(&mut self, at: StateId, error: String) -> Option<StateId> {
+        self.fail_via(at, None, error)
+    }
+
+    /// Runs the error path, to `first` if given, else the state's
+    /// `on_error`, the flow's, or the error message.
+    pub(super) fn fail_via(
+        &mut self,
+        at: StateId,
+        first: Option<StateId>,
+        error: String,
+    ) -> Option<StateId> {
         let flow = self.bot.flow.clone();
         let st = flow.state(at);
         tracing::warn!(conversation = self.conversation, state = &*st.name, %error, "turn error");
         self.errors.push(error);
         self.trace.push(Step::Error(at));
-        let target = st.on_error.or(flow.on_error);
+        let target = first.or(st.on_error).or(flow.on_error);
         if let (Some(t), false) = (target, self.in_error) {
             self.in_error = true;
             return Some(t);
@@ -732,6 +991,93 @@ impl Run<'_> {
         self.ended = true;
         None
     }
+}
+
+/// An `http:` step's JSON body, rendered: a string that is one
+/// `{{ variable }}` keeps the variable's type.
+fn body(b: &Body, flow: &Flow, scope: &Value) -> Result<serde_json::Value, String> {
+    use crate::flow::template::Part;
+    use crate::flow::Tpl;
+    Ok(match b {
+        Body::Text(Tpl::Interp { parts, .. }) if matches!(&**parts, [Part::Var(_)]) => {
+            let [Part::Var(name)] = &**parts else {
+                unreachable!("matched above")
+            };
+            let v = scope.get_attr(name).unwrap_or_default();
+            match v.is_undefined() || v.is_none() {
+                true => serde_json::Value::Null,
+                false => serde_json::to_value(&v).map_err(|e| e.to_string())?,
+            }
+        }
+        Body::Text(t) => serde_json::Value::String(
+            flow.templates
+                .render(t, scope)
+                .map_err(|e| e.to_string())?
+                .into_owned(),
+        ),
+        Body::List(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|x| body(x, flow, scope))
+                .collect::<Result<_, _>>()?,
+        ),
+        Body::Map(m) => serde_json::Value::Object(
+            m.iter()
+                .map(|(k, x)| Ok((k.to_string(), body(x, flow, scope)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        Body::Value(v) => v.clone(),
+    })
+}
+
+/// The first of `rules` that holds: in the first pass, those that do not
+/// read the intent (noting in `deferred` that some do); in the second, those
+/// that do.
+/// The rules a message meets, in order: the flow's global ones (where
+/// they apply), then the state's (when there is a conversation).
+struct Rules<'r> {
+    global: &'r [RuleNode],
+    state: &'r [RuleNode],
+}
+
+impl Rules<'_> {
+    /// The first rule that holds, among those that read the intent
+    /// (`intents`) or among the others.
+    fn first(
+        &self,
+        intents: bool,
+        probe: &Probe<'_>,
+        env: &mut MatchEnv<'_>,
+        caps: &mut Vec<(String, Value)>,
+        deferred: &mut bool,
+    ) -> Option<Decision> {
+        if let Some(i) = first(self.global, intents, probe, env, caps, deferred) {
+            return Some(Decision::Intent(i, std::mem::take(caps)));
+        }
+        first(self.state, intents, probe, env, caps, deferred)
+            .map(|i| Decision::Rule(i, std::mem::take(caps)))
+    }
+}
+
+fn first(
+    rules: &[RuleNode],
+    intents: bool,
+    probe: &Probe<'_>,
+    env: &mut MatchEnv<'_>,
+    caps: &mut Vec<(String, Value)>,
+    deferred: &mut bool,
+) -> Option<u32> {
+    for (i, r) in rules.iter().enumerate() {
+        if matching::has_intent(&r.cond) != intents {
+            *deferred |= !intents;
+            continue;
+        }
+        if eval(&r.cond, probe, env, caps) {
+            return Some(i as u32);
+        }
+        caps.clear();
+    }
+    None
 }
 
 pub(super) fn has_when(rules: &[RuleNode]) -> bool {

@@ -91,6 +91,10 @@ pub struct Session {
     /// The subflows running, innermost last: where each returns to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stack: Vec<Frame>,
+    /// Test traffic (a delivery of `flowbot sim`, `flowbot start --test`):
+    /// its events are marked so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 /// A subflow's call: the calling state and the caller's variables, kept
@@ -137,6 +141,7 @@ impl Session {
             schedules: Vec::new(),
             kept: false,
             stack: Vec::new(),
+            test: false,
         }
     }
 

@@ -26,6 +26,11 @@ pub struct FlowLimits {
     pub template_fuel: u64,
     /// Characters a template may produce in one render.
     pub template_output_chars: usize,
+    /// Bytes of an `http:` step's answer read at most (a larger one fails).
+    pub http_body_bytes: u64,
+    /// `http:` requests one turn may make (a loop through an `http:` state
+    /// fails past it).
+    pub http_calls_per_turn: u32,
 }
 
 impl Default for FlowLimits {
@@ -37,6 +42,8 @@ impl Default for FlowLimits {
             flow_nodes: 200_000,
             template_fuel: 100_000,
             template_output_chars: 64 * 1024,
+            http_body_bytes: 256 * 1024,
+            http_calls_per_turn: 5,
         }
     }
 }

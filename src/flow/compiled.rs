@@ -39,6 +39,8 @@ pub struct Flow {
     pub(crate) settings: FlowSettings,
     /// Variable defaults.
     pub(crate) vars: Arc<VarList>,
+    /// The variables that hold personal data (`pii`).
+    pub(crate) private: Vec<Arc<str>>,
     /// Compiled templates.
     pub(crate) templates: Templates,
     /// Names of the actions the flow calls (indexed by [`CallNode::action`]).
@@ -58,6 +60,8 @@ pub struct Flow {
     pub whatsapp_templates: Vec<Box<str>>,
     /// `schedules:`.
     pub schedules: Vec<super::schedule::Schedule>,
+    /// `nlu:`: free text understood.
+    pub nlu: Option<NluNode>,
 }
 
 /// What one compiled template keeps (see [`Flow::weight`]).
@@ -66,6 +70,11 @@ const TEMPLATE_BYTES: usize = 9 * 1024;
 const SOURCE_FACTOR: usize = 6;
 
 impl Flow {
+    /// Whether a variable holds personal data (marked `pii`).
+    pub fn is_private(&self, name: &str) -> bool {
+        self.private.iter().any(|p| &**p == name)
+    }
+
     /// A state's id by name.
     pub fn state_id(&self, name: &str) -> Option<StateId> {
         self.index.get(name).copied()
@@ -97,6 +106,16 @@ impl Flow {
             + rules * size_of::<RuleNode>()
             + self.source_bytes * SOURCE_FACTOR
             + self.regex_bytes
+            + self.nlu.as_ref().map_or(0, NluNode::weight)
+    }
+
+    /// What a state says when no intent is sure: its own `not_sure:`, else
+    /// the flow's.
+    pub(crate) fn not_sure_in(&self, id: StateId) -> Option<&NotSureNode> {
+        self.state(id)
+            .not_sure
+            .as_ref()
+            .or(self.nlu.as_ref().and_then(|n| n.not_sure.as_ref()))
     }
 
     /// A state by id.
@@ -132,6 +151,10 @@ pub struct FlowSettings {
     pub handoff_timeout_ms: Option<u64>,
     /// The button of the list `overflow: adapt` makes.
     pub overflow_button: Option<LText>,
+    /// What the `http:` steps may call (`settings.http.allow`).
+    pub http_allow: Arc<crate::fetch::AllowList>,
+    /// How many `http:` requests one turn may make (`limits.http_calls_per_turn`).
+    pub http_per_turn: u32,
 }
 
 /// A state's inactivity nudge (`after:`).
@@ -181,14 +204,20 @@ pub struct StateNode {
     pub set: Vec<(Arc<str>, Tpl)>,
     /// The action run on entry.
     pub call: Option<CallNode>,
+    /// The HTTP request made on entry, after the action.
+    pub http: Option<Box<HttpNode>>,
     /// The conversation ends here.
     pub end: bool,
+    /// The outcome of a run that ends here, when not `resolved`.
+    pub outcome: Option<Box<str>>,
     /// A person takes over here.
     pub handoff: bool,
     /// Whether global intents apply.
     pub intents: bool,
     /// Where a failed action leads.
     pub on_error: Option<StateId>,
+    /// When no intent is sure, here (over the flow's).
+    pub not_sure: Option<NotSureNode>,
     /// The inactivity nudge.
     pub after: Option<AfterNode>,
     /// Sent instead of its messages outside WhatsApp's 24-hour window.
@@ -323,6 +352,76 @@ pub enum Cond {
     Not(Box<Cond>),
     /// A custom matcher (index into `Flow::matchers`).
     Custom(u32),
+    /// The message is classified as this intent of `nlu:` (its index).
+    Intent(u32),
+    /// `text:` or `keyword:` with word endings or typos allowed.
+    Tolerant(Tolerant),
+}
+
+impl Cond {
+    /// The intents it asks for (those a `not` turns away are not), added
+    /// to `out`: what a "did you mean" may offer where it is a rule.
+    pub(crate) fn intents(&self, out: &mut Vec<u32>) {
+        match self {
+            Cond::Intent(i) => out.push(*i),
+            Cond::Any(v) | Cond::All(v) => v.iter().for_each(|c| c.intents(out)),
+            _ => {}
+        }
+    }
+}
+
+/// A `text:` or `keyword:` condition that accepts word endings or typos.
+#[derive(Debug)]
+pub struct Tolerant {
+    /// The phrases, as normalized words.
+    pub phrases: Vec<Vec<Box<str>>>,
+    /// The whole message must be the phrase (`text:`), not contain it.
+    pub whole: bool,
+    /// A message word may go on after the phrase's (`şikayet` in `şikayetim`).
+    pub endings: bool,
+    /// Edits allowed per word of 4 letters or more.
+    pub typos: u8,
+}
+
+/// `nlu:` compiled: the classifier and its intents.
+#[derive(Debug)]
+pub struct NluNode {
+    /// The classifier, trained on the examples.
+    pub model: crate::nlu::Model,
+    /// The intents' names, by index.
+    pub names: Vec<Box<str>>,
+    /// Each intent as a "did you mean" button (id `nlu:NAME`).
+    pub choices: Vec<ChoiceNode>,
+    /// Each intent with its title and examples, for a registered classifier.
+    pub intents: Vec<crate::nlu::IntentInfo>,
+    /// Where each intent's examples are written (document paths, by
+    /// intent then example), for diagnostics.
+    pub example_paths: Vec<Vec<Box<str>>>,
+    /// What to say when no intent is sure.
+    pub not_sure: Option<NotSureNode>,
+}
+
+impl NluNode {
+    /// About what it keeps: the model, and each example and its path.
+    fn weight(&self) -> usize {
+        let strings: usize = self
+            .intents
+            .iter()
+            .flat_map(|i| i.examples.iter())
+            .chain(self.example_paths.iter().flatten())
+            .map(|s| s.len() + std::mem::size_of::<Box<str>>())
+            .sum();
+        self.model.weight() + strings
+    }
+}
+
+/// `not_sure:`.
+#[derive(Debug)]
+pub struct NotSureNode {
+    /// The question sent with the likeliest intents as buttons.
+    pub say: LText,
+    /// How many to offer.
+    pub offer: u32,
 }
 
 /// `fallback:` / `exhausted:`.
@@ -397,6 +496,46 @@ pub struct CallNode {
     pub jumps: Vec<StateId>,
 }
 
+/// `http:` of a state.
+#[derive(Debug)]
+pub struct HttpNode {
+    /// Its name (mocks answer by it).
+    pub name: Box<str>,
+    /// The method, upper-case.
+    pub method: Box<str>,
+    /// The URL.
+    pub url: Tpl,
+    /// Query parameters.
+    pub query: Vec<(Box<str>, Tpl)>,
+    /// Headers.
+    pub headers: Vec<(Box<str>, Tpl)>,
+    /// The JSON body, its strings compiled.
+    pub body: Option<Body>,
+    /// How long one attempt waits, in milliseconds.
+    pub timeout_ms: u32,
+    /// Tries again of an idempotent request.
+    pub retries: u32,
+    /// Variables from the answer: name, JSON pointer.
+    pub save: Vec<(Arc<str>, Box<str>)>,
+    /// The variable for the status.
+    pub status: Option<Arc<str>>,
+    /// Where a failure leads (else the state's `on_error`, the flow's).
+    pub on_error: Option<StateId>,
+}
+
+/// A JSON body with its strings as templates.
+#[derive(Debug)]
+pub enum Body {
+    /// A string, rendered.
+    Text(Tpl),
+    /// A list.
+    List(Vec<Body>),
+    /// An object.
+    Map(Vec<(Box<str>, Body)>),
+    /// A number, boolean or null, as written.
+    Value(serde_json::Value),
+}
+
 /// An action argument.
 #[derive(Debug)]
 pub enum Arg {
@@ -457,7 +596,7 @@ pub enum MsgNode {
 }
 
 /// A quick reply or a list row.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChoiceNode {
     /// Its id.
     pub id: Box<str>,

@@ -113,6 +113,15 @@ fn edges(flow: &Flow) -> Vec<Edge> {
                 label: "retries exhausted".into(),
             });
         }
+        if let Some(h) = &s.http {
+            if let Some(to) = h.on_error {
+                out.push(Edge {
+                    from,
+                    to,
+                    label: format!("request {} fails", h.name),
+                });
+            }
+        }
         if let Some(to) = s.on_error {
             out.push(Edge {
                 from,
@@ -129,10 +138,61 @@ fn escape(s: &str) -> String {
 }
 
 impl Flow {
+    /// The states' names and the edges between them (from a state; global
+    /// intents' edges left out), each once: what the console lays out.
+    pub(crate) fn state_graph(&self) -> (Vec<&str>, Vec<(StateId, StateId)>) {
+        let mut pairs: Vec<(StateId, StateId)> = edges(self)
+            .into_iter()
+            .filter_map(|e| Some((e.from?, e.to)))
+            .filter(|(a, b)| a != b)
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        (self.states.iter().map(|s| &*s.name).collect(), pairs)
+    }
+
     /// The flow as a Mermaid flowchart.
     pub fn to_mermaid(&self) -> String {
+        self.mermaid(&edges(self), !self.intents.is_empty(), |_| true)
+    }
+
+    /// The part of the flow one step from `state`: the states its edges come
+    /// from and go to (the "any state" node when a global intent leads to
+    /// it), for a graph too big to read whole.
+    pub fn to_mermaid_around(&self, state: StateId) -> String {
+        let all = edges(self);
+        let mut near = vec![false; self.states.len()];
+        if let Some(n) = near.get_mut(state as usize) {
+            *n = true;
+        }
+        for e in &all {
+            if e.from == Some(state) {
+                near[e.to as usize] = true;
+            }
+            if e.to == state {
+                if let Some(f) = e.from {
+                    near[f as usize] = true;
+                }
+            }
+        }
+        let edges: Vec<Edge> = all
+            .into_iter()
+            .filter(|e| {
+                (e.from == Some(state) || e.to == state) && e.from.is_none_or(|f| near[f as usize])
+            })
+            .collect();
+        let any = edges.iter().any(|e| e.from.is_none());
+        self.mermaid(&edges, any, |id| near[id as usize])
+    }
+
+    /// States for which `show` holds, and `edges` between them (and the
+    /// "any state" node if `any`).
+    fn mermaid(&self, edges: &[Edge], any: bool, show: impl Fn(StateId) -> bool) -> String {
         let mut m = String::from("flowchart TD\n");
         for (id, s) in self.states.iter().enumerate() {
+            if !show(id as StateId) {
+                continue;
+            }
             let name = escape(&s.name);
             let _ = match (s.end, s.handoff) {
                 (true, _) => writeln!(m, "  s{id}((\"{name}\"))"),
@@ -140,11 +200,13 @@ impl Flow {
                 _ => writeln!(m, "  s{id}[\"{name}\"]"),
             };
         }
-        if !self.intents.is_empty() {
+        if any {
             m.push_str("  any{{\"any state\"}}\n");
         }
-        let _ = writeln!(m, "  start_([ ]) --> s{}", self.start);
-        for e in edges(self) {
+        if show(self.start) {
+            let _ = writeln!(m, "  start_([ ]) --> s{}", self.start);
+        }
+        for e in edges {
             let from = e
                 .from
                 .map_or_else(|| "any".to_string(), |f| format!("s{f}"));

@@ -48,7 +48,7 @@ pub type StateId = u32;
 pub use bounds::FlowLimits;
 pub use compiled::*;
 pub use diagnostic::{did_you_mean, Diagnostic, Diagnostics, Severity};
-pub(crate) use normalize::contains_phrase;
+pub(crate) use normalize::{contains_phrase, tolerant_match};
 pub use normalize::{normalize, words};
 pub use template::Tpl;
 pub use validate::limits;
@@ -66,6 +66,10 @@ pub struct HandlerNames {
     /// flow names that is not among them, or named with the wrong number of
     /// parameters, is a load-time error. `None`: not checked.
     pub templates: Option<Vec<TemplateInfo>>,
+    /// The installed `flowbot`'s names (its examples' actions): a project's
+    /// own actions are unknown to it, and its errors say so.
+    #[doc(hidden)]
+    pub generic: bool,
 }
 
 /// One approved WhatsApp template, as the flow language needs to know it.

@@ -39,6 +39,11 @@ pub struct FlowDoc {
     /// Variable defaults, visible in templates.
     #[serde(default)]
     pub vars: IndexMap<String, Value>,
+    /// Variables that hold personal data (set by rules or actions; an
+    /// `ask` marks its own with `pii: true`): never in the event log,
+    /// reports or the debug view, masked in transcripts.
+    #[serde(default)]
+    pub pii: Vec<String>,
     /// Global rules, tried before each state's own.
     #[serde(default)]
     pub intents: Vec<Rule>,
@@ -57,6 +62,9 @@ pub struct FlowDoc {
     /// Business hours, by name: `when: "open('support')"`.
     #[serde(default)]
     pub calendars: IndexMap<String, CalendarDoc>,
+    /// Free text understood: intents learned from examples, matched by
+    /// rules with `intent:`.
+    pub nlu: Option<NluDoc>,
     /// Starts the bot makes on its own: on a cron schedule, or at a time
     /// computed from a variable (two days after `delivery_date`).
     #[serde(default)]
@@ -283,6 +291,126 @@ pub struct Settings {
     /// Longest a conversation stays with a person before the bot takes it
     /// back, whatever Qpien says (`4h`).
     pub handoff_timeout: Option<String>,
+    /// What the flow's `http:` steps may call.
+    pub http: Option<HttpSettings>,
+    /// Every `keyword:` and `text:` rule accepts words that go on after the
+    /// written one (a rule's own `endings:` wins).
+    pub endings: Option<bool>,
+    /// Every `keyword:` and `text:` rule accepts this many typos per word
+    /// of 4 letters or more (a rule's own `typos:` wins).
+    pub typos: Option<u32>,
+}
+
+/// `nlu:`: intents learned from examples when the flow loads.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NluDoc {
+    /// The intents, by name.
+    #[serde(default)]
+    pub intents: IndexMap<String, IntentDoc>,
+    /// The score (0 to 1) below which no intent matches (default 0.5).
+    pub threshold: Option<f32>,
+    /// The least lead of the best intent over the next (default 0.02):
+    /// closer than that, no intent matches.
+    pub margin: Option<f32>,
+    /// What to say when no intent is sure but some are likely (for every
+    /// state that does not say otherwise).
+    pub not_sure: Option<NotSureDoc>,
+}
+
+/// One intent of `nlu:`.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct IntentDoc {
+    /// Phrases that mean it: a list, or lists by language (`{ en: [..], tr:
+    /// [..] }`); every one is learned from, whatever the conversation's
+    /// language.
+    pub examples: Examples,
+    /// How a "did you mean" button names it (default: its name, spaced).
+    pub title: Option<Text>,
+}
+
+/// An intent's examples: one list, or lists by language.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Examples {
+    /// Shared by every language.
+    All(Vec<String>),
+    /// By language.
+    ByLanguage(IndexMap<String, Vec<String>>),
+}
+
+impl Default for Examples {
+    fn default() -> Self {
+        Examples::All(Vec::new())
+    }
+}
+
+/// `not_sure:`: offered when no intent is sure but some are likely.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NotSureDoc {
+    /// The question (`Did you mean:`), sent with the likeliest intents as
+    /// buttons; a tap counts as that intent.
+    pub say: Text,
+    /// How many intents to offer (default 2).
+    pub offer: Option<u32>,
+}
+
+/// `settings.http`.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// The hosts the flow's `http:` steps may call: a name
+    /// (`api.example.com`), a wildcard for its subdomains (`*.example.com`),
+    /// or an address or network (`203.0.113.7`, `10.0.0.0/8`). Loopback,
+    /// private, link-local and metadata addresses are refused unless listed
+    /// as addresses, whatever a name resolves to.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// `http:` of a state: a request made on entry (after `call`, before
+/// `set`). Its strings are templates; `{{ secret.NAME }}` may be used in the
+/// URL, query, headers and body only.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HttpDoc {
+    /// Its name, for tests' `mocks:` and logs (default: the state's name).
+    pub name: Option<String>,
+    /// `GET` (the default, `POST` with `json`), `POST`, `PUT`, `PATCH`,
+    /// `DELETE` or `HEAD`.
+    pub method: Option<String>,
+    /// The URL (`https://api.example.com/orders/{{ order_id }}`); its host
+    /// must be in `settings.http.allow` or the process's `http.allow`.
+    pub url: String,
+    /// Query parameters, encoded and added to the URL.
+    #[serde(default)]
+    pub query: IndexMap<String, String>,
+    /// Headers (`Authorization: "Bearer {{ secret.SHOP_TOKEN }}"`).
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// A JSON body; its strings are templates, and a string that is one
+    /// `{{ variable }}` keeps the variable's type (a number stays a number).
+    pub json: Option<Value>,
+    /// How long to wait for the answer (default `5s`, at most `30s`).
+    pub timeout: Option<String>,
+    /// How many times a `GET`, `HEAD`, `PUT` or `DELETE` is tried again
+    /// after a timeout, a connection error or a 429/502/503/504 (default 1,
+    /// at most 3); other methods are never repeated.
+    pub retries: Option<u32>,
+    /// Variables set from the JSON answer, by JSON pointer: `{ eta:
+    /// /delivery/eta }`; `""` is the whole answer. A pointer to nothing
+    /// sets the variable to none.
+    #[serde(default)]
+    pub save: IndexMap<String, String>,
+    /// A variable set to the answer's status (0 when none came), whether it
+    /// succeeded or not.
+    pub status: Option<String>,
+    /// Where the conversation goes when the request fails (a status that is
+    /// not 2xx, a timeout, an answer that is not JSON or too large, a host
+    /// refused); default: the state's `on_error`, then the flow's.
+    pub on_error: Option<String>,
 }
 
 /// One state.
@@ -308,9 +436,15 @@ pub struct State {
     pub set: IndexMap<String, String>,
     /// A Rust action run on entry.
     pub call: Option<Call>,
+    /// An HTTP request made on entry, after `call`.
+    pub http: Option<HttpDoc>,
     /// Whether the conversation ends here.
     #[serde(default)]
     pub end: bool,
+    /// With `end: true`: the outcome reports give a run that ends here
+    /// (`resolved` by default; `failed`, or a name of the flow's own such as
+    /// `order_placed`).
+    pub outcome: Option<String>,
     /// Whether a person takes over here.
     #[serde(default)]
     pub handoff: bool,
@@ -318,6 +452,9 @@ pub struct State {
     pub intents: Option<bool>,
     /// Where a failed action of this state leads.
     pub on_error: Option<String>,
+    /// When no intent is sure but some are likely, in this state (over
+    /// `nlu.not_sure`).
+    pub not_sure: Option<NotSureDoc>,
     /// An A/B split: `{ short_intro: 70, long_intro: 30 }`, the state each
     /// conversation goes on to, by weight, the same one every time for a
     /// conversation (chosen from its id), kept in the variable
@@ -392,6 +529,14 @@ pub struct Rule {
     /// A Rust matcher by name.
     #[serde(rename = "match")]
     pub matcher: Option<String>,
+    /// An intent of `nlu:`, as the message is classified.
+    pub intent: Option<String>,
+    /// `keyword:` and `text:` accept words that go on after the written
+    /// one (`şikayet` matches `şikayetim`).
+    pub endings: Option<bool>,
+    /// `keyword:` and `text:` accept this many typos per word (words of 4
+    /// letters or more; 0 to 2).
+    pub typos: Option<u32>,
     /// Sent when the rule fires, before the target state's messages.
     pub say: Option<Say>,
     /// The state to go to.
@@ -596,6 +741,11 @@ pub struct Ask {
     pub retries: Option<u32>,
     /// What happens after one invalid answer too many.
     pub exhausted: Option<Fallback>,
+    /// The answer is personal data (a phone number, an e-mail address):
+    /// never in the event log, reports or the debug view, masked in
+    /// transcripts.
+    #[serde(default)]
+    pub pii: bool,
 }
 
 /// `validate:`: a kind name (`number`, `email`, `phone`, `date`) or a map.
@@ -997,6 +1147,11 @@ pub(crate) fn known_keys() -> Vec<&'static str> {
     keys.extend(fields_of::<ValidateFields>());
     keys.extend(fields_of::<ParamFields>());
     keys.extend(fields_of::<Call>());
+    keys.extend(fields_of::<HttpDoc>());
+    keys.extend(fields_of::<NluDoc>());
+    keys.extend(fields_of::<IntentDoc>());
+    keys.extend(fields_of::<NotSureDoc>());
+    keys.extend(fields_of::<HttpSettings>());
     keys.extend(fields_of::<Rich>());
     keys.extend(fields_of::<ChoiceDoc>());
     keys.extend(fields_of::<ListDoc>());

@@ -70,6 +70,55 @@ pub(crate) fn contains_phrase(message_words: &[&str], phrase: &[Box<str>]) -> bo
         .any(|w| w.iter().zip(phrase).all(|(a, b)| *a == &**b))
 }
 
+/// Whether a message word is a rule's word, allowing what the rule
+/// allows: going on after it (`endings`, for words of 3 letters or more)
+/// and `typos` edits (for words of 4 letters or more).
+pub(crate) fn word_like(said: &str, word: &str, endings: bool, typos: u8) -> bool {
+    if said == word {
+        return true;
+    }
+    let len = word.chars().count();
+    if endings && len >= 3 && said.starts_with(word) {
+        return true;
+    }
+    if typos == 0 || len < 4 {
+        return false;
+    }
+    let typos = usize::from(typos);
+    if strsim::damerau_levenshtein(said, word) <= typos {
+        return true;
+    }
+    // An ending after a typo: the message word's start against the word.
+    endings && {
+        let head: String = said.chars().take(len).collect();
+        strsim::damerau_levenshtein(&head, word) <= typos
+    }
+}
+
+/// Whether the message's words are (`whole`) or contain one of the
+/// phrases, word by word as [`word_like`] allows.
+pub(crate) fn tolerant_match(
+    message_words: &[&str],
+    phrases: &[Vec<Box<str>>],
+    whole: bool,
+    endings: bool,
+    typos: u8,
+) -> bool {
+    phrases.iter().any(|ph| {
+        if ph.is_empty()
+            || ph.len() > message_words.len()
+            || (whole && ph.len() != message_words.len())
+        {
+            return false;
+        }
+        message_words.windows(ph.len()).any(|w| {
+            w.iter()
+                .zip(ph)
+                .all(|(a, b)| word_like(a, b, endings, typos))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +142,25 @@ mod tests {
         assert!(contains_phrase(&w, &["my".into(), "order".into()]));
         assert!(!contains_phrase(&w, &["ord".into()]));
         assert!(!contains_phrase(&w, &["order".into(), "my".into()]));
+    }
+
+    #[test]
+    fn tolerant_words_take_endings_and_typos_as_told() {
+        let w = |m: &str, k: &str, e: bool, t: u8| word_like(&normalize(m), &normalize(k), e, t);
+        assert!(w("şikayetim", "şikayet", true, 0));
+        assert!(w("şikayetçiyim", "şikayet", true, 0));
+        assert!(!w("şikayetim", "şikayet", false, 0));
+        assert!(w("sikayet", "şikayet", false, 0));
+        assert!(w("sikayte", "şikayet", false, 1));
+        assert!(!w("sikayte", "şikayet", false, 0));
+        assert!(w("sikyaetim", "şikayet", true, 1));
+        // Short words need to be exact.
+        assert!(!w("ac", "ab", true, 1));
+        assert!(!w("abd", "abc", false, 1));
+        let words = ["bir", "sikayetim", "var"];
+        let phrase = vec![vec![Box::from("sikayet")]];
+        assert!(tolerant_match(&words, &phrase, false, true, 0));
+        assert!(!tolerant_match(&words, &phrase, true, true, 0));
+        assert!(tolerant_match(&["sikayetim"], &phrase, true, true, 0));
     }
 }

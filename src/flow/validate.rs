@@ -283,7 +283,12 @@ pub(crate) fn edges(flow: &Flow, id: StateId) -> Vec<StateId> {
     out.extend(s.call.iter().flat_map(|c| c.jumps.iter().copied()));
     out.extend(s.after.as_ref().and_then(|a| a.goto));
     out.extend(s.fallback.as_ref().and_then(|f| f.goto));
-    out.extend(s.on_error.or(flow.on_error).filter(|_| s.call.is_some()));
+    out.extend(s.http.as_ref().and_then(|h| h.on_error));
+    out.extend(
+        s.on_error
+            .or(flow.on_error)
+            .filter(|_| s.call.is_some() || s.http.is_some()),
+    );
     out.extend(s.subflow.as_ref().map(|c| c.entry));
     if let Some(a) = &s.ask {
         out.extend(a.exhausted.as_ref().and_then(|f| f.goto));

@@ -336,6 +336,7 @@ pub fn to_incoming(msg: &ExternalMessage) -> Incoming {
             last_name,
             language: sender.language,
         },
+        test: false,
     }
 }
 

@@ -111,6 +111,54 @@ struct Answer {
     status: u16,
     headers: reqwest::header::HeaderMap,
     body: Value,
+    /// The body was not JSON (`body` is then null).
+    not_json: bool,
+}
+
+impl Answer {
+    /// Why this is no GraphQL endpoint's answer, if it is none: a 404 or
+    /// 405, a web page, something not JSON, JSON with neither `data` nor
+    /// `errors`. `None`: a GraphQL answer (perhaps an error).
+    fn not_graphql(&self, endpoint: &str) -> Option<String> {
+        let kind = self
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let fix = "check qpien.endpoint (Qpien's is https://api.qpien.com/api/v1; \
+                   `flowbot sim` prints its own)";
+        if matches!(self.status, 404 | 405) {
+            return Some(format!(
+                "{endpoint} answered {}: there is no GraphQL endpoint at this address: {fix}",
+                self.status
+            ));
+        }
+        if kind.contains("html") {
+            return Some(format!(
+                "{endpoint} answered a web page ({}, status {}), not GraphQL: {fix}",
+                kind, self.status
+            ));
+        }
+        if self.not_json {
+            return Some(format!(
+                "{endpoint} answered something that is not JSON (status {}, `{}`): {fix}",
+                self.status,
+                if kind.is_empty() {
+                    "no content-type"
+                } else {
+                    &kind
+                }
+            ));
+        }
+        let graphql = self.body.get("data").is_some() || self.body.get("errors").is_some();
+        (!graphql).then(|| {
+            format!(
+                "{endpoint} answered JSON that is not a GraphQL response (no `data`, no `errors`; status {}): {fix}",
+                self.status
+            )
+        })
+    }
 }
 
 struct Probe<'a> {
@@ -144,10 +192,12 @@ impl Probe<'_> {
                 ),
                 super::client::Limited::Failed(e) => e.to_string(),
             })?;
+        let body = serde_json::from_slice(&bytes);
         Ok(Answer {
             status,
             headers,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            not_json: body.is_err(),
+            body: body.unwrap_or(Value::Null),
         })
     }
 }
@@ -417,6 +467,11 @@ pub async fn run(config: &QpienConfig) -> Report {
                 return report;
             }
         };
+        // A wrong address is told apart from a wrong document.
+        if let Some(why) = answer.not_graphql(&config.endpoint) {
+            report.push(Status::Problem, "endpoint", why);
+            return report;
+        }
         match interpret(Operation::GenerateOAuthToken, answer.body.clone()) {
             Ok(v) => {
                 let t = v["accessToken"]
@@ -445,8 +500,8 @@ pub async fn run(config: &QpienConfig) -> Report {
         report.push(
             Status::Problem,
             "token",
-            "generateOAuthToken failed with both built-in documents: replace it in \
-             qpien.documents_dir (see --write-documents)",
+            "the endpoint speaks GraphQL, but generateOAuthToken failed with both built-in \
+             documents: replace it in qpien.documents_dir (see --write-documents)",
         );
         return report;
     };

@@ -254,11 +254,13 @@ impl RateLimiter {
     }
 
     /// Reads `X-RateLimit-Reset`: seconds to wait, or a Unix time in seconds or
-    /// milliseconds; never more than two windows.
+    /// milliseconds; never more than two windows. A moment in milliseconds
+    /// is kept with a margin of [`RESET_MARGIN_MS`] (the two clocks, and a
+    /// server that rounds it down).
     pub fn reset_after(&self, value: f64, now_unix_ms: i64) -> Duration {
         let now = now_unix_ms as f64;
         let secs = if value >= 1e12 {
-            (value - now) / 1000.0
+            (value + RESET_MARGIN_MS - now) / 1000.0
         } else if value >= 1e9 {
             // Whole seconds: the moment may be rounded down by up to one.
             value + 1.0 - now / 1000.0
@@ -295,6 +297,9 @@ impl RateLimiter {
         reset
     }
 }
+
+/// What is added to a reset moment given in milliseconds.
+pub const RESET_MARGIN_MS: f64 = 25.0;
 
 /// One sender at a time per conversation, in the order they asked.
 #[derive(Debug, Default)]
@@ -396,7 +401,12 @@ mod tests {
         );
         assert_eq!(secs(l.reset_after(1e7, now)), 120);
         assert_eq!(l.reset_after((now / 1000 - 5) as f64, now), Duration::ZERO);
-        assert_eq!(l.reset_after((now - 5) as f64, now), Duration::ZERO);
+        assert_eq!(l.reset_after((now - 50) as f64, now), Duration::ZERO);
+        // A moment in milliseconds just past: the margin still waits.
+        assert_eq!(
+            l.reset_after((now - 5) as f64, now),
+            Duration::from_millis(20)
+        );
     }
 
     #[tokio::test(start_paused = true)]

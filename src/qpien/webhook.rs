@@ -15,6 +15,10 @@ use super::types::{id_of, ExternalMessage};
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "X-Qpien-Signature";
 
+/// The header `flowbot sim` adds to its deliveries (Qpien never sends it): a
+/// signed delivery that carries it is test traffic, left out of reports.
+pub const SIMULATOR_HEADER: &str = "X-Flowbot-Simulator";
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The signature Qpien puts on `body`: lowercase hex HMAC-SHA256 under `secret`.

@@ -39,6 +39,10 @@ pub(crate) struct Capture {
     seq: AtomicU64,
     /// Bytes written since the folder was last measured.
     written: AtomicU64,
+    /// One trim at a time: two that measured the folder together would
+    /// each remove the oldest files for the same excess, and the second,
+    /// finding them gone, would go on to newer ones.
+    trimming: std::sync::Mutex<()>,
 }
 
 impl Capture {
@@ -50,6 +54,7 @@ impl Capture {
             max_bytes: max_bytes.max(4096),
             seq: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            trimming: std::sync::Mutex::new(()),
         }))
     }
 
@@ -82,8 +87,48 @@ impl Capture {
         });
     }
 
+    /// Removes (or with `dry_run` counts) this capture's files written
+    /// before `before`, at most `limit`.
+    pub(crate) fn expire(&self, before: crate::time::Millis, limit: usize, dry_run: bool) -> u64 {
+        let _one = self.trimming.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for (path, _) in files(&self.dir).into_iter().filter(|(p, _)| is_own(p)) {
+            let written: Option<crate::time::Millis> = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_prefix(PREFIX))
+                .and_then(|f| f.get(..13))
+                .and_then(|ms| ms.parse().ok());
+            // In name order: the first not too old ends the scan.
+            if written.is_none_or(|w| w >= before) || n as usize >= limit {
+                break;
+            }
+            if dry_run || std::fs::remove_file(&path).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// This capture's files that hold any of `needles` (a conversation's
+    /// id, a customer's number), oldest first, with their contents.
+    pub(crate) fn holding(&self, needles: &[String]) -> Vec<(PathBuf, String)> {
+        files(&self.dir)
+            .into_iter()
+            .filter(|(p, _)| is_own(p))
+            .filter_map(|(p, _)| {
+                let text = std::fs::read_to_string(&p).ok()?;
+                needles
+                    .iter()
+                    .any(|n| !n.is_empty() && text.contains(n.as_str()))
+                    .then_some((p, text))
+            })
+            .collect()
+    }
+
     /// Removes the oldest files until the folder is under its size.
     fn trim(&self) {
+        let _one = self.trimming.lock().unwrap_or_else(|e| e.into_inner());
         let mut files: Vec<(PathBuf, u64)> = files(&self.dir)
             .into_iter()
             .filter(|(path, _)| is_own(path))
@@ -94,8 +139,11 @@ impl Capture {
             let Some((oldest, len)) = files.pop() else {
                 break;
             };
-            if std::fs::remove_file(&oldest).is_ok() {
-                total -= len;
+            match std::fs::remove_file(&oldest) {
+                Ok(()) => total -= len,
+                // Removed by hand meanwhile: it no longer counts.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= len,
+                Err(_) => {}
             }
         }
     }

@@ -48,6 +48,8 @@ pub(crate) struct Dispatcher {
     pub(crate) handoff: Handoff,
     /// What turns are timed by.
     pub(crate) clock: crate::time::ClockHandle,
+    /// The conversation event log its commits write to.
+    pub(crate) log: Arc<crate::insights::Log>,
 }
 
 /// What a panic said, if it said it in text.
@@ -222,6 +224,7 @@ impl Dispatcher {
             &item.key,
             reason,
             item.payload.clone(),
+            self.clock.now(),
         );
         if self
             .persist("keep a dead letter", || {
@@ -246,6 +249,8 @@ impl Dispatcher {
             session,
             outbox: Vec::new(),
             fence: self.claims.fence(&item.conversation),
+            at: self.clock.now(),
+            events: Vec::new(),
         };
         let _ = self.commit(commit).await;
     }
@@ -336,7 +341,13 @@ impl Dispatcher {
             .persist("load a session", || self.store.session(conversation))
             .await;
         let Some(loaded) = loaded else { return };
-        let turn = loop {
+        let Some(recorder) = self
+            .persist("read the event log's key", || self.log.recorder())
+            .await
+        else {
+            return;
+        };
+        let (turn, before) = loop {
             let stored: Option<Stored> = loaded.as_ref().and_then(|s| match payload::decode(&s.data) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -344,10 +355,19 @@ impl Dispatcher {
                     None
                 }
             });
-            let run =
-                std::panic::AssertUnwindSafe(self.step(&bot, conversation, stored, &item.payload));
+            let before = recorder
+                .and(stored.as_ref())
+                .map(crate::insights::Before::of);
+            let caller = bot
+                .classifier
+                .is_some()
+                .then(|| self.metrics.classify.caller());
+            let run = std::panic::AssertUnwindSafe(crate::nlu::for_caller(
+                caller,
+                self.step(&bot, conversation, stored, &item.payload),
+            ));
             match futures_util::FutureExt::catch_unwind(run).await {
-                Ok(turn) => break turn,
+                Ok(turn) => break (turn, before),
                 Err(panic) => {
                     let what = panic_message(&panic);
                     tracing::error!(panic = %what, "the turn panicked");
@@ -417,6 +437,16 @@ impl Dispatcher {
             }),
             outbox,
             fence,
+            at: self.clock.now(),
+            events: recorder.map_or_else(Vec::new, |r| {
+                r.events(
+                    bot.flow(),
+                    conversation,
+                    before.as_ref(),
+                    &turn,
+                    self.clock.now(),
+                )
+            }),
         };
         let Some(ids) = self.commit(commit.clone()).await else {
             return;
@@ -430,6 +460,19 @@ impl Dispatcher {
             _ => "error",
         };
         self.metrics.turns.count(result);
+        if let Some(c) = &turn.intent {
+            if c.by.is_none() {
+                let result = if c.intent.is_some() {
+                    "intent"
+                } else {
+                    "not_sure"
+                };
+                self.metrics.classify.count("builtin", result, None);
+            }
+            if let Some(recent) = &self.metrics.classify.recent {
+                recent.note(conversation, c);
+            }
+        }
         for step in &turn.trace {
             if let crate::engine::Step::Split(id, n) = *step {
                 let st = bot.flow().state(id);

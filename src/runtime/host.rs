@@ -315,7 +315,11 @@ impl Host {
         let name = spec.name.clone();
         let shared = self.stores.lock().await.file_of(&spec).await?;
         let store = shared.bot(&key).await?;
-        let metrics = Arc::new(self.set.bot(&BotLabel::new(name.as_deref())));
+        let mut metrics = self.set.bot(&BotLabel::new(name.as_deref()));
+        if self.config.server.debug {
+            metrics.classify.recent = Some(Default::default());
+        }
+        let metrics = Arc::new(metrics);
         let inbox = Arc::new(Inbox::new(
             store.clone(),
             metrics.clone(),
@@ -410,6 +414,7 @@ impl Host {
         let app = Arc::new(App {
             capture,
             server: spec.server.clone(),
+            retention: config.retention.clone(),
             inbox,
             store,
             client: client.clone(),
@@ -485,6 +490,7 @@ impl Host {
                     &face.spec.qpien.released_statuses,
                 ),
                 clock: config.clock.clone(),
+                log: Arc::new(crate::insights::Log::new(store.clone(), &config.insights)),
             },
             metrics.queue_depth.clone(),
             share(|w| &w.turns),
@@ -669,6 +675,17 @@ impl Host {
                 }
             }
         })
+    }
+
+    /// `[retention]`: every bot's old data removed, by one task.
+    pub(crate) fn sweep_old_data(self: &Arc<Self>) -> JoinHandle<()> {
+        let host = self.clone();
+        tokio::spawn(super::retention::run(
+            move || host.directory.all().iter().map(|l| l.app()).collect(),
+            self.config.retention.clone(),
+            self.config.clock.clone(),
+            self.stop.clone(),
+        ))
     }
 
     /// The timers of every bot, read by one task (a store they share).

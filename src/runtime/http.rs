@@ -57,6 +57,8 @@ fn arrival() -> String {
 /// What the HTTP handlers need.
 pub(crate) struct App {
     pub(crate) server: ServerConfig,
+    /// `[retention]`, for `/admin/retention`.
+    pub(crate) retention: crate::config::RetentionConfig,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) client: QpienClient,
@@ -193,6 +195,8 @@ fn bot_routes(shared: Arc<App>) -> Router {
     if shared.server.debug {
         app = app
             .route("/debug/flow", get(debug_flow))
+            .route("/debug/flow/around/{state}", get(debug_flow_around))
+            .route("/debug/clock", get(debug_clock).post(debug_clock_advance))
             .route("/debug/conversations/{id}", get(debug_conversation));
     }
     if !shared.server.api_token.is_empty() {
@@ -203,7 +207,16 @@ fn bot_routes(shared: Arc<App>) -> Router {
             .route("/admin/conversations/{id}/release", post(admin_release))
             .route("/admin/dead-letters", get(admin_dead_letters))
             .route("/admin/dead-letters/{id}", get(admin_dead_letter))
-            .route("/admin/dead-letters/{id}/retry", post(admin_retry));
+            .route("/admin/dead-letters/{id}/retry", post(admin_retry))
+            .route("/admin/reports/{kind}", get(admin_report))
+            .route(
+                "/admin/retention",
+                get(admin_retention).post(admin_retention),
+            )
+            .route("/admin/contacts/{id}", axum::routing::delete(admin_erase))
+            .route("/admin/contacts/{id}/export", get(admin_export))
+            .route("/console", get(super::console::page))
+            .route("/console/login", post(super::console::sign_in));
     }
     app.with_state(shared)
 }
@@ -365,13 +378,93 @@ fn debug_json(status: StatusCode, v: serde_json::Value) -> Response {
 
 /// The flow as a Mermaid graph (nodes `s<index>`), for the playground.
 async fn debug_flow(State(shared): State<Arc<App>>) -> Response {
+    flow_diagram(&shared, None).await
+}
+
+/// Only `state` and the states one step from it.
+async fn debug_flow_around(
+    State(shared): State<Arc<App>>,
+    axum::extract::Path(state): axum::extract::Path<String>,
+) -> Response {
+    flow_diagram(&shared, Some(&state)).await
+}
+
+/// The flow as Mermaid, whole or `around` a state.
+async fn flow_diagram(shared: &App, around: Option<&str>) -> Response {
     let bot = match shared.bot.get().await {
         Ok(b) => b,
         Err(e) => return flow_unavailable(e),
     };
+    let flow = bot.flow();
+    let mermaid = match around {
+        None => flow.to_mermaid(),
+        Some(name) => match flow.state_id(name) {
+            Some(id) => flow.to_mermaid_around(id),
+            None => {
+                return debug_json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": format!("the flow has no state `{name}`")}),
+                )
+            }
+        },
+    };
     debug_json(
         StatusCode::OK,
-        serde_json::json!({"name": bot.flow().name, "mermaid": bot.flow().to_mermaid()}),
+        serde_json::json!({"name": flow.name, "mermaid": mermaid}),
+    )
+}
+
+/// The bot's clock: its time, and whether it can be moved (`flowbot demo`'s
+/// can; the system's cannot).
+async fn debug_clock(State(shared): State<Arc<App>>) -> Response {
+    let movable = shared.clock.advance(Duration::ZERO);
+    debug_json(
+        StatusCode::OK,
+        serde_json::json!({"now": shared.clock.now(), "movable": movable}),
+    )
+}
+
+/// `{"advance": "1h"}`: moves the bot's clock forward (at most a year at a
+/// time); due nudges, schedules and expiries fire at the timers' next round.
+#[derive(serde::Deserialize)]
+struct Advance {
+    advance: String,
+}
+
+async fn debug_clock_advance(State(shared): State<Arc<App>>, body: Body) -> Response {
+    let parsed = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) => serde_json::from_slice::<Advance>(&b).map_err(|e| e.to_string()),
+        Err(_) => Err("the body is larger than 4096 bytes".to_owned()),
+    };
+    let by = match parsed {
+        Ok(a) => humantime::parse_duration(&a.advance).map_err(|e| {
+            format!(
+                "`advance`: `{}` is not a duration (such as 1h or 1day): {e}",
+                a.advance
+            )
+        }),
+        Err(e) => Err(format!("the body must be {{\"advance\": \"1h\"}}: {e}")),
+    };
+    let by = match by.and_then(|by| {
+        if by <= Duration::from_secs(366 * 86_400) {
+            Ok(by)
+        } else {
+            Err("`advance`: at most a year at a time".to_owned())
+        }
+    }) {
+        Ok(by) => by,
+        Err(e) => return debug_json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e})),
+    };
+    if !shared.clock.advance(by) {
+        return debug_json(
+            StatusCode::CONFLICT,
+            serde_json::json!({"error": "this bot runs on the system's clock, which cannot be moved (flowbot demo's can)"}),
+        );
+    }
+    tracing::info!(by = %humantime::format_duration(by), "the bot's clock moved forward");
+    debug_json(
+        StatusCode::OK,
+        serde_json::json!({"now": shared.clock.now(), "movable": true}),
     )
 }
 
@@ -407,11 +500,18 @@ async fn debug_conversation(
         Err(e) => return flow_unavailable(e),
     };
     let node = bot.flow().state_id(&record.state).map(|i| format!("s{i}"));
+    // Personal data (`pii`) is shown masked.
     let vars: serde_json::Map<String, serde_json::Value> = record
         .session
         .vars
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default()))
+        .map(|(k, v)| {
+            let shown = match bot.flow().is_private(k) {
+                true => serde_json::Value::from("[pii]"),
+                false => serde_json::to_value(v).unwrap_or_default(),
+            };
+            (k.to_string(), shown)
+        })
         .collect();
     debug_json(
         StatusCode::OK,
@@ -431,6 +531,9 @@ async fn debug_conversation(
                 }
             }),
             "now": shared.clock.now(),
+            // The last classified message: intent (null: not sure),
+            // confidence, and which classifier (absent: the built-in one).
+            "intent": shared.metrics.classify.recent.as_ref().and_then(|r| r.get(&id)),
         }),
     )
 }
@@ -549,8 +652,15 @@ async fn handle(shared: &App, headers: &HeaderMap, body: Body) -> (StatusCode, &
     if let Some(capture) = &shared.capture {
         capture.keep(kept_headers(headers), &body);
     }
+    // Signed, and from the simulator: test traffic.
+    let simulated = headers.contains_key(webhook::SIMULATOR_HEADER);
     let ingested = match shared.client.intake().delivery(&body, &arrival()) {
-        Delivery::Event(i) => *i,
+        Delivery::Event(mut i) => {
+            if let (true, crate::message::Event::Message(m)) = (simulated, &mut i.event) {
+                m.test = true;
+            }
+            *i
+        }
         Delivery::Ignored(why) => {
             tracing::debug!(%why, "webhook delivery ignored");
             return (StatusCode::OK, "ignored");
@@ -561,7 +671,7 @@ async fn handle(shared: &App, headers: &HeaderMap, body: Body) -> (StatusCode, &
             let keys = top_level_keys(&body);
             let letter = DeadLetter {
                 id: 0,
-                received_at: crate::time::now(),
+                received_at: shared.clock.now(),
                 reason: reason.clone(),
                 headers: kept_headers(headers),
                 body: body.to_vec(),
@@ -623,13 +733,19 @@ pub(crate) fn bearer_is(headers: &HeaderMap, want: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    !want.is_empty()
-        && given.len() == want.len()
-        && given
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    !want.is_empty() && constant_eq(given.as_bytes(), want.as_bytes())
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where
+/// they differ.
+pub(crate) fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the query says `name=true` (or `1`, `yes`, `on`).
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .any(|(k, v)| k == name && matches!(&*v, "true" | "1" | "yes" | "on"))
 }
 
 fn json_reply(status: StatusCode, v: serde_json::Value) -> Response {
@@ -683,6 +799,9 @@ struct StartRequest {
     /// An idempotency key: a start with a key already seen is not run again.
     #[serde(default)]
     key: Option<String>,
+    /// Test traffic: the run is left out of reports.
+    #[serde(default)]
+    test: bool,
 }
 
 /// Starts a conversation in a state (`flowbot start`): authenticated by
@@ -753,6 +872,7 @@ async fn api_start(State(shared): State<Arc<App>>, headers: HeaderMap, body: Bod
             vars: request.vars,
             mode: request.mode,
             channel: request.channel,
+            test: request.test,
         }),
     };
     if shared.inbox.is_full() {
@@ -864,6 +984,148 @@ impl Page {
 /// The most dead letters one listing page holds (summaries only: a body is
 /// read by id).
 const MAX_PAGE: usize = 1_000;
+
+/// A report of the conversation event log (see [`crate::insights::report`]):
+/// `funnel`, `outcomes` or `answers`, as a JSON array of rows; the query
+/// `from`, `to` (a day, inclusive, or an RFC 3339 time; the last 7 days by
+/// default), `flow_version`, `channel`, `include_test=true`.
+async fn admin_report(
+    State(shared): State<Arc<App>>,
+    _: Admin,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    use crate::insights::report::Runs;
+    let q = match report_query(&shared, query.as_deref()).await {
+        Ok(q) => q,
+        Err(why) => return json_reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": why})),
+    };
+    let runs = match Runs::read(&*shared.store, &q).await {
+        Ok(r) => r,
+        Err(e) => return store_failed(e),
+    };
+    let rows = match kind.as_str() {
+        "funnel" => serde_json::to_value(runs.funnel()),
+        "outcomes" => serde_json::to_value(runs.outcomes()),
+        "answers" => serde_json::to_value(runs.answers()),
+        other => {
+            return json_reply(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": format!("no report `{other}`: funnel, outcomes or answers")}),
+            )
+        }
+    };
+    json_reply(StatusCode::OK, rows.unwrap_or_default())
+}
+
+/// `[retention]` applied now (POST), or what it would remove (GET, or
+/// `?dry_run=true`): the count per kind.
+async fn admin_retention(
+    State(shared): State<Arc<App>>,
+    _: Admin,
+    method: axum::http::Method,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let dry_run = method == axum::http::Method::GET || query_flag(query.as_deref(), "dry_run");
+    let now = shared.clock.now();
+    match super::retention::sweep(&shared, &shared.retention, now, dry_run).await {
+        Ok(swept) => json_reply(
+            StatusCode::OK,
+            serde_json::json!({"dry_run": dry_run, "removed": swept}),
+        ),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// Erases everything held of a contact (`?dry_run=true`: counts it); see
+/// [`super::erasure`].
+async fn admin_erase(
+    State(shared): State<Arc<App>>,
+    _: Admin,
+    axum::extract::Path(who): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let dry_run = query_flag(query.as_deref(), "dry_run");
+    if who.trim().is_empty() || who.chars().count() > 256 {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "the contact is a conversation id, a phone number or an e-mail address (1 to 256 characters)"}),
+        );
+    }
+    match super::erasure::erase(&shared, &who, dry_run).await {
+        Ok(erased) => {
+            let mut body = serde_json::to_value(&erased).unwrap_or_default();
+            body["dry_run"] = dry_run.into();
+            json_reply(StatusCode::OK, body)
+        }
+        Err(e) => store_failed(e),
+    }
+}
+
+/// Everything held of a contact, as JSON (an access request).
+async fn admin_export(
+    State(shared): State<Arc<App>>,
+    _: Admin,
+    axum::extract::Path(who): axum::extract::Path<String>,
+) -> Response {
+    match super::erasure::export(&shared, &who).await {
+        Ok(held) => json_reply(StatusCode::OK, held),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// A report's query (`from`, `to`, `flow_version`, `channel`,
+/// `include_test`), the last 7 days by default, runs quiet past the flow's
+/// `session_timeout` abandoned.
+pub(crate) async fn report_query(
+    shared: &App,
+    query: Option<&str>,
+) -> Result<crate::insights::report::Query, String> {
+    let now = shared.clock.now();
+    let mut q = crate::insights::report::Query::last_week(now);
+    if let Ok(bot) = shared.bot.get().await {
+        if let Some(t) = bot.flow().settings.session_timeout_ms {
+            q.quiet = i64::try_from(t).unwrap_or(i64::MAX);
+        }
+    }
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "from" | "to" if value.is_empty() => {}
+            "from" => {
+                q.from = report_time(&value, false).ok_or_else(|| {
+                    format!("`from`: `{value}` is not a day (2026-12-01) or an RFC 3339 time")
+                })?
+            }
+            "to" => {
+                q.to = report_time(&value, true).ok_or_else(|| {
+                    format!("`to`: `{value}` is not a day (2026-12-01) or an RFC 3339 time")
+                })?
+            }
+            "flow_version" => q.flow_version = Some(value.into_owned()).filter(|v| !v.is_empty()),
+            "channel" => q.channel = Some(value.into_owned()).filter(|v| !v.is_empty()),
+            "include_test" => q.include_test = matches!(&*value, "true" | "1" | "yes" | "on"),
+            other => {
+                return Err(format!(
+                "unknown `{other}`: the query takes from, to, flow_version, channel, include_test"
+            ))
+            }
+        }
+    }
+    if q.from >= q.to {
+        return Err("`from` must be before `to`".into());
+    }
+    Ok(q)
+}
+
+/// A report's bound: a day (the start of it, or with `end` the start of the
+/// next, so that `to` includes it) or an RFC 3339 time.
+fn report_time(s: &str, end: bool) -> Option<crate::time::Millis> {
+    if let Ok(day) = s.parse::<jiff::civil::Date>() {
+        let day = if end { day.tomorrow().ok()? } else { day };
+        return crate::time::parse_time(&format!("{day}T00:00:00Z"));
+    }
+    crate::time::parse_time(s)
+}
 
 /// The dead letters, newest first, a page at a time (`before` the last id of
 /// the page before; 100 by default, at most 1,000): summaries, never bodies,

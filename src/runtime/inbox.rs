@@ -148,6 +148,7 @@ impl Inbox {
             &ingested.key,
             reason,
             payload::encode(&ingested.event),
+            crate::time::now(),
         );
         self.store.add_dead_letter(letter).await?;
         self.metrics.dead_letters.inc();

@@ -50,6 +50,31 @@ pub(crate) struct ResultLabel {
 
 type ByResult = Family<(BotLabel, ResultLabel), Counter>;
 
+/// A label set with one `kind` label (what the retention sweep removed).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    /// `sessions`, `dead_letters`, `events`, `captures`.
+    pub(crate) kind: &'static str,
+}
+
+type ByKind = Family<(BotLabel, KindLabel), Counter>;
+
+/// Rows and files removed by the retention sweep, for one bot.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    bot: BotLabel,
+    family: ByKind,
+}
+
+impl Removed {
+    /// Counts `n` of `kind` removed.
+    pub(crate) fn add(&self, kind: &'static str, n: u64) {
+        self.family
+            .get_or_create(&(self.bot.clone(), KindLabel { kind }))
+            .inc_by(n);
+    }
+}
+
 /// A label set naming a split (its state) and the variant taken.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SplitLabel {
@@ -60,6 +85,106 @@ pub(crate) struct SplitLabel {
 }
 
 type BySplit = Family<(BotLabel, SplitLabel), Counter>;
+
+/// A label set naming a classifier and what it answered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClassifyLabel {
+    /// `builtin`, `llm`, or a registered classifier's name.
+    pub(crate) classifier: String,
+    /// `intent`, `not_sure`, `invalid`, `cached`, `timeout`, ...
+    pub(crate) result: &'static str,
+}
+
+/// A label set naming a classifier.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClassifierLabel {
+    pub(crate) classifier: String,
+}
+
+type ByClassify = Family<(BotLabel, ClassifyLabel), Counter>;
+type ClassifyLatency = Family<(BotLabel, ClassifierLabel), Histogram, fn() -> Histogram>;
+
+/// Messages classified, for one bot.
+#[derive(Debug, Clone)]
+pub struct Classifications {
+    bot: BotLabel,
+    counts: ByClassify,
+    seconds: ClassifyLatency,
+    /// With `server.debug`, each conversation's last classified message,
+    /// for `/debug/conversations/{id}` (the playground shows it).
+    pub(crate) recent: Option<Arc<Recent>>,
+}
+
+/// The last classification of the most recent conversations (a bounded
+/// record, oldest out first).
+#[derive(Debug, Default)]
+pub(crate) struct Recent(std::sync::Mutex<indexmap::IndexMap<String, crate::engine::Classified>>);
+
+impl Recent {
+    /// Conversations remembered.
+    const MAX: usize = 1_000;
+
+    pub(crate) fn note(&self, conversation: &str, c: &crate::engine::Classified) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.shift_remove(conversation);
+        if m.len() >= Self::MAX {
+            m.shift_remove_index(0);
+        }
+        m.insert(conversation.to_owned(), c.clone());
+    }
+
+    pub(crate) fn get(&self, conversation: &str) -> Option<crate::engine::Classified> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(conversation).cloned()
+    }
+}
+
+impl Classifications {
+    /// Forgets a conversation's last classification (it was erased).
+    pub(crate) fn forget(&self, conversation: &str) {
+        if let Some(r) = &self.recent {
+            r.0.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .shift_remove(conversation);
+        }
+    }
+
+    /// Counts one answer of `classifier`, which took `seconds` (when
+    /// timed: the built-in classifier's microseconds are not).
+    pub fn count(&self, classifier: &str, result: &'static str, seconds: Option<f64>) {
+        self.counts
+            .get_or_create(&(
+                self.bot.clone(),
+                ClassifyLabel {
+                    classifier: classifier.to_owned(),
+                    result,
+                },
+            ))
+            .inc();
+        if let Some(seconds) = seconds {
+            self.seconds
+                .get_or_create(&(
+                    self.bot.clone(),
+                    ClassifierLabel {
+                        classifier: classifier.to_owned(),
+                    },
+                ))
+                .observe(seconds);
+        }
+    }
+
+    /// Who a turn runs for, as a registered classifier sees it: this bot,
+    /// its calls counted here.
+    pub(crate) fn caller(&self) -> crate::nlu::Caller {
+        let me = self.clone();
+        crate::nlu::Caller {
+            bot: self.bot.0.clone().unwrap_or_else(|| Arc::from("")),
+            record: Arc::new(move |classifier, result, seconds| {
+                me.count(classifier, result, Some(seconds))
+            }),
+        }
+    }
+}
 
 /// A/B splits taken, for one bot.
 #[derive(Debug, Clone)]
@@ -146,6 +271,10 @@ pub struct Metrics {
     /// Conversations given back to the bot, by what ended the handoff
     /// (`agent_left`, `checked`, `timeout`, `manual`).
     pub releases: Results,
+    /// Messages classified, by classifier and result.
+    pub classify: Classifications,
+    /// What the retention sweep removed, by kind.
+    pub retention_deleted: Removed,
 }
 
 /// What the process-wide collectors read of each bot at a scrape.
@@ -170,6 +299,7 @@ pub(crate) struct MetricSet {
     deliveries: ByResult,
     reloads: ByResult,
     releases: ByResult,
+    retention: ByKind,
     turn_latency: Family<BotLabel, Histogram, fn() -> Histogram>,
     ack_latency: Family<BotLabel, Histogram, fn() -> Histogram>,
     dedup_hits: Family<BotLabel, Counter>,
@@ -181,6 +311,8 @@ pub(crate) struct MetricSet {
     overflow: Family<BotLabel, Counter>,
     schedule_coalesced: Family<BotLabel, Counter>,
     splits: BySplit,
+    classify: ByClassify,
+    classify_seconds: ClassifyLatency,
     /// The bots whose clients and flows are read at each scrape.
     watched: Arc<std::sync::RwLock<indexmap::IndexMap<BotLabel, Watched>>>,
 }
@@ -330,6 +462,7 @@ impl MetricSet {
             deliveries: Family::default(),
             reloads: Family::default(),
             releases: Family::default(),
+            retention: Family::default(),
             turn_latency: Family::new_with_constructor(latency),
             ack_latency: Family::new_with_constructor(latency),
             dedup_hits: Family::default(),
@@ -341,9 +474,16 @@ impl MetricSet {
             overflow: Family::default(),
             schedule_coalesced: Family::default(),
             splits: Family::default(),
+            classify: Family::default(),
+            classify_seconds: Family::new_with_constructor(latency),
             watched: watched.clone(),
         };
         registry.register("flowbot_turns", "Turns run, by result", m.turns.clone());
+        registry.register(
+            "flowbot_retention_deleted",
+            "Rows and files removed by the retention sweep, by kind",
+            m.retention.clone(),
+        );
         registry.register(
             "flowbot_turn_latency_seconds",
             "Seconds from acceptance to the committed turn",
@@ -419,6 +559,16 @@ impl MetricSet {
             "Handoffs ended, by what ended them",
             m.releases.clone(),
         );
+        registry.register(
+            "flowbot_classify",
+            "Messages classified, by classifier (`builtin`, `llm`, ...) and result",
+            m.classify.clone(),
+        );
+        registry.register(
+            "flowbot_classify_seconds",
+            "Seconds a classifier took to answer",
+            m.classify_seconds.clone(),
+        );
         registry.register_collector(Box::new(BotsCollector(watched.clone())));
         registry.register_collector(Box::new(FlowsCollector(flows)));
         MetricSet { registry, ..m }
@@ -452,6 +602,10 @@ impl MetricSet {
             deliveries: results(&self.deliveries),
             reloads: results(&self.reloads),
             releases: results(&self.releases),
+            retention_deleted: Removed {
+                bot: bot.clone(),
+                family: self.retention.clone(),
+            },
             turn_latency: self.turn_latency.get_or_create(bot).clone(),
             ack_latency: self.ack_latency.get_or_create(bot).clone(),
             dedup_hits: self.dedup_hits.get_or_create(bot).clone(),
@@ -465,6 +619,12 @@ impl MetricSet {
             splits: Splits {
                 bot: bot.clone(),
                 family: self.splits.clone(),
+            },
+            classify: Classifications {
+                bot: bot.clone(),
+                counts: self.classify.clone(),
+                seconds: self.classify_seconds.clone(),
+                recent: None,
             },
         }
     }

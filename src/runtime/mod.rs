@@ -39,7 +39,9 @@
 
 pub mod capture;
 mod claims;
+mod console;
 mod dispatch;
+mod erasure;
 mod flows;
 mod host;
 mod http;
@@ -52,6 +54,7 @@ mod payload;
 mod poll;
 mod registry;
 mod reload;
+mod retention;
 mod route;
 mod serve;
 mod starts;
@@ -287,7 +290,8 @@ pub(crate) fn per_bot_file(path: &Path, ns: &str) -> PathBuf {
 /// `flowbot run --check` runs this. Returns the loaded bots, in the order of
 /// the configuration.
 pub fn check(config: &Config, registry: &Registry) -> Result<Vec<Arc<Bot>>, RuntimeError> {
-    let flows = flows::Flows::new(registry.clone(), config.limits.clone(), u64::MAX);
+    let registry = with_live_http(config, registry)?;
+    let flows = flows::Flows::new(registry, config.limits.clone(), u64::MAX);
     Spec::all(config)
         .iter()
         .map(|spec| check_one(config, spec, &flows))
@@ -601,6 +605,36 @@ async fn read_templates(client: &QpienClient) -> Option<Vec<crate::flow::Templat
     }
 }
 
+/// The registry with the network as its `http:` client (within
+/// `[http]`'s allow list and `limits.http_body_bytes`), unless it has one.
+/// With `[nlu.llm]`, that endpoint is also the registry's classifier
+/// (unless it has one).
+fn with_live_http(config: &Config, registry: &Registry) -> Result<Registry, RuntimeError> {
+    let live = crate::fetch::LiveHttp::new(&config.http, config.limits.http_body_bytes)
+        .map_err(RuntimeError::Config)?;
+    with_llm(config, registry.clone().http_or(Arc::new(live)))
+}
+
+/// The registry with `[nlu.llm]`'s endpoint as its classifier, unless it
+/// has one; an error if the section is wrong, or this build has no `llm`.
+pub(crate) fn with_llm(config: &Config, registry: Registry) -> Result<Registry, RuntimeError> {
+    let Some(llm) = &config.nlu.llm else {
+        return Ok(registry);
+    };
+    #[cfg(feature = "llm")]
+    {
+        let c = crate::nlu::llm::LlmClassifier::new(llm.clone()).map_err(RuntimeError::Config)?;
+        Ok(registry.classifier_or(Arc::new(c)))
+    }
+    #[cfg(not(feature = "llm"))]
+    {
+        let _ = (llm, registry);
+        Err(RuntimeError::Config(
+            "`[nlu.llm]` needs flowbot built with the `llm` feature".into(),
+        ))
+    }
+}
+
 /// Starts the runtime for `config` with the handlers of `registry`: checks it
 /// (see [`check`]), opens the store, binds the server, resumes unfinished
 /// work. With several bots (`[[bots]]`, or `runtime.registry`), the bots are
@@ -629,7 +663,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
     // Several bots in one store: one task reads the timers of them all.
     let shared = stores.shared().filter(|_| many);
     let flows = Arc::new(flows::Flows::new(
-        registry.clone(),
+        with_live_http(&config, &registry)?,
         config.limits.clone(),
         config.runtime.flow_cache_bytes,
     ));
@@ -676,6 +710,7 @@ pub async fn start(config: Config, registry: Registry) -> Result<Running, Runtim
         tasks.push(host.run_timers(store));
     }
     tasks.push(host.drop_idle_tokens());
+    tasks.push(host.sweep_old_data());
     let server = {
         let app = http::router(&host, many);
         let stop = stop.clone();

@@ -48,10 +48,11 @@ pub(crate) fn event_letter(
     key: &str,
     reason: String,
     event: Vec<u8>,
+    received_at: crate::time::Millis,
 ) -> crate::store::DeadLetter {
     crate::store::DeadLetter {
         id: 0,
-        received_at: crate::time::now(),
+        received_at,
         reason,
         headers: serde_json::json!({"kind": kind, "conversation": conversation, "key": key})
             .to_string(),

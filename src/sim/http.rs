@@ -27,6 +27,8 @@ struct App {
 
 pub(crate) fn router(sim: Arc<SimState>, schema: Schema) -> Router {
     Router::new()
+        // Qpien's own path, and the short one.
+        .route("/api/v1", post(graphql))
         .route("/graphql", post(graphql))
         .route("/", get(index))
         .route("/app.js", get(app_js))
@@ -77,7 +79,8 @@ fn operation_of(query: &str, dialect: crate::qpien::Dialect) -> String {
 /// `X-RateLimit-Reset` in the configured form.
 fn reset_value(format: ResetFormat, reset: std::time::Duration) -> Option<HeaderValue> {
     let secs = (reset.as_secs_f64().ceil() as u64).max(1);
-    let at_ms = crate::time::now().max(0) as u64 + reset.as_millis() as u64;
+    // Rounded up: the moment said is never before the window resets.
+    let at_ms = crate::time::now().max(0) as u64 + reset.as_micros().div_ceil(1000) as u64;
     let v = match format {
         ResetFormat::Seconds => secs,
         ResetFormat::UnixSeconds => at_ms.div_ceil(1000),

@@ -257,6 +257,12 @@ impl RunningSim {
         format!("http://{}/graphql", self.addr)
     }
 
+    /// The GraphQL endpoint at Qpien's own path (`/api/v1`), which
+    /// answers as `/graphql` does: what `qpien.endpoint` names.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api/v1", self.addr)
+    }
+
     /// The playground.
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)

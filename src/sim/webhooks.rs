@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 use super::state::SimState;
-use crate::qpien::webhook::{sign, SIGNATURE_HEADER};
+use crate::qpien::webhook::{sign, SIGNATURE_HEADER, SIMULATOR_HEADER};
 
 pub(crate) async fn run(
     sim: Arc<SimState>,
@@ -39,6 +39,7 @@ pub(crate) async fn run(
             http.post(&url)
                 .header("content-type", "application/json")
                 .header(SIGNATURE_HEADER, &signature)
+                .header(SIMULATOR_HEADER, "1")
                 .body(body.clone())
                 .send()
         };

@@ -24,6 +24,11 @@ struct Inner {
     cursors: HashMap<String, String>,
     next_dead: u64,
     dead: BTreeMap<u64, DeadLetter>,
+    next_event: u64,
+    events: Vec<(u64, LogEvent)>,
+    /// When each session last changed.
+    touched: HashMap<String, Millis>,
+    rollups: Vec<Rollup>,
 }
 
 impl MemoryStore {
@@ -107,10 +112,17 @@ impl StateStore for MemoryStore {
         match commit.session {
             Some(session) => {
                 s.sessions.insert(commit.conversation.clone(), session);
+                s.touched.insert(commit.conversation.clone(), commit.at);
             }
             None => {
                 s.sessions.remove(&commit.conversation);
+                s.touched.remove(&commit.conversation);
             }
+        }
+        for event in commit.events {
+            s.next_event += 1;
+            let id = s.next_event;
+            s.events.push((id, event));
         }
         for payload in commit.outbox {
             s.next_out += 1;
@@ -126,6 +138,185 @@ impl StateStore for MemoryStore {
             );
         }
         Ok(ids)
+    }
+
+    async fn erase(
+        &self,
+        conversation: &str,
+        hash: &str,
+        dry_run: bool,
+    ) -> Result<Held, StoreError> {
+        let mut s = self.inner();
+        let names = |d: &DeadLetter| {
+            d.headers.contains(conversation)
+                || String::from_utf8_lossy(&d.body).contains(conversation)
+        };
+        let held = Held {
+            sessions: u64::from(s.sessions.contains_key(conversation)),
+            inbox: s
+                .inbox
+                .values()
+                .filter(|i| i.conversation == conversation)
+                .count() as u64,
+            outbox: s
+                .outbox
+                .values()
+                .filter(|o| o.conversation == conversation)
+                .count() as u64,
+            dead_letters: s.dead.values().filter(|d| names(d)).count() as u64,
+            events: s
+                .events
+                .iter()
+                .filter(|(_, e)| e.conversation == hash)
+                .count() as u64,
+        };
+        if !dry_run {
+            s.sessions.remove(conversation);
+            s.touched.remove(conversation);
+            s.inbox.retain(|_, i| i.conversation != conversation);
+            s.outbox.retain(|_, o| o.conversation != conversation);
+            s.dead.retain(|_, d| !names(d));
+            s.events.retain(|(_, e)| e.conversation != hash);
+        }
+        Ok(held)
+    }
+
+    async fn export(&self, conversation: &str, hash: &str) -> Result<Export, StoreError> {
+        let s = self.inner();
+        Ok(Export {
+            session: s.sessions.get(conversation).map(|x| x.data.clone()),
+            inbox: s
+                .inbox
+                .values()
+                .filter(|i| i.conversation == conversation)
+                .map(|i| i.payload.clone())
+                .collect(),
+            outbox: s
+                .outbox
+                .values()
+                .filter(|o| o.conversation == conversation)
+                .map(|o| o.payload.clone())
+                .collect(),
+            dead_letters: s
+                .dead
+                .values()
+                .filter(|d| {
+                    d.headers.contains(conversation)
+                        || String::from_utf8_lossy(&d.body).contains(conversation)
+                })
+                .cloned()
+                .collect(),
+            events: s
+                .events
+                .iter()
+                .filter(|(_, e)| e.conversation == hash)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        })
+    }
+
+    async fn expire(
+        &self,
+        kind: Expiring,
+        before: Millis,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let mut s = self.inner();
+        let s = &mut *s;
+        // Each old item counted, up to `limit`; kept unless it is removed.
+        let mut n = 0;
+        let mut keep = |old: bool| {
+            let gone = old && n < limit;
+            n += usize::from(gone);
+            !gone || dry_run
+        };
+        match kind {
+            Expiring::Sessions => {
+                let touched = &mut s.touched;
+                s.sessions.retain(|c, session| {
+                    let old = touched.get(c).is_some_and(|&at| at < before)
+                        && session.due_at.is_none_or(|d| d < before);
+                    let kept = keep(old);
+                    if !kept {
+                        touched.remove(c);
+                    }
+                    kept
+                });
+            }
+            Expiring::DeadLetters => s.dead.retain(|_, d| keep(d.received_at < before)),
+            Expiring::Events => s.events.retain(|(_, e)| keep(e.at < before)),
+            Expiring::Rollups => s.rollups.retain(|r| keep(r.hour < before)),
+        }
+        Ok(n as u64)
+    }
+
+    async fn oldest_run(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(self.inner().events.iter().map(|(_, e)| e.run).min())
+    }
+
+    async fn fold(
+        &self,
+        from: Millis,
+        to: Millis,
+        rollups: Vec<Rollup>,
+    ) -> Result<u64, StoreError> {
+        let mut s = self.inner();
+        for r in rollups {
+            let same = s.rollups.iter_mut().find(|x| {
+                (
+                    x.hour,
+                    &x.flow_version,
+                    &x.channel,
+                    x.test,
+                    &x.kind,
+                    &x.key,
+                    &x.value,
+                ) == (
+                    r.hour,
+                    &r.flow_version,
+                    &r.channel,
+                    r.test,
+                    &r.kind,
+                    &r.key,
+                    &r.value,
+                )
+            });
+            match same {
+                Some(x) => x.count += r.count,
+                None => s.rollups.push(r),
+            }
+        }
+        let before = s.events.len();
+        s.events.retain(|(_, e)| e.run < from || e.run >= to);
+        Ok((before - s.events.len()) as u64)
+    }
+
+    async fn rollups(&self, from: Millis, to: Millis) -> Result<Vec<Rollup>, StoreError> {
+        Ok(self
+            .inner()
+            .rollups
+            .iter()
+            .filter(|r| r.hour >= from && r.hour < to)
+            .cloned()
+            .collect())
+    }
+
+    async fn events(
+        &self,
+        from: Millis,
+        to: Millis,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogEvent)>, StoreError> {
+        Ok(self
+            .inner()
+            .events
+            .iter()
+            .filter(|(id, e)| *id > after && e.run >= from && e.run < to)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn outbox(&self, after: u64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {

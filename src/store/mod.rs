@@ -127,6 +127,128 @@ pub struct TurnCommit {
     /// commit is refused ([`StoreError::is_fenced`]) if the conversation was
     /// claimed anew since (another instance took it over).
     pub fence: Option<u64>,
+    /// What the turn did, for the conversation event log (see the
+    /// `insights` module): written with the rest, or not at all.
+    pub events: Vec<LogEvent>,
+    /// When the turn ran (the session's last change, for `[retention]`).
+    pub at: Millis,
+}
+
+/// An hourly roll-up of the event log: how many runs that started in an
+/// hour did one thing, counted when their rows were folded away (see
+/// the `insights` module). Nothing personal: no conversation, no time finer
+/// than the hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollup {
+    /// The hour the runs started (its first millisecond).
+    pub hour: Millis,
+    /// The flow's version.
+    pub flow_version: String,
+    /// The channel.
+    pub channel: String,
+    /// Test traffic.
+    pub test: bool,
+    /// `started`, `reached` (a state), `abandoned` (in a state), `outcome`
+    /// (its name) or `answer` (a variable and a value).
+    pub kind: String,
+    /// The state, outcome or variable.
+    pub key: String,
+    /// An answer's value.
+    pub value: String,
+    /// How many runs.
+    pub count: u64,
+}
+
+/// What a store holds of one conversation (an erasure's count, or an
+/// export's content).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    /// Its session (0 or 1).
+    pub sessions: u64,
+    /// Messages accepted and not yet run.
+    pub inbox: u64,
+    /// Replies not yet sent.
+    pub outbox: u64,
+    /// Dead letters that name it.
+    pub dead_letters: u64,
+    /// Rows of the event log.
+    pub events: u64,
+}
+
+/// Everything a store holds of one conversation, for an access request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Export {
+    /// Its session's data (the runtime's encoding).
+    pub session: Option<Vec<u8>>,
+    /// Messages accepted and not yet run (their payloads).
+    pub inbox: Vec<Vec<u8>>,
+    /// Replies not yet sent (their payloads).
+    pub outbox: Vec<Vec<u8>>,
+    /// Dead letters that name it.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Its rows of the event log.
+    pub events: Vec<LogEvent>,
+}
+
+/// What the retention sweep removes (`[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expiring {
+    /// Conversations untouched since (with no timer due after).
+    Sessions,
+    /// Deliveries set aside.
+    DeadLetters,
+    /// Rows of the conversation event log (folded into hourly roll-ups
+    /// first, by the sweep).
+    Events,
+    /// Hourly roll-ups.
+    Rollups,
+}
+
+impl Expiring {
+    /// Every kind, in the order the sweep takes them.
+    pub const ALL: [Expiring; 4] = [
+        Expiring::Sessions,
+        Expiring::DeadLetters,
+        Expiring::Events,
+        Expiring::Rollups,
+    ];
+
+    /// Its name (`[retention]`'s key, the metric's label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expiring::Sessions => "sessions",
+            Expiring::DeadLetters => "dead_letters",
+            Expiring::Events => "events",
+            Expiring::Rollups => "rollups",
+        }
+    }
+}
+
+/// One row of the conversation event log (see the `insights` module): what a
+/// conversation did, never what anybody wrote; the conversation only as a
+/// keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEvent {
+    /// When.
+    pub at: Millis,
+    /// The conversation, as a keyed hash (hex).
+    pub conversation: String,
+    /// Which of its runs (from a start to an outcome): when it started.
+    pub run: Millis,
+    /// The flow's version (a fingerprint of its files, hex).
+    pub flow_version: String,
+    /// The state it happened in.
+    pub state: String,
+    /// The channel (`whatsapp`, `livechat`...).
+    pub channel: String,
+    /// What happened (see the log's kinds: `started`, `entered`, `outcome`...).
+    pub kind: String,
+    /// Which rule, intent, variable or outcome.
+    pub detail: String,
+    /// An answer's value (`answered`), never a `pii: true` variable's.
+    pub value: Option<String>,
+    /// Test traffic (the simulator, the playground, `start --test`).
+    pub test: bool,
 }
 
 /// A webhook delivery flowbot could not use, kept for a person to look at
@@ -238,6 +360,49 @@ pub trait StateStore: Send + Sync + 'static {
     /// Writes a turn: inbox item done, session saved, outbox appended. Atomic.
     /// Returns the new outbox items' ids, in order.
     async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError>;
+    /// Removes at most `limit` rows of `kind` from before `before` (a session
+    /// last changed then, with no timer due after it); with `dry_run`,
+    /// counts them (at most `limit`) and removes nothing. How many.
+    async fn expire(
+        &self,
+        kind: Expiring,
+        before: Millis,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<u64, StoreError>;
+    /// Removes everything of `conversation` in one transaction (with
+    /// `dry_run`, counts it): its session (timers and schedules with it), the
+    /// messages not yet run, the replies not yet sent, the dead letters that
+    /// name it, its event-log rows (keyed by `hash`). The keys of messages
+    /// already run stay, under `hash` instead of its id, so that a late
+    /// redelivery is still recognised and dropped.
+    async fn erase(
+        &self,
+        conversation: &str,
+        hash: &str,
+        dry_run: bool,
+    ) -> Result<Held, StoreError>;
+    /// Everything held of `conversation` (its event-log rows keyed by `hash`).
+    async fn export(&self, conversation: &str, hash: &str) -> Result<Export, StoreError>;
+    /// When the oldest run still in the event log started.
+    async fn oldest_run(&self) -> Result<Option<Millis>, StoreError>;
+    /// In one transaction: adds `rollups` to the hourly roll-ups (counts of
+    /// the same hour, version, channel, test, kind, key and value add up)
+    /// and removes the event-log rows of the runs that started in
+    /// `[from, to)`. How many rows went.
+    async fn fold(&self, from: Millis, to: Millis, rollups: Vec<Rollup>)
+        -> Result<u64, StoreError>;
+    /// The roll-ups of the hours in `[from, to)`.
+    async fn rollups(&self, from: Millis, to: Millis) -> Result<Vec<Rollup>, StoreError>;
+    /// Event-log rows of the runs that started in `[from, to)`, with an id
+    /// above `after` (a page: ids increase in commit order), at most `limit`.
+    async fn events(
+        &self,
+        from: Millis,
+        to: Millis,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogEvent)>, StoreError>;
     /// Undelivered outbox items with an id above `after`, oldest first, at
     /// most `limit` (the runtime holds only a bounded part of the outbox in
     /// memory and reads the rest as it drains).

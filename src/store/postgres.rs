@@ -27,8 +27,9 @@ use tokio_postgres::NoTls;
 use crate::qpien::limit::Grant;
 
 use super::{
-    Accepted, DeadLetter, DeadLetterSummary, InboxItem, Millis, NewInbound, OutboxItem, StateStore,
-    StoreError, StoredSession, TurnCommit, MAX_DEAD_LETTERS,
+    Accepted, DeadLetter, DeadLetterSummary, Expiring, Export, Held, InboxItem, LogEvent, Millis,
+    NewInbound, OutboxItem, Rollup, StateStore, StoreError, StoredSession, TurnCommit,
+    MAX_DEAD_LETTERS,
 };
 
 /// Dedup keys of processed messages are kept this long.
@@ -120,6 +121,42 @@ const MIGRATIONS: &[&str] = &[
         updated_at BIGINT NOT NULL
     );
     CREATE INDEX registry_version ON registry (version);",
+    // The conversation event log (see `crate::insights`), read by the runs'
+    // start.
+    "CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        bot INTEGER NOT NULL,
+        at BIGINT NOT NULL,
+        conversation TEXT NOT NULL,
+        run BIGINT NOT NULL,
+        flow_version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        value TEXT,
+        test BOOLEAN NOT NULL
+    );
+    CREATE INDEX events_run ON events (bot, run, id);",
+    // `[retention]`: when each session last changed (those from before count
+    // from the upgrade), and the event log by time.
+    "ALTER TABLE sessions ADD COLUMN updated_at BIGINT;
+    UPDATE sessions SET updated_at = (extract(epoch from now()) * 1000)::bigint;
+    CREATE INDEX sessions_updated ON sessions (bot, updated_at);
+    CREATE INDEX events_at ON events (bot, at);
+    CREATE INDEX dead_letters_received ON dead_letters (bot, received_at);
+    CREATE TABLE rollups (
+        bot INTEGER NOT NULL,
+        hour BIGINT NOT NULL,
+        flow_version TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        test BOOLEAN NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (bot, hour, flow_version, channel, test, kind, key, value)
+    );",
 ];
 
 /// The listener key of the registry's notifications (bots' ids are not
@@ -330,9 +367,9 @@ impl PostgresStore {
             ))
             .await? as usize,
             sessions: copy(format!(
-                "INSERT INTO {to}.sessions (bot, conversation, data, due_at)
-                 SELECT $1, conversation, data, due_at FROM {from}.sessions
-                 ON CONFLICT (bot, conversation) DO NOTHING"
+                "INSERT INTO {to}.sessions (bot, conversation, data, due_at, updated_at)
+                 SELECT $1, conversation, data, due_at, (extract(epoch from now()) * 1000)::bigint
+                 FROM {from}.sessions ON CONFLICT (bot, conversation) DO NOTHING"
             ))
             .await? as usize,
             outbox: copy(format!(
@@ -681,12 +718,14 @@ impl StateStore for PostgresStore {
             Some(s) => {
                 tx.execute(
                     &tx.prepare_cached(
-                        "INSERT INTO sessions (bot, conversation, data, due_at) VALUES ($4, $1, $2, $3)
-                     ON CONFLICT (bot, conversation) DO UPDATE SET data = $2, due_at = $3",
+                        "INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
+                     VALUES ($4, $1, $2, $3, $5)
+                     ON CONFLICT (bot, conversation) DO UPDATE SET data = $2, due_at = $3,
+                     updated_at = $5",
                     )
                     .await
                     .map_err(pg)?,
-                    &[&c.conversation, &s.data, &s.due_at, &self.bot],
+                    &[&c.conversation, &s.data, &s.due_at, &self.bot, &c.at],
                 )
                 .await
                 .map_err(pg)?;
@@ -697,6 +736,35 @@ impl StateStore for PostgresStore {
                         .await
                         .map_err(pg)?,
                     &[&c.conversation, &self.bot],
+                )
+                .await
+                .map_err(pg)?;
+            }
+        }
+        if !c.events.is_empty() {
+            let log = tx
+                .prepare_cached(
+                    "INSERT INTO events (bot, at, conversation, run, flow_version, state, channel,
+                     kind, detail, value, test) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .await
+                .map_err(pg)?;
+            for e in &c.events {
+                tx.execute(
+                    &log,
+                    &[
+                        &self.bot,
+                        &e.at,
+                        &e.conversation,
+                        &e.run,
+                        &e.flow_version,
+                        &e.state,
+                        &e.channel,
+                        &e.kind,
+                        &e.detail,
+                        &e.value,
+                        &e.test,
+                    ],
                 )
                 .await
                 .map_err(pg)?;
@@ -720,6 +788,336 @@ impl StateStore for PostgresStore {
         }
         tx.commit().await.map_err(pg)?;
         Ok(ids)
+    }
+
+    async fn erase(
+        &self,
+        conversation: &str,
+        hash: &str,
+        dry_run: bool,
+    ) -> Result<Held, StoreError> {
+        // Each kind's rows of the conversation ($2): by its id, and in the
+        // event log by its hash.
+        let rows = [
+            (
+                "sessions WHERE bot = $1 AND conversation = $2",
+                conversation,
+            ),
+            (
+                "inbox WHERE bot = $1 AND conversation = $2 AND NOT done",
+                conversation,
+            ),
+            ("outbox WHERE bot = $1 AND conversation = $2", conversation),
+            (
+                "dead_letters WHERE bot = $1
+                 AND (position(convert_to($2, 'UTF8') in body) > 0 OR strpos(headers, $2) > 0)",
+                conversation,
+            ),
+            ("events WHERE bot = $1 AND conversation = $2", hash),
+        ];
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let mut n = [0u64; 5];
+        for (count, (which, key)) in n.iter_mut().zip(&rows) {
+            let stmt = tx
+                .prepare_cached(&format!("SELECT count(*) FROM {which}"))
+                .await
+                .map_err(pg)?;
+            *count = tx
+                .query_one(&stmt, &[&self.bot, key])
+                .await
+                .map_err(pg)?
+                .get::<_, i64>(0) as u64;
+        }
+        if !dry_run {
+            let claims = ("claims WHERE bot = $1 AND conversation = $2", conversation);
+            for (which, key) in rows.iter().chain([&claims]) {
+                let stmt = tx
+                    .prepare_cached(&format!("DELETE FROM {which}"))
+                    .await
+                    .map_err(pg)?;
+                tx.execute(&stmt, &[&self.bot, key]).await.map_err(pg)?;
+            }
+            // The keys of messages run stay (a redelivery is dropped), under
+            // the keyed hash.
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE inbox SET conversation = $3 WHERE bot = $1 AND conversation = $2",
+                )
+                .await
+                .map_err(pg)?;
+            tx.execute(&stmt, &[&self.bot, &conversation, &hash])
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        let [sessions, inbox, outbox, dead_letters, events] = n;
+        Ok(Held {
+            sessions,
+            inbox,
+            outbox,
+            dead_letters,
+            events,
+        })
+    }
+
+    async fn export(&self, conversation: &str, hash: &str) -> Result<Export, StoreError> {
+        let client = self.client().await?;
+        let rows = async |sql: &str, key: &str| {
+            let stmt = client.prepare(sql).await.map_err(pg)?;
+            client.query(&stmt, &[&self.bot, &key]).await.map_err(pg)
+        };
+        let payloads = |rows: Vec<tokio_postgres::Row>| -> Vec<Vec<u8>> {
+            rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect()
+        };
+        let session = payloads(
+            rows(
+                "SELECT data FROM sessions WHERE bot = $1 AND conversation = $2",
+                conversation,
+            )
+            .await?,
+        )
+        .into_iter()
+        .next();
+        let inbox = payloads(
+            rows("SELECT payload FROM inbox WHERE bot = $1 AND conversation = $2 AND NOT done ORDER BY seq", conversation).await?,
+        );
+        let outbox = payloads(
+            rows(
+                "SELECT payload FROM outbox WHERE bot = $1 AND conversation = $2 ORDER BY id",
+                conversation,
+            )
+            .await?,
+        );
+        let dead_letters = rows(
+            "SELECT id, received_at, reason, headers, body FROM dead_letters WHERE bot = $1
+             AND (position(convert_to($2, 'UTF8') in body) > 0 OR strpos(headers, $2) > 0) ORDER BY id",
+            conversation,
+        )
+        .await?
+        .iter()
+        .map(|r| DeadLetter {
+            id: r.get::<_, i64>(0) as u64,
+            received_at: r.get(1),
+            reason: r.get(2),
+            headers: r.get(3),
+            body: r.get(4),
+        })
+        .collect();
+        let events = rows(
+            "SELECT at, conversation, run, flow_version, state, channel, kind, detail, value, test
+             FROM events WHERE bot = $1 AND conversation = $2 ORDER BY id",
+            hash,
+        )
+        .await?
+        .iter()
+        .map(|r| LogEvent {
+            at: r.get(0),
+            conversation: r.get(1),
+            run: r.get(2),
+            flow_version: r.get(3),
+            state: r.get(4),
+            channel: r.get(5),
+            kind: r.get(6),
+            detail: r.get(7),
+            value: r.get(8),
+            test: r.get(9),
+        })
+        .collect();
+        Ok(Export {
+            session,
+            inbox,
+            outbox,
+            dead_letters,
+            events,
+        })
+    }
+
+    async fn expire(
+        &self,
+        kind: Expiring,
+        before: Millis,
+        max: usize,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let (count, delete) = match kind {
+            Expiring::Sessions => (
+                "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE bot = $1
+                 AND updated_at < $2 AND (due_at IS NULL OR due_at < $2) LIMIT $3) s",
+                "DELETE FROM sessions WHERE bot = $1 AND conversation IN (
+                 SELECT conversation FROM sessions WHERE bot = $1
+                 AND updated_at < $2 AND (due_at IS NULL OR due_at < $2) LIMIT $3)",
+            ),
+            Expiring::DeadLetters => (
+                "SELECT count(*) FROM (SELECT 1 FROM dead_letters WHERE bot = $1
+                 AND received_at < $2 LIMIT $3) d",
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters
+                 WHERE bot = $1 AND received_at < $2 LIMIT $3)",
+            ),
+            Expiring::Events => (
+                "SELECT count(*) FROM (SELECT 1 FROM events WHERE bot = $1 AND at < $2 LIMIT $3) e",
+                "DELETE FROM events WHERE id IN (SELECT id FROM events
+                 WHERE bot = $1 AND at < $2 LIMIT $3)",
+            ),
+            // Whole hours at a time.
+            Expiring::Rollups => (
+                "SELECT count(*) FROM (SELECT 1 FROM rollups WHERE bot = $1 AND hour < $2 LIMIT $3) r",
+                "DELETE FROM rollups WHERE bot = $1 AND hour IN (SELECT DISTINCT hour
+                 FROM rollups WHERE bot = $1 AND hour < $2 LIMIT $3)",
+            ),
+        };
+        let client = self.client().await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&self.bot, &before, &limit(max)];
+        if dry_run {
+            let row = client
+                .query_one(&client.prepare_cached(count).await.map_err(pg)?, &args)
+                .await
+                .map_err(pg)?;
+            return Ok(row.get::<_, i64>(0) as u64);
+        }
+        client
+            .execute(&client.prepare_cached(delete).await.map_err(pg)?, &args)
+            .await
+            .map_err(pg)
+    }
+
+    async fn oldest_run(&self) -> Result<Option<Millis>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached("SELECT min(run) FROM events WHERE bot = $1")
+                    .await
+                    .map_err(pg)?,
+                &[&self.bot],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
+    }
+
+    async fn fold(
+        &self,
+        from: Millis,
+        to: Millis,
+        rollups: Vec<Rollup>,
+    ) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let add = tx
+            .prepare_cached(
+                "INSERT INTO rollups (bot, hour, flow_version, channel, test, kind, key, value, count)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (bot, hour, flow_version, channel, test, kind, key, value)
+                 DO UPDATE SET count = rollups.count + excluded.count",
+            )
+            .await
+            .map_err(pg)?;
+        for r in &rollups {
+            let count = r.count as i64;
+            tx.execute(
+                &add,
+                &[
+                    &self.bot,
+                    &r.hour,
+                    &r.flow_version,
+                    &r.channel,
+                    &r.test,
+                    &r.kind,
+                    &r.key,
+                    &r.value,
+                    &count,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        let n = tx
+            .execute(
+                &tx.prepare_cached("DELETE FROM events WHERE bot = $1 AND run >= $2 AND run < $3")
+                    .await
+                    .map_err(pg)?,
+                &[&self.bot, &from, &to],
+            )
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
+    }
+
+    async fn rollups(&self, from: Millis, to: Millis) -> Result<Vec<Rollup>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT hour, flow_version, channel, test, kind, key, value, count
+                         FROM rollups WHERE bot = $1 AND hour >= $2 AND hour < $3",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&self.bot, &from, &to],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| Rollup {
+                hour: r.get(0),
+                flow_version: r.get(1),
+                channel: r.get(2),
+                test: r.get(3),
+                kind: r.get(4),
+                key: r.get(5),
+                value: r.get(6),
+                count: r.get::<_, i64>(7) as u64,
+            })
+            .collect())
+    }
+
+    async fn events(
+        &self,
+        from: Millis,
+        to: Millis,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, LogEvent)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT id, at, conversation, run, flow_version, state, channel, kind,
+                         detail, value, test FROM events
+                         WHERE bot = $1 AND run >= $2 AND run < $3 AND id > $4 ORDER BY id LIMIT $5",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&self.bot, &from, &to, &id(after), &limit(max)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0) as u64,
+                    LogEvent {
+                        at: r.get(1),
+                        conversation: r.get(2),
+                        run: r.get(3),
+                        flow_version: r.get(4),
+                        state: r.get(5),
+                        channel: r.get(6),
+                        kind: r.get(7),
+                        detail: r.get(8),
+                        value: r.get(9),
+                        test: r.get(10),
+                    },
+                )
+            })
+            .collect())
     }
 
     async fn outbox(&self, after: u64, max: usize) -> Result<Vec<OutboxItem>, StoreError> {

@@ -137,6 +137,46 @@ fn migrations() -> Migrations<'static> {
         ) WITHOUT ROWID;
         CREATE INDEX registry_version ON registry(version);",
         ),
+        // The conversation event log (see `crate::insights`), read by the
+        // runs' start.
+        M::up(
+            "CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            bot INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            conversation TEXT NOT NULL,
+            run INTEGER NOT NULL,
+            flow_version TEXT NOT NULL,
+            state TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            value TEXT,
+            test INTEGER NOT NULL
+        );
+        CREATE INDEX events_run ON events(bot, run, id);",
+        ),
+        // `[retention]`: when each session last changed (those from before
+        // count from the upgrade), and the event log by time.
+        M::up(
+            "ALTER TABLE sessions ADD COLUMN updated_at INTEGER;
+        UPDATE sessions SET updated_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+        CREATE INDEX sessions_updated ON sessions(bot, updated_at);
+        CREATE INDEX events_at ON events(bot, at);
+        CREATE INDEX dead_letters_received ON dead_letters(bot, received_at);
+        CREATE TABLE rollups (
+            bot INTEGER NOT NULL,
+            hour INTEGER NOT NULL,
+            flow_version TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            test INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (bot, hour, flow_version, channel, test, kind, key, value)
+        ) WITHOUT ROWID;",
+        ),
     ])
 }
 
@@ -150,6 +190,13 @@ enum Op {
     Session(String),
     Sessions(String, usize),
     Commit(TurnCommit),
+    Events(Millis, Millis, u64, usize),
+    Expire(Expiring, Millis, usize, bool),
+    Erase(String, String, bool),
+    OldestRun,
+    Fold(Millis, Millis, Vec<Rollup>),
+    Rollups(Millis, Millis),
+    Export(String, String),
     Outbox(u64, usize),
     OutboxOf(String, u64, usize),
     OutboxConversations(String, usize),
@@ -186,6 +233,11 @@ enum Reply {
     Session(Option<StoredSession>),
     Sessions(Vec<(String, StoredSession)>),
     Outbox(Vec<OutboxItem>),
+    Events(Vec<(u64, LogEvent)>),
+    Held(Held),
+    Rollups(Vec<Rollup>),
+    Oldest(Option<Millis>),
+    Export(Box<Export>),
     Due(Vec<(String, Millis)>),
     DueAll(Vec<(String, String, Millis)>),
     Cursor(Option<String>),
@@ -309,6 +361,9 @@ impl Op {
                 | Op::SetCursor(..)
                 | Op::AddDead(_)
                 | Op::DeadRemove(_)
+                | Op::Expire(..)
+                | Op::Erase(..)
+                | Op::Fold(..)
                 | Op::TakeBudget { .. }
                 | Op::BudgetDone(_)
                 | Op::RegistryPut(_)
@@ -512,9 +567,9 @@ fn import_rows(path: &Path, bot: i64, from: &Path) -> Result<super::Imported, St
              WHERE bot = 0 ORDER BY seq ON CONFLICT(bot, key) DO NOTHING",
         )?,
         sessions: copy(
-            "INSERT INTO main.sessions (bot, conversation, data, due_at)
-             SELECT ?1, conversation, data, due_at FROM old.sessions
-             WHERE bot = 0 ON CONFLICT(bot, conversation) DO NOTHING",
+            "INSERT INTO main.sessions (bot, conversation, data, due_at, updated_at)
+             SELECT ?1, conversation, data, due_at, CAST(strftime('%s', 'now') AS INTEGER) * 1000
+             FROM old.sessions WHERE bot = 0 ON CONFLICT(bot, conversation) DO NOTHING",
         )?,
         outbox: copy(
             "INSERT INTO main.outbox (bot, conversation, payload)
@@ -677,14 +732,37 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
             match &c.session {
                 Some(s) => {
                     tx.prepare_cached(
-                        "INSERT INTO sessions (bot, conversation, data, due_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT(bot, conversation) DO UPDATE SET data = ?3, due_at = ?4",
+                        "INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT(bot, conversation) DO UPDATE SET data = ?3, due_at = ?4,
+                         updated_at = ?5",
                     )?
-                    .execute(params![bot, c.conversation, s.data, s.due_at])?;
+                    .execute(params![bot, c.conversation, s.data, s.due_at, c.at])?;
                 }
                 None => {
                     tx.prepare_cached("DELETE FROM sessions WHERE bot = ?1 AND conversation = ?2")?
                         .execute(params![bot, c.conversation])?;
+                }
+            }
+            if !c.events.is_empty() {
+                let mut log = tx.prepare_cached(
+                    "INSERT INTO events (bot, at, conversation, run, flow_version, state, channel,
+                     kind, detail, value, test) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for e in &c.events {
+                    log.execute(params![
+                        bot,
+                        e.at,
+                        e.conversation,
+                        e.run,
+                        e.flow_version,
+                        e.state,
+                        e.channel,
+                        e.kind,
+                        e.detail,
+                        e.value,
+                        e.test
+                    ])?;
                 }
             }
             let mut insert = tx.prepare_cached(
@@ -696,6 +774,218 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 ids.push(tx.last_insert_rowid() as u64);
             }
             Reply::Ids(ids)
+        }
+        Op::Erase(conversation, hash, dry_run) => {
+            // Each kind's rows of the conversation (?2): by its id, and in
+            // the event log by its hash.
+            let (c, h) = (conversation.as_str(), hash.as_str());
+            let rows = [
+                ("sessions WHERE bot = ?1 AND conversation = ?2", c),
+                ("inbox WHERE bot = ?1 AND conversation = ?2 AND done = 0", c),
+                ("outbox WHERE bot = ?1 AND conversation = ?2", c),
+                (
+                    "dead_letters WHERE bot = ?1
+                     AND (instr(body, CAST(?2 AS BLOB)) > 0 OR instr(headers, ?2) > 0)",
+                    c,
+                ),
+                ("events WHERE bot = ?1 AND conversation = ?2", h),
+            ];
+            let mut n = [0u64; 5];
+            for (count, (which, key)) in n.iter_mut().zip(&rows) {
+                *count = tx
+                    .prepare_cached(&format!("SELECT count(*) FROM {which}"))?
+                    .query_row(params![bot, key], |r| r.get::<_, i64>(0))?
+                    as u64;
+            }
+            if !dry_run {
+                for (which, key) in &rows {
+                    tx.prepare_cached(&format!("DELETE FROM {which}"))?
+                        .execute(params![bot, key])?;
+                }
+                // The keys of messages run stay (a redelivery is dropped),
+                // under the keyed hash.
+                tx.prepare_cached("UPDATE inbox SET conversation = ?3 WHERE bot = ?1 AND conversation = ?2")?
+                    .execute(params![bot, c, h])?;
+            }
+            let [sessions, inbox, outbox, dead_letters, events] = n;
+            Reply::Held(Held {
+                sessions,
+                inbox,
+                outbox,
+                dead_letters,
+                events,
+            })
+        }
+        Op::Export(conversation, hash) => {
+            let payloads = |sql: &str| -> Result<Vec<Vec<u8>>, rusqlite::Error> {
+                tx.prepare_cached(sql)?
+                    .query_map(params![bot, conversation], |r| r.get(0))?
+                    .collect()
+            };
+            let session = payloads(
+                "SELECT data FROM sessions WHERE bot = ?1 AND conversation = ?2",
+            )?
+            .into_iter()
+            .next();
+            let inbox = payloads(
+                "SELECT payload FROM inbox WHERE bot = ?1 AND conversation = ?2 AND done = 0
+                 ORDER BY seq",
+            )?;
+            let outbox = payloads(
+                "SELECT payload FROM outbox WHERE bot = ?1 AND conversation = ?2 ORDER BY id",
+            )?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, received_at, reason, headers, body FROM dead_letters WHERE bot = ?1
+                 AND (instr(body, CAST(?2 AS BLOB)) > 0 OR instr(headers, ?2) > 0) ORDER BY id",
+            )?;
+            let dead_letters = stmt
+                .query_map(params![bot, conversation], |r| {
+                    Ok(DeadLetter {
+                        id: r.get::<_, i64>(0)? as u64,
+                        received_at: r.get(1)?,
+                        reason: r.get(2)?,
+                        headers: r.get(3)?,
+                        body: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT at, conversation, run, flow_version, state, channel, kind, detail, value,
+                 test FROM events WHERE bot = ?1 AND conversation = ?2 ORDER BY id",
+            )?;
+            let events = stmt
+                .query_map(params![bot, hash], |r| {
+                    Ok(LogEvent {
+                        at: r.get(0)?,
+                        conversation: r.get(1)?,
+                        run: r.get(2)?,
+                        flow_version: r.get(3)?,
+                        state: r.get(4)?,
+                        channel: r.get(5)?,
+                        kind: r.get(6)?,
+                        detail: r.get(7)?,
+                        value: r.get(8)?,
+                        test: r.get(9)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Reply::Export(Box::new(Export {
+                session,
+                inbox,
+                outbox,
+                dead_letters,
+                events,
+            }))
+        }
+        Op::Expire(kind, before, limit, dry_run) => {
+            let (count, delete) = match kind {
+                Expiring::Sessions => (
+                    "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE bot = ?1
+                     AND updated_at < ?2 AND (due_at IS NULL OR due_at < ?2) LIMIT ?3)",
+                    "DELETE FROM sessions WHERE bot = ?1 AND conversation IN (
+                     SELECT conversation FROM sessions WHERE bot = ?1
+                     AND updated_at < ?2 AND (due_at IS NULL OR due_at < ?2) LIMIT ?3)",
+                ),
+                Expiring::DeadLetters => (
+                    "SELECT count(*) FROM (SELECT 1 FROM dead_letters WHERE bot = ?1
+                     AND received_at < ?2 LIMIT ?3)",
+                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters
+                     WHERE bot = ?1 AND received_at < ?2 LIMIT ?3)",
+                ),
+                Expiring::Events => (
+                    "SELECT count(*) FROM (SELECT 1 FROM events WHERE bot = ?1 AND at < ?2 LIMIT ?3)",
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events
+                     WHERE bot = ?1 AND at < ?2 LIMIT ?3)",
+                ),
+                // Whole hours at a time.
+                Expiring::Rollups => (
+                    "SELECT count(*) FROM (SELECT 1 FROM rollups WHERE bot = ?1 AND hour < ?2 LIMIT ?3)",
+                    "DELETE FROM rollups WHERE bot = ?1 AND hour IN (SELECT DISTINCT hour
+                     FROM rollups WHERE bot = ?1 AND hour < ?2 LIMIT ?3)",
+                ),
+            };
+            let args = params![bot, before, limit as i64];
+            let n = if dry_run {
+                tx.prepare_cached(count)?
+                    .query_row(args, |r| r.get::<_, i64>(0))? as u64
+            } else {
+                tx.prepare_cached(delete)?.execute(args)? as u64
+            };
+            Reply::Ids(vec![n])
+        }
+        Op::OldestRun => Reply::Oldest(
+            tx.prepare_cached("SELECT min(run) FROM events WHERE bot = ?1")?
+                .query_row(params![bot], |r| r.get(0))?,
+        ),
+        Op::Fold(from, to, rollups) => {
+            let mut add = tx.prepare_cached(
+                "INSERT INTO rollups (bot, hour, flow_version, channel, test, kind, key, value, count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (bot, hour, flow_version, channel, test, kind, key, value)
+                 DO UPDATE SET count = count + excluded.count",
+            )?;
+            for r in &rollups {
+                add.execute(params![
+                    bot,
+                    r.hour,
+                    r.flow_version,
+                    r.channel,
+                    r.test,
+                    r.kind,
+                    r.key,
+                    r.value,
+                    r.count as i64
+                ])?;
+            }
+            let n = tx
+                .prepare_cached("DELETE FROM events WHERE bot = ?1 AND run >= ?2 AND run < ?3")?
+                .execute(params![bot, from, to])?;
+            Reply::Ids(vec![n as u64])
+        }
+        Op::Rollups(from, to) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT hour, flow_version, channel, test, kind, key, value, count FROM rollups
+                 WHERE bot = ?1 AND hour >= ?2 AND hour < ?3",
+            )?;
+            let rows = stmt.query_map(params![bot, from, to], |r| {
+                Ok(Rollup {
+                    hour: r.get(0)?,
+                    flow_version: r.get(1)?,
+                    channel: r.get(2)?,
+                    test: r.get(3)?,
+                    kind: r.get(4)?,
+                    key: r.get(5)?,
+                    value: r.get(6)?,
+                    count: r.get::<_, i64>(7)? as u64,
+                })
+            })?;
+            Reply::Rollups(rows.collect::<Result<_, _>>()?)
+        }
+        Op::Events(from, to, after, limit) => {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, at, conversation, run, flow_version, state, channel, kind, detail,
+                 value, test FROM events
+                 WHERE bot = ?1 AND run >= ?2 AND run < ?3 AND id > ?4 ORDER BY id LIMIT ?5",
+            )?;
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![bot, from, to, after, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    LogEvent {
+                        at: r.get(1)?,
+                        conversation: r.get(2)?,
+                        run: r.get(3)?,
+                        flow_version: r.get(4)?,
+                        state: r.get(5)?,
+                        channel: r.get(6)?,
+                        kind: r.get(7)?,
+                        detail: r.get(8)?,
+                        value: r.get(9)?,
+                        test: r.get(10)?,
+                    },
+                ))
+            })?;
+            Reply::Events(rows.collect::<Result<_, _>>()?)
         }
         Op::Outbox(after, limit) => {
             let mut stmt = tx.prepare_cached(
@@ -1004,6 +1294,83 @@ impl StateStore for SqliteStore {
     async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError> {
         match self.run(Op::Commit(commit)).await? {
             Reply::Ids(ids) => Ok(ids),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn erase(
+        &self,
+        conversation: &str,
+        hash: &str,
+        dry_run: bool,
+    ) -> Result<Held, StoreError> {
+        match self
+            .run(Op::Erase(conversation.to_owned(), hash.to_owned(), dry_run))
+            .await?
+        {
+            Reply::Held(h) => Ok(h),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn export(&self, conversation: &str, hash: &str) -> Result<Export, StoreError> {
+        match self
+            .run(Op::Export(conversation.to_owned(), hash.to_owned()))
+            .await?
+        {
+            Reply::Export(e) => Ok(*e),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn expire(
+        &self,
+        kind: Expiring,
+        before: Millis,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        match self.run(Op::Expire(kind, before, limit, dry_run)).await? {
+            Reply::Ids(n) => Ok(n.first().copied().unwrap_or(0)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn oldest_run(&self) -> Result<Option<Millis>, StoreError> {
+        match self.run(Op::OldestRun).await? {
+            Reply::Oldest(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn fold(
+        &self,
+        from: Millis,
+        to: Millis,
+        rollups: Vec<Rollup>,
+    ) -> Result<u64, StoreError> {
+        match self.run(Op::Fold(from, to, rollups)).await? {
+            Reply::Ids(n) => Ok(n.first().copied().unwrap_or(0)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn rollups(&self, from: Millis, to: Millis) -> Result<Vec<Rollup>, StoreError> {
+        match self.run(Op::Rollups(from, to)).await? {
+            Reply::Rollups(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn events(
+        &self,
+        from: Millis,
+        to: Millis,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogEvent)>, StoreError> {
+        match self.run(Op::Events(from, to, after, limit)).await? {
+            Reply::Events(v) => Ok(v),
             _ => Err(unexpected()),
         }
     }

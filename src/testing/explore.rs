@@ -20,7 +20,16 @@
 //! - a text that misses one of the flow's languages (error);
 //! - a state no path of at most `depth` turns reaches (warning);
 //! - with `require_exit`, a waiting state from which no path of at most
-//!   `depth` turns reaches a handoff or an end (error).
+//!   `depth` turns reaches a handoff or an end (error);
+//! - an intent's example that its own flow's classifier understands as
+//!   another intent, or is not sure of (a confusion; warning, at the
+//!   example's line).
+//!
+//! Intent rules are probed with each intent's first example as text (the
+//! real classifier) and as a "did you mean" pick; where a state can say it
+//! is not sure, with a message the classifier is made not sure of (the
+//! first examples of two intents together), so that the "did you mean"
+//! question is walked too.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -48,6 +57,32 @@ enum Force {
     /// State, what its action does: jump to its n-th declared state, or
     /// fail (n = the number of them).
     Call(StateId, usize),
+    /// State whose `http:` request fails.
+    Http(StateId),
+}
+
+/// The explorer's stand-in for the network: every request answers 200
+/// with no body, unless the walk makes it fail ([`Force::Http`]).
+struct SteeredHttp {
+    steer: Steer,
+    /// Each step's state, by the step's name.
+    steps: HashMap<String, StateId>,
+}
+
+#[async_trait::async_trait]
+impl crate::fetch::HttpClient for SteeredHttp {
+    async fn send(
+        &self,
+        request: &crate::fetch::HttpRequest,
+    ) -> Result<crate::fetch::HttpResponse, crate::fetch::HttpError> {
+        let forced = *self.steer.lock().unwrap_or_else(|e| e.into_inner());
+        match (forced, self.steps.get(&request.name)) {
+            (Some(Force::Http(at)), Some(id)) if at == *id => {
+                Err(crate::fetch::HttpError::Status { status: 503 })
+            }
+            _ => Ok(crate::fetch::HttpResponse::json(serde_json::Value::Null)),
+        }
+    }
 }
 
 /// One [`Steered`] registered under every action's name.
@@ -89,6 +124,89 @@ impl crate::handler::Action for Steered {
                 )),
             },
             _ => Ok(crate::handler::ActionOutcome::Continue),
+        }
+    }
+}
+
+/// The explorer's classifier: not sure of the texts made to walk the
+/// "did you mean" path; every other message is left to the built-in one.
+struct NotSureProbe(String);
+
+#[async_trait::async_trait]
+impl crate::nlu::Classifier for NotSureProbe {
+    fn name(&self) -> &str {
+        "explore"
+    }
+
+    async fn classify(
+        &self,
+        input: &crate::nlu::ClassifyInput<'_>,
+    ) -> Result<crate::nlu::Verdict, crate::nlu::ClassifyError> {
+        if input.text == self.0 {
+            Ok(crate::nlu::Verdict::not_sure(0.0))
+        } else {
+            Err(crate::nlu::ClassifyError::Declined)
+        }
+    }
+}
+
+/// The text the explorer is not sure of: the first examples of the first
+/// two intents rules read, together.
+fn not_sure_text(flow: &Flow) -> Option<String> {
+    let nlu = flow.nlu.as_ref()?;
+    let mut read = Vec::new();
+    let rules = flow
+        .intents
+        .iter()
+        .chain(flow.states.iter().flat_map(|s| s.on.iter()));
+    for r in rules {
+        r.cond.intents(&mut read);
+    }
+    read.sort_unstable();
+    read.dedup();
+    let first = |i: u32| nlu.intents.get(i as usize)?.examples.first().cloned();
+    match read[..] {
+        [a, b, ..] => Some(format!("{} / {}", first(a)?, first(b)?)),
+        _ => None,
+    }
+}
+
+/// Each intent's examples through the flow's own classifier: one
+/// understood as another intent, or not surely, is reported at its line.
+fn confusions(files: &[crate::flow::Loaded], flow: &Flow, out: &mut Diagnostics) {
+    let (Some(nlu), Some(main)) = (&flow.nlu, files.first()) else {
+        return;
+    };
+    for (i, intent) in nlu.intents.iter().enumerate() {
+        for (example, path) in intent.examples.iter().zip(&nlu.example_paths[i]) {
+            let c = nlu.model.classify(example);
+            let message = match c.intent {
+                Some(got) if got as usize == i => continue,
+                Some(got) => format!(
+                    "the example {:?} of `{}` is understood as `{}` ({:.2})",
+                    crate::text::shorten(example, 60),
+                    intent.name,
+                    nlu.names[got as usize],
+                    c.confidence
+                ),
+                None => format!(
+                    "the example {:?} of `{}` is not understood surely ({:.2}, best: `{}`)",
+                    crate::text::shorten(example, 60),
+                    intent.name,
+                    c.confidence,
+                    c.ranked
+                        .first()
+                        .map_or("none", |(b, _)| &nlu.names[*b as usize])
+                ),
+            };
+            let pos = main.source.key_pos(path);
+            out.0.push(main.source.diagnostic_at(
+                Severity::Warning,
+                pos,
+                path,
+                message,
+                Some("make the two intents' examples more distinct, or move this one".into()),
+            ));
         }
     }
 }
@@ -158,7 +276,22 @@ pub async fn explore(path: &Path, registry: &Registry, options: ExploreOptions) 
             })
             .collect(),
     });
-    let mut mocked = registry.clone();
+    let steps = flow
+        .states
+        .iter()
+        .enumerate()
+        .filter_map(|(id, s)| Some((s.http.as_ref()?.name.to_string(), id as StateId)))
+        .collect();
+    let mut mocked = registry.clone().http(SteeredHttp {
+        steer: steer.clone(),
+        steps,
+    });
+    // The flow's own examples only: a registered classifier (an LLM) is
+    // never asked.
+    mocked.classifier = None;
+    if let Some(text) = not_sure_text(&flow) {
+        mocked = mocked.classifier(NotSureProbe(text));
+    }
     for action in flow.actions.iter() {
         mocked = mocked.action(action.to_string(), Shared(steered.clone()));
     }
@@ -187,6 +320,7 @@ pub async fn explore(path: &Path, registry: &Registry, options: ExploreOptions) 
     };
     let mut out = Diagnostics::default();
     languages(&analysis.files, &mut out);
+    confusions(&analysis.files, bot.flow(), &mut out);
     let mut seen = Seen::default();
     // Business hours: the walk runs by night and by day (a Thursday at 00:00
     // and a Wednesday at 11:00, UTC), so that both sides of `open()` are seen.
@@ -295,6 +429,7 @@ async fn walk(
 ) {
     let flow = bot.flow().clone();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let not_sure = not_sure_text(&flow);
     let mut nodes: Vec<Node> = vec![Node {
         stored: None,
         due: None,
@@ -315,7 +450,7 @@ async fn walk(
         if nodes[at].depth >= options.depth {
             continue;
         }
-        let probes = probes(&flow, &nodes[at], &mut rng);
+        let probes = probes(&flow, &nodes[at], not_sure.as_deref(), &mut rng);
         let mut runs = Vec::new();
         for (label, event, now) in probes {
             let stored = nodes[at].stored.clone();
@@ -343,6 +478,9 @@ async fn walk(
                         if let Some(call) = &flow.state(id).call {
                             forks.extend((0..=call.jumps.len()).map(|n| Force::Call(id, n)));
                         }
+                        if flow.state(id).http.is_some() {
+                            forks.push(Force::Http(id));
+                        }
                     }
                     _ => {}
                 }
@@ -368,6 +506,10 @@ async fn walk(
                             Some(to) => format!("`{action}` jumps to `{}`", flow.state(*to).name),
                             None => format!("`{action}` fails"),
                         }
+                    }
+                    Force::Http(id) => {
+                        let name = flow.state(id).http.as_ref().map_or("", |h| &*h.name);
+                        format!("request `{name}` fails")
                     }
                 };
                 runs.push((format!("{label} ({why})"), event.clone(), now, forked));
@@ -532,7 +674,14 @@ fn dead_ends(nodes: &[Node], edges: &[Edge], depth: u32) -> HashSet<String> {
 }
 
 /// What the customer (or time) can do in a node, as the flow says.
-fn probes(flow: &Flow, node: &Node, rng: &mut rand::rngs::SmallRng) -> Vec<(String, Event, i64)> {
+/// What to try in a node; `not_sure`: the text the explorer's classifier
+/// is not sure of, tried where a rule reads the intent.
+fn probes(
+    flow: &Flow,
+    node: &Node,
+    not_sure: Option<&str>,
+    rng: &mut rand::rngs::SmallRng,
+) -> Vec<(String, Event, i64)> {
     let mut inputs: Vec<(String, Incoming)> = Vec::new();
     let mut add = |label: String, m: Incoming| {
         if !inputs.iter().any(|(l, _)| *l == label) {
@@ -581,8 +730,16 @@ fn probes(flow: &Flow, node: &Node, rng: &mut rand::rngs::SmallRng) -> Vec<(Stri
             add("text \"zzz\"".into(), Incoming::text("zzz"));
         }
     }
+    let mut read = Vec::new();
     for c in conds {
-        cond_probes(c, rng, &mut add);
+        cond_probes(flow, c, rng, &mut add);
+        c.intents(&mut read);
+    }
+    if let (Some(t), false) = (not_sure, read.is_empty()) {
+        add(
+            format!("text {t:?} (not sure)"),
+            Incoming::text(t.to_owned()),
+        );
     }
     let mut out: Vec<(String, Event, i64)> = inputs
         .into_iter()
@@ -594,8 +751,36 @@ fn probes(flow: &Flow, node: &Node, rng: &mut rand::rngs::SmallRng) -> Vec<(Stri
     out
 }
 
-fn cond_probes(c: &Cond, rng: &mut rand::rngs::SmallRng, add: &mut impl FnMut(String, Incoming)) {
+fn cond_probes(
+    flow: &Flow,
+    c: &Cond,
+    rng: &mut rand::rngs::SmallRng,
+    add: &mut impl FnMut(String, Incoming),
+) {
     match c {
+        // An intent is probed as the pick of a "did you mean" button, which
+        // counts as that intent whatever the text.
+        Cond::Intent(i) => {
+            if let Some(name) = flow.nlu.as_ref().and_then(|n| n.names.get(*i as usize)) {
+                add(
+                    format!("intent {name}"),
+                    Incoming::button(format!("nlu:{name}")),
+                );
+            }
+            let example = flow
+                .nlu
+                .as_ref()
+                .and_then(|n| n.intents.get(*i as usize)?.examples.first());
+            if let Some(t) = example {
+                add(format!("text {t:?}"), Incoming::text(t.to_string()));
+            }
+        }
+        Cond::Tolerant(t) => {
+            if let Some(p) = t.phrases.first() {
+                let t = p.join(" ");
+                add(format!("text {t:?}"), Incoming::text(t));
+            }
+        }
         Cond::Button(id) => add(format!("button {id}"), Incoming::button(id.to_string())),
         Cond::List(id) => add(format!("list {id}"), Incoming::list(id.to_string())),
         Cond::Text(syn) => {
@@ -621,10 +806,10 @@ fn cond_probes(c: &Cond, rng: &mut rand::rngs::SmallRng, add: &mut impl FnMut(St
                 Incoming::media(kind, ""),
             );
         }
-        Cond::Any(list) => list.iter().for_each(|c| cond_probes(c, rng, add)),
+        Cond::Any(list) => list.iter().for_each(|c| cond_probes(flow, c, rng, add)),
         Cond::All(list) => {
             if let Some(c) = list.first() {
-                cond_probes(c, rng, add);
+                cond_probes(flow, c, rng, add);
             }
         }
         Cond::When(_) | Cond::Not(_) | Cond::Custom(_) => {}

@@ -4,9 +4,8 @@
 //! YAML conversation tests write the same under `mocks:`.
 
 use indexmap::IndexMap;
-use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::de;
 use serde::{Deserialize, Deserializer};
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::handler::{Action, ActionContext, ActionError, ActionOutcome};
@@ -148,27 +147,65 @@ impl Action for Mock {
     }
 }
 
-/// A mock as YAML writes it: one call (`{ set: {..} }`, `{ goto: x }`,
-/// `{ fail: why }`) or a list of them, one per call.
-#[derive(Debug, Clone, Default)]
-pub struct MockDoc(pub Vec<MockCall>);
+/// A mock as YAML writes it: for an action, one call (`{ set: {..} }`,
+/// `{ goto: x }`, `{ fail: why }`) or a list of them, one per call; for an
+/// `http:` step (by its name), one answer (`{ status: 200, json: {..} }`,
+/// `{ timeout: true }`) or a list of them, one per request.
+#[derive(Debug, Clone)]
+pub enum MockDoc {
+    /// An action's calls.
+    Action(Vec<MockCall>),
+    /// An `http:` step's answers.
+    Http(Vec<crate::fetch::HttpMockCall>),
+}
+
+impl Default for MockDoc {
+    fn default() -> Self {
+        MockDoc::Action(Vec::new())
+    }
+}
+
+const ACTION_KEYS: &[&str] = &["set", "goto", "fail"];
+const HTTP_KEYS: &[&str] = &["status", "json", "timeout"];
 
 impl<'de> Deserialize<'de> for MockDoc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MockDoc;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map with set, goto or fail, or a list of them (one per call)")
+        let calls = match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Array(list) => list,
+            one @ serde_json::Value::Object(_) => vec![one],
+            _ => {
+                return Err(de::Error::custom(
+                    "a mock is a map (set, goto or fail for an action; status, json or timeout for an http step), or a list of them (one per call)",
+                ))
             }
-            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<MockDoc, A::Error> {
-                MockCall::deserialize(de::value::MapAccessDeserializer::new(m))
-                    .map(|c| MockDoc(vec![c]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<MockDoc, A::Error> {
-                Vec::<MockCall>::deserialize(de::value::SeqAccessDeserializer::new(s)).map(MockDoc)
-            }
+        };
+        let is_http = calls.iter().any(|c| {
+            c.as_object()
+                .is_some_and(|m| m.keys().any(|k| HTTP_KEYS.contains(&k.as_str())))
+        });
+        let is_action = calls.iter().any(|c| {
+            c.as_object()
+                .is_some_and(|m| m.keys().any(|k| ACTION_KEYS.contains(&k.as_str())))
+        });
+        if is_http && is_action {
+            return Err(de::Error::custom(
+                "a mock answers an action (set, goto, fail) or an http step (status, json, timeout), not both",
+            ));
         }
-        d.deserialize_any(V)
+        let parse = |e: serde_json::Error| de::Error::custom(e.to_string());
+        match is_http {
+            true => calls
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map(MockDoc::Http)
+                .map_err(parse),
+            false => calls
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map(MockDoc::Action)
+                .map_err(parse),
+        }
     }
 }

@@ -36,6 +36,7 @@ use std::time::Duration;
 use crate::engine::{Bot, BotError, Session, Step, Stored};
 use crate::handler::Registry;
 use crate::message::{Channel, Contact, Effect, Event, Incoming, MediaKind, Outgoing};
+use crate::nlu::Verdict;
 use crate::time::{Clock, ManualClock, Millis};
 
 /// 2026-01-01T00:00:00Z: where test clocks start, so transcripts are stable.
@@ -94,12 +95,30 @@ pub struct Exchange {
     pub effects: Vec<Effect>,
     /// The state afterwards (`~`: no session).
     pub state: Option<String>,
+    /// How the message was classified, when a rule asked for its intent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<crate::engine::Classified>,
     /// Errors met in the turn (handler failures, templates).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
 
-/// The whole conversation so far.
+/// The whole conversation so far: each step, what the bot answered and the
+/// state after it. Snapshot it with `insta::assert_yaml_snapshot!(chat.transcript())`
+/// (or [`Transcript::to_yaml`]), the form `flowbot test` keeps.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use flowbot::{Customer, Registry, TestConversation};
+/// let yaml = "states:\n  start:\n    say: Hi!\n";
+/// let mut chat = TestConversation::from_yaml(yaml, Registry::new()).unwrap();
+/// chat.send("hello").await;
+/// let t = chat.transcript();
+/// assert_eq!(t.0[0].customer, Customer::Text("hello".into()));
+/// assert_eq!(t.0[0].state.as_deref(), Some("start"));
+/// assert_eq!(t.to_yaml(), "- text: hello\n  bot:\n  - text: Hi!\n  state: start\n");
+/// # });
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Transcript(pub Vec<Exchange>);
@@ -111,7 +130,57 @@ impl Transcript {
     }
 }
 
-/// A conversation with a bot, in memory, on a manual clock.
+/// A conversation with a bot, in memory, on a manual clock (from
+/// [`EPOCH`], 2026-01-01 00:00 UTC, unless [`TestConversation::at`] says
+/// otherwise): the customer writes, taps and picks, an agent joins and
+/// leaves, time passes; each step returns what the bot said, and
+/// [`TestConversation::transcript`] keeps them all for a snapshot.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::time::Duration;
+/// use flowbot::{Channel, Registry, TestConversation};
+/// let yaml = r#"
+/// settings: { default_language: en }
+/// intents:
+///   - { text: agent, goto: person }
+/// states:
+///   start:
+///     say:
+///       - text: { en: "Hi! Pick one.", tr: "Merhaba! Birini seçin." }
+///         quick_replies: [{ id: orders, title: Orders }]
+///       - list:
+///           body: Or from the list
+///           button: Options
+///           sections: [{ rows: [{ id: hours, title: Opening hours }] }]
+///     on:
+///       - { button: orders, say: "Your order number?", goto: orders }
+///       - { list: hours, say: "9 to 5." }
+///     after: { idle: 10m, say: "Still there?" }
+///   orders:
+///     ask: { text: "Your order number?", save: number }
+///     next: start
+///   person:
+///     say: "A person will answer."
+///     handoff: true
+/// "#;
+/// let mut chat = TestConversation::from_yaml(yaml, Registry::new())
+///     .unwrap()
+///     .channel(Channel::WhatsApp)
+///     .language("tr");
+/// assert_eq!(chat.send("merhaba").await[0].text, "Merhaba! Birini seçin.");
+/// assert_eq!(chat.pick("hours").await[0].text, "9 to 5.");
+/// assert_eq!(chat.wait(Duration::from_secs(600)).await[0].text, "Still there?");
+/// chat.tap("orders").await;
+/// assert_eq!(chat.state(), Some("orders"));
+/// chat.send("agent").await;
+/// assert!(chat.in_handoff());
+/// assert!(chat.send("hello?").await.is_empty(), "silent while a person has it");
+/// chat.agent_leaves().await;
+/// assert!(!chat.in_handoff());
+/// assert_eq!(chat.transcript().0.len(), 7);
+/// # });
+/// ```
 pub struct TestConversation {
     bot: Arc<Bot>,
     id: String,
@@ -125,6 +194,8 @@ pub struct TestConversation {
     steps: Vec<Step>,
     /// Another bot was swapped in: its steps are not the first flow's.
     reloaded: bool,
+    /// Classifications set ahead by [`TestConversation::classify_as`].
+    stub: Option<Arc<crate::nlu::Stub>>,
 }
 
 impl TestConversation {
@@ -141,7 +212,56 @@ impl TestConversation {
             transcript: Transcript::default(),
             steps: Vec::new(),
             reloaded: false,
+            stub: None,
         }
+    }
+
+    /// The next message is classified as `verdict`, whatever its text says
+    /// (the flow's classifiers are not asked): a test of what a flow does
+    /// with an intent, or with "not sure", that does not depend on the
+    /// examples. The transcript records it with `by: stub`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use flowbot::{Bot, Registry, TestConversation, Verdict};
+    /// let yaml = r#"
+    /// nlu:
+    ///   intents:
+    ///     track_order: { examples: ["where is my order"] }
+    ///     cancel_order: { examples: ["cancel my order"] }
+    /// states:
+    ///   start:
+    ///     say: Hi!
+    ///     on:
+    ///       - { intent: track_order, say: "On its way." }
+    ///       - { intent: cancel_order, say: "Cancelled." }
+    /// "#;
+    /// let mut chat = TestConversation::new(Bot::from_yaml("t.yaml", yaml, Registry::new()).unwrap());
+    /// chat.send("hi").await;
+    /// chat.classify_as(Verdict::intent("cancel_order", 0.71));
+    /// assert_eq!(chat.send("whatever it says").await[0].text, "Cancelled.");
+    /// let intent = chat.transcript().0.last().unwrap().intent.clone().unwrap();
+    /// assert_eq!((intent.intent.as_deref(), intent.confidence), (Some("cancel_order"), 0.71));
+    /// # });
+    /// ```
+    pub fn classify_as(&mut self, verdict: Verdict) -> &mut Self {
+        let stub = match &self.stub {
+            Some(s) => s.clone(),
+            None => {
+                let stub = Arc::new(crate::nlu::Stub {
+                    next: Default::default(),
+                    inner: self.bot.classifier.clone(),
+                });
+                self.bot = Arc::new(self.bot.with_classifier(stub.clone()));
+                self.stub = Some(stub.clone());
+                stub
+            }
+        };
+        stub.next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(verdict);
+        self
     }
 
     /// A conversation with a flow given as YAML text.
@@ -223,6 +343,7 @@ impl TestConversation {
             effects: Vec::new(),
             state: None,
             errors: Vec::new(),
+            intent: None,
         };
         // A nudge may lead to a state with a nudge of its own; each fires once.
         while let Some(due) = self.due.filter(|&t| t <= until) {
@@ -243,6 +364,7 @@ impl TestConversation {
             exchange.bot.extend(turn.messages);
             exchange.effects.extend(turn.effects);
             exchange.errors.extend(turn.errors);
+            self.mask(&mut exchange, &turn.ended_vars, false);
             if stuck {
                 break;
             }
@@ -253,12 +375,71 @@ impl TestConversation {
         &self.transcript.0.last().expect("just pushed").bot
     }
 
+    /// Whether a step's trace took a valid answer to an `ask` whose variable
+    /// is personal data (`pii`): the customer's words are then masked whole.
+    fn answers_private(&self, trace: &[Step]) -> bool {
+        let flow = self.bot.flow();
+        trace.iter().any(|s| match s {
+            Step::Valid(id) => flow
+                .state(*id)
+                .ask
+                .as_ref()
+                .is_some_and(|a| flow.is_private(&a.save)),
+            _ => false,
+        })
+    }
+
+    /// Masks personal data (`pii` variables) in what a step recorded: each
+    /// value where the bot's messages repeat it, as `[pii:NAME]`, and the
+    /// customer's answer to a `pii` question whole.
+    fn mask(&self, exchange: &mut Exchange, ended: &crate::flow::template::VarList, answer: bool) {
+        let flow = self.bot.flow();
+        if flow.private.is_empty() {
+            return;
+        }
+        let vars = match &self.stored {
+            Some(s) => &s.session.vars,
+            None => ended,
+        };
+        let values: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(k, _)| flow.is_private(k))
+            .filter_map(|(k, v)| {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                (!text.is_empty() && text != "none").then(|| (text, format!("[pii:{k}]")))
+            })
+            .collect();
+        let hide = |text: &mut String| {
+            for (value, mask) in &values {
+                if text.contains(value.as_str()) {
+                    *text = text.replace(value.as_str(), mask);
+                }
+            }
+        };
+        for m in &mut exchange.bot {
+            hide(&mut m.text);
+            if let Some(list) = &mut m.list {
+                hide(&mut list.body);
+            }
+        }
+        if let Customer::Text(t) = &mut exchange.customer {
+            if answer {
+                *t = "[pii]".into();
+            } else {
+                hide(t);
+            }
+        }
+    }
+
     /// Swaps in another version of the bot, as `flowbot run` does when the flow
     /// file changes: the next step places the conversation in the new flow (by
     /// state name and `migrate:`), or starts it over with
     /// `settings.restart_message` when its state is gone.
     pub fn reload(&mut self, bot: impl Into<Arc<Bot>>, label: &str) {
         self.bot = bot.into();
+        if let Some(stub) = &self.stub {
+            self.bot = Arc::new(self.bot.with_classifier(stub.clone()));
+        }
         self.reloaded = true;
         self.transcript.0.push(Exchange {
             customer: Customer::Reload(label.into()),
@@ -266,6 +447,7 @@ impl TestConversation {
             effects: Vec::new(),
             state: self.state().map(str::to_owned),
             errors: Vec::new(),
+            intent: None,
         });
     }
 
@@ -298,16 +480,24 @@ impl TestConversation {
             .bot
             .step(&self.id, self.stored.take(), &e, self.clock.now())
             .await;
-        self.stored = turn.stored;
-        self.due = turn.due;
-        self.record(turn.trace);
-        self.transcript.0.push(Exchange {
+        // A classification set ahead is for this message only.
+        if let Some(stub) = &self.stub {
+            stub.next.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        let answered_private = self.answers_private(&turn.trace);
+        let mut exchange = Exchange {
             customer,
             bot: turn.messages,
             effects: turn.effects,
             state: None,
             errors: turn.errors,
-        });
+            intent: turn.intent,
+        };
+        self.stored = turn.stored;
+        self.due = turn.due;
+        self.record(turn.trace);
+        self.mask(&mut exchange, &turn.ended_vars, answered_private);
+        self.transcript.0.push(exchange);
         let state = self.state().map(str::to_owned);
         let last = self.transcript.0.last_mut().expect("just pushed");
         last.state = state;

@@ -87,8 +87,31 @@ pub struct StepDoc {
     /// Another version of the flow, relative to the test file, swapped in as a
     /// hot reload would (tests `migrate:` and `restart_message`).
     pub reload: Option<String>,
+    /// With `text:`, how the message is classified, whatever it says: an
+    /// intent's name, or `{ intent, confidence }` (`intent: ~`: not sure).
+    pub classify: Option<ClassifyDoc>,
     /// What must hold after the step (or, alone, at that point).
     pub expect: Option<ExpectDoc>,
+}
+
+/// `classify:` of a step.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ClassifyDoc {
+    /// An intent, surely.
+    Name(String),
+    /// An intent (or none: not sure) and a confidence.
+    Full {
+        /// The intent; `~`: not sure.
+        intent: Option<String>,
+        /// How sure (default 1).
+        #[serde(default = "one")]
+        confidence: f32,
+    },
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// `expect:` of a step.
@@ -128,6 +151,9 @@ const KEYS: &[&str] = &[
     "goto",
     "fail",
     "expect",
+    "classify",
+    "intent",
+    "confidence",
     "ended",
     "first_name",
     "last_name",
@@ -275,6 +301,50 @@ pub fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Runs one YAML conversation test against its snapshot, blocking (on a
+/// runtime of its own): `Err` says what failed. With
+/// [`test_files`](crate::conversation_test_files), each file becomes a test
+/// of its own in `cargo test` (a `harness = false` test target with
+/// [libtest-mimic](https://docs.rs/libtest-mimic), as `flowbot new`
+/// writes), runnable by name:
+///
+/// ```no_run
+/// // tests/conversations.rs, with `[[test]] name = "conversations", harness = false`:
+/// // its `fn main` is this.
+/// let args = libtest_mimic::Arguments::from_args();
+/// let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conversations");
+/// let registry = flowbot::Registry::new(); // your bot's handlers
+/// let tests = flowbot::conversation_test_files(&dir)
+///     .expect("tests/conversations can be read")
+///     .into_iter()
+///     .map(|file| {
+///         let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+///         let registry = registry.clone();
+///         libtest_mimic::Trial::test(name, move || {
+///             flowbot::run_conversation_test(&file, &registry).map_err(Into::into)
+///         })
+///     })
+///     .collect();
+/// libtest_mimic::run(&args, tests).exit();
+/// ```
+pub fn run_one(file: &Path, registry: &Registry) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = rt
+        .block_on(run_dir(file, registry, Update::from_env()))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if report.cases.is_empty() {
+        return Err(format!("{}: no conversation test", file.display()));
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(report.summary())
+    }
+}
+
 /// Runs every test in `dir` (or the one test file `dir` names) against its
 /// snapshot.
 pub async fn run_dir(
@@ -357,8 +427,21 @@ pub async fn run_file(
         })?;
         conv = conv.at(t);
     }
+    // An `expect:` naming a state the flow does not have is the test's
+    // error, found before anything runs (after a `reload:`, when it comes).
+    let mut flow = conv.bot().flow().clone();
+    for (i, s) in doc.steps.iter().enumerate() {
+        if s.reload.is_some() {
+            break;
+        }
+        unknown_state(file, i, s, &flow)?;
+    }
     for (i, s) in doc.steps.iter().enumerate() {
         let at = || format!("{}: steps[{i}]", file.display());
+        if !Arc::ptr_eq(&flow, conv.bot().flow()) {
+            flow = conv.bot().flow().clone();
+            unknown_state(file, i, s, &flow)?;
+        }
         let keys = [
             &s.text, &s.button, &s.list, &s.media, &s.event, &s.wait, &s.reload,
         ]
@@ -371,6 +454,44 @@ pub async fn run_file(
                 "{}: a step has exactly one of text, button, list, media, event, wait, start, reload (and may have an expect)",
                 at()
             ));
+        }
+        if let Some(c) = &s.classify {
+            if s.text.is_none() {
+                return Err(format!("{}: classify: goes with a `text:` step", at()));
+            }
+            let verdict = match c {
+                ClassifyDoc::Name(n) => crate::nlu::Verdict::intent(n.clone(), 1.0),
+                ClassifyDoc::Full { intent, confidence } => crate::nlu::Verdict {
+                    intent: intent.clone(),
+                    confidence: *confidence,
+                },
+            };
+            if !(0.0..=1.0).contains(&verdict.confidence) {
+                return Err(format!(
+                    "{}: classify: confidence {} is not between 0 and 1",
+                    at(),
+                    verdict.confidence
+                ));
+            }
+            let names = conv.bot().flow().nlu.as_ref().map(|n| &n.names[..]);
+            match (&verdict.intent, names) {
+                (_, None) => {
+                    return Err(format!(
+                        "{}: classify: the flow has no `nlu:` intents",
+                        at()
+                    ))
+                }
+                (Some(n), Some(names)) if !names.iter().any(|x| **x == **n) => {
+                    let known: Vec<&str> = names.iter().map(|x| &**x).collect();
+                    return Err(format!(
+                        "{}: classify: `{n}` is not an intent of the flow (it has {})",
+                        at(),
+                        known.join(", ")
+                    ));
+                }
+                _ => {}
+            }
+            conv.classify_as(verdict);
         }
         if let Some(t) = &s.text {
             conv.send(t).await;
@@ -423,21 +544,62 @@ fn mocked_bot(
     registry: &Registry,
 ) -> Result<Arc<Bot>, String> {
     let mut registry = registry.clone();
-    for (name, calls) in &doc.mocks {
-        registry = registry.action(name.clone(), super::Mock::from_calls(calls.0.clone()));
+    let mut http = crate::fetch::HttpMocks::new();
+    for (name, mock) in &doc.mocks {
+        match mock {
+            super::MockDoc::Action(calls) => {
+                registry = registry.action(name.clone(), super::Mock::from_calls(calls.clone()));
+            }
+            super::MockDoc::Http(answers) => {
+                http = http.on(
+                    name.clone(),
+                    crate::fetch::HttpMock::from_calls(answers.clone()),
+                );
+            }
+        }
     }
+    if let Some(rest) = registry.http.take() {
+        http = http.otherwise(rest);
+    }
+    registry = registry.http(http);
     let flow = Flow::load(flow_path, &registry.names()).map_err(|e| e.0.to_string())?;
-    for (name, calls) in &doc.mocks {
+    let steps: Vec<&str> = flow
+        .states
+        .iter()
+        .filter_map(|s| s.http.as_ref().map(|h| &*h.name))
+        .collect();
+    for (name, mock) in &doc.mocks {
+        let calls = match mock {
+            super::MockDoc::Http(_) => {
+                if !steps.contains(&name.as_str()) {
+                    let hint = crate::flow::did_you_mean(name, steps.iter().copied())
+                        .map(|a| format!(" (did you mean `{a}`?)"))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "{}: mocks.{name}: the flow has no `http:` step named `{name}`{hint}",
+                        file.display()
+                    ));
+                }
+                continue;
+            }
+            super::MockDoc::Action(calls) => calls,
+        };
         if !flow.actions.iter().any(|a| &**a == name) {
-            let hint = crate::flow::did_you_mean(name, flow.actions.iter().map(|a| &**a))
-                .map(|a| format!(" (did you mean `{a}`?)"))
-                .unwrap_or_default();
+            let hint = crate::flow::did_you_mean(
+                name,
+                flow.actions
+                    .iter()
+                    .map(|a| &**a)
+                    .chain(steps.iter().copied()),
+            )
+            .map(|a| format!(" (did you mean `{a}`?)"))
+            .unwrap_or_default();
             return Err(format!(
                 "{}: mocks.{name}: the flow calls no action `{name}`{hint}",
                 file.display()
             ));
         }
-        for target in calls.0.iter().filter_map(|c| c.goto.as_deref()) {
+        for target in calls.iter().filter_map(|c| c.goto.as_deref()) {
             if flow.state_id(target).is_none() {
                 return Err(format!(
                     "{}: mocks.{name}: goto `{target}`: the flow has no such state",
@@ -455,6 +617,28 @@ fn mocked_bot(
 }
 
 /// What of `expect` does not hold now, one sentence each.
+/// An error if step `i` expects a state `flow` does not have.
+fn unknown_state(
+    file: &Path,
+    i: usize,
+    step: &StepDoc,
+    flow: &crate::flow::Flow,
+) -> Result<(), String> {
+    let Some(want) = step.expect.as_ref().and_then(|e| e.state.as_deref()) else {
+        return Ok(());
+    };
+    if flow.state_id(want).is_some() {
+        return Ok(());
+    }
+    let hint = crate::flow::did_you_mean(want, flow.state_names())
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default();
+    Err(format!(
+        "{}: steps[{i}].expect.state: the flow has no state `{want}`{hint}",
+        file.display()
+    ))
+}
+
 fn unmet(conv: &TestConversation, expect: &ExpectDoc) -> Vec<String> {
     let mut out = Vec::new();
     let now = conv.state();

@@ -32,6 +32,7 @@ const FILES: &[(&str, &str)] = &[
         "tests/conversations/callback.yaml",
         include_str!("template/callback.yaml"),
     ),
+    ("tests/bot.rs", include_str!("template/bot_test.rs")),
 ];
 
 /// What went wrong making a project.
@@ -248,7 +249,33 @@ pub(crate) async fn create(
         fix.and_then(|text| std::fs::write(&snap, text))
             .map_err(|source| NewError::Write { path: snap, source })?;
     }
+    rust_snapshot(&root).await?;
     Ok(root)
+}
+
+/// The first snapshot of `tests/bot.rs`, as its insta assertion would
+/// write it: the same conversation, run with the template's action.
+async fn rust_snapshot(root: &Path) -> Result<(), NewError> {
+    let flow = root.join("flows/bot.yaml");
+    let mut chat = crate::testing::TestConversation::load(&flow, example::registry())
+        .map_err(|e| NewError::Test(e.to_string()))?;
+    chat.send("hello").await;
+    chat.tap("hours").await;
+    chat.tap("callback").await;
+    chat.send("+44 20 7946 0018").await;
+    let contents = insta::internals::TextSnapshotContents::new(
+        chat.transcript().to_yaml(),
+        insta::TextSnapshotKind::File,
+    );
+    let path = root.join("tests/snapshots/bot__callback_from_rust.snap");
+    let text = format!(
+        "---\nsource: tests/bot.rs\nexpression: chat.transcript().to_yaml()\n---\n{contents}\n"
+    );
+    let write = || {
+        std::fs::create_dir_all(root.join("tests/snapshots"))?;
+        std::fs::write(&path, text)
+    };
+    write().map_err(|source| NewError::Write { path, source })
 }
 
 /// `flowbot new`: prints what to do next; the exit code.

@@ -5,6 +5,14 @@ use super::*;
 
 impl Compiler<'_> {
     pub(super) fn template(&mut self, r: &mut Reporter<'_>, path: &str, src: &str) -> Option<Tpl> {
+        if !self.in_http && http::secrets_in(src).iter().any(Result::is_ok) {
+            r.error(
+                path,
+                "a secret can only be used in an `http:` step's url, query, headers and json",
+                Some("a secret is never shown to a customer nor kept in a variable".into()),
+            );
+            return None;
+        }
         match self.templates.text(src) {
             Ok(t) => Some(t),
             Err(e) => {

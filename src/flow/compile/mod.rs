@@ -4,7 +4,9 @@
 //! Compilation never stops at the first problem: each part is compiled on its own
 //! and a broken part is reported and skipped, so one run lists everything wrong.
 
+mod http;
 mod messages;
+mod nlu;
 mod rules;
 mod states;
 mod subflows;
@@ -131,10 +133,17 @@ pub(crate) fn compile(
         region: None,
         default_language: settings_doc.default_language.as_deref().map(Into::into),
         used_templates: Vec::new(),
+        private: Vec::new(),
         prefix: String::new(),
         calls: Vec::new(),
         units: Vec::new(),
         regex_bytes: 0,
+        in_http: false,
+        http_names: Vec::new(),
+        http_allow: Arc::default(),
+        intent_names: Vec::new(),
+        endings: settings_doc.endings,
+        typos: settings_doc.typos,
         askers: order
             .iter()
             .enumerate()
@@ -178,7 +187,11 @@ pub(crate) fn compile(
         Some(s) => c.state_ref(&mut r, "start", s),
         None => Some(index.get("start").copied().unwrap_or(0)),
     };
-    let settings = c.settings(&mut r, &settings_doc);
+    c.http_allow = c.http_settings(&mut r, settings_doc.http.as_ref());
+    let mut settings = c.settings(&mut r, &settings_doc);
+    settings.http_allow = c.http_allow.clone();
+    settings.http_per_turn = limits.http_calls_per_turn;
+    let nlu = c.nlu(&mut r, main.doc.nlu.as_ref());
     c.adapt = settings.overflow_adapt;
     let on_error = main
         .doc
@@ -223,6 +236,17 @@ pub(crate) fn compile(
         };
         for (k, v) in &f.doc.vars {
             vars.push((Arc::from(k.as_str()), minijinja::Value::from_serialize(v)));
+        }
+        for (i, name) in f.doc.pii.iter().enumerate() {
+            if !is_identifier(name) {
+                r.error(
+                    &join_index("pii", i),
+                    format!("`{name}` is not a variable name"),
+                    Some("use letters, digits and _".into()),
+                );
+            } else if !c.private.iter().any(|p| &**p == name) {
+                c.private.push(name.as_str().into());
+            }
         }
         for (i, rule) in f.doc.intents.iter().enumerate() {
             if let Some(rule) = c.rule(&mut r, &join_index("intents", i), rule) {
@@ -299,6 +323,7 @@ pub(crate) fn compile(
         states.push(node);
     }
     c.prefix.clear();
+    let private = std::mem::take(&mut c.private);
 
     let flow = Flow {
         name: main.doc.name.clone().unwrap_or_else(|| {
@@ -327,6 +352,8 @@ pub(crate) fn compile(
         whatsapp_templates: c.used_templates,
         schedules,
         index,
+        nlu,
+        private,
     };
 
     // Graph checks, reported in the file of the state concerned.
@@ -460,6 +487,8 @@ struct Compiler<'a> {
     default_language: Option<Box<str>>,
     /// The templates named, once each.
     used_templates: Vec<Box<str>>,
+    /// The variables that hold personal data (`pii`).
+    private: Vec<Arc<str>>,
     /// Each variable an `ask` saves, and the first state that asks it.
     askers: indexmap::IndexMap<Box<str>, StateId>,
     /// The unit being compiled: its state names' prefix (`NAME/`).
@@ -470,6 +499,17 @@ struct Compiler<'a> {
     units: Vec<Unit>,
     /// What the compiled regexes keep, in bytes (for [`Flow::weight`]).
     regex_bytes: usize,
+    /// Compiling an `http:` step: `secret.NAME` may be read.
+    in_http: bool,
+    /// The names of the `http:` steps so far.
+    http_names: Vec<Box<str>>,
+    /// `settings.http.allow`, for the hosts of `http:` steps' URLs.
+    http_allow: Arc<crate::fetch::AllowList>,
+    /// The intents of `nlu:`, for rules' `intent:`.
+    intent_names: Vec<Box<str>>,
+    /// `settings.endings` and `settings.typos`.
+    endings: Option<bool>,
+    typos: Option<u32>,
 }
 
 /// A flow as its callers see it.
@@ -609,6 +649,9 @@ fn label(rule: &model::Rule) -> String {
     }
     if let Some(m) = &rule.media {
         parts.push(format!("media: {m}"));
+    }
+    if let Some(n) = &rule.intent {
+        parts.push(format!("intent: {n}"));
     }
     if let Some(w) = &rule.when {
         parts.push(format!("when: {w}"));

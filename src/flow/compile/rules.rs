@@ -114,12 +114,25 @@ impl Compiler<'_> {
         if let Some(l) = &rule.list {
             conds.push(Cond::List(l.as_str().into()));
         }
+        let (endings, typos) = self.tolerance(r, path, rule);
+        let tolerant = endings || typos > 0;
         if let Some(t) = &rule.text {
             let syn: Vec<Box<str>> = t.0.iter().map(|s| normalize(s).into()).collect();
             if syn.iter().any(|s| s.is_empty()) {
                 r.error(&p("text"), "an empty synonym never matches", None);
             }
-            conds.push(Cond::Text(syn));
+            conds.push(match tolerant {
+                false => Cond::Text(syn),
+                true => Cond::Tolerant(Tolerant {
+                    phrases: syn
+                        .iter()
+                        .map(|s| words(s).map(Into::into).collect())
+                        .collect(),
+                    whole: true,
+                    endings,
+                    typos,
+                }),
+            });
         }
         if let Some(k) = &rule.keyword {
             let phrases: Vec<Vec<Box<str>>> =
@@ -133,7 +146,21 @@ impl Compiler<'_> {
                     None,
                 );
             }
-            conds.push(Cond::Keyword(phrases));
+            conds.push(match tolerant {
+                false => Cond::Keyword(phrases),
+                true => Cond::Tolerant(Tolerant {
+                    phrases,
+                    whole: false,
+                    endings,
+                    typos,
+                }),
+            });
+        }
+        if let Some(i) = &rule.intent {
+            match self.intent_ref(r, &p("intent"), i) {
+                Some(c) => conds.push(c),
+                None => ok = false,
+            }
         }
         if let Some(re) = &rule.regex {
             match self.regex(r, &p("regex"), re) {
@@ -223,7 +250,7 @@ impl Compiler<'_> {
                 r.error(
                     path,
                     "a rule needs a condition",
-                    Some("use button, list, text, keyword, regex, media, when, any, all, not or match (for \"anything else\", use `fallback`)".into()),
+                    Some("use button, list, text, keyword, regex, media, when, intent, any, all, not or match (for \"anything else\", use `fallback`)".into()),
                 );
                 None
             }

@@ -40,11 +40,20 @@ impl Compiler<'_> {
         };
         let set = self.sets(r, &p("set"), &s.set);
         let call = s.call.as_ref().and_then(|c| self.call(r, &p("call"), c));
+        let full = format!("{}{name}", self.prefix);
+        let http = s
+            .http
+            .as_ref()
+            .and_then(|h| self.http(r, &p("http"), &full, h));
         let on_error = s
             .on_error
             .as_ref()
             .and_then(|n| self.state_ref(r, &p("on_error"), n));
         let after = s.after.as_ref().and_then(|a| self.after(r, &p("after"), a));
+        let not_sure = s
+            .not_sure
+            .as_ref()
+            .and_then(|n| self.not_sure(r, &p("not_sure"), n));
         let template = s
             .template
             .as_ref()
@@ -77,12 +86,15 @@ impl Compiler<'_> {
             next,
             set,
             call,
+            http,
             end: s.end,
+            outcome: self.outcome(r, &p("outcome"), s),
             handoff: s.handoff,
             intents: s.intents.unwrap_or(true),
             after,
             template,
             on_error,
+            not_sure,
             file,
             unit: 0,
             subflow: None,
@@ -294,9 +306,9 @@ impl Compiler<'_> {
             }
         }
         if !self.names.actions.iter().any(|a| a == name) {
-            let hint = match self.names.actions.is_empty() {
+            let hint = match self.names.actions.is_empty() || self.names.generic {
                 // The installed `flowbot` knows no project's actions.
-                true => "this program registers no actions: a project's actions are known to \
+                true => "this program does not know a project's actions: they are known to \
                          its own binary, so check the flow with it (`cargo run -- validate \
                          FLOW` in the project)"
                     .into(),
@@ -335,6 +347,28 @@ impl Compiler<'_> {
         })
     }
 
+    /// `outcome:`: a name, on a state that ends.
+    fn outcome(&self, r: &mut Reporter<'_>, path: &str, s: &model::State) -> Option<Box<str>> {
+        let name = s.outcome.as_deref()?;
+        if !s.end {
+            r.error(
+                path,
+                "`outcome` names how a run that ends here ended: it needs `end: true`",
+                Some("add `end: true`, or remove `outcome`".into()),
+            );
+            return None;
+        }
+        if !is_identifier(name) || name == crate::insights::outcome::OPEN {
+            r.error(
+                path,
+                format!("`{name}` is not an outcome name"),
+                Some("use letters, digits and _ (resolved, failed, or a name of your own such as order_placed)".into()),
+            );
+            return None;
+        }
+        (name != crate::insights::outcome::RESOLVED).then(|| name.into())
+    }
+
     pub(super) fn ask(
         &mut self,
         r: &mut Reporter<'_>,
@@ -352,7 +386,7 @@ impl Compiler<'_> {
         // The answer is saved by the question's own `save`.
         let quick_replies = self.choices(r, &p("quick_replies"), &a.quick_replies, None);
         let save = match &a.save {
-            Some(s) if is_identifier(s) => Arc::from(s.as_str()),
+            Some(s) if is_identifier(s) => Arc::<str>::from(s.as_str()),
             Some(s) => {
                 r.error(
                     &p("save"),
@@ -389,6 +423,23 @@ impl Compiler<'_> {
             .exhausted
             .as_ref()
             .map(|f| self.fallback(r, &p("exhausted"), f));
+        if a.pii {
+            self.private.push(save.clone());
+        } else if matches!(check.kind, CheckKind::Phone | CheckKind::Email) {
+            let what = match check.kind {
+                CheckKind::Phone => "a phone number",
+                _ => "an e-mail address",
+            };
+            r.warning(
+                &p("save"),
+                format!("`{save}` keeps {what}, personal data, and is not marked `pii: true`"),
+                Some(
+                    "add `pii: true` to this `ask`: the value then stays out of the event log, \
+                     reports and the debug view, and is masked in transcripts"
+                        .into(),
+                ),
+            );
+        }
         Some(AskNode {
             text,
             quick_replies,

@@ -292,6 +292,8 @@ impl Compiler<'_> {
                 );
                 self.ltext(r, "settings.overflow_button", t)
             }),
+            http_allow: Arc::default(),
+            http_per_turn: 0,
         }
     }
 }

@@ -770,6 +770,35 @@ pub struct Scope {
     pub builtins: Arc<[(&'static str, Value)]>,
 }
 
+/// The scope of an `http:` step's templates: `secret.NAME` is the marker
+/// that stands for the secret (see [`crate::fetch`]), anything else the
+/// scope's.
+pub(crate) fn with_secrets(scope: Value) -> Value {
+    Value::from_object(WithSecrets(scope))
+}
+
+#[derive(Debug)]
+struct WithSecrets(Value);
+
+impl Object for WithSecrets {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let k = key.as_str()?;
+        if k == "secret" {
+            return Some(Value::from_object(SecretRefs));
+        }
+        self.0.get_attr(k).ok().filter(|v| !v.is_undefined())
+    }
+}
+
+#[derive(Debug)]
+struct SecretRefs;
+
+impl Object for SecretRefs {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(Value::from(crate::fetch::marker(key.as_str()?)))
+    }
+}
+
 impl Object for Scope {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let k = key.as_str()?;
