@@ -571,6 +571,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// How log lines name a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogNames {
+    /// By its keyed hash, the id the conversation event log gives it: the
+    /// logs hold nothing that leads back to a customer, so an erasure leaves
+    /// nothing of them there (`flowbot export` tells a contact's hash).
+    #[default]
+    Hashed,
+    /// By Qpien's conversation id, for teams whose logs are kept no longer
+    /// than the conversations themselves.
+    Plain,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -579,6 +593,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter (`info`, `flowbot=debug`...); `RUST_LOG` wins if set.
     pub level: String,
+    /// `hashed` (the default) or `plain`: how a line names a conversation.
+    pub conversations: LogNames,
 }
 
 impl Default for LogConfig {
@@ -586,6 +602,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
+            conversations: LogNames::Hashed,
         }
     }
 }

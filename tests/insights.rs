@@ -822,3 +822,89 @@ async fn test_traffic_is_marked_and_left_out() {
     let (_, all) = report(&h, "outcomes", "include_test=true").await;
     assert_eq!(all[0]["started"], 3, "{all}");
 }
+
+/// A real `flowbot run` logging at `debug`: its lines name a conversation
+/// only by the keyed hash an export gives (`log_id`), so after an erasure
+/// nothing in the logs leads back to the contact; `log.conversations =
+/// "plain"` names it by its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_hold_nothing_of_a_contact() {
+    let qpien = crate::qpien::start_sim(|c| c.auto_create_conversations = true).await;
+    let http = reqwest::Client::new();
+    let bot_in = |name: &str, env: &[(&str, &str)]| {
+        let dir = crate::runtime::temp_dir(name);
+        std::fs::write(dir.join("flow.yaml"), CONTACT_FLOW).unwrap();
+        std::fs::write(
+            dir.join("flowbot.toml"),
+            "flow = \"flow.yaml\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\npath = \"flowbot.db\"\n[qpien]\nwhatsapp_operation = \"create_message\"\n",
+        )
+        .unwrap();
+        let mut env = env.to_vec();
+        env.extend([
+            ("RUST_LOG", "debug"),
+            ("FLOWBOT_SERVER__ADMIN_TOKEN", ADMIN),
+        ]);
+        let bot = crate::crash::spawn_with(&dir, &qpien, &env);
+        (dir, bot)
+    };
+    let conv = "conv-of-grace-5150";
+    let (dir, bot) = bot_in("logs-hashed", &[]);
+    for (id, text) in [
+        ("g1", "hello"),
+        ("g2", "+90 532 444 55 66"),
+        ("g3", "my private words"),
+    ] {
+        assert!(crate::crash::post(&http, &bot.url, &message(id, conv, text)).await);
+    }
+    wait_until("the last reply", Duration::from_secs(15), || {
+        crate::runtime::replies(&qpien, conv)
+            .iter()
+            .any(|r| r.starts_with("Thanks, we will call"))
+    })
+    .await;
+    let admin = |method: reqwest::Method, path: &str| {
+        let req = http
+            .request(method, format!("{}{path}", bot.url))
+            .bearer_auth(ADMIN);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap()
+        }
+    };
+    let held = admin(
+        reqwest::Method::GET,
+        &format!("/admin/contacts/{conv}/export"),
+    )
+    .await;
+    let log_id = held["conversations"][0]["log_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let erased = admin(reqwest::Method::DELETE, &format!("/admin/contacts/{conv}")).await;
+    assert_eq!(erased["conversations"], 1, "{erased}");
+    drop(bot);
+    let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    assert!(
+        logs.contains(&format!("conversation={log_id}")),
+        "the turns' lines name the conversation by its hash:\n{logs}"
+    );
+    for t in [conv, "905324445566", "532 444 55 66", "my private words"] {
+        assert!(!logs.contains(t), "`{t}` in the logs:\n{logs}");
+    }
+
+    let (dir, bot) = bot_in("logs-plain", &[("FLOWBOT_LOG__CONVERSATIONS", "plain")]);
+    let other = "conv-of-plain-logs";
+    assert!(crate::crash::post(&http, &bot.url, &message("p1", other, "hello")).await);
+    wait_until("a reply", Duration::from_secs(15), || {
+        !crate::runtime::replies(&qpien, other).is_empty()
+    })
+    .await;
+    drop(bot);
+    let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    assert!(
+        logs.contains(&format!("conversation={other}")),
+        "plain: named by its id:\n{logs}"
+    );
+}

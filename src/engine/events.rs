@@ -42,7 +42,6 @@ impl Bot {
                 Some(session) => (Some(session), false),
                 None => {
                     tracing::info!(
-                        conversation,
                         state = &*s.state,
                         "the flow no longer has this state: restarting"
                     );
@@ -166,7 +165,7 @@ impl Bot {
         match (event, session) {
             // A handoff past `settings.handoff_timeout` ends, whatever comes.
             (_, Some(s)) if self.handoff_expired(&s, now) => {
-                tracing::info!(conversation, "handoff timed out: the bot takes over");
+                tracing::info!("handoff timed out: the bot takes over");
                 let mut released = self.release(conversation, s, channel, now, false).await;
                 if let Event::Message(_) = event {
                     let session = released.session.take();
@@ -248,7 +247,7 @@ impl Bot {
                      ago (WhatsApp's window), and no state of this turn has a `template:`",
                     if dropped == 1 { "" } else { "s" }
                 );
-                tracing::warn!(conversation, "{error}");
+                tracing::warn!("{error}");
                 outcome.errors.push(error);
                 outcome.withheld += dropped;
             }
@@ -475,7 +474,7 @@ impl Bot {
                 return o;
             }
         }
-        tracing::info!(conversation, schedule = %name, "a schedule fires");
+        tracing::info!(schedule = %name, "a schedule fires");
         let live = self.is_live(&session, now);
         let marks = session.schedules.clone();
         let vars = if live {
@@ -523,7 +522,7 @@ impl Bot {
         let flow = self.flow.clone();
         let Some(id) = flow.state_id(&start.state) else {
             let error = format!("no state `{}` to start the conversation in", start.state);
-            tracing::warn!(conversation, "{error}");
+            tracing::warn!("{error}");
             let mut o = Outcome::quiet(session);
             o.errors.push(error);
             return o;
@@ -532,13 +531,13 @@ impl Bot {
         if let Some(mut s) = live.clone() {
             match start.mode {
                 StartMode::Skip => {
-                    tracing::info!(conversation, state = %start.state, "a conversation is in progress: start skipped");
+                    tracing::info!(state = %start.state, "a conversation is in progress: start skipped");
                     return Outcome::quiet(Some(s));
                 }
                 StartMode::Queue | StartMode::Interrupt
                     if s.handoff || start.mode == StartMode::Queue =>
                 {
-                    tracing::info!(conversation, state = %start.state, "a conversation is in progress: start queued");
+                    tracing::info!(state = %start.state, "a conversation is in progress: start queued");
                     s.queued = Some(Box::new(start.clone()));
                     return Outcome::quiet(Some(s));
                 }

@@ -35,6 +35,9 @@
 //!   bot goes on. An `http:` request goes through the bot's [`HttpClient`]
 //!   (`crate::fetch`), as an action does: the engine renders it and reads the
 //!   answer, it never opens a connection itself.
+//! - Its log lines name no conversation: the caller's span does (in `flowbot
+//!   run`, the turn's span names it as `log.conversations` says, by default its
+//!   keyed hash), so the engine never writes a customer's id to a log.
 //!
 //! [`HttpClient`]: crate::fetch::HttpClient
 

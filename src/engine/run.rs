@@ -972,7 +972,7 @@ impl Run<'_> {
     ) -> Option<StateId> {
         let flow = self.bot.flow.clone();
         let st = flow.state(at);
-        tracing::warn!(conversation = self.conversation, state = &*st.name, %error, "turn error");
+        tracing::warn!(state = &*st.name, %error, "turn error");
         self.errors.push(error);
         self.trace.push(Step::Error(at));
         let target = first.or(st.on_error).or(flow.on_error);

@@ -303,7 +303,8 @@ impl HttpClient for LiveHttp {
             let r = b.send().await;
             if transient(&r) {
                 if let Some(d) = delays.next() {
-                    tracing::debug!(request = %request, delay = ?d, "retrying an http step");
+                    // Its name, not its URL: a URL may hold what a customer wrote.
+                    tracing::debug!(step = %request.name, method = %request.method, delay = ?d, "retrying an http step");
                     tokio::time::sleep(d).await;
                     continue;
                 }

@@ -352,20 +352,36 @@ impl Recorder {
     }
 }
 
-/// A bot's event log as its turns write it: the recorder is made (its key
-/// read or made in the store) at the first turn, so that a process of many
-/// bots reads no key for a bot that gets no message.
+/// A bot's event log as its turns write it, and the names its log lines give
+/// conversations: the recorder is made (its key read or made in the store)
+/// at the first turn, so that a process of many bots reads no key for a bot
+/// that gets no message.
+///
+/// **Log lines.** With `log.conversations = "hashed"` (the default) every
+/// line of the runtime names a conversation by its keyed hash, the same id
+/// its rows in the event log carry ([`Log::name`]): an operator follows one
+/// conversation through the logs and the log, and nothing in either leads
+/// back to the customer without the store's key, so an erasure leaves
+/// nothing of them behind in logs already shipped elsewhere. Message keys
+/// that embed the conversation's id are logged with the hash in its place
+/// ([`Log::key`]).
 pub(crate) struct Log {
     store: Arc<dyn StateStore>,
     config: crate::config::InsightsConfig,
+    hashed: bool,
     recorder: tokio::sync::OnceCell<Recorder>,
 }
 
 impl Log {
-    pub(crate) fn new(store: Arc<dyn StateStore>, config: &crate::config::InsightsConfig) -> Log {
+    pub(crate) fn new(
+        store: Arc<dyn StateStore>,
+        config: &crate::config::InsightsConfig,
+        names: crate::config::LogNames,
+    ) -> Log {
         Log {
             store,
             config: config.clone(),
+            hashed: names == crate::config::LogNames::Hashed,
             recorder: tokio::sync::OnceCell::new(),
         }
     }
@@ -376,9 +392,69 @@ impl Log {
         if !self.config.log {
             return Ok(None);
         }
+        self.keyed().await.map(Some)
+    }
+
+    async fn keyed(&self) -> Result<&Recorder, StoreError> {
         self.recorder
             .get_or_try_init(|| Recorder::open(&*self.store, self.config.test_traffic))
             .await
-            .map(Some)
+    }
+
+    /// How a log line names `conversation`: its keyed hash (the event log's
+    /// id for it), or its id with `log.conversations = "plain"`. A store
+    /// that cannot give the key yet gives `unnamed` (never the id).
+    pub(crate) async fn name(&self, conversation: &str) -> String {
+        if !self.hashed {
+            return conversation.to_owned();
+        }
+        match self.keyed().await {
+            Ok(r) => r.conversation(conversation),
+            Err(_) => "unnamed".to_owned(),
+        }
+    }
+
+    /// How a log line shows a message's `key` of `conversation` (named
+    /// `name`): with the id in it replaced by the name.
+    pub(crate) fn key(&self, key: &str, conversation: &str, name: &str) -> String {
+        if self.hashed && !conversation.is_empty() {
+            key.replace(conversation, name)
+        } else {
+            key.to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{InsightsConfig, LogNames};
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn log_lines_name_a_conversation_by_the_event_logs_hash() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        // The event log off: the lines are hashed all the same.
+        let config = InsightsConfig {
+            log: false,
+            ..InsightsConfig::default()
+        };
+        let hashed = Log::new(store.clone(), &config, LogNames::Hashed);
+        let name = hashed.name("conv-42").await;
+        let recorder = Recorder::open(&*store, false).await.unwrap();
+        assert_eq!(name, recorder.conversation("conv-42"));
+        assert_eq!(name.len(), 32);
+        assert_eq!(
+            hashed.key("idle:conv-42:1700", "conv-42", &name),
+            format!("idle:{name}:1700")
+        );
+        assert!(hashed.recorder().await.unwrap().is_none());
+
+        let plain = Log::new(store, &config, LogNames::Plain);
+        assert_eq!(plain.name("conv-42").await, "conv-42");
+        assert_eq!(
+            plain.key("idle:conv-42:1700", "conv-42", "conv-42"),
+            "idle:conv-42:1700"
+        );
     }
 }

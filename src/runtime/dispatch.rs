@@ -117,7 +117,9 @@ impl Worker for Dispatcher {
     }
 
     async fn run(&self, conversation: &str, item: InboxItem) -> bool {
-        let span = tracing::info_span!("turn", conversation, key = %item.key);
+        let name = self.log.name(conversation).await;
+        let key = self.log.key(&item.key, conversation, &name);
+        let span = tracing::info_span!("turn", conversation = %name, %key);
         self.turn(item).instrument(span).await;
         true
     }

@@ -12,6 +12,12 @@
 //! The keys of its messages already run stay, under the keyed hash instead
 //! of the id, so that a late redelivery is still recognised and dropped.
 //! The event log's roll-ups hold nothing personal and stay.
+//!
+//! The process's own log lines name a conversation by the same keyed hash
+//! (`log.conversations = "hashed"`, the default; [`crate::insights::Log`]),
+//! and never write what a customer wrote: logs already shipped elsewhere
+//! hold nothing an erasure would have to reach. An export gives each
+//! conversation's hash (`log_id`), to find its lines.
 
 use serde::Serialize;
 
@@ -150,7 +156,8 @@ pub(crate) async fn export(app: &App, who: &str) -> Result<serde_json::Value, St
     let mut out = Vec::new();
     let mut needles = vec![who.to_owned()];
     for c in conversations(app, who).await? {
-        let held = app.store.export(&c, &recorder.conversation(&c)).await?;
+        let hash = recorder.conversation(&c);
+        let held = app.store.export(&c, &hash).await?;
         let json = |bytes: &[u8]| {
             serde_json::from_slice::<serde_json::Value>(bytes)
                 .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned().into())
@@ -172,6 +179,8 @@ pub(crate) async fn export(app: &App, who: &str) -> Result<serde_json::Value, St
         });
         out.push(serde_json::json!({
             "conversation": c,
+            // How the event log and (by default) the logs name it.
+            "log_id": hash,
             "session": session,
             "inbox": held.inbox.iter().map(|p| json(p)).collect::<Vec<_>>(),
             "outbox": held.outbox.iter().map(|p| json(p)).collect::<Vec<_>>(),

@@ -88,6 +88,8 @@ pub(crate) struct Live {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inbox: Arc<Inbox>,
+    /// Its event log, and how its log lines name conversations.
+    pub(crate) log: Arc<crate::insights::Log>,
     face: std::sync::RwLock<Arc<Face>>,
     unit: tokio::sync::Mutex<Option<Unit>>,
     /// What the registry said last, as applied here.
@@ -320,9 +322,15 @@ impl Host {
             metrics.classify.recent = Some(Default::default());
         }
         let metrics = Arc::new(metrics);
+        let log = Arc::new(crate::insights::Log::new(
+            store.clone(),
+            &self.config.insights,
+            self.config.log.conversations,
+        ));
         let inbox = Arc::new(Inbox::new(
             store.clone(),
             metrics.clone(),
+            log.clone(),
             self.config.runtime.queue_capacity,
             self.config.runtime.max_pending_per_conversation.max(1),
         ));
@@ -341,6 +349,7 @@ impl Host {
             store,
             metrics,
             inbox,
+            log,
             face: std::sync::RwLock::new(Arc::new(face)),
             unit: Default::default(),
             applied: std::sync::Mutex::new(applied),
@@ -469,6 +478,7 @@ impl Host {
                 reconciled: Default::default(),
                 adopted: Default::default(),
                 clock: config.clock.clone(),
+                log: live.log.clone(),
             },
             metrics.outbox_depth.clone(),
             share(|w| &w.sends),
@@ -490,12 +500,13 @@ impl Host {
                     &face.spec.qpien.released_statuses,
                 ),
                 clock: config.clock.clone(),
-                log: Arc::new(crate::insights::Log::new(store.clone(), &config.insights)),
+                log: live.log.clone(),
             },
             metrics.queue_depth.clone(),
             share(|w| &w.turns),
         );
         let runner = Arc::new(route::Runner {
+            log: live.log.clone(),
             claims,
             turns: turns.clone(),
             outbox: outbox.clone(),
@@ -556,6 +567,7 @@ impl Host {
         if config.polling.enabled {
             tasks.push(tokio::spawn(
                 poll::run(poll::Poller {
+                    log: live.log.clone(),
                     client: face.client.clone(),
                     store: store.clone(),
                     inbox: live.inbox.clone(),

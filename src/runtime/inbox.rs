@@ -36,12 +36,15 @@ pub(crate) struct Inbox {
     per_conversation: usize,
     /// When the last new event was accepted (0: none since the start).
     last_event: std::sync::atomic::AtomicI64,
+    /// How log lines name conversations.
+    log: Arc<crate::insights::Log>,
 }
 
 impl Inbox {
     pub(crate) fn new(
         store: Arc<dyn StateStore>,
         metrics: Arc<Metrics>,
+        log: Arc<crate::insights::Log>,
         capacity: usize,
         per_conversation: usize,
     ) -> Inbox {
@@ -53,6 +56,7 @@ impl Inbox {
             capacity,
             per_conversation,
             last_event: Default::default(),
+            log,
         }
     }
 
@@ -141,7 +145,8 @@ impl Inbox {
              (runtime.max_pending_per_conversation = {})",
             self.per_conversation
         );
-        tracing::warn!(conversation = %ingested.conversation, %reason, "a message is set aside");
+        let name = self.log.name(&ingested.conversation).await;
+        tracing::warn!(conversation = %name, %reason, "a message is set aside");
         let letter = event_letter(
             "overflow",
             &ingested.conversation,

@@ -66,6 +66,8 @@ pub(crate) struct Sender {
     pub(crate) adopted: Mutex<HashSet<String>>,
     /// What WhatsApp's window is read by.
     pub(crate) clock: crate::time::ClockHandle,
+    /// How log lines name conversations.
+    pub(crate) log: Arc<crate::insights::Log>,
 }
 
 /// How many of a conversation's newest messages are read to reconcile.
@@ -304,7 +306,7 @@ impl Held {
                 item.id.saturating_sub(1)
             });
             tracing::debug!(
-                conversation = %item.conversation,
+                waiting = s.waiting.len() + 1,
                 "a conversation's replies wait in the store"
             );
             s.waiting.push_back(item.conversation.clone());
@@ -506,9 +508,13 @@ impl Sender {
             _ => None,
         };
         let closed = || window.is_some_and(|closes| self.clock.now() >= closes);
+        let name = match window {
+            Some(_) => self.log.name(conversation).await,
+            None => String::new(),
+        };
         let withhold = || {
             tracing::error!(
-                conversation,
+                conversation = %name,
                 "a reply waited past WhatsApp's 24-hour window; dropped"
             );
             self.metrics.withheld.inc();
@@ -524,7 +530,8 @@ impl Sender {
                     .already_in_qpien(conversation, &message.input.front_msg_id)
                     .await
             {
-                tracing::info!(conversation, front_msg_id = %message.input.front_msg_id,
+                let name = self.log.name(conversation).await;
+                tracing::info!(conversation = %name, front_msg_id = %message.input.front_msg_id,
                     "a reply in flight at the last stop had reached Qpien; not sent again");
                 self.metrics.deliveries.count("reconciled");
                 return self.mark_delivered(item).await;
@@ -544,7 +551,8 @@ impl Sender {
                     Ok(()) => Ok(Some(true)),
                     Err(Failure::Refused(e)) if matches!(action, Some(OutboxAction::Handoff)) => {
                         // Not silent: the customer hears so and the bot stays.
-                        tracing::error!(conversation, error = %e, "Qpien refused the handoff; the bot stays in service");
+                        let name = self.log.name(conversation).await;
+                        tracing::error!(conversation = %name, error = %e, "Qpien refused the handoff; the bot stays in service");
                         self.metrics.handoff_failures.inc();
                         // Closed only at shutdown; the conversation then stays in
                         // handoff until the check at the customer's next message
@@ -557,7 +565,8 @@ impl Sender {
                         Ok(Some(false))
                     }
                     Err(Failure::Refused(e)) => {
-                        tracing::error!(conversation, error = %e, "Qpien refused a reply; dropped");
+                        let name = self.log.name(conversation).await;
+                        tracing::error!(conversation = %name, error = %e, "Qpien refused a reply; dropped");
                         Ok(Some(false))
                     }
                     Err(later) => Err(later),
@@ -640,7 +649,8 @@ impl Sender {
                 }
             }
             Err(e) => {
-                tracing::warn!(conversation, error = %e, "cannot read the conversation to reconcile; sending");
+                let name = self.log.name(conversation).await;
+                tracing::warn!(conversation = %name, error = %e, "cannot read the conversation to reconcile; sending");
             }
         }
         fronts.contains(front)

@@ -28,6 +28,8 @@ fn created(m: &ExternalMessage) -> Option<Millis> {
 
 /// What the poller needs.
 pub(crate) struct Poller {
+    /// How log lines name conversations.
+    pub(crate) log: Arc<crate::insights::Log>,
     pub(crate) client: QpienClient,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) inbox: Arc<Inbox>,
@@ -206,7 +208,8 @@ async fn round(
             if let Err(e) = shared.store.set_cursor(&format!("poll:{id}"), &last).await {
                 // Harmless: the next round reads the messages again, and the
                 // inbox recognises them.
-                tracing::warn!(error = %e, conversation = %id, "cannot save the polling cursor");
+                let name = shared.log.name(&id).await;
+                tracing::warn!(error = %e, conversation = %name, "cannot save the polling cursor");
             }
         }
     }

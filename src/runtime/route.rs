@@ -17,6 +17,8 @@ use crate::store::{InboxItem, StoreError};
 /// What runs a conversation's work here: the claims, the turns' lanes and the
 /// outbox.
 pub(crate) struct Runner {
+    /// How log lines name conversations.
+    pub(crate) log: Arc<crate::insights::Log>,
     pub(crate) claims: Arc<Claims>,
     pub(crate) turns: Arc<Lanes<Dispatcher>>,
     pub(crate) outbox: Arc<Outbox>,
@@ -87,7 +89,8 @@ impl Runner {
     async fn take(&self, conversation: &str) -> Result<(), StoreError> {
         match self.claims.acquire(conversation).await? {
             Some((true, _pinned)) => {
-                tracing::info!(conversation, "conversation taken over");
+                let name = self.log.name(conversation).await;
+                tracing::info!(conversation = %name, "conversation taken over");
                 self.adopt(conversation, None).await
             }
             Some((false, _pinned)) => {
@@ -142,7 +145,8 @@ impl Runner {
                     }
                 } => {
                     if let Err(e) = self.take(&conversation).await {
-                        tracing::warn!(error = %e, conversation, "cannot take up a conversation");
+                        let name = self.log.name(&conversation).await;
+                        tracing::warn!(error = %e, conversation = %name, "cannot take up a conversation");
                     }
                 }
             }
@@ -163,7 +167,8 @@ impl Runner {
         }
         let busy: Vec<String> = self.claims.held_conversations();
         for lost in self.claims.store.renew(&busy, self.claims.ttl).await? {
-            tracing::warn!(conversation = %lost, "a claim was lost to another instance");
+            let name = self.log.name(&lost).await;
+            tracing::warn!(conversation = %name, "a claim was lost to another instance");
             self.claims.lost(&lost);
         }
         if let Some(e) = failed {
