@@ -11,8 +11,9 @@
 //! stand-in run here; run it pinned to the other core:
 //!
 //! `taskset -c 0 cargo bench --bench ceiling` (options: `-- --conversations N
-//! --concurrency C --normal --no-insights`; the last without the conversation
-//! event log, to measure what it costs). Without `taskset` on the machine, the servers run
+//! --concurrency C --normal --no-insights --no-session-cache`; the last two
+//! without the conversation event log, or without the sessions kept in memory,
+//! to measure what each costs or saves). Without `taskset` on the machine, the servers run
 //! unpinned and it says so.
 
 #![allow(missing_docs)]
@@ -61,12 +62,16 @@ async fn serve_bare() {
 }
 
 /// Serves the bot, its replies going to the stand-in at `qpien`.
-async fn serve_bot(qpien: String, normal: bool, no_log: bool) {
+async fn serve_bot(qpien: String, normal: bool, no_log: bool, no_cache: bool) {
     let dir = std::env::temp_dir().join(format!("flowbot-ceiling-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = bot_config(qpien, &dir, normal);
     // `--no-insights`: without the conversation event log, to see its cost.
     config.insights.log = !no_log;
+    // `--no-session-cache`: every turn reads its session from the file.
+    if no_cache {
+        config.store.session_cache_bytes = 0;
+    }
     let running = flowbot::start(config, support_bot::registry())
         .await
         .unwrap();
@@ -145,9 +150,10 @@ fn main() {
         return rt.block_on(serve_bare());
     }
     let no_log = args.iter().any(|a| a == "--no-insights");
+    let no_cache = args.iter().any(|a| a == "--no-session-cache");
     if let Some(i) = args.iter().position(|a| a == "--serve-bot") {
         let normal = args.iter().any(|a| a == "--normal");
-        return rt.block_on(serve_bot(args[i + 1].clone(), normal, no_log));
+        return rt.block_on(serve_bot(args[i + 1].clone(), normal, no_log, no_cache));
     }
     let conversations = arg("--conversations", 2000usize);
     let concurrency = arg("--concurrency", 64usize);
@@ -172,6 +178,9 @@ fn main() {
         if no_log {
             role.push("--no-insights".into());
         }
+        if no_cache {
+            role.push("--no-session-cache".into());
+        }
         let (mut bot, addr, _) = spawn(&role);
         let url = format!("http://{addr}/webhook");
         load(&url, 50, concurrency, "w").await;
@@ -195,10 +204,11 @@ fn main() {
         drop(bot.stdin.take());
         let _ = tokio::task::spawn_blocking(move || bot.wait()).await;
         println!(
-            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}; event log {}",
+            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}; event log {}; sessions kept {}",
             if pinned { "pinned to core 1 (taskset -c 1)" } else { "not pinned (no taskset)" },
             if normal { "normal" } else { "full" },
-            if no_log { "off" } else { "on" }
+            if no_log { "off" } else { "on" },
+            if no_cache { "off" } else { "on" }
         );
         println!("bare axum handler (signature, 200): {ceiling:.0} turns/s");
         println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s");

@@ -403,6 +403,9 @@ pub struct StoreConfig {
     /// PostgreSQL: the most connections the process opens, whatever the
     /// number of bots (they share one pool; one more listens).
     pub max_connections: usize,
+    /// SQLite: the most bytes of sessions kept in memory in front of the
+    /// file, so that a conversation's next turn reads no row (0: none).
+    pub session_cache_bytes: u64,
 }
 
 impl StoreConfig {
@@ -413,6 +416,7 @@ impl StoreConfig {
             max_batch: self.max_batch,
             durability: self.durability,
             max_bytes: self.max_bytes,
+            session_cache_bytes: self.session_cache_bytes,
         }
     }
 }
@@ -430,6 +434,7 @@ impl Default for StoreConfig {
             durability: crate::store::Durability::Full,
             max_bytes: None,
             max_connections: 16,
+            session_cache_bytes: 32 << 20,
         }
     }
 }

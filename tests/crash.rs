@@ -237,7 +237,13 @@ async fn json_logs_and_a_clean_stop_on_sigterm() {
         .iter()
         .find(|l| l["fields"]["message"] == "turn committed")
         .unwrap_or_else(|| panic!("no turn log in:\n{log}"));
-    assert_eq!(committed["span"]["conversation"], "log-conv", "{committed}");
+    // Named by its keyed hash (`log.conversations = "hashed"`, the default).
+    let named = committed["span"]["conversation"].as_str().unwrap();
+    assert!(
+        named.len() == 32 && named.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{committed}"
+    );
+    assert!(!log.contains("log-conv"), "{log}");
     assert!(
         lines
             .iter()

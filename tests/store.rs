@@ -11,6 +11,7 @@ fn opts(busy_secs: u64, max_batch: usize) -> SqliteOptions {
         max_batch,
         durability: Durability::Full,
         max_bytes: None,
+        ..SqliteOptions::default()
     }
 }
 
@@ -311,6 +312,10 @@ async fn contract(store: &dyn StateStore) {
         .map(|(c, _)| c)
         .collect();
     assert_eq!(left, ["c6", "c7"]);
+    // What a turn reads agrees (sessions kept in memory are forgotten too).
+    for (c, kept) in [("c2", false), ("c3", false), ("c6", true), ("c7", true)] {
+        assert_eq!(store.session(c).await.unwrap().is_some(), kept, "{c}");
+    }
     for (at, reason) in [(50, "old"), (5_000, "new")] {
         store
             .add_dead_letter(DeadLetter {
@@ -419,8 +424,10 @@ async fn contract(store: &dyn StateStore) {
         1,
         "a dry run"
     );
+    assert!(store.session("c8").await.unwrap().is_some(), "a dry run");
     assert_eq!(store.erase("c8", "h8", false).await.unwrap(), counts);
     assert_eq!(store.export("c8", "h8").await.unwrap(), Export::default());
+    assert_eq!(store.session("c8").await.unwrap(), None);
     assert_eq!(
         store.erase("c8", "h8", false).await.unwrap(),
         Held::default()
@@ -833,6 +840,48 @@ async fn sqlite_group_commit_answers_each_caller() {
     }
     assert_eq!(new, 200);
     assert_eq!(store.pending(1000).await.unwrap().len(), 200);
+}
+
+/// A request that fails fails alone, whatever batch it shares: the others
+/// in it are committed and answered (a trigger refuses one message key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_request_fails_alone_in_its_batch() {
+    let path = temp_db("batch-failure");
+    let store = Arc::new(SqliteStore::open(&path, opts(5, 64)).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON inbox WHEN NEW.key LIKE '%-20'
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        )
+        .unwrap();
+    for round in 0..5 {
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let item = inbound(&format!("k{round}-{i}"), "c");
+                    (i, store.accept(item).await)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (i, result) = t.await.unwrap();
+            match result {
+                Err(e) => assert!(i == 20 && e.to_string().contains("poisoned"), "{i}: {e}"),
+                Ok(Accepted::New(item)) => {
+                    assert_ne!(i, 20);
+                    assert_eq!(item.key, format!("k{round}-{i}"));
+                    assert_eq!(
+                        item.payload,
+                        format!("payload of k{round}-{i}").into_bytes()
+                    );
+                }
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(store.pending(1000).await.unwrap().len(), 5 * 39);
 }
 
 #[test]

@@ -508,11 +508,8 @@ impl Sender {
             _ => None,
         };
         let closed = || window.is_some_and(|closes| self.clock.now() >= closes);
-        let name = match window {
-            Some(_) => self.log.name(conversation).await,
-            None => String::new(),
-        };
-        let withhold = || {
+        let withhold = || async {
+            let name = self.log.name(conversation).await;
             tracing::error!(
                 conversation = %name,
                 "a reply waited past WhatsApp's 24-hour window; dropped"
@@ -521,7 +518,7 @@ impl Sender {
             self.metrics.deliveries.count("outside_window");
         };
         if closed() {
-            withhold();
+            withhold().await;
             return self.mark_delivered(item).await;
         }
         if let Some(OutboxAction::Message { message, .. }) = &action {
@@ -544,7 +541,7 @@ impl Sender {
             || async {
                 // Qpien may have been away until the window closed.
                 if closed() {
-                    withhold();
+                    withhold().await;
                     return Ok(None);
                 }
                 match self.deliver(item, action.as_ref()).await.map_err(Failure::from) {

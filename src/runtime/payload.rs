@@ -10,7 +10,7 @@ use crate::qpien::OutboundMessage;
 
 /// Something to deliver to Qpien, in order with the conversation's messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "RawAction")]
 pub enum OutboxAction {
     /// A message.
     Message {
@@ -27,6 +27,41 @@ pub enum OutboxAction {
     /// Tell Qpien the bot has the conversation again (a release by hand or
     /// by `handoff_timeout`).
     Release,
+}
+
+/// An [`OutboxAction`] as stored, read in one pass: serde reads an
+/// internally tagged enum by first copying the whole object into a buffer
+/// of its own, which was a visible part of sending each reply.
+#[derive(Deserialize)]
+struct RawAction {
+    kind: RawKind,
+    #[serde(default)]
+    message: Option<Box<OutboundMessage>>,
+    #[serde(default)]
+    window_until: Option<crate::time::Millis>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawKind {
+    Message,
+    Handoff,
+    Release,
+}
+
+impl TryFrom<RawAction> for OutboxAction {
+    type Error = &'static str;
+
+    fn try_from(raw: RawAction) -> Result<Self, Self::Error> {
+        Ok(match raw.kind {
+            RawKind::Message => OutboxAction::Message {
+                message: raw.message.ok_or("missing field `message`")?,
+                window_until: raw.window_until,
+            },
+            RawKind::Handoff => OutboxAction::Handoff,
+            RawKind::Release => OutboxAction::Release,
+        })
+    }
 }
 
 /// Encodes a payload.
@@ -57,5 +92,38 @@ pub(crate) fn event_letter(
         headers: serde_json::json!({"kind": kind, "conversation": conversation, "key": key})
             .to_string(),
         body: event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_actions_read_back_as_written() {
+        let message: OutboundMessage = serde_json::from_value(serde_json::json!({
+            "operation": "createMessage",
+            "input": {"conversationId": "c1", "content": "Hi", "messageType": "TEXT", "frontMsgId": "flowbot:m1:0"}
+        }))
+        .unwrap();
+        for action in [
+            OutboxAction::Message {
+                message: Box::new(message.clone()),
+                window_until: Some(1_700_000_000_000),
+            },
+            OutboxAction::Message {
+                message: Box::new(message),
+                window_until: None,
+            },
+            OutboxAction::Handoff,
+            OutboxAction::Release,
+        ] {
+            let bytes = encode(&action);
+            assert_eq!(decode::<OutboxAction>(&bytes).unwrap(), action);
+        }
+        // The stored form is the tagged object it always was.
+        assert_eq!(encode(&OutboxAction::Handoff), br#"{"kind":"handoff"}"#);
+        assert!(decode::<OutboxAction>(br#"{"kind":"message"}"#).is_err());
+        assert!(decode::<OutboxAction>(br#"{"kind":"other"}"#).is_err());
     }
 }

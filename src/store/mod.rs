@@ -17,6 +17,7 @@
 //! process; `PostgresStore` (feature `postgres`) is for several instances
 //! sharing one database.
 
+mod cache;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -278,6 +278,9 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// The most bytes the database may hold (SQLite's `max_page_count`).
     pub max_bytes: Option<u64>,
+    /// The most bytes of sessions kept in memory, as last committed, so that
+    /// a conversation's next turn reads no row (0: none; see `cache.rs`).
+    pub session_cache_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -287,6 +290,7 @@ impl Default for SqliteOptions {
             max_batch: 256,
             durability: Durability::Full,
             max_bytes: None,
+            session_cache_bytes: 32 << 20,
         }
     }
 }
@@ -315,6 +319,8 @@ struct File {
     knew_budget: bool,
     /// Held while the store is open: one process per database file.
     _lock: std::fs::File,
+    /// The sessions this process committed last (none: not kept).
+    sessions: Option<super::cache::Sessions>,
 }
 
 /// Takes the lock that keeps a second process off the database: SQLite
@@ -425,6 +431,7 @@ impl SqliteStore {
             max_batch,
             max_bytes,
             durability,
+            session_cache_bytes,
         } = options;
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -484,6 +491,7 @@ impl SqliteStore {
                 failed_write: std::sync::Mutex::new(None),
                 knew_budget,
                 _lock: lock,
+                sessions: super::cache::Sessions::new(session_cache_bytes),
             }),
             bot: 0,
         })
@@ -514,9 +522,24 @@ impl SqliteStore {
         drop(SqliteStore::open(from, SqliteOptions::default())?);
         let into = self.bot(bot).await?;
         let (path, from) = (self.path().to_path_buf(), from.to_path_buf());
-        tokio::task::spawn_blocking(move || import_rows(&path, into.bot, &from))
+        self.clear_sessions();
+        let imported = tokio::task::spawn_blocking(move || import_rows(&path, into.bot, &from))
             .await
-            .map_err(|e| StoreError(format!("the import stopped: {e}")))?
+            .map_err(|e| StoreError(format!("the import stopped: {e}")))?;
+        self.clear_sessions();
+        imported
+    }
+
+    fn clear_sessions(&self) {
+        if let Some(s) = &self.file.sessions {
+            s.clear();
+        }
+    }
+
+    fn invalidate_session(&self, conversation: &str) {
+        if let Some(s) = &self.file.sessions {
+            s.invalidate(self.bot, conversation);
+        }
     }
 
     /// The database file.
@@ -606,37 +629,18 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path:
                 Err(_) => break,
             }
         }
-        let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(batch.len());
-        let outcome = (|| -> Result<(), rusqlite::Error> {
-            let mut tx =
-                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (bot, op, _) in batch.iter_mut() {
-                let op = std::mem::replace(op, Op::Ping);
-                let sp = tx.savepoint()?;
-                match apply(&sp, *bot, op) {
-                    Ok(reply) => {
-                        sp.commit()?;
-                        results.push(Ok(reply));
-                    }
-                    Err(e) => {
-                        // Dropped uncommitted, a savepoint rolls back.
-                        drop(sp);
-                        if tx.is_autocommit() {
-                            // SQLite rolled the whole transaction back (a full
-                            // disk, an I/O error): the batch fails, with this
-                            // reason rather than the commit's.
-                            return Err(e);
-                        }
-                        results.push(Err(err(&path)(e)));
-                    }
-                }
-            }
-            tx.commit()
-        })();
+        // All at once first (what nearly every batch is); only a batch in
+        // which a request failed runs again with each request in its own
+        // savepoint, so that the failure is that request's alone. A
+        // savepoint per request costs SQLite a copy of each page it changes.
+        let outcome = match run_batch(&mut conn, &batch, false) {
+            Err(_) if batch.len() > 1 => run_batch(&mut conn, &batch, true),
+            outcome => outcome,
+        };
         match outcome {
-            Ok(()) => {
-                for ((_, _, reply), result) in batch.drain(..).zip(results) {
-                    let _ = reply.send(result);
+            Ok(results) => {
+                for ((_, op, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result.map(|r| completed(op, r)).map_err(err(&path)));
                 }
             }
             Err(e) => {
@@ -649,7 +653,60 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, max_batch: usize, path:
     }
 }
 
-fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
+/// A request's answer with what it gives back of the request itself.
+fn completed(op: Op, reply: Reply) -> Reply {
+    match (op, reply) {
+        (Op::Accept(item), Reply::Accepted(Accepted::New(new))) => {
+            Reply::Accepted(Accepted::New(InboxItem {
+                key: item.key,
+                conversation: item.conversation,
+                payload: item.payload,
+                ..new
+            }))
+        }
+        (_, reply) => reply,
+    }
+}
+
+/// Runs a batch in one transaction. Without `alone`, the first request that
+/// fails fails the batch (rolled back whole); with it, each runs in its own
+/// savepoint and a failure rolls back that request only, unless SQLite
+/// rolled back the transaction (a full disk, an I/O error).
+fn run_batch(
+    conn: &mut Connection,
+    batch: &[Job],
+    alone: bool,
+) -> Result<Vec<Result<Reply, rusqlite::Error>>, rusqlite::Error> {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (bot, op, _) in batch {
+        if !alone {
+            results.push(Ok(apply(&tx, *bot, op)?));
+            continue;
+        }
+        let sp = tx.savepoint()?;
+        match apply(&sp, *bot, op) {
+            Ok(reply) => {
+                sp.commit()?;
+                results.push(Ok(reply));
+            }
+            Err(e) => {
+                // Dropped uncommitted, a savepoint rolls back.
+                drop(sp);
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back: the batch
+                    // fails, with this reason rather than the commit's.
+                    return Err(e);
+                }
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
     Ok(match op {
         Op::Accept(item) => {
             let inserted = tx
@@ -667,11 +724,13 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
             if inserted == 0 {
                 Reply::Accepted(Accepted::Duplicate)
             } else {
+                // Its key, conversation and payload are moved in from the
+                // request once the batch is committed (`completed`).
                 Reply::Accepted(Accepted::New(InboxItem {
                     seq: tx.last_insert_rowid() as u64,
-                    key: item.key,
-                    conversation: item.conversation,
-                    payload: item.payload,
+                    key: String::new(),
+                    conversation: String::new(),
+                    payload: Vec::new(),
                     received_at: item.received_at,
                     attempts: 0,
                     resumed: false,
@@ -683,7 +742,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
                  WHERE bot = ?1 AND done = 0 ORDER BY seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![bot, limit as i64], |r| {
+            let rows = stmt.query_map(params![bot, *limit as i64], |r| {
                 Ok(InboxItem {
                     seq: r.get::<_, i64>(0)? as u64,
                     key: r.get(1)?,
@@ -713,7 +772,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT conversation, data, due_at FROM sessions WHERE bot = ?1 AND conversation > ?2
                  ORDER BY conversation LIMIT ?3",
             )?
-            .query_map(params![bot, after, limit as i64], |r| {
+            .query_map(params![bot, after, *limit as i64], |r| {
                 Ok((
                     r.get(0)?,
                     StoredSession {
@@ -904,8 +963,8 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                      FROM rollups WHERE bot = ?1 AND hour < ?2 LIMIT ?3)",
                 ),
             };
-            let args = params![bot, before, limit as i64];
-            let n = if dry_run {
+            let args = params![bot, before, *limit as i64];
+            let n = if *dry_run {
                 tx.prepare_cached(count)?
                     .query_row(args, |r| r.get::<_, i64>(0))? as u64
             } else {
@@ -924,7 +983,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                  ON CONFLICT (bot, hour, flow_version, channel, test, kind, key, value)
                  DO UPDATE SET count = count + excluded.count",
             )?;
-            for r in &rollups {
+            for r in rollups {
                 add.execute(params![
                     bot,
                     r.hour,
@@ -967,8 +1026,8 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                  value, test FROM events
                  WHERE bot = ?1 AND run >= ?2 AND run < ?3 AND id > ?4 ORDER BY id LIMIT ?5",
             )?;
-            let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![bot, from, to, after, limit as i64], |r| {
+            let after = i64::try_from(*after).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![bot, from, to, after, *limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     LogEvent {
@@ -992,8 +1051,8 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT id, conversation, payload FROM outbox WHERE bot = ?1 AND id > ?2
                  ORDER BY id LIMIT ?3",
             )?;
-            let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![bot, after, limit as i64], outbox_row)?;
+            let after = i64::try_from(*after).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![bot, after, *limit as i64], outbox_row)?;
             Reply::Outbox(rows.collect::<Result<_, _>>()?)
         }
         Op::OutboxOf(conversation, after, limit) => {
@@ -1001,9 +1060,9 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT id, conversation, payload FROM outbox
                  WHERE bot = ?1 AND conversation = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
             )?;
-            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let after = i64::try_from(*after).unwrap_or(i64::MAX);
             let rows =
-                stmt.query_map(params![bot, conversation, after, limit as i64], outbox_row)?;
+                stmt.query_map(params![bot, conversation, after, *limit as i64], outbox_row)?;
             Reply::Outbox(rows.collect::<Result<_, _>>()?)
         }
         Op::OutboxConversations(after, limit) => {
@@ -1011,12 +1070,12 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT DISTINCT conversation FROM outbox WHERE bot = ?1 AND conversation > ?2
                  ORDER BY conversation LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![bot, after, limit as i64], |r| r.get(0))?;
+            let rows = stmt.query_map(params![bot, after, *limit as i64], |r| r.get(0))?;
             Reply::Names(rows.collect::<Result<_, _>>()?)
         }
         Op::Delivered(id) => {
             tx.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND bot = ?2")?
-                .execute(params![id as i64, bot])?;
+                .execute(params![*id as i64, bot])?;
             Reply::Done
         }
         Op::DueTimers(now, limit) => {
@@ -1024,7 +1083,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT conversation, due_at FROM sessions
                  WHERE bot = ?1 AND due_at IS NOT NULL AND due_at <= ?2 ORDER BY due_at LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![bot, now, limit as i64], |r| {
+            let rows = stmt.query_map(params![bot, now, *limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
             Reply::Due(rows.collect::<Result<_, _>>()?)
@@ -1034,7 +1093,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT b.name, s.conversation, s.due_at FROM sessions s JOIN bots b ON b.id = s.bot
                  WHERE s.due_at IS NOT NULL AND s.due_at <= ?1 ORDER BY s.due_at LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| {
+            let rows = stmt.query_map(params![now, *limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
             Reply::DueAll(rows.collect::<Result<_, _>>()?)
@@ -1058,7 +1117,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                     "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ?1 AND bot = ?2 AND done = 0
                      RETURNING attempts",
                 )?
-                .query_row(params![seq as i64, bot], |r| r.get(0))
+                .query_row(params![*seq as i64, bot], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
             Reply::Count(n)
@@ -1093,7 +1152,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                 "SELECT id, received_at, reason, length(body) FROM dead_letters
                  WHERE bot = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![bot, before, limit as i64], |r| {
+            let rows = stmt.query_map(params![bot, before, *limit as i64], |r| {
                 Ok(DeadLetterSummary {
                     id: r.get::<_, i64>(0)? as u64,
                     received_at: r.get(1)?,
@@ -1107,12 +1166,12 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
             tx,
             "SELECT id, received_at, reason, headers, body FROM dead_letters
              WHERE id = ?1 AND bot = ?2",
-            id as i64,
+            *id as i64,
             bot,
         )?),
         Op::DeadRemove(id) => Reply::Flag(
             tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1 AND bot = ?2")?
-                .execute(params![id as i64, bot])?
+                .execute(params![*id as i64, bot])?
                 > 0,
         ),
         Op::TakeBudget {
@@ -1131,7 +1190,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
             let (used, oldest): (i64, Option<i64>) = tx
                 .prepare_cached("SELECT count(*), min(at) FROM budget_calls WHERE key = ?1")?
                 .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Reply::Grant(if used < i64::from(requests) {
+            Reply::Grant(if used < i64::from(*requests) {
                 tx.prepare_cached("INSERT INTO budget_calls (key, at) VALUES (?1, ?2)")?
                     .execute(params![key, now + hold])?;
                 crate::qpien::limit::Grant::Granted(tx.last_insert_rowid())
@@ -1156,7 +1215,7 @@ fn apply(tx: &Connection, bot: i64, op: Op) -> Result<Reply, rusqlite::Error> {
                  WHERE version > ?1 ORDER BY version",
             )?;
             let rows = stmt
-                .query_map(params![after as i64], |r| {
+                .query_map(params![*after as i64], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
@@ -1274,6 +1333,14 @@ impl StateStore for SqliteStore {
     }
 
     async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {
+        if let Some(known) = self
+            .file
+            .sessions
+            .as_ref()
+            .and_then(|s| s.get(self.bot, conversation))
+        {
+            return Ok(known);
+        }
         match self.run(Op::Session(conversation.to_owned())).await? {
             Reply::Session(s) => Ok(s),
             _ => Err(unexpected()),
@@ -1292,9 +1359,28 @@ impl StateStore for SqliteStore {
     }
 
     async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError> {
-        match self.run(Op::Commit(commit)).await? {
-            Reply::Ids(ids) => Ok(ids),
-            _ => Err(unexpected()),
+        let Some(sessions) = &self.file.sessions else {
+            return match self.run(Op::Commit(commit)).await? {
+                Reply::Ids(ids) => Ok(ids),
+                _ => Err(unexpected()),
+            };
+        };
+        let epoch = sessions.epoch();
+        let conversation = commit.conversation.clone();
+        let session = commit.session.clone();
+        match self.run(Op::Commit(commit)).await {
+            Ok(Reply::Ids(ids)) => {
+                sessions.keep(epoch, self.bot, &conversation, session);
+                Ok(ids)
+            }
+            Ok(_) => {
+                sessions.forget(self.bot, &conversation);
+                Err(unexpected())
+            }
+            Err(e) => {
+                sessions.forget(self.bot, &conversation);
+                Err(e)
+            }
         }
     }
 
@@ -1304,10 +1390,16 @@ impl StateStore for SqliteStore {
         hash: &str,
         dry_run: bool,
     ) -> Result<Held, StoreError> {
-        match self
+        if !dry_run {
+            self.invalidate_session(conversation);
+        }
+        let result = self
             .run(Op::Erase(conversation.to_owned(), hash.to_owned(), dry_run))
-            .await?
-        {
+            .await;
+        if !dry_run {
+            self.invalidate_session(conversation);
+        }
+        match result? {
             Reply::Held(h) => Ok(h),
             _ => Err(unexpected()),
         }
@@ -1330,10 +1422,26 @@ impl StateStore for SqliteStore {
         limit: usize,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        match self.run(Op::Expire(kind, before, limit, dry_run)).await? {
-            Reply::Ids(n) => Ok(n.first().copied().unwrap_or(0)),
-            _ => Err(unexpected()),
+        // Which sessions go is known only after: commits in flight are not
+        // kept, and the bot's are all forgotten if any went.
+        let sessions = self
+            .file
+            .sessions
+            .as_ref()
+            .filter(|_| kind == Expiring::Sessions && !dry_run);
+        if let Some(s) = sessions {
+            s.bump();
         }
+        let result = self.run(Op::Expire(kind, before, limit, dry_run)).await;
+        let removed = match result {
+            Ok(Reply::Ids(n)) => Ok(n.first().copied().unwrap_or(0)),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(e),
+        };
+        if let Some(s) = sessions.filter(|_| !matches!(removed, Ok(0))) {
+            s.clear_bot(self.bot);
+        }
+        removed
     }
 
     async fn oldest_run(&self) -> Result<Option<Millis>, StoreError> {

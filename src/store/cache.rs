@@ -1,0 +1,229 @@
+//! The sessions a process holds, kept in front of a store that only this
+//! process writes (SQLite: one process per file, see `sqlite.rs`).
+//!
+//! A turn reads its conversation's session and then commits the next one;
+//! the next turn of the conversation reads back what the last commit wrote.
+//! Kept here, that read costs no trip to the store's thread. The cache is
+//! filled **only by commits** (never by a read, which could race a commit
+//! and keep the older session): a conversation's first turn after a start
+//! reads the store, and every later turn finds what its previous one
+//! committed. So it is exact after a restart (it starts empty) and holds
+//! the truth while the process runs, because every other change of a
+//! session (an erasure, the retention sweep, an import) goes through
+//! [`Sessions::invalidate`] or [`Sessions::clear`]:
+//!
+//! - A commit notes the [`Sessions::epoch`] before it is sent and keeps its
+//!   session only if no invalidation happened meanwhile ([`Sessions::keep`]),
+//!   checked and kept under one lock, so a session erased after (or while)
+//!   it was committed is never kept.
+//! - A commit that failed forgets the conversation (the store may or may
+//!   not hold it).
+//!
+//! Bounded in bytes (`store.session_cache_bytes`), least recently used out
+//! first (quick_cache's S3-FIFO, which also keeps a scan of one-off
+//! conversations from pushing out the busy ones).
+
+use quick_cache::sync::Cache;
+use quick_cache::{Equivalent, Weighter};
+
+use super::StoredSession;
+
+/// What one entry costs beyond its bytes (key, value and table overhead).
+const ENTRY_OVERHEAD: u64 = 96;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    bot: i64,
+    conversation: Box<str>,
+}
+
+/// A key to look up without allocating (hashes as [`Key`] does).
+#[derive(Hash)]
+struct Lookup<'a> {
+    bot: i64,
+    conversation: &'a str,
+}
+
+impl Equivalent<Key> for Lookup<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.bot == key.bot && self.conversation == &*key.conversation
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bytes;
+
+impl Weighter<Key, Option<StoredSession>> for Bytes {
+    fn weight(&self, key: &Key, value: &Option<StoredSession>) -> u64 {
+        let data = value.as_ref().map_or(0, |s| s.data.len());
+        (key.conversation.len() + data) as u64 + ENTRY_OVERHEAD
+    }
+}
+
+/// The sessions last committed by this process, per bot and conversation
+/// (`None`: the conversation has none).
+pub(crate) struct Sessions {
+    cache: Cache<Key, Option<StoredSession>, Bytes>,
+    /// Counts the invalidations; held while a commit's session is kept.
+    epoch: std::sync::Mutex<u64>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("entries", &self.cache.len())
+            .field("bytes", &self.cache.weight())
+            .finish()
+    }
+}
+
+impl Sessions {
+    /// A cache of at most `bytes` (none for 0).
+    pub(crate) fn new(bytes: u64) -> Option<Sessions> {
+        (bytes > 0).then(|| Sessions {
+            // Estimated at a session of about 1 KiB.
+            cache: Cache::with_weighter(
+                usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(16),
+                bytes,
+                Bytes,
+            ),
+            epoch: std::sync::Mutex::new(0),
+        })
+    }
+
+    fn epoch_lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What this process last committed for the conversation (outer `None`:
+    /// not known here, ask the store).
+    pub(crate) fn get(&self, bot: i64, conversation: &str) -> Option<Option<StoredSession>> {
+        self.cache.get(&Lookup { bot, conversation })
+    }
+
+    /// The epoch to give [`Sessions::keep`] for a commit about to be sent.
+    pub(crate) fn epoch(&self) -> u64 {
+        *self.epoch_lock()
+    }
+
+    /// A commit (sent at `epoch`) succeeded with `session`: kept, unless an
+    /// invalidation came since (then forgotten, to be read again).
+    pub(crate) fn keep(
+        &self,
+        epoch: u64,
+        bot: i64,
+        conversation: &str,
+        session: Option<StoredSession>,
+    ) {
+        let now = self.epoch_lock();
+        if *now == epoch {
+            let key = Key {
+                bot,
+                conversation: conversation.into(),
+            };
+            self.cache.insert(key, session);
+        } else {
+            self.forget(bot, conversation);
+        }
+        drop(now);
+    }
+
+    /// Forgets one conversation (its commit failed).
+    pub(crate) fn forget(&self, bot: i64, conversation: &str) {
+        self.cache.remove(&Lookup { bot, conversation });
+    }
+
+    /// The conversation is being changed other than by a turn (an erasure):
+    /// forgotten, and commits in flight are not kept. Called before and
+    /// after the change.
+    pub(crate) fn invalidate(&self, bot: i64, conversation: &str) {
+        let mut epoch = self.epoch_lock();
+        self.forget(bot, conversation);
+        *epoch += 1;
+    }
+
+    /// Sessions are about to change other than by a turn, which ones not
+    /// known yet (a sweep): commits in flight are not kept.
+    pub(crate) fn bump(&self) {
+        *self.epoch_lock() += 1;
+    }
+
+    /// A bot's sessions were changed by a sweep: all forgotten (and
+    /// commits in flight not kept).
+    pub(crate) fn clear_bot(&self, bot: i64) {
+        let mut epoch = self.epoch_lock();
+        self.cache.retain(|k, _| k.bot != bot);
+        *epoch += 1;
+    }
+
+    /// Sessions were changed by an import: everything forgotten. Called
+    /// before and after the change.
+    pub(crate) fn clear(&self) {
+        let mut epoch = self.epoch_lock();
+        self.cache.clear();
+        *epoch += 1;
+    }
+
+    /// Entries and bytes held.
+    #[cfg(test)]
+    fn held(&self) -> (usize, u64) {
+        (self.cache.len(), self.cache.weight())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(n: u8) -> Option<StoredSession> {
+        Some(StoredSession {
+            data: vec![n; 100],
+            due_at: None,
+        })
+    }
+
+    #[test]
+    fn a_commit_is_kept_unless_something_else_changed_the_conversation_meanwhile() {
+        let s = Sessions::new(1 << 20).unwrap();
+        assert_eq!(s.get(1, "c"), None);
+        let e = s.epoch();
+        s.keep(e, 1, "c", session(1));
+        assert_eq!(s.get(1, "c"), Some(session(1)));
+        assert_eq!(s.get(2, "c"), None, "per bot");
+        // Ended: known to have none.
+        s.keep(s.epoch(), 1, "c", None);
+        assert_eq!(s.get(1, "c"), Some(None));
+
+        // An erasure between a commit's start and its end: not kept.
+        let e = s.epoch();
+        s.invalidate(1, "c");
+        s.keep(e, 1, "c", session(2));
+        assert_eq!(s.get(1, "c"), None);
+        // Nor after a sweep, which forgets its bot's only.
+        let e = s.epoch();
+        s.keep(e, 1, "d", session(3));
+        s.keep(e, 2, "d", session(4));
+        s.bump();
+        s.keep(e, 1, "e", session(5));
+        assert_eq!(s.get(1, "e"), None, "a commit in flight at the sweep");
+        s.clear_bot(1);
+        assert_eq!(s.get(1, "d"), None);
+        assert_eq!(s.get(2, "d"), Some(session(4)));
+        s.keep(e, 1, "d", session(3));
+        assert_eq!(s.get(1, "d"), None);
+        s.clear();
+        assert_eq!(s.get(2, "d"), None);
+    }
+
+    #[test]
+    fn it_keeps_to_its_bytes() {
+        assert!(Sessions::new(0).is_none());
+        let s = Sessions::new(64 * 1024).unwrap();
+        for i in 0..10_000 {
+            s.keep(s.epoch(), 1, &format!("conversation-{i}"), session(1));
+        }
+        let (entries, bytes) = s.held();
+        assert!(bytes <= 64 * 1024, "{bytes}");
+        assert!(entries > 100, "{entries}");
+    }
+}
