@@ -222,15 +222,22 @@ fn the_check_refuses_what_run_would_refuse_without_showing_secrets() {
 
 #[test]
 fn running_without_a_webhook_secret_says_how_to_set_it() {
-    let (code, _, err) = flowbot(
-        &["run"],
-        &[
-            ("FLOWBOT_FLOW", "flows/order_form.yaml"),
-            ("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0"),
-        ],
-    );
-    assert_eq!(code, 2);
+    let dir = crate::runtime::temp_dir("config-no-secret");
+    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/flows/order_form.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_flowbot"))
+        .arg("run")
+        .current_dir(&dir)
+        .env_remove("FLOWBOT_SERVER__WEBHOOK_SECRET")
+        .env("FLOWBOT_FLOW", flow)
+        .env("FLOWBOT_SERVER__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("FLOWBOT_SERVER__WEBHOOK_SECRET"), "{err}");
+    // Refused before anything was made: no database in the folder.
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 const TWO_BOTS: &str = r#"

@@ -315,6 +315,9 @@ impl Host {
         let run = applied.state == BotState::Active;
         let key = spec.key.clone();
         let name = spec.name.clone();
+        // A configuration that cannot run leaves nothing behind (no store
+        // file made for it).
+        super::check_spec(&self.config, &spec)?;
         let shared = self.stores.lock().await.file_of(&spec).await?;
         let store = shared.bot(&key).await?;
         let mut metrics = self.set.bot(&BotLabel::new(name.as_deref()));
