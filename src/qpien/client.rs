@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -51,6 +51,8 @@ pub struct QpienClient {
 struct Inner {
     http: reqwest::Client,
     config: QpienConfig,
+    /// `config.endpoint`, parsed once.
+    endpoint: reqwest::Url,
     documents: Documents,
     token: Mutex<Option<Token>>,
     token_error: std::sync::Mutex<Option<String>>,
@@ -106,6 +108,19 @@ pub struct Sent {
     pub id: Option<String>,
     /// The idempotency key it was sent with.
     pub front_msg_id: String,
+}
+
+/// A GraphQL request body, written in one pass.
+#[derive(Serialize)]
+struct GraphqlRequest<'a, V> {
+    query: &'a str,
+    variables: &'a V,
+}
+
+/// `{"input": ...}`, the variables of a mutation.
+#[derive(Serialize)]
+struct Input<'a, T> {
+    input: &'a T,
 }
 
 #[derive(Deserialize)]
@@ -195,12 +210,12 @@ impl QpienClient {
         config: QpienConfig,
         http: reqwest::Client,
     ) -> Result<Self, QpienError> {
-        if reqwest::Url::parse(&config.endpoint).is_err() {
+        let Ok(endpoint) = reqwest::Url::parse(&config.endpoint) else {
             return Err(QpienError::Config(format!(
                 "endpoint `{}` is not a URL",
                 config.endpoint
             )));
-        }
+        };
         let documents = match &config.documents_dir {
             Some(dir) => Documents::with_overrides(dir, config.dialect)?,
             None => Documents::embedded(config.dialect),
@@ -211,6 +226,7 @@ impl QpienClient {
                 intake: Intake::new(&config),
                 http,
                 config,
+                endpoint,
                 documents,
                 token: Mutex::new(None),
                 token_error: std::sync::Mutex::new(None),
@@ -255,11 +271,12 @@ impl QpienClient {
         self.token().await.map(drop)
     }
 
-    /// Runs `op` with `variables` and reads its result as `T`.
-    pub async fn execute<T: DeserializeOwned>(
+    /// Runs `op` with `variables` (any serializable value: a typed struct is
+    /// written straight into the request body) and reads its result as `T`.
+    pub async fn execute<T: DeserializeOwned, V: Serialize + Sync>(
         &self,
         op: Operation,
-        variables: Value,
+        variables: V,
     ) -> Result<T, QpienError> {
         let value = match self.execute_value(op, &variables).await {
             Ok(v) => v,
@@ -280,7 +297,11 @@ impl QpienClient {
     }
 
     /// Runs `op`, renewing a refused token once.
-    async fn execute_value(&self, op: Operation, variables: &Value) -> Result<Value, Failure> {
+    async fn execute_value<V: Serialize + Sync>(
+        &self,
+        op: Operation,
+        variables: &V,
+    ) -> Result<Value, Failure> {
         let mut renewed = false;
         loop {
             let token = self.token().await.map_err(Failure::Error)?;
@@ -424,10 +445,10 @@ impl QpienClient {
     }
 
     /// One call with retries of transient failures.
-    async fn call(
+    async fn call<V: Serialize + Sync>(
         &self,
         op: Operation,
-        variables: &Value,
+        variables: &V,
         token: Option<&str>,
     ) -> Result<Value, Failure> {
         let mut delays = self.inner.config.retry.backoff().delays();
@@ -461,20 +482,29 @@ impl QpienClient {
     }
 
     /// One HTTP request.
-    async fn attempt(
+    async fn attempt<V: Serialize + Sync>(
         &self,
         op: Operation,
-        variables: &Value,
+        variables: &V,
         token: Option<&str>,
     ) -> Result<Value, Failure> {
         let inner = &self.inner;
-        let body = json!({"query": inner.documents.get(op), "variables": variables});
+        let body = serde_json::to_vec(&GraphqlRequest {
+            query: inner.documents.get(op),
+            variables,
+        })
+        .map_err(|e| {
+            Failure::Error(QpienError::Decode {
+                operation: op.name(),
+                message: format!("cannot write the request: {e}"),
+            })
+        })?;
         let mut request = inner
             .http
-            .post(&inner.config.endpoint)
+            .post(inner.endpoint.clone())
             .timeout(inner.config.request_timeout)
             .header(CONTENT_TYPE, "application/json")
-            .body(body.to_string());
+            .body(body);
         if let Some(token) = token {
             let value = match inner.config.auth() {
                 AuthScheme::Bearer => format!("Bearer {token}"),
@@ -584,7 +614,12 @@ impl QpienClient {
 
     async fn send_unordered(&self, message: &OutboundMessage) -> Result<Sent, QpienError> {
         let created: Option<CreatedMessage> = self
-            .execute(message.operation, json!({"input": message.input}))
+            .execute(
+                message.operation,
+                Input {
+                    input: &message.input,
+                },
+            )
             .await?;
         Ok(Sent {
             id: created.and_then(|c| c.id),

@@ -108,19 +108,35 @@ impl Handoff {
     }
 }
 
+/// A turn waiting in its conversation's lane: the inbox item, and its event
+/// as the webhook or the poller read it when it comes straight from there
+/// (the body is parsed once); an item read back from the store has none and
+/// its payload is decoded.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) item: InboxItem,
+    pub(crate) event: Option<Event>,
+}
+
+impl From<InboxItem> for Queued {
+    fn from(item: InboxItem) -> Queued {
+        Queued { item, event: None }
+    }
+}
+
 #[async_trait]
 impl Worker for Dispatcher {
-    type Item = InboxItem;
+    type Item = Queued;
 
-    fn key(item: &InboxItem) -> (&str, u64) {
-        (&item.conversation, item.seq)
+    fn key(queued: &Queued) -> (&str, u64) {
+        (&queued.item.conversation, queued.item.seq)
     }
 
-    async fn run(&self, conversation: &str, item: InboxItem) -> bool {
+    async fn run(&self, conversation: &str, queued: Queued) -> bool {
         let name = self.log.name(conversation).await;
-        let key = self.log.key(&item.key, conversation, &name);
+        let key = self.log.key(&queued.item.key, conversation, &name);
         let span = tracing::info_span!("turn", conversation = %name, %key);
-        self.turn(item).instrument(span).await;
+        self.turn(queued).instrument(span).await;
         true
     }
 }
@@ -180,10 +196,15 @@ impl Dispatcher {
         bot: &Bot,
         conversation: &str,
         stored: Option<Stored>,
-        payload: &[u8],
+        item: &InboxItem,
+        event: Option<&Event>,
     ) -> (Turn, Option<&'static str>) {
         let now = self.clock.now();
-        match payload::decode::<Event>(payload) {
+        let decoded = match event {
+            Some(event) => Ok(std::borrow::Cow::Borrowed(event)),
+            None => payload::decode::<Event>(&item.payload).map(std::borrow::Cow::Owned),
+        };
+        match decoded {
             Ok(event) => {
                 let (checked, stored) = self
                     .check_handoff(bot, conversation, stored, &event, now)
@@ -192,7 +213,7 @@ impl Dispatcher {
                 match checked {
                     Some(release) => (release.then(turn), Some("checked")),
                     None => {
-                        let by = turn.released.then_some(match event {
+                        let by = turn.released.then_some(match *event {
                             Event::Release => "manual",
                             Event::HandoffFailed => "handoff_failed",
                             Event::AgentLeft => "agent_left",
@@ -287,7 +308,8 @@ impl Dispatcher {
     /// One turn. A resumed item counts an attempt first; a turn that panics
     /// counts one and runs again. Past `max_attempts` the item is set aside
     /// (a dead letter) and the conversation goes on with its next message.
-    async fn turn(&self, item: InboxItem) {
+    async fn turn(&self, queued: Queued) {
+        let Queued { item, event } = queued;
         let started = Instant::now();
         let conversation = item.conversation.as_str();
         let fence = self.claims.fence(conversation);
@@ -366,7 +388,7 @@ impl Dispatcher {
                 .then(|| self.metrics.classify.caller());
             let run = std::panic::AssertUnwindSafe(crate::nlu::for_caller(
                 caller,
-                self.step(&bot, conversation, stored, &item.payload),
+                self.step(&bot, conversation, stored, &item, event.as_ref()),
             ));
             match futures_util::FutureExt::catch_unwind(run).await {
                 Ok(turn) => break (turn, before),

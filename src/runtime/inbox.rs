@@ -125,7 +125,7 @@ impl Inbox {
                 // its sweep finds the message (see `route.rs`). A paused
                 // bot's waits for it to be resumed.
                 if let Some(runner) = self.runner() {
-                    if let Err(e) = runner.route(item).await {
+                    if let Err(e) = runner.route(item, Some(ingested.event)).await {
                         tracing::warn!(error = %e, "an accepted message waits for the next sweep");
                     }
                 }
@@ -191,7 +191,10 @@ impl Inbox {
         // Within a conversation the suspect is the oldest item: the order
         // below keeps each conversation's items in arrival order.
         pending.sort_by_key(|i| (i.attempts == 0, i.attempts, i.seq));
-        turns.resume(pending, "unfinished turns");
+        turns.resume(
+            pending.into_iter().map(Into::into).collect(),
+            "unfinished turns",
+        );
         Ok(())
     }
 }

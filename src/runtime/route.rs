@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::claims::Claims;
-use super::dispatch::Dispatcher;
+use super::dispatch::{Dispatcher, Queued};
 use super::lanes::Lanes;
 use super::outbox::Outbox;
 use super::Stop;
+use crate::message::Event;
 use crate::store::{InboxItem, StoreError};
 
 /// What runs a conversation's work here: the claims, the turns' lanes and the
@@ -27,9 +28,14 @@ pub(crate) struct Runner {
 impl Runner {
     /// A message was just accepted: run it here if this instance holds (or can
     /// claim) its conversation, else wake the instance that does.
-    pub(crate) async fn route(&self, item: InboxItem) -> Result<(), StoreError> {
+    /// `event` is the item's event as read on arrival, if it was.
+    pub(crate) async fn route(
+        &self,
+        item: InboxItem,
+        event: Option<Event>,
+    ) -> Result<(), StoreError> {
         if !self.claims.shared() {
-            self.turns.queue(item);
+            self.turns.queue(Queued { item, event });
             return Ok(());
         }
         let conversation = item.conversation.clone();
@@ -44,15 +50,15 @@ impl Runner {
                 for mut older in self.claims.store.pending_of(&conversation).await? {
                     if older.seq < item.seq {
                         older.resumed = true;
-                        self.turns.queue(older);
+                        self.turns.queue(older.into());
                     }
                 }
-                self.turns.queue(item);
+                self.turns.queue(Queued { item, event });
             }
             Some((true, _pinned)) => {
                 // Its leftovers first, before any turn of it can run here.
                 self.adopt(&conversation, Some(item.seq)).await?;
-                self.turns.queue(item);
+                self.turns.queue(Queued { item, event });
             }
             None => self.claims.store.notify(&conversation).await?,
         }
@@ -80,7 +86,7 @@ impl Runner {
                 continue;
             }
             item.resumed = true;
-            self.turns.queue(item);
+            self.turns.queue(item.into());
         }
         Ok(())
     }
@@ -100,7 +106,7 @@ impl Runner {
                 // its turn runs (see `Dispatcher::turn`).
                 for mut item in self.claims.store.pending_of(conversation).await? {
                     item.resumed = true;
-                    self.turns.queue(item);
+                    self.turns.queue(item.into());
                 }
                 Ok(())
             }
