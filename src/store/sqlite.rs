@@ -1,11 +1,24 @@
 //! The SQLite store: one file, WAL mode, schema migrations, and group commit.
 //!
 //! One thread owns the connection. Requests queue up while it works; it takes
-//! all that are waiting (up to `max_batch`), runs each in its own savepoint of
-//! one transaction, commits once (one fsync for the batch), and only then
-//! answers them. So every caller still gets "durable when it returns", while a
-//! busy bot pays one commit per batch rather than per message. A failing
-//! request rolls back its savepoint alone.
+//! all that are waiting (up to `max_batch`), runs them in one transaction,
+//! commits once (one fsync for the batch), and only then answers them. So
+//! every caller still gets "durable when it returns", while a busy bot pays
+//! one commit per batch rather than per message. A batch in which a request
+//! failed runs again with each request in its own savepoint, so the failure
+//! is that request's alone.
+//!
+//! Why a thread of its own, even where the process has one core: turns run
+//! on the tokio workers, and writes made there would each commit alone (one
+//! fsync per turn with `durability = "full"`), where the thread gathers the
+//! turns of many conversations into one commit. What a second thread costs
+//! on one core is the hand-over: the first request wakes the writer, which
+//! preempts the worker and would commit that request nearly alone. So once
+//! its queue looks empty the writer yields once: the worker runs on until its
+//! turns all wait on the store, and their requests join the batch (on one
+//! core, about 25 turns a commit instead of 1.7, and a context switch every
+//! third turn instead of four a turn; see BENCHMARKS.md). With a core to
+//! spare the yield returns at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
