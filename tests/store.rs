@@ -961,6 +961,68 @@ async fn postgres_store_keeps_the_contract() {
     contract(&postgres_store(&url, "contract").await).await;
 }
 
+/// PostgreSQL's acceptance says, in the same request, which older messages of
+/// the conversation are still pending (an instance that runs them all skips
+/// reading them); a duplicate says nothing.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_acceptance_names_the_older_pending_messages() {
+    let Some(url) = postgres_url("postgres_acceptance_names_the_older_pending_messages") else {
+        return;
+    };
+    let store = postgres_store(&url, "older").await;
+    let first = |r: (Accepted, Option<Vec<u64>>)| match r {
+        (Accepted::New(item), older) => (item, older.expect("postgres tells")),
+        other => panic!("new: {other:?}"),
+    };
+    let (a, older) = first(
+        store
+            .accept_seeing_older(inbound("m1", "c1"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(older, Vec::<u64>::new());
+    let (b, older) = first(
+        store
+            .accept_seeing_older(inbound("m2", "c1"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(older, vec![a.seq]);
+    // Another conversation's are not named.
+    let (_, older) = first(
+        store
+            .accept_seeing_older(inbound("m3", "c2"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(older, Vec::<u64>::new());
+    store
+        .commit(TurnCommit {
+            inbox_seq: a.seq,
+            conversation: "c1".into(),
+            session: None,
+            outbox: Vec::new(),
+            fence: None,
+            at: 0,
+            events: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let (_, older) = first(
+        store
+            .accept_seeing_older(inbound("m4", "c1"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(older, vec![b.seq], "a committed message is not pending");
+    let duplicate = store
+        .accept_seeing_older(inbound("m2", "c1"))
+        .await
+        .unwrap();
+    assert_eq!(duplicate, (Accepted::Duplicate, None));
+}
+
 /// Instances started together on a fresh database migrate it once, without
 /// racing ("table inbox already exists").
 #[cfg(feature = "postgres")]

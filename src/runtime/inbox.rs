@@ -107,9 +107,9 @@ impl Inbox {
                 return self.overflow(ingested, waiting).await;
             }
         }
-        let accepted = self
+        let (accepted, older) = self
             .store
-            .accept(NewInbound {
+            .accept_seeing_older(NewInbound {
                 key: ingested.key,
                 conversation: ingested.conversation,
                 payload: payload::encode(&ingested.event),
@@ -125,7 +125,7 @@ impl Inbox {
                 // its sweep finds the message (see `route.rs`). A paused
                 // bot's waits for it to be resumed.
                 if let Some(runner) = self.runner() {
-                    if let Err(e) = runner.route(item, Some(ingested.event)).await {
+                    if let Err(e) = runner.route(item, Some(ingested.event), older).await {
                         tracing::warn!(error = %e, "an accepted message waits for the next sweep");
                     }
                 }

@@ -229,6 +229,15 @@ impl<W: Worker> Lanes<W> {
         }
     }
 
+    /// Whether the item of `key` numbered `order` is queued here or was the
+    /// last taken from its lane (in progress, or run while the lane held
+    /// more).
+    pub(crate) fn knows(&self, key: &str, order: u64) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|l| l.taken == Some(order) || l.items.contains_key(&order))
+    }
+
     /// Whether `key` has items queued or in progress.
     pub(crate) fn has(&self, key: &str) -> bool {
         self.lock().contains_key(key)
@@ -301,6 +310,23 @@ mod tests {
         lanes.drained().await;
         let log = lanes.worker().0.lock().unwrap().clone();
         assert_eq!(log, [("a".into(), 1), ("a".into(), 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_lane_knows_its_queued_and_running_items_only() {
+        let lanes = Lanes::new(Log(Mutex::new(Vec::new())), Gauge::default());
+        lanes.queue(("a".into(), 1));
+        lanes.queue(("a".into(), 2));
+        assert!(lanes.knows("a", 1) && lanes.knows("a", 2));
+        assert!(!lanes.knows("a", 3) && !lanes.knows("b", 1));
+        // The worker takes 1 and yields inside: running, still known.
+        tokio::task::yield_now().await;
+        assert!(lanes.knows("a", 1), "the running item");
+        lanes.drained().await;
+        assert!(
+            !lanes.knows("a", 1) && !lanes.knows("a", 2),
+            "a lane run dry"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,11 +28,14 @@ pub(crate) struct Runner {
 impl Runner {
     /// A message was just accepted: run it here if this instance holds (or can
     /// claim) its conversation, else wake the instance that does.
-    /// `event` is the item's event as read on arrival, if it was.
+    /// `event` is the item's event as read on arrival, if it was; `older`,
+    /// the order numbers of the conversation's older pending items, if the
+    /// acceptance told them (see [`crate::store::StateStore::accept_seeing_older`]).
     pub(crate) async fn route(
         &self,
         item: InboxItem,
         event: Option<Event>,
+        older: Option<Vec<u64>>,
     ) -> Result<(), StoreError> {
         if !self.claims.shared() {
             self.turns.queue(Queued { item, event });
@@ -46,11 +49,20 @@ impl Runner {
                 // is asynchronous): arrival order is the store's order, so
                 // the older pending messages are read and queued first. Any
                 // already run here is found committed when its turn comes
-                // (see `Dispatcher::turn`).
-                for mut older in self.claims.store.pending_of(&conversation).await? {
-                    if older.seq < item.seq {
-                        older.resumed = true;
-                        self.turns.queue(older.into());
+                // (see `Dispatcher::turn`). When the acceptance told which
+                // are pending and this instance has them all, in its lane or
+                // running, there is nothing to read: the one store request
+                // of the acceptance was all.
+                let all_here = older.is_some_and(|seqs| {
+                    seqs.iter()
+                        .all(|&seq| seq >= item.seq || self.turns.knows(&conversation, seq))
+                });
+                if !all_here {
+                    for mut older in self.claims.store.pending_of(&conversation).await? {
+                        if older.seq < item.seq {
+                            older.resumed = true;
+                            self.turns.queue(older.into());
+                        }
                     }
                 }
                 self.turns.queue(Queued { item, event });

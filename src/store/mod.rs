@@ -509,6 +509,18 @@ pub trait StateStore: Send + Sync + 'static {
     async fn pending_of(&self, _conversation: &str) -> Result<Vec<InboxItem>, StoreError> {
         Ok(Vec::new())
     }
+    /// [`accept`](Self::accept), and for a new item the order numbers of
+    /// its conversation's older items not yet committed, when the store can
+    /// tell in the same request (`None`: it cannot; ask
+    /// [`pending_of`](Self::pending_of)). A shared store's instance that
+    /// already runs the conversation reads those items only when one of them
+    /// is not among its own.
+    async fn accept_seeing_older(
+        &self,
+        item: NewInbound,
+    ) -> Result<(Accepted, Option<Vec<u64>>), StoreError> {
+        Ok((self.accept(item).await?, None))
+    }
 
     /// Wakes the process that holds `conversation`: it has new work.
     async fn notify(&self, _conversation: &str) -> Result<(), StoreError> {

@@ -573,13 +573,26 @@ impl super::BotRegistry for PostgresStore {
 #[async_trait]
 impl StateStore for PostgresStore {
     async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError> {
+        self.accept_seeing_older(item).await.map(|(a, _)| a)
+    }
+
+    async fn accept_seeing_older(
+        &self,
+        item: NewInbound,
+    ) -> Result<(Accepted, Option<Vec<u64>>), StoreError> {
         let client = self.client().await?;
+        // The subquery reads the statement's snapshot, from before the
+        // insert: the conversation's older items still pending.
         let row = client
             .query_opt(
                 &client
                     .prepare_cached(
-                        "INSERT INTO inbox (bot, key, conversation, payload, received_at)
-                 VALUES ($5, $1, $2, $3, $4) ON CONFLICT (bot, key) DO NOTHING RETURNING seq",
+                        "WITH new AS (
+                     INSERT INTO inbox (bot, key, conversation, payload, received_at)
+                     VALUES ($5, $1, $2, $3, $4) ON CONFLICT (bot, key) DO NOTHING RETURNING seq)
+                 SELECT new.seq, ARRAY(SELECT seq FROM inbox
+                     WHERE bot = $5 AND NOT done AND conversation = $2 ORDER BY seq)
+                 FROM new",
                     )
                     .await
                     .map_err(pg)?,
@@ -594,16 +607,21 @@ impl StateStore for PostgresStore {
             .await
             .map_err(pg)?;
         Ok(match row {
-            None => Accepted::Duplicate,
-            Some(r) => Accepted::New(InboxItem {
-                seq: r.get::<_, i64>(0) as u64,
-                key: item.key,
-                conversation: item.conversation,
-                payload: item.payload,
-                received_at: item.received_at,
-                attempts: 0,
-                resumed: false,
-            }),
+            None => (Accepted::Duplicate, None),
+            Some(r) => {
+                let older: Vec<i64> = r.get(1);
+                let item = InboxItem {
+                    seq: r.get::<_, i64>(0) as u64,
+                    key: item.key,
+                    conversation: item.conversation,
+                    payload: item.payload,
+                    received_at: item.received_at,
+                    attempts: 0,
+                    resumed: false,
+                };
+                let older = older.into_iter().map(|s| s as u64).collect();
+                (Accepted::New(item), Some(older))
+            }
         })
     }
 
