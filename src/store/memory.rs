@@ -50,15 +50,7 @@ impl StateStore for MemoryStore {
             return Ok(Accepted::Duplicate);
         }
         s.next_seq += 1;
-        let stored = InboxItem {
-            seq: s.next_seq,
-            key: item.key,
-            conversation: item.conversation,
-            payload: item.payload,
-            received_at: item.received_at,
-            attempts: 0,
-            resumed: false,
-        };
+        let stored = item.accepted(s.next_seq);
         s.inbox.insert(stored.seq, stored.clone());
         Ok(Accepted::New(stored))
     }

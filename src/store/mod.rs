@@ -63,6 +63,21 @@ pub struct NewInbound {
     pub received_at: Millis,
 }
 
+impl NewInbound {
+    /// The item as just accepted, numbered `seq`: never run, not resumed.
+    pub(crate) fn accepted(self, seq: u64) -> InboxItem {
+        InboxItem {
+            seq,
+            key: self.key,
+            conversation: self.conversation,
+            payload: self.payload,
+            received_at: self.received_at,
+            attempts: 0,
+            resumed: false,
+        }
+    }
+}
+
 /// An accepted inbound item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxItem {

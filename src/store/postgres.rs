@@ -610,15 +610,7 @@ impl StateStore for PostgresStore {
             None => (Accepted::Duplicate, None),
             Some(r) => {
                 let older: Vec<i64> = r.get(1);
-                let item = InboxItem {
-                    seq: r.get::<_, i64>(0) as u64,
-                    key: item.key,
-                    conversation: item.conversation,
-                    payload: item.payload,
-                    received_at: item.received_at,
-                    attempts: 0,
-                    resumed: false,
-                };
+                let item = item.accepted(r.get::<_, i64>(0) as u64);
                 let older = older.into_iter().map(|s| s as u64).collect();
                 (Accepted::New(item), Some(older))
             }
