@@ -15,6 +15,10 @@
 //! without the conversation event log, or without the sessions kept in memory,
 //! to measure what each costs or saves). Without `taskset` on the machine, the servers run
 //! unpinned and it says so.
+//!
+//! Besides turns a second, it prints each server's CPU time a turn (its
+//! threads' user and system time from `/proc`): on a machine whose speed
+//! drifts from run to run, the ratio of the two moves less than the rates.
 
 #![allow(missing_docs)]
 
@@ -113,6 +117,26 @@ fn spawn(role: &[String]) -> (std::process::Child, String, bool) {
     (child, addr.trim().to_owned(), pinned)
 }
 
+/// The CPU time a process has used so far (its threads' user and system
+/// time, from `/proc`), where the system tells it.
+fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command's name (which may hold spaces), from 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux counts in clock ticks of 1/100 s (USER_HZ) on every platform it
+    // runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Microseconds of `pid`'s CPU per turn between two readings.
+fn per_turn(before: Option<Duration>, after: Option<Duration>, turns: usize) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => format!("{:.0} µs", (a - b).as_secs_f64() * 1e6 / turns as f64),
+        _ => "unknown (no /proc)".into(),
+    }
+}
+
 /// Runs the support script on `conversations`, `concurrency` at a time;
 /// the time until every delivery was acknowledged.
 async fn load(url: &str, conversations: usize, concurrency: usize, tag: &str) -> Duration {
@@ -164,7 +188,9 @@ fn main() {
         let (mut bare, addr, pinned) = spawn(&["--serve-bare".into()]);
         let url = format!("http://{addr}/webhook");
         load(&url, 50, concurrency, "w").await;
+        let cpu = cpu_of(bare.id());
         let took = load(&url, conversations, concurrency, "c").await;
+        let bare_cpu = per_turn(cpu, cpu_of(bare.id()), turns);
         let ceiling = turns as f64 / took.as_secs_f64();
         bare.kill().ok();
         bare.wait().ok();
@@ -188,6 +214,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let base = created.load(Ordering::Relaxed);
+        let cpu = cpu_of(bot.id());
         let started = Instant::now();
         load(&url, conversations, concurrency, "c").await;
         // The support script folds to 11 createMessage calls per conversation.
@@ -200,6 +227,7 @@ fn main() {
             "every reply reached the stand-in"
         );
         let bot_rate = turns as f64 / started.elapsed().as_secs_f64();
+        let bot_cpu = per_turn(cpu, cpu_of(bot.id()), turns);
         // Its stdin closed, the bot shuts down.
         drop(bot.stdin.take());
         let _ = tokio::task::spawn_blocking(move || bot.wait()).await;
@@ -210,8 +238,8 @@ fn main() {
             if no_log { "off" } else { "on" },
             if no_cache { "off" } else { "on" }
         );
-        println!("bare axum handler (signature, 200): {ceiling:.0} turns/s");
-        println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s");
+        println!("bare axum handler (signature, 200): {ceiling:.0} turns/s, {bare_cpu} of CPU a turn");
+        println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn");
         println!("flowbot's share of the ceiling: {:.0}%", 100.0 * bot_rate / ceiling);
     });
 }

@@ -53,7 +53,9 @@ async fn contract(store: &dyn StateStore) {
         store.accept(inbound("m1", "c1")).await.unwrap(),
         Accepted::Duplicate
     );
-    let Accepted::New(b) = store.accept(inbound("m2", "c2")).await.unwrap() else {
+    // A second message of the same conversation (a commit names its
+    // message's own conversation).
+    let Accepted::New(b) = store.accept(inbound("m2", "c1")).await.unwrap() else {
         panic!("new")
     };
     assert!(b.seq > a.seq);
@@ -68,8 +70,8 @@ async fn contract(store: &dyn StateStore) {
         store.pending(10).await.unwrap(),
         vec![resumed(&a, 0), resumed(&b, 0)]
     );
-    assert_eq!(store.attempt(b.seq).await.unwrap(), 1);
-    assert_eq!(store.attempt(b.seq).await.unwrap(), 2);
+    assert_eq!(store.attempt(b.seq, "c1").await.unwrap(), 1);
+    assert_eq!(store.attempt(b.seq, "c1").await.unwrap(), 2);
     let b = resumed(&b, 2);
 
     // A turn commits everything at once.
@@ -90,7 +92,7 @@ async fn contract(store: &dyn StateStore) {
         .unwrap();
     assert_eq!(store.pending(10).await.unwrap(), vec![b.clone()]);
     // An item already done counts nothing.
-    assert_eq!(store.attempt(a.seq).await.unwrap(), 0);
+    assert_eq!(store.attempt(a.seq, "c1").await.unwrap(), 0);
     assert_eq!(
         store.session("c1").await.unwrap(),
         Some(StoredSession {

@@ -232,8 +232,10 @@ impl Dispatcher {
 
     /// Counts a run of `item` in the store (`None` at shutdown).
     async fn count_attempt(&self, item: &InboxItem) -> Option<u32> {
-        self.persist("count a turn's attempt", || self.store.attempt(item.seq))
-            .await
+        self.persist("count a turn's attempt", || {
+            self.store.attempt(item.seq, &item.conversation)
+        })
+        .await
     }
 
     /// Sets a poison message aside: a dead letter (the event and why), the

@@ -68,7 +68,7 @@ impl StateStore for MemoryStore {
             .collect())
     }
 
-    async fn attempt(&self, seq: u64) -> Result<u32, StoreError> {
+    async fn attempt(&self, seq: u64, _conversation: &str) -> Result<u32, StoreError> {
         let mut s = self.inner();
         Ok(s.inbox.get_mut(&seq).map_or(0, |i| {
             i.attempts += 1;

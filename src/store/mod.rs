@@ -467,7 +467,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// Counts one more run of an inbox item, durably, before it runs; returns
     /// the count. A message whose turn aborts the process is resumed at every
     /// start: the count is how such a poison message is found and set aside.
-    async fn attempt(&self, seq: u64) -> Result<u32, StoreError>;
+    /// `conversation` is the item's (a store may use it to find the row).
+    async fn attempt(&self, seq: u64, conversation: &str) -> Result<u32, StoreError>;
     /// Whether the store answers and can write (a full disk shows here).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Keeps a delivery that could not be used (its `id` is ignored); the

@@ -1583,7 +1583,7 @@ impl StateStore for SqliteStore {
             .map(drop)
     }
 
-    async fn attempt(&self, seq: u64) -> Result<u32, StoreError> {
+    async fn attempt(&self, seq: u64, _conversation: &str) -> Result<u32, StoreError> {
         match self.run(Op::Attempt(seq)).await? {
             Reply::Count(n) => Ok(n),
             _ => Err(unexpected()),
