@@ -954,6 +954,67 @@ async fn postgres_admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Delivered marks made at once go out together (a statement for many), and
+/// each takes out its own bot's reply only.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_delivered_marks_made_at_once_each_take_out_their_own_reply() {
+    let Some(url) = postgres_url("postgres_delivered_marks") else {
+        return;
+    };
+    let db = postgres_store(&url, "marks").await;
+    let (a, b) = (
+        db.bot("acme").await.unwrap(),
+        db.bot("globex").await.unwrap(),
+    );
+    let mut queued = Vec::new();
+    for (store, key) in [(&a, "ma"), (&b, "mb")] {
+        // (A shared store gives the work of claimed conversations only.)
+        assert!(store
+            .claim("c1", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_some());
+        let Accepted::New(item) = store.accept(inbound(key, "c1")).await.unwrap() else {
+            panic!("new")
+        };
+        let ids = store
+            .commit(TurnCommit {
+                inbox_seq: item.seq,
+                conversation: "c1".into(),
+                session: None,
+                outbox: (0..60).map(|i| format!("r{i}").into_bytes()).collect(),
+                fence: None,
+                at: 0,
+                events: Vec::new(),
+            })
+            .await
+            .unwrap();
+        queued.push(ids);
+    }
+    // A mark made with the wrong bot's handle takes nothing out.
+    a.delivered(queued[1][0]).await.unwrap();
+    assert_eq!(b.outbox(0, 100).await.unwrap().len(), 60);
+    // All but the last reply of each bot, at once.
+    let marks = queued[0][..59]
+        .iter()
+        .map(|id| (&a, *id))
+        .chain(queued[1][..59].iter().map(|id| (&b, *id)));
+    futures_util::future::try_join_all(marks.map(|(store, id)| store.delivered(id)))
+        .await
+        .unwrap();
+    for (store, ids) in [(&a, &queued[0]), (&b, &queued[1])] {
+        let left: Vec<u64> = store
+            .outbox(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(left, [ids[59]]);
+    }
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres_store_keeps_the_contract() {

@@ -217,6 +217,72 @@ struct Db {
     /// Where each bot's notifications go, and whether the one listening
     /// connection runs.
     listeners: std::sync::Mutex<(HashMap<i32, UnboundedSender<String>>, bool)>,
+    /// Delivered marks waiting to go out together (see `delivered`).
+    marks: std::sync::Mutex<Marks>,
+}
+
+/// Replies marked delivered, waiting for the next statement that deletes
+/// them, and who waits for it.
+#[derive(Default)]
+struct Marks {
+    waiting: Vec<Mark>,
+    /// Whether a task is deleting marks now (it takes the waiting ones next).
+    flushing: bool,
+}
+
+/// A reply marked delivered: its bot, its id, and who waits for the
+/// statement that deletes it.
+type Mark = (
+    i32,
+    i64,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
+/// The most delivered marks one statement deletes.
+const MARKS_AT_ONCE: usize = 1000;
+
+impl Db {
+    /// Deletes the waiting delivered marks, a statement per bot and round,
+    /// until none is left; tells each waiter how its round went.
+    async fn flush_marks(self: Arc<Self>) {
+        loop {
+            let round: Vec<_> = {
+                let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+                if marks.waiting.is_empty() {
+                    marks.flushing = false;
+                    return;
+                }
+                let n = marks.waiting.len().min(MARKS_AT_ONCE);
+                marks.waiting.drain(..n).collect()
+            };
+            let mut bots: Vec<i32> = round.iter().map(|(bot, _, _)| *bot).collect();
+            bots.sort_unstable();
+            bots.dedup();
+            let result = async {
+                let client = self.pool.get().await.map_err(pool_error)?;
+                let statement = client
+                    .prepare_cached("DELETE FROM outbox WHERE bot = $1 AND id = ANY($2)")
+                    .await
+                    .map_err(pg)?;
+                for bot in bots {
+                    let ids: Vec<i64> = round
+                        .iter()
+                        .filter(|(b, _, _)| *b == bot)
+                        .map(|(_, id, _)| *id)
+                        .collect();
+                    client
+                        .execute(&statement, &[&bot, &ids])
+                        .await
+                        .map_err(pg)?;
+                }
+                Ok(())
+            }
+            .await;
+            for (_, _, told) in round {
+                let _ = told.send(result.clone());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -282,6 +348,7 @@ impl PostgresStore {
                 config,
                 leads: Default::default(),
                 listeners: Default::default(),
+                marks: Default::default(),
             }),
             bot: 0,
         };
@@ -1141,19 +1208,25 @@ impl StateStore for PostgresStore {
         Ok(rows.iter().map(outbox_item).collect())
     }
 
+    /// Group commit for delivered marks: a mark joins those waiting, and
+    /// one task deletes all that wait in one statement (each a transaction
+    /// and a flush of the server's log), then those that came meanwhile.
+    /// Under load a turn's reply no longer costs a transaction of its own;
+    /// alone, a mark goes out at once. It returns once its own statement
+    /// is committed, as before.
     async fn delivered(&self, outbox_id: u64) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                &client
-                    .prepare_cached("DELETE FROM outbox WHERE id = $1 AND bot = $2")
-                    .await
-                    .map_err(pg)?,
-                &[&id(outbox_id), &self.bot],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(())
+        let (told, result) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut marks = self.db.marks.lock().unwrap_or_else(|e| e.into_inner());
+            marks.waiting.push((self.bot, id(outbox_id), told));
+            !std::mem::replace(&mut marks.flushing, true)
+        };
+        if lead {
+            tokio::spawn(self.db.clone().flush_marks());
+        }
+        result.await.map_err(|_| {
+            StoreError("the store stopped before the reply was marked delivered".into())
+        })?
     }
 
     async fn due_timers(
