@@ -2,7 +2,11 @@
 //!
 //! The same contract as the other stores (accept once per key, durable on
 //! return; one transaction per turn), kept by PostgreSQL itself: a unique key
-//! for deduplication, a transaction for each commit. The tables live in their
+//! for deduplication, a transaction for each commit. A turn's commit is one
+//! statement (one round trip: the fencing check and every write, as
+//! data-modifying `WITH` clauses), and delivered marks made at the same time
+//! are deleted together (group commit): PostgreSQL's cost is per statement
+//! and per transaction, not per row (BENCHMARKS.md). The tables live in their
 //! own schema (`store.schema`, default `flowbot`), so several bots (or several
 //! test runs) can share a database.
 //!
