@@ -677,11 +677,7 @@ async fn bots_sharing_a_postgres_schema_see_only_their_own_rows_within_one_pool(
     let Some(url) = postgres_url("bots_sharing_a_postgres_schema") else {
         return;
     };
-    let db = postgres_store(&url, "bots").await;
-    let (a, b) = (
-        db.bot("acme").await.unwrap(),
-        db.bot("globex").await.unwrap(),
-    );
+    let (db, a, b) = postgres_two_bots(&url, "bots").await;
     two_bots(&a, &b).await;
     let due = db.due_timers_of_every_bot(10, 100).await.unwrap().unwrap();
     assert!(due.contains(&("acme".into(), "c1".into(), 1)), "{due:?}");
@@ -945,6 +941,18 @@ pub(crate) async fn postgres_store(url: &str, name: &str) -> PostgresStore {
     .unwrap()
 }
 
+/// A fresh schema (see [`postgres_store`]) and two bots on it, `acme` and
+/// `globex`.
+#[cfg(feature = "postgres")]
+async fn postgres_two_bots(url: &str, name: &str) -> (PostgresStore, PostgresStore, PostgresStore) {
+    let db = postgres_store(url, name).await;
+    let (a, b) = (
+        db.bot("acme").await.unwrap(),
+        db.bot("globex").await.unwrap(),
+    );
+    (db, a, b)
+}
+
 #[cfg(feature = "postgres")]
 async fn postgres_admin(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -962,11 +970,7 @@ async fn postgres_delivered_marks_made_at_once_each_take_out_their_own_reply() {
     let Some(url) = postgres_url("postgres_delivered_marks") else {
         return;
     };
-    let db = postgres_store(&url, "marks").await;
-    let (a, b) = (
-        db.bot("acme").await.unwrap(),
-        db.bot("globex").await.unwrap(),
-    );
+    let (_db, a, b) = postgres_two_bots(&url, "marks").await;
     let mut queued = Vec::new();
     for (store, key) in [(&a, "ma"), (&b, "mb")] {
         // (A shared store gives the work of claimed conversations only.)

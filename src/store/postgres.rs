@@ -771,7 +771,7 @@ impl StateStore for PostgresStore {
         // cannot move meanwhile), and, under a claim, unless this turn is
         // the one that marks the message done.
         //
-        // The message is found by its conversation as well as its key: a
+        // The message is found by its conversation as well as its number: a
         // connection's plan is made once, maybe while the table was empty,
         // and may go through `inbox_pending_conversation`; with the
         // conversation it is a point lookup whichever index it takes.
