@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::qpien::start_sim;
 use crate::runtime::{config, message, replies, temp_dir, wait_until, ECHO};
 
-const BLOCKING: &str = r#"
+pub(crate) const BLOCKING: &str = r#"
 version: 1
 intents:
   - { text: wait, goto: waiting }
@@ -29,7 +29,7 @@ states:
 "#;
 
 /// An action that returns only when the test adds a permit.
-fn blocking_registry(gate: Arc<Semaphore>) -> Registry {
+pub(crate) fn blocking_registry(gate: Arc<Semaphore>) -> Registry {
     struct Block(Arc<Semaphore>);
     #[flowbot::async_trait]
     impl flowbot::Action for Block {

@@ -390,3 +390,60 @@ async fn three_instances_share_one_request_budget() {
         "{used} requests of a budget of {budget} in 5 s"
     );
 }
+
+/// A claim taken over while its holder still has turns of it queued (as when
+/// the holder paused past its claim's time to live): the turn running is
+/// fenced, and those queued behind it are left to the claim's new holder,
+/// none committed without a token over what the holder writes. Here the
+/// other instance lets the claim lapse at once, so this one takes the
+/// conversation back and runs its messages again: each answered once, in
+/// the order its customer wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_queued_behind_a_lost_claim_are_left_to_its_new_holder() {
+    use crate::bots::{blocking_registry, BLOCKING};
+    let Some(url) = postgres_url("turns_queued_behind_a_lost_claim_are_left_to_its_new_holder")
+    else {
+        return;
+    };
+    let schema = fresh_schema(&url, "lost").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut h = Harness::with("pg-lost", BLOCKING, blocking_registry(gate.clone()), |c| {
+        c.store.backend = StoreBackend::Postgres;
+        c.store.url = Secret::new(url.clone());
+        c.store.schema = schema.clone();
+        c.runtime.claim_ttl = Duration::from_millis(600);
+    })
+    .await;
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    h.post(&message("m1", "c1", "wait")).await;
+    h.post(&message("m2", "c1", "one")).await;
+    h.post(&message("m3", "c1", "two")).await;
+    // The first turn waits in its action; the other two are queued here.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken = db
+        .execute(
+            &format!(
+                "UPDATE {schema}.claims SET owner = 'another', token = token + 1000, \
+                 expires_at = 0 WHERE conversation = 'c1'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, 1, "the conversation was claimed here");
+    // The waiting turn (and its run again, once the claim is back) go on.
+    gate.add_permits(10);
+    wait_until("three replies", Duration::from_secs(15), || {
+        h.replies("c1").len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.stop().await;
+    assert_eq!(
+        h.replies("c1"),
+        ["Done waiting.", "Slow echo: one", "Slow echo: two"]
+    );
+}

@@ -240,7 +240,7 @@ impl Dispatcher {
 
     /// Sets a poison message aside: a dead letter (the event and why), the
     /// inbox item done with the conversation as it was, logged and counted.
-    async fn set_aside(&self, item: &InboxItem, attempts: u32, why: &str) {
+    async fn set_aside(&self, item: &InboxItem, fence: Option<u64>, attempts: u32, why: &str) {
         let reason = format!("set aside after {attempts} attempts: {why}");
         tracing::error!(%reason, "a message is set aside; the conversation goes on");
         let letter = event_letter(
@@ -273,7 +273,7 @@ impl Dispatcher {
             conversation: item.conversation.clone(),
             session,
             outbox: Vec::new(),
-            fence: self.claims.fence(&item.conversation),
+            fence,
             at: self.clock.now(),
             events: Vec::new(),
         };
@@ -315,6 +315,18 @@ impl Dispatcher {
         let started = Instant::now();
         let conversation = item.conversation.as_str();
         let fence = self.claims.fence(conversation);
+        if fence.is_none() && self.claims.shared() {
+            // Queued while this instance held the conversation, and taken
+            // over by another since (a commit here was fenced, or a renewal
+            // found the claim gone). Run here, its commit would carry no
+            // token and could write over the holder's: it is left to the
+            // holder, woken to read it from the inbox.
+            tracing::info!("a turn of a conversation taken over is left to its new holder");
+            if let Err(e) = self.store.notify(conversation).await {
+                tracing::warn!(error = %e, "cannot wake the conversation's holder; its sweep finds the message");
+            }
+            return;
+        }
         let mut _alone = None;
         if item.resumed {
             let Some(n) = self.count_attempt(&item).await else {
@@ -328,6 +340,7 @@ impl Dispatcher {
                 return self
                     .set_aside(
                         &item,
+                        fence,
                         n,
                         "its turn never finished (the process stopped during it)",
                     )
@@ -355,7 +368,7 @@ impl Dispatcher {
                     }
                     if n > self.max_attempts {
                         let why = format!("its bot's flow does not compile: {e}");
-                        return self.set_aside(&item, n, &why).await;
+                        return self.set_aside(&item, fence, n, &why).await;
                     }
                     if !self.stop.pause(Duration::from_secs(1 << n.min(5))).await {
                         return;
@@ -402,7 +415,7 @@ impl Dispatcher {
                     };
                     if n > self.max_attempts {
                         return self
-                            .set_aside(&item, n, &format!("its turn panicked: {what}"))
+                            .set_aside(&item, fence, n, &format!("its turn panicked: {what}"))
                             .await;
                     }
                 }
