@@ -3,7 +3,9 @@
 //! machine's 2 cores: the load generator, the bot and the stand-in.
 //!
 //! Run: `cargo bench --bench e2e` (options: `-- --conversations N --concurrency C
-//! --rate R --normal --postgres`; `--postgres` uses `FLOWBOT_TEST_POSTGRES_URL`).
+//! --rate R --normal --postgres --no-session-cache`; `--postgres` uses
+//! `FLOWBOT_TEST_POSTGRES_URL`; `--no-session-cache`: every turn reads its
+//! session from the store).
 //! 1. Throughput: N conversations each run the support script (11 turns) as
 //!    fast as the bot acknowledges; turns/s counts until the last reply is out.
 //! 2. Acknowledgement latency at a fixed rate R turns/s (open loop): p50, p99.
@@ -61,6 +63,9 @@ fn main() {
             config.store.backend = flowbot::internals::config::StoreBackend::Postgres;
             config.store.url = Secret::new(url);
             config.store.schema = schema;
+        }
+        if std::env::args().any(|a| a == "--no-session-cache") {
+            config.store.session_cache_bytes = 0;
         }
         let running = flowbot::start(config, support_bot::registry())
             .await

@@ -403,8 +403,10 @@ pub struct StoreConfig {
     /// PostgreSQL: the most connections the process opens, whatever the
     /// number of bots (they share one pool; one more listens).
     pub max_connections: usize,
-    /// SQLite: the most bytes of sessions kept in memory in front of the
-    /// file, so that a conversation's next turn reads no row (0: none).
+    /// The most bytes of sessions kept in memory in front of the store, so
+    /// that a conversation's next turn reads no row (0: none). PostgreSQL
+    /// keeps each with the claim it was committed under, and gives it back
+    /// only to a turn under the same claim.
     pub session_cache_bytes: u64,
 }
 

@@ -251,7 +251,15 @@ async fn contract(store: &dyn StateStore) {
 
     // Retention: what is older than a time goes, a batch at a time; a dry
     // run counts. c2 and c3 were last changed at 0; c6 changed later stays,
-    // and so does c7, whose timer is still to come.
+    // and so does c7, whose timer is still to come. (A shared store keeps
+    // the session of a conversation held: c2's and c3's are given up.)
+    if store.shared() {
+        for c in ["c2", "c3"] {
+            let ttl = std::time::Duration::from_secs(60);
+            let token = store.claim(c, ttl).await.unwrap().unwrap();
+            store.unclaim(c, token).await.unwrap();
+        }
+    }
     for (key, conversation, at, due_at) in [("m6", "c6", 5_000, None), ("m7", "c7", 0, Some(9_000))]
     {
         let Accepted::New(item) = store.accept(inbound(key, conversation)).await.unwrap() else {
@@ -1322,4 +1330,107 @@ async fn a_bots_postgres_schema_from_before_moves_into_the_one_schema() {
         .batch_execute(&format!("DROP SCHEMA {old}_imported CASCADE"))
         .await
         .unwrap();
+}
+
+/// PostgreSQL keeps the session a turn committed under a claim, and gives it
+/// back to the conversation's next turn under the same claim without reading
+/// its row; a turn under another claim, an erasure, a refused commit and the
+/// retention sweep each go back to the row (and the sweep leaves a session
+/// whose conversation is held).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_turn_under_the_same_claim_reads_what_the_last_one_committed() {
+    let Some(url) = postgres_url("postgres_session_kept") else {
+        return;
+    };
+    let store = postgres_store(&url, "kept").await;
+    let schema = format!("test_{}_kept", std::process::id());
+    let admin = postgres_admin(&url).await;
+    // A change no instance makes: shows whether an answer came from the row.
+    let overwrite = |data: &'static str| {
+        let (admin, schema) = (&admin, &schema);
+        async move {
+            admin
+                .execute(
+                    &format!("UPDATE {schema}.sessions SET data = $1"),
+                    &[&data.as_bytes()],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let data = |s: Option<StoredSession>| s.map(|s| String::from_utf8(s.data).unwrap());
+    let commit = |store: &PostgresStore, key: &'static str, fence: u64, session: &'static str| {
+        let store = store.clone();
+        async move {
+            let Accepted::New(item) = store.accept(inbound(key, "c1")).await.unwrap() else {
+                panic!("new")
+            };
+            store
+                .commit(TurnCommit {
+                    inbox_seq: item.seq,
+                    conversation: "c1".into(),
+                    session: Some(StoredSession {
+                        data: session.as_bytes().to_vec(),
+                        due_at: None,
+                    }),
+                    outbox: Vec::new(),
+                    fence: Some(fence),
+                    at: 1,
+                    events: Vec::new(),
+                })
+                .await
+        }
+    };
+    let ttl = Duration::from_secs(60);
+    let t1 = store.claim("c1", ttl).await.unwrap().unwrap();
+    commit(&store, "m1", t1, "one").await.unwrap();
+    assert_eq!(overwrite("row").await, 1);
+    let read = |fence| store.session_for_turn("c1", fence);
+    assert_eq!(data(read(Some(t1)).await.unwrap()).as_deref(), Some("one"));
+    assert_eq!(
+        data(read(Some(t1 + 1)).await.unwrap()).as_deref(),
+        Some("row"),
+        "another claim"
+    );
+    assert_eq!(data(read(None).await.unwrap()).as_deref(), Some("row"));
+    assert_eq!(
+        data(store.session("c1").await.unwrap()).as_deref(),
+        Some("row")
+    );
+
+    // An erasure: nothing left, in memory either.
+    store.erase("c1", "hash", false).await.unwrap();
+    assert_eq!(read(Some(t1)).await.unwrap(), None);
+
+    // A commit refused (its claim changed hands): the row is read again.
+    let t2 = store.claim("c1", ttl).await.unwrap().unwrap();
+    commit(&store, "m2", t2, "two").await.unwrap();
+    assert_eq!(data(read(Some(t2)).await.unwrap()).as_deref(), Some("two"));
+    let refused = commit(&store, "m3", t2 + 100, "three").await.unwrap_err();
+    assert!(refused.is_fenced(), "{refused}");
+    overwrite("row").await;
+    assert_eq!(data(read(Some(t2)).await.unwrap()).as_deref(), Some("row"));
+
+    // The retention sweep leaves a held conversation's session; once the
+    // claim is given up, the session goes, in memory too.
+    commit(&store, "m4", t2, "four").await.unwrap();
+    let far = i64::MAX / 2;
+    assert_eq!(
+        store
+            .expire(Expiring::Sessions, far, 10, false)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(data(read(Some(t2)).await.unwrap()).as_deref(), Some("four"));
+    store.unclaim("c1", t2).await.unwrap();
+    assert_eq!(
+        store
+            .expire(Expiring::Sessions, far, 10, false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(read(Some(t2)).await.unwrap(), None);
 }

@@ -377,7 +377,9 @@ impl Dispatcher {
             }
         };
         let loaded = self
-            .persist("load a session", || self.store.session(conversation))
+            .persist("load a session", || {
+                self.store.session_for_turn(conversation, fence)
+            })
             .await;
         let Some(loaded) = loaded else { return };
         let Some(recorder) = self

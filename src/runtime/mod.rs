@@ -555,6 +555,7 @@ pub(crate) async fn postgres_store(
             url: store.url.expose().to_owned(),
             schema: store.schema.clone(),
             max_connections: store.max_connections,
+            session_cache_bytes: store.session_cache_bytes,
             ..Default::default()
         })
         .await?,

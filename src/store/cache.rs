@@ -1,16 +1,15 @@
-//! The sessions a process holds, kept in front of a store that only this
-//! process writes (SQLite: one process per file, see `sqlite.rs`).
+//! The sessions a process holds, kept in front of its store.
 //!
 //! A turn reads its conversation's session and then commits the next one;
 //! the next turn of the conversation reads back what the last commit wrote.
-//! Kept here, that read costs no trip to the store's thread. The cache is
-//! filled **only by commits** (never by a read, which could race a commit
-//! and keep the older session): a conversation's first turn after a start
-//! reads the store, and every later turn finds what its previous one
-//! committed. So it is exact after a restart (it starts empty) and holds
-//! the truth while the process runs, because every other change of a
-//! session (an erasure, the retention sweep, an import) goes through
-//! [`Sessions::invalidate`] or [`Sessions::clear`]:
+//! Kept here, that read costs no trip to the store. The cache is filled
+//! **only by commits** (never by a read, which could race a commit and keep
+//! the older session): a conversation's first turn after a start reads the
+//! store, and every later turn finds what its previous one committed. So it
+//! is exact after a restart (it starts empty) and holds the truth while the
+//! process runs, because every other change of a session (an erasure, the
+//! retention sweep, an import) goes through [`Sessions::invalidate`] or
+//! [`Sessions::clear`]:
 //!
 //! - A commit notes the [`Sessions::epoch`] before it is sent and keeps its
 //!   session only if no invalidation happened meanwhile ([`Sessions::keep`]),
@@ -18,6 +17,15 @@
 //!   it was committed is never kept.
 //! - A commit that failed forgets the conversation (the store may or may
 //!   not hold it).
+//!
+//! Each session is kept with a **tag**, and is given back only to a read
+//! with the same tag. SQLite (one process per file) tags them all 0. A
+//! shared store (PostgreSQL) tags each with the fencing token of the claim
+//! its commit ran under, and a turn reads under its own claim's token: a
+//! session kept here is the store's as long as that claim is unchanged,
+//! because another instance writes the conversation only under a claim of
+//! its own (a new token), and a turn that read a session kept under a token
+//! no longer current has its commit refused by the same token.
 //!
 //! Bounded in bytes (`store.session_cache_bytes`), least recently used out
 //! first (quick_cache's S3-FIFO, which also keeps a scan of one-off
@@ -53,17 +61,20 @@ impl Equivalent<Key> for Lookup<'_> {
 #[derive(Debug, Clone, Copy)]
 struct Bytes;
 
-impl Weighter<Key, Option<StoredSession>> for Bytes {
-    fn weight(&self, key: &Key, value: &Option<StoredSession>) -> u64 {
-        let data = value.as_ref().map_or(0, |s| s.data.len());
+/// A session kept (`None`: the conversation has none), with its tag.
+type Kept = (u64, Option<StoredSession>);
+
+impl Weighter<Key, Kept> for Bytes {
+    fn weight(&self, key: &Key, value: &Kept) -> u64 {
+        let data = value.1.as_ref().map_or(0, |s| s.data.len());
         (key.conversation.len() + data) as u64 + ENTRY_OVERHEAD
     }
 }
 
-/// The sessions last committed by this process, per bot and conversation
-/// (`None`: the conversation has none).
+/// The sessions last committed by this process, per bot and conversation,
+/// each with its tag.
 pub(crate) struct Sessions {
-    cache: Cache<Key, Option<StoredSession>, Bytes>,
+    cache: Cache<Key, Kept, Bytes>,
     /// Counts the invalidations; held while a commit's session is kept.
     epoch: std::sync::Mutex<u64>,
 }
@@ -95,10 +106,17 @@ impl Sessions {
         self.epoch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What this process last committed for the conversation (outer `None`:
-    /// not known here, ask the store).
-    pub(crate) fn get(&self, bot: i64, conversation: &str) -> Option<Option<StoredSession>> {
-        self.cache.get(&Lookup { bot, conversation })
+    /// What this process last committed for the conversation under `tag`
+    /// (outer `None`: not known here under that tag, ask the store).
+    pub(crate) fn get(
+        &self,
+        bot: i64,
+        conversation: &str,
+        tag: u64,
+    ) -> Option<Option<StoredSession>> {
+        self.cache
+            .get(&Lookup { bot, conversation })
+            .and_then(|(kept, session)| (kept == tag).then_some(session))
     }
 
     /// The epoch to give [`Sessions::keep`] for a commit about to be sent.
@@ -106,13 +124,15 @@ impl Sessions {
         *self.epoch_lock()
     }
 
-    /// A commit (sent at `epoch`) succeeded with `session`: kept, unless an
-    /// invalidation came since (then forgotten, to be read again).
+    /// A commit (sent at `epoch`, under `tag`) succeeded with `session`:
+    /// kept, unless an invalidation came since (then forgotten, to be read
+    /// again).
     pub(crate) fn keep(
         &self,
         epoch: u64,
         bot: i64,
         conversation: &str,
+        tag: u64,
         session: Option<StoredSession>,
     ) {
         let now = self.epoch_lock();
@@ -121,7 +141,7 @@ impl Sessions {
                 bot,
                 conversation: conversation.into(),
             };
-            self.cache.insert(key, session);
+            self.cache.insert(key, (tag, session));
         } else {
             self.forget(bot, conversation);
         }
@@ -185,34 +205,39 @@ mod tests {
     #[test]
     fn a_commit_is_kept_unless_something_else_changed_the_conversation_meanwhile() {
         let s = Sessions::new(1 << 20).unwrap();
-        assert_eq!(s.get(1, "c"), None);
+        assert_eq!(s.get(1, "c", 0), None);
         let e = s.epoch();
-        s.keep(e, 1, "c", session(1));
-        assert_eq!(s.get(1, "c"), Some(session(1)));
-        assert_eq!(s.get(2, "c"), None, "per bot");
+        s.keep(e, 1, "c", 0, session(1));
+        assert_eq!(s.get(1, "c", 0), Some(session(1)));
+        assert_eq!(s.get(2, "c", 0), None, "per bot");
         // Ended: known to have none.
-        s.keep(s.epoch(), 1, "c", None);
-        assert_eq!(s.get(1, "c"), Some(None));
+        s.keep(s.epoch(), 1, "c", 0, None);
+        assert_eq!(s.get(1, "c", 0), Some(None));
+        // Under another tag (a claim's token that changed): not known.
+        s.keep(s.epoch(), 1, "c", 7, session(1));
+        assert_eq!(s.get(1, "c", 7), Some(session(1)));
+        assert_eq!(s.get(1, "c", 8), None);
+        assert_eq!(s.get(1, "c", 0), None);
 
         // An erasure between a commit's start and its end: not kept.
         let e = s.epoch();
         s.invalidate(1, "c");
-        s.keep(e, 1, "c", session(2));
-        assert_eq!(s.get(1, "c"), None);
+        s.keep(e, 1, "c", 0, session(2));
+        assert_eq!(s.get(1, "c", 0), None);
         // Nor after a sweep, which forgets its bot's only.
         let e = s.epoch();
-        s.keep(e, 1, "d", session(3));
-        s.keep(e, 2, "d", session(4));
+        s.keep(e, 1, "d", 0, session(3));
+        s.keep(e, 2, "d", 0, session(4));
         s.bump();
-        s.keep(e, 1, "e", session(5));
-        assert_eq!(s.get(1, "e"), None, "a commit in flight at the sweep");
+        s.keep(e, 1, "e", 0, session(5));
+        assert_eq!(s.get(1, "e", 0), None, "a commit in flight at the sweep");
         s.clear_bot(1);
-        assert_eq!(s.get(1, "d"), None);
-        assert_eq!(s.get(2, "d"), Some(session(4)));
-        s.keep(e, 1, "d", session(3));
-        assert_eq!(s.get(1, "d"), None);
+        assert_eq!(s.get(1, "d", 0), None);
+        assert_eq!(s.get(2, "d", 0), Some(session(4)));
+        s.keep(e, 1, "d", 0, session(3));
+        assert_eq!(s.get(1, "d", 0), None);
         s.clear();
-        assert_eq!(s.get(2, "d"), None);
+        assert_eq!(s.get(2, "d", 0), None);
     }
 
     #[test]
@@ -220,7 +245,7 @@ mod tests {
         assert!(Sessions::new(0).is_none());
         let s = Sessions::new(64 * 1024).unwrap();
         for i in 0..10_000 {
-            s.keep(s.epoch(), 1, &format!("conversation-{i}"), session(1));
+            s.keep(s.epoch(), 1, &format!("conversation-{i}"), 0, session(1));
         }
         let (entries, bytes) = s.held();
         assert!(bytes <= 64 * 1024, "{bytes}");

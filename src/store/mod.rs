@@ -365,6 +365,19 @@ pub trait StateStore: Send + Sync + 'static {
     async fn pending(&self, limit: usize) -> Result<Vec<InboxItem>, StoreError>;
     /// A conversation's session.
     async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError>;
+    /// A conversation's session, read by a turn that runs under the claim
+    /// `fence` (a shared store; `None` otherwise). A shared store may answer
+    /// from what this process last committed under the same claim: another
+    /// instance writes the conversation only under a claim of its own, and
+    /// a commit under a claim that changed hands is refused.
+    async fn session_for_turn(
+        &self,
+        conversation: &str,
+        fence: Option<u64>,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let _ = fence;
+        self.session(conversation).await
+    }
     /// Sessions in conversation order, after the conversation `after` (`""`:
     /// from the first), at most `limit`: a page of a scan over all of them
     /// (what a change of the flow does to live conversations).

@@ -184,6 +184,10 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// This instance's name in claims (unique among the instances).
     pub owner: String,
+    /// The most bytes of sessions kept in memory, each with the claim it was
+    /// committed under, so that a conversation's next turn under the same
+    /// claim reads no row (0: none; see `cache.rs`).
+    pub session_cache_bytes: u64,
 }
 
 impl Default for PostgresOptions {
@@ -194,6 +198,7 @@ impl Default for PostgresOptions {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             owner: format!("{}-{:08x}", std::process::id(), fastrand::u32(..)),
+            session_cache_bytes: 32 << 20,
         }
     }
 }
@@ -223,6 +228,9 @@ struct Db {
     listeners: std::sync::Mutex<(HashMap<i32, UnboundedSender<String>>, bool)>,
     /// Delivered marks waiting to go out together (see `delivered`).
     marks: std::sync::Mutex<Marks>,
+    /// The sessions this process committed, each tagged with the fencing
+    /// token of the claim it was committed under (see `cache.rs`).
+    sessions: Option<super::cache::Sessions>,
 }
 
 /// Replies marked delivered, waiting for the next statement that deletes
@@ -353,6 +361,7 @@ impl PostgresStore {
                 leads: Default::default(),
                 listeners: Default::default(),
                 marks: Default::default(),
+                sessions: super::cache::Sessions::new(options.session_cache_bytes),
             }),
             bot: 0,
         };
@@ -467,6 +476,9 @@ impl PostgresStore {
         .await
         .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
+        if let Some(s) = &self.db.sessions {
+            s.clear();
+        }
         Ok(Some(imported))
     }
 
@@ -641,127 +653,9 @@ impl super::BotRegistry for PostgresStore {
     }
 }
 
-#[async_trait]
-impl StateStore for PostgresStore {
-    async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError> {
-        self.accept_seeing_older(item).await.map(|(a, _)| a)
-    }
-
-    async fn accept_seeing_older(
-        &self,
-        item: NewInbound,
-    ) -> Result<(Accepted, Option<Vec<u64>>), StoreError> {
-        let client = self.client().await?;
-        // The subquery reads the statement's snapshot, from before the
-        // insert: the conversation's older items still pending.
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "WITH new AS (
-                     INSERT INTO inbox (bot, key, conversation, payload, received_at)
-                     VALUES ($5, $1, $2, $3, $4) ON CONFLICT (bot, key) DO NOTHING RETURNING seq)
-                 SELECT new.seq, ARRAY(SELECT seq FROM inbox
-                     WHERE bot = $5 AND NOT done AND conversation = $2 ORDER BY seq)
-                 FROM new",
-                    )
-                    .await
-                    .map_err(pg)?,
-                &[
-                    &item.key,
-                    &item.conversation,
-                    &item.payload,
-                    &item.received_at,
-                    &self.bot,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(match row {
-            None => (Accepted::Duplicate, None),
-            Some(r) => {
-                let older: Vec<i64> = r.get(1);
-                let item = item.accepted(r.get::<_, i64>(0) as u64);
-                let older = older.into_iter().map(|s| s as u64).collect();
-                (Accepted::New(item), Some(older))
-            }
-        })
-    }
-
-    async fn pending(&self, max: usize) -> Result<Vec<InboxItem>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
-                 WHERE bot = $3 AND NOT done
-                   AND conversation IN (SELECT conversation FROM claims WHERE bot = $3 AND owner = $2)
-                 ORDER BY seq LIMIT $1",
-                    )
-                    .await
-                    .map_err(pg)?,
-                &[&limit(max), &self.db.owner, &self.bot],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(rows.iter().map(|r| inbox_item(r, true)).collect())
-    }
-
-    async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT data, due_at FROM sessions WHERE bot = $2 AND conversation = $1",
-                    )
-                    .await
-                    .map_err(pg)?,
-                &[&conversation, &self.bot],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(row.map(|r| StoredSession {
-            data: r.get(0),
-            due_at: r.get(1),
-        }))
-    }
-
-    async fn sessions(
-        &self,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, StoredSession)>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT conversation, data, due_at FROM sessions
-                         WHERE bot = $3 AND conversation > $1 ORDER BY conversation LIMIT $2",
-                    )
-                    .await
-                    .map_err(pg)?,
-                &[&after, &(limit as i64), &self.bot],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    StoredSession {
-                        data: r.get(1),
-                        due_at: r.get(2),
-                    },
-                )
-            })
-            .collect())
-    }
-
-    async fn commit(&self, c: TurnCommit) -> Result<Vec<u64>, StoreError> {
+impl PostgresStore {
+    /// A turn's commit (see `StateStore::commit`), as one statement.
+    async fn commit_statement(&self, c: &TurnCommit) -> Result<Vec<u64>, StoreError> {
         // One statement, one round trip and one transaction: the fencing
         // check, the message done, the session, the event log's rows and the
         // replies queued (before, a transaction of nine round trips: the
@@ -867,7 +761,8 @@ impl StateStore for PostgresStore {
         Ok(ids.into_iter().map(|i| i as u64).collect())
     }
 
-    async fn erase(
+    /// Erases a conversation's rows (see `StateStore::erase`).
+    async fn erase_rows(
         &self,
         conversation: &str,
         hash: &str,
@@ -936,6 +831,175 @@ impl StateStore for PostgresStore {
             dead_letters,
             events,
         })
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError> {
+        self.accept_seeing_older(item).await.map(|(a, _)| a)
+    }
+
+    async fn accept_seeing_older(
+        &self,
+        item: NewInbound,
+    ) -> Result<(Accepted, Option<Vec<u64>>), StoreError> {
+        let client = self.client().await?;
+        // The subquery reads the statement's snapshot, from before the
+        // insert: the conversation's older items still pending.
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "WITH new AS (
+                     INSERT INTO inbox (bot, key, conversation, payload, received_at)
+                     VALUES ($5, $1, $2, $3, $4) ON CONFLICT (bot, key) DO NOTHING RETURNING seq)
+                 SELECT new.seq, ARRAY(SELECT seq FROM inbox
+                     WHERE bot = $5 AND NOT done AND conversation = $2 ORDER BY seq)
+                 FROM new",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[
+                    &item.key,
+                    &item.conversation,
+                    &item.payload,
+                    &item.received_at,
+                    &self.bot,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(match row {
+            None => (Accepted::Duplicate, None),
+            Some(r) => {
+                let older: Vec<i64> = r.get(1);
+                let item = item.accepted(r.get::<_, i64>(0) as u64);
+                let older = older.into_iter().map(|s| s as u64).collect();
+                (Accepted::New(item), Some(older))
+            }
+        })
+    }
+
+    async fn pending(&self, max: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT seq, key, conversation, payload, received_at, attempts FROM inbox
+                 WHERE bot = $3 AND NOT done
+                   AND conversation IN (SELECT conversation FROM claims WHERE bot = $3 AND owner = $2)
+                 ORDER BY seq LIMIT $1",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&limit(max), &self.db.owner, &self.bot],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| inbox_item(r, true)).collect())
+    }
+
+    async fn session(&self, conversation: &str) -> Result<Option<StoredSession>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT data, due_at FROM sessions WHERE bot = $2 AND conversation = $1",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&conversation, &self.bot],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| StoredSession {
+            data: r.get(0),
+            due_at: r.get(1),
+        }))
+    }
+
+    async fn session_for_turn(
+        &self,
+        conversation: &str,
+        fence: Option<u64>,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let kept = fence.and_then(|token| {
+            let sessions = self.db.sessions.as_ref()?;
+            sessions.get(i64::from(self.bot), conversation, token)
+        });
+        match kept {
+            Some(session) => Ok(session),
+            None => self.session(conversation).await,
+        }
+    }
+
+    async fn sessions(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredSession)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT conversation, data, due_at FROM sessions
+                         WHERE bot = $3 AND conversation > $1 ORDER BY conversation LIMIT $2",
+                    )
+                    .await
+                    .map_err(pg)?,
+                &[&after, &(limit as i64), &self.bot],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    StoredSession {
+                        data: r.get(1),
+                        due_at: r.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn commit(&self, c: TurnCommit) -> Result<Vec<u64>, StoreError> {
+        let Some(sessions) = &self.db.sessions else {
+            return self.commit_statement(&c).await;
+        };
+        // Kept only when committed under a claim (its token is the tag a
+        // turn under the same claim reads with); forgotten otherwise.
+        let epoch = sessions.epoch();
+        let bot = i64::from(self.bot);
+        let result = self.commit_statement(&c).await;
+        match (&result, c.fence) {
+            (Ok(_), Some(token)) => sessions.keep(epoch, bot, &c.conversation, token, c.session),
+            _ => sessions.forget(bot, &c.conversation),
+        }
+        result
+    }
+
+    async fn erase(
+        &self,
+        conversation: &str,
+        hash: &str,
+        dry_run: bool,
+    ) -> Result<Held, StoreError> {
+        let invalidate = || {
+            if let (Some(s), false) = (&self.db.sessions, dry_run) {
+                s.invalidate(i64::from(self.bot), conversation);
+            }
+        };
+        invalidate();
+        let held = self.erase_rows(conversation, hash, dry_run).await;
+        invalidate();
+        held
     }
 
     async fn export(&self, conversation: &str, hash: &str) -> Result<Export, StoreError> {
@@ -1018,12 +1082,18 @@ impl StateStore for PostgresStore {
         dry_run: bool,
     ) -> Result<u64, StoreError> {
         let (count, delete) = match kind {
+            // Not one whose conversation an instance holds now: it is being
+            // served (and the holder may keep it in memory, see `cache.rs`).
             Expiring::Sessions => (
-                "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE bot = $1
-                 AND updated_at < $2 AND (due_at IS NULL OR due_at < $2) LIMIT $3) s",
+                "SELECT count(*) FROM (SELECT 1 FROM sessions s WHERE bot = $1
+                 AND updated_at < $2 AND (due_at IS NULL OR due_at < $2)
+                 AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.bot = $1
+                     AND c.conversation = s.conversation AND c.expires_at > (extract(epoch from clock_timestamp()) * 1000)::bigint) LIMIT $3) s",
                 "DELETE FROM sessions WHERE bot = $1 AND conversation IN (
-                 SELECT conversation FROM sessions WHERE bot = $1
-                 AND updated_at < $2 AND (due_at IS NULL OR due_at < $2) LIMIT $3)",
+                 SELECT conversation FROM sessions s WHERE bot = $1
+                 AND updated_at < $2 AND (due_at IS NULL OR due_at < $2)
+                 AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.bot = $1
+                     AND c.conversation = s.conversation AND c.expires_at > (extract(epoch from clock_timestamp()) * 1000)::bigint) LIMIT $3)",
             ),
             Expiring::DeadLetters => (
                 "SELECT count(*) FROM (SELECT 1 FROM dead_letters WHERE bot = $1
@@ -1053,10 +1123,24 @@ impl StateStore for PostgresStore {
                 .map_err(pg)?;
             return Ok(row.get::<_, i64>(0) as u64);
         }
-        client
+        // Which sessions go is known only after: commits in flight are not
+        // kept, and the bot's are all forgotten if any went.
+        let sessions = self
+            .db
+            .sessions
+            .as_ref()
+            .filter(|_| kind == Expiring::Sessions);
+        if let Some(s) = sessions {
+            s.bump();
+        }
+        let removed = client
             .execute(&client.prepare_cached(delete).await.map_err(pg)?, &args)
             .await
-            .map_err(pg)
+            .map_err(pg);
+        if let Some(s) = sessions.filter(|_| !matches!(removed, Ok(0))) {
+            s.clear_bot(i64::from(self.bot));
+        }
+        removed
     }
 
     async fn oldest_run(&self) -> Result<Option<Millis>, StoreError> {

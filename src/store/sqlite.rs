@@ -1362,7 +1362,7 @@ impl StateStore for SqliteStore {
             .file
             .sessions
             .as_ref()
-            .and_then(|s| s.get(self.bot, conversation))
+            .and_then(|s| s.get(self.bot, conversation, 0))
         {
             return Ok(known);
         }
@@ -1395,7 +1395,7 @@ impl StateStore for SqliteStore {
         let session = commit.session.clone();
         match self.run(Op::Commit(commit)).await {
             Ok(Reply::Ids(ids)) => {
-                sessions.keep(epoch, self.bot, &conversation, session);
+                sessions.keep(epoch, self.bot, &conversation, 0, session);
                 Ok(ids)
             }
             Ok(_) => {
