@@ -17,7 +17,15 @@
 //!   live plus one sweep (`runtime.claim_ttl`, 10 s by default);
 //! - a commit carries the token its turn started under, and the store refuses
 //!   it if the claim changed hands since: an instance that was paused past its
-//!   claim can never write over the instance that took over.
+//!   claim can never write over the instance that took over;
+//! - the turns still queued here for a conversation taken over are left to
+//!   its new holder (woken to read them from the inbox), never run without
+//!   a token;
+//! - because the token is what guards the writes, the claims' own rows are
+//!   written without waiting for the database's log flush (a claim lost to a
+//!   crash of the database is a commit refused, a giving up lost is a claim
+//!   that expires), and a turn under an unchanged claim may read the session
+//!   its conversation's last turn committed from memory.
 //!
 //! With a store of one process every claim is granted at once and nothing
 //! here does any work.
