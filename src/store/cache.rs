@@ -191,6 +191,69 @@ impl Sessions {
     }
 }
 
+/// Runs a turn's commit and keeps the session it writes under `tag` (`None`:
+/// a commit under no claim in a shared store, forgotten instead). The one
+/// way a store's commit goes through its cache.
+pub(crate) async fn committing<T, E>(
+    sessions: Option<&Sessions>,
+    bot: i64,
+    conversation: &str,
+    tag: Option<u64>,
+    session: Option<StoredSession>,
+    commit: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let Some(sessions) = sessions else {
+        return commit.await;
+    };
+    let epoch = sessions.epoch();
+    let result = commit.await;
+    match (&result, tag) {
+        (Ok(_), Some(tag)) => sessions.keep(epoch, bot, conversation, tag, session),
+        _ => sessions.forget(bot, conversation),
+    }
+    result
+}
+
+/// Runs a change of one conversation other than a turn (an erasure; none
+/// when `dry_run`): forgotten before and after it.
+pub(crate) async fn changing<T>(
+    sessions: Option<&Sessions>,
+    bot: i64,
+    conversation: &str,
+    dry_run: bool,
+    change: impl std::future::Future<Output = T>,
+) -> T {
+    let sessions = sessions.filter(|_| !dry_run);
+    if let Some(s) = sessions {
+        s.invalidate(bot, conversation);
+    }
+    let result = change.await;
+    if let Some(s) = sessions {
+        s.invalidate(bot, conversation);
+    }
+    result
+}
+
+/// Runs a sweep of a bot's sessions that says how many it removed (none
+/// when `dry_run`). Which ones go is known only after: commits in flight
+/// are not kept, and the bot's are all forgotten if any went.
+pub(crate) async fn sweeping<E>(
+    sessions: Option<&Sessions>,
+    bot: i64,
+    dry_run: bool,
+    sweep: impl std::future::Future<Output = Result<u64, E>>,
+) -> Result<u64, E> {
+    let sessions = sessions.filter(|_| !dry_run);
+    if let Some(s) = sessions {
+        s.bump();
+    }
+    let removed = sweep.await;
+    if let Some(s) = sessions.filter(|_| !matches!(removed, Ok(0))) {
+        s.clear_bot(bot);
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -664,187 +664,6 @@ impl super::BotRegistry for PostgresStore {
     }
 }
 
-impl PostgresStore {
-    /// A turn's commit (see `StateStore::commit`), as one statement.
-    async fn commit_statement(&self, c: &TurnCommit) -> Result<Vec<u64>, StoreError> {
-        // One statement, one round trip and one transaction: the fencing
-        // check, the message done, the session, the event log's rows and the
-        // replies queued (before, a transaction of nine round trips: the
-        // server's work per statement was what bounded the turns a second).
-        // Nothing is written unless the claim the turn ran under is still
-        // this instance's, unchanged (locked until the statement ends, so it
-        // cannot move meanwhile), and, under a claim, unless this turn is
-        // the one that marks the message done.
-        //
-        // The message is found by its conversation as well as its number: a
-        // connection's plan is made once, maybe while the table was empty,
-        // and may go through `inbox_pending_conversation`; with the
-        // conversation it is a point lookup whichever index it takes.
-        // (Measured: without it the plan walked every entry of the bot's
-        // pending index, dead ones included, on each commit.)
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "WITH claim AS (
-                     SELECT token FROM claims
-                     WHERE bot = $1 AND conversation = $2 AND owner = $3 FOR UPDATE),
-                 fenced AS (
-                     SELECT $4::bigint IS NOT NULL
-                        AND $4::bigint IS DISTINCT FROM (SELECT token FROM claim) AS yes),
-                 marked AS (
-                     UPDATE inbox SET done = true, payload = ''::bytea
-                     WHERE seq = $5 AND bot = $1 AND conversation = $2 AND NOT done
-                       AND NOT (SELECT yes FROM fenced)
-                     RETURNING seq),
-                 go AS (
-                     SELECT NOT (SELECT yes FROM fenced)
-                        AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM marked)) AS yes),
-                 kept AS (
-                     INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
-                     SELECT $1, $2, $6::bytea, $7::bigint, $8::bigint
-                     WHERE $6::bytea IS NOT NULL AND (SELECT yes FROM go)
-                     ON CONFLICT (bot, conversation) DO UPDATE SET data = EXCLUDED.data,
-                         due_at = EXCLUDED.due_at, updated_at = EXCLUDED.updated_at),
-                 ended AS (
-                     DELETE FROM sessions WHERE bot = $1 AND conversation = $2
-                       AND $6::bytea IS NULL AND (SELECT yes FROM go)),
-                 logged AS (
-                     INSERT INTO events (bot, at, conversation, run, flow_version, state,
-                         channel, kind, detail, value, test)
-                     SELECT $1, e.* FROM unnest($9::bigint[], $10::text[], $11::bigint[],
-                         $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                         $17::text[], $18::bool[]) AS e
-                     WHERE (SELECT yes FROM go)),
-                 queued AS (
-                     INSERT INTO outbox (bot, conversation, payload)
-                     SELECT $1, $2, u.payload
-                     FROM unnest($19::bytea[]) WITH ORDINALITY AS u(payload, n)
-                     WHERE (SELECT yes FROM go) ORDER BY u.n
-                     RETURNING id)
-                 SELECT (SELECT yes FROM fenced), EXISTS (SELECT 1 FROM marked),
-                     ARRAY(SELECT id FROM queued ORDER BY id)",
-            )
-            .await
-            .map_err(pg)?;
-        let column = |f: fn(&LogEvent) -> &str| c.events.iter().map(f).collect::<Vec<_>>();
-        let (data, due_at) = match &c.session {
-            Some(s) => (Some(&s.data), s.due_at),
-            None => (None, None),
-        };
-        let row = client
-            .query_one(
-                &statement,
-                &[
-                    &self.bot,
-                    &c.conversation,
-                    &self.db.owner,
-                    &c.fence.map(id),
-                    &id(c.inbox_seq),
-                    &data,
-                    &due_at,
-                    &c.at,
-                    &c.events.iter().map(|e| e.at).collect::<Vec<_>>(),
-                    &column(|e| &e.conversation),
-                    &c.events.iter().map(|e| e.run).collect::<Vec<_>>(),
-                    &column(|e| &e.flow_version),
-                    &column(|e| &e.state),
-                    &column(|e| &e.channel),
-                    &column(|e| &e.kind),
-                    &column(|e| &e.detail),
-                    &c.events
-                        .iter()
-                        .map(|e| e.value.as_deref())
-                        .collect::<Vec<_>>(),
-                    &c.events.iter().map(|e| e.test).collect::<Vec<_>>(),
-                    &c.outbox,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        if row.get::<_, bool>(0) {
-            return Err(StoreError::fenced(&c.conversation));
-        }
-        if !row.get::<_, bool>(1) && c.fence.is_some() {
-            // Another instance ran this message and committed it first.
-            return Err(StoreError::already_committed(&c.conversation, c.inbox_seq));
-        }
-        let ids: Vec<i64> = row.get(2);
-        Ok(ids.into_iter().map(|i| i as u64).collect())
-    }
-
-    /// Erases a conversation's rows (see `StateStore::erase`).
-    async fn erase_rows(
-        &self,
-        conversation: &str,
-        hash: &str,
-        dry_run: bool,
-    ) -> Result<Held, StoreError> {
-        // Each kind's rows of the conversation ($2): by its id, and in the
-        // event log by its hash.
-        let rows = [
-            (
-                "sessions WHERE bot = $1 AND conversation = $2",
-                conversation,
-            ),
-            (
-                "inbox WHERE bot = $1 AND conversation = $2 AND NOT done",
-                conversation,
-            ),
-            ("outbox WHERE bot = $1 AND conversation = $2", conversation),
-            (
-                "dead_letters WHERE bot = $1
-                 AND (position(convert_to($2, 'UTF8') in body) > 0 OR strpos(headers, $2) > 0)",
-                conversation,
-            ),
-            ("events WHERE bot = $1 AND conversation = $2", hash),
-        ];
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        let mut n = [0u64; 5];
-        for (count, (which, key)) in n.iter_mut().zip(&rows) {
-            let stmt = tx
-                .prepare_cached(&format!("SELECT count(*) FROM {which}"))
-                .await
-                .map_err(pg)?;
-            *count = tx
-                .query_one(&stmt, &[&self.bot, key])
-                .await
-                .map_err(pg)?
-                .get::<_, i64>(0) as u64;
-        }
-        if !dry_run {
-            let claims = ("claims WHERE bot = $1 AND conversation = $2", conversation);
-            for (which, key) in rows.iter().chain([&claims]) {
-                let stmt = tx
-                    .prepare_cached(&format!("DELETE FROM {which}"))
-                    .await
-                    .map_err(pg)?;
-                tx.execute(&stmt, &[&self.bot, key]).await.map_err(pg)?;
-            }
-            // The keys of messages run stay (a redelivery is dropped), under
-            // the keyed hash.
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE inbox SET conversation = $3 WHERE bot = $1 AND conversation = $2",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&stmt, &[&self.bot, &conversation, &hash])
-                .await
-                .map_err(pg)?;
-        }
-        tx.commit().await.map_err(pg)?;
-        let [sessions, inbox, outbox, dead_letters, events] = n;
-        Ok(Held {
-            sessions,
-            inbox,
-            outbox,
-            dead_letters,
-            events,
-        })
-    }
-}
-
 #[async_trait]
 impl StateStore for PostgresStore {
     async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError> {
@@ -981,19 +800,20 @@ impl StateStore for PostgresStore {
     }
 
     async fn commit(&self, c: TurnCommit) -> Result<Vec<u64>, StoreError> {
-        let Some(sessions) = &self.db.sessions else {
-            return self.commit_statement(&c).await;
-        };
-        // Kept only when committed under a claim (its token is the tag a
-        // turn under the same claim reads with); forgotten otherwise.
-        let epoch = sessions.epoch();
-        let bot = i64::from(self.bot);
-        let result = self.commit_statement(&c).await;
-        match (&result, c.fence) {
-            (Ok(_), Some(token)) => sessions.keep(epoch, bot, &c.conversation, token, c.session),
-            _ => sessions.forget(bot, &c.conversation),
-        }
-        result
+        // Kept under the token of the claim it was committed under (the tag
+        // a turn under the same claim reads with); forgotten otherwise.
+        let sessions = self.db.sessions.as_ref();
+        let session = sessions.and(c.session.clone());
+        let run = self.commit_statement(&c);
+        super::cache::committing(
+            sessions,
+            self.bot.into(),
+            &c.conversation,
+            c.fence,
+            session,
+            run,
+        )
+        .await
     }
 
     async fn erase(
@@ -1002,15 +822,9 @@ impl StateStore for PostgresStore {
         hash: &str,
         dry_run: bool,
     ) -> Result<Held, StoreError> {
-        let invalidate = || {
-            if let (Some(s), false) = (&self.db.sessions, dry_run) {
-                s.invalidate(i64::from(self.bot), conversation);
-            }
-        };
-        invalidate();
-        let held = self.erase_rows(conversation, hash, dry_run).await;
-        invalidate();
-        held
+        let erase = self.erase_rows(conversation, hash, dry_run);
+        let sessions = self.db.sessions.as_ref();
+        super::cache::changing(sessions, self.bot.into(), conversation, dry_run, erase).await
     }
 
     async fn export(&self, conversation: &str, hash: &str) -> Result<Export, StoreError> {
@@ -1134,24 +948,14 @@ impl StateStore for PostgresStore {
                 .map_err(pg)?;
             return Ok(row.get::<_, i64>(0) as u64);
         }
-        // Which sessions go is known only after: commits in flight are not
-        // kept, and the bot's are all forgotten if any went.
+        let statement = client.prepare_cached(delete).await.map_err(pg)?;
+        let sweep = async { client.execute(&statement, &args).await.map_err(pg) };
         let sessions = self
             .db
             .sessions
             .as_ref()
             .filter(|_| kind == Expiring::Sessions);
-        if let Some(s) = sessions {
-            s.bump();
-        }
-        let removed = client
-            .execute(&client.prepare_cached(delete).await.map_err(pg)?, &args)
-            .await
-            .map_err(pg);
-        if let Some(s) = sessions.filter(|_| !matches!(removed, Ok(0))) {
-            s.clear_bot(i64::from(self.bot));
-        }
-        removed
+        super::cache::sweeping(sessions, self.bot.into(), false, sweep).await
     }
 
     async fn oldest_run(&self) -> Result<Option<Millis>, StoreError> {
@@ -1904,6 +1708,185 @@ impl StateStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// A turn's commit (see `StateStore::commit`), as one statement.
+    async fn commit_statement(&self, c: &TurnCommit) -> Result<Vec<u64>, StoreError> {
+        // One statement, one round trip and one transaction: the fencing
+        // check, the message done, the session, the event log's rows and the
+        // replies queued (before, a transaction of nine round trips: the
+        // server's work per statement was what bounded the turns a second).
+        // Nothing is written unless the claim the turn ran under is still
+        // this instance's, unchanged (locked until the statement ends, so it
+        // cannot move meanwhile), and, under a claim, unless this turn is
+        // the one that marks the message done.
+        //
+        // The message is found by its conversation as well as its number: a
+        // connection's plan is made once, maybe while the table was empty,
+        // and may go through `inbox_pending_conversation`; with the
+        // conversation it is a point lookup whichever index it takes.
+        // (Measured: without it the plan walked every entry of the bot's
+        // pending index, dead ones included, on each commit.)
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH claim AS (
+                     SELECT token FROM claims
+                     WHERE bot = $1 AND conversation = $2 AND owner = $3 FOR UPDATE),
+                 fenced AS (
+                     SELECT $4::bigint IS NOT NULL
+                        AND $4::bigint IS DISTINCT FROM (SELECT token FROM claim) AS yes),
+                 marked AS (
+                     UPDATE inbox SET done = true, payload = ''::bytea
+                     WHERE seq = $5 AND bot = $1 AND conversation = $2 AND NOT done
+                       AND NOT (SELECT yes FROM fenced)
+                     RETURNING seq),
+                 go AS (
+                     SELECT NOT (SELECT yes FROM fenced)
+                        AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM marked)) AS yes),
+                 kept AS (
+                     INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
+                     SELECT $1, $2, $6::bytea, $7::bigint, $8::bigint
+                     WHERE $6::bytea IS NOT NULL AND (SELECT yes FROM go)
+                     ON CONFLICT (bot, conversation) DO UPDATE SET data = EXCLUDED.data,
+                         due_at = EXCLUDED.due_at, updated_at = EXCLUDED.updated_at),
+                 ended AS (
+                     DELETE FROM sessions WHERE bot = $1 AND conversation = $2
+                       AND $6::bytea IS NULL AND (SELECT yes FROM go)),
+                 logged AS (
+                     INSERT INTO events (bot, at, conversation, run, flow_version, state,
+                         channel, kind, detail, value, test)
+                     SELECT $1, e.* FROM unnest($9::bigint[], $10::text[], $11::bigint[],
+                         $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                         $17::text[], $18::bool[]) AS e
+                     WHERE (SELECT yes FROM go)),
+                 queued AS (
+                     INSERT INTO outbox (bot, conversation, payload)
+                     SELECT $1, $2, u.payload
+                     FROM unnest($19::bytea[]) WITH ORDINALITY AS u(payload, n)
+                     WHERE (SELECT yes FROM go) ORDER BY u.n
+                     RETURNING id)
+                 SELECT (SELECT yes FROM fenced), EXISTS (SELECT 1 FROM marked),
+                     ARRAY(SELECT id FROM queued ORDER BY id)",
+            )
+            .await
+            .map_err(pg)?;
+        let column = |f: fn(&LogEvent) -> &str| c.events.iter().map(f).collect::<Vec<_>>();
+        let (data, due_at) = match &c.session {
+            Some(s) => (Some(&s.data), s.due_at),
+            None => (None, None),
+        };
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &self.bot,
+                    &c.conversation,
+                    &self.db.owner,
+                    &c.fence.map(id),
+                    &id(c.inbox_seq),
+                    &data,
+                    &due_at,
+                    &c.at,
+                    &c.events.iter().map(|e| e.at).collect::<Vec<_>>(),
+                    &column(|e| &e.conversation),
+                    &c.events.iter().map(|e| e.run).collect::<Vec<_>>(),
+                    &column(|e| &e.flow_version),
+                    &column(|e| &e.state),
+                    &column(|e| &e.channel),
+                    &column(|e| &e.kind),
+                    &column(|e| &e.detail),
+                    &c.events
+                        .iter()
+                        .map(|e| e.value.as_deref())
+                        .collect::<Vec<_>>(),
+                    &c.events.iter().map(|e| e.test).collect::<Vec<_>>(),
+                    &c.outbox,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        if row.get::<_, bool>(0) {
+            return Err(StoreError::fenced(&c.conversation));
+        }
+        if !row.get::<_, bool>(1) && c.fence.is_some() {
+            // Another instance ran this message and committed it first.
+            return Err(StoreError::already_committed(&c.conversation, c.inbox_seq));
+        }
+        let ids: Vec<i64> = row.get(2);
+        Ok(ids.into_iter().map(|i| i as u64).collect())
+    }
+
+    /// Erases a conversation's rows (see `StateStore::erase`).
+    async fn erase_rows(
+        &self,
+        conversation: &str,
+        hash: &str,
+        dry_run: bool,
+    ) -> Result<Held, StoreError> {
+        // Each kind's rows of the conversation ($2): by its id, and in the
+        // event log by its hash.
+        let rows = [
+            (
+                "sessions WHERE bot = $1 AND conversation = $2",
+                conversation,
+            ),
+            (
+                "inbox WHERE bot = $1 AND conversation = $2 AND NOT done",
+                conversation,
+            ),
+            ("outbox WHERE bot = $1 AND conversation = $2", conversation),
+            (
+                "dead_letters WHERE bot = $1
+                 AND (position(convert_to($2, 'UTF8') in body) > 0 OR strpos(headers, $2) > 0)",
+                conversation,
+            ),
+            ("events WHERE bot = $1 AND conversation = $2", hash),
+        ];
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let mut n = [0u64; 5];
+        for (count, (which, key)) in n.iter_mut().zip(&rows) {
+            let stmt = tx
+                .prepare_cached(&format!("SELECT count(*) FROM {which}"))
+                .await
+                .map_err(pg)?;
+            *count = tx
+                .query_one(&stmt, &[&self.bot, key])
+                .await
+                .map_err(pg)?
+                .get::<_, i64>(0) as u64;
+        }
+        if !dry_run {
+            let claims = ("claims WHERE bot = $1 AND conversation = $2", conversation);
+            for (which, key) in rows.iter().chain([&claims]) {
+                let stmt = tx
+                    .prepare_cached(&format!("DELETE FROM {which}"))
+                    .await
+                    .map_err(pg)?;
+                tx.execute(&stmt, &[&self.bot, key]).await.map_err(pg)?;
+            }
+            // The keys of messages run stay (a redelivery is dropped), under
+            // the keyed hash.
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE inbox SET conversation = $3 WHERE bot = $1 AND conversation = $2",
+                )
+                .await
+                .map_err(pg)?;
+            tx.execute(&stmt, &[&self.bot, &conversation, &hash])
+                .await
+                .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        let [sessions, inbox, outbox, dead_letters, events] = n;
+        Ok(Held {
+            sessions,
+            inbox,
+            outbox,
+            dead_letters,
+            events,
+        })
+    }
+
     /// Writes registry rows in one transaction, each told to every instance
     /// listening: the last version given.
     async fn put_rows(&self, rows: &[super::NewBot]) -> Result<u64, StoreError> {

@@ -549,12 +549,6 @@ impl SqliteStore {
         }
     }
 
-    fn invalidate_session(&self, conversation: &str) {
-        if let Some(s) = &self.file.sessions {
-            s.invalidate(self.bot, conversation);
-        }
-    }
-
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.file.path
@@ -1384,29 +1378,20 @@ impl StateStore for SqliteStore {
     }
 
     async fn commit(&self, commit: TurnCommit) -> Result<Vec<u64>, StoreError> {
-        let Some(sessions) = &self.file.sessions else {
-            return match self.run(Op::Commit(commit)).await? {
+        let sessions = self.file.sessions.as_ref();
+        // The session is moved with the commit to the writer: kept from a
+        // copy, only when there is a cache.
+        let (conversation, session) = match sessions {
+            Some(_) => (commit.conversation.clone(), commit.session.clone()),
+            None => (String::new(), None),
+        };
+        let run = async {
+            match self.run(Op::Commit(commit)).await? {
                 Reply::Ids(ids) => Ok(ids),
                 _ => Err(unexpected()),
-            };
+            }
         };
-        let epoch = sessions.epoch();
-        let conversation = commit.conversation.clone();
-        let session = commit.session.clone();
-        match self.run(Op::Commit(commit)).await {
-            Ok(Reply::Ids(ids)) => {
-                sessions.keep(epoch, self.bot, &conversation, 0, session);
-                Ok(ids)
-            }
-            Ok(_) => {
-                sessions.forget(self.bot, &conversation);
-                Err(unexpected())
-            }
-            Err(e) => {
-                sessions.forget(self.bot, &conversation);
-                Err(e)
-            }
-        }
+        super::cache::committing(sessions, self.bot, &conversation, Some(0), session, run).await
     }
 
     async fn erase(
@@ -1415,16 +1400,9 @@ impl StateStore for SqliteStore {
         hash: &str,
         dry_run: bool,
     ) -> Result<Held, StoreError> {
-        if !dry_run {
-            self.invalidate_session(conversation);
-        }
-        let result = self
-            .run(Op::Erase(conversation.to_owned(), hash.to_owned(), dry_run))
-            .await;
-        if !dry_run {
-            self.invalidate_session(conversation);
-        }
-        match result? {
+        let erase = self.run(Op::Erase(conversation.to_owned(), hash.to_owned(), dry_run));
+        let sessions = self.file.sessions.as_ref();
+        match super::cache::changing(sessions, self.bot, conversation, dry_run, erase).await? {
             Reply::Held(h) => Ok(h),
             _ => Err(unexpected()),
         }
@@ -1447,26 +1425,18 @@ impl StateStore for SqliteStore {
         limit: usize,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        // Which sessions go is known only after: commits in flight are not
-        // kept, and the bot's are all forgotten if any went.
+        let sweep = async {
+            match self.run(Op::Expire(kind, before, limit, dry_run)).await? {
+                Reply::Ids(n) => Ok(n.first().copied().unwrap_or(0)),
+                _ => Err(unexpected()),
+            }
+        };
         let sessions = self
             .file
             .sessions
             .as_ref()
-            .filter(|_| kind == Expiring::Sessions && !dry_run);
-        if let Some(s) = sessions {
-            s.bump();
-        }
-        let result = self.run(Op::Expire(kind, before, limit, dry_run)).await;
-        let removed = match result {
-            Ok(Reply::Ids(n)) => Ok(n.first().copied().unwrap_or(0)),
-            Ok(_) => Err(unexpected()),
-            Err(e) => Err(e),
-        };
-        if let Some(s) = sessions.filter(|_| !matches!(removed, Ok(0))) {
-            s.clear_bot(self.bot);
-        }
-        removed
+            .filter(|_| kind == Expiring::Sessions);
+        super::cache::sweeping(sessions, self.bot, dry_run, sweep).await
     }
 
     async fn oldest_run(&self) -> Result<Option<Millis>, StoreError> {
