@@ -277,13 +277,13 @@ impl Dispatcher {
             at: self.clock.now(),
             events: Vec::new(),
         };
-        let _ = self.commit(commit).await;
+        let _ = self.commit(&commit).await;
     }
 
     /// Commits a turn, retrying until the store takes it, unless the claim
     /// changed hands (then the turn is dropped: the instance that holds the
     /// conversation now runs it from the inbox).
-    async fn commit(&self, commit: TurnCommit) -> Option<Vec<u64>> {
+    async fn commit(&self, commit: &TurnCommit) -> Option<Vec<u64>> {
         let result = until_ok(
             Backoff::STORE,
             "commit a turn",
@@ -489,7 +489,7 @@ impl Dispatcher {
                 )
             }),
         };
-        let Some(ids) = self.commit(commit.clone()).await else {
+        let Some(ids) = self.commit(&commit).await else {
             return;
         };
         // A turn whose only problem is WhatsApp's window (a start where the
