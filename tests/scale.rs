@@ -391,6 +391,80 @@ async fn three_instances_share_one_request_budget() {
     );
 }
 
+/// Replies committed here for a conversation another instance then took
+/// over are that instance's to send (it adopts them from the store, in
+/// order): sent here too, they would reach the customer twice or out of
+/// order. Here the first reply's answer is held back by Qpien while the
+/// claim moves to another owner; the reply queued behind it is not sent,
+/// and stays in the store for the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_of_a_conversation_taken_over_are_left_to_its_new_holder() {
+    let Some(url) = postgres_url("replies_of_a_conversation_taken_over_are_left_to_its_new_holder")
+    else {
+        return;
+    };
+    let schema = fresh_schema(&url, "left").await;
+    let mut h = Harness::start("pg-left", ECHO, |c| {
+        c.store.backend = StoreBackend::Postgres;
+        c.store.url = Secret::new(url.clone());
+        c.store.schema = schema.clone();
+        c.runtime.claim_ttl = Duration::from_millis(600);
+        c.qpien.request_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    h.qpien.state().hold_next_creates(1);
+    assert_eq!(h.post(&message("m1", "c1", "one")).await, 200);
+    tokio::time::timeout(Duration::from_secs(10), h.qpien.state().held())
+        .await
+        .expect("the first reply reached Qpien");
+    assert_eq!(h.post(&message("m2", "c1", "two")).await, 200);
+    let stored = || async {
+        db.query_one(
+            &format!("SELECT count(*) FROM {schema}.outbox WHERE conversation = 'c1'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stored().await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second reply was not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let taken = db
+        .execute(
+            &format!(
+                "UPDATE {schema}.claims SET owner = 'another', token = token + 1000, \
+                 expires_at = expires_at + 3600000 WHERE conversation = 'c1'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, 1, "the conversation was claimed here");
+    // The renewal finds the claim gone; the held answer times out and the
+    // sender would go on with the next reply.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h.replies("c1"),
+        ["Echo: one"],
+        "nothing sent after the take-over"
+    );
+    assert!(
+        stored().await >= 1,
+        "the second reply is left in the store for the holder"
+    );
+    h.stop().await;
+}
+
 /// A claim taken over while its holder still has turns of it queued (as when
 /// the holder paused past its claim's time to live): the turn running is
 /// fenced, and those queued behind it are left to the claim's new holder,

@@ -20,7 +20,10 @@
 //!   claim can never write over the instance that took over;
 //! - the turns still queued here for a conversation taken over are left to
 //!   its new holder (woken to read them from the inbox), never run without
-//!   a token;
+//!   a token, and so are its replies not yet sent: the new holder adopted
+//!   them from the store, in order. A claim not renewed for two thirds of its
+//!   time to live (a paused process, the database away) holds its replies
+//!   until a renewal says whether it is still this instance's;
 //! - because the token is what guards the writes, the claims' own rows are
 //!   written without waiting for the database's log flush (a claim lost to a
 //!   crash of the database is a commit refused, a giving up lost is a claim
@@ -32,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::{StateStore, StoreError};
 
@@ -51,6 +54,26 @@ pub(crate) struct Claims {
 struct Held {
     token: u64,
     pins: usize,
+    /// When the claim was last known good: the moment its taking or its
+    /// last renewal was asked for (the store's expiry counts from later).
+    renewed: Instant,
+    /// Taken over by another instance: kept (without a token) until its
+    /// conversation is idle here, so that its replies still held here are
+    /// left to the new holder rather than sent.
+    lost: bool,
+}
+
+/// Whether this instance may still deliver a conversation's replies (see
+/// [`Claims::lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// Held, renewed lately (or a store of one process).
+    Held,
+    /// Held, but not renewed for two thirds of the claim's time to live (the
+    /// database slow or away, this process paused): wait for the renewal.
+    Stale,
+    /// Taken over by another instance.
+    Lost,
 }
 
 /// A held conversation that is being routed: from the moment its claim is
@@ -73,7 +96,11 @@ impl Drop for Pinned<'_> {
 impl Claims {
     /// The conversations claimed here now.
     pub(super) fn held_conversations(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        self.lock()
+            .iter()
+            .filter(|(_, h)| !h.lost)
+            .map(|(c, _)| c.clone())
+            .collect()
     }
     pub(crate) fn new(store: Arc<dyn StateStore>, ttl: Duration) -> Arc<Claims> {
         Arc::new(Claims {
@@ -99,12 +126,48 @@ impl Claims {
         if !self.shared() {
             return None;
         }
-        self.lock().get(conversation).map(|h| h.token)
+        self.lock()
+            .get(conversation)
+            .filter(|h| !h.lost)
+            .map(|h| h.token)
+    }
+
+    /// Whether this instance may deliver `conversation`'s replies now. A
+    /// reply committed here is sent here only while the claim holds: once
+    /// another instance took the conversation over, that instance sends what
+    /// is left in the store (it adopted it, in order), and a reply sent here
+    /// too would reach the customer twice or out of order. A claim not
+    /// renewed for two thirds of its time to live may have expired in the
+    /// store unseen (this process paused, the database away): its replies
+    /// wait until a renewal says which it is.
+    pub(crate) fn lease(&self, conversation: &str) -> Lease {
+        if !self.shared() {
+            return Lease::Held;
+        }
+        match self.lock().get(conversation) {
+            Some(h) if h.lost => Lease::Lost,
+            Some(h) if h.renewed.elapsed() > self.ttl * 2 / 3 => Lease::Stale,
+            // Held, or replies of a claim this process did not take (read
+            // from the store at start): the store decides, as before.
+            _ => Lease::Held,
+        }
+    }
+
+    /// The claims of `conversations` were renewed, asked for at `asked`.
+    pub(super) fn renewed(&self, conversations: &[String], asked: Instant) {
+        let mut held = self.lock();
+        for c in conversations {
+            if let Some(h) = held.get_mut(c).filter(|h| !h.lost) {
+                h.renewed = h.renewed.max(asked);
+            }
+        }
     }
 
     /// Forgets a conversation taken over by another instance.
     pub(crate) fn lost(&self, conversation: &str) {
-        self.lock().remove(conversation);
+        if let Some(h) = self.lock().get_mut(conversation) {
+            h.lost = true;
+        }
     }
 
     /// Claims `conversation` unless held already, and pins it. `Some(true)`:
@@ -118,7 +181,7 @@ impl Claims {
             claims: self,
             conversation,
         };
-        if let Some(h) = self.lock().get_mut(conversation) {
+        if let Some(h) = self.lock().get_mut(conversation).filter(|h| !h.lost) {
             h.pins += 1;
             return Ok(Some((false, pinned())));
         }
@@ -133,13 +196,29 @@ impl Claims {
         if let Some(done) = giving_up {
             let _ = done.acquire().await;
         }
+        let asked = Instant::now();
         match self.store.claim(conversation, self.ttl).await? {
             Some(token) => {
                 let mut held = self.lock();
-                let h = held
-                    .entry(conversation.to_owned())
-                    .or_insert(Held { token, pins: 0 });
-                let fresh = h.pins == 0 && h.token == token;
+                let h = held.entry(conversation.to_owned()).or_insert(Held {
+                    token,
+                    pins: 0,
+                    renewed: asked,
+                    lost: false,
+                });
+                let retaken = h.lost;
+                if retaken {
+                    // Taken back after it was lost: a claim of its own,
+                    // whose work another instance may have left.
+                    *h = Held {
+                        token,
+                        pins: h.pins,
+                        renewed: asked,
+                        lost: false,
+                    };
+                }
+                let fresh = retaken || (h.pins == 0 && h.token == token);
+                h.renewed = h.renewed.max(asked);
                 h.pins += 1;
                 drop(held);
                 Ok(Some((fresh, pinned())))
@@ -153,9 +232,11 @@ impl Claims {
     /// "being given up" until [`Claims::given_up`].
     pub(super) fn retire(&self, idle: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
         let mut held = self.lock();
+        // A claim lost is forgotten once idle here: it is not ours to give up.
+        held.retain(|c, h| !(h.lost && h.pins == 0 && idle(c)));
         let gone: Vec<(String, u64)> = held
             .iter()
-            .filter(|(c, h)| h.pins == 0 && idle(c))
+            .filter(|(c, h)| !h.lost && h.pins == 0 && idle(c))
             .map(|(c, h)| (c.clone(), h.token))
             .collect();
         let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());

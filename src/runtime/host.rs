@@ -467,8 +467,10 @@ impl Host {
                 .as_ref()
                 .map(|w| Share::new(all(w).clone(), config.runtime.max_per_bot))
         };
+        let claims = claims::Claims::new(store.clone(), config.runtime.claim_ttl);
         let outbox = Outbox::new(Lanes::shared(
             Sender {
+                claims: claims.clone(),
                 client: face.client.clone(),
                 store: store.clone(),
                 metrics: metrics.clone(),
@@ -486,7 +488,6 @@ impl Host {
             metrics.outbox_depth.clone(),
             share(|w| &w.sends),
         ));
-        let claims = claims::Claims::new(store.clone(), config.runtime.claim_ttl);
         let turns = Lanes::shared(
             Dispatcher {
                 claims: claims.clone(),

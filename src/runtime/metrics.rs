@@ -249,7 +249,8 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Outbox items waiting for delivery.
     pub outbox_depth: Gauge,
-    /// Outbox items delivered, by result (`sent`, `dropped`).
+    /// Outbox items delivered, by result (`sent`, `dropped`, `reconciled`,
+    /// `outside_window`, `left`: to the instance that took its conversation over).
     pub deliveries: Results,
     /// Flow reloads by result (`ok`, `rejected`).
     pub reloads: Results,

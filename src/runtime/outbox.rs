@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use super::claims::Lease;
 use super::lanes::{Lanes, Worker};
 use super::metrics::Metrics;
 use super::payload::{self, OutboxAction};
@@ -51,6 +52,8 @@ use crate::store::{OutboxItem, StateStore, StoreError};
 
 /// Delivers outbox items: what the sender's lanes do with each.
 pub(crate) struct Sender {
+    /// Whether this instance still holds a conversation (shared store).
+    pub(crate) claims: Arc<super::claims::Claims>,
     pub(crate) client: QpienClient,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) metrics: Arc<Metrics>,
@@ -68,6 +71,19 @@ pub(crate) struct Sender {
     pub(crate) clock: crate::time::ClockHandle,
     /// How log lines name conversations.
     pub(crate) log: Arc<crate::insights::Log>,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Qpien took it.
+    Sent,
+    /// Qpien refused it for good.
+    Dropped,
+    /// WhatsApp's window closed before it could go.
+    Withheld,
+    /// Its conversation was taken over by another instance, which sends it.
+    Left,
 }
 
 /// How many of a conversation's newest messages are read to reconcile.
@@ -497,6 +513,12 @@ impl Sender {
     /// Delivers (or reconciles, or drops) one item and takes it out of the
     /// store; `false` at shutdown.
     async fn deliver_once(&self, conversation: &str, item: &OutboxItem) -> bool {
+        match self.lease(conversation).await {
+            Some(true) => {}
+            // Its new holder sends it: done here, left in the store.
+            Some(false) => return self.left(conversation).await,
+            None => return false,
+        }
         let action: Option<OutboxAction> = payload::decode(&item.payload).ok();
         // A free-form WhatsApp reply past the customer's 24-hour window:
         // WhatsApp would refuse it (error 131047), so it is never sent.
@@ -542,10 +564,16 @@ impl Sender {
                 // Qpien may have been away until the window closed.
                 if closed() {
                     withhold().await;
-                    return Ok(None);
+                    return Ok(Some(Delivery::Withheld));
+                }
+                // Or the conversation taken over meanwhile.
+                match self.lease(conversation).await {
+                    Some(true) => {}
+                    Some(false) => return Ok(Some(Delivery::Left)),
+                    None => return Ok(None),
                 }
                 match self.deliver(item, action.as_ref()).await.map_err(Failure::from) {
-                    Ok(()) => Ok(Some(true)),
+                    Ok(()) => Ok(Some(Delivery::Sent)),
                     Err(Failure::Refused(e)) if matches!(action, Some(OutboxAction::Handoff)) => {
                         // Not silent: the customer hears so and the bot stays.
                         let name = self.log.name(conversation).await;
@@ -559,30 +587,62 @@ impl Sender {
                             conversation: conversation.to_owned(),
                             event: Event::HandoffFailed,
                         });
-                        Ok(Some(false))
+                        Ok(Some(Delivery::Dropped))
                     }
                     Err(Failure::Refused(e)) => {
                         let name = self.log.name(conversation).await;
                         tracing::error!(conversation = %name, error = %e, "Qpien refused a reply; dropped");
-                        Ok(Some(false))
+                        Ok(Some(Delivery::Dropped))
                     }
                     Err(later) => Err(later),
                 }
             },
         )
         .await;
-        let Some(sent) = delivered else {
+        match delivered.flatten() {
             // Shutting down: the item stays in the store for the next run.
-            return false;
-        };
-        // (`None`: withheld, counted as such.)
-        if let Some(sent) = sent {
-            self.metrics
-                .deliveries
-                .count(if sent { "sent" } else { "dropped" });
+            None => false,
+            Some(Delivery::Left) => self.left(conversation).await,
+            // Delivered, dropped or withheld (counted as such): taken out of
+            // the store.
+            Some(sent) => {
+                if let Delivery::Sent | Delivery::Dropped = sent {
+                    let what = if sent == Delivery::Sent {
+                        "sent"
+                    } else {
+                        "dropped"
+                    };
+                    self.metrics.deliveries.count(what);
+                }
+                self.mark_delivered(item).await
+            }
         }
-        // Delivered or dropped: take it out of the store.
-        self.mark_delivered(item).await
+    }
+
+    /// Whether this instance may deliver `conversation`'s replies: waits
+    /// while its claim is stale (see [`super::claims::Lease`]); `Some(false)`:
+    /// the conversation was taken over; `None` at shutdown.
+    async fn lease(&self, conversation: &str) -> Option<bool> {
+        loop {
+            match self.claims.lease(conversation) {
+                Lease::Held => return Some(true),
+                Lease::Lost => return Some(false),
+                Lease::Stale => {
+                    if !self.stop.pause(std::time::Duration::from_millis(50)).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A reply of a conversation taken over: done here, left in the store
+    /// for its new holder, which adopted the conversation's replies in order.
+    async fn left(&self, conversation: &str) -> bool {
+        let name = self.log.name(conversation).await;
+        tracing::info!(conversation = %name, "a reply is left to the conversation's new holder");
+        self.metrics.deliveries.count("left");
+        true
     }
 
     /// Takes a delivered (or dropped) item out of the store; `false` at

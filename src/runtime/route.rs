@@ -184,7 +184,10 @@ impl Runner {
             self.claims.given_up(conversation);
         }
         let busy: Vec<String> = self.claims.held_conversations();
-        for lost in self.claims.store.renew(&busy, self.claims.ttl).await? {
+        let asked = std::time::Instant::now();
+        let lost = self.claims.store.renew(&busy, self.claims.ttl).await?;
+        self.claims.renewed(&busy, asked);
+        for lost in lost {
             let name = self.log.name(&lost).await;
             tracing::warn!(conversation = %name, "a claim was lost to another instance");
             self.claims.lost(&lost);
