@@ -11,9 +11,10 @@
 //! stand-in run here; run it pinned to the other core:
 //!
 //! `taskset -c 0 cargo bench --bench ceiling` (options: `-- --conversations N
-//! --concurrency C --normal --no-insights --no-session-cache`; the last two
-//! without the conversation event log, or without the sessions kept in memory,
-//! to measure what each costs or saves). Without `taskset` on the machine, the servers run
+//! --concurrency C --normal --no-insights --no-session-cache --alone`; the last
+//! three without the conversation event log, without the sessions kept in
+//! memory, or with every message written alone before its turn
+//! (`runtime.at_once_wait = "0s"`), to measure what each costs or saves). Without `taskset` on the machine, the servers run
 //! unpinned and it says so.
 //!
 //! Besides turns a second, it prints each server's CPU time a turn (its
@@ -66,7 +67,7 @@ async fn serve_bare() {
 }
 
 /// Serves the bot, its replies going to the stand-in at `qpien`.
-async fn serve_bot(qpien: String, normal: bool, no_log: bool, no_cache: bool) {
+async fn serve_bot(qpien: String, normal: bool, no_log: bool, no_cache: bool, alone: bool) {
     let dir = std::env::temp_dir().join(format!("flowbot-ceiling-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = bot_config(qpien, &dir, normal);
@@ -75,6 +76,10 @@ async fn serve_bot(qpien: String, normal: bool, no_log: bool, no_cache: bool) {
     // `--no-session-cache`: every turn reads its session from the file.
     if no_cache {
         config.store.session_cache_bytes = 0;
+    }
+    // `--alone`: every message written before its turn, none with it.
+    if alone {
+        config.runtime.at_once_wait = Duration::ZERO;
     }
     let running = flowbot::start(config, support_bot::registry())
         .await
@@ -175,9 +180,16 @@ fn main() {
     }
     let no_log = args.iter().any(|a| a == "--no-insights");
     let no_cache = args.iter().any(|a| a == "--no-session-cache");
+    let alone = args.iter().any(|a| a == "--alone");
     if let Some(i) = args.iter().position(|a| a == "--serve-bot") {
         let normal = args.iter().any(|a| a == "--normal");
-        return rt.block_on(serve_bot(args[i + 1].clone(), normal, no_log, no_cache));
+        return rt.block_on(serve_bot(
+            args[i + 1].clone(),
+            normal,
+            no_log,
+            no_cache,
+            alone,
+        ));
     }
     let conversations = arg("--conversations", 2000usize);
     let concurrency = arg("--concurrency", 64usize);
@@ -207,6 +219,9 @@ fn main() {
         if no_cache {
             role.push("--no-session-cache".into());
         }
+        if alone {
+            role.push("--alone".into());
+        }
         let (mut bot, addr, _) = spawn(&role);
         let url = format!("http://{addr}/webhook");
         load(&url, 50, concurrency, "w").await;
@@ -232,11 +247,12 @@ fn main() {
         drop(bot.stdin.take());
         let _ = tokio::task::spawn_blocking(move || bot.wait()).await;
         println!(
-            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}; event log {}; sessions kept {}",
+            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}; event log {}; sessions kept {}; messages written {}",
             if pinned { "pinned to core 1 (taskset -c 1)" } else { "not pinned (no taskset)" },
             if normal { "normal" } else { "full" },
             if no_log { "off" } else { "on" },
-            if no_cache { "off" } else { "on" }
+            if no_cache { "off" } else { "on" },
+            if alone { "alone" } else { "with their turn when it runs at once" }
         );
         println!("bare axum handler (signature, 200): {ceiling:.0} turns/s, {bare_cpu} of CPU a turn");
         println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn");

@@ -3,9 +3,10 @@
 //! machine's 2 cores: the load generator, the bot and the stand-in.
 //!
 //! Run: `cargo bench --bench e2e` (options: `-- --conversations N --concurrency C
-//! --rate R --normal --postgres --no-session-cache`; `--postgres` uses
+//! --rate R --normal --postgres --no-session-cache --alone`; `--postgres` uses
 //! `FLOWBOT_TEST_POSTGRES_URL`; `--no-session-cache`: every turn reads its
-//! session from the store).
+//! session from the store; `--alone`: every message is written before its
+//! turn, none with it).
 //! 1. Throughput: N conversations each run the support script (11 turns) as
 //!    fast as the bot acknowledges; turns/s counts until the last reply is out.
 //! 2. Acknowledgement latency at a fixed rate R turns/s (open loop): p50, p99.
@@ -66,6 +67,9 @@ fn main() {
         }
         if std::env::args().any(|a| a == "--no-session-cache") {
             config.store.session_cache_bytes = 0;
+        }
+        if std::env::args().any(|a| a == "--alone") {
+            config.runtime.at_once_wait = Duration::ZERO;
         }
         let running = flowbot::start(config, support_bot::registry())
             .await

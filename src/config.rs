@@ -506,6 +506,13 @@ pub struct RuntimeConfig {
     /// `flowbot_conversation_overflow_total`), so that one customer's flood
     /// grows nothing without bound.
     pub max_pending_per_conversation: usize,
+    /// How long a webhook's acknowledgement may wait for the turn of a
+    /// message whose conversation has nothing else under way, so that the
+    /// message and its turn are written together (one write instead of two;
+    /// SQLite). A turn that takes longer has its message written alone at
+    /// this deadline, as every message is with `"0s"`.
+    #[serde(with = "humantime_serde")]
+    pub at_once_wait: Duration,
     /// With a shared store (PostgreSQL): how long an instance's claim on a
     /// conversation lasts without renewal, so how soon the others take over
     /// the conversations of an instance that stopped.
@@ -555,6 +562,7 @@ impl Default for RuntimeConfig {
             outbox_in_memory: 1_000,
             outbox_in_memory_per_conversation: 100,
             max_pending_per_conversation: 200,
+            at_once_wait: Duration::from_millis(20),
             claim_ttl: Duration::from_secs(10),
             metrics_top_bots: 20,
             registry: false,

@@ -2,6 +2,7 @@
 //! SQLite store, replies delivered to a stand-in Qpien (`qpien/server.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flowbot::internals::config::{Config, StoreBackend};
@@ -1308,4 +1309,120 @@ async fn a_flood_in_one_conversation_delays_no_other() {
         (1_200..=1_310).contains(&overflow),
         "about 1,300 of 1,500 set aside: {overflow}"
     );
+}
+
+/// The series of `/metrics` that starts with `series`, as a number (0 when
+/// absent).
+async fn series(h: &Harness, series: &str) -> f64 {
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const WITH_TURN: &str = "flowbot_acceptances_total{result=\"with_turn\"}";
+const ALONE: &str = "flowbot_acceptances_total{result=\"alone\"}";
+
+/// A message whose conversation has nothing under way is run before it is
+/// acknowledged, and written with its turn's commit: when the 200 comes,
+/// the message and its turn are in the store in one write. A redelivery
+/// writes nothing and runs nothing: the conversation goes on from the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_conversations_message_is_written_with_its_turn() {
+    let mut h = Harness::start("at-once", ECHO, |c| {
+        c.runtime.at_once_wait = Duration::from_secs(10);
+    })
+    .await;
+    for (n, (id, text)) in [("m1", "one"), ("m2", "two")].into_iter().enumerate() {
+        assert_eq!(h.post(&message(id, "c1", text)).await, 200);
+        // Counted before the acknowledgement is let go.
+        assert_eq!(series(&h, WITH_TURN).await, (n + 1) as f64);
+        wait_until("the reply", Duration::from_secs(5), || {
+            h.replies("c1").len() > n
+        })
+        .await;
+    }
+    assert_eq!(h.post(&message("m1", "c1", "one")).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.replies("c1"), ["Echo: one", "Echo: two"]);
+    assert_eq!(series(&h, WITH_TURN).await, 2.0);
+    assert_eq!(series(&h, ALONE).await, 0.0);
+    assert_eq!(series(&h, "flowbot_dedup_hits_total").await, 1.0);
+    h.stop().await;
+
+    // With `at_once_wait = "0s"`, every message is written alone first.
+    let mut h = Harness::start("at-once-off", ECHO, |c| {
+        c.runtime.at_once_wait = Duration::ZERO;
+    })
+    .await;
+    assert_eq!(h.post(&message("m1", "c1", "one")).await, 200);
+    wait_until("the reply", Duration::from_secs(5), || {
+        !h.replies("c1").is_empty()
+    })
+    .await;
+    assert_eq!(series(&h, WITH_TURN).await, 0.0);
+    assert_eq!(series(&h, ALONE).await, 1.0);
+    h.stop().await;
+}
+
+/// A turn that takes longer than `runtime.at_once_wait` has its message
+/// written alone at the deadline and acknowledged: it runs on and commits
+/// after it. Messages that come meanwhile (a redelivery of it, the next one)
+/// are written after it, and the turns run in the order of arrival; after a
+/// restart, the store holds every acknowledged message that was not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_turn_has_its_message_written_alone_at_the_deadline() {
+    use crate::bots::{blocking_registry, BLOCKING};
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut h = Harness::with(
+        "at-once-slow",
+        BLOCKING,
+        blocking_registry(gate.clone()),
+        |c| {
+            c.runtime.at_once_wait = Duration::from_millis(50);
+            c.runtime.shutdown_deadline = Duration::from_millis(500);
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(h.post(&message("m1", "c1", "wait")).await, 200);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(series(&h, ALONE).await, 1.0);
+    // A redelivery while its turn runs: a duplicate; the next message.
+    assert_eq!(h.post(&message("m1", "c1", "wait")).await, 200);
+    assert_eq!(h.post(&message("m2", "c1", "two")).await, 200);
+    assert_eq!(series(&h, "flowbot_dedup_hits_total").await, 1.0);
+    assert_eq!(series(&h, ALONE).await, 2.0);
+    gate.add_permits(1);
+    wait_until("two replies", Duration::from_secs(5), || {
+        h.replies("c1").len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.replies("c1"), ["Done waiting.", "Slow echo: two"]);
+    assert_eq!(series(&h, WITH_TURN).await, 0.0);
+
+    // Acknowledged at the deadline and stopped during its turn: the next
+    // start finds the message and runs it.
+    assert_eq!(h.post(&message("m3", "c2", "wait")).await, 200);
+    h.stop().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let running = flowbot::start(config(&h.qpien, &h.dir), blocking_registry(gate))
+        .await
+        .unwrap();
+    wait_until(
+        "the reply after the restart",
+        Duration::from_secs(10),
+        || h.replies("c2") == ["Done waiting."],
+    )
+    .await;
+    running.shutdown().await;
 }

@@ -521,6 +521,45 @@ async fn contract(store: &dyn StateStore) {
     store.set_cursor("poll", "abc").await.unwrap();
     store.set_cursor("poll", "def").await.unwrap();
     assert_eq!(store.cursor("poll").await.unwrap().as_deref(), Some("def"));
+
+    // A message accepted with its turn's commit: written done, with the
+    // session and the replies; its key again writes nothing.
+    let turn = |data: &[u8], reply: &[u8]| TurnCommit {
+        inbox_seq: 0,
+        conversation: "c9".into(),
+        session: Some(StoredSession {
+            data: data.to_vec(),
+            due_at: None,
+        }),
+        outbox: vec![reply.to_vec()],
+        fence: None,
+        at: 0,
+        events: Vec::new(),
+    };
+    let pending_before = store.pending(100).await.unwrap();
+    let (seq, ids) = store
+        .accept_and_commit(inbound("k9", "c9"), turn(b"s9", b"r9"))
+        .await
+        .unwrap()
+        .expect("a new key");
+    assert!(seq > 0 && ids.len() == 1);
+    assert_eq!(store.pending(100).await.unwrap(), pending_before);
+    assert_eq!(store.session("c9").await.unwrap().unwrap().data, b"s9");
+    let queued = store.outbox_of("c9", 0, 10).await.unwrap();
+    assert_eq!((queued[0].id, &queued[0].payload[..]), (ids[0], &b"r9"[..]));
+    assert_eq!(
+        store
+            .accept_and_commit(inbound("k9", "c9"), turn(b"again", b"again"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.session("c9").await.unwrap().unwrap().data, b"s9");
+    assert_eq!(store.outbox_of("c9", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.accept(inbound("k9", "c9")).await.unwrap(),
+        Accepted::Duplicate
+    );
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tracing::Instrument;
 
+use super::at_once::{Pending, Taken};
 use super::claims::Claims;
 use super::flows::BotSlot;
 use super::lanes::Worker;
@@ -116,11 +117,18 @@ impl Handoff {
 pub(crate) struct Queued {
     pub(crate) item: InboxItem,
     pub(crate) event: Option<Event>,
+    /// Its acceptance, when it runs at once and is written with its commit
+    /// (see `at_once.rs`; the item is numbered 0 until it is written).
+    pub(crate) pending: Option<Arc<Pending>>,
 }
 
 impl From<InboxItem> for Queued {
     fn from(item: InboxItem) -> Queued {
-        Queued { item, event: None }
+        Queued {
+            item,
+            event: None,
+            pending: None,
+        }
     }
 }
 
@@ -280,6 +288,60 @@ impl Dispatcher {
         let _ = self.commit(&commit).await;
     }
 
+    /// Writes the acceptance of a message run at once on its own (or waits
+    /// for whoever writes it), before anything that needs the message in the
+    /// store: an attempt counted, a commit of the turn alone. `false`:
+    /// nothing to run (a duplicate, or the write failed and the delivery was
+    /// refused, to come again).
+    async fn write_first(&self, seq: &mut u64, pending: &mut Option<Arc<Pending>>) -> bool {
+        let Some(p) = pending.take() else {
+            return true;
+        };
+        match p.write(&*self.store, &self.metrics).await {
+            Ok(Some(written)) => {
+                *seq = written;
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "a message could not be written; its delivery was refused");
+                false
+            }
+        }
+    }
+
+    /// Writes a message run at once with its turn's commit, in one write
+    /// (see `at_once.rs`). Tried once: the delivery waits on it, and is
+    /// refused if it fails (Qpien sends it again). `None`: nothing written
+    /// (a duplicate, or the write failed).
+    async fn commit_accepting(
+        &self,
+        mut taken: Taken,
+        commit: &mut TurnCommit,
+    ) -> Option<Vec<u64>> {
+        match self
+            .store
+            .accept_and_commit(taken.item.clone(), commit.clone())
+            .await
+        {
+            Ok(Some((seq, ids))) => {
+                self.metrics.acceptances.count("with_turn");
+                commit.inbox_seq = seq;
+                taken.written(Ok(Some(seq)));
+                Some(ids)
+            }
+            Ok(None) => {
+                taken.written(Ok(None));
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a message and its turn could not be written; its delivery was refused");
+                taken.written(Err(e));
+                None
+            }
+        }
+    }
+
     /// Commits a turn, retrying until the store takes it, unless the claim
     /// changed hands (then the turn is dropped: the instance that holds the
     /// conversation now runs it from the inbox).
@@ -311,7 +373,11 @@ impl Dispatcher {
     /// counts one and runs again. Past `max_attempts` the item is set aside
     /// (a dead letter) and the conversation goes on with its next message.
     async fn turn(&self, queued: Queued) {
-        let Queued { item, event } = queued;
+        let Queued {
+            mut item,
+            event,
+            mut pending,
+        } = queued;
         let started = Instant::now();
         let conversation = item.conversation.as_str();
         let fence = self.claims.fence(conversation);
@@ -360,6 +426,9 @@ impl Dispatcher {
                 Ok(bot) => break bot,
                 Err(e) => {
                     tracing::error!(error = %e, "the bot's flow does not compile; its turn waits");
+                    if !self.write_first(&mut item.seq, &mut pending).await {
+                        return;
+                    }
                     let Some(n) = self.count_attempt(&item).await else {
                         return;
                     };
@@ -412,6 +481,9 @@ impl Dispatcher {
                 Err(panic) => {
                     let what = panic_message(&panic);
                     tracing::error!(panic = %what, "the turn panicked");
+                    if !self.write_first(&mut item.seq, &mut pending).await {
+                        return;
+                    }
                     let Some(n) = self.count_attempt(&item).await else {
                         return;
                     };
@@ -469,7 +541,7 @@ impl Dispatcher {
                 outbox.push(payload::encode(&OutboxAction::Release));
             }
         }
-        let commit = TurnCommit {
+        let mut commit = TurnCommit {
             inbox_seq: item.seq,
             conversation: conversation.to_owned(),
             session: turn.stored.as_ref().map(|s| StoredSession {
@@ -489,8 +561,24 @@ impl Dispatcher {
                 )
             }),
         };
-        let Some(ids) = self.commit(&commit).await else {
-            return;
+        let ids = match pending.as_ref().and_then(|p| p.take()) {
+            // Run at once: the message is written with its commit.
+            Some(taken) => match self.commit_accepting(taken, &mut commit).await {
+                Some(ids) => ids,
+                None => return,
+            },
+            None => {
+                // Written already (at the deadline, or before a later
+                // message of the conversation): committed under its number.
+                if !self.write_first(&mut item.seq, &mut pending).await {
+                    return;
+                }
+                commit.inbox_seq = item.seq;
+                let Some(ids) = self.commit(&commit).await else {
+                    return;
+                };
+                ids
+            }
         };
         // A turn whose only problem is WhatsApp's window (a start where the
         // customer never wrote, say) is no error of the bot's: it has its

@@ -336,6 +336,7 @@ impl Host {
             log.clone(),
             self.config.runtime.queue_capacity,
             self.config.runtime.max_pending_per_conversation.max(1),
+            self.config.runtime.at_once_wait,
         ));
         let face = self
             .face(spec, store.clone(), inbox.clone(), metrics.clone())

@@ -1,11 +1,14 @@
 //! The inbox: where events come in. The webhook, the poller and the timers
 //! hand theirs here; each is recorded once in the store (deduplicated by its
 //! key) before it is acknowledged, then routed to the bot's workers
-//! (`route.rs`), one conversation's turns in arrival order.
+//! (`route.rs`), one conversation's turns in arrival order. Where the store
+//! writes a message with its turn's commit, one whose conversation is idle
+//! is queued first and written with its turn (`at_once.rs`).
 
 use std::sync::Arc;
 
-use super::dispatch::Dispatcher;
+use super::at_once::Pending;
+use super::dispatch::{Dispatcher, Queued};
 use super::lanes::Lanes;
 use super::metrics::Metrics;
 use super::payload::{self, event_letter};
@@ -38,6 +41,12 @@ pub(crate) struct Inbox {
     last_event: std::sync::atomic::AtomicI64,
     /// How log lines name conversations.
     log: Arc<crate::insights::Log>,
+    /// How long an acknowledgement waits for a turn run at once (zero: no
+    /// message is run at once).
+    at_once_wait: std::time::Duration,
+    /// Messages run at once whose acceptance is not written yet, by
+    /// conversation (see `at_once.rs`).
+    at_once: std::sync::Mutex<std::collections::HashMap<String, Arc<Pending>>>,
 }
 
 impl Inbox {
@@ -47,6 +56,7 @@ impl Inbox {
         log: Arc<crate::insights::Log>,
         capacity: usize,
         per_conversation: usize,
+        at_once_wait: std::time::Duration,
     ) -> Inbox {
         Inbox {
             store,
@@ -57,6 +67,8 @@ impl Inbox {
             per_conversation,
             last_event: Default::default(),
             log,
+            at_once_wait,
+            at_once: Default::default(),
         }
     }
 
@@ -107,24 +119,34 @@ impl Inbox {
                 return self.overflow(ingested, waiting).await;
             }
         }
-        let (accepted, older) = self
-            .store
-            .accept_seeing_older(NewInbound {
-                key: ingested.key,
-                conversation: ingested.conversation,
-                payload: payload::encode(&ingested.event),
-                received_at: crate::time::now(),
-            })
-            .await?;
+        let item = NewInbound {
+            key: ingested.key,
+            conversation: ingested.conversation,
+            payload: payload::encode(&ingested.event),
+            received_at: crate::time::now(),
+        };
+        let runner = self.runner();
+        // The conversation's message run at once before this one is written
+        // first: the store's order is the order of arrival.
+        let earlier = self.lock_at_once().get(&item.conversation).cloned();
+        if let Some(earlier) = earlier {
+            let _ = earlier.write(&*self.store, &self.metrics).await;
+            self.written(&item.conversation, &earlier);
+        }
+        if let Some(runner) = runner.as_ref().filter(|r| self.runs_at_once(r, &item)) {
+            return self.run_at_once(runner, item, ingested.event).await;
+        }
+        let (accepted, older) = self.store.accept_seeing_older(item).await?;
         match accepted {
             Accepted::New(item) => {
+                self.metrics.acceptances.count("alone");
                 self.last_event
                     .store(crate::time::now(), std::sync::atomic::Ordering::Relaxed);
                 // Stored: the delivery is accepted whatever comes next. If
                 // the instance that holds the conversation cannot be woken,
                 // its sweep finds the message (see `route.rs`). A paused
                 // bot's waits for it to be resumed.
-                if let Some(runner) = self.runner() {
+                if let Some(runner) = runner {
                     if let Err(e) = runner.route(item, Some(ingested.event), older).await {
                         tracing::warn!(error = %e, "an accepted message waits for the next sweep");
                     }
@@ -135,6 +157,70 @@ impl Inbox {
                 self.metrics.dedup_hits.inc();
                 Ok(false)
             }
+        }
+    }
+
+    fn lock_at_once(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Pending>>> {
+        self.at_once.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `item` is run before it is acknowledged (see `at_once.rs`):
+    /// the store writes a message with its turn, no other instance runs
+    /// conversations here, and the conversation has nothing under way.
+    fn runs_at_once(&self, runner: &Runner, item: &NewInbound) -> bool {
+        !self.at_once_wait.is_zero()
+            && self.store.commits_acceptance()
+            && !runner.claims.shared()
+            && !runner.turns.has(&item.conversation)
+            && !self.lock_at_once().contains_key(&item.conversation)
+    }
+
+    /// Runs `item`'s turn and answers once it is written: with the turn's
+    /// commit, or alone at the deadline.
+    async fn run_at_once(
+        &self,
+        runner: &Runner,
+        item: NewInbound,
+        event: Event,
+    ) -> Result<bool, StoreError> {
+        let conversation = item.conversation.clone();
+        let queued = item.clone().accepted(0);
+        let pending = Pending::new(item);
+        self.lock_at_once()
+            .insert(conversation.clone(), pending.clone());
+        runner.turns.queue(Queued {
+            item: queued,
+            event: Some(event),
+            pending: Some(pending.clone()),
+        });
+        let written = match tokio::time::timeout(self.at_once_wait, pending.written()).await {
+            Ok(written) => written,
+            Err(_) => pending.write(&*self.store, &self.metrics).await,
+        };
+        self.written(&conversation, &pending);
+        match written? {
+            Some(_) => {
+                self.last_event
+                    .store(crate::time::now(), std::sync::atomic::Ordering::Relaxed);
+                Ok(true)
+            }
+            None => {
+                self.metrics.dedup_hits.inc();
+                Ok(false)
+            }
+        }
+    }
+
+    /// Forgets `pending` (written) as its conversation's message run at once.
+    fn written(&self, conversation: &str, pending: &Arc<Pending>) {
+        let mut at_once = self.lock_at_once();
+        if at_once
+            .get(conversation)
+            .is_some_and(|p| Arc::ptr_eq(p, pending))
+        {
+            at_once.remove(conversation);
         }
     }
 

@@ -243,6 +243,9 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     /// Webhook deliveries by result.
     pub webhooks: Results,
+    /// Messages written by how (`with_turn`: run at once, written with their
+    /// turn's commit; `alone`: written before their turn).
+    pub acceptances: Results,
     /// Messages seen again (webhook redeliveries, polling overlaps).
     pub dedup_hits: Counter,
     /// Accepted items waiting for their turn.
@@ -297,6 +300,7 @@ pub(crate) struct MetricSet {
     registry: Registry,
     turns: ByResult,
     webhooks: ByResult,
+    acceptances: ByResult,
     deliveries: ByResult,
     reloads: ByResult,
     releases: ByResult,
@@ -460,6 +464,7 @@ impl MetricSet {
             registry: Registry::default(),
             turns: Family::default(),
             webhooks: Family::default(),
+            acceptances: Family::default(),
             deliveries: Family::default(),
             reloads: Family::default(),
             releases: Family::default(),
@@ -514,6 +519,11 @@ impl MetricSet {
             "flowbot_outbox_depth",
             "Replies waiting for delivery",
             m.outbox_depth.clone(),
+        );
+        registry.register(
+            "flowbot_acceptances",
+            "Messages written, by how: with their turn's commit (run at once) or alone",
+            m.acceptances.clone(),
         );
         registry.register(
             "flowbot_deliveries",
@@ -600,6 +610,7 @@ impl MetricSet {
         Metrics {
             turns: results(&self.turns),
             webhooks: results(&self.webhooks),
+            acceptances: results(&self.acceptances),
             deliveries: results(&self.deliveries),
             reloads: results(&self.reloads),
             releases: results(&self.releases),

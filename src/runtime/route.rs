@@ -38,7 +38,11 @@ impl Runner {
         older: Option<Vec<u64>>,
     ) -> Result<(), StoreError> {
         if !self.claims.shared() {
-            self.turns.queue(Queued { item, event });
+            self.turns.queue(Queued {
+                item,
+                event,
+                pending: None,
+            });
             return Ok(());
         }
         let conversation = item.conversation.clone();
@@ -65,12 +69,20 @@ impl Runner {
                         }
                     }
                 }
-                self.turns.queue(Queued { item, event });
+                self.turns.queue(Queued {
+                    item,
+                    event,
+                    pending: None,
+                });
             }
             Some((true, _pinned)) => {
                 // Its leftovers first, before any turn of it can run here.
                 self.adopt(&conversation, Some(item.seq)).await?;
-                self.turns.queue(Queued { item, event });
+                self.turns.queue(Queued {
+                    item,
+                    event,
+                    pending: None,
+                });
             }
             None => self.claims.store.notify(&conversation).await?,
         }

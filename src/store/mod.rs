@@ -361,6 +361,33 @@ pub(crate) fn is_schema_name(s: &str) -> bool {
 pub trait StateStore: Send + Sync + 'static {
     /// Records `item` unless its key was recorded before; durable on return.
     async fn accept(&self, item: NewInbound) -> Result<Accepted, StoreError>;
+
+    /// Whether [`accept_and_commit`](Self::accept_and_commit) writes a message
+    /// and its turn in one write. Where it does, a message whose conversation
+    /// has nothing else under way here is run before it is acknowledged, and
+    /// acknowledged once its turn is committed: one write instead of two.
+    fn commits_acceptance(&self) -> bool {
+        false
+    }
+
+    /// Records `item` together with the commit of its turn (its
+    /// `inbox_seq` is the item's, whatever `commit` says), durable on return:
+    /// the item's order number and the replies' ids. `Ok(None)`: the key was
+    /// recorded before, and nothing is written. The default records the item,
+    /// then commits.
+    async fn accept_and_commit(
+        &self,
+        item: NewInbound,
+        mut commit: TurnCommit,
+    ) -> Result<Option<(u64, Vec<u64>)>, StoreError> {
+        match self.accept(item).await? {
+            Accepted::Duplicate => Ok(None),
+            Accepted::New(new) => {
+                commit.inbox_seq = new.seq;
+                Ok(Some((new.seq, self.commit(commit).await?)))
+            }
+        }
+    }
     /// Inbox items not yet committed, in arrival order.
     async fn pending(&self, limit: usize) -> Result<Vec<InboxItem>, StoreError>;
     /// A conversation's session.

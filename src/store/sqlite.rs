@@ -203,6 +203,9 @@ enum Op {
     Session(String),
     Sessions(String, usize),
     Commit(TurnCommit),
+    /// A message accepted with its turn's commit (see
+    /// `StateStore::accept_and_commit`).
+    AcceptCommit(Box<(NewInbound, TurnCommit)>),
     Events(Millis, Millis, u64, usize),
     Expire(Expiring, Millis, usize, bool),
     Erase(String, String, bool),
@@ -256,6 +259,9 @@ enum Reply {
     Cursor(Option<String>),
     Names(Vec<String>),
     Ids(Vec<u64>),
+    /// The accepted item's order number and its replies' ids; `None`: a
+    /// duplicate.
+    AcceptedCommit(Option<(u64, Vec<u64>)>),
     Dead(Vec<DeadLetter>),
     DeadSummaries(Vec<DeadLetterSummary>),
     Flag(bool),
@@ -376,6 +382,7 @@ impl Op {
             self,
             Op::Accept(_)
                 | Op::Commit(_)
+                | Op::AcceptCommit(_)
                 | Op::Delivered(_)
                 | Op::SetCursor(..)
                 | Op::AddDead(_)
@@ -807,51 +814,24 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
                 "UPDATE inbox SET done = 1, payload = x'' WHERE seq = ?1 AND bot = ?2",
             )?
             .execute(params![c.inbox_seq as i64, bot])?;
-            match &c.session {
-                Some(s) => {
-                    tx.prepare_cached(
-                        "INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT(bot, conversation) DO UPDATE SET data = ?3, due_at = ?4,
-                         updated_at = ?5",
-                    )?
-                    .execute(params![bot, c.conversation, s.data, s.due_at, c.at])?;
-                }
-                None => {
-                    tx.prepare_cached("DELETE FROM sessions WHERE bot = ?1 AND conversation = ?2")?
-                        .execute(params![bot, c.conversation])?;
-                }
+            Reply::Ids(commit_rows(tx, bot, c)?)
+        }
+        Op::AcceptCommit(both) => {
+            let (item, c) = &**both;
+            // The message's row is written once, done (its payload is not
+            // kept: the turn is committed with it).
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO inbox (bot, key, conversation, payload, received_at, done)
+                     VALUES (?1, ?2, ?3, x'', ?4, 1) ON CONFLICT(bot, key) DO NOTHING",
+                )?
+                .execute(params![bot, item.key, item.conversation, item.received_at])?;
+            if inserted == 0 {
+                Reply::AcceptedCommit(None)
+            } else {
+                let seq = tx.last_insert_rowid() as u64;
+                Reply::AcceptedCommit(Some((seq, commit_rows(tx, bot, c)?)))
             }
-            if !c.events.is_empty() {
-                let mut log = tx.prepare_cached(
-                    "INSERT INTO events (bot, at, conversation, run, flow_version, state, channel,
-                     kind, detail, value, test) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )?;
-                for e in &c.events {
-                    log.execute(params![
-                        bot,
-                        e.at,
-                        e.conversation,
-                        e.run,
-                        e.flow_version,
-                        e.state,
-                        e.channel,
-                        e.kind,
-                        e.detail,
-                        e.value,
-                        e.test
-                    ])?;
-                }
-            }
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO outbox (bot, conversation, payload) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut ids = Vec::with_capacity(c.outbox.len());
-            for payload in &c.outbox {
-                insert.execute(params![bot, c.conversation, payload])?;
-                ids.push(tx.last_insert_rowid() as u64);
-            }
-            Reply::Ids(ids)
         }
         Op::Erase(conversation, hash, dry_run) => {
             // Each kind's rows of the conversation (?2): by its id, and in
@@ -1287,6 +1267,55 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
 }
 
 /// An outbox row (`id, conversation, payload`).
+/// A turn's rows besides its inbox item's: the session, the event log, the
+/// replies (their ids, in order).
+fn commit_rows(tx: &Connection, bot: i64, c: &TurnCommit) -> Result<Vec<u64>, rusqlite::Error> {
+    match &c.session {
+        Some(s) => {
+            tx.prepare_cached(
+                "INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(bot, conversation) DO UPDATE SET data = ?3, due_at = ?4,
+                 updated_at = ?5",
+            )?
+            .execute(params![bot, c.conversation, s.data, s.due_at, c.at])?;
+        }
+        None => {
+            tx.prepare_cached("DELETE FROM sessions WHERE bot = ?1 AND conversation = ?2")?
+                .execute(params![bot, c.conversation])?;
+        }
+    }
+    if !c.events.is_empty() {
+        let mut log = tx.prepare_cached(
+            "INSERT INTO events (bot, at, conversation, run, flow_version, state, channel,
+             kind, detail, value, test) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for e in &c.events {
+            log.execute(params![
+                bot,
+                e.at,
+                e.conversation,
+                e.run,
+                e.flow_version,
+                e.state,
+                e.channel,
+                e.kind,
+                e.detail,
+                e.value,
+                e.test
+            ])?;
+        }
+    }
+    let mut insert =
+        tx.prepare_cached("INSERT INTO outbox (bot, conversation, payload) VALUES (?1, ?2, ?3)")?;
+    let mut ids = Vec::with_capacity(c.outbox.len());
+    for payload in &c.outbox {
+        insert.execute(params![bot, c.conversation, payload])?;
+        ids.push(tx.last_insert_rowid() as u64);
+    }
+    Ok(ids)
+}
+
 fn outbox_row(r: &rusqlite::Row<'_>) -> Result<OutboxItem, rusqlite::Error> {
     Ok(OutboxItem {
         id: r.get::<_, i64>(0)? as u64,
@@ -1392,6 +1421,38 @@ impl StateStore for SqliteStore {
             }
         };
         super::cache::committing(sessions, self.bot, &conversation, Some(0), session, run).await
+    }
+
+    fn commits_acceptance(&self) -> bool {
+        true
+    }
+
+    async fn accept_and_commit(
+        &self,
+        item: NewInbound,
+        commit: TurnCommit,
+    ) -> Result<Option<(u64, Vec<u64>)>, StoreError> {
+        let sessions = self.file.sessions.as_ref();
+        let (conversation, session) = match sessions {
+            Some(_) => (commit.conversation.clone(), commit.session.clone()),
+            None => (String::new(), None),
+        };
+        // A duplicate writes nothing: its session is not kept (`Err` here).
+        let run = async {
+            match self.run(Op::AcceptCommit(Box::new((item, commit)))).await {
+                Ok(Reply::AcceptedCommit(Some(done))) => Ok(done),
+                Ok(Reply::AcceptedCommit(None)) => Err(None),
+                Ok(_) => Err(Some(unexpected())),
+                Err(e) => Err(Some(e)),
+            }
+        };
+        match super::cache::committing(sessions, self.bot, &conversation, Some(0), session, run)
+            .await
+        {
+            Ok(done) => Ok(Some(done)),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
+        }
     }
 
     async fn erase(
