@@ -18,6 +18,19 @@ use crate::qpien::Ingested;
 use crate::store::{Accepted, NewInbound, StateStore, StoreError};
 use crate::time::Millis;
 
+/// A message run at once, known to the inbox until it is answered.
+struct InFlight<'a> {
+    inbox: &'a Inbox,
+    conversation: &'a str,
+    pending: &'a Arc<Pending>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.inbox.written(self.conversation, self.pending);
+    }
+}
+
 /// Where events come in: webhook, poller and timers all hand theirs here.
 ///
 /// An inbox outlives the workers that run its turns: a paused bot's inbox
@@ -190,6 +203,13 @@ impl Inbox {
         let pending = Pending::new(item);
         self.lock_at_once()
             .insert(conversation.clone(), pending.clone());
+        // Forgotten however this ends (an answer, or a delivery whose
+        // connection closed: its turn still writes it).
+        let _in_flight = InFlight {
+            inbox: self,
+            conversation: &conversation,
+            pending: &pending,
+        };
         runner.turns.queue(Queued {
             item: queued,
             event: Some(event),
@@ -199,7 +219,6 @@ impl Inbox {
             Ok(written) => written,
             Err(_) => pending.write(&*self.store, &self.metrics).await,
         };
-        self.written(&conversation, &pending);
         match written? {
             Some(_) => {
                 self.last_event
