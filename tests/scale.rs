@@ -432,58 +432,6 @@ async fn a_held_conversations_message_is_written_with_its_turn_on_postgres() {
     h.stop().await;
 }
 
-/// A message run at once whose conversation has a message accepted by
-/// another instance waiting (its wake-up not read yet) is not written with
-/// its turn: it is written after that one, and both run in that order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_run_at_once_behind_another_instances_runs_after_it() {
-    use flowbot::internals::store::{NewInbound, PostgresOptions, PostgresStore, StateStore};
-    let Some(url) = postgres_url("a_message_run_at_once_behind_another_instances_runs_after_it")
-    else {
-        return;
-    };
-    let schema = fresh_schema(&url, "behind").await;
-    let mut h = Harness::start("pg-behind", ECHO, |c| {
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(url.clone());
-        c.store.schema = schema.clone();
-        c.runtime.at_once_wait = Duration::from_secs(10);
-    })
-    .await;
-    assert_eq!(h.post(&message("m1", "c1", "one")).await, 200);
-    wait_until("the reply", Duration::from_secs(10), || {
-        h.replies("c1").len() == 1
-    })
-    .await;
-    // Another instance accepted a message of c1; its wake-up is not sent.
-    let other = PostgresStore::open(PostgresOptions {
-        url: url.clone(),
-        schema: schema.clone(),
-        owner: "another".into(),
-        ..PostgresOptions::default()
-    })
-    .await
-    .unwrap();
-    let event = flowbot::Event::Message(flowbot::Incoming::text("other"));
-    other
-        .accept(NewInbound {
-            key: "elsewhere".into(),
-            conversation: "c1".into(),
-            payload: serde_json::to_vec(&event).unwrap(),
-            received_at: flowbot::internals::time::now(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(h.post(&message("m2", "c1", "two")).await, 200);
-    wait_until("three replies", Duration::from_secs(10), || {
-        h.replies("c1").len() >= 3
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.replies("c1"), ["Echo: one", "Echo: other", "Echo: two"]);
-    h.stop().await;
-}
-
 /// Replies committed here for a conversation another instance then took
 /// over are that instance's to send (it adopts them from the store, in
 /// order): sent here too, they would reach the customer twice or out of
