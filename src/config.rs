@@ -509,9 +509,8 @@ pub struct RuntimeConfig {
     /// How long a webhook's acknowledgement may wait for the turn of a
     /// message whose conversation has nothing else under way, so that the
     /// message and its turn are written together (one write instead of two;
-    /// with several instances, for conversations this one holds already). A
-    /// turn that takes longer has its message written alone at this
-    /// deadline, as every message is with `"0s"`.
+    /// SQLite). A turn that takes longer has its message written alone at
+    /// this deadline, as every message is with `"0s"`.
     #[serde(with = "humantime_serde")]
     pub at_once_wait: Duration,
     /// With a shared store (PostgreSQL): how long an instance's claim on a

@@ -1313,7 +1313,7 @@ async fn a_flood_in_one_conversation_delays_no_other() {
 
 /// The series of `/metrics` that starts with `series`, as a number (0 when
 /// absent).
-pub(crate) async fn series(h: &Harness, series: &str) -> f64 {
+async fn series(h: &Harness, series: &str) -> f64 {
     let text = h
         .http
         .get(h.url("/metrics"))
@@ -1328,8 +1328,8 @@ pub(crate) async fn series(h: &Harness, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-pub(crate) const WITH_TURN: &str = "flowbot_acceptances_total{result=\"with_turn\"}";
-pub(crate) const ALONE: &str = "flowbot_acceptances_total{result=\"alone\"}";
+const WITH_TURN: &str = "flowbot_acceptances_total{result=\"with_turn\"}";
+const ALONE: &str = "flowbot_acceptances_total{result=\"alone\"}";
 
 /// A message whose conversation has nothing under way is run before it is
 /// acknowledged, and written with its turn's commit: when the 200 comes,

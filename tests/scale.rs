@@ -391,47 +391,6 @@ async fn three_instances_share_one_request_budget() {
     );
 }
 
-/// On PostgreSQL, a message of a conversation this instance holds, with
-/// nothing else of it under way, is written with its turn (one statement,
-/// one flush); the first message of a conversation claims it the usual way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_conversations_message_is_written_with_its_turn_on_postgres() {
-    use crate::runtime::{series, ALONE, WITH_TURN};
-    let Some(url) =
-        postgres_url("a_held_conversations_message_is_written_with_its_turn_on_postgres")
-    else {
-        return;
-    };
-    let schema = fresh_schema(&url, "withturn").await;
-    let mut h = Harness::start("pg-with-turn", ECHO, |c| {
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(url.clone());
-        c.store.schema = schema.clone();
-        c.runtime.at_once_wait = Duration::from_secs(10);
-    })
-    .await;
-    let texts = ["one", "two", "three"];
-    for (n, text) in texts.iter().enumerate() {
-        let id = format!("m{n}");
-        assert_eq!(h.post(&message(&id, "c1", text)).await, 200);
-        wait_until("the reply", Duration::from_secs(10), || {
-            h.replies("c1").len() > n
-        })
-        .await;
-    }
-    assert_eq!(h.post(&message("m1", "c1", "two")).await, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.replies("c1"), ["Echo: one", "Echo: two", "Echo: three"]);
-    let (with_turn, alone) = (series(&h, WITH_TURN).await, series(&h, ALONE).await);
-    assert!(
-        alone >= 1.0,
-        "the first claims the conversation the usual way"
-    );
-    assert!(with_turn >= 1.0, "then a message is written with its turn");
-    assert_eq!(with_turn + alone, 3.0);
-    h.stop().await;
-}
-
 /// Replies committed here for a conversation another instance then took
 /// over are that instance's to send (it adopts them from the store, in
 /// order): sent here too, they would reach the customer twice or out of

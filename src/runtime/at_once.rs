@@ -2,9 +2,8 @@
 //!
 //! A message is acknowledged once it is durable. Usually that is a write of
 //! its own (the acceptance), and its turn's commit is a second. Where the
-//! store can write both together ([`StateStore::commits_acceptance`]: SQLite
-//! and PostgreSQL) and the message's conversation has nothing else under way
-//! here (with several instances: this one holds its claim already), the
+//! store can write both together ([`StateStore::commits_acceptance`]: SQLite)
+//! and the message's conversation has nothing else under way here, the
 //! inbox does not write the acceptance: it queues the turn with the
 //! acceptance [`Pending`] and waits for the turn's commit, which writes the
 //! message's row (done) with the session, the event log and the replies.
@@ -23,15 +22,6 @@
 //! A duplicate (its key recorded before, as a redelivery whose first
 //! delivery is under way) writes nothing: its turn is dropped, session
 //! included, and the delivery is answered as a duplicate.
-//!
-//! With several instances, a message of the conversation accepted by
-//! another instance may be waiting when the turn commits (its wake-up not
-//! read yet). The store then writes nothing
-//! ([`AcceptedWithTurn::Behind`](crate::store::AcceptedWithTurn)): the
-//! message is written alone, after it, and both run in that order, the turn
-//! run at once dropped and run again (its actions too, as after a crash).
-//! A message written alone while its turn ran (at the deadline) is checked
-//! the same way before its commit.
 
 use std::sync::{Arc, Mutex};
 

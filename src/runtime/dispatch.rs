@@ -27,10 +27,7 @@ use crate::message::{Channel, Effect, Event};
 use crate::qpien::types::ExternalConversation;
 use crate::qpien::{plan_replies, Operation, QpienClient};
 use crate::retry::{until_ok, Backoff};
-use crate::store::{
-    Accepted, AcceptedWithTurn, InboxItem, OutboxItem, StateStore, StoreError, StoredSession,
-    TurnCommit,
-};
+use crate::store::{InboxItem, OutboxItem, StateStore, StoreError, StoredSession, TurnCommit};
 use crate::time::Millis;
 
 /// Runs turns: what the dispatcher's lanes do with each inbox item.
@@ -327,73 +324,20 @@ impl Dispatcher {
             .accept_and_commit(taken.item.clone(), commit.clone())
             .await
         {
-            Ok(AcceptedWithTurn::Written(seq, ids)) => {
+            Ok(Some((seq, ids))) => {
                 self.metrics.acceptances.count("with_turn");
                 commit.inbox_seq = seq;
                 taken.written(Ok(Some(seq)));
                 Some(ids)
             }
-            Ok(AcceptedWithTurn::Duplicate) => {
+            Ok(None) => {
                 taken.written(Ok(None));
-                None
-            }
-            Err(e) if e.is_fenced() => {
-                tracing::warn!(error = %e, "a turn was dropped: its conversation moved");
-                self.claims.lost(&commit.conversation);
-                self.write_behind(taken, &commit.conversation).await;
-                None
-            }
-            Ok(AcceptedWithTurn::Behind) => {
-                self.write_behind(taken, &commit.conversation).await;
                 None
             }
             Err(e) => {
                 tracing::warn!(error = %e, "a message and its turn could not be written; its delivery was refused");
                 taken.written(Err(e));
                 None
-            }
-        }
-    }
-
-    /// Whether a message run at once, written alone (at the deadline, say)
-    /// while its turn ran, has older messages of its conversation pending:
-    /// accepted by another instance before it was written, they run first.
-    /// Its turn is then not committed; the holder (this instance), woken,
-    /// reads them all from the inbox and runs them in order.
-    async fn behind(&self, conversation: &str, seq: u64) -> bool {
-        let older = match self.store.pending_of(conversation).await {
-            Ok(pending) => pending.iter().any(|i| i.seq < seq),
-            // Unknown: left to the reading, which finds out.
-            Err(_) => true,
-        };
-        if older {
-            tracing::info!("a message run at once came after others; it runs again after them");
-            if let Err(e) = self.store.notify(conversation).await {
-                tracing::warn!(error = %e, "a message behind others waits for the next sweep");
-            }
-        }
-        older
-    }
-
-    /// A message run at once that another instance's messages (or claim) came
-    /// before: written alone, after theirs, and left to the conversation's
-    /// holder (this instance or another), woken to read it from the inbox.
-    async fn write_behind(&self, mut taken: Taken, conversation: &str) {
-        let written = self
-            .store
-            .accept(taken.item.clone())
-            .await
-            .map(|a| match a {
-                Accepted::New(new) => {
-                    self.metrics.acceptances.count("alone");
-                    Some(new.seq)
-                }
-                Accepted::Duplicate => None,
-            });
-        taken.written(written.clone());
-        if let Ok(Some(_)) = written {
-            if let Err(e) = self.store.notify(conversation).await {
-                tracing::warn!(error = %e, "a message behind others waits for the next sweep");
             }
         }
     }
@@ -444,11 +388,6 @@ impl Dispatcher {
             // token and could write over the holder's: it is left to the
             // holder, woken to read it from the inbox.
             tracing::info!("a turn of a conversation taken over is left to its new holder");
-            // Run at once, it is written first (else the holder, woken,
-            // would not find it).
-            if !self.write_first(&mut item.seq, &mut pending).await {
-                return;
-            }
             if let Err(e) = self.store.notify(conversation).await {
                 tracing::warn!(error = %e, "cannot wake the conversation's holder; its sweep finds the message");
             }
@@ -631,12 +570,7 @@ impl Dispatcher {
             None => {
                 // Written already (at the deadline, or before a later
                 // message of the conversation): committed under its number.
-                let written_late = pending.is_some();
                 if !self.write_first(&mut item.seq, &mut pending).await {
-                    return;
-                }
-                if written_late && self.claims.shared() && self.behind(conversation, item.seq).await
-                {
                     return;
                 }
                 commit.inbox_seq = item.seq;

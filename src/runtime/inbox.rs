@@ -147,17 +147,7 @@ impl Inbox {
             self.written(&item.conversation, &earlier);
         }
         if let Some(runner) = runner.as_ref().filter(|r| self.runs_at_once(r, &item)) {
-            if !runner.claims.shared() {
-                return self.run_at_once(runner, item, ingested.event).await;
-            }
-            // Its claim pinned until it is answered (else the usual way).
-            let conversation = item.conversation.clone();
-            let pinned = runner.pin_for_at_once(&conversation).await;
-            if pinned.is_some() {
-                let answer = self.run_at_once(runner, item, ingested.event).await;
-                drop(pinned);
-                return answer;
-            }
+            return self.run_at_once(runner, item, ingested.event).await;
         }
         let (accepted, older) = self.store.accept_seeing_older(item).await?;
         match accepted {
@@ -189,14 +179,13 @@ impl Inbox {
         self.at_once.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `item` may run before it is acknowledged (see `at_once.rs`):
-    /// the store writes a message with its turn, this instance holds the
-    /// conversation (a store shared by several), and the conversation has
-    /// nothing under way here.
+    /// Whether `item` is run before it is acknowledged (see `at_once.rs`):
+    /// the store writes a message with its turn, no other instance runs
+    /// conversations here, and the conversation has nothing under way.
     fn runs_at_once(&self, runner: &Runner, item: &NewInbound) -> bool {
         !self.at_once_wait.is_zero()
             && self.store.commits_acceptance()
-            && (!runner.claims.shared() || runner.claims.fence(&item.conversation).is_some())
+            && !runner.claims.shared()
             && !runner.turns.has(&item.conversation)
             && !self.lock_at_once().contains_key(&item.conversation)
     }

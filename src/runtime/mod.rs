@@ -6,9 +6,9 @@
 //! timers (timers.rs) ┘   (dedup, durable)  (claims)    └─> outbox.rs: replies delivered in order per
 //!                                                          conversation through the Qpien client
 //! ```
-//! Every accepted event is in the store before it is acknowledged (one whose
-//! conversation is idle here is run first and written with its turn:
-//! `at_once.rs`); every reply
+//! Every accepted event is in the store before it is acknowledged (on
+//! SQLite, one whose conversation is idle is run first and written with its
+//! turn: `at_once.rs`); every reply
 //! is in the store before it is sent, and leaves it only once Qpien has it. On
 //! start, unfinished inbox items and undelivered outbox items are resumed, so a
 //! crash loses nothing and, with `frontMsgId`, repeats nothing.

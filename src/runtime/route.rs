@@ -115,26 +115,6 @@ impl Runner {
         Ok(())
     }
 
-    /// Pins the claim of `conversation` for a message run at once (see
-    /// `at_once.rs`): `Some` when this instance held it already. A claim
-    /// just taken has its leftovers adopted first, and the message goes the
-    /// usual way (`None`), as it does when another instance holds it.
-    pub(crate) async fn pin_for_at_once<'a>(
-        &'a self,
-        conversation: &'a str,
-    ) -> Option<super::claims::Pinned<'a>> {
-        match self.claims.acquire(conversation).await {
-            Ok(Some((false, pinned))) => Some(pinned),
-            Ok(Some((true, _pinned))) => {
-                if let Err(e) = self.adopt(conversation, None).await {
-                    tracing::warn!(error = %e, "a conversation's leftovers wait for the next sweep");
-                }
-                None
-            }
-            Ok(None) | Err(_) => None,
-        }
-    }
-
     /// Takes `conversation` if nobody holds it, and reads its work.
     async fn take(&self, conversation: &str) -> Result<(), StoreError> {
         match self.claims.acquire(conversation).await? {

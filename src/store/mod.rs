@@ -108,19 +108,6 @@ pub enum Accepted {
     Duplicate,
 }
 
-/// What [`StateStore::accept_and_commit`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AcceptedWithTurn {
-    /// Both written: the message's order number and the replies' ids.
-    Written(u64, Vec<u64>),
-    /// The key was seen before: nothing written.
-    Duplicate,
-    /// Older messages of the conversation wait (accepted by another
-    /// instance): nothing written. The message is to be written alone, and
-    /// its turn run after them.
-    Behind,
-}
-
 /// A conversation's saved state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
@@ -384,21 +371,20 @@ pub trait StateStore: Send + Sync + 'static {
     }
 
     /// Records `item` together with the commit of its turn (its
-    /// `inbox_seq` is the item's, whatever `commit` says), durable on return.
-    /// A store shared by several instances writes nothing when older
-    /// messages of the conversation wait ([`AcceptedWithTurn::Behind`]). The
-    /// default records the item, then commits.
+    /// `inbox_seq` is the item's, whatever `commit` says), durable on return:
+    /// the item's order number and the replies' ids. `Ok(None)`: the key was
+    /// recorded before, and nothing is written. The default records the item,
+    /// then commits.
     async fn accept_and_commit(
         &self,
         item: NewInbound,
         mut commit: TurnCommit,
-    ) -> Result<AcceptedWithTurn, StoreError> {
+    ) -> Result<Option<(u64, Vec<u64>)>, StoreError> {
         match self.accept(item).await? {
-            Accepted::Duplicate => Ok(AcceptedWithTurn::Duplicate),
+            Accepted::Duplicate => Ok(None),
             Accepted::New(new) => {
                 commit.inbox_seq = new.seq;
-                let ids = self.commit(commit).await?;
-                Ok(AcceptedWithTurn::Written(new.seq, ids))
+                Ok(Some((new.seq, self.commit(commit).await?)))
             }
         }
     }

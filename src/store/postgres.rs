@@ -31,9 +31,9 @@ use tokio_postgres::NoTls;
 use crate::qpien::limit::Grant;
 
 use super::{
-    Accepted, AcceptedWithTurn, DeadLetter, DeadLetterSummary, Expiring, Export, Held, InboxItem,
-    LogEvent, Millis, NewInbound, OutboxItem, Rollup, StateStore, StoreError, StoredSession,
-    TurnCommit, MAX_DEAD_LETTERS,
+    Accepted, DeadLetter, DeadLetterSummary, Expiring, Export, Held, InboxItem, LogEvent, Millis,
+    NewInbound, OutboxItem, Rollup, StateStore, StoreError, StoredSession, TurnCommit,
+    MAX_DEAD_LETTERS,
 };
 
 /// Dedup keys of processed messages are kept this long.
@@ -804,14 +804,7 @@ impl StateStore for PostgresStore {
         // a turn under the same claim reads with); forgotten otherwise.
         let sessions = self.db.sessions.as_ref();
         let session = sessions.and(c.session.clone());
-        let run = async {
-            let done = self.commit_statement(&c, None).await?;
-            if done.marked.is_none() && c.fence.is_some() {
-                // Another instance ran this message and committed it first.
-                return Err(StoreError::already_committed(&c.conversation, c.inbox_seq));
-            }
-            Ok(done.ids)
-        };
+        let run = self.commit_statement(&c);
         super::cache::committing(
             sessions,
             self.bot.into(),
@@ -821,44 +814,6 @@ impl StateStore for PostgresStore {
             run,
         )
         .await
-    }
-
-    fn commits_acceptance(&self) -> bool {
-        true
-    }
-
-    async fn accept_and_commit(
-        &self,
-        item: NewInbound,
-        mut c: TurnCommit,
-    ) -> Result<AcceptedWithTurn, StoreError> {
-        c.inbox_seq = 0;
-        let sessions = self.db.sessions.as_ref();
-        let session = sessions.and(c.session.clone());
-        // Nothing written (a duplicate, behind others): `Err(Ok(..))`, so
-        // that the session is not kept.
-        let run = async {
-            let done = self.commit_statement(&c, Some(&item)).await.map_err(Err)?;
-            match done.marked {
-                Some(seq) => Ok(AcceptedWithTurn::Written(seq, done.ids)),
-                None if done.behind => Err(Ok(AcceptedWithTurn::Behind)),
-                None => Err(Ok(AcceptedWithTurn::Duplicate)),
-            }
-        };
-        match super::cache::committing(
-            sessions,
-            self.bot.into(),
-            &c.conversation,
-            c.fence,
-            session,
-            run,
-        )
-        .await
-        {
-            Ok(written) => Ok(written),
-            Err(Ok(nothing)) => Ok(nothing),
-            Err(Err(e)) => Err(e),
-        }
     }
 
     async fn erase(
@@ -1752,26 +1707,9 @@ impl StateStore for PostgresStore {
     }
 }
 
-/// What a turn's commit statement did (not fenced).
-struct Committed {
-    /// The message's number, if this statement marked it done (or wrote it).
-    marked: Option<u64>,
-    /// Whether other messages of the conversation were pending (only when
-    /// the message is written with its turn).
-    behind: bool,
-    /// The replies' ids.
-    ids: Vec<u64>,
-}
-
 impl PostgresStore {
-    /// A turn's commit (see `StateStore::commit`), as one statement; with
-    /// `accept`, the message's row is written by it too, done (see
-    /// `StateStore::accept_and_commit`).
-    async fn commit_statement(
-        &self,
-        c: &TurnCommit,
-        accept: Option<&NewInbound>,
-    ) -> Result<Committed, StoreError> {
+    /// A turn's commit (see `StateStore::commit`), as one statement.
+    async fn commit_statement(&self, c: &TurnCommit) -> Result<Vec<u64>, StoreError> {
         // One statement, one round trip and one transaction: the fencing
         // check, the message done, the session, the event log's rows and the
         // replies queued (before, a transaction of nine round trips: the
@@ -1787,127 +1725,94 @@ impl PostgresStore {
         // conversation it is a point lookup whichever index it takes.
         // (Measured: without it the plan walked every entry of the bot's
         // pending index, dead ones included, on each commit.)
-        //
-        // Written with its message, the turn also needs the conversation to
-        // have no other message pending (`behind`: accepted by another
-        // instance, its turn comes first), and the key to be new.
-        const CLAIM: &str = "WITH claim AS (
-                 SELECT token FROM claims
-                 WHERE bot = $1 AND conversation = $2 AND owner = $3 FOR UPDATE),
-             fenced AS (
-                 SELECT $4::bigint IS NOT NULL
-                    AND $4::bigint IS DISTINCT FROM (SELECT token FROM claim) AS yes),";
-        const MARK: &str = "
-             behind AS (SELECT false AS yes),
-             marked AS (
-                 UPDATE inbox SET done = true, payload = ''::bytea
-                 WHERE seq = $5 AND bot = $1 AND conversation = $2 AND NOT done
-                   AND NOT (SELECT yes FROM fenced)
-                 RETURNING seq),
-             go AS (
-                 SELECT NOT (SELECT yes FROM fenced)
-                    AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM marked)) AS yes),";
-        const ACCEPT: &str = "
-             behind AS (
-                 SELECT EXISTS (SELECT 1 FROM inbox WHERE bot = $1 AND conversation = $2
-                     AND NOT done AND seq <> $5) AS yes),
-             marked AS (
-                 INSERT INTO inbox (bot, key, conversation, payload, received_at, done)
-                 SELECT $1, $20, $2, ''::bytea, $21, true
-                 WHERE NOT (SELECT yes FROM fenced) AND NOT (SELECT yes FROM behind)
-                 ON CONFLICT (bot, key) DO NOTHING
-                 RETURNING seq),
-             go AS (SELECT EXISTS (SELECT 1 FROM marked) AS yes),";
-        const ROWS: &str = "
-             kept AS (
-                 INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
-                 SELECT $1, $2, $6::bytea, $7::bigint, $8::bigint
-                 WHERE $6::bytea IS NOT NULL AND (SELECT yes FROM go)
-                 ON CONFLICT (bot, conversation) DO UPDATE SET data = EXCLUDED.data,
-                     due_at = EXCLUDED.due_at, updated_at = EXCLUDED.updated_at),
-             ended AS (
-                 DELETE FROM sessions WHERE bot = $1 AND conversation = $2
-                   AND $6::bytea IS NULL AND (SELECT yes FROM go)),
-             logged AS (
-                 INSERT INTO events (bot, at, conversation, run, flow_version, state,
-                     channel, kind, detail, value, test)
-                 SELECT $1, e.* FROM unnest($9::bigint[], $10::text[], $11::bigint[],
-                     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                     $17::text[], $18::bool[]) AS e
-                 WHERE (SELECT yes FROM go)),
-             queued AS (
-                 INSERT INTO outbox (bot, conversation, payload)
-                 SELECT $1, $2, u.payload
-                 FROM unnest($19::bytea[]) WITH ORDINALITY AS u(payload, n)
-                 WHERE (SELECT yes FROM go) ORDER BY u.n
-                 RETURNING id)
-             SELECT (SELECT yes FROM fenced), (SELECT seq FROM marked), (SELECT yes FROM behind),
-                 ARRAY(SELECT id FROM queued ORDER BY id)";
         let client = self.client().await?;
-        let sql = format!(
-            "{CLAIM}{}{ROWS}",
-            if accept.is_some() { ACCEPT } else { MARK }
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(pg)?;
+        let statement = client
+            .prepare_cached(
+                "WITH claim AS (
+                     SELECT token FROM claims
+                     WHERE bot = $1 AND conversation = $2 AND owner = $3 FOR UPDATE),
+                 fenced AS (
+                     SELECT $4::bigint IS NOT NULL
+                        AND $4::bigint IS DISTINCT FROM (SELECT token FROM claim) AS yes),
+                 marked AS (
+                     UPDATE inbox SET done = true, payload = ''::bytea
+                     WHERE seq = $5 AND bot = $1 AND conversation = $2 AND NOT done
+                       AND NOT (SELECT yes FROM fenced)
+                     RETURNING seq),
+                 go AS (
+                     SELECT NOT (SELECT yes FROM fenced)
+                        AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM marked)) AS yes),
+                 kept AS (
+                     INSERT INTO sessions (bot, conversation, data, due_at, updated_at)
+                     SELECT $1, $2, $6::bytea, $7::bigint, $8::bigint
+                     WHERE $6::bytea IS NOT NULL AND (SELECT yes FROM go)
+                     ON CONFLICT (bot, conversation) DO UPDATE SET data = EXCLUDED.data,
+                         due_at = EXCLUDED.due_at, updated_at = EXCLUDED.updated_at),
+                 ended AS (
+                     DELETE FROM sessions WHERE bot = $1 AND conversation = $2
+                       AND $6::bytea IS NULL AND (SELECT yes FROM go)),
+                 logged AS (
+                     INSERT INTO events (bot, at, conversation, run, flow_version, state,
+                         channel, kind, detail, value, test)
+                     SELECT $1, e.* FROM unnest($9::bigint[], $10::text[], $11::bigint[],
+                         $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                         $17::text[], $18::bool[]) AS e
+                     WHERE (SELECT yes FROM go)),
+                 queued AS (
+                     INSERT INTO outbox (bot, conversation, payload)
+                     SELECT $1, $2, u.payload
+                     FROM unnest($19::bytea[]) WITH ORDINALITY AS u(payload, n)
+                     WHERE (SELECT yes FROM go) ORDER BY u.n
+                     RETURNING id)
+                 SELECT (SELECT yes FROM fenced), EXISTS (SELECT 1 FROM marked),
+                     ARRAY(SELECT id FROM queued ORDER BY id)",
+            )
+            .await
+            .map_err(pg)?;
         let column = |f: fn(&LogEvent) -> &str| c.events.iter().map(f).collect::<Vec<_>>();
         let (data, due_at) = match &c.session {
             Some(s) => (Some(&s.data), s.due_at),
             None => (None, None),
         };
-        let (fence, seq) = (c.fence.map(id), id(c.inbox_seq));
-        let (ats, conversations, runs) = (
-            c.events.iter().map(|e| e.at).collect::<Vec<_>>(),
-            column(|e| &e.conversation),
-            c.events.iter().map(|e| e.run).collect::<Vec<_>>(),
-        );
-        let (versions, states, channels, kinds, details) = (
-            column(|e| &e.flow_version),
-            column(|e| &e.state),
-            column(|e| &e.channel),
-            column(|e| &e.kind),
-            column(|e| &e.detail),
-        );
-        let values = c
-            .events
-            .iter()
-            .map(|e| e.value.as_deref())
-            .collect::<Vec<_>>();
-        let tests = c.events.iter().map(|e| e.test).collect::<Vec<_>>();
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-            &self.bot,
-            &c.conversation,
-            &self.db.owner,
-            &fence,
-            &seq,
-            &data,
-            &due_at,
-            &c.at,
-            &ats,
-            &conversations,
-            &runs,
-            &versions,
-            &states,
-            &channels,
-            &kinds,
-            &details,
-            &values,
-            &tests,
-            &c.outbox,
-        ];
-        if let Some(item) = accept {
-            params.push(&item.key);
-            params.push(&item.received_at);
-        }
-        let row = client.query_one(&statement, &params).await.map_err(pg)?;
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &self.bot,
+                    &c.conversation,
+                    &self.db.owner,
+                    &c.fence.map(id),
+                    &id(c.inbox_seq),
+                    &data,
+                    &due_at,
+                    &c.at,
+                    &c.events.iter().map(|e| e.at).collect::<Vec<_>>(),
+                    &column(|e| &e.conversation),
+                    &c.events.iter().map(|e| e.run).collect::<Vec<_>>(),
+                    &column(|e| &e.flow_version),
+                    &column(|e| &e.state),
+                    &column(|e| &e.channel),
+                    &column(|e| &e.kind),
+                    &column(|e| &e.detail),
+                    &c.events
+                        .iter()
+                        .map(|e| e.value.as_deref())
+                        .collect::<Vec<_>>(),
+                    &c.events.iter().map(|e| e.test).collect::<Vec<_>>(),
+                    &c.outbox,
+                ],
+            )
+            .await
+            .map_err(pg)?;
         if row.get::<_, bool>(0) {
             return Err(StoreError::fenced(&c.conversation));
         }
-        let ids: Vec<i64> = row.get(3);
-        Ok(Committed {
-            marked: row.get::<_, Option<i64>>(1).map(|s| s as u64),
-            behind: row.get(2),
-            ids: ids.into_iter().map(|i| i as u64).collect(),
-        })
+        if !row.get::<_, bool>(1) && c.fence.is_some() {
+            // Another instance ran this message and committed it first.
+            return Err(StoreError::already_committed(&c.conversation, c.inbox_seq));
+        }
+        let ids: Vec<i64> = row.get(2);
+        Ok(ids.into_iter().map(|i| i as u64).collect())
     }
 
     /// Erases a conversation's rows (see `StateStore::erase`).

@@ -1431,7 +1431,7 @@ impl StateStore for SqliteStore {
         &self,
         item: NewInbound,
         commit: TurnCommit,
-    ) -> Result<AcceptedWithTurn, StoreError> {
+    ) -> Result<Option<(u64, Vec<u64>)>, StoreError> {
         let sessions = self.file.sessions.as_ref();
         let (conversation, session) = match sessions {
             Some(_) => (commit.conversation.clone(), commit.session.clone()),
@@ -1449,8 +1449,8 @@ impl StateStore for SqliteStore {
         match super::cache::committing(sessions, self.bot, &conversation, Some(0), session, run)
             .await
         {
-            Ok((seq, ids)) => Ok(AcceptedWithTurn::Written(seq, ids)),
-            Err(None) => Ok(AcceptedWithTurn::Duplicate),
+            Ok(done) => Ok(Some(done)),
+            Err(None) => Ok(None),
             Err(Some(e)) => Err(e),
         }
     }
