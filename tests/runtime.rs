@@ -1426,3 +1426,40 @@ async fn a_slow_turn_has_its_message_written_alone_at_the_deadline() {
     .await;
     running.shutdown().await;
 }
+
+/// Two messages of one idle conversation at the same moment: one runs at
+/// once, the other is written after it; both are answered, none is lost
+/// (a second message queued as if run at once too would be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_messages_of_an_idle_conversation_at_once_are_both_answered() {
+    let mut h = Harness::start("at-once-pairs", ECHO, |c| {
+        c.runtime.at_once_wait = Duration::from_secs(10);
+    })
+    .await;
+    let pairs: Vec<_> = (0..20)
+        .map(|i| {
+            let c = format!("c{i}");
+            (
+                message(&format!("a{i}"), &c, "one"),
+                message(&format!("b{i}"), &c, "two"),
+            )
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        pairs
+            .iter()
+            .map(|(a, b)| futures_util::future::join(h.post(a), h.post(b))),
+    )
+    .await;
+    assert!(answers.iter().all(|&(a, b)| a == 200 && b == 200));
+    wait_until("every reply", Duration::from_secs(10), || {
+        (0..20).all(|i| h.replies(&format!("c{i}")).len() == 2)
+    })
+    .await;
+    assert_eq!(
+        series(&h, WITH_TURN).await + series(&h, ALONE).await,
+        40.0,
+        "every message written once"
+    );
+    h.stop().await;
+}

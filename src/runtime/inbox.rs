@@ -139,15 +139,34 @@ impl Inbox {
             received_at: crate::time::now(),
         };
         let runner = self.runner();
-        // The conversation's message run at once before this one is written
-        // first: the store's order is the order of arrival.
-        let earlier = self.lock_at_once().get(&item.conversation).cloned();
-        if let Some(earlier) = earlier {
-            let _ = earlier.write(&*self.store, &self.metrics).await;
-            self.written(&item.conversation, &earlier);
-        }
-        if let Some(runner) = runner.as_ref().filter(|r| self.runs_at_once(r, &item)) {
-            return self.run_at_once(runner, item, ingested.event).await;
+        loop {
+            // The conversation's message run at once before this one is
+            // written first: the store's order is the order of arrival.
+            let earlier = self.lock_at_once().get(&item.conversation).cloned();
+            if let Some(earlier) = earlier {
+                let _ = earlier.write(&*self.store, &self.metrics).await;
+                self.written(&item.conversation, &earlier);
+            }
+            let Some(runner) = runner.as_ref().filter(|r| self.runs_at_once(r, &item)) else {
+                break;
+            };
+            // One message of a conversation at once at a time: reserved under
+            // the lock (one that came first meanwhile is written first).
+            let pending = {
+                let mut at_once = self.lock_at_once();
+                if at_once.contains_key(&item.conversation) {
+                    None
+                } else {
+                    let pending = Pending::new(item.clone());
+                    at_once.insert(item.conversation.clone(), pending.clone());
+                    Some(pending)
+                }
+            };
+            if let Some(pending) = pending {
+                return self
+                    .run_at_once(runner, pending, item, ingested.event)
+                    .await;
+            }
         }
         let (accepted, older) = self.store.accept_seeing_older(item).await?;
         match accepted {
@@ -187,22 +206,19 @@ impl Inbox {
             && self.store.commits_acceptance()
             && !runner.claims.shared()
             && !runner.turns.has(&item.conversation)
-            && !self.lock_at_once().contains_key(&item.conversation)
     }
 
-    /// Runs `item`'s turn and answers once it is written: with the turn's
-    /// commit, or alone at the deadline.
+    /// Runs `item`'s turn (its acceptance `pending`, reserved) and answers
+    /// once it is written: with the turn's commit, or alone at the deadline.
     async fn run_at_once(
         &self,
         runner: &Runner,
+        pending: Arc<Pending>,
         item: NewInbound,
         event: Event,
     ) -> Result<bool, StoreError> {
         let conversation = item.conversation.clone();
-        let queued = item.clone().accepted(0);
-        let pending = Pending::new(item);
-        self.lock_at_once()
-            .insert(conversation.clone(), pending.clone());
+        let queued = item.accepted(0);
         // Forgotten however this ends (an answer, or a delivery whose
         // connection closed: its turn still writes it).
         let _in_flight = InFlight {
