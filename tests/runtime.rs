@@ -1311,21 +1311,9 @@ async fn a_flood_in_one_conversation_delays_no_other() {
     );
 }
 
-/// The series of `/metrics` that starts with `series`, as a number (0 when
-/// absent).
+/// The series of `/metrics` named `series`, as a number (0 when absent).
 async fn series(h: &Harness, series: &str) -> f64 {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    crate::bots::metric(&h.http, &h.url(""), series).await
 }
 
 const WITH_TURN: &str = "flowbot_acceptances_total{result=\"with_turn\"}";
