@@ -6,11 +6,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowbot::internals::config::StoreBackend;
+use flowbot::internals::config::{Config, StoreBackend};
 use flowbot::internals::qpien::Secret;
 
 use crate::runtime::{message, wait_until, Harness, ECHO};
 use crate::store::postgres_url;
+
+/// `c` on PostgreSQL at `url`, in `schema`.
+pub(crate) fn on_postgres(c: &mut Config, url: &str, schema: &str) {
+    c.store.backend = StoreBackend::Postgres;
+    c.store.url = Secret::new(url.to_owned());
+    c.store.schema = schema.to_owned();
+}
 
 /// A schema of its own for a test, dropped first.
 pub(crate) async fn fresh_schema(url: &str, name: &str) -> String {
@@ -33,9 +40,7 @@ async fn flowbot_runs_on_postgres() {
     };
     let schema = fresh_schema(&url, "run").await;
     let mut h = Harness::start("pg-run", ECHO, |c| {
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(url.clone());
-        c.store.schema = schema.clone();
+        on_postgres(c, &url, &schema);
     })
     .await;
     h.post(&message("m1", "c1", "hello")).await;
@@ -121,9 +126,7 @@ async fn postgres_going_away_means_503_then_recovery() {
     let db = config.get_dbname().unwrap_or("postgres").to_owned();
     let proxied = format!("postgres://{user}@{}/{db}", proxy.addr);
     let mut h = Harness::start("pg-away", ECHO, |c| {
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(proxied.clone());
-        c.store.schema = schema.clone();
+        on_postgres(c, &proxied, &schema);
     })
     .await;
     h.post(&message("m1", "c1", "before")).await;
@@ -203,9 +206,7 @@ async fn three_instances_answer_every_message_once_in_order() {
         let dir = temp_dir(&format!("pg-three-{i}"));
         std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
         let mut c = config(&qpien, &dir);
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(url.clone());
-        c.store.schema = schema.clone();
+        on_postgres(&mut c, &url, &schema);
         c.runtime.claim_ttl = Duration::from_secs(2);
         bots.push(flowbot::start(c, flowbot::Registry::new()).await.unwrap());
     }
@@ -331,9 +332,7 @@ async fn three_instances_share_one_request_budget() {
         let dir = temp_dir(&format!("pg-budget-{i}"));
         std::fs::write(dir.join("flow.yaml"), COUNTER).unwrap();
         let mut c = config(&qpien, &dir);
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(url.clone());
-        c.store.schema = schema.clone();
+        on_postgres(&mut c, &url, &schema);
         c.qpien.rate_limit = RateLimitConfig {
             requests: BUDGET,
             per: Duration::from_secs(1),
@@ -405,9 +404,7 @@ async fn replies_of_a_conversation_taken_over_are_left_to_its_new_holder() {
     };
     let schema = fresh_schema(&url, "left").await;
     let mut h = Harness::start("pg-left", ECHO, |c| {
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(url.clone());
-        c.store.schema = schema.clone();
+        on_postgres(c, &url, &schema);
         c.runtime.claim_ttl = Duration::from_millis(600);
         c.qpien.request_timeout = Duration::from_millis(800);
     })
@@ -482,9 +479,7 @@ async fn turns_queued_behind_a_lost_claim_are_left_to_its_new_holder() {
     let schema = fresh_schema(&url, "lost").await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let mut h = Harness::with("pg-lost", BLOCKING, blocking_registry(gate.clone()), |c| {
-        c.store.backend = StoreBackend::Postgres;
-        c.store.url = Secret::new(url.clone());
-        c.store.schema = schema.clone();
+        on_postgres(c, &url, &schema);
         c.runtime.claim_ttl = Duration::from_millis(600);
     })
     .await;

@@ -144,6 +144,8 @@ impl Inbox {
             // written first: the store's order is the order of arrival.
             let earlier = self.lock_at_once().get(&item.conversation).cloned();
             if let Some(earlier) = earlier {
+                // How it went is its own delivery's answer (a failure there
+                // is refused, to come again); this one is written after.
                 let _ = earlier.write(&*self.store, &self.metrics).await;
                 self.written(&item.conversation, &earlier);
             }

@@ -605,14 +605,11 @@ impl Sender {
             Some(Delivery::Left) => self.left(conversation).await,
             // Delivered, dropped or withheld (counted as such): taken out of
             // the store.
-            Some(sent) => {
-                if let Delivery::Sent | Delivery::Dropped = sent {
-                    let what = if sent == Delivery::Sent {
-                        "sent"
-                    } else {
-                        "dropped"
-                    };
-                    self.metrics.deliveries.count(what);
+            Some(ended) => {
+                match ended {
+                    Delivery::Sent => self.metrics.deliveries.count("sent"),
+                    Delivery::Dropped => self.metrics.deliveries.count("dropped"),
+                    Delivery::Withheld | Delivery::Left => {}
                 }
                 self.mark_delivered(item).await
             }

@@ -1266,7 +1266,6 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
     })
 }
 
-/// An outbox row (`id, conversation, payload`).
 /// A turn's rows besides its inbox item's: the session, the event log, the
 /// replies (their ids, in order).
 fn commit_rows(tx: &Connection, bot: i64, c: &TurnCommit) -> Result<Vec<u64>, rusqlite::Error> {
@@ -1316,6 +1315,7 @@ fn commit_rows(tx: &Connection, bot: i64, c: &TurnCommit) -> Result<Vec<u64>, ru
     Ok(ids)
 }
 
+/// An outbox row (`id, conversation, payload`).
 fn outbox_row(r: &rusqlite::Row<'_>) -> Result<OutboxItem, rusqlite::Error> {
     Ok(OutboxItem {
         id: r.get::<_, i64>(0)? as u64,
