@@ -11,7 +11,8 @@
 //! stand-in run here; run it pinned to the other core:
 //!
 //! `taskset -c 0 cargo bench --bench ceiling` (options: `-- --conversations N
-//! --concurrency C --normal --no-insights --no-session-cache --alone`; the last
+//! --concurrency C --normal --no-insights --no-session-cache --alone --batch N
+//! --in-flight K`; `--batch 1` sends each reply in a request of its own; the last
 //! three without the conversation event log, without the sessions kept in
 //! memory, or with every message written alone before its turn
 //! (`runtime.at_once_wait = "0s"`), to measure what each costs or saves). Without `taskset` on the machine, the servers run
@@ -222,6 +223,12 @@ fn main() {
         if alone {
             role.push("--alone".into());
         }
+        // How replies share requests (`--batch N --in-flight K`), as given.
+        for flag in ["--batch", "--in-flight"] {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                role.extend(args[i..].iter().take(2).cloned());
+            }
+        }
         let (mut bot, addr, _) = spawn(&role);
         let url = format!("http://{addr}/webhook");
         load(&url, 50, concurrency, "w").await;
@@ -247,12 +254,14 @@ fn main() {
         drop(bot.stdin.take());
         let _ = tokio::task::spawn_blocking(move || bot.wait()).await;
         println!(
-            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}; event log {}; sessions kept {}; messages written {}",
+            "servers {}; {turns} turns ({conversations} conversations, {concurrency} at a time); durability {}; event log {}; sessions kept {}; messages written {}; replies {} a request, {} under way",
             if pinned { "pinned to core 1 (taskset -c 1)" } else { "not pinned (no taskset)" },
             if normal { "normal" } else { "full" },
             if no_log { "off" } else { "on" },
             if no_cache { "off" } else { "on" },
-            if alone { "alone" } else { "with their turn when it runs at once" }
+            if alone { "alone" } else { "with their turn when it runs at once" },
+            arg("--batch", flowbot::internals::qpien::BatchConfig::default().max),
+            arg("--in-flight", flowbot::internals::qpien::BatchConfig::default().in_flight),
         );
         println!("bare axum handler (signature, 200): {ceiling:.0} turns/s, {bare_cpu} of CPU a turn");
         println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn");

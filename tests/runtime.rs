@@ -1451,3 +1451,59 @@ async fn two_messages_of_an_idle_conversation_at_once_are_both_answered() {
     );
     h.stop().await;
 }
+
+/// Replies of several conversations ready at once share a request to Qpien
+/// (`qpien.batch`): with Qpien slow and one request under way at a time,
+/// the replies of 30 conversations go in a few requests, every one
+/// delivered once and each conversation's in order. With `max = 1` each
+/// goes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_of_many_conversations_share_requests() {
+    const BATCHED: &str = "flowbot_qpien_batched_replies_total";
+    for max in [20, 1] {
+        let mut h = Harness::build(
+            &format!("batch-{max}"),
+            ECHO,
+            Registry::new(),
+            |s| {
+                s.faults.slow = 1.0;
+                s.faults.slow_delay = Duration::from_millis(100);
+            },
+            |c| {
+                c.qpien.batch.max = max;
+                c.qpien.batch.in_flight = 1;
+            },
+        )
+        .await;
+        let convs: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+        for round in ["one", "two"] {
+            let payloads: Vec<Value> = convs
+                .iter()
+                .map(|c| message(&format!("{c}-{round}"), c, round))
+                .collect();
+            let posts: Vec<_> = payloads.iter().map(|p| h.post(p)).collect();
+            for status in futures_util::future::join_all(posts).await {
+                assert_eq!(status, 200);
+            }
+        }
+        wait_until("every reply", Duration::from_secs(30), || {
+            convs.iter().all(|c| h.replies(c).len() == 2)
+        })
+        .await;
+        for c in &convs {
+            assert_eq!(h.replies(c), ["Echo: one", "Echo: two"], "{c}");
+        }
+        let requests = h.qpien.state().stats().requests;
+        let batched = series(&h, BATCHED).await;
+        if max == 1 {
+            assert_eq!(batched, 0.0);
+            assert!(requests >= 60, "{requests} requests");
+        } else {
+            // 60 replies, 100 ms a request, one under way: most wait and
+            // go together.
+            assert!(batched >= 40.0, "{batched} batched");
+            assert!(requests < 30, "{requests} requests");
+        }
+        h.stop().await;
+    }
+}

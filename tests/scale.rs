@@ -338,6 +338,8 @@ async fn three_instances_share_one_request_budget() {
             per: Duration::from_secs(1),
             default_reset: Duration::from_secs(1),
         };
+        // One reply a request: the requests are what is shared.
+        c.qpien.batch.max = 1;
         c.runtime.shutdown_deadline = Duration::from_millis(300);
         bots.push(flowbot::start(c, flowbot::Registry::new()).await.unwrap());
     }

@@ -55,19 +55,27 @@ pub(crate) async fn stand_in_watching(created: Arc<AtomicUsize>, probes: Arc<Pro
             async move {
                 let text = String::from_utf8_lossy(&body);
                 if text.contains("generateOAuthToken") {
-                    return r#"{"data":{"generateOAuthToken":{"accessToken":"t","expiresIn":3600}}}"#;
+                    return r#"{"data":{"generateOAuthToken":{"accessToken":"t","expiresIn":3600}}}"#.to_owned();
                 }
-                created.fetch_add(1, Ordering::Relaxed);
-                if let Some(at) = text.find("probe-") {
-                    let id: String = text[at..]
+                // Replies sent together: one aliased field each (`m0: ...`).
+                let n = text.matches("createMessage(").count().max(1);
+                created.fetch_add(n, Ordering::Relaxed);
+                let mut rest = &text[..];
+                while let Some(at) = rest.find("probe-") {
+                    let id: String = rest[at..]
                         .chars()
                         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
                         .collect();
                     if let Some(waiter) = probes.lock().unwrap().remove(&id) {
                         let _ = waiter.send(());
                     }
+                    rest = &rest[at + id.len()..];
                 }
-                r#"{"data":{"createMessage":{"_id":"m"}}}"#
+                if n == 1 {
+                    return r#"{"data":{"createMessage":{"_id":"m"}}}"#.to_owned();
+                }
+                let fields: Vec<String> = (0..n).map(|i| format!(r#""m{i}":{{"_id":"m"}}"#)).collect();
+                format!(r#"{{"data":{{{}}}}}"#, fields.join(","))
             }
         }),
     );
@@ -131,6 +139,10 @@ pub(crate) fn bot_config(qpien: String, dir: &Path, normal: bool) -> Config {
         per: Duration::from_secs(1),
         default_reset: Duration::from_secs(1),
     };
+    // `--batch 1`: each reply in a request of its own (as before replies
+    // shared requests); `--in-flight K`: requests of replies under way.
+    config.qpien.batch.max = arg("--batch", config.qpien.batch.max);
+    config.qpien.batch.in_flight = arg("--in-flight", config.qpien.batch.in_flight);
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.webhook_secret = Secret::new(SECRET);
     config.store.path = dir.join("flowbot.db");

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::batch::{self, Batcher, Outcome, Waiting};
 use super::config::{AuthScheme, QpienConfig};
 use super::convert::OutboundMessage;
 use super::documents::{Documents, Operation};
@@ -58,6 +59,8 @@ struct Inner {
     token_error: std::sync::Mutex<Option<String>>,
     limiter: RateLimiter,
     order: ConversationLocks,
+    /// Replies waiting to share a request.
+    batcher: Batcher,
     stats: Counters,
     intake: Intake,
 }
@@ -78,6 +81,7 @@ struct Counters {
     retries: AtomicU64,
     token_refreshes: AtomicU64,
     duplicates: AtomicU64,
+    batched: AtomicU64,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,6 +103,8 @@ pub struct ClientStats {
     pub token_refreshes: u64,
     /// Creates Qpien already had (a resend recognised by its `frontMsgId`).
     pub duplicates: u64,
+    /// Replies sent in a request with others (see [`QpienConfig::batch`]).
+    pub batched: u64,
 }
 
 /// What a created message came back as.
@@ -154,6 +160,43 @@ fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     header_f64(headers, name).map(|v| v.ceil() as u64)
+}
+
+/// The body of a request running `op` (its document `query`) with `variables`.
+fn request_body<V: Serialize>(
+    op: Operation,
+    query: &str,
+    variables: &V,
+) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(&GraphqlRequest { query, variables }).map_err(|e| {
+        Failure::Error(QpienError::Decode {
+            operation: op.name(),
+            message: format!("cannot write the request: {e}"),
+        })
+    })
+}
+
+/// A call's result read as `T`: a create Qpien already had reads as null.
+fn read_result<T: DeserializeOwned>(
+    op: Operation,
+    result: Result<Value, Failure>,
+) -> Result<T, QpienError> {
+    let value = match result {
+        Ok(v) => v,
+        Err(Failure::Duplicate) => Value::Null,
+        Err(Failure::Error(e)) => return Err(e),
+        Err(Failure::Auth { code, message }) => {
+            return Err(QpienError::Unauthorized {
+                operation: op.name(),
+                code,
+                message,
+            })
+        }
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| QpienError::Decode {
+        operation: op.name(),
+        message: format!("at `{}`: {}", e.path(), e.inner()),
+    })
 }
 
 /// The HTTP client Qpien clients send through (connection pool, TLS
@@ -224,6 +267,7 @@ impl QpienClient {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(&config.rate_limit)?,
                 intake: Intake::new(&config),
+                batcher: Batcher::new(config.batch.clone()),
                 http,
                 config,
                 endpoint,
@@ -262,6 +306,7 @@ impl QpienClient {
             retries: get(&s.retries),
             token_refreshes: get(&s.token_refreshes),
             duplicates: get(&s.duplicates),
+            batched: get(&s.batched),
         }
     }
 
@@ -278,22 +323,7 @@ impl QpienClient {
         op: Operation,
         variables: V,
     ) -> Result<T, QpienError> {
-        let value = match self.execute_value(op, &variables).await {
-            Ok(v) => v,
-            Err(Failure::Duplicate) => Value::Null,
-            Err(Failure::Error(e)) => return Err(e),
-            Err(Failure::Auth { code, message }) => {
-                return Err(QpienError::Unauthorized {
-                    operation: op.name(),
-                    code,
-                    message,
-                })
-            }
-        };
-        serde_path_to_error::deserialize(value).map_err(|e| QpienError::Decode {
-            operation: op.name(),
-            message: format!("at `{}`: {}", e.path(), e.inner()),
-        })
+        read_result(op, self.execute_value(op, &variables).await)
     }
 
     /// Runs `op`, renewing a refused token once.
@@ -305,32 +335,57 @@ impl QpienClient {
         let mut renewed = false;
         loop {
             let token = self.token().await.map_err(Failure::Error)?;
-            match self.call(op, variables, Some(&token)).await {
-                Err(Failure::Auth { .. }) if !renewed => {
-                    renewed = true;
-                    self.forget_token(&token).await;
+            let body = || request_body(op, self.inner.documents.get(op), variables);
+            let result = self
+                .call(op, body, Some(&token), |b| interpret(op, b))
+                .await;
+            match self.settle(result, Some(&token), &mut renewed).await {
+                Some(result) => return result,
+                None => continue,
+            }
+        }
+    }
+
+    /// Counts how a call ended and drops a token Qpien refused. `None`: the
+    /// token was refused for the first time (`renewed` is set): try again
+    /// with a new one.
+    async fn settle(
+        &self,
+        result: Result<Value, Failure>,
+        token: Option<&str>,
+        renewed: &mut bool,
+    ) -> Option<Result<Value, Failure>> {
+        let stats = &self.inner.stats;
+        match result {
+            Err(Failure::Auth { .. }) if !*renewed => {
+                *renewed = true;
+                if let Some(token) = token {
+                    self.forget_token(token).await;
                 }
-                Err(Failure::Error(e @ QpienError::InsufficientScopes { .. })) => {
-                    // FACT: an old token does not gain scopes added to the key
-                    // since; the next call gets a new one.
-                    self.forget_token(&token).await;
-                    self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(Failure::Error(e));
+                None
+            }
+            Err(Failure::Error(e @ QpienError::InsufficientScopes { .. })) => {
+                // FACT: an old token does not gain scopes added to the key
+                // since; the next call gets a new one.
+                if let Some(token) = token {
+                    self.forget_token(token).await;
                 }
-                Err(Failure::Duplicate) => {
-                    self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    self.inner.stats.ok.fetch_add(1, Ordering::Relaxed);
-                    return Err(Failure::Duplicate);
-                }
-                other => {
-                    let counter = if other.is_ok() {
-                        &self.inner.stats.ok
-                    } else {
-                        &self.inner.stats.failed
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    return other;
-                }
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                Some(Err(Failure::Error(e)))
+            }
+            Err(Failure::Duplicate) => {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+                Some(Err(Failure::Duplicate))
+            }
+            other => {
+                let counter = if other.is_ok() {
+                    &stats.ok
+                } else {
+                    &stats.failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Some(other)
             }
         }
     }
@@ -401,7 +456,8 @@ impl QpienClient {
             "clientId": config.client_id.expose(),
             "clientSecret": config.client_secret.expose(),
         }});
-        let value = match self.call(op, &variables, None).await {
+        let body = || request_body(op, self.inner.documents.get(op), &variables);
+        let value = match self.call(op, body, None, |b| interpret(op, b)).await {
             Ok(v) => v,
             Err(Failure::Auth { message, .. }) => return Err(QpienError::InvalidClient(message)),
             Err(Failure::Duplicate) => Value::Null,
@@ -444,17 +500,22 @@ impl QpienClient {
         }
     }
 
-    /// One call with retries of transient failures.
-    async fn call<V: Serialize + Sync>(
+    /// One call with retries of transient failures: `body` writes the
+    /// request, `read` reads a GraphQL answer.
+    async fn call<R>(
         &self,
         op: Operation,
-        variables: &V,
+        body: impl Fn() -> Result<Vec<u8>, Failure>,
         token: Option<&str>,
-    ) -> Result<Value, Failure> {
+        read: impl Fn(Value) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
         let mut delays = self.inner.config.retry.backoff().delays();
         loop {
             let permit = self.inner.limiter.acquire().await;
-            let result = self.attempt(op, variables, token).await;
+            let result = match body() {
+                Ok(body) => self.attempt(op, body, token, &read).await,
+                Err(f) => Err(f),
+            };
             // The request has ended: from now it counts in the window.
             drop(permit);
             let failure = match result {
@@ -482,23 +543,14 @@ impl QpienClient {
     }
 
     /// One HTTP request.
-    async fn attempt<V: Serialize + Sync>(
+    async fn attempt<R>(
         &self,
         op: Operation,
-        variables: &V,
+        body: Vec<u8>,
         token: Option<&str>,
-    ) -> Result<Value, Failure> {
+        read: impl Fn(Value) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
         let inner = &self.inner;
-        let body = serde_json::to_vec(&GraphqlRequest {
-            query: inner.documents.get(op),
-            variables,
-        })
-        .map_err(|e| {
-            Failure::Error(QpienError::Decode {
-                operation: op.name(),
-                message: format!("cannot write the request: {e}"),
-            })
-        })?;
         let mut request = inner
             .http
             .post(inner.endpoint.clone())
@@ -565,9 +617,7 @@ impl QpienClient {
             }));
         }
         match parsed {
-            Some(body) if body.get("errors").is_some() || status.is_success() => {
-                interpret(op, body)
-            }
+            Some(body) if body.get("errors").is_some() || status.is_success() => read(body),
             _ if status.as_u16() == 401 => Err(Failure::Auth {
                 code: "UNAUTHORIZED".into(),
                 message: format!("HTTP {status}"),
@@ -613,18 +663,166 @@ impl QpienClient {
     }
 
     async fn send_unordered(&self, message: &OutboundMessage) -> Result<Sent, QpienError> {
-        let created: Option<CreatedMessage> = self
-            .execute(
-                message.operation,
-                Input {
-                    input: &message.input,
-                },
-            )
-            .await?;
+        let created: Option<CreatedMessage> = if self.inner.batcher.on() {
+            self.send_batched(message).await?
+        } else {
+            self.send_alone(message).await?
+        };
         Ok(Sent {
             id: created.and_then(|c| c.id),
             front_msg_id: message.input.front_msg_id.clone(),
         })
+    }
+
+    /// Sends one message in a request of its own.
+    async fn send_alone(
+        &self,
+        message: &OutboundMessage,
+    ) -> Result<Option<CreatedMessage>, QpienError> {
+        let input = Input {
+            input: &message.input,
+        };
+        self.execute(message.operation, input).await
+    }
+
+    /// Sends one message in the next request of replies (see the `batch`
+    /// module): with the others waiting then, or alone.
+    async fn send_batched(
+        &self,
+        message: &OutboundMessage,
+    ) -> Result<Option<CreatedMessage>, QpienError> {
+        let op = message.operation;
+        let input =
+            serde_json::value::to_raw_value(&message.input).map_err(|e| QpienError::Decode {
+                operation: op.name(),
+                message: format!("cannot write the request: {e}"),
+            })?;
+        let mut renewed = false;
+        let mut delays = self.inner.config.retry.backoff().delays();
+        let result = loop {
+            let (answer, start) = self.inner.batcher.submit(op, input.clone());
+            if start {
+                tokio::spawn(self.clone().send_requests());
+            }
+            let Ok(answer) = answer.await else {
+                return Err(QpienError::Transport {
+                    operation: op.name(),
+                    message: "the request was dropped (shutting down)".into(),
+                });
+            };
+            let result = match answer.outcome {
+                Outcome::Alone => return self.send_alone(message).await,
+                // Its own transient error: tried again, in a later request.
+                Outcome::Own(Err(Failure::Error(e))) if e.is_retryable() => {
+                    if let Some(delay) = delays.next() {
+                        self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    Err(Failure::Error(e))
+                }
+                Outcome::Own(result) => result,
+                Outcome::Whole(failure) => Err(failure),
+            };
+            if let Some(result) = self
+                .settle(result, answer.token.as_deref(), &mut renewed)
+                .await
+            {
+                break result;
+            }
+        };
+        read_result(op, result)
+    }
+
+    /// A runner: sends the waiting replies, a request at a time, until none
+    /// waits.
+    async fn send_requests(self) {
+        while let Some(batch) = self.inner.batcher.take() {
+            self.send_request(batch).await;
+        }
+    }
+
+    /// Sends one request of replies (all of one operation) and tells each
+    /// how it ended.
+    async fn send_request(&self, batch: Vec<Waiting>) {
+        let op = batch[0].op;
+        let n = batch.len();
+        let token = match self.token().await {
+            Ok(t) => t,
+            Err(e) => {
+                for w in batch {
+                    w.answer(Outcome::Whole(Failure::Error(e.clone())), None);
+                }
+                return;
+            }
+        };
+        let batcher = &self.inner.batcher;
+        let single = self.inner.documents.get(op);
+        if n > 1 && batcher.body(single, &batch).is_none() {
+            // A replaced document that cannot be repeated under aliases.
+            if batcher.refuse() {
+                tracing::warn!(
+                    operation = op.name(),
+                    "the {} document cannot carry several replies; one a request from now on",
+                    op.name()
+                );
+            }
+            for w in batch {
+                w.answer(Outcome::Alone, Some(token.clone()));
+            }
+            return;
+        }
+        let body = || {
+            batcher.body(single, &batch).ok_or_else(|| {
+                Failure::Error(QpienError::Decode {
+                    operation: op.name(),
+                    message: "cannot write the request".into(),
+                })
+            })
+        };
+        let result = self
+            .call(op, body, Some(&token), |answer| {
+                if n == 1 {
+                    interpret(op, answer).map(|v| vec![Ok(v)])
+                } else {
+                    batch::split(op, answer, n)
+                }
+            })
+            .await;
+        match result {
+            Ok(parts) => {
+                if n > 1 {
+                    let batched = &self.inner.stats.batched;
+                    batched.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                for (w, part) in batch.into_iter().zip(parts) {
+                    // A request of one: its error was the request's, retried.
+                    let outcome = if n == 1 {
+                        part.map_or_else(Outcome::Whole, |v| Outcome::Own(Ok(v)))
+                    } else {
+                        Outcome::Own(part)
+                    };
+                    w.answer(outcome, Some(token.clone()));
+                }
+            }
+            Err(failure) if n > 1 && batch::refused(&failure) => {
+                if batcher.refuse() {
+                    tracing::warn!(
+                        operation = op.name(),
+                        error = %DisplayFailure(&failure),
+                        "Qpien refused {n} replies in one request; one a request from now on"
+                    );
+                }
+                for w in batch {
+                    w.answer(Outcome::Alone, Some(token.clone()));
+                }
+            }
+            Err(failure) => {
+                for w in batch {
+                    w.answer(Outcome::Whole(failure.clone()), Some(token.clone()));
+                }
+            }
+        }
     }
 
     /// Reads one message.

@@ -233,6 +233,8 @@ pub struct QpienConfig {
     pub rate_limit: RateLimitConfig,
     /// Retries of transient failures.
     pub retry: RetryConfig,
+    /// How replies of several conversations share a request.
+    pub batch: super::batch::BatchConfig,
     /// The mutation used for WhatsApp conversations.
     pub whatsapp_operation: WhatsappOperation,
     /// The status a handoff sets (ASSUMED value).
@@ -280,6 +282,7 @@ impl Default for QpienConfig {
             token_lifetime: Duration::from_secs(3600),
             rate_limit: RateLimitConfig::default(),
             retry: RetryConfig::default(),
+            batch: super::batch::BatchConfig::default(),
             whatsapp_operation: WhatsappOperation::default(),
             handoff_status: "PENDING".into(),
             release_status: "OPEN".into(),

@@ -13,11 +13,14 @@
 //! - [`convert`]: outgoing messages to `createMessage` inputs and back;
 //! - [`webhook`]: the signature and the payload;
 //! - [`ingest`]: deliveries and polled messages become events (or are ignored, with why);
-//! - [`templates`]: the account's WhatsApp templates, and how one is sent.
+//! - [`templates`]: the account's WhatsApp templates, and how one is sent;
+//! - the `batch` module: replies of several conversations in one request
+//!   (ASSUMED: Qpien runs a mutation of several root fields).
 //!
 //! [`QpienClient`] is the production client: token cache with single-flight
 //! renewal, a fair shared rate limit, retries with backoff, idempotent creates.
 
+mod batch;
 pub mod client;
 pub mod config;
 pub mod convert;
@@ -33,6 +36,7 @@ pub mod templates;
 pub mod types;
 pub mod webhook;
 
+pub use batch::BatchConfig;
 pub use client::{ClientStats, QpienClient, Sent};
 pub use config::{
     AuthScheme, Dialect, QpienConfig, RateLimitConfig, RetryConfig, Secret, SenderKind,

@@ -58,17 +58,22 @@ pub(crate) fn classify(
     }
 }
 
+/// What one entry of a GraphQL answer's `errors` says.
+pub(crate) fn failure_of(op: Operation, error: &Value) -> Failure {
+    let ext = error.get("extensions").unwrap_or(&Value::Null);
+    let code = str_at(ext, "code")
+        .or_else(|| str_at(error, "code"))
+        .unwrap_or("UNKNOWN");
+    let message = str_at(error, "message").unwrap_or("");
+    let scope = str_at(ext, "requiredScope").or_else(|| str_at(ext, "required_scope"));
+    classify(op, code, message, scope)
+}
+
 /// The result of `op` in a GraphQL answer `body`, unwrapped from its envelope.
 pub(crate) fn interpret(op: Operation, mut body: Value) -> Result<Value, Failure> {
     if let Some(errors) = body.get("errors").and_then(Value::as_array) {
         if let Some(first) = errors.first() {
-            let ext = first.get("extensions").unwrap_or(&Value::Null);
-            let code = str_at(ext, "code")
-                .or_else(|| str_at(first, "code"))
-                .unwrap_or("UNKNOWN");
-            let message = str_at(first, "message").unwrap_or("");
-            let scope = str_at(ext, "requiredScope").or_else(|| str_at(ext, "required_scope"));
-            return Err(classify(op, code, message, scope));
+            return Err(failure_of(op, first));
         }
     }
     let data = match body.get_mut("data").map(Value::take) {
@@ -95,7 +100,9 @@ pub(crate) fn interpret(op: Operation, mut body: Value) -> Result<Value, Failure
     unwrap_envelope(op, result)
 }
 
-fn unwrap_envelope(op: Operation, mut value: Value) -> Result<Value, Failure> {
+/// A result unwrapped from its `{success, data, code, message}` envelope, if
+/// it has one.
+pub(crate) fn unwrap_envelope(op: Operation, mut value: Value) -> Result<Value, Failure> {
     let Some(success) = value.get("success").and_then(Value::as_bool) else {
         return Ok(value);
     };

@@ -358,7 +358,7 @@ impl Collector for BotsCollector {
             }
         }
         type Read = fn(&Watched, &crate::qpien::ClientStats) -> u64;
-        let counters: [(&str, &str, Read); 4] = [
+        let counters: [(&str, &str, Read); 5] = [
             (
                 "flowbot_qpien_rate_limited",
                 "HTTP 429 answers from Qpien",
@@ -367,6 +367,11 @@ impl Collector for BotsCollector {
             ("flowbot_qpien_retries", "Qpien requests retried", |_, s| {
                 s.retries
             }),
+            (
+                "flowbot_qpien_batched_replies",
+                "Replies sent to Qpien in one request with others",
+                |_, s| s.batched,
+            ),
             (
                 "flowbot_qpien_unknown_sender_types",
                 "Messages whose senderType is not in qpien.sender_types",

@@ -53,27 +53,120 @@ fn json_response(status: StatusCode, v: Value) -> Response {
         .into_response()
 }
 
-/// The operation a query calls, by its documented name (the first root field).
-fn operation_of(query: &str, dialect: crate::qpien::Dialect) -> String {
+/// The operations a request runs, by their documented names, each with its
+/// variables: a document of one root field is recorded with the request's
+/// variables; one of several (replies sent together, each aliased) as one
+/// operation a field, each with its arguments' values under the arguments'
+/// names, as if sent alone.
+fn operations_of(
+    query: &str,
+    variables: &Value,
+    dialect: crate::qpien::Dialect,
+) -> Vec<(String, Value)> {
     use async_graphql::parser::types::{DocumentOperations, Selection};
     let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return String::new();
+        return vec![(String::new(), variables.clone())];
     };
     let ops: Vec<_> = match &doc.operations {
         DocumentOperations::Single(op) => vec![op],
         DocumentOperations::Multiple(map) => map.values().collect(),
     };
-    ops.iter()
+    let fields: Vec<_> = ops
+        .iter()
         .flat_map(|op| op.node.selection_set.node.items.iter())
-        .find_map(|s| match &s.node {
-            Selection::Field(f) => Some(f.node.name.node.to_string()),
+        .filter_map(|s| match &s.node {
+            Selection::Field(f) => Some(&f.node),
             _ => None,
         })
-        .map(|field| {
-            crate::qpien::Operation::from_root_field(&field, dialect)
-                .map_or(field, |op| op.name().to_owned())
+        .collect();
+    let name = |field: &str| {
+        crate::qpien::Operation::from_root_field(field, dialect)
+            .map_or(field.to_owned(), |op| op.name().to_owned())
+    };
+    match fields.as_slice() {
+        [] => vec![(String::new(), variables.clone())],
+        [one] => vec![(name(&one.name.node), variables.clone())],
+        several => several
+            .iter()
+            .map(|f| {
+                let args: serde_json::Map<String, Value> = f
+                    .arguments
+                    .iter()
+                    .map(|(arg, value)| {
+                        let value = value
+                            .node
+                            .clone()
+                            .into_const_with(|v| {
+                                async_graphql::Value::from_json(
+                                    variables.get(v.as_str()).cloned().unwrap_or(Value::Null),
+                                )
+                            })
+                            .and_then(|v| v.into_json())
+                            .unwrap_or(Value::Null);
+                        (arg.node.to_string(), value)
+                    })
+                    .collect();
+                (name(&f.name.node), Value::Object(args))
+            })
+            .collect(),
+    }
+}
+
+/// Gives each error of a root field the field's `path` (its alias), and the
+/// field a `null` in `data`, as the GraphQL spec asks ("If an error can be
+/// associated to a particular field in the GraphQL result, it must contain an
+/// entry with the key path"): the executor leaves a root field's error
+/// without one, and that is how a client tells whose error it is when one
+/// request carries several replies.
+fn name_failed_fields(query: &str, response: &mut async_graphql::Response) {
+    use async_graphql::parser::types::{DocumentOperations, Selection};
+    use async_graphql::PathSegment;
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return;
+    };
+    let ops: Vec<_> = match &doc.operations {
+        DocumentOperations::Single(op) => vec![op],
+        DocumentOperations::Multiple(map) => map.values().collect(),
+    };
+    let fields: Vec<(async_graphql::Pos, String)> = ops
+        .iter()
+        .flat_map(|op| op.node.selection_set.node.items.iter())
+        .filter_map(|s| match &s.node {
+            Selection::Field(f) => Some((f.pos, f.node.response_key().node.to_string())),
+            _ => None,
         })
-        .unwrap_or_default()
+        .collect();
+    for error in &mut response.errors {
+        if !error.path.is_empty() {
+            continue;
+        }
+        let Some(at) = error.locations.first() else {
+            continue;
+        };
+        let Some((_, key)) = fields.iter().find(|(pos, _)| pos == at) else {
+            continue;
+        };
+        error.path = vec![PathSegment::Field(key.clone())];
+        if let async_graphql::Value::Object(data) = &mut response.data {
+            let key = async_graphql::Name::new(key);
+            data.entry(key).or_insert(async_graphql::Value::Null);
+        }
+    }
+}
+
+/// How many root fields a request's document holds.
+fn root_fields(query: &str) -> usize {
+    use async_graphql::parser::types::DocumentOperations;
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return 0;
+    };
+    match &doc.operations {
+        DocumentOperations::Single(op) => op.node.selection_set.node.items.len(),
+        DocumentOperations::Multiple(map) => map
+            .values()
+            .map(|op| op.node.selection_set.node.items.len())
+            .sum(),
+    }
 }
 
 /// `X-RateLimit-Reset` in the configured form.
@@ -115,12 +208,18 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let seen = |status: StatusCode| SeenRequest {
-        at: tokio::time::Instant::now(),
-        operation: operation_of(raw["query"].as_str().unwrap_or(""), config.dialect),
-        variables: raw["variables"].clone(),
-        authorization: authorization.clone(),
-        status: status.as_u16(),
+    let query = raw["query"].as_str().unwrap_or("");
+    let operations = operations_of(query, &raw["variables"], config.dialect);
+    let record = |status: StatusCode| {
+        for (operation, variables) in &operations {
+            sim.record(SeenRequest {
+                at: tokio::time::Instant::now(),
+                operation: operation.clone(),
+                variables: variables.clone(),
+                authorization: authorization.clone(),
+                status: status.as_u16(),
+            });
+        }
     };
     let window = match sim.rate() {
         Ok(w) => w,
@@ -128,14 +227,14 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
             let limit = config.rate_limit.map_or(0, |l| l.0);
             let mut r = (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded").into_response();
             rate_headers(&mut r, config.reset_format, limit, 0, reset);
-            sim.record(seen(StatusCode::TOO_MANY_REQUESTS));
+            record(StatusCode::TOO_MANY_REQUESTS);
             return r;
         }
     };
     let faults = &config.faults;
     if sim.take(|s| &mut s.fail_next) || sim.roll(faults.server_errors) {
         sim.counters.injected_errors.fetch_add(1, Ordering::Relaxed);
-        sim.record(seen(StatusCode::INTERNAL_SERVER_ERROR));
+        record(StatusCode::INTERNAL_SERVER_ERROR);
         return (StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response();
     }
     if sim.roll(faults.slow) {
@@ -144,13 +243,26 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            sim.record(seen(StatusCode::BAD_REQUEST));
+            record(StatusCode::BAD_REQUEST);
             return json_response(
                 StatusCode::BAD_REQUEST,
                 json!({"errors": [{"message": format!("bad request: {e}")}]}),
             );
         }
     };
+    if let Some(max) = config.max_root_fields {
+        let fields = root_fields(query);
+        if fields > max {
+            record(StatusCode::OK);
+            return json_response(
+                StatusCode::OK,
+                json!({"errors": [{
+                    "message": format!("a document may hold at most {max} root fields, not {fields}"),
+                    "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"},
+                }]}),
+            );
+        }
+    }
     let lost = Arc::new(Lost::default());
     let response = app
         .schema
@@ -162,9 +274,11 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
         )
         .await;
     if lost.0.load(Ordering::SeqCst) {
-        sim.record(seen(StatusCode::INTERNAL_SERVER_ERROR));
+        record(StatusCode::INTERNAL_SERVER_ERROR);
         return (StatusCode::INTERNAL_SERVER_ERROR, "the answer was lost").into_response();
     }
+    let mut response = response;
+    name_failed_fields(query, &mut response);
     let mut r = json_response(
         StatusCode::OK,
         serde_json::to_value(&response).unwrap_or_default(),
@@ -172,7 +286,7 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
     if let Some((limit, remaining, reset)) = window {
         rate_headers(&mut r, config.reset_format, limit, remaining, reset);
     }
-    sim.record(seen(StatusCode::OK));
+    record(StatusCode::OK);
     r
 }
 

@@ -120,6 +120,10 @@ pub struct SimConfig {
     pub dedup_creates: bool,
     /// Whether the schema may be introspected.
     pub introspection: bool,
+    /// The most root fields one document may hold (`None`: any number, as
+    /// GraphQL allows); beyond, the request is refused whole, like a server
+    /// that limits a document's size.
+    pub max_root_fields: Option<usize>,
     /// Whether an agent leaving sends the ASSUMED `LEAVE_CONVERSATION` webhook
     /// (Qpien documents no such event).
     pub leave_events: bool,
@@ -168,6 +172,7 @@ impl Default for SimConfig {
             reset_format: ResetFormat::Seconds,
             dedup_creates: true,
             introspection: true,
+            max_root_fields: None,
             leave_events: false,
             token_delay: Duration::ZERO,
             auto_create_conversations: false,

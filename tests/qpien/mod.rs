@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use flowbot::internals::qpien::types::ExternalMessage;
 use flowbot::internals::qpien::{
-    dialect, plan_replies, AuthScheme, Dialect, Intake, Operation, QpienClient, QpienConfig,
-    QpienError, RateLimitConfig, RetryConfig, Secret, SenderKind,
+    dialect, plan_replies, AuthScheme, BatchConfig, Dialect, Intake, Operation, QpienClient,
+    QpienConfig, QpienError, RateLimitConfig, RetryConfig, Secret, SenderKind,
 };
 use flowbot::internals::sim::{self, ResetFormat, RunningSim, SimConfig};
 use flowbot::{
@@ -492,6 +492,11 @@ async fn no_request_is_sent_over_the_limit() {
             per: Duration::from_millis(1000),
             default_reset: Duration::from_secs(1),
         },
+        // One reply a request: the budget is what is measured.
+        batch: BatchConfig {
+            max: 1,
+            ..BatchConfig::default()
+        },
         ..config(&sim)
     })
     .unwrap();
@@ -976,4 +981,135 @@ fn agent_events_are_keyed_by_what_identifies_them() {
     // Nothing that identifies it: each arrival is an event of its own.
     let bare = r#"{"event":"JOIN_CONVERSATION","data":{"_id":"c1"}}"#;
     assert_ne!(key(bare, "1"), key(bare, "2"));
+}
+
+/// A client whose replies share requests: `in_flight` requests at once, at
+/// most `max` replies each.
+fn batching(sim: &RunningSim, max: usize, in_flight: usize) -> QpienClient {
+    QpienClient::new(QpienConfig {
+        batch: BatchConfig { max, in_flight },
+        ..config(sim)
+    })
+    .unwrap()
+}
+
+/// Sends one reply to each of `conversations` at once; what each send gave.
+async fn send_each(
+    client: &QpienClient,
+    conversations: &[String],
+) -> Vec<Result<flowbot::internals::qpien::Sent, QpienError>> {
+    let calls: Vec<_> = conversations
+        .iter()
+        .map(|c| {
+            let (client, c) = (client.clone(), c.clone());
+            tokio::spawn(async move { client.send(&text_turn(&c, &format!("in-{c}"), 1)[0]).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    results
+}
+
+fn fronts_created(sim: &RunningSim) -> Vec<String> {
+    let mut fronts: Vec<String> = sim
+        .state()
+        .created()
+        .iter()
+        .map(|c| c["input"]["frontMsgId"].as_str().unwrap().to_owned())
+        .collect();
+    fronts.sort();
+    fronts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_ready_together_share_a_request_and_a_failed_one_is_retried_whole() {
+    let sim = start_sim(|c| {
+        c.faults.slow = 1.0;
+        c.faults.slow_delay = Duration::from_millis(150);
+    })
+    .await;
+    let ids: Vec<String> = (0..25).map(|i| format!("c{i:02}")).collect();
+    text_conversations(&sim, ids.clone());
+    let client = batching(&sim, 20, 1);
+    client.check_token().await.unwrap();
+    let before = sim.state().stats().requests;
+    let calls_before = client.stats().ok;
+    // The first reply leaves alone; the other 24 wait for it, then leave
+    // as 20 and 4 (one request under way at a time). The request of 20 fails once (HTTP 500) and is retried
+    // whole.
+    let sends = {
+        let (client, ids) = (client.clone(), ids.clone());
+        tokio::spawn(async move { send_each(&client, &ids).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sim.state().fail_next(1);
+    let results = sends.await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let requests = sim.state().stats().requests - before;
+    // The first alone (or with what came in the meantime), the rest in one
+    // or two: with the failed one, at most four requests.
+    assert!((3..=4).contains(&requests), "{requests} requests");
+    let mut expected: Vec<String> = ids.iter().map(|c| format!("flowbot:in-{c}:0")).collect();
+    expected.sort();
+    assert_eq!(fronts_created(&sim), expected, "each reply created once");
+    assert!(client.stats().batched >= 24, "{:?}", client.stats());
+    assert_eq!(client.stats().ok - calls_before, 25);
+    // The simulator saw each reply as an operation of its own.
+    let seen = sim.state().count("createMessage", 200);
+    assert_eq!(seen, 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_refused_in_a_shared_request_fails_alone() {
+    let sim = start_sim(|c| {
+        c.faults.slow = 1.0;
+        c.faults.slow_delay = Duration::from_millis(100);
+    })
+    .await;
+    let mut ids: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
+    text_conversations(&sim, ids.clone());
+    // A conversation Qpien does not know: its create fails, the others not.
+    ids.insert(3, "unknown".into());
+    let client = batching(&sim, 20, 1);
+    client.check_token().await.unwrap();
+    let results = send_each(&client, &ids).await;
+    for (id, result) in ids.iter().zip(&results) {
+        if id == "unknown" {
+            assert!(
+                matches!(result, Err(QpienError::Api { code, .. }) if code == "NOT_FOUND"),
+                "{result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "{id}: {result:?}");
+        }
+    }
+    assert_eq!(sim.state().created().len(), 6);
+    assert!(client.stats().batched >= 5, "{:?}", client.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qpien_that_refuses_several_replies_a_request_gets_one_a_request() {
+    let sim = start_sim(|c| {
+        c.max_root_fields = Some(1);
+        c.faults.slow = 1.0;
+        c.faults.slow_delay = Duration::from_millis(100);
+    })
+    .await;
+    let ids: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    text_conversations(&sim, ids.clone());
+    let client = batching(&sim, 20, 1);
+    client.check_token().await.unwrap();
+    let results = send_each(&client, &ids).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(sim.state().created().len(), 8, "each created once");
+    assert_eq!(client.stats().batched, 0);
+    // One request of several was refused; from then on each goes alone.
+    let before = sim.state().stats().requests;
+    let more: Vec<String> = (8..12).map(|i| format!("c{i}")).collect();
+    text_conversations(&sim, more.clone());
+    let results = send_each(&client, &more).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(sim.state().stats().requests - before, 4);
 }
