@@ -36,6 +36,7 @@ async fn a_matching_account_passes() {
         "X-RateLimit-Limit 100",
         "[ok  ] schema: every type and field",
         "[ok  ] documents: every document in use is valid",
+        "[ok  ] shared requests: replies of several conversations can share a request",
         "[ok  ] createMessage: allowed",
         "Nothing to change in the configuration.",
     ] {
@@ -105,6 +106,32 @@ async fn a_missing_scope_and_a_bare_only_server_are_named() {
     assert!(
         written.contains("createMessage(input: $input)"),
         "{written}"
+    );
+}
+
+/// A replaced message document that cannot be repeated under aliases (it
+/// uses a fragment) is named: its replies go one a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_document_that_cannot_carry_several_replies_is_named() {
+    let sim = start_sim(|_| {}).await;
+    let dir = crate::runtime::temp_dir("doctor-batch");
+    std::fs::write(
+        dir.join("createMessage.graphql"),
+        "mutation CreateMessage($input: CreateMessageInput!) {\n  createMessage(input: $input) { ...Made }\n}\n\
+         fragment Made on ExternalMessage { _id frontMsgId }\n",
+    )
+    .unwrap();
+    let (_, text) = doctor(
+        &sim.graphql_url(),
+        &[("FLOWBOT_QPIEN__DOCUMENTS_DIR", dir.to_str().unwrap())],
+        &[],
+    )
+    .await;
+    assert!(
+        text.contains(
+            "shared requests: one reply a request for:\n    createMessage: not one mutation of one field"
+        ),
+        "{text}"
     );
 }
 

@@ -720,6 +720,10 @@ pub async fn run(config: &QpienConfig) -> Report {
                                 .push("qpien.documents_dir = \"qpien-documents\"  # flowbot doctor --write-documents qpien-documents".into());
                         }
                     }
+                    if config.batch.max > 1 {
+                        let (status, detail) = shared_requests(&schema, &docs);
+                        report.push(status, "shared requests", detail);
+                    }
                 }
                 Err(e) => report.push(
                     Status::Note,
@@ -840,6 +844,52 @@ pub async fn run(config: &QpienConfig) -> Report {
         );
     }
     report
+}
+
+/// Whether the message documents in use, repeated for two replies (see
+/// the `batch` module), are valid against the account's schema.
+fn shared_requests(
+    schema: &apollo_compiler::validation::Valid<apollo_compiler::Schema>,
+    docs: &Documents,
+) -> (Status, String) {
+    let mut bad = Vec::new();
+    for op in [
+        Operation::CreateMessage,
+        Operation::CreateMessageByWhatsapp,
+        Operation::SendWhatsappTemplateMessage,
+    ] {
+        match super::batch::document(docs.get(op), 2) {
+            None => bad.push(format!(
+                "{}: not one mutation of one field; sent alone",
+                op.name()
+            )),
+            Some(doc) => {
+                if let Err(e) = apollo_compiler::ExecutableDocument::parse_and_validate(
+                    schema,
+                    doc,
+                    format!("{} x2.graphql", op.name()),
+                ) {
+                    bad.push(format!("{}: {}", op.name(), e.errors));
+                }
+            }
+        }
+    }
+    if bad.is_empty() {
+        (
+            Status::Ok,
+            "replies of several conversations can share a request (the message documents, \
+             repeated under aliases, are valid); whether Qpien runs one is seen on the first"
+                .into(),
+        )
+    } else {
+        (
+            Status::Note,
+            format!(
+                "one reply a request for:\n    {}\n    (qpien.batch.max = 1 says so)",
+                bad.join("\n    ")
+            ),
+        )
+    }
 }
 
 /// Writes `dialect`'s built-in documents into `dir` as `<operation>.graphql`
