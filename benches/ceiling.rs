@@ -236,6 +236,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let base = created.load(Ordering::Relaxed);
+        let base_requests = support::REPLY_REQUESTS.load(Ordering::Relaxed);
         let cpu = cpu_of(bot.id());
         let started = Instant::now();
         load(&url, conversations, concurrency, "c").await;
@@ -250,6 +251,8 @@ fn main() {
         );
         let bot_rate = turns as f64 / started.elapsed().as_secs_f64();
         let bot_cpu = per_turn(cpu, cpu_of(bot.id()), turns);
+        let requests = support::REPLY_REQUESTS.load(Ordering::Relaxed) - base_requests;
+        let replies = created.load(Ordering::Relaxed) - base;
         // Its stdin closed, the bot shuts down.
         drop(bot.stdin.take());
         let _ = tokio::task::spawn_blocking(move || bot.wait()).await;
@@ -264,7 +267,7 @@ fn main() {
             arg("--in-flight", flowbot::internals::qpien::BatchConfig::default().in_flight),
         );
         println!("bare axum handler (signature, 200): {ceiling:.0} turns/s, {bare_cpu} of CPU a turn");
-        println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn");
+        println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn, {:.1} replies a request", replies as f64 / requests.max(1) as f64);
         println!("flowbot's share of the ceiling: {:.0}%", 100.0 * bot_rate / ceiling);
     });
 }

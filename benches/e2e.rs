@@ -93,6 +93,7 @@ fn main() {
         //    previous one is acknowledged.
         let base = created.load(Ordering::Relaxed);
         let started = Instant::now();
+        let base_requests = support::REPLY_REQUESTS.load(Ordering::Relaxed);
         let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let tasks: Vec<_> = (0..conversations)
             .map(|c| {
@@ -114,11 +115,13 @@ fn main() {
         wait_for(&created, base + per_script * conversations).await;
         let done = started.elapsed();
         let turns = conversations * 11;
+        let requests = support::REPLY_REQUESTS.load(Ordering::Relaxed) - base_requests;
         println!(
-            "throughput: {turns} turns ({conversations} conversations, {concurrency} at a time) acknowledged in {:.2}s, all replies out in {:.2}s: {:.0} turns/s",
+            "throughput: {turns} turns ({conversations} conversations, {concurrency} at a time) acknowledged in {:.2}s, all replies out in {:.2}s: {:.0} turns/s, {:.1} replies a request",
             acked.as_secs_f64(),
             done.as_secs_f64(),
-            turns as f64 / done.as_secs_f64()
+            turns as f64 / done.as_secs_f64(),
+            (per_script * conversations) as f64 / requests.max(1) as f64
         );
 
         // 2. Acknowledgement latency at a fixed rate, open loop.

@@ -35,6 +35,10 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Requests of replies the stand-ins answered (the replies are counted by
+/// each stand-in's `created`).
+pub(crate) static REPLY_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+
 /// A stand-in Qpien: tokens, and `createMessage` answered and counted.
 pub(crate) async fn stand_in(created: Arc<AtomicUsize>) -> String {
     stand_in_watching(created, Arc::default()).await
@@ -60,6 +64,7 @@ pub(crate) async fn stand_in_watching(created: Arc<AtomicUsize>, probes: Arc<Pro
                 // Replies sent together: one aliased field each (`m0: ...`).
                 let n = text.matches("createMessage(").count().max(1);
                 created.fetch_add(n, Ordering::Relaxed);
+                REPLY_REQUESTS.fetch_add(1, Ordering::Relaxed);
                 let mut rest = &text[..];
                 while let Some(at) = rest.find("probe-") {
                     let id: String = rest[at..]
