@@ -41,9 +41,9 @@
 //! fields) gets one reply a request from then on, with a warning; the replies
 //! of that request are sent again alone. `qpien.batch.max = 1` never tries.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use apollo_compiler::ast::{self, Definition, Document, Selection};
 use apollo_compiler::{Name, Node};
@@ -291,15 +291,44 @@ impl Waiting {
 pub(crate) struct Batcher {
     config: BatchConfig,
     queue: Mutex<Queue>,
-    /// The start of a request's body for `n` of an operation, up to the
-    /// variables (`None`: its document cannot be repeated).
-    heads: Mutex<Heads>,
     /// Qpien refused a request of several: one a request from now on.
     off: AtomicBool,
 }
 
-/// Request heads by operation and number of replies.
-type Heads = HashMap<(Operation, usize), Option<Arc<str>>>;
+/// The start of a request's body for `n` replies of a document, up to the
+/// variables (`None`: the document cannot be repeated), by the document's
+/// SHA-256 and `n`. One cache for the process, bounded: the bots that send
+/// with the same documents (the built-in ones) share their heads, and an
+/// idle bot keeps none.
+type Heads = quick_cache::sync::Cache<([u8; 32], usize), Option<Arc<str>>>;
+
+/// Heads kept (a few hundred bytes each).
+const HEADS_KEPT: usize = 256;
+
+fn heads() -> &'static Heads {
+    static HEADS: OnceLock<Heads> = OnceLock::new();
+    HEADS.get_or_init(|| Heads::new(HEADS_KEPT))
+}
+
+/// The head of a request of `n` replies sent with `single`.
+fn head(single: &str, n: usize) -> Option<Arc<str>> {
+    use sha2::Digest;
+    let key = (sha2::Sha256::digest(single.as_bytes()).into(), n);
+    if let Some(head) = heads().get(&key) {
+        return head;
+    }
+    let head = (|| {
+        let query = if n == 1 {
+            single.to_owned()
+        } else {
+            document(single, n)?
+        };
+        let query = serde_json::to_string(&query).ok()?;
+        Some(Arc::from(format!(r#"{{"query":{query},"variables":{{"#)))
+    })();
+    heads().insert(key, head.clone());
+    head
+}
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -313,7 +342,6 @@ impl Batcher {
         Batcher {
             config,
             queue: Mutex::default(),
-            heads: Mutex::default(),
             off: AtomicBool::new(false),
         }
     }
@@ -378,22 +406,7 @@ impl Batcher {
     /// one can be made of it).
     pub(crate) fn body(&self, single: &str, batch: &[Waiting]) -> Option<Vec<u8>> {
         let n = batch.len();
-        let op = batch.first()?.op;
-        let head = {
-            let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-            heads
-                .entry((op, n))
-                .or_insert_with(|| {
-                    let query = if n == 1 {
-                        single.to_owned()
-                    } else {
-                        document(single, n)?
-                    };
-                    let query = serde_json::to_string(&query).ok()?;
-                    Some(Arc::from(format!(r#"{{"query":{query},"variables":{{"#)))
-                })
-                .clone()?
-        };
+        let head = head(single, n)?;
         let mut body = Vec::with_capacity(
             head.len()
                 + batch
