@@ -38,11 +38,11 @@
 //! ASSUMED: Qpien runs a mutation of several root fields (any GraphQL server
 //! does; its documentation says nothing of it). A Qpien that refuses one (an
 //! error for the whole request, with no `path`, to a document of two or more
-//! fields) gets one reply a request from then on, with a warning; the replies
-//! of that request are sent again alone. `qpien.batch.max = 1` never tries.
+//! fields) gets one reply a request for an hour, with a warning, and then a
+//! request of several is tried again; the replies of that request are sent
+//! again alone. `qpien.batch.max = 1` never tries.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use apollo_compiler::ast::{self, Definition, Document, Selection};
@@ -50,7 +50,9 @@ use apollo_compiler::{Name, Node};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::documents::Operation;
 use super::error::QpienError;
@@ -291,9 +293,15 @@ impl Waiting {
 pub(crate) struct Batcher {
     config: BatchConfig,
     queue: Mutex<Queue>,
-    /// Qpien refused a request of several: one a request from now on.
-    off: AtomicBool,
+    /// Until when one reply a request is sent (Qpien refused a request of
+    /// several, or the document cannot carry several).
+    off_until: Mutex<Option<Instant>>,
 }
+
+/// How long replies go one a request after Qpien refused a request of
+/// several; then a request of several is tried again (what refused it may
+/// have been passing: a proxy's error page, a deployment).
+pub(crate) const REFUSED_FOR: Duration = Duration::from_secs(3600);
 
 /// The start of a request's body for `n` replies of a document, up to the
 /// variables (`None`: the document cannot be repeated), by the document's
@@ -342,7 +350,7 @@ impl Batcher {
         Batcher {
             config,
             queue: Mutex::default(),
-            off: AtomicBool::new(false),
+            off_until: Mutex::new(None),
         }
     }
 
@@ -352,7 +360,7 @@ impl Batcher {
 
     /// Whether replies go through the queue at all.
     pub(crate) fn on(&self) -> bool {
-        self.config.max > 1 && !self.off.load(Ordering::Relaxed)
+        self.config.max > 1 && !self.off()
     }
 
     /// Queues a reply; says whether a new runner must be started for it
@@ -383,7 +391,7 @@ impl Batcher {
         };
         let op = first.op;
         let mut batch = vec![first];
-        let max = if self.off.load(Ordering::Relaxed) {
+        let max = if self.off() {
             1
         } else {
             self.config.max.max(1)
@@ -431,10 +439,24 @@ impl Batcher {
         Some(body)
     }
 
-    /// Qpien refused a request of several replies: one a request from now
-    /// on. Says whether this is the first refusal (to warn once).
+    fn off_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.off_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether replies go one a request for now.
+    fn off(&self) -> bool {
+        self.off_until().is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Qpien refused a request of several replies: one a request for
+    /// [`REFUSED_FOR`]. Says whether they were shared until now (to warn
+    /// once a time).
     pub(crate) fn refuse(&self) -> bool {
-        !self.off.swap(true, Ordering::Relaxed)
+        let now = Instant::now();
+        let mut until = self.off_until();
+        let was_on = until.is_none_or(|u| now >= u);
+        *until = Some(now + REFUSED_FOR);
+        was_on
     }
 }
 
@@ -519,6 +541,23 @@ mod tests {
         // An alias out of range is the request's.
         let stray = json!({"data": {}, "errors": [{"message": "x", "path": ["m7"]}]});
         assert!(split(op, stray, 2).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_sends_one_a_request_for_a_while_then_tries_again() {
+        let b = Batcher::new(BatchConfig::default());
+        assert!(b.on());
+        assert!(b.refuse(), "the first refusal is told");
+        assert!(!b.on());
+        assert!(!b.refuse(), "a second one in the while is not");
+        let raw = || RawValue::from_string("{}".into()).unwrap();
+        for _ in 0..3 {
+            let _ = b.submit(Operation::CreateMessage, raw());
+        }
+        assert_eq!(b.take().unwrap().len(), 1, "one a request meanwhile");
+        tokio::time::advance(REFUSED_FOR).await;
+        assert!(b.on(), "tried again after the while");
+        assert_eq!(b.take().unwrap().len(), 2);
     }
 
     #[test]

@@ -763,7 +763,7 @@ impl QpienClient {
             if batcher.refuse() {
                 tracing::warn!(
                     operation = op.name(),
-                    "the {} document cannot carry several replies; one a request from now on",
+                    "the {} document cannot carry several replies; one a request (qpien.batch.max = 1 says so)",
                     op.name()
                 );
             }
@@ -810,7 +810,7 @@ impl QpienClient {
                     tracing::warn!(
                         operation = op.name(),
                         error = %DisplayFailure(&failure),
-                        "Qpien refused {n} replies in one request; one a request from now on"
+                        "Qpien refused {n} replies in one request; one a request for the next hour"
                     );
                 }
                 for w in batch {
