@@ -58,6 +58,13 @@ use super::documents::Operation;
 use super::error::QpienError;
 use super::response::{failure_of, unwrap_envelope, Failure};
 
+/// The operations that send a reply: what may share a request.
+pub(crate) const SENDS: [Operation; 3] = [
+    Operation::CreateMessage,
+    Operation::CreateMessageByWhatsapp,
+    Operation::SendWhatsappTemplateMessage,
+];
+
 /// How replies share requests (`qpien.batch`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -318,8 +325,9 @@ fn heads() -> &'static Heads {
     HEADS.get_or_init(|| Heads::new(HEADS_KEPT))
 }
 
-/// The head of a request of `n` replies sent with `single`.
-fn head(single: &str, n: usize) -> Option<Arc<str>> {
+/// The head of a request of `n` replies sent with `single` (`None`: it
+/// cannot carry `n`).
+pub(crate) fn head(single: &str, n: usize) -> Option<Arc<str>> {
     use sha2::Digest;
     let key = (sha2::Sha256::digest(single.as_bytes()).into(), n);
     if let Some(head) = heads().get(&key) {
@@ -336,6 +344,36 @@ fn head(single: &str, n: usize) -> Option<Arc<str>> {
     })();
     heads().insert(key, head.clone());
     head
+}
+
+/// The body of a request carrying `batch`, whose operation's document is
+/// `single`; `None`: that document cannot be repeated (only a request of
+/// one can be made of it).
+pub(crate) fn body(single: &str, batch: &[Waiting]) -> Option<Vec<u8>> {
+    let n = batch.len();
+    let head = head(single, n)?;
+    let mut body = Vec::with_capacity(
+        head.len()
+            + batch
+                .iter()
+                .map(|w| w.input.get().len() + 12)
+                .sum::<usize>()
+            + 2,
+    );
+    body.extend_from_slice(head.as_bytes());
+    for (i, w) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        if n == 1 {
+            body.extend_from_slice(br#""input":"#);
+        } else {
+            body.extend_from_slice(format!(r#""input_{i}":"#).as_bytes());
+        }
+        body.extend_from_slice(w.input.get().as_bytes());
+    }
+    body.extend_from_slice(b"}}");
+    Some(body)
 }
 
 #[derive(Debug, Default)]
@@ -409,36 +447,6 @@ impl Batcher {
         Some(batch)
     }
 
-    /// The body of a request carrying `batch`, whose operation's document is
-    /// `single`; `None`: that document cannot be repeated (only a request of
-    /// one can be made of it).
-    pub(crate) fn body(&self, single: &str, batch: &[Waiting]) -> Option<Vec<u8>> {
-        let n = batch.len();
-        let head = head(single, n)?;
-        let mut body = Vec::with_capacity(
-            head.len()
-                + batch
-                    .iter()
-                    .map(|w| w.input.get().len() + 12)
-                    .sum::<usize>()
-                + 2,
-        );
-        body.extend_from_slice(head.as_bytes());
-        for (i, w) in batch.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            if n == 1 {
-                body.extend_from_slice(br#""input":"#);
-            } else {
-                body.extend_from_slice(format!(r#""input_{i}":"#).as_bytes());
-            }
-            body.extend_from_slice(w.input.get().as_bytes());
-        }
-        body.extend_from_slice(b"}}");
-        Some(body)
-    }
-
     fn off_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.off_until.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -502,11 +510,7 @@ mod tests {
                 "schema.graphql",
             )
             .unwrap();
-            for op in [
-                Operation::CreateMessage,
-                Operation::CreateMessageByWhatsapp,
-                Operation::SendWhatsappTemplateMessage,
-            ] {
+            for op in SENDS {
                 let doc = document(op.embedded_in(dialect), 3)
                     .unwrap_or_else(|| panic!("{dialect:?} {op}: not repeatable"));
                 apollo_compiler::ExecutableDocument::parse_and_validate(&schema, &doc, "b.graphql")
@@ -584,13 +588,12 @@ mod tests {
         let (_e, start) = b.submit(Operation::CreateMessage, raw());
         assert!(start, "the runner ended; a new one starts");
         let batch = b.take().unwrap();
-        let body = b
-            .body(
-                "mutation M($input: I!) { createMessage(input: $input) { _id } }",
-                &batch,
-            )
-            .unwrap();
-        let body: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body["variables"], json!({"input": {}}));
+        let written = body(
+            "mutation M($input: I!) { createMessage(input: $input) { _id } }",
+            &batch,
+        )
+        .unwrap();
+        let written: Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(written["variables"], json!({"input": {}}));
     }
 }

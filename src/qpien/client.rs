@@ -758,7 +758,7 @@ impl QpienClient {
         };
         let batcher = &self.inner.batcher;
         let single = self.inner.documents.get(op);
-        if n > 1 && batcher.body(single, &batch).is_none() {
+        if n > 1 && batch::head(single, n).is_none() {
             // A replaced document that cannot be repeated under aliases.
             if batcher.refuse() {
                 tracing::warn!(
@@ -773,7 +773,7 @@ impl QpienClient {
             return;
         }
         let body = || {
-            batcher.body(single, &batch).ok_or_else(|| {
+            batch::body(single, &batch).ok_or_else(|| {
                 Failure::Error(QpienError::Decode {
                     operation: op.name(),
                     message: "cannot write the request".into(),

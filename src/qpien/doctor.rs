@@ -853,11 +853,7 @@ fn shared_requests(
     docs: &Documents,
 ) -> (Status, String) {
     let mut bad = Vec::new();
-    for op in [
-        Operation::CreateMessage,
-        Operation::CreateMessageByWhatsapp,
-        Operation::SendWhatsappTemplateMessage,
-    ] {
+    for op in super::batch::SENDS {
         match super::batch::document(docs.get(op), 2) {
             None => bad.push(format!(
                 "{}: not one mutation of one field; sent alone",

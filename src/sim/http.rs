@@ -53,43 +53,51 @@ fn json_response(status: StatusCode, v: Value) -> Response {
         .into_response()
 }
 
+/// A request's document, read once.
+type Query = async_graphql::parser::types::ExecutableDocument;
+type RootField = async_graphql::Positioned<async_graphql::parser::types::Field>;
+
+/// The root fields of a request's document (none: it does not parse).
+fn root_fields(doc: Option<&Query>) -> Vec<&RootField> {
+    use async_graphql::parser::types::{DocumentOperations, Selection};
+    let Some(doc) = doc else {
+        return Vec::new();
+    };
+    let ops: Vec<_> = match &doc.operations {
+        DocumentOperations::Single(op) => vec![op],
+        DocumentOperations::Multiple(map) => map.values().collect(),
+    };
+    ops.into_iter()
+        .flat_map(|op| op.node.selection_set.node.items.iter())
+        .filter_map(|s| match &s.node {
+            Selection::Field(f) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The operations a request runs, by their documented names, each with its
 /// variables: a document of one root field is recorded with the request's
 /// variables; one of several (replies sent together, each aliased) as one
 /// operation a field, each with its arguments' values under the arguments'
 /// names, as if sent alone.
 fn operations_of(
-    query: &str,
+    fields: &[&RootField],
     variables: &Value,
     dialect: crate::qpien::Dialect,
 ) -> Vec<(String, Value)> {
-    use async_graphql::parser::types::{DocumentOperations, Selection};
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return vec![(String::new(), variables.clone())];
-    };
-    let ops: Vec<_> = match &doc.operations {
-        DocumentOperations::Single(op) => vec![op],
-        DocumentOperations::Multiple(map) => map.values().collect(),
-    };
-    let fields: Vec<_> = ops
-        .iter()
-        .flat_map(|op| op.node.selection_set.node.items.iter())
-        .filter_map(|s| match &s.node {
-            Selection::Field(f) => Some(&f.node),
-            _ => None,
-        })
-        .collect();
     let name = |field: &str| {
         crate::qpien::Operation::from_root_field(field, dialect)
             .map_or(field.to_owned(), |op| op.name().to_owned())
     };
-    match fields.as_slice() {
+    match fields {
         [] => vec![(String::new(), variables.clone())],
-        [one] => vec![(name(&one.name.node), variables.clone())],
+        [one] => vec![(name(&one.node.name.node), variables.clone())],
         several => several
             .iter()
             .map(|f| {
                 let args: serde_json::Map<String, Value> = f
+                    .node
                     .arguments
                     .iter()
                     .map(|(arg, value)| {
@@ -106,7 +114,7 @@ fn operations_of(
                         (arg.node.to_string(), value)
                     })
                     .collect();
-                (name(&f.name.node), Value::Object(args))
+                (name(&f.node.name.node), Value::Object(args))
             })
             .collect(),
     }
@@ -118,24 +126,8 @@ fn operations_of(
 /// entry with the key path"): the executor leaves a root field's error
 /// without one, and that is how a client tells whose error it is when one
 /// request carries several replies.
-fn name_failed_fields(query: &str, response: &mut async_graphql::Response) {
-    use async_graphql::parser::types::{DocumentOperations, Selection};
+fn name_failed_fields(fields: &[&RootField], response: &mut async_graphql::Response) {
     use async_graphql::PathSegment;
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return;
-    };
-    let ops: Vec<_> = match &doc.operations {
-        DocumentOperations::Single(op) => vec![op],
-        DocumentOperations::Multiple(map) => map.values().collect(),
-    };
-    let fields: Vec<(async_graphql::Pos, String)> = ops
-        .iter()
-        .flat_map(|op| op.node.selection_set.node.items.iter())
-        .filter_map(|s| match &s.node {
-            Selection::Field(f) => Some((f.pos, f.node.response_key().node.to_string())),
-            _ => None,
-        })
-        .collect();
     for error in &mut response.errors {
         if !error.path.is_empty() {
             continue;
@@ -143,29 +135,15 @@ fn name_failed_fields(query: &str, response: &mut async_graphql::Response) {
         let Some(at) = error.locations.first() else {
             continue;
         };
-        let Some((_, key)) = fields.iter().find(|(pos, _)| pos == at) else {
+        let Some(field) = fields.iter().find(|f| f.pos == *at) else {
             continue;
         };
-        error.path = vec![PathSegment::Field(key.clone())];
+        let key = field.node.response_key().node.to_string();
         if let async_graphql::Value::Object(data) = &mut response.data {
-            let key = async_graphql::Name::new(key);
-            data.entry(key).or_insert(async_graphql::Value::Null);
+            data.entry(async_graphql::Name::new(&key))
+                .or_insert(async_graphql::Value::Null);
         }
-    }
-}
-
-/// How many root fields a request's document holds.
-fn root_fields(query: &str) -> usize {
-    use async_graphql::parser::types::DocumentOperations;
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return 0;
-    };
-    match &doc.operations {
-        DocumentOperations::Single(op) => op.node.selection_set.node.items.len(),
-        DocumentOperations::Multiple(map) => map
-            .values()
-            .map(|op| op.node.selection_set.node.items.len())
-            .sum(),
+        error.path = vec![PathSegment::Field(key)];
     }
 }
 
@@ -209,7 +187,9 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let query = raw["query"].as_str().unwrap_or("");
-    let operations = operations_of(query, &raw["variables"], config.dialect);
+    let doc = async_graphql::parser::parse_query(query).ok();
+    let fields = root_fields(doc.as_ref());
+    let operations = operations_of(&fields, &raw["variables"], config.dialect);
     let record = |status: StatusCode| {
         for (operation, variables) in &operations {
             sim.record(SeenRequest {
@@ -251,20 +231,19 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
         }
     };
     if let Some(max) = config.max_root_fields {
-        let fields = root_fields(query);
-        if fields > max {
+        if fields.len() > max {
             record(StatusCode::OK);
             return json_response(
                 StatusCode::OK,
                 json!({"errors": [{
-                    "message": format!("a document may hold at most {max} root fields, not {fields}"),
+                    "message": format!("a document may hold at most {max} root fields, not {}", fields.len()),
                     "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"},
                 }]}),
             );
         }
     }
     let lost = Arc::new(Lost::default());
-    let response = app
+    let mut response = app
         .schema
         .execute(
             request
@@ -277,8 +256,7 @@ async fn graphql(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Res
         record(StatusCode::INTERNAL_SERVER_ERROR);
         return (StatusCode::INTERNAL_SERVER_ERROR, "the answer was lost").into_response();
     }
-    let mut response = response;
-    name_failed_fields(query, &mut response);
+    name_failed_fields(&fields, &mut response);
     let mut r = json_response(
         StatusCode::OK,
         serde_json::to_value(&response).unwrap_or_default(),

@@ -983,14 +983,31 @@ fn agent_events_are_keyed_by_what_identifies_them() {
     assert_ne!(key(bare, "1"), key(bare, "2"));
 }
 
-/// A client whose replies share requests: `in_flight` requests at once, at
-/// most `max` replies each.
-fn batching(sim: &RunningSim, max: usize, in_flight: usize) -> QpienClient {
-    QpienClient::new(QpienConfig {
-        batch: BatchConfig { max, in_flight },
-        ..config(sim)
+/// A simulator that answers every request `slow` late (and is set up by
+/// `tweak`), holding text conversations `ids`, and a client with its token
+/// whose replies share requests: one request under way, at most 20 replies.
+async fn slow_qpien(
+    slow: Duration,
+    ids: &[String],
+    tweak: impl FnOnce(&mut SimConfig),
+) -> (RunningSim, QpienClient) {
+    let sim = start_sim(|c| {
+        c.faults.slow = 1.0;
+        c.faults.slow_delay = slow;
+        tweak(c);
     })
-    .unwrap()
+    .await;
+    text_conversations(&sim, ids.iter().cloned());
+    let client = QpienClient::new(QpienConfig {
+        batch: BatchConfig {
+            max: 20,
+            in_flight: 1,
+        },
+        ..config(&sim)
+    })
+    .unwrap();
+    client.check_token().await.unwrap();
+    (sim, client)
 }
 
 /// Sends one reply to each of `conversations` at once; what each send gave.
@@ -1025,20 +1042,13 @@ fn fronts_created(sim: &RunningSim) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_ready_together_share_a_request_and_a_failed_one_is_retried_whole() {
-    let sim = start_sim(|c| {
-        c.faults.slow = 1.0;
-        c.faults.slow_delay = Duration::from_millis(150);
-    })
-    .await;
     let ids: Vec<String> = (0..25).map(|i| format!("c{i:02}")).collect();
-    text_conversations(&sim, ids.clone());
-    let client = batching(&sim, 20, 1);
-    client.check_token().await.unwrap();
+    let (sim, client) = slow_qpien(Duration::from_millis(150), &ids, |_| {}).await;
     let before = sim.state().stats().requests;
     let calls_before = client.stats().ok;
     // The first reply leaves alone; the other 24 wait for it, then leave
-    // as 20 and 4 (one request under way at a time). The request of 20 fails once (HTTP 500) and is retried
-    // whole.
+    // as 20 and 4 (one request under way at a time). The request of 20
+    // fails once (HTTP 500) and is retried whole.
     let sends = {
         let (client, ids) = (client.clone(), ids.clone());
         tokio::spawn(async move { send_each(&client, &ids).await })
@@ -1063,17 +1073,10 @@ async fn replies_ready_together_share_a_request_and_a_failed_one_is_retried_whol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_refused_in_a_shared_request_fails_alone() {
-    let sim = start_sim(|c| {
-        c.faults.slow = 1.0;
-        c.faults.slow_delay = Duration::from_millis(100);
-    })
-    .await;
     let mut ids: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
-    text_conversations(&sim, ids.clone());
+    let (sim, client) = slow_qpien(Duration::from_millis(100), &ids, |_| {}).await;
     // A conversation Qpien does not know: its create fails, the others not.
     ids.insert(3, "unknown".into());
-    let client = batching(&sim, 20, 1);
-    client.check_token().await.unwrap();
     let results = send_each(&client, &ids).await;
     for (id, result) in ids.iter().zip(&results) {
         if id == "unknown" {
@@ -1091,16 +1094,11 @@ async fn a_reply_refused_in_a_shared_request_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qpien_that_refuses_several_replies_a_request_gets_one_a_request() {
-    let sim = start_sim(|c| {
+    let ids: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    let (sim, client) = slow_qpien(Duration::from_millis(100), &ids, |c| {
         c.max_root_fields = Some(1);
-        c.faults.slow = 1.0;
-        c.faults.slow_delay = Duration::from_millis(100);
     })
     .await;
-    let ids: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
-    text_conversations(&sim, ids.clone());
-    let client = batching(&sim, 20, 1);
-    client.check_token().await.unwrap();
     let results = send_each(&client, &ids).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(sim.state().created().len(), 8, "each created once");
