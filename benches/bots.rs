@@ -359,10 +359,7 @@ async fn all_at_once(
     concurrency: usize,
     created: &Arc<AtomicUsize>,
 ) -> f64 {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap();
+    let http = support::Loader::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let base = created.load(Ordering::Relaxed);
     let started = Instant::now();
@@ -405,10 +402,7 @@ async fn flooded(
     let count = arg("--probes", 400usize);
     let per_second = arg("--probe-rate", 50usize).max(1);
     let others = (bots - 1).min(10);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap();
+    let http = support::Loader::default();
     // One probe: a new conversation's first message, timed to its reply.
     let probe = |name: String, bot: usize| {
         let (http, probes) = (http.clone(), probes.clone());

@@ -146,10 +146,7 @@ fn per_turn(before: Option<Duration>, after: Option<Duration>, turns: usize) -> 
 /// Runs the support script on `conversations`, `concurrency` at a time;
 /// the time until every delivery was acknowledged.
 async fn load(url: &str, conversations: usize, concurrency: usize, tag: &str) -> Duration {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap();
+    let http = support::Loader::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();
     let tasks: Vec<_> = (0..conversations)

@@ -75,10 +75,7 @@ fn main() {
             .await
             .unwrap();
         let url = format!("http://{}/webhook", running.addr());
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(512)
-            .build()
-            .unwrap();
+        let http = support::Loader::default();
 
         // One conversation first: how many replies a script makes.
         for m in script("warmup", 0) {

@@ -48,11 +48,8 @@ fn hello(id: &str) -> Value {
         "senderType": "user", "channelType": "LiveChat", "content": "hello"}})
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap()
+fn http() -> support::Loader {
+    support::Loader::default()
 }
 
 /// Replies at `share` of a budget of `requests` per `window`, for `windows`

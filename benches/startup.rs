@@ -61,7 +61,7 @@ async fn fill(flow: &Path, db: &Path, conversations: usize) {
     config.store.path = db.into();
     let running = flowbot::start(config, Registry::new()).await.unwrap();
     let url = format!("http://{}/webhook", running.addr());
-    let http = reqwest::Client::new();
+    let http = support::Loader::default();
     let real = conversations.min(100);
     for c in 0..real {
         let hello = json!({"event": "NEW_INCOMING_MESSAGE", "data": {"_id": format!("m{c}"),

@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flowbot::internals::qpien::webhook::sign;
@@ -13,8 +15,12 @@ use flowbot::internals::qpien::{RateLimitConfig, Secret};
 use flowbot::Config;
 
 use axum::body::Bytes;
+use axum::http;
 use axum::routing;
 use axum::Router;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 /// The value after `name` on the command line (`--rate 1000`), or `default`.
@@ -159,20 +165,83 @@ pub(crate) fn bot_config(qpien: String, dir: &Path, normal: bool) -> Config {
     config
 }
 
+/// The load generator's HTTP/1.1 client: kept-alive connections, each
+/// carrying one request at a time, taken from and returned to a pool by
+/// address. It is hyper's own client connection with nothing above it, so
+/// that on a machine the generator shares with the bot it takes as little of
+/// the cores as a load tool should (a pooled general-purpose client cost
+/// about twice as much a request).
+#[derive(Clone, Default)]
+pub(crate) struct Loader {
+    idle: Arc<Mutex<HashMap<String, Vec<Connection>>>>,
+}
+
+/// One kept-alive connection of the [`Loader`].
+type Connection = SendRequest<Full<Bytes>>;
+
+impl Loader {
+    /// A connection to `authority` (`host:port`): an idle one, else a new one.
+    async fn connection(&self, authority: &str) -> Connection {
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap()
+                .get_mut(authority)
+                .and_then(Vec::pop);
+            match idle {
+                Some(mut c) => {
+                    if c.ready().await.is_ok() {
+                        return c;
+                    }
+                }
+                None => break,
+            }
+        }
+        let stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender
+    }
+
+    /// Sends `request` to `url` (`http://host:port/path`); its status, once
+    /// its body is read.
+    async fn send(&self, url: &str, request: http::request::Builder, body: Vec<u8>) -> u16 {
+        let rest = url.strip_prefix("http://").expect("an http:// address");
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let request = request
+            .uri(path)
+            .header(http::header::HOST, authority)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let mut c = self.connection(authority).await;
+        let response = c.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        self.idle
+            .lock()
+            .unwrap()
+            .entry(authority.to_owned())
+            .or_default()
+            .push(c);
+        status
+    }
+}
+
 /// Posts one signed delivery; the time until it was acknowledged (200).
-pub(crate) async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> Duration {
+pub(crate) async fn post(http: &Loader, url: &str, payload: &Value) -> Duration {
     let body = serde_json::to_vec(payload).unwrap();
     let sig = sign(SECRET.as_bytes(), &body);
     let started = Instant::now();
-    let r = http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("X-Qpien-Signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let request = http::Request::post("/")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("X-Qpien-Signature", sig);
+    let status = http.send(url, request, body).await;
+    assert_eq!(status, 200);
     started.elapsed()
 }
 
@@ -180,7 +249,7 @@ pub(crate) async fn post(http: &reqwest::Client, url: &str, payload: &Value) -> 
 /// for `seconds` (open loop: each leaves at its time whatever the others
 /// do), the support script's turns of conversations tagged `tag`; sorted.
 pub(crate) async fn open_loop(
-    http: &reqwest::Client,
+    http: &Loader,
     url: &str,
     rate: usize,
     seconds: usize,
