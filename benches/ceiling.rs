@@ -19,8 +19,9 @@
 //! unpinned and it says so.
 //!
 //! Besides turns a second, it prints each server's CPU time a turn (its
-//! threads' user and system time from `/proc`): on a machine whose speed
-//! drifts from run to run, the ratio of the two moves less than the rates.
+//! threads' user and system time from `/proc`), and the bot's store thread's
+//! share of it: on a machine whose speed drifts from run to run, the ratio of
+//! the two moves less than the rates.
 
 #![allow(missing_docs)]
 
@@ -126,7 +127,22 @@ fn spawn(role: &[String]) -> (std::process::Child, String, bool) {
 /// The CPU time a process has used so far (its threads' user and system
 /// time, from `/proc`), where the system tells it.
 fn cpu_of(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_in(&format!("/proc/{pid}/stat"))
+}
+
+/// The CPU time of `pid`'s thread named `name` so far (the store's writer:
+/// `flowbot-sqlite`), where the system tells it.
+fn thread_cpu_of(pid: u32, name: &str) -> Option<Duration> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .and_then(|t| cpu_in(&t.path().join("stat").to_string_lossy()))
+}
+
+/// The user and system time in a `/proc` `stat` file.
+fn cpu_in(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The fields after the command's name (which may hold spaces), from 3.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
@@ -235,6 +251,7 @@ fn main() {
         let base = created.load(Ordering::Relaxed);
         let base_requests = support::REPLY_REQUESTS.load(Ordering::Relaxed);
         let cpu = cpu_of(bot.id());
+        let store_cpu = thread_cpu_of(bot.id(), "flowbot-sqlite");
         let started = Instant::now();
         load(&url, conversations, concurrency, "c").await;
         // The support script folds to 11 createMessage calls per conversation.
@@ -248,6 +265,7 @@ fn main() {
         );
         let bot_rate = turns as f64 / started.elapsed().as_secs_f64();
         let bot_cpu = per_turn(cpu, cpu_of(bot.id()), turns);
+        let store_cpu = per_turn(store_cpu, thread_cpu_of(bot.id(), "flowbot-sqlite"), turns);
         let requests = support::REPLY_REQUESTS.load(Ordering::Relaxed) - base_requests;
         let replies = created.load(Ordering::Relaxed) - base;
         // Its stdin closed, the bot shuts down.
@@ -264,7 +282,7 @@ fn main() {
             arg("--in-flight", flowbot::internals::qpien::BatchConfig::default().in_flight),
         );
         println!("bare axum handler (signature, 200): {ceiling:.0} turns/s, {bare_cpu} of CPU a turn");
-        println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn, {:.1} replies a request", replies as f64 / requests.max(1) as f64);
+        println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn ({store_cpu} of it the store's thread), {:.1} replies a request", replies as f64 / requests.max(1) as f64);
         println!("flowbot's share of the ceiling: {:.0}%", 100.0 * bot_rate / ceiling);
     });
 }

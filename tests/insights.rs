@@ -161,7 +161,10 @@ async fn runs_are_counted_by_outcome_state_and_answer() {
     // The log holds no message text and no conversation id.
     let conn = rusqlite::Connection::open(h.dir.join("flowbot.db")).unwrap();
     let mut stmt = conn
-        .prepare("SELECT conversation, state, detail, coalesce(value, '') FROM events")
+        .prepare(
+            "SELECT e.conversation, j.value ->> 0, j.value ->> 2, coalesce(j.value ->> 3, '')
+             FROM events e, json_each(e.rows) j",
+        )
         .unwrap();
     let rows: Vec<String> = stmt
         .query_map([], |r| {

@@ -247,6 +247,11 @@ async fn contract(store: &dyn StateStore) {
     let rest = store.events(0, 1_000, page[1].0, 10).await.unwrap();
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[1].1, event(100, "outcome"));
+    // A page may end between two events of one turn.
+    assert_eq!(
+        store.events(0, 1_000, rest[0].0, 1).await.unwrap(),
+        rest[1..]
+    );
     assert!(store.events(300, 400, 0, 10).await.unwrap().is_empty());
 
     // Retention: what is older than a time goes, a batch at a time; a dry

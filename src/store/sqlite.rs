@@ -25,6 +25,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::oneshot;
@@ -190,8 +191,42 @@ fn migrations() -> Migrations<'static> {
             PRIMARY KEY (bot, hour, flow_version, channel, test, kind, key, value)
         ) WITHOUT ROWID;",
         ),
+        // The event log, a row per turn (and run) instead of a row per
+        // event: what a turn's events share is written once, the rest as a
+        // JSON array of `[state, kind, detail, value]` (see `EVENT_ID_BITS`).
+        M::up(
+            "ALTER TABLE events RENAME TO events_by_event;
+        DROP INDEX events_run;
+        DROP INDEX events_at;
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            bot INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            conversation TEXT NOT NULL,
+            run INTEGER NOT NULL,
+            flow_version TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            test INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            rows TEXT NOT NULL
+        );
+        INSERT INTO events (id, bot, at, conversation, run, flow_version, channel, test, n, rows)
+            SELECT id, bot, at, conversation, run, flow_version, channel, test, 1,
+            json_array(json_array(state, kind, detail, value)) FROM events_by_event;
+        DROP TABLE events_by_event;
+        CREATE INDEX events_run ON events(bot, run, id);
+        CREATE INDEX events_at ON events(bot, at);",
+        ),
     ])
 }
+
+/// An event's id is its row's id shifted by this many bits, plus its place
+/// in the row: a row holds at most `1 << EVENT_ID_BITS` events (a turn with
+/// more is written as several rows), and ids still increase in commit order.
+const EVENT_ID_BITS: u32 = 8;
+
+/// What one event-log row holds of each of its events.
+type EventCells<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
 
 /// The migration that made `budget_calls`: a database older than it kept no
 /// budget.
@@ -837,26 +872,36 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
             // Each kind's rows of the conversation (?2): by its id, and in
             // the event log by its hash.
             let (c, h) = (conversation.as_str(), hash.as_str());
+            // (An event-log row holds `n` events.)
             let rows = [
-                ("sessions WHERE bot = ?1 AND conversation = ?2", c),
-                ("inbox WHERE bot = ?1 AND conversation = ?2 AND done = 0", c),
-                ("outbox WHERE bot = ?1 AND conversation = ?2", c),
+                ("count(*)", "sessions WHERE bot = ?1 AND conversation = ?2", c),
                 (
+                    "count(*)",
+                    "inbox WHERE bot = ?1 AND conversation = ?2 AND done = 0",
+                    c,
+                ),
+                ("count(*)", "outbox WHERE bot = ?1 AND conversation = ?2", c),
+                (
+                    "count(*)",
                     "dead_letters WHERE bot = ?1
                      AND (instr(body, CAST(?2 AS BLOB)) > 0 OR instr(headers, ?2) > 0)",
                     c,
                 ),
-                ("events WHERE bot = ?1 AND conversation = ?2", h),
+                (
+                    "coalesce(sum(n), 0)",
+                    "events WHERE bot = ?1 AND conversation = ?2",
+                    h,
+                ),
             ];
             let mut n = [0u64; 5];
-            for (count, (which, key)) in n.iter_mut().zip(&rows) {
+            for (count, (what, which, key)) in n.iter_mut().zip(&rows) {
                 *count = tx
-                    .prepare_cached(&format!("SELECT count(*) FROM {which}"))?
+                    .prepare_cached(&format!("SELECT {what} FROM {which}"))?
                     .query_row(params![bot, key], |r| r.get::<_, i64>(0))?
                     as u64;
             }
             if !dry_run {
-                for (which, key) in &rows {
+                for (_, which, key) in &rows {
                     tx.prepare_cached(&format!("DELETE FROM {which}"))?
                         .execute(params![bot, key])?;
                 }
@@ -907,26 +952,14 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT at, conversation, run, flow_version, state, channel, kind, detail, value,
-                 test FROM events WHERE bot = ?1 AND conversation = ?2 ORDER BY id",
-            )?;
-            let events = stmt
-                .query_map(params![bot, hash], |r| {
-                    Ok(LogEvent {
-                        at: r.get(0)?,
-                        conversation: r.get(1)?,
-                        run: r.get(2)?,
-                        flow_version: r.get(3)?,
-                        state: r.get(4)?,
-                        channel: r.get(5)?,
-                        kind: r.get(6)?,
-                        detail: r.get(7)?,
-                        value: r.get(8)?,
-                        test: r.get(9)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE bot = ?1 AND conversation = ?2 ORDER BY id"
+            ))?;
+            let mut events = Vec::new();
+            let mut rows = stmt.query(params![bot, hash])?;
+            while let Some(r) = rows.next()? {
+                events.extend(event_row(r)?.1);
+            }
             Reply::Export(Box::new(Export {
                 session,
                 inbox,
@@ -950,10 +983,13 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
                     "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters
                      WHERE bot = ?1 AND received_at < ?2 LIMIT ?3)",
                 ),
+                // Rows of `n` events, in the order of their index both
+                // times (the events counted are those deleted).
                 Expiring::Events => (
-                    "SELECT count(*) FROM (SELECT 1 FROM events WHERE bot = ?1 AND at < ?2 LIMIT ?3)",
+                    "SELECT coalesce(sum(n), 0) FROM (SELECT n FROM events WHERE bot = ?1
+                     AND at < ?2 ORDER BY at, id LIMIT ?3)",
                     "DELETE FROM events WHERE id IN (SELECT id FROM events
-                     WHERE bot = ?1 AND at < ?2 LIMIT ?3)",
+                     WHERE bot = ?1 AND at < ?2 ORDER BY at, id LIMIT ?3)",
                 ),
                 // Whole hours at a time.
                 Expiring::Rollups => (
@@ -963,12 +999,20 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
                 ),
             };
             let args = params![bot, before, *limit as i64];
-            let n = if *dry_run {
+            // The event log's rows hold several events each: counted first.
+            let counted = *dry_run || matches!(kind, Expiring::Events);
+            let mut n = if counted {
                 tx.prepare_cached(count)?
                     .query_row(args, |r| r.get::<_, i64>(0))? as u64
             } else {
-                tx.prepare_cached(delete)?.execute(args)? as u64
+                0
             };
+            if !*dry_run {
+                let deleted = tx.prepare_cached(delete)?.execute(args)? as u64;
+                if !counted {
+                    n = deleted;
+                }
+            }
             Reply::Ids(vec![n])
         }
         Op::OldestRun => Reply::Oldest(
@@ -995,8 +1039,12 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
                     r.count as i64
                 ])?;
             }
-            let n = tx
-                .prepare_cached("DELETE FROM events WHERE bot = ?1 AND run >= ?2 AND run < ?3")?
+            let n: i64 = tx
+                .prepare_cached(
+                    "SELECT coalesce(sum(n), 0) FROM events WHERE bot = ?1 AND run >= ?2 AND run < ?3",
+                )?
+                .query_row(params![bot, from, to], |r| r.get(0))?;
+            tx.prepare_cached("DELETE FROM events WHERE bot = ?1 AND run >= ?2 AND run < ?3")?
                 .execute(params![bot, from, to])?;
             Reply::Ids(vec![n as u64])
         }
@@ -1020,30 +1068,27 @@ fn apply(tx: &Connection, bot: i64, op: &Op) -> Result<Reply, rusqlite::Error> {
             Reply::Rollups(rows.collect::<Result<_, _>>()?)
         }
         Op::Events(from, to, after, limit) => {
-            let mut stmt = tx.prepare_cached(
-                "SELECT id, at, conversation, run, flow_version, state, channel, kind, detail,
-                 value, test FROM events
-                 WHERE bot = ?1 AND run >= ?2 AND run < ?3 AND id > ?4 ORDER BY id LIMIT ?5",
-            )?;
-            let after = i64::try_from(*after).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![bot, from, to, after, *limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    LogEvent {
-                        at: r.get(1)?,
-                        conversation: r.get(2)?,
-                        run: r.get(3)?,
-                        flow_version: r.get(4)?,
-                        state: r.get(5)?,
-                        channel: r.get(6)?,
-                        kind: r.get(7)?,
-                        detail: r.get(8)?,
-                        value: r.get(9)?,
-                        test: r.get(10)?,
-                    },
-                ))
-            })?;
-            Reply::Events(rows.collect::<Result<_, _>>()?)
+            // From the row of the event `after` (each row after it holds
+            // at least one event: `limit + 1` rows are enough).
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE bot = ?1 AND run >= ?2 AND run < ?3 AND id >= ?4 ORDER BY id LIMIT ?5"
+            ))?;
+            let first = i64::try_from(*after >> EVENT_ID_BITS).unwrap_or(i64::MAX);
+            let rows_wanted = i64::try_from(*limit).unwrap_or(i64::MAX).saturating_add(1);
+            let mut out = Vec::with_capacity((*limit).min(4096));
+            let mut rows = stmt.query(params![bot, from, to, first, rows_wanted])?;
+            while out.len() < *limit {
+                let Some(r) = rows.next()? else { break };
+                let (row, events) = event_row(r)?;
+                for (i, e) in events.into_iter().enumerate() {
+                    let id = (row << EVENT_ID_BITS) | i as u64;
+                    if id > *after && out.len() < *limit {
+                        out.push((id, e));
+                    }
+                }
+            }
+            Reply::Events(out)
         }
         Op::Outbox(after, limit) => {
             let mut stmt = tx.prepare_cached(
@@ -1286,23 +1331,48 @@ fn commit_rows(tx: &Connection, bot: i64, c: &TurnCommit) -> Result<Vec<u64>, ru
     }
     if !c.events.is_empty() {
         let mut log = tx.prepare_cached(
-            "INSERT INTO events (bot, at, conversation, run, flow_version, state, channel,
-             kind, detail, value, test) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO events (bot, at, conversation, run, flow_version, channel, test, n,
+             rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        for e in &c.events {
-            log.execute(params![
-                bot,
-                e.at,
-                e.conversation,
-                e.run,
-                e.flow_version,
-                e.state,
-                e.channel,
-                e.kind,
-                e.detail,
-                e.value,
-                e.test
-            ])?;
+        // Consecutive events that share a row's columns, as one row.
+        let same = |a: &LogEvent, b: &LogEvent| {
+            (
+                a.at,
+                &a.conversation,
+                a.run,
+                &a.flow_version,
+                &a.channel,
+                a.test,
+            ) == (
+                b.at,
+                &b.conversation,
+                b.run,
+                &b.flow_version,
+                &b.channel,
+                b.test,
+            )
+        };
+        for group in c.events.chunk_by(same) {
+            for part in group.chunks(1 << EVENT_ID_BITS) {
+                let cells: Vec<EventCells<'_>> = part
+                    .iter()
+                    .map(|e| (&*e.state, &*e.kind, &*e.detail, e.value.as_deref()))
+                    .collect();
+                let rows = serde_json::to_string(&cells)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                let e = &part[0];
+                log.execute(params![
+                    bot,
+                    e.at,
+                    e.conversation,
+                    e.run,
+                    e.flow_version,
+                    e.channel,
+                    e.test,
+                    part.len() as i64,
+                    rows
+                ])?;
+            }
         }
     }
     let mut insert =
@@ -1313,6 +1383,47 @@ fn commit_rows(tx: &Connection, bot: i64, c: &TurnCommit) -> Result<Vec<u64>, ru
         ids.push(tx.last_insert_rowid() as u64);
     }
     Ok(ids)
+}
+
+/// The columns [`event_row`] reads.
+const EVENT_COLUMNS: &str = "id, at, conversation, run, flow_version, channel, test, rows";
+
+/// An event-log row ([`EVENT_COLUMNS`]): its id and its events.
+fn event_row(r: &rusqlite::Row<'_>) -> Result<(u64, Vec<LogEvent>), rusqlite::Error> {
+    let rows: String = r.get(7)?;
+    let cells: Vec<(String, String, String, Option<String>)> = serde_json::from_str(&rows)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(7, Type::Text, Box::new(e)))?;
+    let (at, conversation, run, flow_version, channel, test): (
+        Millis,
+        String,
+        Millis,
+        String,
+        String,
+        bool,
+    ) = (
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    );
+    let events = cells
+        .into_iter()
+        .map(|(state, kind, detail, value)| LogEvent {
+            at,
+            conversation: conversation.clone(),
+            run,
+            flow_version: flow_version.clone(),
+            state,
+            channel: channel.clone(),
+            kind,
+            detail,
+            value,
+            test,
+        })
+        .collect();
+    Ok((r.get::<_, i64>(0)? as u64, events))
 }
 
 /// An outbox row (`id, conversation, payload`).
@@ -1693,5 +1804,119 @@ impl StateStore for SqliteStore {
 
     async fn budget_done(&self, id: i64) -> Result<(), StoreError> {
         self.run(Op::BudgetDone(id)).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file whose event log had a row per event reads the same after the
+    /// upgrade to a row per turn, and pages of it split a row where asked.
+    #[tokio::test]
+    async fn the_event_log_of_a_row_per_event_reads_the_same_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowbot.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let all = migrations();
+            // Up to the migration before the event log's rows per turn.
+            all.to_version(&mut conn, 8).unwrap();
+            conn.execute_batch(
+                "INSERT INTO events (bot, at, conversation, run, flow_version, state, channel,
+                 kind, detail, value, test) VALUES
+                 (0, 10, 'h1', 5, 'v', 'start', 'whatsapp', 'started', '', NULL, 0),
+                 (0, 11, 'h1', 5, 'v', 'ask', 'whatsapp', 'answered', 'name', 'Ada', 0),
+                 (0, 12, 'h2', 7, 'v', 'start', 'livechat', 'started', '', NULL, 1);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let event = |at, conversation: &str, run, state: &str, kind: &str| LogEvent {
+            at,
+            conversation: conversation.into(),
+            run,
+            flow_version: "v".into(),
+            state: state.into(),
+            channel: if run == 5 { "whatsapp" } else { "livechat" }.into(),
+            kind: kind.into(),
+            detail: String::new(),
+            value: None,
+            test: run == 7,
+        };
+        let answered = LogEvent {
+            detail: "name".into(),
+            value: Some("Ada".into()),
+            ..event(11, "h1", 5, "ask", "answered")
+        };
+        let read = store.events(0, 100, 0, 10).await.unwrap();
+        assert_eq!(
+            read.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            [
+                event(10, "h1", 5, "start", "started"),
+                answered.clone(),
+                event(12, "h2", 7, "start", "started")
+            ]
+        );
+        // A turn's events after the upgrade: one row, paged one at a time.
+        let Accepted::New(item) = store
+            .accept(NewInbound {
+                key: "m1".into(),
+                conversation: "c3".into(),
+                payload: b"{}".to_vec(),
+                received_at: 20,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        let turn = [
+            event(20, "h3", 5, "start", "started"),
+            event(20, "h3", 5, "ask", "entered"),
+            event(20, "h3", 5, "end", "entered"),
+        ];
+        store
+            .commit(TurnCommit {
+                inbox_seq: item.seq,
+                conversation: "c3".into(),
+                session: None,
+                outbox: vec![],
+                fence: None,
+                at: 20,
+                events: turn.to_vec(),
+            })
+            .await
+            .unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE conversation = 'h3'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 1, "a turn's events are one row");
+        let mut after = read[2].0;
+        let mut paged = Vec::new();
+        loop {
+            let page = store.events(0, 100, after, 1).await.unwrap();
+            let Some((id, e)) = page.into_iter().next() else {
+                break;
+            };
+            assert!(id > after, "ids increase");
+            after = id;
+            paged.push(e);
+        }
+        assert_eq!(paged, turn);
+        // Counted by event, deleted by row.
+        assert_eq!(store.erase("c3", "h3", true).await.unwrap().events, 3);
+        assert_eq!(store.export("c3", "h3").await.unwrap().events, turn);
+        assert_eq!(
+            store.expire(Expiring::Events, 12, 10, false).await.unwrap(),
+            2
+        );
+        assert_eq!(store.fold(0, 100, vec![]).await.unwrap(), 4);
+        assert!(store.events(0, 100, 0, 10).await.unwrap().is_empty());
     }
 }
