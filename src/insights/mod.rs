@@ -11,7 +11,10 @@
 //! conversation only as a keyed hash (HMAC-SHA256 under a key kept in the
 //! store, so the same conversation is one id in the log and no id leads back
 //! to it without the key). Test traffic (`flowbot demo`, the playground) is
-//! marked and left out of reports unless asked for.
+//! marked and left out of reports unless asked for. (SQLite keeps a turn's
+//! rows as one: what they share once, each event's state, kind, detail and
+//! value in a JSON array; a turn writes three B-tree entries, not three a
+//! row. The stores read back the same rows.)
 //!
 //! **Runs and outcomes.** A run is a conversation from its start (the
 //! session's `started_at`) to its end. Its outcome is the first of: handed

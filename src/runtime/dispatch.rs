@@ -120,6 +120,11 @@ pub(crate) struct Queued {
     /// Its acceptance, when it runs at once and is written with its commit
     /// (see `at_once.rs`; the item is numbered 0 until it is written).
     pub(crate) pending: Option<Arc<Pending>>,
+    /// The fencing token of the claim it was queued under (a store shared
+    /// by instances). A turn queued under a claim that was lost and taken
+    /// back since is left: taking it back read the conversation's pending
+    /// messages again, this one among them, in their order.
+    pub(crate) claim: Option<u64>,
 }
 
 impl From<InboxItem> for Queued {
@@ -128,6 +133,7 @@ impl From<InboxItem> for Queued {
             item,
             event: None,
             pending: None,
+            claim: None,
         }
     }
 }
@@ -377,16 +383,21 @@ impl Dispatcher {
             mut item,
             event,
             mut pending,
+            claim,
         } = queued;
         let started = Instant::now();
         let conversation = item.conversation.as_str();
         let fence = self.claims.fence(conversation);
-        if fence.is_none() && self.claims.shared() {
+        let stale = claim.is_some() && claim != fence;
+        if (fence.is_none() || stale) && self.claims.shared() {
             // Queued while this instance held the conversation, and taken
             // over by another since (a commit here was fenced, or a renewal
             // found the claim gone). Run here, its commit would carry no
             // token and could write over the holder's: it is left to the
-            // holder, woken to read it from the inbox.
+            // holder, woken to read it from the inbox. Taken back here
+            // since, its claim is a new one, whose taking queued the
+            // conversation's pending messages again in their order: run
+            // now, this one would overtake those before it.
             tracing::info!("a turn of a conversation taken over is left to its new holder");
             if let Err(e) = self.store.notify(conversation).await {
                 tracing::warn!(error = %e, "cannot wake the conversation's holder; its sweep finds the message");

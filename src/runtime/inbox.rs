@@ -232,6 +232,8 @@ impl Inbox {
             item: queued,
             event: Some(event),
             pending: Some(pending.clone()),
+            // Only a store of one process writes an acceptance with its turn.
+            claim: None,
         });
         let written = match tokio::time::timeout(self.at_once_wait, pending.written()).await {
             Ok(written) => written,

@@ -42,11 +42,14 @@ impl Runner {
                 item,
                 event,
                 pending: None,
+                claim: None,
             });
             return Ok(());
         }
         let conversation = item.conversation.clone();
-        match self.claims.acquire(&conversation).await? {
+        let acquired = self.claims.acquire(&conversation).await?;
+        let claim = self.claims.fence(&conversation);
+        match acquired {
             Some((false, _pinned)) => {
                 // Held here. A message of it accepted by another instance
                 // before this one came may still be on its way (the wake-up
@@ -65,7 +68,10 @@ impl Runner {
                     for mut older in self.claims.store.pending_of(&conversation).await? {
                         if older.seq < item.seq {
                             older.resumed = true;
-                            self.turns.queue(older.into());
+                            self.turns.queue(Queued {
+                                claim,
+                                ..older.into()
+                            });
                         }
                     }
                 }
@@ -73,6 +79,7 @@ impl Runner {
                     item,
                     event,
                     pending: None,
+                    claim,
                 });
             }
             Some((true, _pinned)) => {
@@ -82,6 +89,7 @@ impl Runner {
                     item,
                     event,
                     pending: None,
+                    claim,
                 });
             }
             None => self.claims.store.notify(&conversation).await?,
@@ -103,6 +111,7 @@ impl Runner {
     async fn adopt(&self, conversation: &str, fresh: Option<u64>) -> Result<(), StoreError> {
         self.outbox.adopt(conversation).await?;
         let pending = self.claims.store.pending_of(conversation).await?;
+        let claim = self.claims.fence(conversation);
         for mut item in pending {
             // The fresh one is queued by its routing, once: queued here too,
             // it could be taken from the lane before that and run twice.
@@ -110,7 +119,10 @@ impl Runner {
                 continue;
             }
             item.resumed = true;
-            self.turns.queue(item.into());
+            self.turns.queue(Queued {
+                claim,
+                ..item.into()
+            });
         }
         Ok(())
     }
@@ -128,9 +140,13 @@ impl Runner {
                 // read may be older than a commit made here meanwhile: marked
                 // resumed, each item is checked to be still pending before
                 // its turn runs (see `Dispatcher::turn`).
+                let claim = self.claims.fence(conversation);
                 for mut item in self.claims.store.pending_of(conversation).await? {
                     item.resumed = true;
-                    self.turns.queue(item.into());
+                    self.turns.queue(Queued {
+                        claim,
+                        ..item.into()
+                    });
                 }
                 Ok(())
             }
