@@ -464,6 +464,88 @@ async fn replies_of_a_conversation_taken_over_are_left_to_its_new_holder() {
     h.stop().await;
 }
 
+/// The same, with the claim taken back here while the first turn still waits:
+/// the lane holds the turns queued under the lost claim and, behind them,
+/// the conversation's pending messages read again under the new one. Those
+/// of the lost claim are left (run under the new claim, the second message
+/// would be answered before the first); each message is answered once, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_queued_under_a_claim_since_taken_back_do_not_overtake() {
+    use crate::bots::{blocking_registry, BLOCKING};
+    let Some(url) = postgres_url("turns_queued_under_a_claim_since_taken_back_do_not_overtake")
+    else {
+        return;
+    };
+    let schema = fresh_schema(&url, "retaken").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut h = Harness::with(
+        "pg-retaken",
+        BLOCKING,
+        blocking_registry(gate.clone()),
+        |c| {
+            on_postgres(c, &url, &schema);
+            c.runtime.claim_ttl = Duration::from_millis(600);
+        },
+    )
+    .await;
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    h.post(&message("m1", "c1", "wait")).await;
+    h.post(&message("m2", "c1", "one")).await;
+    h.post(&message("m3", "c1", "two")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sql = format!("SELECT token, owner FROM {schema}.claims WHERE conversation = 'c1'");
+    let claim = || async {
+        db.query_opt(&sql, &[])
+            .await
+            .unwrap()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+    };
+    let stolen = claim().await.unwrap().0 + 1000;
+    db.execute(
+        &format!(
+            "UPDATE {schema}.claims SET owner = 'another', token = {stolen}, expires_at = 0 \
+             WHERE conversation = 'c1'"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    // A renewal (every third of the claim's time to live) finds the claim
+    // gone; the next message claims the conversation again here, under a new
+    // token, while its first turn still waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.post(&message("m4", "c1", "three")).await;
+    let mut retaken = false;
+    for _ in 0..100 {
+        if claim().await.is_some_and(|(_, owner)| owner != "another") {
+            retaken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(retaken, "the conversation was claimed back");
+    gate.add_permits(10);
+    wait_until("four replies", Duration::from_secs(15), || {
+        h.replies("c1").len() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.stop().await;
+    assert_eq!(
+        h.replies("c1"),
+        [
+            "Done waiting.",
+            "Slow echo: one",
+            "Slow echo: two",
+            "Slow echo: three"
+        ]
+    );
+}
+
 /// A claim taken over while its holder still has turns of it queued (as when
 /// the holder paused past its claim's time to live): the turn running is
 /// fenced, and those queued behind it are left to the claim's new holder,

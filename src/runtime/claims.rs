@@ -163,10 +163,14 @@ impl Claims {
         }
     }
 
-    /// Forgets a conversation taken over by another instance.
-    pub(crate) fn lost(&self, conversation: &str) {
+    /// Forgets a conversation taken over by another instance: its claim of
+    /// `token` if given (a commit fenced under a claim taken back here
+    /// since says nothing of the new one), else whichever is held.
+    pub(crate) fn lost(&self, conversation: &str, token: Option<u64>) {
         if let Some(h) = self.lock().get_mut(conversation) {
-            h.lost = true;
+            if token.is_none_or(|t| t == h.token) {
+                h.lost = true;
+            }
         }
     }
 

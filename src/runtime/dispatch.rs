@@ -369,7 +369,7 @@ impl Dispatcher {
             Ok(ids) => Some(ids),
             Err(e) => {
                 tracing::warn!(error = %e, "a turn was dropped: its conversation moved");
-                self.claims.lost(&commit.conversation);
+                self.claims.lost(&commit.conversation, commit.fence);
                 None
             }
         }

@@ -154,18 +154,36 @@ impl<W: Worker> Lanes<W> {
     /// Queues `item`, starting its key's worker task if it has none. An order
     /// number already queued is ignored.
     pub(crate) fn queue(self: &Arc<Self>, item: W::Item) {
+        self.queue_as(item, false)
+    }
+
+    /// Queues `item` in place of what its order number holds, and even if
+    /// the item of that number is in progress (it is queued to run again
+    /// after it): read anew for a new claim of the key, whose copy is the
+    /// one to run.
+    pub(crate) fn requeue(self: &Arc<Self>, item: W::Item) {
+        self.queue_as(item, true)
+    }
+
+    fn queue_as(self: &Arc<Self>, item: W::Item, anew: bool) {
         let (key, order) = W::key(&item);
         let mut queues = self.lock();
         if let Some(lane) = queues.get_mut(key) {
             // The one just taken, queued again by a second routing. (An
             // older one is still queued: one accepted elsewhere, found late,
             // runs; one already run was routed as resumed and is checked.)
-            if lane.taken == Some(order) {
+            if lane.taken == Some(order) && !anew {
                 return;
             }
-            if let std::collections::btree_map::Entry::Vacant(e) = lane.items.entry(order) {
-                e.insert(item);
-                self.len.fetch_add(1, Ordering::SeqCst);
+            match lane.items.entry(order) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(item);
+                    self.len.fetch_add(1, Ordering::SeqCst);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) if anew => {
+                    e.insert(item);
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
             }
         } else {
             let key: Arc<str> = Arc::from(key);

@@ -119,7 +119,9 @@ impl Runner {
                 continue;
             }
             item.resumed = true;
-            self.turns.queue(Queued {
+            // In place of a copy queued under a claim lost since (which
+            // would be left when its turn came, and this one not run).
+            self.turns.requeue(Queued {
                 claim,
                 ..item.into()
             });
@@ -218,7 +220,7 @@ impl Runner {
         for lost in lost {
             let name = self.log.name(&lost).await;
             tracing::warn!(conversation = %name, "a claim was lost to another instance");
-            self.claims.lost(&lost);
+            self.claims.lost(&lost, None);
         }
         if let Some(e) = failed {
             return Err(e);
