@@ -464,23 +464,25 @@ async fn replies_of_a_conversation_taken_over_are_left_to_its_new_holder() {
     h.stop().await;
 }
 
-/// The same, with the claim taken back here while the first turn still waits:
-/// the lane holds the turns queued under the lost claim and, behind them,
-/// the conversation's pending messages read again under the new one. Those
-/// of the lost claim are left (run under the new claim, the second message
-/// would be answered before the first); each message is answered once, in
-/// order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn turns_queued_under_a_claim_since_taken_back_do_not_overtake() {
+/// On PostgreSQL (`None` without it), a claim of a third of a second's
+/// renewal: conversation c1's first message waits in its action (until
+/// `gate` opens) and its next two are queued behind it. A client of the
+/// database, and the schema, to take the claim away.
+async fn blocked_behind_a_claim(
+    test: &str,
+    tag: &str,
+) -> Option<(
+    Harness,
+    Arc<tokio::sync::Semaphore>,
+    tokio_postgres::Client,
+    String,
+)> {
     use crate::bots::{blocking_registry, BLOCKING};
-    let Some(url) = postgres_url("turns_queued_under_a_claim_since_taken_back_do_not_overtake")
-    else {
-        return;
-    };
-    let schema = fresh_schema(&url, "retaken").await;
+    let url = postgres_url(test)?;
+    let schema = fresh_schema(&url, tag).await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut h = Harness::with(
-        "pg-retaken",
+    let h = Harness::with(
+        &format!("pg-{tag}"),
         BLOCKING,
         blocking_registry(gate.clone()),
         |c| {
@@ -496,7 +498,27 @@ async fn turns_queued_under_a_claim_since_taken_back_do_not_overtake() {
     h.post(&message("m1", "c1", "wait")).await;
     h.post(&message("m2", "c1", "one")).await;
     h.post(&message("m3", "c1", "two")).await;
+    // The first turn waits in its action; the other two are queued here.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    Some((h, gate, db, schema))
+}
+
+/// The same, with the claim taken back here (by a fourth message) while the
+/// first turn still waits: the conversation's pending messages, read again
+/// under the new claim, take the place of the turns queued under the lost
+/// one, the first among them behind its turn in progress (which its fence
+/// stops). Kept, the turns of the lost claim would be left and the fourth
+/// message answered first; each message is answered once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_queued_under_a_claim_since_taken_back_do_not_overtake() {
+    let Some((mut h, gate, db, schema)) = blocked_behind_a_claim(
+        "turns_queued_under_a_claim_since_taken_back_do_not_overtake",
+        "retaken",
+    )
+    .await
+    else {
+        return;
+    };
     let sql = format!("SELECT token, owner FROM {schema}.claims WHERE conversation = 'c1'");
     let claim = || async {
         db.query_opt(&sql, &[])
@@ -555,27 +577,14 @@ async fn turns_queued_under_a_claim_since_taken_back_do_not_overtake() {
 /// the order its customer wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turns_queued_behind_a_lost_claim_are_left_to_its_new_holder() {
-    use crate::bots::{blocking_registry, BLOCKING};
-    let Some(url) = postgres_url("turns_queued_behind_a_lost_claim_are_left_to_its_new_holder")
+    let Some((mut h, gate, db, schema)) = blocked_behind_a_claim(
+        "turns_queued_behind_a_lost_claim_are_left_to_its_new_holder",
+        "lost",
+    )
+    .await
     else {
         return;
     };
-    let schema = fresh_schema(&url, "lost").await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut h = Harness::with("pg-lost", BLOCKING, blocking_registry(gate.clone()), |c| {
-        on_postgres(c, &url, &schema);
-        c.runtime.claim_ttl = Duration::from_millis(600);
-    })
-    .await;
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    h.post(&message("m1", "c1", "wait")).await;
-    h.post(&message("m2", "c1", "one")).await;
-    h.post(&message("m3", "c1", "two")).await;
-    // The first turn waits in its action; the other two are queued here.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let taken = db
         .execute(
             &format!(
