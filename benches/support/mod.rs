@@ -169,8 +169,9 @@ pub(crate) fn bot_config(qpien: String, dir: &Path, normal: bool) -> Config {
 /// carrying one request at a time, taken from and returned to a pool by
 /// address. It is hyper's own client connection with nothing above it, so
 /// that on a machine the generator shares with the bot it takes as little of
-/// the cores as a load tool should (a pooled general-purpose client cost
-/// about twice as much a request).
+/// the cores as a load tool should (reqwest's pooled client, used before,
+/// cost about half as much again a request: its layers and pool were a
+/// third of the generator's profile).
 #[derive(Clone, Default)]
 pub(crate) struct Loader {
     idle: Arc<Mutex<HashMap<String, Vec<Connection>>>>,

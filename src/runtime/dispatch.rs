@@ -122,8 +122,10 @@ pub(crate) struct Queued {
     pub(crate) pending: Option<Arc<Pending>>,
     /// The fencing token of the claim it was queued under (a store shared
     /// by instances). A turn queued under a claim that was lost and taken
-    /// back since is left: taking it back read the conversation's pending
-    /// messages again, this one among them, in their order.
+    /// back since is left: taking it back reads the conversation's pending
+    /// messages again, this one among them, in their order, and queues them
+    /// in place of the old claim's copies (`Lanes::requeue`); this covers
+    /// the moment between the new claim and that reading.
     pub(crate) claim: Option<u64>,
 }
 
