@@ -97,6 +97,11 @@ const DATA_KEYS: [&str; 3] = ["data", "message", "payload"];
 /// `message`/`payload` are read too), or a bare message (an object with `_id`
 /// and no event name).
 pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
+    usual(body).unwrap_or_else(|| general(body))
+}
+
+/// Any delivery, through a JSON tree.
+fn general(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
     let map = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(PayloadError::Shape("not a JSON object".into())),
@@ -127,13 +132,7 @@ pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
             }
             let msg: ExternalMessage = serde_json::from_value(data)
                 .map_err(|e| PayloadError::Shape(format!("{event}: {e}")))?;
-            usable_id(&event, "the message's `_id`", msg.id.as_deref())?;
-            usable_id(
-                &event,
-                "the message's `conversation`",
-                msg.conversation.as_deref(),
-            )?;
-            Ok(WebhookEvent::NewMessage(Box::new(msg)))
+            new_message(&event, msg)
         }
         "LEAVE_CONVERSATION" | "CONVERSATION_RELEASED" => Ok(WebhookEvent::AgentLeft {
             conversation: usable_id(&event, "the conversation id", conversation_id(&data))?,
@@ -149,6 +148,64 @@ pub fn parse(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
     }
 }
 
+/// A new message's event, its ids checked.
+fn new_message(event: &str, msg: ExternalMessage) -> Result<WebhookEvent, PayloadError> {
+    usable_id(event, "the message's `_id`", msg.id.as_deref())?;
+    usable_id(
+        event,
+        "the message's `conversation`",
+        msg.conversation.as_deref(),
+    )?;
+    Ok(WebhookEvent::NewMessage(Box::new(msg)))
+}
+
+/// The usual delivery, `{"event": <a new message's event>, "data": {...}}`,
+/// read straight into its types, without a JSON tree first (most of a
+/// delivery's parsing cost). `None` for anything else (another event, no
+/// `data` object, a field of a type this does not take, a key twice), which
+/// the general reading ([`general`]) takes: where both read a body, they read
+/// it the same (`event` and `data` are the keys the general reading looks at
+/// first, and the message is the same type read from the same JSON).
+fn usual(body: &[u8]) -> Option<Result<WebhookEvent, PayloadError>> {
+    #[derive(serde::Deserialize)]
+    struct Usual<'a> {
+        #[serde(borrow)]
+        event: std::borrow::Cow<'a, str>,
+        data: Object,
+    }
+    /// A message read from a JSON object only (a struct would also take an
+    /// array, which the general reading refuses).
+    struct Object(ExternalMessage);
+    impl<'de> serde::Deserialize<'de> for Object {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Object;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a message object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    map: A,
+                ) -> Result<Object, A::Error> {
+                    use serde::Deserialize;
+                    let d = serde::de::value::MapAccessDeserializer::new(map);
+                    ExternalMessage::deserialize(d).map(Object)
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    let Usual {
+        event,
+        data: Object(data),
+    } = serde_json::from_slice::<Usual<'_>>(body).ok()?;
+    let known = ["NEW_INCOMING_MESSAGE", "NEW_MESSAGE", "MESSAGE_CREATED"]
+        .iter()
+        .any(|k| event.eq_ignore_ascii_case(k));
+    known.then(|| new_message(&event, data))
+}
+
 /// The longest id flowbot accepts (Qpien's are 24-character Mongo ids).
 pub const MAX_ID_CHARS: usize = 256;
 
@@ -156,15 +213,17 @@ pub const MAX_ID_CHARS: usize = 256;
 /// longer than [`MAX_ID_CHARS`]. An empty id would make every other empty-id
 /// message look like a repeat; a huge one would be stored and logged whole.
 fn usable_id<T: AsRef<str>>(event: &str, what: &str, id: Option<T>) -> Result<T, PayloadError> {
-    let event = crate::text::shorten(event, 64);
+    let event = || crate::text::shorten(event, 64);
     let Some(id) = id else {
+        let event = event();
         return Err(PayloadError::Shape(format!("{event}: {what} is missing")));
     };
-    let n = id.as_ref().trim().chars().count();
-    if n == 0 {
+    if id.as_ref().trim().is_empty() {
+        let event = event();
         return Err(PayloadError::Shape(format!("{event}: {what} is empty")));
     }
     if id.as_ref().chars().count() > MAX_ID_CHARS {
+        let event = event();
         return Err(PayloadError::Shape(format!(
             "{event}: {what} is longer than {MAX_ID_CHARS} characters"
         )));
@@ -234,4 +293,99 @@ fn conversation_id(data: &Value) -> Option<String> {
     ["conversationId", "conversation", "_id"]
         .iter()
         .find_map(|k| data.get(*k).and_then(id_of))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_usual_delivery_is_read_without_a_tree_and_as_the_general_reading_reads_it() {
+        let usual_body = br#"{"event":"NEW_INCOMING_MESSAGE","data":{"_id":"m1","conversation":"c1","content":"hi","senderType":"user","extra":[1,{"a":null}]}}"#;
+        let read = usual(usual_body).expect("the usual shape takes the short way");
+        assert_eq!(read, general(usual_body));
+        assert!(
+            matches!(read, Ok(WebhookEvent::NewMessage(ref m)) if m.content.as_deref() == Some("hi"))
+        );
+        // What the short way leaves to the general reading.
+        for body in [
+            br#"{"event":"NEW_INCOMING_MESSAGE","data":[]}"#.as_slice(),
+            br#"{"event":"NEW_INCOMING_MESSAGE","data":null,"message":{"_id":"m","conversation":"c"}}"#,
+            br#"{"event":"JOIN_CONVERSATION","data":{"conversation":"c"}}"#,
+            br#"{"event":"NEW_MESSAGE","event":"X","data":{"_id":"m","conversation":"c"}}"#,
+            br#"{"type":"NEW_MESSAGE","data":{"_id":"m","conversation":"c"}}"#,
+            br#"{"_id":"m","conversation":"c"}"#,
+            br#"[1]"#,
+        ] {
+            assert!(usual(body).is_none(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "event",
+            "type",
+            "data",
+            "message",
+            "_id",
+            "conversation",
+            "content",
+        ])
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            Just(Value::from("NEW_INCOMING_MESSAGE")),
+            Just(Value::from("message_created")),
+            Just(Value::from("JOIN_CONVERSATION")),
+            Just(Value::from("")),
+            Just(Value::from("c1")),
+            Just(Value::from(7)),
+            Just(Value::from("a\"b\u{e9}")),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::vec((key(), inner), 0..5).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Wherever the short way reads a body, the general reading reads
+        /// the same.
+        #[test]
+        fn the_short_way_never_reads_a_body_otherwise(
+            fields in prop::collection::vec((key(), value()), 0..5),
+            message in prop::collection::vec((key(), value()), 0..5),
+            usual_like in any::<bool>(),
+            twice in any::<bool>(),
+        ) {
+            let mut text = String::from("{");
+            let mut fields = fields;
+            if usual_like {
+                // Most cases the short way reads, the rest beside them.
+                let data = message.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                fields.insert(0, ("data", Value::Object(data)));
+                fields.insert(0, ("event", Value::from("New_Message")));
+            }
+            if twice && !fields.is_empty() {
+                fields.push(fields[0].clone());
+            }
+            for (i, (k, v)) in fields.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&format!("{}:{v}", Value::from(*k)));
+            }
+            text.push('}');
+            if let Some(read) = usual(text.as_bytes()) {
+                prop_assert_eq!(read, general(text.as_bytes()), "{}", text);
+            }
+        }
+    }
 }
