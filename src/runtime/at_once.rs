@@ -95,7 +95,7 @@ impl Pending {
     ) -> Written {
         match self.take() {
             Some(mut taken) => {
-                let written = store.accept(taken.item.clone()).await.map(|a| match a {
+                let written = store.accept(taken.item()).await.map(|a| match a {
                     Accepted::New(new) => {
                         metrics.acceptances.count("alone");
                         Some(new.seq)
@@ -118,11 +118,26 @@ fn stopped() -> StoreError {
 pub(crate) struct Taken {
     pending: Arc<Pending>,
     /// The message to write.
-    pub(crate) item: NewInbound,
+    item: NewInbound,
     said: bool,
 }
 
 impl Taken {
+    /// The message, moved out to be written (once: a second call gives an
+    /// empty one).
+    pub(crate) fn item(&mut self) -> NewInbound {
+        let received_at = self.item.received_at;
+        std::mem::replace(
+            &mut self.item,
+            NewInbound {
+                key: String::new(),
+                conversation: String::new(),
+                payload: Vec::new(),
+                received_at,
+            },
+        )
+    }
+
     /// Says what the write gave, to everyone waiting.
     pub(crate) fn written(&mut self, written: Written) {
         self.said = true;

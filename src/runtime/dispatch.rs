@@ -149,9 +149,18 @@ impl Worker for Dispatcher {
     }
 
     async fn run(&self, conversation: &str, queued: Queued) -> bool {
-        let name = self.log.name(conversation).await;
-        let key = self.log.key(&queued.item.key, conversation, &name);
-        let span = tracing::info_span!("turn", conversation = %name, %key);
+        let span = tracing::info_span!(
+            "turn",
+            conversation = tracing::field::Empty,
+            key = tracing::field::Empty
+        );
+        // Named (a keyed hash) only for a log that shows it.
+        if !span.is_disabled() {
+            let name = self.log.name(conversation).await;
+            let key = self.log.key(&queued.item.key, conversation, &name);
+            span.record("conversation", tracing::field::display(&name));
+            span.record("key", tracing::field::display(&key));
+        }
         self.turn(queued).instrument(span).await;
         true
     }
@@ -319,7 +328,7 @@ impl Dispatcher {
     }
 
     /// Writes a message run at once with its turn's commit, in one write
-    /// (see `at_once.rs`). Tried once: the delivery waits on it, and is
+    /// (see `at_once.rs`); the commit keeps only its replies. Tried once: the delivery waits on it, and is
     /// refused if it fails (Qpien sends it again). `None`: nothing written
     /// (a duplicate, or the write failed).
     async fn commit_accepting(
@@ -327,11 +336,18 @@ impl Dispatcher {
         mut taken: Taken,
         commit: &mut TurnCommit,
     ) -> Option<Vec<u64>> {
-        match self
-            .store
-            .accept_and_commit(taken.item.clone(), commit.clone())
-            .await
-        {
+        // Moved to the store, but for the replies, which are queued here
+        // once it is written.
+        let sent = TurnCommit {
+            inbox_seq: commit.inbox_seq,
+            conversation: commit.conversation.clone(),
+            session: commit.session.take(),
+            outbox: commit.outbox.clone(),
+            fence: commit.fence,
+            events: std::mem::take(&mut commit.events),
+            at: commit.at,
+        };
+        match self.store.accept_and_commit(taken.item(), sent).await {
             Ok(Some((seq, ids))) => {
                 self.metrics.acceptances.count("with_turn");
                 commit.inbox_seq = seq;
