@@ -142,7 +142,9 @@ const KEY_CURSOR: &str = "insights.key";
 /// Writes a bot's turns into the log.
 #[derive(Clone)]
 pub struct Recorder {
-    key: Arc<[u8; 32]>,
+    /// The HMAC keyed once (its key's two blocks hashed), cloned for each
+    /// conversation's hash.
+    keyed: Arc<hmac::Hmac<sha2::Sha256>>,
     test: bool,
 }
 
@@ -198,24 +200,22 @@ impl Recorder {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(&key, &mut bytes)
             .map_err(|_| StoreError("the event log's key is not hex".into()))?;
-        Ok(Recorder {
-            key: Arc::new(bytes),
-            test,
-        })
+        Ok(Recorder::with_key(bytes, test))
     }
 
     /// A recorder with a given key (tests).
     pub fn with_key(key: [u8; 32], test: bool) -> Recorder {
+        let keyed = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key)
+            .expect("HMAC takes a key of any length");
         Recorder {
-            key: Arc::new(key),
+            keyed: Arc::new(keyed),
             test,
         }
     }
 
     /// A conversation's id in the log: the first 16 bytes of its HMAC, hex.
     pub fn conversation(&self, id: &str) -> String {
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key[..])
-            .expect("HMAC takes a key of any length");
+        let mut mac = (*self.keyed).clone();
         mac.update(id.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
