@@ -328,29 +328,13 @@ impl Dispatcher {
     }
 
     /// Writes a message run at once with its turn's commit, in one write
-    /// (see `at_once.rs`); the commit keeps only its replies. Tried once: the delivery waits on it, and is
+    /// (see `at_once.rs`). Tried once: the delivery waits on it, and is
     /// refused if it fails (Qpien sends it again). `None`: nothing written
     /// (a duplicate, or the write failed).
-    async fn commit_accepting(
-        &self,
-        mut taken: Taken,
-        commit: &mut TurnCommit,
-    ) -> Option<Vec<u64>> {
-        // Moved to the store, but for the replies, which are queued here
-        // once it is written.
-        let sent = TurnCommit {
-            inbox_seq: commit.inbox_seq,
-            conversation: commit.conversation.clone(),
-            session: commit.session.take(),
-            outbox: commit.outbox.clone(),
-            fence: commit.fence,
-            events: std::mem::take(&mut commit.events),
-            at: commit.at,
-        };
-        match self.store.accept_and_commit(taken.item(), sent).await {
+    async fn commit_accepting(&self, mut taken: Taken, commit: TurnCommit) -> Option<Vec<u64>> {
+        match self.store.accept_and_commit(taken.item(), commit).await {
             Ok(Some((seq, ids))) => {
                 self.metrics.acceptances.count("with_turn");
-                commit.inbox_seq = seq;
                 taken.written(Ok(Some(seq)));
                 Some(ids)
             }
@@ -549,27 +533,28 @@ impl Dispatcher {
         if turn.withheld > 0 {
             self.metrics.withheld.inc_by(turn.withheld as u64);
         }
-        let mut outbox: Vec<Vec<u8>> = plan
+        let mut actions: Vec<OutboxAction> = plan
             .into_iter()
             .map(|message| {
                 let free_form = message.operation != Operation::SendWhatsappTemplateMessage;
-                payload::encode(&OutboxAction::Message {
+                OutboxAction::Message {
                     message: Box::new(message),
                     window_until: turn.window_closes.filter(|_| free_form),
-                })
+                }
             })
             .collect();
         if turn.effects.contains(&Effect::Handoff) {
-            outbox.push(payload::encode(&OutboxAction::Handoff));
+            actions.push(OutboxAction::Handoff);
         }
         if let Some(by) = released_by {
             tracing::info!(by, "the conversation is back with the bot");
             self.metrics.releases.count(by);
             // Qpien still shows a person on it: say it is released.
             if matches!(by, "manual" | "timeout") {
-                outbox.push(payload::encode(&OutboxAction::Release));
+                actions.push(OutboxAction::Release);
             }
         }
+        let outbox = actions.iter().map(payload::encode).collect();
         let mut commit = TurnCommit {
             inbox_seq: item.seq,
             conversation: conversation.to_owned(),
@@ -592,7 +577,7 @@ impl Dispatcher {
         };
         let ids = match pending.as_ref().and_then(|p| p.take()) {
             // Run at once: the message is written with its commit.
-            Some(taken) => match self.commit_accepting(taken, &mut commit).await {
+            Some(taken) => match self.commit_accepting(taken, commit).await {
                 Some(ids) => ids,
                 None => return,
             },
@@ -645,12 +630,14 @@ impl Dispatcher {
             .turn_latency
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(replies = ids.len(), "turn committed");
-        for (id, payload) in ids.into_iter().zip(commit.outbox) {
-            self.outbox.queue(OutboxItem {
+        // Sent from what the turn made: the stored payload is for a restart.
+        for (id, action) in ids.into_iter().zip(actions) {
+            let item = OutboxItem {
                 id,
                 conversation: conversation.to_owned(),
-                payload,
-            });
+                payload: Vec::new(),
+            };
+            self.outbox.queue(item, action);
         }
     }
 }

@@ -106,11 +106,15 @@ impl Outbox {
         &self.lanes.worker().held
     }
 
-    /// Queues a reply just committed, or leaves it in the store when memory
-    /// holds its share already (it is read back as the outbox drains).
-    pub(crate) fn queue(&self, item: OutboxItem) {
+    /// Queues a reply just committed (with what it says, so that it is not
+    /// decoded from the item's payload again), or leaves it in the store when
+    /// memory holds its share already (it is read back as the outbox drains).
+    pub(crate) fn queue(&self, item: OutboxItem, action: OutboxAction) {
         if self.held().admit(&item) {
-            self.lanes.queue(item);
+            self.lanes.queue(Reply {
+                item,
+                action: Some(action),
+            });
         }
     }
 
@@ -216,7 +220,7 @@ impl Outbox {
             let queue = held.end_read(&conversation, after, room, items);
             total += queue.len();
             for item in queue {
-                self.lanes.queue(item);
+                self.lanes.queue(Reply { item, action: None });
             }
         }
         Ok(total)
@@ -492,16 +496,25 @@ impl From<QpienError> for Failure {
     }
 }
 
+/// A reply queued to be sent: its item and, for one just committed here,
+/// what it says (its payload is then not read); one read back from the
+/// store is decoded from its payload when sent.
+pub(crate) struct Reply {
+    item: OutboxItem,
+    action: Option<OutboxAction>,
+}
+
 #[async_trait]
 impl Worker for Sender {
-    type Item = OutboxItem;
+    type Item = Reply;
 
-    fn key(item: &OutboxItem) -> (&str, u64) {
-        (&item.conversation, item.id)
+    fn key(reply: &Reply) -> (&str, u64) {
+        (&reply.item.conversation, reply.item.id)
     }
 
-    async fn run(&self, conversation: &str, item: OutboxItem) -> bool {
-        let done = self.deliver_once(conversation, &item).await;
+    async fn run(&self, conversation: &str, reply: Reply) -> bool {
+        let Reply { item, action } = reply;
+        let done = self.deliver_once(conversation, &item, action).await;
         if done {
             self.held.finished(&item);
         }
@@ -512,14 +525,19 @@ impl Worker for Sender {
 impl Sender {
     /// Delivers (or reconciles, or drops) one item and takes it out of the
     /// store; `false` at shutdown.
-    async fn deliver_once(&self, conversation: &str, item: &OutboxItem) -> bool {
+    async fn deliver_once(
+        &self,
+        conversation: &str,
+        item: &OutboxItem,
+        action: Option<OutboxAction>,
+    ) -> bool {
         match self.lease(conversation).await {
             Some(true) => {}
             // Its new holder sends it: done here, left in the store.
             Some(false) => return self.left(conversation).await,
             None => return false,
         }
-        let action: Option<OutboxAction> = payload::decode(&item.payload).ok();
+        let action = action.or_else(|| payload::decode(&item.payload).ok());
         // A free-form WhatsApp reply past the customer's 24-hour window:
         // WhatsApp would refuse it (error 131047), so it is never sent.
         let window = match &action {
