@@ -689,6 +689,13 @@ async fn a_turn_that_panics_every_time_is_set_aside_and_the_conversation_goes_on
         metrics.contains("flowbot_turns_total{result=\"set_aside\"} 1"),
         "{metrics}"
     );
+    // The letter holds the message (run at once, it was queued as an event).
+    let conn = rusqlite::Connection::open(h.dir.join("flowbot.db")).unwrap();
+    let body: Vec<u8> = conn
+        .query_row("SELECT body FROM dead_letters", [], |r| r.get(0))
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("boom"), "{body}");
 }
 
 /// A message whose turn never finishes (the process stops during it, here by

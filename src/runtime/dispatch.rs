@@ -265,15 +265,27 @@ impl Dispatcher {
 
     /// Sets a poison message aside: a dead letter (the event and why), the
     /// inbox item done with the conversation as it was, logged and counted.
-    async fn set_aside(&self, item: &InboxItem, fence: Option<u64>, attempts: u32, why: &str) {
+    async fn set_aside(
+        &self,
+        item: &InboxItem,
+        event: Option<&Event>,
+        fence: Option<u64>,
+        attempts: u32,
+        why: &str,
+    ) {
         let reason = format!("set aside after {attempts} attempts: {why}");
+        // A message run at once is queued with its event, not its payload.
+        let payload = match event {
+            Some(event) if item.payload.is_empty() => payload::encode(event),
+            _ => item.payload.clone(),
+        };
         tracing::error!(%reason, "a message is set aside; the conversation goes on");
         let letter = event_letter(
             "turn",
             &item.conversation,
             &item.key,
             reason,
-            item.payload.clone(),
+            payload,
             self.clock.now(),
         );
         if self
@@ -419,6 +431,7 @@ impl Dispatcher {
                 return self
                     .set_aside(
                         &item,
+                        event.as_ref(),
                         fence,
                         n,
                         "its turn never finished (the process stopped during it)",
@@ -450,7 +463,7 @@ impl Dispatcher {
                     }
                     if n > self.max_attempts {
                         let why = format!("its bot's flow does not compile: {e}");
-                        return self.set_aside(&item, fence, n, &why).await;
+                        return self.set_aside(&item, event.as_ref(), fence, n, &why).await;
                     }
                     if !self.stop.pause(Duration::from_secs(1 << n.min(5))).await {
                         return;
@@ -502,7 +515,13 @@ impl Dispatcher {
                     };
                     if n > self.max_attempts {
                         return self
-                            .set_aside(&item, fence, n, &format!("its turn panicked: {what}"))
+                            .set_aside(
+                                &item,
+                                event.as_ref(),
+                                fence,
+                                n,
+                                &format!("its turn panicked: {what}"),
+                            )
                             .await;
                     }
                 }

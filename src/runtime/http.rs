@@ -148,8 +148,7 @@ async fn to_bot(host: &Host, req: axum::extract::Request) -> Response {
     let path = req.uri().path();
     if req.method() == axum::http::Method::POST {
         if let Some(app) = host.directory.webhook(path) {
-            let (parts, body) = req.into_parts();
-            return webhook(State(app), parts.headers, body).await;
+            return webhook(State(app), req).await;
         }
     }
     let Some((name, tail)) = path
@@ -567,8 +566,11 @@ async fn render_metrics(State((set, page)): State<(Arc<MetricSet>, MetricsPage)>
         .into_response()
 }
 
-async fn webhook(State(shared): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+async fn webhook(State(shared): State<Arc<App>>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
+    // The request's own headers (the `HeaderMap` extractor would copy them).
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let (status, result) = handle(&shared, &headers, body)
         .instrument(shared.span.clone())
         .await;

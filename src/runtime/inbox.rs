@@ -132,7 +132,7 @@ impl Inbox {
                 return self.overflow(ingested, waiting).await;
             }
         }
-        let item = NewInbound {
+        let mut item = NewInbound {
             key: ingested.key,
             conversation: ingested.conversation,
             payload: payload::encode(&ingested.event),
@@ -159,7 +159,14 @@ impl Inbox {
                 if at_once.contains_key(&item.conversation) {
                     None
                 } else {
-                    let pending = Pending::new(item.clone());
+                    // The payload is the acceptance's, to write; the turn
+                    // reads the event.
+                    let pending = Pending::new(NewInbound {
+                        key: item.key.clone(),
+                        conversation: item.conversation.clone(),
+                        payload: std::mem::take(&mut item.payload),
+                        received_at: item.received_at,
+                    });
                     at_once.insert(item.conversation.clone(), pending.clone());
                     Some(pending)
                 }
