@@ -87,6 +87,8 @@ pub enum PayloadError {
 
 /// The event name of a delivery (ASSUMED keys: `event`, `type`, `eventType`).
 const EVENT_KEYS: [&str; 3] = ["event", "type", "eventType"];
+/// The event names of a new message (compared without case).
+const MESSAGE_EVENTS: [&str; 3] = ["NEW_INCOMING_MESSAGE", "NEW_MESSAGE", "MESSAGE_CREATED"];
 /// Where the event's data sits (ASSUMED keys: `data`, `message`, `payload`).
 const DATA_KEYS: [&str; 3] = ["data", "message", "payload"];
 
@@ -124,7 +126,7 @@ fn general(body: &[u8]) -> Result<WebhookEvent, PayloadError> {
         None => return Err(PayloadError::Shape("no event name and no message".into())),
     };
     match event.to_ascii_uppercase().as_str() {
-        "NEW_INCOMING_MESSAGE" | "NEW_MESSAGE" | "MESSAGE_CREATED" => {
+        name if MESSAGE_EVENTS.contains(&name) => {
             if !data.is_object() {
                 return Err(PayloadError::Shape(format!(
                     "{event} without a message object"
@@ -200,9 +202,7 @@ fn usual(body: &[u8]) -> Option<Result<WebhookEvent, PayloadError>> {
         event,
         data: Object(data),
     } = serde_json::from_slice::<Usual<'_>>(body).ok()?;
-    let known = ["NEW_INCOMING_MESSAGE", "NEW_MESSAGE", "MESSAGE_CREATED"]
-        .iter()
-        .any(|k| event.eq_ignore_ascii_case(k));
+    let known = MESSAGE_EVENTS.iter().any(|k| event.eq_ignore_ascii_case(k));
     known.then(|| new_message(&event, data))
 }
 

@@ -274,11 +274,9 @@ impl Dispatcher {
         why: &str,
     ) {
         let reason = format!("set aside after {attempts} attempts: {why}");
-        // A message run at once is queued with its event, not its payload.
-        let payload = match event {
-            Some(event) if item.payload.is_empty() => payload::encode(event),
-            _ => item.payload.clone(),
-        };
+        // The payload is the event's encoding; a message run at once is
+        // queued with its event only.
+        let payload = event.map_or_else(|| item.payload.clone(), payload::encode);
         tracing::error!(%reason, "a message is set aside; the conversation goes on");
         let letter = event_letter(
             "turn",
