@@ -393,6 +393,11 @@ pub fn run(cli: Cli, registry: Registry) -> ExitCode {
             | Command::New { .. }
             | Command::Lsp
     ) {
+        // Serving: the multi-threaded scheduler, with one worker too where
+        // the process has one core. Measured there, the single-threaded one
+        // spent about a tenth more CPU a turn; with it, half as many replies
+        // shared a request to Qpien (5 against 10), so it made twice the
+        // requests (BENCHMARKS.md, "The store's writes on the worker").
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -8,17 +8,23 @@
 //! failed runs again with each request in its own savepoint, so the failure
 //! is that request's alone.
 //!
-//! Why a thread of its own, even where the process has one core: turns run
-//! on the tokio workers, and writes made there would each commit alone (one
-//! fsync per turn with `durability = "full"`), where the thread gathers the
-//! turns of many conversations into one commit. What a second thread costs
-//! on one core is the hand-over: the first request wakes the writer, which
-//! preempts the worker and would commit that request nearly alone. So once
-//! its queue looks empty the writer yields once: the worker runs on until its
-//! turns all wait on the store, and their requests join the batch (on one
-//! core, about 25 turns a commit instead of 1.7, and a context switch every
-//! third turn instead of four a turn; see BENCHMARKS.md). With a core to
-//! spare the yield returns at once.
+//! Why a thread of its own, even where the process has one core: measured
+//! against a writer that is a task on the tokio worker itself (the same
+//! batches, gathered by yielding until no more requests come: about 66
+//! requests a commit), the thread was 4% faster with `durability = "full"`
+//! and 4% slower with `"normal"`, for the same CPU a turn (BENCHMARKS.md,
+//! "The store's writes on the worker"). On the worker, each commit's `fsync`
+//! stops every connection and turn of the process until the disk answers,
+//! and so does any long write (an expiry, an erasure); the thread lets them
+//! run meanwhile, and with a second core it runs beside them. So there is
+//! one writer, the thread. What it costs on one core is the hand-over: the
+//! first request wakes the writer, which preempts the worker and would
+//! commit that request nearly alone. So once its queue looks empty the
+//! writer yields once: the worker runs on until its turns all wait on the
+//! store, and their requests join the batch (on one core, about 25 turns a
+//! commit instead of 1.7, and a context switch every third turn instead of
+//! four a turn; see BENCHMARKS.md). With a core to spare the yield returns
+//! at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
