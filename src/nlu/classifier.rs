@@ -201,9 +201,14 @@ tokio::task_local! {
     static CALLER: Option<Caller>;
 }
 
-/// Runs `fut` (a turn) for `caller`.
-pub async fn for_caller<F: std::future::Future>(caller: Option<Caller>, fut: F) -> F::Output {
-    CALLER.scope(caller, fut).await
+/// Runs `fut` (a turn) for `caller`. (A plain function returning the scope's
+/// future, not an `async fn`: one of those would keep `fut` twice in its
+/// state, as its argument and inside the scope.)
+pub fn for_caller<F: std::future::Future>(
+    caller: Option<Caller>,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CALLER.scope(caller, fut)
 }
 
 /// The turn's caller, if the runtime set one.

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use tracing::Instrument;
 
 use super::at_once::{Pending, Taken};
@@ -140,7 +139,6 @@ impl From<InboxItem> for Queued {
     }
 }
 
-#[async_trait]
 impl Worker for Dispatcher {
     type Item = Queued;
 
@@ -496,11 +494,16 @@ impl Dispatcher {
                 .classifier
                 .is_some()
                 .then(|| self.metrics.classify.caller());
-            let run = std::panic::AssertUnwindSafe(crate::nlu::for_caller(
-                caller,
-                self.step(&bot, conversation, stored, &item, event.as_ref()),
+            // The engine's step, in an allocation of its own for as long as
+            // it runs: it is most of what a turn keeps in its future, and
+            // inline it would make every turn's task that size throughout.
+            let run = Box::pin(futures_util::FutureExt::catch_unwind(
+                std::panic::AssertUnwindSafe(crate::nlu::for_caller(
+                    caller,
+                    self.step(&bot, conversation, stored, &item, event.as_ref()),
+                )),
             ));
-            match futures_util::FutureExt::catch_unwind(run).await {
+            match run.await {
                 Ok(turn) => break (turn, before),
                 Err(panic) => {
                     let what = panic_message(&panic);

@@ -12,13 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-/// What runs a lane's items.
-#[async_trait]
+/// What runs a lane's items. (Its future is the lane task's own, not boxed:
+/// a turn's future is a lane's, allocated once with its task.)
 pub(crate) trait Worker: Send + Sync + 'static {
     /// The work item.
     type Item: Send + 'static;
@@ -26,7 +25,7 @@ pub(crate) trait Worker: Send + Sync + 'static {
     fn key(item: &Self::Item) -> (&str, u64);
     /// Runs one item. `false`: shutting down, this lane stops here (what is
     /// left stays in the store for the next start).
-    async fn run(&self, key: &str, item: Self::Item) -> bool;
+    fn run(&self, key: &str, item: Self::Item) -> impl std::future::Future<Output = bool> + Send;
 }
 
 /// Each key's queued items, by order number.
@@ -289,7 +288,6 @@ mod tests {
 
     struct Log(Mutex<Vec<(String, u64)>>);
 
-    #[async_trait]
     impl Worker for Log {
         type Item = (String, u64);
         fn key(item: &Self::Item) -> (&str, u64) {
@@ -351,7 +349,6 @@ mod tests {
     async fn a_bot_runs_no_more_items_at_once_than_its_share() {
         use std::sync::atomic::AtomicUsize;
         struct Slow(AtomicUsize, AtomicUsize);
-        #[async_trait]
         impl Worker for Slow {
             type Item = (String, u64);
             fn key(item: &Self::Item) -> (&str, u64) {

@@ -38,8 +38,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-
 use super::claims::Lease;
 use super::lanes::{Lanes, Worker};
 use super::metrics::Metrics;
@@ -504,7 +502,6 @@ pub(crate) struct Reply {
     action: Option<OutboxAction>,
 }
 
-#[async_trait]
 impl Worker for Sender {
     type Item = Reply;
 
