@@ -16,8 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-/// What runs a lane's items. (Its future is the lane task's own, not boxed:
-/// a turn's future is a lane's, allocated once with its task.)
+/// What runs a lane's items. `run`'s future is not boxed: it lives in the
+/// lane task's own allocation, made once when the task is spawned.
 pub(crate) trait Worker: Send + Sync + 'static {
     /// The work item.
     type Item: Send + 'static;
