@@ -511,7 +511,9 @@ impl Worker for Sender {
 
     async fn run(&self, conversation: &str, reply: Reply) -> bool {
         let Reply { item, action } = reply;
-        let done = self.deliver_once(conversation, &item, action).await;
+        // In an allocation of its own: the lane task stays small while the
+        // reply waits on its shared request (what is in flight costs CPU).
+        let done = Box::pin(self.deliver_once(conversation, &item, action)).await;
         if done {
             self.held.finished(&item);
         }
