@@ -3,25 +3,30 @@
 //! signed deliveries, `--concurrency` at a time) runs, in one run, against:
 //!
 //! 1. a bare axum handler that only checks the signature and answers 200;
-//! 2. the bot: `flowbot::start` with the support flow, the durable SQLite store
+//! 2. a durable handler: the signature checked, the delivery written to the
+//!    bot's own SQLite store (its writer thread, group commit, the same
+//!    durability) and 200 once it is on disk: the least a webhook costs that
+//!    is acknowledged only when it cannot be lost, and nothing else;
+//! 3. the bot: `flowbot::start` with the support flow, the durable SQLite store
 //!    and its replies sent to a stand-in Qpien (counted until the last is out).
 //!
 //! Each server is this same executable started again in a role (`--serve-bare`,
-//! `--serve-bot URL`), pinned with `taskset -c 1`, while the generator and the
-//! stand-in run here; run it pinned to the other core:
+//! `--serve-durable`, `--serve-bot URL`), pinned with `taskset -c 1`, while the
+//! generator and the stand-in run here; run it pinned to the other core:
 //!
 //! `taskset -c 0 cargo bench --bench ceiling` (options: `-- --conversations N
 //! --concurrency C --normal --no-insights --no-session-cache --alone --batch N
-//! --in-flight K`; `--batch 1` sends each reply in a request of its own; the last
-//! three without the conversation event log, without the sessions kept in
-//! memory, or with every message written alone before its turn
-//! (`runtime.at_once_wait = "0s"`), to measure what each costs or saves). Without `taskset` on the machine, the servers run
-//! unpinned and it says so.
+//! --in-flight K`; `--normal` runs the durable handler and the bot with
+//! `durability = "normal"`; `--batch 1` sends each reply in a request of its
+//! own; the last three without the conversation event log, without the
+//! sessions kept in memory, or with every message written alone before its
+//! turn (`runtime.at_once_wait = "0s"`), to measure what each costs or saves).
+//! Without `taskset` on the machine, the servers run unpinned and it says so.
 //!
 //! Besides turns a second, it prints each server's CPU time a turn (its
-//! threads' user and system time from `/proc`), and the bot's store thread's
-//! share of it: on a machine whose speed drifts from run to run, the ratio of
-//! the two moves less than the rates.
+//! threads' user and system time from `/proc`), and for the two that write,
+//! their store thread's share of it: on a machine whose speed drifts from run
+//! to run, the ratio of the two moves less than the rates.
 
 #![allow(missing_docs)]
 
@@ -47,16 +52,21 @@ use std::io::BufRead;
 #[allow(dead_code, unreachable_pub)]
 mod support_bot;
 
+/// Whether a delivery carries Qpien's signature of its body.
+fn signed(headers: &HeaderMap, body: &[u8]) -> bool {
+    let sig = headers
+        .get("X-Qpien-Signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    verify(SECRET.as_bytes(), body, sig)
+}
+
 /// Serves the bare handler: the signature checked, 200.
 async fn serve_bare() {
     let app = Router::new().route(
         "/webhook",
         routing::post(|headers: HeaderMap, body: Bytes| async move {
-            let sig = headers
-                .get("X-Qpien-Signature")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if verify(SECRET.as_bytes(), &body, sig) {
+            if signed(&headers, &body) {
                 StatusCode::OK
             } else {
                 StatusCode::UNAUTHORIZED
@@ -66,6 +76,55 @@ async fn serve_bare() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("{}", listener.local_addr().unwrap());
     axum::serve(listener, app).await.unwrap();
+}
+
+/// Serves the durable handler: the signature checked, the delivery written
+/// as a message to a SQLite store (as the bot's, `--normal` as there), 200
+/// once the write is committed; until the generator closes our stdin.
+async fn serve_durable(normal: bool) {
+    use flowbot::internals::store::{
+        Durability, NewInbound, SqliteOptions, SqliteStore, StateStore,
+    };
+    let dir = std::env::temp_dir().join(format!("flowbot-ceiling-durable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = SqliteOptions {
+        durability: if normal {
+            Durability::Normal
+        } else {
+            Durability::Full
+        },
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open(dir.join("flowbot.db"), options).unwrap());
+    let keys = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route(
+        "/webhook",
+        routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (store, keys) = (store.clone(), keys.clone());
+            async move {
+                if !signed(&headers, &body) {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                let item = NewInbound {
+                    key: keys.fetch_add(1, Ordering::Relaxed).to_string(),
+                    conversation: String::new(),
+                    payload: body.to_vec(),
+                    received_at: flowbot::internals::time::now(),
+                };
+                match store.accept(item).await {
+                    Ok(_) => StatusCode::OK,
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stdin_closed())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Serves the bot, its replies going to the stand-in at `qpien`.
@@ -87,14 +146,18 @@ async fn serve_bot(qpien: String, normal: bool, no_log: bool, no_cache: bool, al
         .await
         .unwrap();
     println!("{}", running.addr());
-    // Until the generator closes our stdin.
+    stdin_closed().await;
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Until the generator closes our stdin (how it stops a server that writes).
+async fn stdin_closed() {
     let _ = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)
     })
     .await;
-    running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Starts this executable in a role, pinned to core 1 when `taskset` is
@@ -192,6 +255,9 @@ fn main() {
     if args.iter().any(|a| a == "--serve-bare") {
         return rt.block_on(serve_bare());
     }
+    if args.iter().any(|a| a == "--serve-durable") {
+        return rt.block_on(serve_durable(args.iter().any(|a| a == "--normal")));
+    }
     let no_log = args.iter().any(|a| a == "--no-insights");
     let no_cache = args.iter().any(|a| a == "--no-session-cache");
     let alone = args.iter().any(|a| a == "--alone");
@@ -220,7 +286,24 @@ fn main() {
         let ceiling = turns as f64 / took.as_secs_f64();
         bare.kill().ok();
         bare.wait().ok();
-        // 2. The bot, replies out to the stand-in.
+        // 2. The durable handler.
+        let mut role = vec!["--serve-durable".to_string()];
+        if normal {
+            role.push("--normal".into());
+        }
+        let (mut durable, addr, _) = spawn(&role);
+        let url = format!("http://{addr}/webhook");
+        load(&url, 50, concurrency, "w").await;
+        let cpu = cpu_of(durable.id());
+        let store_cpu = thread_cpu_of(durable.id(), "flowbot-sqlite");
+        let took = load(&url, conversations, concurrency, "c").await;
+        let durable_cpu = per_turn(cpu, cpu_of(durable.id()), turns);
+        let durable_store_cpu =
+            per_turn(store_cpu, thread_cpu_of(durable.id(), "flowbot-sqlite"), turns);
+        let durable_rate = turns as f64 / took.as_secs_f64();
+        drop(durable.stdin.take());
+        let _ = tokio::task::spawn_blocking(move || durable.wait()).await;
+        // 3. The bot, replies out to the stand-in.
         let created = Arc::new(AtomicUsize::new(0));
         let qpien = stand_in(created.clone()).await;
         let mut role = vec!["--serve-bot".to_string(), qpien];
@@ -282,7 +365,9 @@ fn main() {
             arg("--in-flight", flowbot::internals::qpien::BatchConfig::default().in_flight),
         );
         println!("bare axum handler (signature, 200): {ceiling:.0} turns/s, {bare_cpu} of CPU a turn");
+        println!("durable handler (signature, the delivery written to SQLite, 200): {durable_rate:.0} turns/s, {durable_cpu} of CPU a turn ({durable_store_cpu} of it the store's thread)");
         println!("flowbot run (SQLite, replies out): {bot_rate:.0} turns/s, {bot_cpu} of CPU a turn ({store_cpu} of it the store's thread), {:.1} replies a request", replies as f64 / requests.max(1) as f64);
         println!("flowbot's share of the ceiling: {:.0}%", 100.0 * bot_rate / ceiling);
+        println!("flowbot's share of the durable handler's rate: {:.0}%", 100.0 * bot_rate / durable_rate);
     });
 }
