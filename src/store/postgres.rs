@@ -161,6 +161,10 @@ const MIGRATIONS: &[&str] = &[
         count BIGINT NOT NULL,
         PRIMARY KEY (bot, hour, flow_version, channel, test, kind, key, value)
     );",
+    // The outbox by bot alone served no read of the runtime's (replies are
+    // read back by conversation, `outbox_conversation`), and cost every reply
+    // an entry written and deleted.
+    "DROP INDEX IF EXISTS outbox_bot;",
 ];
 
 /// The listener key of the registry's notifications (bots' ids are not

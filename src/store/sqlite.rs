@@ -223,6 +223,10 @@ fn migrations() -> Migrations<'static> {
         CREATE INDEX events_run ON events(bot, run, id);
         CREATE INDEX events_at ON events(bot, at);",
         ),
+        // The outbox by bot alone served no read of the runtime's (replies
+        // are read back by conversation, `outbox_conversation`), and cost
+        // every reply an entry written and deleted (BENCHMARKS.md, 2026-12-08).
+        M::up("DROP INDEX IF EXISTS outbox_bot;"),
     ])
 }
 
