@@ -113,7 +113,11 @@ async fn serve_durable(normal: bool) {
                 };
                 match store.accept(item).await {
                     Ok(_) => StatusCode::OK,
-                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    // The generator stops on the 500; the reason is here.
+                    Err(e) => {
+                        eprintln!("durable handler: the write failed: {e}");
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
                 }
             }
         }),
